@@ -74,8 +74,9 @@ func Kinds() []Kind {
 	return []Kind{KindLLMCall, KindToolCall, KindFileOperation, KindNetworkCall, KindProcessExec, KindAgentSpawn, KindToolResult}
 }
 
-// Decision is the gateway's answer. The values match agentassembly.v1.Decision.
-// Higher values are more restrictive, so the cascade can take the maximum.
+// Decision is the gateway's answer. Unlike Kind and Mode, the numeric values do
+// not match agentassembly.v1.Decision: they are ordered by restrictiveness, so
+// the cascade can take the maximum. Convert by name at the transport edge.
 type Decision uint8
 
 // Decisions in increasing order of restrictiveness.

@@ -26,7 +26,32 @@ var (
 	ErrUnavailable = errors.New("storage unavailable")
 	// ErrNotSupported means the driver does not implement the capability.
 	ErrNotSupported = errors.New("not supported by this storage driver")
+	// ErrInvalid means the caller passed bad input (a record without a chain,
+	// an empty name, a negative amount); nothing was changed.
+	ErrInvalid = errors.New("invalid argument")
+	// ErrClosed means the store or writer was closed.
+	ErrClosed = errors.New("storage closed")
 )
+
+// Notifier topics the storage layer and the gateway agree on. Payloads are
+// small: an id, never a secret.
+const (
+	// TopicApprovals carries the id of an approval that was decided; every
+	// replica's WaitApproval for that id wakes up.
+	TopicApprovals = "approvals"
+	// TopicAgents carries the id (org/team/agent) of an agent that changed.
+	TopicAgents = "agents"
+	// TopicPolicy carries the version that was activated.
+	TopicPolicy = "policy"
+)
+
+// Sealer encrypts secrets at rest. secretbox.Box implements it. aad is
+// authenticated but not encrypted; drivers pass the secret's name so a
+// ciphertext cannot be moved to another name.
+type Sealer interface {
+	Seal(plaintext, aad []byte) ([]byte, error)
+	Open(ciphertext, aad []byte) ([]byte, error)
+}
 
 // Store is everything the gateway keeps. A driver may implement only some of
 // the parts; Compose assembles a Store from several drivers.
