@@ -89,7 +89,7 @@ func TestHashCoversEveryField(t *testing.T) {
 		"Team": func(r *storage.AuditRecord) { r.Agent.Team += "x" }, "Agent": func(r *storage.AuditRecord) { r.Agent.Agent += "x" },
 		"SessionID": func(r *storage.AuditRecord) { r.SessionID += "x" }, "TraceID": func(r *storage.AuditRecord) { r.TraceID += "x" },
 		"SpanID": func(r *storage.AuditRecord) { r.SpanID += "x" }, "Kind": func(r *storage.AuditRecord) { r.Kind++ },
-		"Payload": func(r *storage.AuditRecord) { r.Payload = append([]byte(nil), r.Payload...); r.Payload[3] ^= 1 },
+		"Payload":  func(r *storage.AuditRecord) { r.Payload = append([]byte(nil), r.Payload...); r.Payload[3] ^= 1 },
 		"Decision": func(r *storage.AuditRecord) { r.Decision-- }, "RuleID": func(r *storage.AuditRecord) { r.RuleID += "x" },
 		"PolicyVersion": func(r *storage.AuditRecord) { r.PolicyVersion += "x" }, "Mode": func(r *storage.AuditRecord) { r.Mode++ },
 		"ShadowDecision": func(r *storage.AuditRecord) { r.ShadowDecision++ }, "Reason": func(r *storage.AuditRecord) { r.Reason += "x" },

@@ -33,7 +33,7 @@ type Store struct {
 	opts     Options
 	counters *Counters
 	notifier *Notifier
-	tail *broadcast.Broadcaster[*storage.AuditRecord]
+	tail     *broadcast.Broadcaster[*storage.AuditRecord]
 
 	mu sync.RWMutex
 	// audit holds every record in (Time, Chain, Seq) order.
