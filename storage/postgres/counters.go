@@ -1,0 +1,110 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/agent-assembly/agent-assembly/storage"
+)
+
+// reserveSQL adds $2 to counter $1 only if the live value (zero once
+// expires_ns has passed $5) stays within $3, in one statement. On a
+// conflict the row is locked even when the WHERE refuses the update, so the
+// read that follows in the same implicit transaction sees the value the
+// decision was made on.
+const reserveSQL = `INSERT INTO counters AS c (key, value, expires_ns)
+SELECT $1::text, $2::bigint, $4::bigint WHERE $2::bigint <= $3::bigint
+ON CONFLICT (key) DO UPDATE
+   SET value = CASE WHEN c.expires_ns > $5 THEN c.value ELSE 0 END + EXCLUDED.value,
+       expires_ns = EXCLUDED.expires_ns
+ WHERE CASE WHEN c.expires_ns > $5 THEN c.value ELSE 0 END <= $3::bigint - EXCLUDED.value
+RETURNING value`
+
+const counterSQL = `SELECT coalesce((SELECT value FROM counters WHERE key = $1 AND expires_ns > $2), 0)`
+
+// Reserve atomically adds amount to key if the result stays within limit.
+// It is one round trip: the conditional upsert and a read of the current
+// value travel in one pipeline.
+func (s *Store) Reserve(ctx context.Context, key string, amount, limit int64, expires time.Time) (storage.Reservation, error) {
+	if key == "" || amount < 0 {
+		return storage.Reservation{}, fmt.Errorf("reserve %d on counter %q: need a key and a non-negative amount: %w", amount, key, storage.ErrInvalid)
+	}
+	now := nanos(s.opts.Now())
+	if amount == 0 {
+		used, err := s.Counter(ctx, key)
+		return storage.Reservation{Allowed: err == nil && used <= limit, Used: used}, err
+	}
+	var res storage.Reservation
+	err := s.do(ctx, "reserve counter", func(c *pgx.Conn) error {
+		res = storage.Reservation{}
+		b := &pgx.Batch{}
+		b.Queue(reserveSQL, key, amount, limit, nanos(expires), now).QueryRow(func(row pgx.Row) error {
+			err := row.Scan(&res.Used)
+			if errors.Is(err, pgx.ErrNoRows) {
+				return nil
+			}
+			res.Allowed = err == nil
+			return err
+		})
+		b.Queue(counterSQL, key, now).QueryRow(func(row pgx.Row) error {
+			var cur int64
+			if err := row.Scan(&cur); err != nil {
+				return err
+			}
+			if !res.Allowed {
+				res.Used = cur
+			}
+			return nil
+		})
+		return c.SendBatch(ctx, b).Close()
+	})
+	return res, err
+}
+
+// Adjust adds delta to key unconditionally and returns the new value.
+func (s *Store) Adjust(ctx context.Context, key string, delta int64, expires time.Time) (int64, error) {
+	if key == "" {
+		return 0, fmt.Errorf("adjust counter: empty key: %w", storage.ErrInvalid)
+	}
+	now := nanos(s.opts.Now())
+	var v int64
+	err := s.do(ctx, "adjust counter", func(c *pgx.Conn) error {
+		return c.QueryRow(ctx, `INSERT INTO counters AS c (key, value, expires_ns) VALUES ($1, $2, $3)
+			ON CONFLICT (key) DO UPDATE
+			   SET value = CASE WHEN c.expires_ns > $4 THEN c.value ELSE 0 END + EXCLUDED.value,
+			       expires_ns = EXCLUDED.expires_ns
+			RETURNING value`, key, delta, nanos(expires), now).Scan(&v)
+	})
+	return v, err
+}
+
+// Counter returns the live value of key: 0 when missing or expired.
+func (s *Store) Counter(ctx context.Context, key string) (int64, error) {
+	now := nanos(s.opts.Now())
+	var v int64
+	err := s.do(ctx, "read counter", func(c *pgx.Conn) error {
+		return c.QueryRow(ctx, counterSQL, key, now).Scan(&v)
+	})
+	return v, err
+}
+
+// TakeToken takes one token from bucket key with the take_token function:
+// one statement, atomic under the bucket's row lock.
+func (s *Store) TakeToken(ctx context.Context, key string, rate float64, burst int64, now time.Time) (bool, time.Duration, error) {
+	if key == "" || !(rate > 0) || burst < 1 || math.IsInf(rate, 0) {
+		return false, 0, fmt.Errorf("take token from %q: need a key, rate > 0 and burst >= 1: %w", key, storage.ErrInvalid)
+	}
+	var (
+		ok   bool
+		wait int64
+	)
+	err := s.do(ctx, "take token", func(c *pgx.Conn) error {
+		return c.QueryRow(ctx, `SELECT ok, wait_ns FROM take_token($1, $2, $3, $4)`, key, rate, burst, now.UnixNano()).Scan(&ok, &wait)
+	})
+	return ok, time.Duration(wait), err
+}
