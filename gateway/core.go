@@ -1,0 +1,255 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/uuid"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/agent-assembly/agent-assembly/action"
+	v1 "github.com/agent-assembly/agent-assembly/api/agentassembly/v1"
+	"github.com/agent-assembly/agent-assembly/policy"
+	"github.com/agent-assembly/agent-assembly/storage"
+)
+
+// Auditor makes one audit record durable. storage/groupcommit.Writer
+// implements it; Append returns only when the record is durable as configured.
+type Auditor interface {
+	Append(ctx context.Context, r *storage.AuditRecord) error
+}
+
+// Options configures a Core.
+type Options struct {
+	// Audit receives every decision and rejected request. Required.
+	Audit Auditor
+	// Chain names this replica's audit chain.
+	Chain   string
+	Logger  *slog.Logger
+	Metrics *Metrics
+	Limits  Limits
+	// AuditTimeout bounds the audit write of one decision; when it passes the
+	// decision becomes a deny (fail closed). Zero means 2 seconds.
+	AuditTimeout time.Duration
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// Core is the decision core shared by every transport.
+type Core struct {
+	snap    atomic.Pointer[policy.Snapshot]
+	audit   Auditor
+	chain   string
+	log     *slog.Logger
+	metrics *Metrics
+	limits  Limits
+	auditTO time.Duration
+	now     func() time.Time
+}
+
+// NewCore builds a Core. It serves no checks (every check is denied with the
+// reason "no policy loaded") until SetSnapshot is called.
+func NewCore(o Options) (*Core, error) {
+	if o.Audit == nil {
+		return nil, errors.New("new core: an audit writer is required")
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Metrics == nil {
+		o.Metrics = NewMetrics(nil)
+	}
+	if o.Limits.MaxPayloadBytes <= 0 {
+		o.Limits.MaxPayloadBytes = DefaultMaxPayloadBytes
+	}
+	if o.AuditTimeout <= 0 {
+		o.AuditTimeout = 2 * time.Second
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	return &Core{audit: o.Audit, chain: o.Chain, log: o.Logger, metrics: o.Metrics,
+		limits: o.Limits, auditTO: o.AuditTimeout, now: o.Now}, nil
+}
+
+// SetSnapshot atomically replaces the active policy. Checks in flight finish
+// on the snapshot they started with; reload never blocks a check.
+func (c *Core) SetSnapshot(s *policy.Snapshot) {
+	old := c.snap.Swap(s)
+	if old != nil {
+		c.metrics.PolicyInfo.DeleteLabelValues(old.Version())
+	}
+	c.metrics.PolicyInfo.WithLabelValues(s.Version()).Set(1)
+}
+
+// Snapshot returns the active policy, or nil before the first SetSnapshot.
+func (c *Core) Snapshot() *policy.Snapshot { return c.snap.Load() }
+
+// Outcome is the result of deciding one action.
+type Outcome struct {
+	DecisionID string
+	Decision   action.Decision
+	Shadow     action.Decision
+	Mode       action.Mode
+	RuleID     string
+	Reason     string
+	Version    string
+	Latency    time.Duration
+}
+
+// Check validates, decides, audits and answers one request. A malformed
+// request is audited as rejected and returned as a *RequestError.
+func (c *Core) Check(ctx context.Context, req *v1.CheckActionRequest) (*v1.CheckActionResponse, error) {
+	start := c.now()
+	a, err := toAction(req, c.limits, start)
+	if err != nil {
+		c.reject(ctx, req, err, start)
+		return nil, err
+	}
+	out := c.Decide(ctx, &a, start)
+	return out.Response(), nil
+}
+
+// Decide evaluates an already normalised action, appends its audit record and
+// returns the outcome. start is when the request arrived. If the record cannot
+// be made durable, the outcome is a deny that says so.
+func (c *Core) Decide(ctx context.Context, a *action.Action, start time.Time) Outcome {
+	out := Outcome{DecisionID: newID()}
+	if snap := c.snap.Load(); snap == nil {
+		out.Decision, out.Mode, out.RuleID, out.Reason = action.Deny, action.ModeEnforce, "default", "no policy loaded: failing closed"
+	} else {
+		res := snap.Evaluate(policy.Input{Action: a})
+		out.Decision, out.Shadow, out.Mode = res.Decision, res.ShadowDecision, res.Mode
+		out.RuleID, out.Reason, out.Version = res.RuleID, res.Reason, res.PolicyVersion
+	}
+	out.Latency = c.now().Sub(start)
+
+	rec := &storage.AuditRecord{
+		Chain: c.chain, ID: out.DecisionID, Time: start, Event: storage.EventDecision,
+		Agent: a.Agent, SessionID: a.SessionID, TraceID: a.TraceID, SpanID: a.SpanID,
+		Kind: a.Kind, Payload: encodePayload(a), Decision: out.Decision, RuleID: out.RuleID,
+		PolicyVersion: out.Version, Mode: out.Mode, ShadowDecision: out.Shadow,
+		Reason: out.Reason, Latency: out.Latency,
+	}
+	if err := c.append(ctx, rec); err != nil {
+		c.metrics.AuditErrors.Inc()
+		c.log.Error("audit write failed; denying", "decision_id", out.DecisionID, "agent", a.Agent.String(), "err", err)
+		out.Decision = action.Deny
+		out.RuleID = "audit"
+		out.Reason = "audit log unavailable, failing closed: " + err.Error()
+	}
+	out.Latency = c.now().Sub(start)
+	c.metrics.Checks.WithLabelValues(out.Decision.String(), a.Kind.String(), out.Mode.String()).Inc()
+	c.metrics.CheckDuration.WithLabelValues(out.Decision.String()).Observe(out.Latency.Seconds())
+	return out
+}
+
+// append writes one record; a cancelled caller does not cancel the write.
+func (c *Core) append(ctx context.Context, rec *storage.AuditRecord) error {
+	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.auditTO)
+	defer cancel()
+	return c.audit.Append(actx, rec)
+}
+
+// reject audits a malformed request.
+func (c *Core) reject(ctx context.Context, req *v1.CheckActionRequest, err error, start time.Time) {
+	field := "request"
+	var re *RequestError
+	if errors.As(err, &re) {
+		field = re.Field
+	}
+	c.metrics.Rejected.WithLabelValues(field).Inc()
+	rec := &storage.AuditRecord{
+		Chain: c.chain, ID: newID(), Time: start, Event: storage.EventRejected,
+		Agent: agentOf(req), TraceID: clipID(req.GetTraceId()), SessionID: clipID(req.GetSessionId()),
+		Kind:     action.Kind(req.GetActionType()),
+		Payload:  []byte(`{}`),
+		Decision: action.Deny, RuleID: "request", Mode: action.ModeEnforce,
+		Reason: "rejected: " + err.Error(), Latency: c.now().Sub(start),
+	}
+	if _, ok := v1.ActionType_name[int32(req.GetActionType())]; !ok {
+		rec.Kind = action.KindUnspecified
+	}
+	if aerr := c.append(ctx, rec); aerr != nil {
+		c.metrics.AuditErrors.Inc()
+		c.log.Error("audit write of rejected request failed", "err", aerr)
+	}
+}
+
+func clipID(s string) string {
+	if len(s) > maxIDLen {
+		return s[:maxIDLen]
+	}
+	return s
+}
+
+// Response renders the outcome on the wire.
+func (o Outcome) Response() *v1.CheckActionResponse {
+	return &v1.CheckActionResponse{
+		Decision:        decisionToProto(o.Decision),
+		Reason:          o.Reason,
+		PolicyRuleId:    o.RuleID,
+		PolicyVersion:   o.Version,
+		DecisionLatency: durationpb.New(o.Latency),
+		DecisionId:      o.DecisionID,
+		EnforcementMode: modeToProto(o.Mode),
+		ShadowDecision:  decisionToProto(o.Shadow),
+	}
+}
+
+func newID() string {
+	id, err := uuid.NewV7()
+	if err != nil {
+		return uuid.NewString()
+	}
+	return id.String()
+}
+
+func decisionToProto(d action.Decision) v1.Decision {
+	switch d {
+	case action.Allow:
+		return v1.Decision_ALLOW
+	case action.Deny:
+		return v1.Decision_DENY
+	case action.Pending:
+		return v1.Decision_PENDING
+	case action.Redact:
+		return v1.Decision_REDACT
+	}
+	return v1.Decision_DECISION_UNSPECIFIED
+}
+
+func decisionFromProto(d v1.Decision) action.Decision {
+	switch d {
+	case v1.Decision_ALLOW:
+		return action.Allow
+	case v1.Decision_DENY:
+		return action.Deny
+	case v1.Decision_PENDING:
+		return action.Pending
+	case v1.Decision_REDACT:
+		return action.Redact
+	}
+	return action.DecisionUnspecified
+}
+
+func modeToProto(m action.Mode) v1.EnforcementMode {
+	switch m {
+	case action.ModeEnforce:
+		return v1.EnforcementMode_ENFORCE
+	case action.ModeObserve:
+		return v1.EnforcementMode_OBSERVE
+	case action.ModeDisabled:
+		return v1.EnforcementMode_DISABLED
+	}
+	return v1.EnforcementMode_ENFORCEMENT_MODE_UNSPECIFIED
+}
+
+// String summarises the outcome for logs.
+func (o Outcome) String() string {
+	return fmt.Sprintf("%s by %s (%s)", o.Decision, o.RuleID, o.Reason)
+}

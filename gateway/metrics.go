@@ -1,0 +1,50 @@
+package gateway
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics are the decision core's Prometheus collectors.
+type Metrics struct {
+	Checks        *prometheus.CounterVec
+	CheckDuration *prometheus.HistogramVec
+	Rejected      *prometheus.CounterVec
+	AuditErrors   prometheus.Counter
+	PolicyReloads *prometheus.CounterVec
+	PolicyInfo    *prometheus.GaugeVec
+}
+
+// NewMetrics creates the collectors and registers them with reg (which may be nil).
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		Checks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "aa", Name: "checks_total",
+			Help: "Decisions answered, by enforced decision, action kind and enforcement mode.",
+		}, []string{"decision", "kind", "mode"}),
+		CheckDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: "aa", Name: "check_duration_seconds",
+			Help:    "Time from receiving a check to answering it, including the durable audit write.",
+			Buckets: []float64{25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3},
+		}, []string{"decision"}),
+		Rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "aa", Name: "requests_rejected_total",
+			Help: "Malformed requests rejected before evaluation, by offending field.",
+		}, []string{"field"}),
+		AuditErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "aa", Name: "audit_append_errors_total",
+			Help: "Audit writes that failed; each one turned its decision into a deny.",
+		}),
+		PolicyReloads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "aa", Name: "policy_reloads_total",
+			Help: "Policy reload attempts by result (applied, rejected, unchanged).",
+		}, []string{"result"}),
+		PolicyInfo: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: "aa", Name: "policy_version_info",
+			Help: "The active policy version (value 1).",
+		}, []string{"version"}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.Checks, m.CheckDuration, m.Rejected, m.AuditErrors, m.PolicyReloads, m.PolicyInfo)
+	}
+	return m
+}
