@@ -1,6 +1,10 @@
 package storage
 
-import "fmt"
+import (
+	"context"
+	"fmt"
+	"time"
+)
 
 // Approval list page sizes.
 const (
@@ -46,4 +50,47 @@ func ValidateDecision(id string, s ApprovalStatus) error {
 		return nil
 	}
 	return fmt.Errorf("decide approval %s: %q is not a final status (approved, rejected, expired): %w", id, s, ErrInvalid)
+}
+
+// WaitForDecision implements WaitApproval for any driver: it subscribes to
+// TopicApprovals on n before reading, so no decision is missed, then
+// re-reads the approval whenever its id is published on TopicApprovals or
+// poll elapses (poll > 0 is required; it covers notifications lost or not
+// delivered across processes). DecideApproval implementations publish the
+// id after committing.
+func WaitForDecision(ctx context.Context, a Approvals, n Notifier, id string, poll time.Duration) (*Approval, error) {
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	wake, err := n.Subscribe(sctx, TopicApprovals)
+	if err != nil {
+		wake = nil // fall back to polling
+	}
+	t := time.NewTicker(poll)
+	defer t.Stop()
+	for {
+		cur, err := a.GetApproval(ctx, id)
+		if err != nil {
+			return nil, fmt.Errorf("wait for approval: %w", err)
+		}
+		if cur.Status != ApprovalPending {
+			return cur, nil
+		}
+	wait:
+		for {
+			select {
+			case msg, ok := <-wake:
+				if !ok {
+					wake = nil
+					continue
+				}
+				if string(msg) == id {
+					break wait
+				}
+			case <-t.C:
+				break wait
+			case <-ctx.Done():
+				return nil, fmt.Errorf("wait for approval %s: %w", id, ctx.Err())
+			}
+		}
+	}
 }

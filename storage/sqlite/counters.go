@@ -1,0 +1,116 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"time"
+
+	"github.com/agent-assembly/agent-assembly/storage"
+)
+
+// Counters live in memory (shared by the Stores on this file in this
+// process), so Reserve costs no transaction on the hot path; changed keys are
+// written to the counters table every CounterFlushInterval and on Close, and
+// loaded back at open. Token buckets are not persisted: after a restart they
+// start full, as a new bucket does.
+
+// Reserve implements storage.Counters.
+func (s *Store) Reserve(ctx context.Context, key string, amount, limit int64, expires time.Time) (storage.Reservation, error) {
+	r, err := s.hub.counters.Reserve(ctx, key, amount, limit, expires)
+	if err == nil && r.Allowed && amount != 0 {
+		s.hub.markDirty(key)
+	}
+	return r, err
+}
+
+// Adjust implements storage.Counters.
+func (s *Store) Adjust(ctx context.Context, key string, delta int64, expires time.Time) (int64, error) {
+	v, err := s.hub.counters.Adjust(ctx, key, delta, expires)
+	if err == nil {
+		s.hub.markDirty(key)
+	}
+	return v, err
+}
+
+// Counter implements storage.Counters.
+func (s *Store) Counter(ctx context.Context, key string) (int64, error) {
+	return s.hub.counters.Counter(ctx, key)
+}
+
+// TakeToken implements storage.Counters.
+func (s *Store) TakeToken(ctx context.Context, key string, rate float64, burst int64, now time.Time) (bool, time.Duration, error) {
+	return s.hub.counters.TakeToken(ctx, key, rate, burst, now)
+}
+
+func (h *hub) markDirty(key string) {
+	h.dirtyMu.Lock()
+	h.dirty[key] = struct{}{}
+	h.dirtyMu.Unlock()
+}
+
+// loadCounters reads the persisted, unexpired counters into memory.
+func (h *hub) loadCounters(ctx context.Context, s *Store) error {
+	rows, err := s.writer.QueryContext(ctx, `SELECT key, value, expires_ns FROM counters WHERE expires_ns > ?`, s.opts.Now().UnixNano())
+	if err != nil {
+		return fmt.Errorf("load counters: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var key string
+		var v, exp int64
+		if err := rows.Scan(&key, &v, &exp); err != nil {
+			return fmt.Errorf("load counters: %w", err)
+		}
+		h.counters.Load(key, v, storage.FromUnixNanos(exp))
+	}
+	return rows.Err()
+}
+
+// flushCounters writes the keys changed since the last flush. On failure the
+// keys stay dirty for the next attempt.
+func (h *hub) flushCounters(ctx context.Context, s *Store) error {
+	h.dirtyMu.Lock()
+	if len(h.dirty) == 0 {
+		h.dirtyMu.Unlock()
+		return nil
+	}
+	keys := h.dirty
+	h.dirty = make(map[string]struct{}, len(keys))
+	h.dirtyMu.Unlock()
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		for key := range keys {
+			v, exp, ok := h.counters.Entry(key)
+			var err error
+			if ok {
+				_, err = tx.ExecContext(ctx, `INSERT INTO counters (key, value, expires_ns) VALUES (?, ?, ?)
+					ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_ns = excluded.expires_ns`, key, v, exp.UnixNano())
+			} else {
+				_, err = tx.ExecContext(ctx, `DELETE FROM counters WHERE key = ?`, key)
+			}
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		h.dirtyMu.Lock()
+		for k := range keys {
+			h.dirty[k] = struct{}{}
+		}
+		h.dirtyMu.Unlock()
+		return fmt.Errorf("persist %d counters: %w", len(keys), wrapErr(err))
+	}
+	return nil
+}
+
+// Publish implements storage.Notifier for the Stores on this file in this process.
+func (s *Store) Publish(ctx context.Context, topic string, payload []byte) error {
+	return s.hub.notifier.Publish(ctx, topic, payload)
+}
+
+// Subscribe implements storage.Notifier for the Stores on this file in this process.
+func (s *Store) Subscribe(ctx context.Context, topic string) (<-chan []byte, error) {
+	return s.hub.notifier.Subscribe(ctx, topic)
+}

@@ -1,0 +1,497 @@
+// Package sqlite is the embedded storage driver: all of storage.Store in one
+// SQLite file (pure Go, modernc.org/sqlite), so a fresh machine runs the
+// gateway with no database server.
+//
+// # Connections
+//
+// SQLite allows one writer at a time, so every write goes through one
+// connection (transactions BEGIN IMMEDIATE); reads use a pool of query-only
+// connections that WAL mode lets run beside the writer.
+//
+// # Durability
+//
+// With DurabilitySync the database runs synchronous=FULL: every commit
+// fsyncs the WAL before it returns, so an acknowledged audit record survives
+// power loss. With DurabilityOS it runs synchronous=NORMAL: a commit returns
+// once the WAL frames are written to the OS (they survive a crash of the
+// gateway process), and a background flusher fsyncs the WAL file after every
+// commit, waiting at most FlushInterval (default 5 ms) after the previous
+// fsync began, so a commit reaches the disk within FlushInterval plus the
+// time of at most two fsyncs. SQLite itself fsyncs the WAL before and the
+// database after every checkpoint in this mode, so checkpointed data is
+// durable too. Both modes batch well: groupcommit turns many concurrent
+// appends into one transaction and one fsync.
+//
+// # Several instances
+//
+// Stores opened on the same file in one process share their notifications,
+// audit tails, approval wake-ups and counters, so they behave as replicas.
+// Stores in different processes share the data; approval waits notice a
+// decision by polling, but tails and Notifier do not cross processes and each
+// process keeps its own counters: use Redis (--counters) for that.
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"embed"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net/url"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/agent-assembly/agent-assembly/storage"
+	"github.com/agent-assembly/agent-assembly/storage/internal/broadcast"
+	"github.com/agent-assembly/agent-assembly/storage/memory"
+
+	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
+)
+
+// DefaultPath is the gateway's default database file.
+const DefaultPath = "./data/aa.db"
+
+// Options configures Open. Zero values take the defaults.
+type Options struct {
+	// Path is the database file (DefaultPath when empty). Its directory is
+	// created (0700) if missing.
+	Path string
+	// Durability is DurabilitySync (default) or DurabilityOS.
+	Durability storage.Durability
+	// Sealer encrypts secret values. Without one, PutSecret and GetSecret
+	// fail with storage.ErrNotSupported: plaintext is never stored.
+	Sealer storage.Sealer
+	// Logger receives migrations and background errors (slog.Default when nil).
+	Logger *slog.Logger
+	// FlushInterval bounds how long DurabilityOS lets a commit wait for its
+	// fsync (default 5 ms, at most 10 ms).
+	FlushInterval time.Duration
+	// ReadConns is the size of the read pool (default 4).
+	ReadConns int
+	// CounterFlushInterval is how often changed counters are written to the
+	// file (default 100 ms). A crash loses at most this much counter history.
+	CounterFlushInterval time.Duration
+	// ApprovalPoll is how often WaitApproval re-reads an approval, to notice
+	// decisions made by other processes (default 500 ms).
+	ApprovalPoll time.Duration
+	// Now is the clock (time.Now when nil).
+	Now func() time.Time
+}
+
+func (o *Options) setDefaults() {
+	if o.Path == "" {
+		o.Path = DefaultPath
+	}
+	if o.Durability == "" {
+		o.Durability = storage.DurabilitySync
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.FlushInterval == 0 {
+		o.FlushInterval = 5 * time.Millisecond
+	}
+	if o.ReadConns == 0 {
+		o.ReadConns = 4
+	}
+	if o.CounterFlushInterval == 0 {
+		o.CounterFlushInterval = 100 * time.Millisecond
+	}
+	if o.ApprovalPoll == 0 {
+		o.ApprovalPoll = 500 * time.Millisecond
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+}
+
+// Validate rejects options Open cannot honour.
+func (o *Options) Validate() error {
+	var errs []error
+	switch o.Durability {
+	case storage.DurabilitySync, storage.DurabilityOS:
+	default:
+		errs = append(errs, fmt.Errorf("durability %q: want %q or %q", o.Durability, storage.DurabilitySync, storage.DurabilityOS))
+	}
+	if o.FlushInterval < 0 || o.FlushInterval > 10*time.Millisecond {
+		errs = append(errs, fmt.Errorf("flush interval %v: want 0 < interval <= 10ms", o.FlushInterval))
+	}
+	if o.ReadConns < 1 {
+		errs = append(errs, fmt.Errorf("read connections %d: want at least 1", o.ReadConns))
+	}
+	if o.CounterFlushInterval < 0 || o.ApprovalPoll < 0 {
+		errs = append(errs, errors.New("intervals must be positive"))
+	}
+	if strings.ContainsAny(o.Path, "?#") {
+		errs = append(errs, fmt.Errorf("path %q: must not contain ? or #", o.Path))
+	}
+	return errors.Join(errs...)
+}
+
+// Store is a storage.Store backed by one SQLite file.
+type Store struct {
+	opts   Options
+	log    *slog.Logger
+	path   string
+	writer *sql.DB
+	reader *sql.DB
+	hub    *hub
+
+	insertAudit *sql.Stmt
+
+	dirty chan struct{} // a commit awaits its fsync (DurabilityOS)
+	stop  chan struct{}
+	wg    sync.WaitGroup
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+var _ storage.Store = (*Store)(nil)
+
+//go:embed migrations/*.sql
+var migrations embed.FS
+
+// Open opens (creating if needed) the database at opts.Path, applies any
+// missing schema migrations, and starts the background flushers.
+func Open(ctx context.Context, opts Options) (*Store, error) {
+	opts.setDefaults()
+	if err := opts.Validate(); err != nil {
+		return nil, fmt.Errorf("open sqlite store: %w", err)
+	}
+	if dir := filepath.Dir(opts.Path); dir != "" {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, fmt.Errorf("open sqlite store: %w", err)
+		}
+	}
+	abs, err := filepath.Abs(opts.Path)
+	if err != nil {
+		return nil, fmt.Errorf("open sqlite store: %w", err)
+	}
+	s := &Store{opts: opts, log: opts.Logger.With("store", "sqlite", "path", opts.Path), path: abs,
+		dirty: make(chan struct{}, 1), stop: make(chan struct{})}
+	syncMode := "FULL"
+	if opts.Durability == storage.DurabilityOS {
+		syncMode = "NORMAL"
+	}
+	common := url.Values{}
+	common.Add("_pragma", "busy_timeout(10000)")
+	common.Add("_pragma", "foreign_keys(1)")
+	common.Add("_pragma", "journal_mode(WAL)")
+	common.Add("_pragma", "synchronous("+syncMode+")")
+	wq := url.Values{"_txlock": {"immediate"}}
+	for k, v := range common {
+		wq[k] = v
+	}
+	if s.writer, err = sql.Open("sqlite", "file:"+abs+"?"+wq.Encode()); err != nil {
+		return nil, fmt.Errorf("open sqlite store %s: %w", opts.Path, err)
+	}
+	s.writer.SetMaxOpenConns(1)
+	s.writer.SetMaxIdleConns(1)
+	s.writer.SetConnMaxLifetime(0)
+	s.writer.SetConnMaxIdleTime(0)
+	if err := s.migrate(ctx); err != nil {
+		s.writer.Close()
+		return nil, fmt.Errorf("open sqlite store %s: %w", opts.Path, err)
+	}
+	rq := url.Values{}
+	for k, v := range common {
+		rq[k] = v
+	}
+	rq.Add("_pragma", "query_only(1)")
+	if s.reader, err = sql.Open("sqlite", "file:"+abs+"?"+rq.Encode()); err != nil {
+		s.writer.Close()
+		return nil, fmt.Errorf("open sqlite store %s: %w", opts.Path, err)
+	}
+	s.reader.SetMaxOpenConns(opts.ReadConns)
+	s.reader.SetMaxIdleConns(opts.ReadConns)
+	if s.insertAudit, err = s.writer.PrepareContext(ctx, insertAuditSQL); err != nil {
+		s.reader.Close()
+		s.writer.Close()
+		return nil, fmt.Errorf("open sqlite store %s: %w", opts.Path, err)
+	}
+	s.hub, err = acquireHub(ctx, abs, s)
+	if err != nil {
+		s.reader.Close()
+		s.writer.Close()
+		return nil, fmt.Errorf("open sqlite store %s: %w", opts.Path, err)
+	}
+	if opts.Durability == storage.DurabilityOS {
+		s.wg.Go(s.flushWAL)
+	}
+	s.wg.Go(s.maintain)
+	return s, nil
+}
+
+// migrate applies the embedded migrations that schema_migrations does not
+// list yet, each in its own transaction, in version order.
+func (s *Store) migrate(ctx context.Context) error {
+	if _, err := s.writer.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (
+		version    INTEGER PRIMARY KEY,
+		name       TEXT    NOT NULL,
+		applied_ns INTEGER NOT NULL)`); err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	entries, err := fs.ReadDir(migrations, "migrations")
+	if err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	type migration struct {
+		version int
+		name    string
+	}
+	var all []migration
+	for _, e := range entries {
+		v, _, ok := strings.Cut(e.Name(), "_")
+		n, err := strconv.Atoi(v)
+		if !ok || err != nil || !strings.HasSuffix(e.Name(), ".sql") {
+			return fmt.Errorf("migrate: migration file %q is not NNNN_name.sql", e.Name())
+		}
+		all = append(all, migration{n, e.Name()})
+	}
+	slices.SortFunc(all, func(a, b migration) int { return a.version - b.version })
+	var latest int
+	if err := s.writer.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM schema_migrations`).Scan(&latest); err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	if known := all[len(all)-1].version; latest > known {
+		return fmt.Errorf("migrate: the database has schema version %d, newer than this binary knows (%d): upgrade agent-assembly", latest, known)
+	}
+	for _, m := range all {
+		if m.version <= latest {
+			continue
+		}
+		body, err := migrations.ReadFile("migrations/" + m.name)
+		if err != nil {
+			return fmt.Errorf("migrate: %w", err)
+		}
+		err = s.write(ctx, func(tx *sql.Tx) error {
+			// Re-check inside the write lock: another process may have migrated.
+			var done int
+			if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM schema_migrations WHERE version = ?`, m.version).Scan(&done); err != nil || done > 0 {
+				return err
+			}
+			if _, err := tx.ExecContext(ctx, string(body)); err != nil {
+				return err
+			}
+			_, err := tx.ExecContext(ctx, `INSERT INTO schema_migrations (version, name, applied_ns) VALUES (?, ?, ?)`, m.version, m.name, time.Now().UnixNano())
+			return err
+		})
+		if err != nil {
+			return fmt.Errorf("migrate: apply %s: %w", m.name, err)
+		}
+		s.log.Info("applied schema migration", "migration", m.name)
+	}
+	return nil
+}
+
+// SchemaVersion returns the highest applied migration.
+func (s *Store) SchemaVersion(ctx context.Context) (int, error) {
+	var v int
+	err := s.reader.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM schema_migrations`).Scan(&v)
+	return v, err
+}
+
+// write runs fn in a write transaction and commits it.
+func (s *Store) write(ctx context.Context, fn func(tx *sql.Tx) error) error {
+	tx, err := s.writer.BeginTx(ctx, nil)
+	if err != nil {
+		return wrapErr(err)
+	}
+	if err := fn(tx); err != nil {
+		_ = tx.Rollback()
+		return err
+	}
+	if err := tx.Commit(); err != nil {
+		return wrapErr(err)
+	}
+	s.committed()
+	return nil
+}
+
+// committed tells the WAL flusher there is something to fsync.
+func (s *Store) committed() {
+	if s.opts.Durability != storage.DurabilityOS {
+		return
+	}
+	select {
+	case s.dirty <- struct{}{}:
+	default:
+	}
+}
+
+// wrapErr marks errors that mean the database cannot be used as
+// ErrUnavailable, leaving context errors as they are.
+func wrapErr(err error) error {
+	if err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) ||
+		errors.Is(err, storage.ErrInvalid) || errors.Is(err, storage.ErrNotFound) || errors.Is(err, storage.ErrConflict) {
+		return err
+	}
+	return fmt.Errorf("%w: %w", storage.ErrUnavailable, err)
+}
+
+// flushWAL fsyncs the WAL file after commits (DurabilityOS), at most once
+// per FlushInterval. See the package documentation for the bound.
+func (s *Store) flushWAL() {
+	walPath := s.path + "-wal"
+	var f *os.File
+	defer func() {
+		if f != nil {
+			f.Close()
+		}
+	}()
+	var last time.Time
+	for {
+		select {
+		case <-s.dirty:
+		case <-s.stop:
+			// Close checkpoints the WAL with fsyncs; nothing left to do.
+			return
+		}
+		if wait := time.Until(last.Add(s.opts.FlushInterval)); wait > 0 {
+			time.Sleep(wait)
+		}
+		last = time.Now()
+		if f != nil {
+			// A checkpoint can restart the WAL in place (same file) but a
+			// truncation or close may replace it: reopen when it changed.
+			fi, err1 := f.Stat()
+			cur, err2 := os.Stat(walPath)
+			if err1 != nil || err2 != nil || !os.SameFile(fi, cur) {
+				f.Close()
+				f = nil
+			}
+		}
+		if f == nil {
+			var err error
+			if f, err = os.OpenFile(walPath, os.O_RDWR, 0); err != nil {
+				s.log.Error("open WAL for background fsync; commits are not yet on disk", "err", err)
+				continue
+			}
+		}
+		if err := f.Sync(); err != nil {
+			s.log.Error("fsync WAL; commits are not yet on disk", "err", err)
+		}
+	}
+}
+
+// maintain persists counters and deletes expired rows.
+func (s *Store) maintain() {
+	tick := time.NewTicker(s.opts.CounterFlushInterval)
+	defer tick.Stop()
+	sweep := time.Now()
+	for {
+		select {
+		case <-tick.C:
+		case <-s.stop:
+			return
+		}
+		ctx := context.Background()
+		if err := s.hub.flushCounters(ctx, s); err != nil {
+			s.log.Error("persist counters", "err", err)
+		}
+		if time.Since(sweep) > time.Minute {
+			sweep = time.Now()
+			now := s.opts.Now().UnixNano()
+			err := s.write(ctx, func(tx *sql.Tx) error {
+				for _, q := range []string{
+					`DELETE FROM nonces WHERE expires_ns <= ?`,
+					`DELETE FROM revoked_credentials WHERE expires_ns <= ?`,
+					`DELETE FROM counters WHERE expires_ns <= ?`,
+				} {
+					if _, err := tx.ExecContext(ctx, q, now); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+			if err != nil {
+				s.log.Error("delete expired rows", "err", err)
+			}
+		}
+	}
+}
+
+// Ping checks that both pools answer.
+func (s *Store) Ping(ctx context.Context) error {
+	if err := s.reader.PingContext(ctx); err != nil {
+		return wrapErr(err)
+	}
+	return wrapErr(s.writer.PingContext(ctx))
+}
+
+// Close stops the background work, persists counters, and closes the file.
+func (s *Store) Close() error {
+	s.closeOnce.Do(func() {
+		close(s.stop)
+		s.wg.Wait()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		err := s.hub.flushCounters(ctx, s)
+		s.hub.release(s)
+		s.closeErr = errors.Join(err, s.insertAudit.Close(), s.reader.Close(), s.writer.Close())
+	})
+	return s.closeErr
+}
+
+// ---------------------------------------------------------------- hub
+
+// hub is what every Store on one file in this process shares. It is the
+// in-process stand-in for a server's notifications.
+type hub struct {
+	path     string
+	refs     int
+	notifier *memory.Notifier
+	tail     *broadcast.Broadcaster[*storage.AuditRecord]
+	counters *memory.Counters
+	// appendMu orders tail delivery with commit order across the Stores.
+	appendMu sync.Mutex
+
+	dirtyMu sync.Mutex
+	dirty   map[string]struct{}
+}
+
+var hubs = struct {
+	sync.Mutex
+	m map[string]*hub
+}{m: make(map[string]*hub)}
+
+func acquireHub(ctx context.Context, path string, s *Store) (*hub, error) {
+	hubs.Lock()
+	defer hubs.Unlock()
+	if h, ok := hubs.m[path]; ok {
+		h.refs++
+		return h, nil
+	}
+	h := &hub{
+		path:     path,
+		refs:     1,
+		notifier: memory.NewNotifier(),
+		tail:     broadcast.New[*storage.AuditRecord](memory.TailBuffer, broadcast.Disconnect),
+		counters: memory.NewCounters(s.opts.Now),
+		dirty:    make(map[string]struct{}),
+	}
+	if err := h.loadCounters(ctx, s); err != nil {
+		return nil, err
+	}
+	hubs.m[path] = h
+	return h, nil
+}
+
+func (h *hub) release(s *Store) {
+	hubs.Lock()
+	defer hubs.Unlock()
+	h.refs--
+	if h.refs == 0 {
+		delete(hubs.m, h.path)
+		h.tail.Close()
+		h.notifier.Close()
+	}
+}

@@ -1,0 +1,143 @@
+package sqlite
+
+import (
+	"bytes"
+	"context"
+	"database/sql"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/agent-assembly/agent-assembly/storage"
+	"github.com/agent-assembly/agent-assembly/storage/secretbox"
+	"github.com/agent-assembly/agent-assembly/storage/storagetest"
+)
+
+func testSealer(t *testing.T) storage.Sealer {
+	t.Helper()
+	k, err := secretbox.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := secretbox.New(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func openTest(t *testing.T, opts Options) *Store {
+	t.Helper()
+	s, err := Open(t.Context(), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := s.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	})
+	return s
+}
+
+// rawDB opens the file directly, bypassing the driver, as an attacker with
+// file access would.
+func rawDB(t *testing.T, s *Store) *sql.DB {
+	t.Helper()
+	db, err := sql.Open("sqlite", "file:"+s.path+"?_pragma=busy_timeout(10000)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db
+}
+
+func tamper(t *testing.T, st storage.Store, chain string, seq int64) {
+	t.Helper()
+	db := rawDB(t, st.(*Store))
+	ctx := context.Background()
+	var payload []byte
+	if err := db.QueryRowContext(ctx, `SELECT payload FROM audit WHERE chain = ? AND seq = ?`, chain, seq).Scan(&payload); err != nil {
+		t.Fatal(err)
+	}
+	payload[len(payload)/2] ^= 0x01 // one bit of one byte
+	if _, err := db.ExecContext(ctx, `UPDATE audit SET payload = ? WHERE chain = ? AND seq = ?`, payload, chain, seq); err == nil {
+		t.Fatal("the append-only trigger let an UPDATE of the audit log through")
+	}
+	for _, q := range []string{`DROP TRIGGER audit_no_update`} {
+		if _, err := db.ExecContext(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := db.ExecContext(ctx, `UPDATE audit SET payload = ? WHERE chain = ? AND seq = ?`, payload, chain, seq); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func rawSecrets(t *testing.T, st storage.Store) [][]byte {
+	t.Helper()
+	s := st.(*Store)
+	var out [][]byte
+	rows, err := rawDB(t, s).Query(`SELECT name, sealed FROM secrets`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var name string
+		var sealed []byte
+		if err := rows.Scan(&name, &sealed); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, sealed)
+	}
+	// And every byte of the files.
+	for _, suffix := range []string{"", "-wal"} {
+		if b, err := os.ReadFile(s.path + suffix); err == nil {
+			out = append(out, b)
+		}
+	}
+	return out
+}
+
+func conformance(t *testing.T, d storage.Durability) {
+	sealer := testSealer(t)
+	storagetest.Run(t, func(t *testing.T) storage.Store {
+		return openTest(t, Options{Path: filepath.Join(t.TempDir(), "aa.db"), Durability: d, Sealer: sealer})
+	},
+		storagetest.Reopen(func(t *testing.T, s storage.Store) storage.Store {
+			return openTest(t, Options{Path: s.(*Store).opts.Path, Durability: d, Sealer: sealer})
+		}),
+		storagetest.TamperAudit(tamper),
+		storagetest.RawSecrets(rawSecrets),
+	)
+}
+
+func TestConformanceSync(t *testing.T) { conformance(t, storage.DurabilitySync) }
+func TestConformanceOS(t *testing.T)   { conformance(t, storage.DurabilityOS) }
+
+func TestMigrationsIdempotent(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "sub", "aa.db")
+	for range 3 {
+		s, err := Open(t.Context(), Options{Path: path})
+		if err != nil {
+			t.Fatal(err)
+		}
+		v, err := s.SchemaVersion(t.Context())
+		if err != nil || v != 1 {
+			t.Fatalf("SchemaVersion = %d, %v; want 1", v, err)
+		}
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	db, _ := sql.Open("sqlite", "file:"+path)
+	defer db.Close()
+	if _, err := db.Exec(`INSERT INTO schema_migrations (version, name, applied_ns) VALUES (99, '0099_future.sql', 0)`); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Open(t.Context(), Options{Path: path})
+	if err == nil || !bytes.Contains([]byte(err.Error()), []byte("newer than this binary")) {
+		t.Fatalf("Open of a newer schema: %v", err)
+	}
+}
