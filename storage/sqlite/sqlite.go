@@ -78,6 +78,9 @@ type Options struct {
 	// CounterFlushInterval is how often changed counters are written to the
 	// file (default 100 ms). A crash loses at most this much counter history.
 	CounterFlushInterval time.Duration
+	// CheckpointInterval is how often the WAL is checkpointed into the
+	// database file (default 1 s).
+	CheckpointInterval time.Duration
 	// ApprovalPoll is how often WaitApproval re-reads an approval, to notice
 	// decisions made by other processes (default 500 ms).
 	ApprovalPoll time.Duration
@@ -104,6 +107,9 @@ func (o *Options) setDefaults() {
 	if o.CounterFlushInterval == 0 {
 		o.CounterFlushInterval = 100 * time.Millisecond
 	}
+	if o.CheckpointInterval == 0 {
+		o.CheckpointInterval = time.Second
+	}
 	if o.ApprovalPoll == 0 {
 		o.ApprovalPoll = 500 * time.Millisecond
 	}
@@ -126,7 +132,7 @@ func (o *Options) Validate() error {
 	if o.ReadConns < 1 {
 		errs = append(errs, fmt.Errorf("read connections %d: want at least 1", o.ReadConns))
 	}
-	if o.CounterFlushInterval < 0 || o.ApprovalPoll < 0 {
+	if o.CounterFlushInterval < 0 || o.ApprovalPoll < 0 || o.CheckpointInterval < 0 {
 		errs = append(errs, errors.New("intervals must be positive"))
 	}
 	if strings.ContainsAny(o.Path, "?#") {
@@ -142,6 +148,7 @@ type Store struct {
 	path   string
 	writer *sql.DB
 	reader *sql.DB
+	ckpt   *sql.DB // one connection for background checkpoints
 	hub    *hub
 
 	insertAudit *sql.Stmt
@@ -186,9 +193,10 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 	common.Add("_pragma", "foreign_keys(1)")
 	common.Add("_pragma", "journal_mode(WAL)")
 	common.Add("_pragma", "synchronous("+syncMode+")")
-	wq := url.Values{"_txlock": {"immediate"}}
+	// Checkpoints run in the background (checkpoint), not inside a commit.
+	wq := url.Values{"_txlock": {"immediate"}, "_pragma": {"wal_autocheckpoint(0)"}}
 	for k, v := range common {
-		wq[k] = v
+		wq[k] = append(wq[k], v...)
 	}
 	if s.writer, err = sql.Open("sqlite", "file:"+abs+"?"+wq.Encode()); err != nil {
 		return nil, fmt.Errorf("open sqlite store %s: %w", opts.Path, err)
@@ -212,13 +220,25 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 	}
 	s.reader.SetMaxOpenConns(opts.ReadConns)
 	s.reader.SetMaxIdleConns(opts.ReadConns)
+	cq := url.Values{}
+	for k, v := range common {
+		cq[k] = v
+	}
+	if s.ckpt, err = sql.Open("sqlite", "file:"+abs+"?"+cq.Encode()); err != nil {
+		s.reader.Close()
+		s.writer.Close()
+		return nil, fmt.Errorf("open sqlite store %s: %w", opts.Path, err)
+	}
+	s.ckpt.SetMaxOpenConns(1)
 	if s.insertAudit, err = s.writer.PrepareContext(ctx, insertAuditSQL); err != nil {
+		s.ckpt.Close()
 		s.reader.Close()
 		s.writer.Close()
 		return nil, fmt.Errorf("open sqlite store %s: %w", opts.Path, err)
 	}
 	s.hub, err = acquireHub(ctx, abs, s)
 	if err != nil {
+		s.ckpt.Close()
 		s.reader.Close()
 		s.writer.Close()
 		return nil, fmt.Errorf("open sqlite store %s: %w", opts.Path, err)
@@ -227,6 +247,7 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 		s.wg.Go(s.flushWAL)
 	}
 	s.wg.Go(s.maintain)
+	s.wg.Go(s.checkpoint)
 	return s, nil
 }
 
@@ -382,6 +403,36 @@ func (s *Store) flushWAL() {
 	}
 }
 
+// checkpoint copies committed WAL frames into the database file every
+// CheckpointInterval from its own connection. Running it here rather than
+// as SQLite's automatic checkpoint keeps its fsyncs off the commit path; a
+// PASSIVE checkpoint never blocks the writer. When readers keep it from
+// catching up and the WAL passes walLimitFrames, a TRUNCATE checkpoint
+// (which waits for them) bounds its size.
+func (s *Store) checkpoint() {
+	const walLimitFrames = 64 << 10 // 256 MiB of 4 KiB pages
+	tick := time.NewTicker(s.opts.CheckpointInterval)
+	defer tick.Stop()
+	mode := "PASSIVE"
+	for {
+		select {
+		case <-tick.C:
+		case <-s.stop:
+			return
+		}
+		var busy, frames, done int
+		err := s.ckpt.QueryRowContext(context.Background(), "PRAGMA wal_checkpoint("+mode+")").Scan(&busy, &frames, &done)
+		if err != nil {
+			s.log.Warn("checkpoint WAL", "mode", mode, "err", err)
+			continue
+		}
+		mode = "PASSIVE"
+		if frames > walLimitFrames && done < frames {
+			mode = "TRUNCATE"
+		}
+	}
+}
+
 // maintain persists counters and deletes expired rows.
 func (s *Store) maintain() {
 	tick := time.NewTicker(s.opts.CounterFlushInterval)
@@ -436,7 +487,7 @@ func (s *Store) Close() error {
 		defer cancel()
 		err := s.hub.flushCounters(ctx, s)
 		s.hub.release(s)
-		s.closeErr = errors.Join(err, s.insertAudit.Close(), s.reader.Close(), s.writer.Close())
+		s.closeErr = errors.Join(err, s.insertAudit.Close(), s.ckpt.Close(), s.reader.Close(), s.writer.Close())
 	})
 	return s.closeErr
 }

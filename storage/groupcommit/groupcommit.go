@@ -1,0 +1,241 @@
+// Package groupcommit batches concurrent audit appends so one AppendAudit
+// call (one transaction, one fsync) makes many records durable at once.
+//
+// One goroutine owns the log. While it writes a batch, new records queue up;
+// when the write returns it takes everything queued (up to MaxBatch) as the
+// next batch. Under load, batches grow to match the backend's commit latency;
+// when idle, a record is written alone and at once (MaxDelay 0).
+package groupcommit
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/agent-assembly/agent-assembly/storage"
+)
+
+// Metrics observes the writer. Implementations must be safe for concurrent use.
+type Metrics interface {
+	// ObserveBatch is called after each AppendAudit with the number of
+	// records, how long the write took, and its error.
+	ObserveBatch(records int, write time.Duration, err error)
+}
+
+// Options configures a Writer.
+type Options struct {
+	// MaxBatch caps the records per AppendAudit (default 512).
+	MaxBatch int
+	// MaxDelay is how long the writer waits for more records after the
+	// first of a batch arrives while no write is in progress (default 0:
+	// batches form only from records that queue during the previous write).
+	MaxDelay time.Duration
+	// Chain, when set, is assigned to every record whose Chain is empty.
+	Chain string
+	// QueueSize bounds the records waiting for the writer (default 4×MaxBatch);
+	// Append blocks, honouring its context, when the queue is full.
+	QueueSize int
+	// WriteTimeout bounds one AppendAudit (default 10s), so a hung backend
+	// fails its batch and the writer moves on instead of stalling forever.
+	WriteTimeout time.Duration
+	// Logger receives write failures (slog.Default when nil).
+	Logger *slog.Logger
+	// Metrics, when set, observes every batch.
+	Metrics Metrics
+}
+
+// Writer appends audit records through group commit.
+type Writer struct {
+	log  storage.AuditLog
+	opts Options
+	lg   *slog.Logger
+
+	mu     sync.RWMutex // write-held only by Close; guards closed and reqs sends
+	closed bool
+	reqs   chan *request
+	done   chan struct{}
+	pool   sync.Pool
+}
+
+type request struct {
+	rec  storage.AuditRecord
+	err  error
+	done chan struct{}
+}
+
+// New starts a writer appending to log.
+func New(log storage.AuditLog, opts Options) *Writer {
+	if opts.MaxBatch <= 0 {
+		opts.MaxBatch = 512
+	}
+	if opts.QueueSize <= 0 {
+		opts.QueueSize = 4 * opts.MaxBatch
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.WriteTimeout <= 0 {
+		opts.WriteTimeout = 10 * time.Second
+	}
+	w := &Writer{
+		log:  log,
+		opts: opts,
+		lg:   opts.Logger.With("component", "audit-group-commit"),
+		reqs: make(chan *request, opts.QueueSize),
+		done: make(chan struct{}),
+	}
+	w.pool.New = func() any { return &request{done: make(chan struct{}, 1)} }
+	go w.run()
+	return w
+}
+
+// Append queues a copy of r and blocks until the batch holding it is durable,
+// then sets r's Seq, PrevHash and Hash (and Chain, when Options.Chain filled
+// it in). A backend error fails every record of that batch and is returned
+// to each caller; the gateway then fails closed.
+//
+// If ctx ends before r is queued, r is not written and ctx's error is
+// returned. If it ends after, r is still written (the write does not depend
+// on any caller's context) but Append returns ctx's error at once without
+// waiting, and r is left unchanged.
+func (w *Writer) Append(ctx context.Context, r *storage.AuditRecord) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	req := w.pool.Get().(*request)
+	req.rec = *r
+	if req.rec.Chain == "" {
+		req.rec.Chain = w.opts.Chain
+	}
+	req.err = nil
+
+	w.mu.RLock()
+	if w.closed {
+		w.mu.RUnlock()
+		return fmt.Errorf("append audit record: %w", storage.ErrClosed)
+	}
+	select {
+	case w.reqs <- req:
+		w.mu.RUnlock()
+	case <-ctx.Done():
+		w.mu.RUnlock()
+		w.pool.Put(req)
+		return ctx.Err()
+	}
+
+	select {
+	case <-req.done:
+	case <-ctx.Done():
+		// The writer still owns req and will write it; it is not reused.
+		return ctx.Err()
+	}
+	err := req.err
+	if err == nil {
+		r.Chain, r.Seq, r.PrevHash, r.Hash = req.rec.Chain, req.rec.Seq, req.rec.PrevHash, req.rec.Hash
+	}
+	req.rec = storage.AuditRecord{}
+	w.pool.Put(req)
+	return err
+}
+
+func (w *Writer) run() {
+	defer close(w.done)
+	batch := make([]*request, 0, w.opts.MaxBatch)
+	recs := make([]*storage.AuditRecord, 0, w.opts.MaxBatch)
+	var timer *time.Timer
+	for {
+		first, ok := <-w.reqs
+		if !ok {
+			return
+		}
+		batch = append(batch[:0], first)
+		open := w.fill(&batch)
+		if open && w.opts.MaxDelay > 0 && len(batch) < w.opts.MaxBatch {
+			if timer == nil {
+				timer = time.NewTimer(w.opts.MaxDelay)
+			} else {
+				timer.Reset(w.opts.MaxDelay)
+			}
+		collect:
+			for len(batch) < w.opts.MaxBatch {
+				select {
+				case r, ok := <-w.reqs:
+					if !ok {
+						open = false
+						break collect
+					}
+					batch = append(batch, r)
+				case <-timer.C:
+					break collect
+				}
+			}
+			timer.Stop()
+		}
+		recs = recs[:0]
+		for _, r := range batch {
+			recs = append(recs, &r.rec)
+		}
+		w.write(recs, batch)
+		clear(batch)
+		clear(recs)
+		if !open {
+			return // closed and drained: a closed channel yields its buffer first
+		}
+	}
+}
+
+// fill takes every queued request without blocking, up to MaxBatch. It
+// reports false once the queue is closed.
+func (w *Writer) fill(batch *[]*request) bool {
+	for len(*batch) < w.opts.MaxBatch {
+		select {
+		case r, ok := <-w.reqs:
+			if !ok {
+				return false
+			}
+			*batch = append(*batch, r)
+		default:
+			return true
+		}
+	}
+	return true
+}
+
+func (w *Writer) write(recs []*storage.AuditRecord, batch []*request) {
+	start := time.Now()
+	// No caller's context governs the write: a record once queued is
+	// written even if its caller gave up.
+	ctx, cancel := context.WithTimeout(context.Background(), w.opts.WriteTimeout)
+	err := w.log.AppendAudit(ctx, recs)
+	cancel()
+	if w.opts.Metrics != nil {
+		w.opts.Metrics.ObserveBatch(len(recs), time.Since(start), err)
+	}
+	if err != nil {
+		w.lg.Error("audit append failed; failing every check in the batch", "records", len(recs), "err", err)
+		err = fmt.Errorf("append audit batch of %d: %w", len(recs), err)
+	}
+	for _, r := range batch {
+		r.err = err
+		r.done <- struct{}{}
+	}
+}
+
+// Close stops accepting records, writes everything queued, and waits for the
+// last write until ctx ends.
+func (w *Writer) Close(ctx context.Context) error {
+	w.mu.Lock()
+	if !w.closed {
+		w.closed = true
+		close(w.reqs)
+	}
+	w.mu.Unlock()
+	select {
+	case <-w.done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("close audit writer: records still being written: %w", context.Cause(ctx))
+	}
+}
