@@ -105,6 +105,7 @@ type evalCtx struct {
 	now      time.Time
 	tr       *tracer
 	vars     map[string]any
+	fullScan bool // evaluate every rule in order, bypassing the indexes (tests)
 }
 
 const (
@@ -116,14 +117,14 @@ const (
 // Evaluate decides on one action. It is safe for concurrent use and does not
 // allocate unless a CEL condition is evaluated.
 func (s *Snapshot) Evaluate(in Input) Result {
-	return s.evaluate(&in, nil)
+	return s.evaluate(&in, nil, false)
 }
 
 // Explain evaluates like Evaluate and also returns every document and rule
 // considered, in order, with why each did or did not match.
 func (s *Snapshot) Explain(in Input) (Result, []TraceStep) {
 	tr := &tracer{}
-	r := s.evaluate(&in, tr)
+	r := s.evaluate(&in, tr, false)
 	return r, tr.steps
 }
 
@@ -148,7 +149,7 @@ type cascade struct {
 	limit    int
 }
 
-func (s *Snapshot) evaluate(in *Input, tr *tracer) Result {
+func (s *Snapshot) evaluate(in *Input, tr *tracer, fullScan bool) Result {
 	res := Result{PolicyVersion: s.version}
 	a := in.Action
 	if a == nil || a.Kind == action.KindUnspecified || int(a.Kind) >= numKinds {
@@ -158,7 +159,7 @@ func (s *Snapshot) evaluate(in *Input, tr *tracer) Result {
 		}
 		return res
 	}
-	ctx := evalCtx{snap: s, labels: in.Labels, a: a, kind: a.Kind, name: a.Name(), resource: a.Resource(), now: a.Time, tr: tr}
+	ctx := evalCtx{snap: s, labels: in.Labels, a: a, kind: a.Kind, name: a.Name(), resource: a.Resource(), now: a.Time, tr: tr, fullScan: fullScan}
 	switch a.Kind {
 	case action.KindNetworkCall:
 		ctx.name = normalizeActionHost(ctx.name)
@@ -268,28 +269,77 @@ func (s *Snapshot) consider(ctx *evalCtx, d *docPlan, cs *cascade) {
 	}
 }
 
+// maxCandidateLists bounds the candidate lists merged on the stack; an
+// action whose name or resource has more labels or path segments than that
+// is evaluated by a full scan of the kind's rules instead.
+const maxCandidateLists = 32
+
 // decide runs one document: the first matching step in evaluation order
 // decides, else the document's default.
 func (d *docPlan) decide(ctx *evalCtx) outcome {
 	kp := &d.kinds[ctx.kind]
-	var lit []int32
+	var lists [maxCandidateLists][]int32
+	n := 0
+	overflow := false
 	if kp.byName != nil {
-		lit = kp.byName[ctx.name]
+		lists[n] = kp.byName[ctx.name] // list 0: name already matched
 	}
-	gen := kp.general
-	i, j := 0, 0
-	for i < len(lit) || j < len(gen) {
-		var idx int32
-		byName := false
-		if j >= len(gen) || (i < len(lit) && lit[i] < gen[j]) {
-			idx, byName = lit[i], true
-			i++
-		} else {
-			idx = gen[j]
-			j++
+	n++
+	lists[n] = kp.general
+	n++
+	if kp.byNameSuffix != nil {
+		name := ctx.name
+		for i := 0; i < len(name); i++ {
+			if name[i] != '.' {
+				continue
+			}
+			if l, ok := kp.byNameSuffix[name[i:]]; ok {
+				if n == maxCandidateLists {
+					overflow = true
+					break
+				}
+				lists[n] = l
+				n++
+			}
 		}
-		if o, ok := d.evalStep(ctx, &kp.steps[idx], byName); ok {
-			return o
+	}
+	if kp.byResourcePrefix != nil && !overflow {
+		res := ctx.resource
+		for i := 1; i <= len(res); i++ {
+			if i < len(res) && res[i] != '/' {
+				continue
+			}
+			if l, ok := kp.byResourcePrefix[res[:i]]; ok {
+				if n == maxCandidateLists {
+					overflow = true
+					break
+				}
+				lists[n] = l
+				n++
+			}
+		}
+	}
+	if overflow || ctx.fullScan {
+		for i := range kp.steps {
+			if o, ok := d.evalStep(ctx, &kp.steps[i], false); ok {
+				return o
+			}
+		}
+	} else {
+		for {
+			best, bv := -1, int32(0)
+			for li := 0; li < n; li++ {
+				if l := lists[li]; len(l) > 0 && (best < 0 || l[0] < bv) {
+					best, bv = li, l[0]
+				}
+			}
+			if best < 0 {
+				break
+			}
+			lists[best] = lists[best][1:]
+			if o, ok := d.evalStep(ctx, &kp.steps[bv], best == 0); ok {
+				return o
+			}
 		}
 	}
 	if ctx.tr != nil {

@@ -72,3 +72,35 @@ func TestExamples(t *testing.T) {
 		t.Errorf("research settings = %+v", st)
 	}
 }
+
+// TestConcurrentEvaluate runs under -race in CI: a Snapshot is shared by
+// every check.
+func TestConcurrentEvaluate(t *testing.T) {
+	s := loadExamples(t)
+	inputs := []Input{
+		{Action: toolCall(coder, "git_status", "")},
+		{Action: toolCall(coder, "shell_exec", `{"command":"rm -rf /"}`)},
+		{Action: netCall(researcher, "en.wikipedia.org", 443)},
+		{Action: fileOp(coder, "read", "/workspace/.env")},
+	}
+	want := make([]Result, len(inputs))
+	for i, in := range inputs {
+		want[i] = s.Evaluate(in)
+	}
+	done := make(chan struct{})
+	for g := 0; g < 8; g++ {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			for i := 0; i < 500; i++ {
+				k := (g + i) % len(inputs)
+				if got := s.Evaluate(inputs[k]); got != want[k] {
+					t.Errorf("concurrent result %+v, want %+v", got, want[k])
+					return
+				}
+			}
+		}()
+	}
+	for g := 0; g < 8; g++ {
+		<-done
+	}
+}

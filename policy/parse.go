@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -36,7 +37,8 @@ func Parse(name string, data []byte) (*Document, error) {
 }
 
 // LoadPath loads a policy file, or every .yaml and .yml file directly inside
-// a directory in lexical order (subdirectories and other files are skipped).
+// a directory in lexical order (subdirectories and other files are skipped;
+// symbolic links to files are followed).
 // Errors from all files are reported together.
 func LoadPath(path string) ([]*Document, error) {
 	fi, err := os.Stat(path)
@@ -51,8 +53,19 @@ func LoadPath(path string) ([]*Document, error) {
 		}
 		for _, e := range entries {
 			ext := strings.ToLower(filepath.Ext(e.Name()))
-			if e.Type().IsRegular() && (ext == ".yaml" || ext == ".yml") {
-				files = append(files, filepath.Join(path, e.Name()))
+			if ext != ".yaml" && ext != ".yml" {
+				continue
+			}
+			full := filepath.Join(path, e.Name())
+			regular := e.Type().IsRegular()
+			if e.Type()&fs.ModeSymlink != 0 {
+				// Kubernetes ConfigMap volumes are symlinks to regular files.
+				if fi, err := os.Stat(full); err == nil {
+					regular = fi.Mode().IsRegular()
+				}
+			}
+			if regular {
+				files = append(files, full)
 			}
 		}
 		sort.Strings(files)

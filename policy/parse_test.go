@@ -237,11 +237,22 @@ func TestLoadPath(t *testing.T) {
 	if err := os.Mkdir(filepath.Join(dir, "sub.yaml"), 0o755); err != nil {
 		t.Fatal(err)
 	}
+	// Kubernetes ConfigMap volumes: the file is a symlink into ..data.
+	target := filepath.Join(t.TempDir(), "real.yaml")
+	if err := os.WriteFile(target, []byte(policyYAML("c-linked", "{level: org, org: globex}", "")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(target, filepath.Join(dir, "c.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(filepath.Join(dir, "sub.yaml"), filepath.Join(dir, "dirlink.yaml")); err != nil {
+		t.Fatal(err)
+	}
 	docs, err := LoadPath(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(docs) != 2 || docs[0].Name() != "a" || docs[1].Name() != "b" {
+	if len(docs) != 3 || docs[0].Name() != "a" || docs[1].Name() != "b" || docs[2].Name() != "c-linked" {
 		t.Fatalf("docs = %v", docs)
 	}
 	if docs[0].Source != filepath.Join(dir, "a.yml") {
@@ -252,6 +263,9 @@ func TestLoadPath(t *testing.T) {
 		t.Fatalf("single file: %v %v", one, err)
 	}
 
+	if err := os.Remove(filepath.Join(dir, "c.yaml")); err != nil {
+		t.Fatal(err)
+	}
 	write("c.yaml", "apiVersion: agent-assembly/v1\n")
 	write("d.yaml", policyYAML("d", "{level: team}", ""))
 	_, err = LoadPath(dir)

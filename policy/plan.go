@@ -104,13 +104,58 @@ type step struct {
 }
 
 // kindPlan is the ordered rule list of one document for one action kind.
-// Rules whose name glob is a literal are indexed by that name; byName and
-// general hold indexes into steps in ascending (evaluation) order, and
-// evaluation merges the two lists.
+// Each explicit rule is filed in one index so that evaluation only looks at
+// candidates: byName for a literal name glob, byNameSuffix for a name glob
+// ending in a literal that starts at a '.' (such as "*.prod.internal",
+// keyed ".prod.internal"), byResourcePrefix for a resource glob starting with
+// a literal directory (such as "/admin/**", keyed "/admin"), and general for
+// the rest and for section rules. Every list holds indexes into steps in
+// ascending (evaluation) order; evaluation merges the candidate lists.
 type kindPlan struct {
-	steps   []step
-	byName  map[string][]int32
-	general []int32
+	steps            []step
+	byName           map[string][]int32
+	byNameSuffix     map[string][]int32
+	byResourcePrefix map[string][]int32
+	general          []int32
+}
+
+// nameSuffixKey returns the byNameSuffix key of a name glob, or "".
+func nameSuffixKey(g *glob) string {
+	if g == nil || g.literal {
+		return ""
+	}
+	if i := strings.IndexByte(g.suffix, '.'); i >= 0 {
+		return g.suffix[i:]
+	}
+	return ""
+}
+
+// resourcePrefixKey returns the byResourcePrefix key of a resource glob, or
+// "". Every resource the glob matches either equals the key or continues
+// with '/' after it.
+func resourcePrefixKey(g *glob) string {
+	if g == nil {
+		return ""
+	}
+	if g.literal {
+		return g.lit
+	}
+	if g.skipEdge(g.start) >= 0 {
+		// The prefix is followed by an optional "/**": "/admin/**" has the
+		// prefix "/admin".
+		return g.prefix
+	}
+	if i := strings.LastIndexByte(g.prefix, '/'); i > 0 {
+		return g.prefix[:i]
+	}
+	return ""
+}
+
+func appendIndex(m *map[string][]int32, key string, idx int32) {
+	if *m == nil {
+		*m = map[string][]int32{}
+	}
+	(*m)[key] = append((*m)[key], idx)
 }
 
 type compiledRule struct {
@@ -202,6 +247,7 @@ type planEntry struct {
 	kinds [numKinds]bool
 	lit   string // literal name for indexing
 	isLit bool
+	rule  *compiledRule
 }
 
 func allKinds() [numKinds]bool {
@@ -260,7 +306,7 @@ func (c *compiler) build(doc *Document) *docPlan {
 				cr.nameLower = g
 			}
 		}
-		e := planEntry{prio: r.Priority, seq: i, st: step{kind: stepRule, rule: cr}, kinds: kinds}
+		e := planEntry{prio: r.Priority, seq: i, st: step{kind: stepRule, rule: cr}, kinds: kinds, rule: cr}
 		if cr.name != nil && cr.name.literal {
 			e.isLit, e.lit = true, cr.name.lit
 		}
@@ -385,16 +431,25 @@ func (c *compiler) build(doc *Document) *docPlan {
 			}
 			idx := int32(len(kp.steps))
 			kp.steps = append(kp.steps, e.st)
-			if e.isLit {
+			nameGlob := (*glob)(nil)
+			if e.rule != nil {
+				nameGlob = e.rule.name
+				if k == action.KindNetworkCall && e.rule.nameLower != nil {
+					nameGlob = e.rule.nameLower
+				}
+			}
+			switch {
+			case e.isLit:
 				key := e.lit
 				if k == action.KindNetworkCall {
 					key = normalizeActionHost(key)
 				}
-				if kp.byName == nil {
-					kp.byName = map[string][]int32{}
-				}
-				kp.byName[key] = append(kp.byName[key], idx)
-			} else {
+				appendIndex(&kp.byName, key, idx)
+			case nameSuffixKey(nameGlob) != "":
+				appendIndex(&kp.byNameSuffix, nameSuffixKey(nameGlob), idx)
+			case e.rule != nil && resourcePrefixKey(e.rule.resource) != "":
+				appendIndex(&kp.byResourcePrefix, resourcePrefixKey(e.rule.resource), idx)
+			default:
 				kp.general = append(kp.general, idx)
 			}
 		}
