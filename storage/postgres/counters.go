@@ -27,6 +27,29 @@ RETURNING value`
 
 const counterSQL = `SELECT coalesce((SELECT value FROM counters WHERE key = $1 AND expires_ns > $2), 0)`
 
+// counterTx sends the statements queue adds in one pipeline (one round
+// trip), in a transaction that commits without waiting for the WAL flush
+// unless Options.SyncCounters is set.
+func (s *Store) counterTx(ctx context.Context, op string, queue func(b *pgx.Batch)) error {
+	return s.do(ctx, op, func(c *pgx.Conn) error {
+		b := &pgx.Batch{}
+		async := !s.opts.SyncCounters
+		if async {
+			b.Queue("BEGIN")
+			b.Queue("SET LOCAL synchronous_commit = off")
+		}
+		queue(b)
+		if async {
+			b.Queue("COMMIT")
+		}
+		err := c.SendBatch(ctx, b).Close()
+		if err != nil {
+			rollback(ctx, c)
+		}
+		return err
+	})
+}
+
 // Reserve atomically adds amount to key if the result stays within limit.
 // It is one round trip: the conditional upsert and a read of the current
 // value travel in one pipeline.
@@ -40,9 +63,8 @@ func (s *Store) Reserve(ctx context.Context, key string, amount, limit int64, ex
 		return storage.Reservation{Allowed: err == nil && used <= limit, Used: used}, err
 	}
 	var res storage.Reservation
-	err := s.do(ctx, "reserve counter", func(c *pgx.Conn) error {
+	err := s.counterTx(ctx, "reserve counter", func(b *pgx.Batch) {
 		res = storage.Reservation{}
-		b := &pgx.Batch{}
 		b.Queue(reserveSQL, key, amount, limit, nanos(expires), now).QueryRow(func(row pgx.Row) error {
 			err := row.Scan(&res.Used)
 			if errors.Is(err, pgx.ErrNoRows) {
@@ -61,7 +83,6 @@ func (s *Store) Reserve(ctx context.Context, key string, amount, limit int64, ex
 			}
 			return nil
 		})
-		return c.SendBatch(ctx, b).Close()
 	})
 	return res, err
 }
@@ -73,12 +94,14 @@ func (s *Store) Adjust(ctx context.Context, key string, delta int64, expires tim
 	}
 	now := nanos(s.opts.Now())
 	var v int64
-	err := s.do(ctx, "adjust counter", func(c *pgx.Conn) error {
-		return c.QueryRow(ctx, `INSERT INTO counters AS c (key, value, expires_ns) VALUES ($1, $2, $3)
+	err := s.counterTx(ctx, "adjust counter", func(b *pgx.Batch) {
+		b.Queue(`INSERT INTO counters AS c (key, value, expires_ns) VALUES ($1, $2, $3)
 			ON CONFLICT (key) DO UPDATE
 			   SET value = CASE WHEN c.expires_ns > $4 THEN c.value ELSE 0 END + EXCLUDED.value,
 			       expires_ns = EXCLUDED.expires_ns
-			RETURNING value`, key, delta, nanos(expires), now).Scan(&v)
+			RETURNING value`, key, delta, nanos(expires), now).QueryRow(func(row pgx.Row) error {
+			return row.Scan(&v)
+		})
 	})
 	return v, err
 }
@@ -103,8 +126,10 @@ func (s *Store) TakeToken(ctx context.Context, key string, rate float64, burst i
 		ok   bool
 		wait int64
 	)
-	err := s.do(ctx, "take token", func(c *pgx.Conn) error {
-		return c.QueryRow(ctx, `SELECT ok, wait_ns FROM take_token($1, $2, $3, $4)`, key, rate, burst, now.UnixNano()).Scan(&ok, &wait)
+	err := s.counterTx(ctx, "take token", func(b *pgx.Batch) {
+		b.Queue(`SELECT ok, wait_ns FROM take_token($1, $2, $3, $4)`, key, rate, burst, now.UnixNano()).QueryRow(func(row pgx.Row) error {
+			return row.Scan(&ok, &wait)
+		})
 	})
 	return ok, time.Duration(wait), err
 }

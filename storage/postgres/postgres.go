@@ -42,6 +42,14 @@ type Options struct {
 	// so the records are in the server (they survive a gateway crash) and the
 	// server's WAL writer flushes them shortly after.
 	Durability storage.Durability
+	// SyncCounters makes counter and token bucket updates wait for the
+	// commit to be flushed, like every other write. By default they commit
+	// with synchronous_commit=off: counters are budget and rate state that
+	// the Redis driver keeps in memory only, and a flush per reservation
+	// would cap a hot key at one disk flush per request. A crash of the
+	// database server can lose its last moments of counting (under-count);
+	// a crash of the gateway loses nothing.
+	SyncCounters bool
 	// Sealer encrypts secrets before they are stored. Without one the
 	// Secrets methods return storage.ErrNotSupported.
 	Sealer storage.Sealer
