@@ -1,0 +1,2 @@
+// Package scan finds credentials and personal data in strings and JSON values and redacts them.
+package scan
