@@ -369,52 +369,54 @@ const verifyPage = 5000
 
 // VerifyAudit streams the chain through storage.ChainVerifier in Seq order,
 // then compares the last record with the head stored in audit_chains, which
-// catches records deleted from the end.
+// catches records deleted from the end. Head and records are read in one
+// repeatable-read snapshot, so appends running meanwhile do not disturb it.
 func (s *Store) VerifyAudit(ctx context.Context, chain string) (storage.VerifyReport, error) {
-	var head storage.ChainHead
+	var rep storage.VerifyReport
 	err := s.do(ctx, "verify audit", func(c *pgx.Conn) error {
-		return c.QueryRow(ctx, `SELECT head_seq, head_hash FROM audit_chains WHERE chain = $1`, chain).Scan(&head.Seq, &head.Hash)
+		opts := pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}
+		return pgx.BeginTxFunc(ctx, c, opts, func(tx pgx.Tx) error {
+			var head storage.ChainHead
+			err := tx.QueryRow(ctx, `SELECT head_seq, head_hash FROM audit_chains WHERE chain = $1`, chain).Scan(&head.Seq, &head.Hash)
+			if err != nil {
+				return err
+			}
+			v := storage.NewChainVerifier(chain, storage.ChainHead{})
+			var after int64
+			for more := true; more; {
+				rows, err := tx.Query(ctx, `SELECT `+auditColumns+` FROM audit_records
+					WHERE chain = $1 AND seq > $2 ORDER BY seq LIMIT $3`, chain, after, verifyPage)
+				if err != nil {
+					return err
+				}
+				n := 0
+				for rows.Next() {
+					r, err := scanRecord(rows)
+					if err != nil {
+						rows.Close()
+						return err
+					}
+					n++
+					after = r.Seq
+					if !v.Add(r) {
+						break
+					}
+				}
+				rows.Close()
+				if err := rows.Err(); err != nil {
+					return err
+				}
+				more = n == verifyPage && v.Report().OK
+			}
+			v.CheckHead(head)
+			rep = v.Report()
+			return nil
+		})
 	})
 	if errors.Is(err, storage.ErrNotFound) {
 		return storage.VerifyReport{}, fmt.Errorf("verify audit chain %q: %w", chain, storage.ErrNotFound)
 	}
-	if err != nil {
-		return storage.VerifyReport{}, err
-	}
-	v := storage.NewChainVerifier(chain, storage.ChainHead{})
-	var after int64
-	for ok := true; ok; {
-		n := 0
-		err := s.do(ctx, "verify audit", func(c *pgx.Conn) error {
-			rows, err := c.Query(ctx, `SELECT `+auditColumns+` FROM audit_records
-				WHERE chain = $1 AND seq > $2 ORDER BY seq LIMIT $3`, chain, after, verifyPage)
-			if err != nil {
-				return err
-			}
-			defer rows.Close()
-			for rows.Next() {
-				r, err := scanRecord(rows)
-				if err != nil {
-					return err
-				}
-				n++
-				after = r.Seq
-				if !v.Add(r) {
-					ok = false
-					return nil
-				}
-			}
-			return rows.Err()
-		})
-		if err != nil {
-			return storage.VerifyReport{}, err
-		}
-		if n < verifyPage {
-			break
-		}
-	}
-	v.CheckHead(head)
-	return v.Report(), nil
+	return rep, err
 }
 
 // auditNotice is the NOTIFY payload telling tails that records from..to of

@@ -1,13 +1,17 @@
 package postgres
 
 import (
+	"context"
 	"fmt"
+	"slices"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/agent-assembly/agent-assembly/storage"
+	"github.com/agent-assembly/agent-assembly/storage/groupcommit"
 )
 
 // BenchmarkAppendAudit appends batches of 1 and 64 records to one chain
@@ -110,4 +114,48 @@ func BenchmarkTakeToken(b *testing.B) {
 			}
 		}
 	})
+}
+
+// BenchmarkGroupCommit is the gateway's path: concurrent checks append one
+// record each through groupcommit, which batches them into AppendAudit.
+func BenchmarkGroupCommit(b *testing.B) {
+	for _, d := range []storage.Durability{storage.DurabilitySync, storage.DurabilityOS} {
+		for _, callers := range []int{1, 64} {
+			b.Run(fmt.Sprintf("%s/callers=%d", d, callers), func(b *testing.B) {
+				s := openTest(b, "", Options{Durability: d})
+				w := groupcommit.New(s, groupcommit.Options{Chain: "gw-1"})
+				var next atomic.Int64
+				lat := make([][]time.Duration, callers)
+				b.ReportAllocs()
+				b.ResetTimer()
+				start := time.Now()
+				var wg sync.WaitGroup
+				for c := range callers {
+					wg.Go(func() {
+						for i := next.Add(1); i <= int64(b.N); i = next.Add(1) {
+							t0 := time.Now()
+							if err := w.Append(context.Background(), auditRec("", int(i))); err != nil {
+								b.Error(err)
+								return
+							}
+							lat[c] = append(lat[c], time.Since(t0))
+						}
+					})
+				}
+				wg.Wait()
+				elapsed := time.Since(start)
+				b.StopTimer()
+				if err := w.Close(context.Background()); err != nil {
+					b.Fatal(err)
+				}
+				all := slices.Concat(lat...)
+				slices.Sort(all)
+				b.ReportMetric(float64(b.N)/elapsed.Seconds(), "records/s")
+				if len(all) > 0 {
+					b.ReportMetric(float64(all[len(all)/2].Microseconds()), "p50-µs")
+					b.ReportMetric(float64(all[min(len(all)-1, len(all)*99/100)].Microseconds()), "p99-µs")
+				}
+			})
+		}
+	}
 }

@@ -2,7 +2,6 @@ package postgres
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
@@ -145,8 +144,5 @@ func (s *Store) policyVersions(ctx context.Context, op, where string, limit int,
 			return err
 		})
 	})
-	if errors.Is(err, storage.ErrNotFound) {
-		return nil, err
-	}
 	return out, err
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"net/url"
 	"os"
 	"testing"
@@ -191,5 +192,36 @@ func TestOpenRejectsBadOptions(t *testing.T) {
 	}
 	if _, err := Open(t.Context(), "postgres://%zz", Options{}); err == nil {
 		t.Error("Open(bad url) succeeded")
+	}
+}
+
+// TestVerifyWhileAppending verifies a chain while it grows: the head and
+// the records come from one snapshot, so a live chain never reports a gap.
+func TestVerifyWhileAppending(t *testing.T) {
+	s := openTest(t, "", Options{})
+	ctx := t.Context()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := range 200 {
+			if err := s.AppendAudit(ctx, []*storage.AuditRecord{auditRec("live", i)}); err != nil {
+				t.Errorf("AppendAudit: %v", err)
+				return
+			}
+		}
+	}()
+	for running := true; running; {
+		select {
+		case <-done:
+			running = false
+		default:
+		}
+		rep, err := s.VerifyAudit(ctx, "live")
+		if errors.Is(err, storage.ErrNotFound) {
+			continue
+		}
+		if err != nil || !rep.OK {
+			t.Fatalf("VerifyAudit of a growing chain = %+v, %v", rep, err)
+		}
 	}
 }

@@ -64,9 +64,10 @@ type Store struct {
 	opts Options
 	addr string
 
-	done chan struct{} // closed by Close
-	once sync.Once
-	wg   sync.WaitGroup
+	mu     sync.Mutex
+	closed bool
+	done   chan struct{}  // closed by Close
+	wg     sync.WaitGroup // subscription goroutines
 }
 
 // Compile-time guards.
@@ -123,13 +124,16 @@ func (s *Store) Ping(ctx context.Context) error {
 
 // Close ends every subscription and closes the client.
 func (s *Store) Close() error {
-	var err error
-	s.once.Do(func() {
-		close(s.done)
-		s.wg.Wait()
-		err = s.c.Close()
-	})
-	return err
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	close(s.done)
+	s.mu.Unlock()
+	s.wg.Wait()
+	return s.c.Close()
 }
 
 // ---------------------------------------------------------------- errors
@@ -327,19 +331,23 @@ func (s *Store) Publish(ctx context.Context, topic string, payload []byte) error
 // Redis outage; messages published meanwhile are lost. A subscriber that
 // falls SubscriberBuffer messages behind loses messages.
 func (s *Store) Subscribe(ctx context.Context, topic string) (<-chan []byte, error) {
-	select {
-	case <-s.done:
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
 		return nil, fmt.Errorf("subscribe to %q: redis: %w", topic, storage.ErrClosed)
-	default:
 	}
+	s.wg.Add(1) // before Close can wait, so Close waits for this one
+	s.mu.Unlock()
 	ps := s.c.Subscribe(ctx, s.channel(topic))
 	if _, err := ps.Receive(ctx); err != nil { // the subscription confirmation
 		ps.Close()
+		s.wg.Done()
 		return nil, s.fail(ctx, "subscribe to "+topic, err)
 	}
 	in := ps.Channel(goredis.WithChannelSize(s.opts.SubscriberBuffer))
 	out := make(chan []byte, s.opts.SubscriberBuffer)
-	s.wg.Go(func() {
+	go func() {
+		defer s.wg.Done()
 		defer close(out)
 		defer ps.Close()
 		var dropped int64
@@ -361,6 +369,6 @@ func (s *Store) Subscribe(ctx context.Context, topic string) (<-chan []byte, err
 				}
 			}
 		}
-	})
+	}()
 	return out, nil
 }
