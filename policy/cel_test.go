@@ -1,5 +1,3 @@
-//go:build celgo
-
 package policy
 
 import (

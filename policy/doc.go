@@ -60,10 +60,6 @@
 // rule matches, an allow rule does not, and requires_approval_if requires
 // approval.
 //
-// CEL is evaluated by cel.dev/cel-go in builds with the celgo tag. Without it
-// (cel-go's parser dependency is not yet in go.sum) expressions are accepted
-// unchecked and every evaluation fails, that is, fail-closed.
-//
 // # Performance
 //
 // Snapshot.Evaluate does not allocate unless a CEL condition runs or the

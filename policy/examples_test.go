@@ -40,9 +40,7 @@ func TestExamples(t *testing.T) {
 	check(t, s, netCall(researcher, "evil.example.com", 443), expect{action.Deny, "research-agent/network.allowlist"})
 
 	// More of the starter set.
-	if celAvailable {
-		check(t, s, toolCall(coder, "shell_exec", `{"command":"ls -la"}`), expect{action.Allow, "coding-agent/tools[shell_*]"})
-	}
+	check(t, s, toolCall(coder, "shell_exec", `{"command":"ls -la"}`), expect{action.Allow, "coding-agent/tools[shell_*]"})
 	check(t, s, toolCall(coder, "kubectl", ""), expect{action.Deny, "coding-agent/tools[*]"})
 	check(t, s, fileOp(coder, "read", "/workspace/app/main.go"), expect{action.Allow, "coding-agent/filesystem.read[0]"})
 	check(t, s, fileOp(coder, "read", "/workspace/app/.env"), expect{action.Deny, "global-baseline/filesystem.deny[0]"})

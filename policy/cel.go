@@ -1,16 +1,13 @@
-//go:build celgo
-
 package policy
 
 import (
+	"errors"
 	"fmt"
+	"strings"
 	"sync"
 
 	"cel.dev/cel-go/cel"
 )
-
-// celAvailable reports whether CEL conditions are compiled and evaluated.
-const celAvailable = true
 
 // celCostLimit bounds the work one condition may do per evaluation.
 const celCostLimit = 100_000
@@ -29,6 +26,9 @@ type celCondition struct{ prg cel.Program }
 // compileCondition parses and type-checks a CEL expression, which must
 // evaluate to bool, and plans it for evaluation.
 func compileCondition(expr string) (condition, error) {
+	if strings.TrimSpace(expr) == "" {
+		return nil, errors.New("empty CEL expression")
+	}
 	env, err := celEnv()
 	if err != nil {
 		return nil, fmt.Errorf("create CEL environment: %w", err)
