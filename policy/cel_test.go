@@ -85,7 +85,7 @@ func TestCELCompileErrors(t *testing.T) {
 		{"1 + 2", "CEL expression must evaluate to bool, not int"},
 		{"args.x", "CEL expression must evaluate to bool, not dyn"},
 		{"action.kind ==", "invalid CEL expression at 1:"},
-		{"", "invalid CEL expression"},
+		{"", "empty CEL expression"},
 	} {
 		_, err := Parse("x.yaml", []byte(policyYAML("x", "{level: global}", "rules:\n  - id: r\n    when: \""+tc.expr+"\"\n    decision: deny")))
 		if err == nil || !strings.Contains(err.Error(), "x.yaml:9:13: spec.rules[0].when: ") || !strings.Contains(err.Error(), tc.want) {
