@@ -133,6 +133,11 @@ var _ storage.Store = (*Store)(nil)
 // applies pending schema migrations and starts the notification listener.
 // Migrations run in one transaction under an advisory lock, so replicas may
 // start together.
+//
+// Besides pgx's parameters (sslmode, connect_timeout, application_name,
+// ...) the URL may set schema=NAME, durability=sync|os and
+// pool_max_conns=N, which override opts. The database must be reachable:
+// otherwise Open returns an error matching storage.ErrUnavailable.
 func Open(ctx context.Context, url string, opts Options) (*Store, error) {
 	if err := opts.Validate(); err != nil {
 		return nil, err
@@ -142,11 +147,8 @@ func Open(ctx context.Context, url string, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open postgres: %w: %w", storage.ErrInvalid, err)
 	}
-	if v, ok := cfg.RuntimeParams["schema"]; ok {
-		delete(cfg.RuntimeParams, "schema")
-		if opts.Schema == "" {
-			opts.Schema = v
-		}
+	if err := urlOptions(cfg, &opts); err != nil {
+		return nil, err
 	}
 	if opts.Schema != "" {
 		cfg.RuntimeParams["search_path"] = pgx.Identifier{opts.Schema}.Sanitize()
@@ -183,6 +185,30 @@ func Open(ctx context.Context, url string, opts Options) (*Store, error) {
 		s.wg.Go(s.sweepLoop)
 	}
 	return s, nil
+}
+
+// urlOptions moves this driver's URL parameters out of the connection's
+// runtime parameters (where pgx put them) into opts.
+func urlOptions(cfg *pgx.ConnConfig, opts *Options) error {
+	take := func(name string) (string, bool) {
+		v, ok := cfg.RuntimeParams[name]
+		delete(cfg.RuntimeParams, name)
+		return v, ok
+	}
+	if v, ok := take("schema"); ok {
+		opts.Schema = v
+	}
+	if v, ok := take("durability"); ok {
+		opts.Durability = storage.Durability(v)
+	}
+	if v, ok := take("pool_max_conns"); ok {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			return fmt.Errorf("postgres URL parameter pool_max_conns=%q: want a positive integer: %w", v, storage.ErrInvalid)
+		}
+		opts.MaxConns = n
+	}
+	return opts.Validate()
 }
 
 // channelName derives the NOTIFY channel from the schema, so stores on

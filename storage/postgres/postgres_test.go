@@ -7,6 +7,7 @@ import (
 	"errors"
 	"net/url"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -181,6 +182,28 @@ func TestURLSchemaParameter(t *testing.T) {
 	c := rawConn(t, s)
 	if err := c.QueryRow(t.Context(), `SELECT table_schema FROM information_schema.tables WHERE table_name = 'audit_records' AND table_schema = $1`, schema).Scan(&got); err != nil {
 		t.Fatalf("audit_records not created in schema %s: %v", schema, err)
+	}
+}
+
+func TestURLOptions(t *testing.T) {
+	u := testURL(t)
+	schema := newSchema(t)
+	sep := "?"
+	if strings.Contains(u, "?") {
+		sep = "&"
+	}
+	s, err := Open(t.Context(), u+sep+"schema="+schema+"&durability=os&pool_max_conns=3", Options{Durability: storage.DurabilitySync})
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	defer s.Close()
+	if s.schema != schema || s.opts.Durability != storage.DurabilityOS || s.opts.MaxConns != 3 {
+		t.Fatalf("URL options not applied: schema %q durability %q max conns %d", s.schema, s.opts.Durability, s.opts.MaxConns)
+	}
+	for _, bad := range []string{"durability=eventually", "pool_max_conns=0"} {
+		if _, err := Open(t.Context(), u+sep+bad, Options{}); !errors.Is(err, storage.ErrInvalid) {
+			t.Errorf("Open(?%s) = %v, want ErrInvalid", bad, err)
+		}
 	}
 }
 
