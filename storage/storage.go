@@ -105,7 +105,9 @@ type AuditRecord struct {
 	// Seq is the record's position in its chain, starting at 1.
 	Seq int64
 	// ID is the globally unique decision id returned to the client.
-	ID    string
+	ID string
+	// Time is when the decision was made. Drivers store it to the
+	// nanosecond: the hash covers it.
 	Time  time.Time
 	Event RecordEvent
 	Agent action.AgentID
@@ -138,7 +140,8 @@ type AuditQuery struct {
 	Kind             action.Kind
 	Decision         action.Decision
 	Event            RecordEvent
-	Since, Until     time.Time
+	// Since is inclusive, Until exclusive.
+	Since, Until time.Time
 	// Cursor is the opaque NextCursor of a previous page.
 	Cursor string
 	// Limit caps the page size; drivers apply a default of 100 and a maximum of 1000.
@@ -176,10 +179,15 @@ type AuditLog interface {
 	// QueryAudit returns one page of records matching q.
 	QueryAudit(ctx context.Context, q AuditQuery) (AuditPage, error)
 	// TailAudit delivers records appended after the call until ctx ends.
+	// The channel is closed when ctx ends, or early when the consumer falls
+	// too far behind (it then resumes with QueryAudit).
 	TailAudit(ctx context.Context) (<-chan *AuditRecord, error)
 	// AuditChains lists the chain ids present in the log.
+	// They are sorted.
 	AuditChains(ctx context.Context) ([]string, error)
 	// VerifyAudit recomputes every hash of one chain in order.
+	// Problems are reported in the VerifyReport; ErrNotFound means the chain
+	// has no records. Drivers feed their records to a ChainVerifier.
 	VerifyAudit(ctx context.Context, chain string) (VerifyReport, error)
 }
 
@@ -224,6 +232,7 @@ type AgentRegistry interface {
 	PutAgent(ctx context.Context, a *Agent) error
 	// GetAgent returns ErrNotFound for an unknown agent.
 	GetAgent(ctx context.Context, id action.AgentID) (*Agent, error)
+	// ListAgents returns matching agents sorted by org, team, agent.
 	ListAgents(ctx context.Context, f AgentFilter) ([]*Agent, error)
 	// SetAgentStatus changes status and reason; ErrNotFound for an unknown agent.
 	SetAgentStatus(ctx context.Context, id action.AgentID, s AgentStatus, reason string) error
@@ -269,6 +278,7 @@ type PolicyStore interface {
 	ActivePolicyVersion(ctx context.Context) (*PolicyVersion, error)
 	GetPolicyVersion(ctx context.Context, version string) (*PolicyVersion, error)
 	// PolicyHistory lists versions newest first.
+	// A limit <= 0 means all. Ties in CreatedAt put the later save first.
 	PolicyHistory(ctx context.Context, limit int) ([]*PolicyVersion, error)
 }
 
@@ -333,18 +343,23 @@ type ApprovalFilter struct {
 	Status ApprovalStatus
 	Org    string
 	Team   string
-	Limit  int
+	// Limit caps the result; drivers apply a default of 100 and a maximum of 1000.
+	Limit int
 }
 
 // Approvals keeps approval requests and wakes waiters when they are decided.
 type Approvals interface {
+	// CreateApproval stores a new pending approval (an empty Status means
+	// pending); ErrConflict if the ID exists.
 	CreateApproval(ctx context.Context, a *Approval) error
 	// DecideApproval sets a final status; ErrConflict if already decided.
 	DecideApproval(ctx context.Context, id string, s ApprovalStatus, by, comment string, at time.Time) (*Approval, error)
 	GetApproval(ctx context.Context, id string) (*Approval, error)
+	// ListApprovals returns matching approvals oldest first (CreatedAt, then ID).
 	ListApprovals(ctx context.Context, f ApprovalFilter) ([]*Approval, error)
 	// WaitApproval blocks until the approval is no longer pending (decided by
 	// any replica) or ctx ends, and returns its latest state.
+	// When ctx ends first it returns an error wrapping ctx.Err().
 	WaitApproval(ctx context.Context, id string) (*Approval, error)
 }
 
@@ -364,6 +379,7 @@ type Secrets interface {
 	// GetSecret returns the decrypted value; ErrNotFound for an unknown name.
 	GetSecret(ctx context.Context, name string) ([]byte, error)
 	ListSecrets(ctx context.Context) ([]SecretMeta, error)
+	// DeleteSecret removes a secret; ErrNotFound for an unknown name.
 	DeleteSecret(ctx context.Context, name string) error
 }
 
@@ -375,5 +391,7 @@ type Notifier interface {
 	// Publish sends payload to every current subscriber of topic on any replica.
 	Publish(ctx context.Context, topic string, payload []byte) error
 	// Subscribe delivers messages published to topic after the call until ctx ends.
+	// The subscription is active when Subscribe returns. A subscriber that
+	// falls far behind may miss messages: they are hints to re-read.
 	Subscribe(ctx context.Context, topic string) (<-chan []byte, error)
 }
