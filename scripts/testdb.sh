@@ -172,6 +172,7 @@ unix_socket_directories = '$PG_DIR'
 max_connections = 300
 fsync = on
 synchronous_commit = on
+wal_writer_delay = 10ms
 log_min_messages = warning
 EOF
 	if ! as_pg "$PG_BINDIR/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/server.log" \

@@ -20,8 +20,9 @@ import (
 // local to this file.
 type pool struct {
 	cfg      *pgx.ConnConfig
-	slots    chan struct{} // a token per connection that may be open or dialling
-	pingIdle time.Duration
+	slots    chan struct{} // a token per connection in use or dialling
+	pingIdle time.Duration // ping a connection idle this long before use
+	maxIdle  time.Duration // close a connection idle this long instead
 
 	mu     sync.Mutex
 	idle   []idleConn // most recently used last
@@ -34,7 +35,7 @@ type idleConn struct {
 }
 
 func newPool(cfg *pgx.ConnConfig, maxConns int) *pool {
-	return &pool{cfg: cfg, slots: make(chan struct{}, maxConns), pingIdle: time.Second}
+	return &pool{cfg: cfg, slots: make(chan struct{}, maxConns), pingIdle: time.Second, maxIdle: 10 * time.Minute}
 }
 
 // acquire returns a connection for the caller's exclusive use until release.
@@ -61,10 +62,15 @@ func (p *pool) acquire(ctx context.Context) (*pgx.Conn, error) {
 		p.idle = p.idle[:n-1]
 		p.mu.Unlock()
 
+		idle := time.Since(ic.since)
 		if ic.c.IsClosed() {
 			continue
 		}
-		if time.Since(ic.since) >= p.pingIdle {
+		if idle >= p.maxIdle {
+			closeConn(ic.c)
+			continue
+		}
+		if idle >= p.pingIdle {
 			pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 			err := ic.c.Ping(pctx)
 			cancel()

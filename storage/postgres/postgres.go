@@ -40,7 +40,9 @@ type Options struct {
 	// storage.DurabilitySync (the default) waits for the commit to be flushed
 	// on the server; storage.DurabilityOS commits with synchronous_commit=off,
 	// so the records are in the server (they survive a gateway crash) and the
-	// server's WAL writer flushes them shortly after.
+	// server's WAL writer flushes them within three wal_writer_delay periods
+	// (set wal_writer_delay = 10ms on the server for the 10 ms bound that
+	// storage.DurabilityOS promises; PostgreSQL's default is 200ms).
 	Durability storage.Durability
 	// SyncCounters makes counter and token bucket updates wait for the
 	// commit to be flushed, like every other write. By default they commit
