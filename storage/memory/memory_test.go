@@ -4,6 +4,7 @@ import (
 	"testing"
 
 	"github.com/agent-assembly/agent-assembly/storage"
+	"github.com/agent-assembly/agent-assembly/storage/secretbox"
 	"github.com/agent-assembly/agent-assembly/storage/storagetest"
 )
 
@@ -21,4 +22,28 @@ func TestConformance(t *testing.T) {
 			r.Payload[0] ^= 0x01
 		}),
 	)
+}
+
+func TestConformanceSealed(t *testing.T) {
+	k, err := secretbox.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	box, err := secretbox.New(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	storagetest.RunSecrets(t, func(t *testing.T) *Store {
+		s := New(Options{Sealer: box})
+		t.Cleanup(func() { s.Close() })
+		return s
+	}, storagetest.RawSecrets(func(t *testing.T, s *Store) [][]byte {
+		s.mu.RLock()
+		defer s.mu.RUnlock()
+		var out [][]byte
+		for _, sec := range s.secrets {
+			out = append(out, sec.value)
+		}
+		return out
+	}))
 }

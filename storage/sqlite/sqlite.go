@@ -46,6 +46,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/agent-assembly/agent-assembly/storage"
@@ -153,9 +154,10 @@ type Store struct {
 
 	insertAudit *sql.Stmt
 
-	dirty chan struct{} // a commit awaits its fsync (DurabilityOS)
-	stop  chan struct{}
-	wg    sync.WaitGroup
+	dirty    chan struct{} // a commit awaits its fsync (DurabilityOS)
+	walSyncs atomic.Int64  // background WAL fsyncs done, for tests
+	stop     chan struct{}
+	wg       sync.WaitGroup
 
 	closeOnce sync.Once
 	closeErr  error
@@ -399,7 +401,9 @@ func (s *Store) flushWAL() {
 		}
 		if err := f.Sync(); err != nil {
 			s.log.Error("fsync WAL; commits are not yet on disk", "err", err)
+			continue
 		}
+		s.walSyncs.Add(1)
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"database/sql"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"testing"
@@ -28,6 +29,9 @@ func testSealer(t *testing.T) storage.Sealer {
 
 func openTest(t *testing.T, opts Options) *Store {
 	t.Helper()
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
 	s, err := Open(t.Context(), opts)
 	if err != nil {
 		t.Fatal(err)
