@@ -93,6 +93,16 @@ func BenchmarkScanJSON(b *testing.B) {
 			}
 		}
 	})
+	clean := []byte(strings.Replace(string(data), "Bearer sk-ant-", "Bearer ", 1))
+	b.Run("tool-args-clean-4KiB", func(b *testing.B) {
+		b.SetBytes(int64(len(clean)))
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := sc.ScanJSON(clean); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 	b.Run("redact-tool-args-4KiB", func(b *testing.B) {
 		b.SetBytes(int64(len(data)))
 		b.ReportAllocs()

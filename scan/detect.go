@@ -248,21 +248,6 @@ cut:
 	return last
 }
 
-// countB64 counts the base64 characters of s, not counting the letters of escapes such as \n.
-func countB64(s string) int {
-	n := 0
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' {
-			i++
-			continue
-		}
-		if isB64(s[i]) {
-			n++
-		}
-	}
-	return n
-}
-
 // onPEMBase64 validates the base64 encoding of a PEM private key, as in Kubernetes secrets:
 // a run of at least 64 base64 characters that decodes to a BEGIN line of a private key.
 func (sc *Scanner) onPEMBase64(c *scanCtx, s string, a int) int {
@@ -543,13 +528,15 @@ func ssnAt(s string, i int) (int, bool) {
 }
 
 // cardAt validates a card number at s[i], where s[i:run] is its first digit run: either
-// 13-19 digits in one run, or groups of digits joined by single spaces or dashes (the same
+// 13-16 digits in one run, or 13-19 digits in groups of digits joined by single spaces or dashes (the same
 // throughout), the first group of 4 and the others of 3 to 6.
 func cardAt(s string, i, run int) (int, bool) {
 	var d [19]byte
 	n := run - i
-	if n >= 13 && n <= 19 {
-		if !numberEnd(s, run) {
+	if n >= 13 && n <= 16 {
+		// One run: 13 to 16 digits (longer numbers are mostly big integers, not cards), and
+		// not a negative number.
+		if !numberEnd(s, run) || (i > 0 && s[i-1] == '-') {
 			return 0, false
 		}
 		for k := range n {
@@ -698,8 +685,8 @@ func (sc *Scanner) onAt(c *scanCtx, s string, i int) {
 		return
 	}
 	tld := s[last:end]
-	if classes(tld)&(cDigit|cUpper|cLower) == cDigit || classes(tld)&cDigit != 0 || strings.IndexByte(tld, '-') >= 0 {
-		return
+	if k := classes(tld); k&cDigit != 0 || strings.IndexByte(tld, '-') >= 0 || k&(cUpper|cLower) == cUpper|cLower {
+		return // digits, dashes or mixed case (m.Path@m.Version) are not a top-level domain
 	}
 	for _, f := range fileTLDs {
 		if strings.EqualFold(tld, f) {

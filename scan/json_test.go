@@ -216,3 +216,14 @@ func TestJSONQuoting(t *testing.T) {
 		}
 	}
 }
+
+func TestScanJSONDepthLimit(t *testing.T) {
+	sc := mustNew(t, Options{})
+	for _, depth := range []int{maxDepth, maxDepth + 1} {
+		doc := []byte(strings.Repeat("[", depth) + strings.Repeat("]", depth))
+		_, err := sc.ScanJSON(doc)
+		if (err == nil) != json.Valid(doc) {
+			t.Errorf("depth %d: ScanJSON error %v, json.Valid %v", depth, err, json.Valid(doc))
+		}
+	}
+}

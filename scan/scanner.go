@@ -220,7 +220,9 @@ type cand struct {
 // scanCtx is the mutable state of one scan.
 type scanCtx struct {
 	cands    []cand
-	identEnd int // end of the last identifier a keyword validator looked at
+	identEnd int        // end of the last identifier a keyword validator looked at
+	lastKey  string     // the JSON key classified last
+	lastCls  identClass // its class
 }
 
 // ScanString returns the findings in s (its first MaxInput bytes), sorted by Start and not
@@ -265,7 +267,11 @@ func (sc *Scanner) scanText(c *scanCtx, s string) {
 		if b == 0 {
 			continue
 		}
-		if r := sc.onCandidate(c, s, i, &pf.buckets[b]); r > i {
+		bk := &pf.buckets[b]
+		if !bk.digit && !bk.at && (i+2 >= len(s) || !bk.hasThird(s[i+2])) {
+			continue
+		}
+		if r := sc.onCandidate(c, s, i, bk); r > i {
 			i = r - 1 // look again at the pair starting at the last consumed byte
 		}
 	}

@@ -308,33 +308,36 @@ func (sc *Scanner) basic(c *scanCtx, s string, j int, q byte) {
 }
 
 // scanKeyed checks a JSON string value v against the class of its member's key: a whole value
-// that is a token is a secret when the key names one.
+// that is a token (or "<scheme> <token>" under an Authorization key) is a secret when the key
+// names one.
 func (sc *Scanner) scanKeyed(c *scanCtx, v, key string) {
-	if len(v) < 16 || len(key) > identLimit {
+	if len(v) < 16 || len(key) == 0 || len(key) > identLimit {
 		return
 	}
-	cls := classifyIdent(key)
-	if cls == idNone {
-		return
-	}
-	j := 0
-	if cls == idAuth {
+	j := 0 // start of the token
+	if sp := strings.IndexByte(v, ' '); sp >= 0 {
 		switch {
-		case hasPrefixFold(v, "basic "):
-			sc.basic(c, v, skipBlank(v, 6), 0)
-			return
-		case hasPrefixFold(v, "bearer "):
-			j = skipBlank(v, 7)
-		case hasPrefixFold(v, "token "):
-			j = skipBlank(v, 6)
-		case hasPrefixFold(v, "bot "):
-			j = skipBlank(v, 4)
+		case hasPrefixFold(v, "basic "), hasPrefixFold(v, "bearer "), hasPrefixFold(v, "token "), hasPrefixFold(v, "bot "):
+			j = skipBlank(v, sp)
+		default:
+			return // prose, not a credential
 		}
 	}
 	for i := j; i < len(v); i++ {
 		if v[i] <= ' ' || v[i] >= 0x7f {
 			return
 		}
+	}
+	if key != c.lastKey {
+		c.lastKey, c.lastCls = key, classifyIdent(key)
+	}
+	cls := c.lastCls
+	if cls == idNone || (j > 0 && cls != idAuth) {
+		return
+	}
+	if j > 0 && hasPrefixFold(v, "basic ") {
+		sc.basic(c, v, j, 0)
+		return
 	}
 	if k, ok := sc.tokenKind(v[j:], cls, "", 0); ok {
 		sc.add(c, k, j, len(v))
