@@ -84,6 +84,11 @@ type Spec struct {
 	// Default is the decision when no rule matches: action.Deny unless the
 	// document says `default: allow`.
 	Default action.Decision
+	// Unattributed, in a global document, is the decision for agents that
+	// no org, team, agent or tool document applies to: action.Deny unless
+	// a global document says `unattributed: allow` (and none says deny).
+	// Zero when the document does not set it.
+	Unattributed action.Decision
 
 	Network *NetworkSpec
 	// Tools lists the tools map in document order.

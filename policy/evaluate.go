@@ -109,9 +109,10 @@ type evalCtx struct {
 }
 
 const (
-	reasonNoPolicy    = "no policy applies to this agent: unattributed agents are denied"
-	reasonObserveOnly = "only observe-mode policies apply: allowed; the would-be decision is the shadow decision"
-	reasonBadAction   = "invalid action: missing or unknown kind"
+	reasonNoPolicy     = "no policy applies to this agent: unattributed agents are denied"
+	reasonUnattributed = "no org, team, agent or tool policy applies to this agent: unattributed agents are denied (a global document may set unattributed: allow)"
+	reasonObserveOnly  = "only observe-mode policies apply: allowed; the would-be decision is the shadow decision"
+	reasonBadAction    = "invalid action: missing or unknown kind"
 )
 
 // Evaluate decides on one action. It is safe for concurrent use and does not
@@ -143,10 +144,12 @@ func (v *verdict) merge(o *outcome, policy string) {
 }
 
 type cascade struct {
-	enforced verdict
-	shadow   verdict
-	observed bool
-	limit    int
+	// attributed is set when a non-global document applied.
+	attributed bool
+	enforced   verdict
+	shadow     verdict
+	observed   bool
+	limit      int
 }
 
 func (s *Snapshot) evaluate(in *Input, tr *tracer, fullScan bool) Result {
@@ -212,6 +215,8 @@ func (s *Snapshot) evaluate(in *Input, tr *tracer, fullScan bool) Result {
 	}
 
 	switch {
+	case !cs.attributed && !s.unattributedAllow:
+		res.Decision, res.Mode, res.RuleID, res.Reason = action.Deny, action.ModeEnforce, "unattributed", reasonUnattributed
 	case cs.enforced.set:
 		v := &cs.enforced
 		res.Decision, res.Mode, res.Policy, res.RuleID, res.Reason = v.out.decision, action.ModeEnforce, v.policy, v.out.ruleID, v.out.reason
@@ -255,6 +260,9 @@ func (s *Snapshot) consider(ctx *evalCtx, d *docPlan, cs *cascade) {
 	o := d.decide(ctx)
 	if ctx.tr != nil {
 		ctx.tr.add(d.name, "", true, o.decision, "policy decides %s by %s: %s", o.decision, o.ruleID, o.reason)
+	}
+	if d.doc.Spec.Scope.Level != ScopeGlobal {
+		cs.attributed = true
 	}
 	switch d.mode {
 	case action.ModeEnforce:

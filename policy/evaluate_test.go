@@ -386,15 +386,40 @@ func TestCascadeModes(t *testing.T) {
 
 	// Nothing applies (disabled documents do not count): deny.
 	none := mustCompile(t, disabled)
-	r = check(t, none, toolCall(coder, "x", ""), expect{action.Deny, "default"})
-	if r.Reason != reasonNoPolicy || r.ShadowDecision != action.DecisionUnspecified || r.Mode != action.ModeEnforce {
+	r = check(t, none, toolCall(coder, "x", ""), expect{action.Deny, "unattributed"})
+	if r.Reason != reasonUnattributed || r.ShadowDecision != action.DecisionUnspecified || r.Mode != action.ModeEnforce {
 		t.Errorf("nothing-applies result = %+v", r)
 	}
 	empty := mustCompile(t)
-	check(t, empty, toolCall(action.AgentID{}, "x", ""), expect{action.Deny, "default"})
+	check(t, empty, toolCall(action.AgentID{}, "x", ""), expect{action.Deny, "unattributed"})
 	// Without a global document an unknown agent gets nothing: deny.
 	teamOnly := mustCompile(t, observe)
-	check(t, teamOnly, toolCall(action.AgentID{Org: "acme", Team: "unknown", Agent: "x"}, "x", ""), expect{action.Deny, "default"})
+	check(t, teamOnly, toolCall(action.AgentID{Org: "acme", Team: "unknown", Agent: "x"}, "x", ""), expect{action.Deny, "unattributed"})
+	// A global document may let unattributed agents through to its own rules;
+	// then, with nothing enforcing, the decision falls to "default".
+	open := mustCompile(t, mustParse(t, "g", "{level: global}", "enforcement_mode: disabled\nunattributed: allow"))
+	check(t, open, toolCall(action.AgentID{Org: "x", Team: "y", Agent: "z"}, "x", ""), expect{action.Deny, "default"})
+}
+
+func TestUnattributed(t *testing.T) {
+	base := func(u string) *Document {
+		return mustParse(t, "g"+u, "{level: global}", "default: allow\nunattributed: "+u)
+	}
+	stranger := action.AgentID{Org: "globex", Team: "x", Agent: "y"}
+	team := mustParse(t, "eng", eng, "default: allow")
+	// Default: only global applies -> deny by "unattributed"; an attributed agent is judged normally.
+	s := mustCompile(t, mustParse(t, "g", "{level: global}", "default: allow"), team)
+	check(t, s, toolCall(stranger, "x", ""), expect{action.Deny, "unattributed"})
+	check(t, s, toolCall(coder, "x", ""), expect{action.Allow, "eng/default"})
+	// unattributed: allow lets the global documents decide.
+	check(t, mustCompile(t, base("allow"), team), toolCall(stranger, "x", ""), expect{action.Allow, "gallow/default"})
+	// Any global deny wins over an allow.
+	check(t, mustCompile(t, base("allow"), base("deny"), team), toolCall(stranger, "x", ""), expect{action.Deny, "unattributed"})
+	// Only global documents may set it.
+	_, err := Parse("x.yaml", []byte(policyYAML("x", eng, "unattributed: allow")))
+	if err == nil || !strings.Contains(err.Error(), "spec.unattributed: only a global document may set it") {
+		t.Fatalf("team document with unattributed: %v", err)
+	}
 }
 
 func TestInvalidActions(t *testing.T) {
@@ -458,7 +483,7 @@ tools:
 
 func TestExplain(t *testing.T) {
 	s := mustCompile(t,
-		mustParse(t, "g", "{level: global}", "default: allow\nrules:\n  - {id: git-only, match: {action: tool_call, name: \"git_*\"}, decision: allow}"),
+		mustParse(t, "g", "{level: global}", "default: allow\nunattributed: allow\nrules:\n  - {id: git-only, match: {action: tool_call, name: \"git_*\"}, decision: allow}"),
 		mustParse(t, "off", eng, "enforcement_mode: disabled"),
 		mustParse(t, "other", "{level: agent, org: globex, agent: coder-1}", ""),
 	)

@@ -61,8 +61,9 @@ func TestExamples(t *testing.T) {
 	sunday := toolCall(support, "ticket_get", "")
 	sunday.Time = time.Date(2025, 1, 19, 12, 0, 0, 0, time.UTC)
 	check(t, s, sunday, expect{action.Deny, "support-agent/schedule"})
-	// An agent of a team without a policy only has the baseline.
-	check(t, s, llmCall(action.AgentID{Org: "acme", Team: "finance", Agent: "f-1"}, "openai", "gpt-4o"), expect{action.Allow, "global-baseline/llm"})
+	// An agent of a team without a policy is unattributed: only the baseline
+	// applies, and the baseline does not let unattributed agents through.
+	check(t, s, llmCall(action.AgentID{Org: "acme", Team: "finance", Agent: "f-1"}, "openai", "gpt-4o"), expect{action.Deny, "unattributed"})
 	check(t, s, &action.Action{Agent: coder, Kind: action.KindAgentSpawn, Time: wednesday}, expect{action.Deny, "coding-agent/capabilities"})
 
 	st := s.Settings(researcher)

@@ -457,11 +457,12 @@ func (p *parser) metadata(doc *Document, n *yaml.Node) {
 	}
 }
 
-var specFields = []string{"scope", "enforcement_mode", "default", "network", "tools", "capabilities", "filesystem", "process", "llm", "schedule", "budget", "data", "approval", "rules"}
+var specFields = []string{"scope", "enforcement_mode", "default", "unattributed", "network", "tools", "capabilities", "filesystem", "process", "llm", "schedule", "budget", "data", "approval", "rules"}
 
 func (p *parser) spec(doc *Document, n *yaml.Node, c *compiler) {
 	s := &doc.Spec
 	sawScope := false
+	var unattributed *yaml.Node
 	p.fields(n, "spec", specFields, func(key string, _, v *yaml.Node) {
 		path := join("spec", key)
 		switch key {
@@ -475,6 +476,11 @@ func (p *parser) spec(doc *Document, n *yaml.Node, c *compiler) {
 		case "default":
 			if d, ok := p.enum(v, path, "allow", "deny"); ok {
 				s.Default, _ = action.ParseDecision(d)
+			}
+		case "unattributed":
+			unattributed = v
+			if d, ok := p.enum(v, path, "allow", "deny"); ok {
+				s.Unattributed, _ = action.ParseDecision(d)
 			}
 		case "network":
 			p.network(s, v, c)
@@ -502,6 +508,9 @@ func (p *parser) spec(doc *Document, n *yaml.Node, c *compiler) {
 	})
 	if n.Kind == yaml.MappingNode && !sawScope {
 		p.errorf(n, "spec.scope", "required field is missing")
+	}
+	if unattributed != nil && sawScope && s.Scope.Level != ScopeGlobal && s.Scope.Level != 0 {
+		p.errorf(unattributed, "spec.unattributed", "only a global document may set it (this one has scope level %s)", scopeNames[s.Scope.Level])
 	}
 }
 

@@ -23,6 +23,10 @@ type Snapshot struct {
 	toolExact map[string][]*docPlan
 	toolGlob  []*docPlan
 
+	// unattributedAllow is true when a global document says
+	// `unattributed: allow` and none says deny.
+	unattributedAllow bool
+
 	celErrors atomic.Uint64
 }
 
@@ -59,12 +63,21 @@ func Compile(docs []*Document, version string) (*Snapshot, error) {
 		return nil, errs
 	}
 	slices.SortFunc(s.docs, func(a, b *Document) int { return cmp.Compare(a.Metadata.Name, b.Metadata.Name) })
+	unattributedDeny := false
 	for _, d := range s.docs {
 		p := d.plan
 		sc := d.Spec.Scope
 		switch sc.Level {
 		case ScopeGlobal:
 			s.global = append(s.global, p)
+			switch d.Spec.Unattributed {
+			case action.Allow:
+				if !unattributedDeny {
+					s.unattributedAllow = true
+				}
+			case action.Deny:
+				unattributedDeny, s.unattributedAllow = true, false
+			}
 		case ScopeOrg:
 			s.orgs[sc.Org] = append(s.orgs[sc.Org], p)
 		case ScopeTeam:

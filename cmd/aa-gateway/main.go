@@ -1,0 +1,95 @@
+// Command aa-gateway runs one gateway replica: PolicyService over gRPC and
+// REST, health, metrics, and the durable audit log. See the README's
+// configuration table, or run aa-gateway -help.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"syscall"
+	_ "time/tzdata" // policy schedules and budgets name time zones; do not depend on the host's zoneinfo
+
+	"github.com/agent-assembly/agent-assembly/gateway/server"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:]))
+}
+
+func run(args []string) int {
+	fs := flag.NewFlagSet("aa-gateway", flag.ContinueOnError)
+	cfg := server.DefaultConfig()
+	envErr := server.Bind(fs, &cfg, os.Getenv)
+	version := fs.Bool("version", false, "print the version and exit")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: aa-gateway [flags]\n\nRuns the agent-assembly gateway. Every flag can also be set by its environment variable.\n\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if err == flag.ErrHelp {
+			return 0
+		}
+		return 2
+	}
+	if *version {
+		fmt.Println("aa-gateway", server.Version)
+		return 0
+	}
+	if envErr != nil {
+		fmt.Fprintf(os.Stderr, "aa-gateway: bad environment variable:\n%v\n", envErr)
+		return 2
+	}
+	log := newLogger(cfg.LogLevel, cfg.LogFormat)
+	if err := cfg.Validate(); err != nil {
+		fmt.Fprintf(os.Stderr, "aa-gateway: invalid configuration:\n%v\n", err)
+		return 2
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	srv, err := server.New(ctx, cfg, log)
+	if err != nil {
+		log.Error("cannot start", "err", err)
+		return 1
+	}
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	go func() {
+		for range hup {
+			srv.Reloader().Trigger()
+		}
+	}()
+	grpcL, err := server.Listen(cfg.GRPCAddr)
+	if err != nil {
+		log.Error("cannot start", "err", err)
+		return 1
+	}
+	var apiL net.Listener
+	if cfg.APIAddr != "" {
+		if apiL, err = server.Listen(cfg.APIAddr); err != nil {
+			grpcL.Close()
+			log.Error("cannot start", "err", err)
+			return 1
+		}
+	}
+	if err := srv.Serve(ctx, grpcL, apiL); err != nil {
+		log.Error("stopped with errors", "err", err)
+		return 1
+	}
+	return 0
+}
+
+func newLogger(level, format string) *slog.Logger {
+	var lv slog.Level
+	_ = lv.UnmarshalText([]byte(level))
+	opts := &slog.HandlerOptions{Level: lv}
+	if format == "json" {
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts))
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, opts))
+}

@@ -1,0 +1,146 @@
+// Command aasm is the agent-assembly operator CLI. It talks to a gateway over
+// gRPC; run "aasm --help" for the commands.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	"github.com/agent-assembly/agent-assembly/gateway/server"
+)
+
+// Exit codes. check and explain use exitAllow/exitDeny/exitPending; every
+// command uses exitError for failures.
+const (
+	exitAllow   = 0
+	exitDeny    = 1
+	exitPending = 2
+	exitError   = 3
+)
+
+// exitCode carries a non-error exit status out of a command.
+type exitCode int
+
+func (e exitCode) Error() string { return fmt.Sprintf("exit %d", int(e)) }
+
+// globals are the flags every command shares.
+type globals struct {
+	addr    string
+	timeout time.Duration
+	output  string
+	out     io.Writer
+	errOut  io.Writer
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := execute(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// execute runs aasm with args and returns the process exit code.
+func execute(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	g := &globals{out: stdout, errOut: stderr}
+	root := newRoot(g)
+	root.SetArgs(args)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	err := root.ExecuteContext(ctx)
+	if err == nil {
+		return exitAllow
+	}
+	var ec exitCode
+	if errors.As(err, &ec) {
+		return int(ec)
+	}
+	fmt.Fprintln(stderr, "aasm: "+describe(err, g.addr))
+	return exitError
+}
+
+func newRoot(g *globals) *cobra.Command {
+	root := &cobra.Command{
+		Use:   "aasm",
+		Short: "Operate an agent-assembly gateway",
+		Long: `aasm is the command-line client of the agent-assembly gateway.
+
+It checks actions against the live policy, explains decisions, and validates
+policy documents. The gateway address comes from --addr or $AA_ADDR.`,
+		Example:       "  aasm check --agent acme/eng/coder-1 --tool git_status\n  aasm policy validate examples/policies",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	def := os.Getenv("AA_ADDR")
+	if def == "" {
+		def = "127.0.0.1:50051"
+	}
+	root.PersistentFlags().StringVar(&g.addr, "addr", def, "gateway gRPC address, host:port or unix:/path (env AA_ADDR)")
+	root.PersistentFlags().DurationVar(&g.timeout, "timeout", 10*time.Second, "deadline for each call to the gateway")
+	root.PersistentFlags().StringVarP(&g.output, "output", "o", "table", "output format: table, json or yaml")
+	root.AddCommand(newCheckCmd(g), newPolicyCmd(g), newVersionCmd(g))
+	return root
+}
+
+func newVersionCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:     "version",
+		Short:   "Print the aasm version",
+		Example: "  aasm version",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			fmt.Fprintln(g.out, "aasm", server.Version)
+			return nil
+		},
+	}
+}
+
+// dial connects to the gateway. gRPC connects lazily, so errors surface on
+// the first call and are explained by describe.
+func (g *globals) dial() (*grpc.ClientConn, error) {
+	target := g.addr
+	if len(target) > 5 && target[:5] == "unix:" {
+		target = "unix:" + trimSlashes(target[5:])
+	}
+	conn, err := grpc.NewClient(target, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, fmt.Errorf("connect to %s: %w", g.addr, err)
+	}
+	return conn, nil
+}
+
+func trimSlashes(s string) string {
+	if len(s) > 2 && s[:2] == "//" {
+		return s[2:]
+	}
+	return s
+}
+
+// describe turns an error into a message that says what to do next.
+func describe(err error, addr string) string {
+	st, ok := status.FromError(err)
+	if !ok {
+		return err.Error()
+	}
+	switch st.Code().String() {
+	case "Unavailable":
+		return fmt.Sprintf("cannot reach the gateway at %s: %s\n  is aa-gateway running? start it with `make run`, or point --addr / AA_ADDR at it", addr, st.Message())
+	case "DeadlineExceeded":
+		return fmt.Sprintf("the gateway at %s did not answer in time (raise --timeout): %s", addr, st.Message())
+	case "InvalidArgument":
+		return "the gateway rejected the request: " + st.Message()
+	case "Unimplemented":
+		return fmt.Sprintf("the gateway at %s does not support this call yet: %s", addr, st.Message())
+	}
+	return fmt.Sprintf("%s: %s", st.Code(), st.Message())
+}

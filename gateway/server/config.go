@@ -1,0 +1,232 @@
+package server
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/agent-assembly/agent-assembly/storage"
+)
+
+// Config is everything aa-gateway can be told. Start from DefaultConfig,
+// apply flags and environment with Bind, then call Validate.
+type Config struct {
+	GRPCAddr        string
+	APIAddr         string
+	PolicyPath      string
+	PolicyPoll      time.Duration
+	Store           string
+	Counters        string
+	AuditDurability string
+	MaxRequestBytes int
+	ReplicaID       string
+	SecretsKeyFile  string
+	AuditTimeout    time.Duration
+	ShutdownTimeout time.Duration
+	LogLevel        string
+	LogFormat       string
+	AllowRemote     bool
+}
+
+// Setting describes one configuration knob: its flag, environment variable,
+// default and meaning. Settings is the single source for flags, env and the
+// README's configuration table.
+type Setting struct {
+	Flag    string
+	Env     string
+	Default string
+	Help    string
+	set     func(c *Config, v string) error
+}
+
+// DefaultConfig returns the configuration used when nothing is set.
+func DefaultConfig() Config {
+	var c Config
+	for _, s := range Settings() {
+		if err := s.set(&c, s.Default); err != nil {
+			panic("bad default for " + s.Flag + ": " + err.Error()) // programming error, caught by tests
+		}
+	}
+	return c
+}
+
+// Settings lists every configuration knob in documentation order.
+func Settings() []Setting {
+	str := func(p func(*Config) *string) func(*Config, string) error {
+		return func(c *Config, v string) error { *p(c) = v; return nil }
+	}
+	dur := func(p func(*Config) *time.Duration) func(*Config, string) error {
+		return func(c *Config, v string) error {
+			d, err := time.ParseDuration(v)
+			if err != nil {
+				return fmt.Errorf("not a duration (like 500ms, 2s, 1m): %q", v)
+			}
+			*p(c) = d
+			return nil
+		}
+	}
+	return []Setting{
+		{"grpc-addr", "AA_GRPC_ADDR", "127.0.0.1:50051", "gRPC listener (PolicyService, ext_authz, health, reflection): host:port or unix:/path", str(func(c *Config) *string { return &c.GRPCAddr })},
+		{"api-addr", "AA_API_ADDR", "127.0.0.1:7700", "HTTP listener: REST API (/v1/...), /openapi.json, /healthz, /readyz, /metrics", str(func(c *Config) *string { return &c.APIAddr })},
+		{"policy", "AA_POLICY", "examples/policies", "policy file or directory of *.yaml documents, hot-reloaded on change and on SIGHUP", str(func(c *Config) *string { return &c.PolicyPath })},
+		{"policy-poll", "AA_POLICY_POLL", "2s", "polling fallback for policy changes (0 disables polling; file events still apply)", dur(func(c *Config) *time.Duration { return &c.PolicyPoll })},
+		{"store", "AA_STORE", "sqlite:./data/aa.db", "durable store: sqlite:PATH, postgres://..., or memory: (tests only, loses the audit log on exit)", str(func(c *Config) *string { return &c.Store })},
+		{"counters", "AA_COUNTERS", "", "budget and rate counters: redis://host:port/db, or empty to keep them in the store", str(func(c *Config) *string { return &c.Counters })},
+		{"audit-durability", "AA_AUDIT_DURABILITY", "sync", "sync: fsync/synchronous commit before answering (survives power loss); os: written to the OS/database before answering, flushed within 10 ms (survives a gateway crash)", str(func(c *Config) *string { return &c.AuditDurability })},
+		{"max-request-bytes", "AA_MAX_REQUEST_BYTES", "1048576", "limit on an action's variable-size fields (tool args, prompt, output); larger requests get INVALID_ARGUMENT / HTTP 400", func(c *Config, v string) error {
+			n, err := strconv.Atoi(v)
+			if err != nil {
+				return fmt.Errorf("not an integer: %q", v)
+			}
+			c.MaxRequestBytes = n
+			return nil
+		}},
+		{"replica-id", "AA_REPLICA_ID", "", "this replica's name and audit chain id (default: the host name)", str(func(c *Config) *string { return &c.ReplicaID })},
+		{"secrets-key-file", "AA_SECRETS_KEY_FILE", "./data/secrets.key", "32-byte key that encrypts stored secrets; created (0600) on first start", str(func(c *Config) *string { return &c.SecretsKeyFile })},
+		{"audit-timeout", "AA_AUDIT_TIMEOUT", "2s", "longest a check waits for its audit record to become durable before it is denied (fail closed)", dur(func(c *Config) *time.Duration { return &c.AuditTimeout })},
+		{"shutdown-timeout", "AA_SHUTDOWN_TIMEOUT", "10s", "grace period for in-flight requests and the final audit flush on SIGINT/SIGTERM", dur(func(c *Config) *time.Duration { return &c.ShutdownTimeout })},
+		{"log-level", "AA_LOG_LEVEL", "info", "debug, info, warn or error", str(func(c *Config) *string { return &c.LogLevel })},
+		{"log-format", "AA_LOG_FORMAT", "text", "text or json", str(func(c *Config) *string { return &c.LogFormat })},
+		{"allow-remote", "AA_ALLOW_REMOTE", "false", "allow listening on non-loopback addresses without TLS", func(c *Config, v string) error {
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				return fmt.Errorf("not a boolean: %q", v)
+			}
+			c.AllowRemote = b
+			return nil
+		}},
+	}
+}
+
+// Bind registers every setting as a flag on fs whose default comes from the
+// environment variable when set. Call fs.Parse afterwards; the result lands in c.
+func Bind(fs *flag.FlagSet, c *Config, getenv func(string) string) error {
+	var errs []error
+	for _, s := range Settings() {
+		def := s.Default
+		if v := getenv(s.Env); v != "" {
+			def = v
+		}
+		if err := s.set(c, def); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", s.Env, err))
+		}
+		fs.Func(s.Flag, fmt.Sprintf("%s (env %s, default %q)", s.Help, s.Env, s.Default), func(v string) error {
+			return s.set(c, v)
+		})
+	}
+	return errors.Join(errs...)
+}
+
+// Validate rejects bad values and combinations, naming the setting.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(flag, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("--%s: %s", flag, fmt.Sprintf(format, args...)))
+	}
+	if c.GRPCAddr == "" {
+		bad("grpc-addr", "is required")
+	} else if err := c.checkAddr(c.GRPCAddr); err != nil {
+		bad("grpc-addr", "%v", err)
+	}
+	if c.APIAddr != "" {
+		if strings.HasPrefix(c.APIAddr, "unix:") {
+			bad("api-addr", "must be host:port")
+		} else if err := c.checkAddr(c.APIAddr); err != nil {
+			bad("api-addr", "%v", err)
+		}
+	}
+	if c.PolicyPath == "" {
+		bad("policy", "is required: a policy file or directory (see examples/policies)")
+	}
+	if c.PolicyPoll < 0 {
+		bad("policy-poll", "must not be negative")
+	}
+	if c.Store == "" {
+		bad("store", "is required, e.g. sqlite:./data/aa.db")
+	}
+	switch storage.Durability(c.AuditDurability) {
+	case storage.DurabilitySync, storage.DurabilityOS:
+	default:
+		bad("audit-durability", "must be sync or os, not %q", c.AuditDurability)
+	}
+	if c.MaxRequestBytes < 1024 || c.MaxRequestBytes > 64<<20 {
+		bad("max-request-bytes", "must be between 1024 and %d, not %d", 64<<20, c.MaxRequestBytes)
+	}
+	if c.AuditTimeout <= 0 {
+		bad("audit-timeout", "must be positive")
+	}
+	if c.ShutdownTimeout <= 0 {
+		bad("shutdown-timeout", "must be positive")
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("log-level", "must be debug, info, warn or error, not %q", c.LogLevel)
+	}
+	switch c.LogFormat {
+	case "text", "json":
+	default:
+		bad("log-format", "must be text or json, not %q", c.LogFormat)
+	}
+	return errors.Join(errs...)
+}
+
+// checkAddr parses a listen address and refuses non-loopback hosts unless
+// AllowRemote is set (TLS arrives with operator authentication).
+func (c *Config) checkAddr(addr string) error {
+	if strings.HasPrefix(addr, "unix:") {
+		if strings.TrimPrefix(strings.TrimPrefix(addr, "unix:"), "//") == "" {
+			return errors.New("unix socket path is empty")
+		}
+		return nil
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("%q is not host:port: %v", addr, err)
+	}
+	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		return fmt.Errorf("%q has a bad port", addr)
+	}
+	if c.AllowRemote {
+		return nil
+	}
+	if host == "localhost" {
+		return nil
+	}
+	ip := net.ParseIP(host)
+	if ip == nil || !ip.IsLoopback() {
+		return fmt.Errorf("%q is not a loopback address; plaintext listeners stay on loopback unless --allow-remote is set", addr)
+	}
+	return nil
+}
+
+// ReplicaName returns ReplicaID or, when empty, the host name.
+func (c *Config) ReplicaName() string {
+	if c.ReplicaID != "" {
+		return c.ReplicaID
+	}
+	h, err := os.Hostname()
+	if err != nil || h == "" {
+		return "gateway"
+	}
+	return h
+}
+
+// MarkdownTable renders Settings as the README's configuration table.
+func MarkdownTable() string {
+	var b strings.Builder
+	b.WriteString("| flag | environment | default | meaning |\n|---|---|---|---|\n")
+	for _, s := range Settings() {
+		def := s.Default
+		if def == "" {
+			def = "(empty)"
+		}
+		fmt.Fprintf(&b, "| `--%s` | `%s` | `%s` | %s |\n", s.Flag, s.Env, def, strings.ReplaceAll(s.Help, "|", "\\|"))
+	}
+	return b.String()
+}

@@ -1,0 +1,396 @@
+// Package server assembles a gateway replica: it opens the store, starts the
+// audit writer and the policy reloader, and serves the gRPC services and the
+// REST/health/metrics HTTP endpoints on listeners the caller owns.
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"runtime/debug"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	v1 "github.com/agent-assembly/agent-assembly/api/agentassembly/v1"
+	"github.com/agent-assembly/agent-assembly/api/openapi"
+	"github.com/agent-assembly/agent-assembly/gateway"
+	"github.com/agent-assembly/agent-assembly/storage"
+	"github.com/agent-assembly/agent-assembly/storage/backend"
+	"github.com/agent-assembly/agent-assembly/storage/groupcommit"
+	"github.com/agent-assembly/agent-assembly/storage/secretbox"
+)
+
+// Version is the build version, set with -ldflags "-X .../gateway/server.Version=...".
+var Version = "dev"
+
+// Server is one gateway replica.
+type Server struct {
+	cfg      Config
+	log      *slog.Logger
+	store    storage.Store
+	writer   *groupcommit.Writer
+	core     *gateway.Core
+	reloader *gateway.Reloader
+	reg      *prometheus.Registry
+	grpc     *grpc.Server
+	health   *health.Server
+	http     *http.Server
+	started  time.Time
+}
+
+// New opens the store and loads the policy. It fails if either is unusable:
+// a gateway never starts without a valid policy and a working audit log.
+func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("invalid configuration:\n%w", err)
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	s := &Server{cfg: cfg, log: log, reg: prometheus.NewRegistry(), started: time.Now()}
+	s.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	if err := ensureDataDir(cfg); err != nil {
+		return nil, err
+	}
+	key, err := secretbox.LoadOrCreateKeyFile(cfg.SecretsKeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("secrets key %s: %w", cfg.SecretsKeyFile, err)
+	}
+	box, err := secretbox.New(key)
+	if err != nil {
+		return nil, fmt.Errorf("secrets key %s: %w", cfg.SecretsKeyFile, err)
+	}
+	st, err := backend.Open(ctx, cfg.Store, cfg.Counters, backend.Options{
+		Durability: storage.Durability(cfg.AuditDurability),
+		Sealer:     box,
+		Logger:     log,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open store %s: %w", redactURL(cfg.Store), err)
+	}
+	s.store = st
+	replica := cfg.ReplicaName()
+	metrics := gateway.NewMetrics(s.reg)
+	s.writer = groupcommit.New(st, groupcommit.Options{Chain: replica, Logger: log, Metrics: metrics})
+	core, err := gateway.NewCore(gateway.Options{
+		Audit: s.writer, Chain: replica, Logger: log, Metrics: metrics,
+		Limits:       gateway.Limits{MaxPayloadBytes: cfg.MaxRequestBytes},
+		AuditTimeout: cfg.AuditTimeout,
+	})
+	if err != nil {
+		s.closeStore()
+		return nil, err
+	}
+	s.core = core
+	s.reloader = gateway.NewReloader(cfg.PolicyPath, core, log, cfg.PolicyPoll)
+	if err := s.reloader.Load(); err != nil {
+		s.closeStore()
+		return nil, fmt.Errorf("initial policy is invalid, refusing to start: %w", err)
+	}
+	s.buildGRPC()
+	if err := s.buildHTTP(ctx); err != nil {
+		s.closeStore()
+		return nil, err
+	}
+	return s, nil
+}
+
+// Core returns the decision core (for in-process adapters and tests).
+func (s *Server) Core() *gateway.Core { return s.core }
+
+// Reloader returns the policy reloader (SIGHUP calls Trigger).
+func (s *Server) Reloader() *gateway.Reloader { return s.reloader }
+
+// Store returns the opened store.
+func (s *Server) Store() storage.Store { return s.store }
+
+func (s *Server) buildGRPC() {
+	s.grpc = grpc.NewServer(
+		// The transport cap sits well above the per-action limit so that the
+		// decision core, not the transport, rejects (and audits) oversized actions.
+		grpc.MaxRecvMsgSize(4*s.cfg.MaxRequestBytes+(64<<10)),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		grpc.ChainUnaryInterceptor(recoverUnary(s.log)),
+		grpc.ChainStreamInterceptor(recoverStream(s.log)),
+	)
+	v1.RegisterPolicyServiceServer(s.grpc, gateway.NewPolicyService(s.core))
+	s.health = health.NewServer()
+	healthpb.RegisterHealthServer(s.grpc, s.health)
+	reflection.Register(s.grpc)
+}
+
+func (s *Server) buildHTTP(ctx context.Context) error {
+	gw := runtime.NewServeMux(
+		runtime.WithMarshalerOption(runtime.MIMEWildcard, &runtime.JSONPb{
+			MarshalOptions:   protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: false},
+			UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: false},
+		}),
+	)
+	if err := v1.RegisterPolicyServiceHandlerServer(ctx, gw, gateway.NewPolicyService(s.core)); err != nil {
+		return fmt.Errorf("register REST handlers: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/v1/", limitBody(gw, int64(4*s.cfg.MaxRequestBytes+(64<<10))))
+	mux.HandleFunc("GET /openapi.json", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write(openapi.JSON)
+	})
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]any{"status": "ok"})
+	})
+	mux.HandleFunc("GET /readyz", s.readyz)
+	mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{Registry: s.reg}))
+	s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)}
+	return nil
+}
+
+// readyz reports ready when a policy is serving and the store answers.
+func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	body := map[string]any{"status": "ready", "replica": s.cfg.ReplicaName()}
+	code := http.StatusOK
+	if snap := s.core.Snapshot(); snap != nil {
+		body["policy_version"] = snap.Version()
+	} else {
+		code, body["status"], body["policy"] = http.StatusServiceUnavailable, "not ready", "no policy loaded"
+	}
+	if err := s.reloader.LastError(); err != nil {
+		body["policy_last_error"] = err.Error()
+	}
+	if err := s.store.Ping(ctx); err != nil {
+		code, body["status"], body["store"] = http.StatusServiceUnavailable, "not ready", err.Error()
+	}
+	writeJSON(w, code, body)
+}
+
+// Serve serves gRPC on grpcL and HTTP on httpL (which may be nil) until ctx
+// ends, then stops gracefully: new requests are refused, in-flight ones
+// finish within ShutdownTimeout, and the audit writer is flushed.
+func (s *Server) Serve(ctx context.Context, grpcL, httpL net.Listener) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errc := make(chan error, 3)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := s.reloader.Run(ctx); err != nil {
+			s.log.Error("policy reloader stopped", "err", err)
+		}
+	}()
+	go func() {
+		if err := s.grpc.Serve(grpcL); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			errc <- fmt.Errorf("serve gRPC on %s: %w", grpcL.Addr(), err)
+		}
+	}()
+	if httpL != nil {
+		go func() {
+			if err := s.http.Serve(httpL); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errc <- fmt.Errorf("serve HTTP on %s: %w", httpL.Addr(), err)
+			}
+		}()
+	}
+	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	s.health.SetServingStatus(v1.PolicyService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	httpAddr := ""
+	if httpL != nil {
+		httpAddr = httpL.Addr().String()
+	}
+	s.log.Info("gateway serving", "grpc", grpcL.Addr().String(), "http", httpAddr,
+		"replica", s.cfg.ReplicaName(), "store", redactURL(s.cfg.Store), "durability", s.cfg.AuditDurability,
+		"policy_version", s.core.Snapshot().Version(), "version", Version)
+
+	var serveErr error
+	select {
+	case <-ctx.Done():
+	case serveErr = <-errc:
+	}
+	cancel()
+	wg.Wait()
+	return errors.Join(serveErr, s.shutdown())
+}
+
+// shutdown stops listeners gracefully, then flushes the audit log.
+func (s *Server) shutdown() error {
+	s.log.Info("shutting down", "grace", s.cfg.ShutdownTimeout)
+	s.health.Shutdown()
+	sctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
+	defer cancel()
+	var errs []error
+	if s.http != nil {
+		if err := s.http.Shutdown(sctx); err != nil {
+			errs = append(errs, fmt.Errorf("stop HTTP: %w", err))
+		}
+	}
+	stopped := make(chan struct{})
+	go func() { s.grpc.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-sctx.Done():
+		s.grpc.Stop()
+		errs = append(errs, errors.New("stop gRPC: grace period over, in-flight calls cancelled"))
+	}
+	if err := s.writer.Close(sctx); err != nil {
+		errs = append(errs, fmt.Errorf("flush audit log: %w", err))
+	}
+	if err := s.store.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("close store: %w", err))
+	}
+	s.log.Info("stopped")
+	return errors.Join(errs...)
+}
+
+func (s *Server) closeStore() {
+	if s.writer != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_ = s.writer.Close(ctx)
+		cancel()
+	}
+	_ = s.store.Close()
+}
+
+// Run listens on the configured addresses and serves until ctx ends.
+func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
+	s, err := New(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	grpcL, err := Listen(cfg.GRPCAddr)
+	if err != nil {
+		s.closeStore()
+		return err
+	}
+	var httpL net.Listener
+	if cfg.APIAddr != "" {
+		if httpL, err = Listen(cfg.APIAddr); err != nil {
+			grpcL.Close()
+			s.closeStore()
+			return err
+		}
+	}
+	return s.Serve(ctx, grpcL, httpL)
+}
+
+// Listen opens host:port or unix:/path (a stale socket file is replaced).
+func Listen(addr string) (net.Listener, error) {
+	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
+		path = strings.TrimPrefix(path, "//")
+		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("listen %s: remove stale socket: %w", addr, err)
+		}
+		l, err := net.Listen("unix", path)
+		if err != nil {
+			return nil, fmt.Errorf("listen %s: %w", addr, err)
+		}
+		if err := os.Chmod(path, 0o660); err != nil {
+			l.Close()
+			return nil, fmt.Errorf("listen %s: chmod: %w", addr, err)
+		}
+		return l, nil
+	}
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen %s: %w (is another gateway running? set --grpc-addr/--api-addr)", addr, err)
+	}
+	return l, nil
+}
+
+func ensureDataDir(cfg Config) error {
+	for _, p := range []string{cfg.SecretsKeyFile, sqlitePath(cfg.Store)} {
+		if p == "" {
+			continue
+		}
+		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+			return fmt.Errorf("create data directory for %s: %w", p, err)
+		}
+	}
+	return nil
+}
+
+func sqlitePath(store string) string {
+	p, ok := strings.CutPrefix(store, "sqlite:")
+	if !ok {
+		return ""
+	}
+	return strings.TrimPrefix(p, "//")
+}
+
+// redactURL hides a password in a store URL for logs.
+func redactURL(u string) string {
+	at := strings.LastIndex(u, "@")
+	scheme := strings.Index(u, "://")
+	if at < 0 || scheme < 0 || at < scheme {
+		return u
+	}
+	userinfo := u[scheme+3 : at]
+	if user, _, ok := strings.Cut(userinfo, ":"); ok {
+		return u[:scheme+3] + user + ":xxxxx" + u[at:]
+	}
+	return u
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// limitBody rejects bodies over max with 413 before they are read.
+func limitBody(h http.Handler, max int64) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ContentLength > max {
+			writeJSON(w, http.StatusRequestEntityTooLarge, map[string]any{
+				"code": int(codes.InvalidArgument), "message": fmt.Sprintf("request body is %d bytes, over the limit of %d", r.ContentLength, max),
+			})
+			return
+		}
+		r.Body = http.MaxBytesReader(w, r.Body, max)
+		h.ServeHTTP(w, r)
+	})
+}
+
+func recoverUnary(log *slog.Logger) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (resp any, err error) {
+		defer func() {
+			if p := recover(); p != nil {
+				log.Error("panic in handler", "method", info.FullMethod, "panic", p, "stack", string(debug.Stack()))
+				err = status.Errorf(codes.Internal, "internal error in %s", info.FullMethod)
+			}
+		}()
+		return h(ctx, req)
+	}
+}
+
+func recoverStream(log *slog.Logger) grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) (err error) {
+		defer func() {
+			if p := recover(); p != nil {
+				log.Error("panic in stream handler", "method", info.FullMethod, "panic", p, "stack", string(debug.Stack()))
+				err = status.Errorf(codes.Internal, "internal error in %s", info.FullMethod)
+			}
+		}()
+		return h(srv, ss)
+	}
+}
