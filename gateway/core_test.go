@@ -51,7 +51,7 @@ func exampleSnapshot(t testing.TB) *policy.Snapshot {
 	if err != nil {
 		t.Fatal(err)
 	}
-	snap, err := policy.Compile(docs, policy.Fingerprint(docs))
+	snap, err := policy.Compile(docs, policy.Version(docs))
 	if err != nil {
 		t.Fatal(err)
 	}

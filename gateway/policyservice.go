@@ -79,13 +79,13 @@ func (s *PolicyService) ValidatePolicy(ctx context.Context, req *v1.ValidatePoli
 	}
 	docs, problems := parseSources(req.GetDocuments())
 	if len(problems) == 0 {
-		if _, err := policy.Compile(docs, policy.Fingerprint(docs)); err != nil {
+		if _, err := policy.Compile(docs, policy.Version(docs)); err != nil {
 			problems = append(problems, policyProblems(err)...)
 		}
 	}
 	resp := &v1.ValidatePolicyResponse{Valid: len(problems) == 0, Problems: problems}
 	if resp.Valid {
-		resp.Fingerprint = policy.Fingerprint(docs)
+		resp.Fingerprint = policy.Version(docs)
 	}
 	return resp, nil
 }

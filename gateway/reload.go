@@ -54,7 +54,7 @@ func (r *Reloader) Load() error {
 	if err != nil {
 		return r.rejected(err)
 	}
-	version := policy.Fingerprint(docs)
+	version := policy.Version(docs)
 	if version == r.current {
 		r.metrics.PolicyReloads.WithLabelValues("unchanged").Inc()
 		r.lastErr = nil

@@ -69,3 +69,13 @@ func canonical(b []byte, n *yaml.Node) []byte {
 	}
 	return b
 }
+
+// VersionLength is the number of hex digits of the fingerprint used as a
+// policy version.
+const VersionLength = 12
+
+// Version is the policy version of a document set: the first VersionLength
+// hex digits of Fingerprint, short enough to read in logs and answers.
+func Version(docs []*Document) string {
+	return Fingerprint(docs)[:VersionLength]
+}

@@ -65,6 +65,19 @@ func FuzzRedactJSON(f *testing.F) {
 		if !json.Valid(out) {
 			t.Fatalf("RedactJSON output is not valid JSON: %q", out)
 		}
+		jf, err := sc.scanJSON(data)
+		if err != nil || len(jf) != len(fs) {
+			t.Fatalf("scanJSON = %v, %v; RedactJSON found %v", jf, err, fs)
+		}
+		for _, f := range jf {
+			n := f.rawEnd - f.rawStart
+			if f.str {
+				n = len(appendUnquoted(nil, data[f.rawStart+1:f.rawEnd-1]))
+			}
+			if f.End > n || f.Redacted != "[REDACTED:"+string(f.Kind)+"]" {
+				t.Fatalf("finding %v out of its %d-byte value", f.Finding, n)
+			}
+		}
 		again, err := sc.ScanJSON(data)
 		if err != nil || len(again) != len(fs) {
 			t.Fatalf("ScanJSON = %v, %v; RedactJSON found %v", again, err, fs)

@@ -206,8 +206,8 @@ func literalsFor(en *[numBuiltin]bool) []literal {
 	}
 	if en[kEntropy] || en[kAWSSecret] || en[kBasicAuth] {
 		add(anKeyword, keywords...)
+		add(anBearer, "bearer")
 	}
-	add(anBearer, "bearer")
 	return lits
 }
 
@@ -221,7 +221,7 @@ type cand struct {
 type scanCtx struct {
 	cands    []cand
 	identEnd int        // end of the last identifier a keyword validator looked at
-	lastKey  string     // the JSON key classified last
+	lastKey  string     // the identifier or JSON key classified last
 	lastCls  identClass // its class
 }
 
@@ -262,8 +262,14 @@ func (sc *Scanner) scanText(c *scanCtx, s string) {
 	if len(s) > 0 && pf.digits && isDigit(s[0]) {
 		sc.onDigit(c, s, 0)
 	}
+	if len(s) < 2 {
+		return
+	}
+	next := uint16(s[0]) << 8
 	for i := 0; i+1 < len(s); i++ {
-		b := pair[uint16(s[i])<<8|uint16(s[i+1])]
+		cur := next
+		next = uint16(s[i+1]) << 8
+		b := pair[cur|next>>8]
 		if b == 0 {
 			continue
 		}
@@ -273,6 +279,7 @@ func (sc *Scanner) scanText(c *scanCtx, s string) {
 		}
 		if r := sc.onCandidate(c, s, i, bk); r > i {
 			i = r - 1 // look again at the pair starting at the last consumed byte
+			next = uint16(s[r]) << 8
 		}
 	}
 }

@@ -39,6 +39,14 @@ var notSecretSuffixes = [...]string{
 	"source", "class", "hash", "digest", "checksum", "sha", "length", "min", "max", "strength",
 }
 
+// secretWordsByFirst groups secretWords and "auth" by their first byte.
+var secretWordsByFirst = func() (t [256][]string) {
+	for _, w := range append(secretWords[:], "auth") {
+		t[w[0]] = append(t[w[0]], w)
+	}
+	return t
+}()
+
 // suffixesByLast groups notSecretSuffixes by their last byte.
 var suffixesByLast = func() (t [256][]string) {
 	for _, w := range notSecretSuffixes {
@@ -73,15 +81,16 @@ func classifyIdent(id string) identClass {
 	case string(norm) == "key" || string(norm) == "pwd":
 		cls = idSecret
 	default:
-		for _, w := range secretWords {
-			if containsStr(norm, w) {
-				cls = idSecret
-				break
-			}
-		}
-		for i := 0; cls == idNone && i+4 <= len(norm); i++ {
-			if string(norm[i:i+4]) == "auth" && !(i+6 <= len(norm) && string(norm[i:i+6]) == "author") {
-				cls = idSecret
+	scan:
+		for i := range norm {
+			for _, w := range secretWordsByFirst[norm[i]] {
+				if len(norm)-i >= len(w) && string(norm[i:i+len(w)]) == w {
+					if w == "auth" && len(norm)-i >= 6 && string(norm[i:i+6]) == "author" {
+						continue
+					}
+					cls = idSecret
+					break scan
+				}
 			}
 		}
 	}
@@ -158,7 +167,10 @@ func (sc *Scanner) onKeyword(c *scanCtx, s string, a, end int) {
 	if !op && (j == r || j >= len(s) || !isB64(s[j])) {
 		return // most keywords in prose and code: no assignment follows
 	}
-	cls := classifyIdent(s[l:r])
+	if id := s[l:r]; id != c.lastKey {
+		c.lastKey, c.lastCls = id, classifyIdent(id)
+	}
+	cls := c.lastCls
 	if cls == idNone || (!op && cls != idAWS) {
 		return
 	}

@@ -49,7 +49,7 @@ Exit status: 0 valid, 1 invalid, 3 error.`,
 				docs = append(docs, d...)
 			}
 			if len(problems) == 0 {
-				if _, err := policy.Compile(docs, policy.Fingerprint(docs)); err != nil {
+				if _, err := policy.Compile(docs, policy.Version(docs)); err != nil {
 					problems = append(problems, problemLines(err)...)
 				}
 			}
@@ -60,7 +60,7 @@ Exit status: 0 valid, 1 invalid, 3 error.`,
 				fmt.Fprintf(g.errOut, "%d problem(s); the gateway would reject this policy and keep serving the previous one\n", len(problems))
 				return exitCode(exitDeny)
 			}
-			fmt.Fprintf(g.out, "valid: %d document(s), version %s\n", len(docs), policy.Fingerprint(docs))
+			fmt.Fprintf(g.out, "valid: %d document(s), version %s\n", len(docs), policy.Version(docs))
 			return nil
 		},
 	}

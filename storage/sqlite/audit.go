@@ -15,6 +15,12 @@ import (
 const auditColumns = `chain, seq, id, time_ns, event, org, team, agent, session_id, trace_id, span_id,
 	kind, payload, decision, rule_id, policy_version, mode, shadow_decision, reason, latency_ns, prev_hash, hash`
 
+const (
+	selectHeadSQL = `SELECT seq, hash FROM audit_chains WHERE chain = ?`
+	upsertHeadSQL = `INSERT INTO audit_chains (chain, seq, hash) VALUES (?, ?, ?)
+		ON CONFLICT (chain) DO UPDATE SET seq = excluded.seq, hash = excluded.hash`
+)
+
 const insertAuditSQL = `INSERT INTO audit (` + auditColumns + `)
 	VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
 
@@ -33,7 +39,7 @@ func (s *Store) AppendAudit(ctx context.Context, recs []*storage.AuditRecord) er
 	err := s.write(ctx, func(tx *sql.Tx) error {
 		heads, err := storage.LinkRecords(recs, func(chain string) (storage.ChainHead, error) {
 			var h storage.ChainHead
-			err := tx.QueryRowContext(ctx, `SELECT seq, hash FROM audit_chains WHERE chain = ?`, chain).Scan(&h.Seq, &h.Hash)
+			err := tx.StmtContext(ctx, s.selectHead).QueryRowContext(ctx, chain).Scan(&h.Seq, &h.Hash)
 			if errors.Is(err, sql.ErrNoRows) {
 				return storage.ChainHead{}, nil
 			}
@@ -53,8 +59,7 @@ func (s *Store) AppendAudit(ctx context.Context, recs []*storage.AuditRecord) er
 			}
 		}
 		for chain, h := range heads {
-			if _, err := tx.ExecContext(ctx, `INSERT INTO audit_chains (chain, seq, hash) VALUES (?, ?, ?)
-				ON CONFLICT (chain) DO UPDATE SET seq = excluded.seq, hash = excluded.hash`, chain, h.Seq, h.Hash); err != nil {
+			if _, err := tx.StmtContext(ctx, s.upsertHead).ExecContext(ctx, chain, h.Seq, h.Hash); err != nil {
 				return err
 			}
 		}

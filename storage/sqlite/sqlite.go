@@ -152,7 +152,9 @@ type Store struct {
 	ckpt   *sql.DB // one connection for background checkpoints
 	hub    *hub
 
-	insertAudit *sql.Stmt
+	insertAudit *sql.Stmt // prepared once on the writer connection
+	selectHead  *sql.Stmt
+	upsertHead  *sql.Stmt
 
 	dirty    chan struct{} // a commit awaits its fsync (DurabilityOS)
 	walSyncs atomic.Int64  // background WAL fsyncs done, for tests
@@ -232,7 +234,7 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("open sqlite store %s: %w", opts.Path, err)
 	}
 	s.ckpt.SetMaxOpenConns(1)
-	if s.insertAudit, err = s.writer.PrepareContext(ctx, insertAuditSQL); err != nil {
+	if err = s.prepare(ctx); err != nil {
 		s.ckpt.Close()
 		s.reader.Close()
 		s.writer.Close()
@@ -251,6 +253,19 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 	s.wg.Go(s.maintain)
 	s.wg.Go(s.checkpoint)
 	return s, nil
+}
+
+func (s *Store) prepare(ctx context.Context) error {
+	for _, p := range []struct {
+		stmt  **sql.Stmt
+		query string
+	}{{&s.insertAudit, insertAuditSQL}, {&s.selectHead, selectHeadSQL}, {&s.upsertHead, upsertHeadSQL}} {
+		var err error
+		if *p.stmt, err = s.writer.PrepareContext(ctx, p.query); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // migrate applies the embedded migrations that schema_migrations does not
@@ -491,7 +506,8 @@ func (s *Store) Close() error {
 		defer cancel()
 		err := s.hub.flushCounters(ctx, s)
 		s.hub.release(s)
-		s.closeErr = errors.Join(err, s.insertAudit.Close(), s.ckpt.Close(), s.reader.Close(), s.writer.Close())
+		s.closeErr = errors.Join(err, s.insertAudit.Close(), s.selectHead.Close(), s.upsertHead.Close(),
+			s.ckpt.Close(), s.reader.Close(), s.writer.Close())
 	})
 	return s.closeErr
 }

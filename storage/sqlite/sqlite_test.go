@@ -30,7 +30,7 @@ func testSealer(t *testing.T) storage.Sealer {
 func openTest(t *testing.T, opts Options) *Store {
 	t.Helper()
 	if opts.Logger == nil {
-		opts.Logger = slog.New(slog.DiscardHandler)
+		opts.Logger = discard()
 	}
 	s, err := Open(t.Context(), opts)
 	if err != nil {
@@ -145,3 +145,5 @@ func TestMigrationsIdempotent(t *testing.T) {
 		t.Fatalf("Open of a newer schema: %v", err)
 	}
 }
+
+func discard() *slog.Logger { return slog.New(slog.DiscardHandler) }
