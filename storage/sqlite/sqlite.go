@@ -240,7 +240,12 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 		s.writer.Close()
 		return nil, fmt.Errorf("open sqlite store %s: %w", opts.Path, err)
 	}
-	s.hub, err = acquireHub(ctx, abs, s)
+	// Stores reaching one file through different paths share one hub.
+	hubKey := abs
+	if real, err := filepath.EvalSymlinks(abs); err == nil {
+		hubKey = real
+	}
+	s.hub, err = acquireHub(ctx, hubKey, s)
 	if err != nil {
 		s.ckpt.Close()
 		s.reader.Close()
