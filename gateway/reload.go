@@ -75,10 +75,13 @@ func (r *Reloader) Load() error {
 	return nil
 }
 
+// rejected records a failed load. The same error is logged once, not at
+// every poll, until the files change.
 func (r *Reloader) rejected(err error) error {
 	r.metrics.PolicyReloads.WithLabelValues("rejected").Inc()
+	repeat := r.lastErr != nil && r.lastErr.Error() == err.Error()
 	r.lastErr = err
-	if r.current != "" {
+	if r.current != "" && !repeat {
 		r.log.Error("policy rejected; the previous version keeps serving", "serving", r.current, "err", err)
 	}
 	return err
