@@ -147,6 +147,7 @@ func auditRec(chain string, i int) *storage.AuditRecord {
 // the listener reconnects, the subscription and the tail carry on, and the
 // audit chain continues where it was.
 func TestOutage(t *testing.T) {
+	t.Parallel()
 	u, err := url.Parse(testURL(t))
 	if err != nil {
 		t.Fatal(err)
@@ -254,6 +255,7 @@ func TestOutage(t *testing.T) {
 // pg_terminate_backend (what a server restart or failover does to the
 // connections); the store recovers without being reopened.
 func TestTerminatedBackends(t *testing.T) {
+	t.Parallel()
 	u, err := url.Parse(testURL(t))
 	if err != nil {
 		t.Fatal(err)
@@ -319,6 +321,7 @@ func TestOpenUnreachable(t *testing.T) {
 // TestMigrateConcurrently starts many replicas at once on an empty schema:
 // the advisory lock lets exactly one apply each migration.
 func TestMigrateConcurrently(t *testing.T) {
+	t.Parallel()
 	u := testURL(t)
 	schema := newSchema(t)
 	var wg sync.WaitGroup
@@ -355,6 +358,7 @@ func TestMigrateConcurrently(t *testing.T) {
 // TestAuditAppendOnly: the trigger refuses changes, and a change that
 // bypasses it is caught by VerifyAudit, including records cut from the end.
 func TestAuditAppendOnly(t *testing.T) {
+	t.Parallel()
 	s := openTest(t, "", Options{})
 	ctx := t.Context()
 	for i := range 6 {
@@ -404,6 +408,7 @@ func TestAuditAppendOnly(t *testing.T) {
 // TestReplicaChains is the deployment shape: each replica writes its own
 // chain, concurrently, and every chain verifies.
 func TestReplicaChains(t *testing.T) {
+	t.Parallel()
 	a := openTest(t, "", Options{})
 	b := openTest(t, a.schema, Options{})
 	ctx := context.Background()

@@ -154,6 +154,7 @@ func TestConformance(t *testing.T) {
 // TestConformanceDurabilityOS runs the audit cases with
 // synchronous_commit=off.
 func TestConformanceDurabilityOS(t *testing.T) {
+	t.Parallel()
 	testURL(t)
 	storagetest.RunAudit(t, func(t *testing.T) *Store { return openTest(t, "", Options{Durability: storage.DurabilityOS}) },
 		storagetest.Reopen(func(t *testing.T, p *Store) *Store {
@@ -162,6 +163,7 @@ func TestConformanceDurabilityOS(t *testing.T) {
 }
 
 func TestURLSchemaParameter(t *testing.T) {
+	t.Parallel()
 	u, err := url.Parse(testURL(t))
 	if err != nil {
 		t.Fatal(err)
@@ -186,6 +188,7 @@ func TestURLSchemaParameter(t *testing.T) {
 }
 
 func TestURLOptions(t *testing.T) {
+	t.Parallel()
 	u := testURL(t)
 	schema := newSchema(t)
 	sep := "?"
@@ -221,6 +224,7 @@ func TestOpenRejectsBadOptions(t *testing.T) {
 // TestVerifyWhileAppending verifies a chain while it grows: the head and
 // the records come from one snapshot, so a live chain never reports a gap.
 func TestVerifyWhileAppending(t *testing.T) {
+	t.Parallel()
 	s := openTest(t, "", Options{})
 	ctx := t.Context()
 	done := make(chan struct{})

@@ -112,6 +112,7 @@ func (p *tcpProxy) start() {
 // store works again and the subscription made before the outage hears new
 // messages.
 func TestOutage(t *testing.T) {
+	t.Parallel()
 	u, err := url.Parse(testURL(t))
 	if err != nil {
 		t.Fatal(err)

@@ -77,6 +77,7 @@ func TestCounters(t *testing.T) {
 }
 
 func TestNotifier(t *testing.T) {
+	t.Parallel()
 	testURL(t)
 	storagetest.RunNotifier(t, func(t *testing.T) *Store { return openTest(t, "") },
 		storagetest.Reopen(func(t *testing.T, s *Store) *Store { return openTest(t, s.opts.Prefix) }))
@@ -86,6 +87,7 @@ func TestNotifier(t *testing.T) {
 // hammering one budget from 64 goroutines each with reservations of varying
 // size: the sum allowed never exceeds the limit and equals the counter.
 func TestReplicasReserve(t *testing.T) {
+	t.Parallel()
 	a := openTest(t, "")
 	b := openTest(t, a.opts.Prefix)
 	const limit = 20000
