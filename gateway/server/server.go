@@ -135,6 +135,7 @@ func (s *Server) buildGRPC() {
 		grpc.ChainStreamInterceptor(recoverStream(s.log)),
 	)
 	v1.RegisterPolicyServiceServer(s.grpc, gateway.NewPolicyService(s.core))
+	v1.RegisterAuditServiceServer(s.grpc, gateway.NewAuditService(s.store))
 	s.health = health.NewServer()
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
@@ -148,6 +149,9 @@ func (s *Server) buildHTTP(ctx context.Context) error {
 		}),
 	)
 	if err := v1.RegisterPolicyServiceHandlerServer(ctx, gw, gateway.NewPolicyService(s.core)); err != nil {
+		return fmt.Errorf("register REST handlers: %w", err)
+	}
+	if err := v1.RegisterAuditServiceHandlerServer(ctx, gw, gateway.NewAuditService(s.store)); err != nil {
 		return fmt.Errorf("register REST handlers: %w", err)
 	}
 	mux := http.NewServeMux()
@@ -213,7 +217,9 @@ func (s *Server) Serve(ctx context.Context, grpcL, httpL net.Listener) error {
 		}()
 	}
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
-	s.health.SetServingStatus(v1.PolicyService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	for _, svc := range []string{v1.PolicyService_ServiceDesc.ServiceName, v1.AuditService_ServiceDesc.ServiceName} {
+		s.health.SetServingStatus(svc, healthpb.HealthCheckResponse_SERVING)
+	}
 	httpAddr := ""
 	if httpL != nil {
 		httpAddr = httpL.Addr().String()

@@ -1,0 +1,261 @@
+package main
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	_ "modernc.org/sqlite"
+
+	"github.com/agent-assembly/agent-assembly/gateway/server"
+)
+
+// startGatewayOn runs a real gateway on the given store URL and returns its address.
+func startGatewayOn(t *testing.T, store string) string {
+	t.Helper()
+	cfg := server.DefaultConfig()
+	cfg.PolicyPath = "../../examples/policies"
+	cfg.Store = store
+	cfg.SecretsKeyFile = filepath.Join(t.TempDir(), "secrets.key")
+	cfg.APIAddr = ""
+	cfg.ReplicaID = "gw-test"
+	ctx, cancel := context.WithCancel(context.Background())
+	srv, err := server.New(ctx, cfg, nil)
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, l, nil) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Error("gateway did not stop")
+		}
+	})
+	return l.Addr().String()
+}
+
+// makeDecisions runs n checks through aasm.
+func makeDecisions(t *testing.T, addr string, n int) {
+	t.Helper()
+	for i := 0; i < n; i++ {
+		host := "en.wikipedia.org"
+		if i%2 == 1 {
+			host = "evil.example.com"
+		}
+		if code, _, errOut := run(t, "--addr", addr, "check", "--agent", "acme/research/researcher-1", "--host", host, "--trace", "trace-audit"); code == exitError {
+			t.Fatalf("check failed: %s", errOut)
+		}
+	}
+}
+
+func TestAuditListExportTrace(t *testing.T) {
+	addr := startGateway(t)
+	makeDecisions(t, addr, 6)
+	code, out, errOut := run(t, "--addr", addr, "audit", "list", "--agent", "acme/research", "--decision", "deny")
+	if code != 0 || strings.Count(out, "DENY") != 3 || !strings.Contains(out, "research-agent/network.allowlist") {
+		t.Fatalf("audit list: exit %d\n%s\n%s", code, out, errOut)
+	}
+	code, out, errOut = run(t, "--addr", addr, "audit", "export", "--trace", "trace-audit")
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if code != 0 || len(lines) != 6 {
+		t.Fatalf("export: exit %d, %d lines\n%s", code, len(lines), errOut)
+	}
+	var prevSeq float64
+	for _, l := range lines {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(l), &m); err != nil {
+			t.Fatalf("export line is not JSON: %q", l)
+		}
+		seq, _ := m["seq"].(string) // int64 is a string in proto JSON
+		var s float64
+		fmt.Sscan(seq, &s)
+		if s <= prevSeq {
+			t.Fatalf("export not oldest first: %v after %v", s, prevSeq)
+		}
+		prevSeq = s
+	}
+	if code, _, errOut = run(t, "--addr", addr, "audit", "list", "--type", "teleport"); code != exitError || !strings.Contains(errOut, "--type \"teleport\" is not an action type") {
+		t.Fatalf("bad --type: exit %d %s", code, errOut)
+	}
+	code, out, _ = run(t, "--addr", addr, "audit", "verify")
+	if code != 0 || !strings.Contains(out, "true") {
+		t.Fatalf("verify of an intact log: exit %d\n%s", code, out)
+	}
+}
+
+func TestAuditTail(t *testing.T) {
+	addr := startGateway(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var out, errOut syncWriter
+	done := make(chan int, 1)
+	go func() { done <- execute(ctx, []string{"--addr", addr, "audit", "tail", "--decision", "deny"}, &out, &errOut) }()
+	// Keep making decisions until the tail has printed a denied one.
+	for i := 0; ; i++ {
+		makeDecisions(t, addr, 2)
+		if strings.Contains(out.String(), "evil.example.com") || strings.Contains(out.String(), "DENY") {
+			break
+		}
+		if i > 100 {
+			t.Fatalf("tail printed nothing: %q %q", out.String(), errOut.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	cancel()
+	if code := <-done; code != 0 {
+		t.Fatalf("tail exit %d: %s", code, errOut.String())
+	}
+	if strings.Contains(out.String(), "ALLOW") {
+		t.Fatalf("tail --decision deny printed an allow:\n%s", out.String())
+	}
+}
+
+// syncWriter lets the test read what the tail goroutine writes.
+type syncWriter struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (w *syncWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.Write(p)
+}
+
+func (w *syncWriter) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.String()
+}
+
+// verifyNames runs aasm audit verify and checks it fails naming seq.
+func verifyNames(t *testing.T, addr string, seq int) {
+	t.Helper()
+	code, out, errOut := run(t, "--addr", addr, "audit", "verify")
+	if code != exitDeny {
+		t.Fatalf("verify after tampering: exit %d, want %d\n%s\n%s", code, exitDeny, out, errOut)
+	}
+	if !strings.Contains(out, "false") || !strings.Contains(out, fmt.Sprint(seq)) {
+		t.Fatalf("verify table does not name record %d:\n%s", seq, out)
+	}
+	code, out, _ = run(t, "--addr", addr, "-o", "json", "audit", "verify")
+	var resp struct {
+		Ok     bool
+		Chains []struct {
+			Chain       string
+			FirstBadSeq string `json:"first_bad_seq"`
+			Problem     string
+		}
+	}
+	if err := json.Unmarshal([]byte(out), &resp); err != nil || resp.Ok || len(resp.Chains) != 1 {
+		t.Fatalf("verify json: %v\n%s", err, out)
+	}
+	if c := resp.Chains[0]; c.FirstBadSeq != fmt.Sprint(seq) || c.Problem == "" {
+		t.Fatalf("verify names seq %s (%s), want %d", c.FirstBadSeq, c.Problem, seq)
+	}
+}
+
+func TestAuditVerifyDetectsTamperingSQLite(t *testing.T) {
+	db := filepath.Join(t.TempDir(), "aa.db")
+	addr := startGatewayOn(t, "sqlite:"+db)
+	makeDecisions(t, addr, 10)
+	// An attacker with write access to the file flips one byte of record 4's payload.
+	conn, err := sql.Open("sqlite", db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	trig, err := triggerNames(conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range trig {
+		if _, err := conn.Exec("DROP TRIGGER " + name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	res, err := conn.Exec(`UPDATE audit SET payload = CAST(replace(CAST(payload AS TEXT), 'network_call', 'network_cell') AS BLOB) WHERE chain = 'gw-test' AND seq = 4`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := res.RowsAffected(); n != 1 {
+		t.Fatalf("tampered %d rows", n)
+	}
+	verifyNames(t, addr, 4)
+}
+
+func triggerNames(db *sql.DB) ([]string, error) {
+	rows, err := db.Query(`SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'audit'`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var n string
+		if err := rows.Scan(&n); err != nil {
+			return nil, err
+		}
+		out = append(out, n)
+	}
+	return out, rows.Err()
+}
+
+func TestAuditVerifyDetectsTamperingPostgres(t *testing.T) {
+	url := os.Getenv("AA_TEST_POSTGRES_URL")
+	if url == "" {
+		t.Skip("AA_TEST_POSTGRES_URL not set: run scripts/testdb.sh start and eval \"$(scripts/testdb.sh env)\"")
+	}
+	ctx := context.Background()
+	schema := fmt.Sprintf("aasm_tamper_%d", time.Now().UnixNano())
+	admin, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close(ctx)
+	if _, err := admin.Exec(ctx, "CREATE SCHEMA "+schema); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { admin.Exec(context.Background(), "DROP SCHEMA "+schema+" CASCADE") })
+	sep := "?"
+	if strings.Contains(url, "?") {
+		sep = "&"
+	}
+	addr := startGatewayOn(t, url+sep+"schema="+schema)
+	makeDecisions(t, addr, 10)
+	// A database superuser bypasses the append-only trigger and edits record 7.
+	tx, err := admin.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{
+		"ALTER TABLE " + schema + ".audit_records DISABLE TRIGGER audit_records_append_only",
+		"UPDATE " + schema + ".audit_records SET reason = reason || ' ' WHERE chain = 'gw-test' AND seq = 7",
+		"ALTER TABLE " + schema + ".audit_records ENABLE TRIGGER audit_records_append_only",
+	} {
+		if _, err := tx.Exec(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	verifyNames(t, addr, 7)
+}
