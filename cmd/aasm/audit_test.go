@@ -106,7 +106,9 @@ func TestAuditTail(t *testing.T) {
 	defer cancel()
 	var out, errOut syncWriter
 	done := make(chan int, 1)
-	go func() { done <- execute(ctx, []string{"--addr", addr, "audit", "tail", "--decision", "deny"}, &out, &errOut) }()
+	go func() {
+		done <- execute(ctx, []string{"--addr", addr, "audit", "tail", "--decision", "deny"}, &out, &errOut)
+	}()
 	// Keep making decisions until the tail has printed a denied one.
 	for i := 0; ; i++ {
 		makeDecisions(t, addr, 2)
