@@ -3,6 +3,7 @@ package scan
 import (
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 )
@@ -79,6 +80,14 @@ func BenchmarkScanString(b *testing.B) {
 	b.Run("clean-1KiB", func(b *testing.B) { benchString(b, cleanText(b, 1<<10)) })
 	b.Run("clean-64KiB", func(b *testing.B) { benchString(b, cleanText(b, 64<<10)) })
 	b.Run("secrets-64KiB", func(b *testing.B) { benchString(b, dirtyText(b, 64<<10)) })
+	// Ordinary prose and HTML, less dense in words like token and password than the corpus.
+	b.Run("go-spec", func(b *testing.B) {
+		data, err := os.ReadFile(filepath.Join(runtime.GOROOT(), "doc", "go_spec.html"))
+		if err != nil {
+			b.Skip("no Go spec in GOROOT:", err)
+		}
+		benchString(b, string(data))
+	})
 }
 
 func BenchmarkScanJSON(b *testing.B) {

@@ -409,7 +409,7 @@ func (sc *Scanner) onAzure(c *scanCtx, s string, a, v int) {
 }
 
 // gcpWindow bounds how far from "type": "service_account" the private key is looked for.
-const gcpWindow = 16 << 10
+const gcpWindow = 4 << 10
 
 // onGCP validates a Google service account key in JSON text: "type": "service_account" with
 // a "private_key" member nearby holding a private key. The finding is the private key value.

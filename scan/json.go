@@ -24,16 +24,20 @@ const maxDepth = 10000
 // jframe is one open JSON object or array.
 type jframe struct {
 	obj              bool
+	saType           bool // object: "type": "service_account" seen
+	keyEsc           bool
 	idx              int // array: index of the current element
 	keyStart, keyEnd int // object: raw bytes of the current member's key (inside the quotes)
-	keyEsc           bool
-	ctxStart, ctxEnd int  // key naming the values of this container (its own key for arrays)
-	saType           bool // object: "type": "service_account" seen
-	pkOrd            int  // object: ordinal+1 of the "private_key" string value holding a key
-	pkLen            int
-	pkRaw            [2]int
-	pkEsc            bool
-	pkPath           string
+	ctxStart, ctxEnd int // key naming the values of this container (its own key for arrays)
+	pk               int // object: 1 + index in pks of its "private_key" value, 0 for none
+}
+
+// pkValue is a "private_key" string value holding a key, kept until its object closes.
+type pkValue struct {
+	ord, len         int
+	rawStart, rawEnd int
+	esc              bool
+	path             string
 }
 
 // jfinding is a finding in a JSON value with where the value sits in the document.
@@ -153,6 +157,7 @@ func (sc *Scanner) walkJSON(data []byte, scratchp **[]byte) ([]jfinding, error) 
 	var (
 		c     scanCtx
 		out   []jfinding
+		pks   []pkValue
 		fbuf  [32]jframe
 		stack = fbuf[:0]
 		ord   int
@@ -169,22 +174,23 @@ value:
 			if len(stack) >= maxDepth {
 				return nil, fmt.Errorf("%w: nesting deeper than %d at offset %d", ErrInvalidJSON, maxDepth, i)
 			}
-			f := jframe{obj: ch == '{'}
+			obj := ch == '{'
+			var cs, ce int
 			if len(stack) > 0 {
 				if p := &stack[len(stack)-1]; p.obj {
-					f.ctxStart, f.ctxEnd = p.keyStart, p.keyEnd
+					cs, ce = p.keyStart, p.keyEnd
 				} else {
-					f.ctxStart, f.ctxEnd = p.ctxStart, p.ctxEnd
+					cs, ce = p.ctxStart, p.ctxEnd
 				}
 			}
-			stack = append(stack, f)
+			stack = append(stack, jframe{obj: obj, ctxStart: cs, ctxEnd: ce})
 			i = skipWS(data, i+1)
-			if i < n && data[i] == "}]"[btoi(!f.obj)] {
+			if i < n && data[i] == "}]"[btoi(!obj)] {
 				stack = stack[:len(stack)-1]
 				i++
 				break
 			}
-			if f.obj {
+			if obj {
 				var err error
 				if i, err = parseKey(data, i, &stack[len(stack)-1]); err != nil {
 					return nil, err
@@ -226,8 +232,8 @@ value:
 					top.saType = true
 				}
 				if key == "private_key" && strings.Contains(v, "PRIVATE KEY") {
-					top.pkOrd, top.pkLen, top.pkRaw, top.pkEsc = ord, len(v), [2]int{i, end}, esc
-					top.pkPath = jsonPath(data, stack)
+					pks = append(pks, pkValue{ord: ord, len: len(v), rawStart: i, rawEnd: end, esc: esc, path: jsonPath(data, stack)})
+					top.pk = len(pks)
 				}
 			}
 			if len(c.cands) > 0 {
@@ -289,8 +295,8 @@ value:
 				if !top.obj {
 					return nil, syntaxError(data, i, "',' or ']'")
 				}
-				if top.saType && top.pkOrd > 0 {
-					out = gcpFinding(sc, out, top)
+				if top.saType && top.pk > 0 {
+					out = gcpFinding(sc, out, &pks[top.pk-1])
 				}
 				stack = stack[:len(stack)-1]
 				i++
@@ -331,11 +337,23 @@ func parseKey(data []byte, i int, f *jframe) (int, error) {
 	return skipWS(data, i+1), nil
 }
 
+// strSpecial marks the bytes that end or escape a JSON string or are not allowed in one.
+var strSpecial = func() (t [256]bool) {
+	for c := range 0x20 {
+		t[c] = true
+	}
+	t['"'], t['\\'] = true, true
+	return t
+}()
+
 // scanString validates the string starting at data[i] == '"' and returns the index after its
 // closing quote and whether it holds escapes.
 func scanString(data []byte, i int) (int, bool, error) {
 	esc := false
 	for j := i + 1; j < len(data); j++ {
+		if !strSpecial[data[j]] {
+			continue
+		}
 		switch ch := data[j]; {
 		case ch == '"':
 			return j + 1, esc, nil
@@ -420,12 +438,12 @@ func (sc *Scanner) appendJSON(out []jfinding, c *scanCtx, data []byte, stack []j
 
 // gcpFinding replaces the findings in the private_key value of a service account object by
 // one gcp_service_account finding spanning the value.
-func gcpFinding(sc *Scanner, out []jfinding, f *jframe) []jfinding {
-	out = slices.DeleteFunc(out, func(x jfinding) bool { return x.ord == f.pkOrd })
-	at, _ := slices.BinarySearchFunc(out, f.pkOrd, func(x jfinding, ord int) int { return x.ord - ord })
-	cd := cand{0, f.pkLen, kGCP}
+func gcpFinding(sc *Scanner, out []jfinding, pk *pkValue) []jfinding {
+	out = slices.DeleteFunc(out, func(x jfinding) bool { return x.ord == pk.ord })
+	at, _ := slices.BinarySearchFunc(out, pk.ord, func(x jfinding, ord int) int { return x.ord - ord })
 	return slices.Insert(out, at, jfinding{
-		Finding: sc.finding(cd, f.pkPath), ord: f.pkOrd, rawStart: f.pkRaw[0], rawEnd: f.pkRaw[1], str: true, esc: f.pkEsc,
+		Finding: sc.finding(cand{0, pk.len, kGCP}, pk.path),
+		ord:     pk.ord, rawStart: pk.rawStart, rawEnd: pk.rawEnd, str: true, esc: pk.esc,
 	})
 }
 

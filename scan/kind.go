@@ -41,8 +41,8 @@ const (
 	// KindPrivateKey is a PEM private key block (RSA, EC, DSA, OPENSSH, PGP, ENCRYPTED or PKCS#8),
 	// or the base64 encoding of one.
 	KindPrivateKey Kind = "private_key"
-	// KindCreditCard is a payment card number: 13 to 19 digits, optionally grouped by spaces or
-	// dashes, with a known issuer prefix and a valid Luhn check digit.
+	// KindCreditCard is a payment card number with a known issuer prefix and a valid Luhn check
+	// digit: 13 to 16 digits in one run, or 13 to 19 digits in groups joined by spaces or dashes.
 	KindCreditCard Kind = "credit_card"
 	// KindEmail is an email address.
 	KindEmail Kind = "email"
@@ -110,7 +110,7 @@ var builtinKinds = [numBuiltin]struct {
 // cards, SSNs, emails and generic tokens.
 const customPriority = 50
 
-// BuiltinKinds returns every builtin kind, most specific first within each family.
+// BuiltinKinds returns every builtin kind, in a fixed order.
 func BuiltinKinds() []Kind {
 	out := make([]Kind, numBuiltin)
 	for i, k := range builtinKinds {

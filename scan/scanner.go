@@ -262,24 +262,25 @@ func (sc *Scanner) scanText(c *scanCtx, s string) {
 	if len(s) > 0 && pf.digits && isDigit(s[0]) {
 		sc.onDigit(c, s, 0)
 	}
-	if len(s) < 2 {
-		return
-	}
-	next := uint16(s[0]) << 8
-	for i := 0; i+1 < len(s); i++ {
-		cur := next
-		next = uint16(s[i+1]) << 8
-		b := pair[cur|next>>8]
+	n := len(s)
+	for i := 0; i+1 < n; i++ {
+		// Skip pairs in bucket 0 two at a time: the lookups are independent.
+		for i+2 < n && pair[uint16(s[i])<<8|uint16(s[i+1])]|pair[uint16(s[i+1])<<8|uint16(s[i+2])] == 0 {
+			i += 2
+		}
+		if i+1 >= n {
+			break
+		}
+		b := pair[uint16(s[i])<<8|uint16(s[i+1])]
 		if b == 0 {
 			continue
 		}
 		bk := &pf.buckets[b]
-		if !bk.digit && !bk.at && (i+2 >= len(s) || !bk.hasThird(s[i+2])) {
+		if !bk.digit && !bk.at && (i+2 >= n || !bk.hasThird(s[i+2])) {
 			continue
 		}
 		if r := sc.onCandidate(c, s, i, bk); r > i {
 			i = r - 1 // look again at the pair starting at the last consumed byte
-			next = uint16(s[r]) << 8
 		}
 	}
 }

@@ -346,3 +346,16 @@ func TestBuiltinKinds(t *testing.T) {
 		t.Errorf("BuiltinKinds() = %v", ks)
 	}
 }
+
+func TestShannon(t *testing.T) {
+	for _, tt := range []struct {
+		s    string
+		want float64
+	}{
+		{"", 0}, {"aaaa", 0}, {"ab", 1}, {"abcd", 2}, {"aabb", 1}, {strings.Repeat("0123456789abcdef", 8), 4},
+	} {
+		if got := shannon(tt.s); got < tt.want-1e-9 || got > tt.want+1e-9 {
+			t.Errorf("shannon(%q) = %v, want %v", tt.s, got, tt.want)
+		}
+	}
+}

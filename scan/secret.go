@@ -232,7 +232,7 @@ func (sc *Scanner) token(c *scanCtx, s string, j int, q byte, cls identClass, be
 			return
 		}
 	} else {
-		for j < len(s) && j-start <= maxToken && (class[s[j]]&(cB64|cURL) != 0 || (bearer && (s[j] == '.' || s[j] == '~'))) {
+		for j < len(s) && j-start <= maxToken && (class[s[j]]&(cB64|cURL) != 0 || s[j] == '%' || (bearer && (s[j] == '.' || s[j] == '~'))) {
 			j++
 		}
 		for j < len(s) && s[j] == '=' {
@@ -394,22 +394,42 @@ func uuidLike(s string) bool {
 	return true
 }
 
-// shannon returns the Shannon entropy of the bytes of s in bits per byte.
+// shannon returns the Shannon entropy of the bytes of s in bits per byte:
+// log2(n) - (1/n)·Σ c·log2(c) over the count c of each distinct byte.
 func shannon(s string) float64 {
-	if len(s) == 0 {
+	if len(s) == 0 || len(s) > maxToken {
 		return 0
 	}
 	var counts [256]uint16
+	var seen [256]byte
+	k := 0
 	for i := 0; i < len(s); i++ {
-		counts[s[i]]++
+		b := s[i]
+		if counts[b] == 0 {
+			seen[k] = b
+			k++
+		}
+		counts[b]++
+	}
+	sum := 0.0
+	for _, b := range seen[:k] {
+		sum += clog2(int(counts[b]))
 	}
 	n := float64(len(s))
-	h := 0.0
-	for _, k := range counts {
-		if k > 0 {
-			p := float64(k) / n
-			h -= p * math.Log2(p)
-		}
+	return math.Log2(n) - sum/n
+}
+
+// clogTable[c] is c·log2(c).
+var clogTable = func() (t [64]float64) {
+	for c := 1; c < len(t); c++ {
+		t[c] = float64(c) * math.Log2(float64(c))
 	}
-	return h
+	return t
+}()
+
+func clog2(c int) float64 {
+	if c < len(clogTable) {
+		return clogTable[c]
+	}
+	return float64(c) * math.Log2(float64(c))
 }
