@@ -21,6 +21,8 @@ import (
 	v1 "github.com/agent-assembly/agent-assembly/api/agentassembly/v1"
 )
 
+var httpClient = &http.Client{Timeout: 10 * time.Second}
+
 // buildGateway compiles this command once per test binary.
 var buildOnce struct {
 	sync.Once

@@ -1,0 +1,167 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	v1 "github.com/agent-assembly/agent-assembly/api/agentassembly/v1"
+)
+
+// tcpProxy forwards a loopback port to a backend and can cut every
+// connection, standing in for a database that goes away and comes back.
+type tcpProxy struct {
+	addr    string
+	backend string
+	mu      sync.Mutex
+	l       net.Listener
+	conns   []net.Conn
+}
+
+func newProxy(t *testing.T, backend string) *tcpProxy {
+	p := &tcpProxy{backend: backend, addr: freeAddr(t)}
+	p.up(t)
+	t.Cleanup(p.down)
+	return p
+}
+
+func (p *tcpProxy) up(t *testing.T) {
+	l, err := net.Listen("tcp", p.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.mu.Lock()
+	p.l = l
+	p.mu.Unlock()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			b, err := net.Dial("tcp", p.backend)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			p.mu.Lock()
+			p.conns = append(p.conns, c, b)
+			p.mu.Unlock()
+			go func() { io.Copy(b, c); b.Close() }()
+			go func() { io.Copy(c, b); c.Close() }()
+		}
+	}()
+}
+
+func (p *tcpProxy) down() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.l != nil {
+		p.l.Close()
+		p.l = nil
+	}
+	for _, c := range p.conns {
+		c.Close()
+	}
+	p.conns = nil
+}
+
+// TestPostgresOutageFailsClosed cuts the gateway off from PostgreSQL
+// mid-run: checks are denied with a reason that says why, nothing panics,
+// /readyz reports the store, and service resumes by itself when the
+// database is reachable again.
+func TestPostgresOutageFailsClosed(t *testing.T) {
+	raw := os.Getenv("AA_TEST_POSTGRES_URL")
+	if raw == "" {
+		t.Skip("AA_TEST_POSTGRES_URL not set: run scripts/testdb.sh start and eval \"$(scripts/testdb.sh env)\"")
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	schema := fmt.Sprintf("outage_%d", time.Now().UnixNano())
+	conn, err := pgx.Connect(context.Background(), raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	if _, err := conn.Exec(context.Background(), "CREATE SCHEMA "+schema); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Exec(context.Background(), "DROP SCHEMA "+schema+" CASCADE") })
+
+	proxy := newProxy(t, u.Host)
+	u.Host = proxy.addr
+	q := u.Query()
+	q.Set("schema", schema)
+	u.RawQuery = q.Encode()
+	p := startProc(t, "-store", u.String(), "-secrets-key-file", filepath.Join(t.TempDir(), "k"), "-audit-timeout", "1s")
+	policy, audit := p.client(t)
+	req := &v1.CheckActionRequest{Agent: &v1.AgentId{OrgId: "acme", TeamId: "eng", AgentId: "coder-1"}, TraceId: "outage",
+		Context: &v1.CheckActionRequest_ToolCall{ToolCall: &v1.ToolCallContext{Name: "git_status"}}}
+	check := func() *v1.CheckActionResponse {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		resp, err := policy.CheckAction(ctx, req)
+		if err != nil {
+			t.Fatalf("check during outage must answer, not fail: %v", err)
+		}
+		return resp
+	}
+	if r := check(); r.GetDecision() != v1.Decision_ALLOW {
+		t.Fatalf("before the outage: %v", r)
+	}
+
+	proxy.down()
+	for i := 0; i < 3; i++ {
+		r := check()
+		if r.GetDecision() != v1.Decision_DENY || r.GetPolicyRuleId() != "audit" || !strings.Contains(r.GetReason(), "audit log unavailable, failing closed") {
+			t.Fatalf("during the outage: want a fail-closed deny naming the audit log, got %v", r)
+		}
+		t.Logf("during outage: %s", r.GetReason())
+	}
+	if body := httpGet(t, "http://"+p.http+"/readyz"); !strings.Contains(body, "not ready") {
+		t.Fatalf("readyz during the outage: %s", body)
+	}
+
+	proxy.up(t)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		r := check()
+		if r.GetDecision() == v1.Decision_ALLOW {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("service did not resume after the database returned: %v", r)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	v, err := audit.VerifyAudit(context.Background(), &v1.VerifyAuditRequest{})
+	if err != nil || !v.GetOk() {
+		t.Fatalf("chain after the outage: %v %v", v, err)
+	}
+	if strings.Contains(p.log.String(), "panic") {
+		t.Fatalf("gateway panicked:\n%s", p.log)
+	}
+}
+
+func httpGet(t *testing.T, u string) string {
+	t.Helper()
+	resp, err := httpClient.Get(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
