@@ -1,0 +1,204 @@
+// Command aa-load drives PolicyService.CheckAction against a gateway, closed
+// loop (as fast as N clients can go) or open loop at a fixed rate, and
+// reports throughput and latency percentiles. In open loop, latency is
+// measured from when each request was scheduled, not when it was sent, so a
+// stalled gateway shows up in the percentiles instead of silently lowering
+// the rate (no coordinated omission).
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	v1 "github.com/agent-assembly/agent-assembly/api/agentassembly/v1"
+)
+
+// options are the command's flags.
+type options struct {
+	addr        string
+	rate        float64
+	duration    time.Duration
+	warmup      time.Duration
+	concurrency int
+	conns       int
+	json        bool
+}
+
+// Report is the result of one run.
+type Report struct {
+	Mode       string        `json:"mode"`
+	TargetRate float64       `json:"target_rate,omitempty"`
+	Duration   time.Duration `json:"duration_ns"`
+	Requests   int           `json:"requests"`
+	Errors     int           `json:"errors"`
+	Throughput float64       `json:"throughput_per_s"`
+	P50        time.Duration `json:"p50_ns"`
+	P90        time.Duration `json:"p90_ns"`
+	P99        time.Duration `json:"p99_ns"`
+	P999       time.Duration `json:"p999_ns"`
+	Max        time.Duration `json:"max_ns"`
+	FirstError string        `json:"first_error,omitempty"`
+}
+
+func main() {
+	var o options
+	flag.StringVar(&o.addr, "addr", "127.0.0.1:50051", "gateway gRPC address")
+	flag.Float64Var(&o.rate, "rate", 0, "open loop: requests per second (0 = closed loop)")
+	flag.DurationVar(&o.duration, "duration", 10*time.Second, "measured duration")
+	flag.DurationVar(&o.warmup, "warmup", 2*time.Second, "unmeasured warm-up before the run")
+	flag.IntVar(&o.concurrency, "concurrency", 64, "closed loop: concurrent clients; open loop: maximum requests in flight")
+	flag.IntVar(&o.conns, "conns", 4, "gRPC connections the clients share")
+	flag.BoolVar(&o.json, "json", false, "print the report as JSON")
+	flag.Parse()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, o, os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "aa-load:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, o options, out io.Writer) error {
+	if o.concurrency < 1 || o.conns < 1 || o.duration <= 0 || o.rate < 0 {
+		return errors.New("-concurrency and -conns must be at least 1, -duration positive, -rate not negative")
+	}
+	clients := make([]v1.PolicyServiceClient, o.conns)
+	for i := range clients {
+		conn, err := grpc.NewClient(o.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			return fmt.Errorf("connect %s: %w", o.addr, err)
+		}
+		defer conn.Close()
+		clients[i] = v1.NewPolicyServiceClient(conn)
+	}
+	req := &v1.CheckActionRequest{
+		Agent:   &v1.AgentId{OrgId: "acme", TeamId: "eng", AgentId: "coder-1"},
+		TraceId: "aa-load",
+		Context: &v1.CheckActionRequest_ToolCall{ToolCall: &v1.ToolCallContext{Name: "git_status", ArgsJson: `{"short":true}`}},
+	}
+	// Fail fast when the gateway is not there.
+	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	_, err := clients[0].CheckAction(pctx, req, grpc.WaitForReady(true))
+	cancel()
+	if err != nil {
+		return fmt.Errorf("first check against %s: %w", o.addr, err)
+	}
+	if o.warmup > 0 {
+		wo := o
+		wo.duration = o.warmup
+		measure(ctx, wo, clients, req)
+	}
+	rep := measure(ctx, o, clients, req)
+	if o.json {
+		return json.NewEncoder(out).Encode(rep)
+	}
+	fmt.Fprintf(out, "%s: %d requests in %s, %.0f/s, %d errors\n", rep.Mode, rep.Requests, rep.Duration.Round(time.Millisecond), rep.Throughput, rep.Errors)
+	fmt.Fprintf(out, "latency p50 %s  p90 %s  p99 %s  p99.9 %s  max %s\n", rep.P50, rep.P90, rep.P99, rep.P999, rep.Max)
+	if rep.FirstError != "" {
+		fmt.Fprintf(out, "first error: %s\n", rep.FirstError)
+	}
+	return nil
+}
+
+// measure runs one closed- or open-loop phase.
+func measure(ctx context.Context, o options, clients []v1.PolicyServiceClient, req *v1.CheckActionRequest) Report {
+	ctx, cancel := context.WithTimeout(ctx, o.duration)
+	defer cancel()
+	var (
+		mu       sync.Mutex
+		lat      []time.Duration
+		errs     atomic.Int64
+		firstErr atomic.Value
+		wg       sync.WaitGroup
+	)
+	record := func(local []time.Duration) {
+		mu.Lock()
+		lat = append(lat, local...)
+		mu.Unlock()
+	}
+	call := func(i int) error {
+		_, err := clients[i%len(clients)].CheckAction(context.WithoutCancel(ctx), req)
+		if err != nil {
+			errs.Add(1)
+			firstErr.CompareAndSwap(nil, err.Error())
+		}
+		return err
+	}
+	start := time.Now()
+	rep := Report{Mode: "closed loop", TargetRate: o.rate}
+	if o.rate == 0 {
+		for w := 0; w < o.concurrency; w++ {
+			wg.Add(1)
+			go func(w int) {
+				defer wg.Done()
+				var local []time.Duration
+				for ctx.Err() == nil {
+					t0 := time.Now()
+					if call(w) == nil {
+						local = append(local, time.Since(t0))
+					}
+				}
+				record(local)
+			}(w)
+		}
+	} else {
+		rep.Mode = fmt.Sprintf("open loop at %.0f/s", o.rate)
+		interval := time.Duration(float64(time.Second) / o.rate)
+		slots := make(chan struct{}, o.concurrency)
+		var local []time.Duration
+		var lmu sync.Mutex
+		for i := 0; ; i++ {
+			due := start.Add(time.Duration(i) * interval)
+			if d := time.Until(due); d > 0 {
+				select {
+				case <-ctx.Done():
+				case <-time.After(d):
+				}
+			}
+			if ctx.Err() != nil {
+				break
+			}
+			slots <- struct{}{} // beyond -concurrency in flight, the wait counts as latency
+			wg.Add(1)
+			go func(i int, due time.Time) {
+				defer wg.Done()
+				defer func() { <-slots }()
+				if call(i) == nil {
+					l := time.Since(due)
+					lmu.Lock()
+					local = append(local, l)
+					lmu.Unlock()
+				}
+			}(i, due)
+		}
+		wg.Wait()
+		record(local)
+	}
+	wg.Wait()
+	rep.Duration = time.Since(start)
+	slices.Sort(lat)
+	rep.Requests, rep.Errors = len(lat)+int(errs.Load()), int(errs.Load())
+	rep.Throughput = float64(len(lat)) / rep.Duration.Seconds()
+	if s, ok := firstErr.Load().(string); ok {
+		rep.FirstError = s
+	}
+	if n := len(lat); n > 0 {
+		q := func(p float64) time.Duration { return lat[min(n-1, int(p*float64(n)))] }
+		rep.P50, rep.P90, rep.P99, rep.P999, rep.Max = q(0.5), q(0.9), q(0.99), q(0.999), lat[n-1]
+	}
+	return rep
+}

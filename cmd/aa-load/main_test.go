@@ -1,0 +1,59 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"net"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/agent-assembly/agent-assembly/gateway/server"
+)
+
+func startGateway(t *testing.T) string {
+	t.Helper()
+	cfg := server.DefaultConfig()
+	cfg.PolicyPath = "../../examples/policies"
+	cfg.Store = "memory:"
+	cfg.SecretsKeyFile = filepath.Join(t.TempDir(), "k")
+	cfg.APIAddr = ""
+	ctx, cancel := context.WithCancel(context.Background())
+	srv, err := server.New(ctx, cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, l, nil) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return l.Addr().String()
+}
+
+func TestLoadClosedAndOpenLoop(t *testing.T) {
+	addr := startGateway(t)
+	for _, rate := range []float64{0, 200} {
+		var out bytes.Buffer
+		o := options{addr: addr, rate: rate, duration: time.Second, concurrency: 8, conns: 2, json: true}
+		if err := run(context.Background(), o, &out); err != nil {
+			t.Fatal(err)
+		}
+		var rep Report
+		if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
+			t.Fatal(err)
+		}
+		if rep.Requests == 0 || rep.Errors != 0 || rep.P50 <= 0 || rep.P50 > rep.P99 || rep.P99 > rep.Max {
+			t.Fatalf("rate %v: implausible report %+v", rate, rep)
+		}
+		if rate > 0 && (rep.Requests < 150 || rep.Requests > 250) {
+			t.Fatalf("open loop at %v/s for 1s sent %d requests", rate, rep.Requests)
+		}
+	}
+	if err := run(context.Background(), options{addr: "127.0.0.1:1", duration: time.Second, concurrency: 1, conns: 1}, &bytes.Buffer{}); err == nil {
+		t.Fatal("no error against a closed port")
+	}
+}
