@@ -11,6 +11,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"sync"
 	"time"
 
@@ -178,6 +179,11 @@ func (w *Writer) run() {
 			recs = append(recs, &r.rec)
 		}
 		w.write(recs, batch)
+		if len(batch) > 1 {
+			// Callers are arriving concurrently: let the ones just woken
+			// queue their next records so the next batch is full.
+			runtime.Gosched()
+		}
 		clear(batch)
 		clear(recs)
 		if !open {
