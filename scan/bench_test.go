@@ -127,3 +127,23 @@ func BenchmarkScanJSON(b *testing.B) {
 func fakeJWT() string {
 	return "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9" + "." + "eyJzdWIiOiJmYWtlLXVzZXIiLCJuYW1lIjoiRmFrZSJ9" + "." + strings.Repeat("ZmFrZQ", 7)
 }
+
+// BenchmarkAdversarial scans 64 KiB made of one repeated anchor, the worst case for the
+// validators that look around an anchor; each must stay linear in the input.
+func BenchmarkAdversarial(b *testing.B) {
+	for _, tt := range []struct{ name, unit string }{
+		{"pem-without-end", "-----BEGIN RSA PRIVATE KEY-----AAAA"},
+		{"service-account-type", `"type": "service_account",`},
+		{"url-credentials", "x://u:p@h"},
+		{"azure-account-key", "AccountKey=" + strings.Repeat("A", 20) + ";"},
+		{"jwt-headers", "eyJhbGciOiJIUzI1NiJ9."},
+		{"emails", "a@b.co."},
+		{"card-groups", "4111 "},
+		{"keyword-assignments", "token="},
+		{"long-identifiers", strings.Repeat("a", 70) + "token"},
+	} {
+		b.Run(tt.name, func(b *testing.B) {
+			benchString(b, strings.Repeat(tt.unit, (64<<10)/len(tt.unit)))
+		})
+	}
+}

@@ -275,6 +275,9 @@ var dbSchemes = [...]string{"postgres", "postgresql", "mysql", "mongodb", "mongo
 
 // onURL validates a URL with a password in its userinfo; p is the index of "://".
 func (sc *Scanner) onURL(c *scanCtx, s string, p int) {
+	if p < c.urlReported {
+		return // inside a URL already reported, such as a redirect parameter
+	}
 	k := p
 	for k > 0 && p-k < 32 && (isAlnum(s[k-1]) || s[k-1] == '+' || s[k-1] == '.' || s[k-1] == '-') {
 		k--
@@ -304,12 +307,17 @@ func (sc *Scanner) onURL(c *scanCtx, s string, p int) {
 		return
 	}
 	e := at + 1
-	for e < len(s) && e-at < 2048 {
-		ch := s[e]
-		if ch <= ' ' || ch >= 0x7f || isQuote(ch) || ch == '<' || ch == '>' || ch == '\\' || ch == ')' || ch == ']' || ch == '}' || ch == '|' {
-			break
+	if e >= c.urlFrom && e < c.urlEnd {
+		e = c.urlEnd // inside the URL found last: it ends at the same place
+	} else {
+		for e < len(s) && e-at < 2048 {
+			ch := s[e]
+			if ch <= ' ' || ch >= 0x7f || isQuote(ch) || ch == '<' || ch == '>' || ch == '\\' || ch == ')' || ch == ']' || ch == '}' || ch == '|' {
+				break
+			}
+			e++
 		}
-		e++
+		c.urlFrom, c.urlEnd = at+1, e
 	}
 	for e > at+1 && strings.IndexByte(".,;:!?", s[e-1]) >= 0 {
 		e--
@@ -322,6 +330,7 @@ func (sc *Scanner) onURL(c *scanCtx, s string, p int) {
 		}
 	}
 	sc.add(c, kind, k, e)
+	c.urlReported = e
 }
 
 // placeholder reports whether a URL password is empty, masked, or a template placeholder
@@ -394,16 +403,20 @@ func (sc *Scanner) onAzure(c *scanCtx, s string, a, v int) {
 	if e-v < 20 || (e < len(s) && s[e] != ';' && !isTokenEnd(s[e])) {
 		return
 	}
-	lo := a
-	for lo > 0 && a-lo < 2048 && !isSpace(s[lo-1]) && !isQuote(s[lo-1]) {
-		lo--
+	if c.azHi == 0 || a < c.azLo || a >= c.azHi {
+		lo := a
+		for lo > 0 && a-lo < 2048 && !isSpace(s[lo-1]) && !isQuote(s[lo-1]) {
+			lo--
+		}
+		hi := e
+		for hi < len(s) && hi-e < 2048 && !isSpace(s[hi]) && !isQuote(s[hi]) {
+			hi++
+		}
+		seg := s[lo:hi]
+		c.azLo, c.azHi = lo, hi
+		c.azEndpoint = indexFold(seg, "defaultendpointsprotocol=") >= 0 || indexFold(seg, "endpoint=") >= 0
 	}
-	hi := e
-	for hi < len(s) && hi-e < 2048 && !isSpace(s[hi]) && !isQuote(s[hi]) {
-		hi++
-	}
-	seg := s[lo:hi]
-	if indexFold(seg, "defaultendpointsprotocol=") >= 0 || indexFold(seg, "endpoint=") >= 0 {
+	if c.azEndpoint {
 		sc.add(c, kAzure, v, e)
 	}
 }
@@ -431,7 +444,9 @@ func (sc *Scanner) onGCP(c *scanCtx, s string, a, end int) {
 	if !strings.HasSuffix(s[:k+1], `"type"`) {
 		return
 	}
-	lo, hi := max(0, a-gcpWindow), min(len(s), end+gcpWindow)
+	// Windows of nearby anchors overlap: search only what no earlier anchor searched.
+	lo, hi := max(0, a-gcpWindow, c.gcpSearched), min(len(s), end+gcpWindow)
+	c.gcpSearched = max(c.gcpSearched, hi)
 	for off := lo; off < hi; {
 		i := strings.Index(s[off:hi], `"private_key"`)
 		if i < 0 {
@@ -463,7 +478,7 @@ func (sc *Scanner) onGCP(c *scanCtx, s string, a, end int) {
 		if e < len(s) && strings.Contains(s[v:e], "PRIVATE KEY") {
 			sc.add(c, kGCP, v, e)
 		}
-		return
+		off = max(off, e)
 	}
 }
 

@@ -227,3 +227,14 @@ func TestScanJSONDepthLimit(t *testing.T) {
 		}
 	}
 }
+
+// TestScanJSONScratchReuse guards against caching a classification for text in the decode buffer,
+// which the next escaped value overwrites.
+func TestScanJSONScratchReuse(t *testing.T) {
+	sc := mustNew(t, Options{})
+	doc := `["\nmonkey: 1", "\napikey: ` + fakeToken + `"]`
+	fs, err := sc.ScanJSON([]byte(doc))
+	if err != nil || len(fs) != 1 || fs[0].Kind != KindHighEntropyToken || fs[0].Path != "$[1]" {
+		t.Errorf("ScanJSON = %v, %v; want one high_entropy_token at $[1]", fs, err)
+	}
+}

@@ -220,9 +220,20 @@ type cand struct {
 // scanCtx is the mutable state of one scan.
 type scanCtx struct {
 	cands    []cand
-	identEnd int        // end of the last identifier a keyword validator looked at
-	lastKey  string     // the identifier or JSON key classified last
-	lastCls  identClass // its class
+	identEnd int // end of the last identifier a keyword validator looked at
+	// One-entry caches of identifier classes. lastIdent may view a scratch buffer that is
+	// reused for the next value, so it is reset for every scanned text; lastKey views the
+	// JSON document itself.
+	lastIdent    string
+	lastIdentCls identClass
+	lastKey      string
+	lastKeyCls   identClass
+	// Context searches already done, so that repeated anchors cost linear time.
+	gcpSearched     int  // end of the text searched for "private_key" members
+	azLo, azHi      int  // last connection string segment looked at
+	azEndpoint      bool // whether it names an endpoint
+	urlFrom, urlEnd int  // last URL end scan: from where, and the end it found
+	urlReported     int  // end of the last URL reported
 }
 
 // ScanString returns the findings in s (its first MaxInput bytes), sorted by Start and not
@@ -250,7 +261,7 @@ func (sc *Scanner) finding(cd cand, path string) Finding {
 
 // scanAll appends the candidates of every builtin and custom kind in s.
 func (sc *Scanner) scanAll(c *scanCtx, s string) {
-	c.identEnd = 0
+	c.identEnd, c.lastIdent, c.gcpSearched, c.azHi, c.urlEnd, c.urlReported = 0, "", 0, 0, 0, 0
 	sc.scanText(c, s)
 	sc.scanCustom(c, s)
 }

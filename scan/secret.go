@@ -167,10 +167,10 @@ func (sc *Scanner) onKeyword(c *scanCtx, s string, a, end int) {
 	if !op && (j == r || j >= len(s) || !isB64(s[j])) {
 		return // most keywords in prose and code: no assignment follows
 	}
-	if id := s[l:r]; id != c.lastKey {
-		c.lastKey, c.lastCls = id, classifyIdent(id)
+	if id := s[l:r]; id != c.lastIdent {
+		c.lastIdent, c.lastIdentCls = id, classifyIdent(id)
 	}
-	cls := c.lastCls
+	cls := c.lastIdentCls
 	if cls == idNone || (!op && cls != idAWS) {
 		return
 	}
@@ -341,9 +341,9 @@ func (sc *Scanner) scanKeyed(c *scanCtx, v, key string) {
 		}
 	}
 	if key != c.lastKey {
-		c.lastKey, c.lastCls = key, classifyIdent(key)
+		c.lastKey, c.lastKeyCls = key, classifyIdent(key)
 	}
-	cls := c.lastCls
+	cls := c.lastKeyCls
 	if cls == idNone || (j > 0 && cls != idAuth) {
 		return
 	}
