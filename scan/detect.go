@@ -275,7 +275,7 @@ var dbSchemes = [...]string{"postgres", "postgresql", "mysql", "mongodb", "mongo
 
 // onURL validates a URL with a password in its userinfo; p is the index of "://".
 func (sc *Scanner) onURL(c *scanCtx, s string, p int) {
-	if p < c.urlReported {
+	if p < c.t.urlReported {
 		return // inside a URL already reported, such as a redirect parameter
 	}
 	k := p
@@ -307,8 +307,8 @@ func (sc *Scanner) onURL(c *scanCtx, s string, p int) {
 		return
 	}
 	e := at + 1
-	if e >= c.urlFrom && e < c.urlEnd {
-		e = c.urlEnd // inside the URL found last: it ends at the same place
+	if e >= c.t.urlFrom && e < c.t.urlEnd {
+		e = c.t.urlEnd // inside the URL found last: it ends at the same place
 	} else {
 		for e < len(s) && e-at < 2048 {
 			ch := s[e]
@@ -317,7 +317,7 @@ func (sc *Scanner) onURL(c *scanCtx, s string, p int) {
 			}
 			e++
 		}
-		c.urlFrom, c.urlEnd = at+1, e
+		c.t.urlFrom, c.t.urlEnd = at+1, e
 	}
 	for e > at+1 && strings.IndexByte(".,;:!?", s[e-1]) >= 0 {
 		e--
@@ -330,7 +330,7 @@ func (sc *Scanner) onURL(c *scanCtx, s string, p int) {
 		}
 	}
 	sc.add(c, kind, k, e)
-	c.urlReported = e
+	c.t.urlReported = e
 }
 
 // placeholder reports whether a URL password is empty, masked, or a template placeholder
@@ -403,7 +403,7 @@ func (sc *Scanner) onAzure(c *scanCtx, s string, a, v int) {
 	if e-v < 20 || (e < len(s) && s[e] != ';' && !isTokenEnd(s[e])) {
 		return
 	}
-	if c.azHi == 0 || a < c.azLo || a >= c.azHi {
+	if c.t.azHi == 0 || a < c.t.azLo || a >= c.t.azHi {
 		lo := a
 		for lo > 0 && a-lo < 2048 && !isSpace(s[lo-1]) && !isQuote(s[lo-1]) {
 			lo--
@@ -413,10 +413,10 @@ func (sc *Scanner) onAzure(c *scanCtx, s string, a, v int) {
 			hi++
 		}
 		seg := s[lo:hi]
-		c.azLo, c.azHi = lo, hi
-		c.azEndpoint = indexFold(seg, "defaultendpointsprotocol=") >= 0 || indexFold(seg, "endpoint=") >= 0
+		c.t.azLo, c.t.azHi = lo, hi
+		c.t.azEndpoint = indexFold(seg, "defaultendpointsprotocol=") >= 0 || indexFold(seg, "endpoint=") >= 0
 	}
-	if c.azEndpoint {
+	if c.t.azEndpoint {
 		sc.add(c, kAzure, v, e)
 	}
 }
@@ -445,8 +445,8 @@ func (sc *Scanner) onGCP(c *scanCtx, s string, a, end int) {
 		return
 	}
 	// Windows of nearby anchors overlap: search only what no earlier anchor searched.
-	lo, hi := max(0, a-gcpWindow, c.gcpSearched), min(len(s), end+gcpWindow)
-	c.gcpSearched = max(c.gcpSearched, hi)
+	lo, hi := max(0, a-gcpWindow, c.t.gcpSearched), min(len(s), end+gcpWindow)
+	c.t.gcpSearched = max(c.t.gcpSearched, hi)
 	for off := lo; off < hi; {
 		i := strings.Index(s[off:hi], `"private_key"`)
 		if i < 0 {

@@ -219,15 +219,20 @@ type cand struct {
 
 // scanCtx is the mutable state of one scan.
 type scanCtx struct {
-	cands    []cand
+	cands []cand
+	// A one-entry cache of JSON key classes; lastKey views the JSON document itself.
+	lastKey    string
+	lastKeyCls identClass
+	t          textState
+}
+
+// textState is the state of the scan of one text (a string, or one JSON value).
+type textState struct {
 	identEnd int // end of the last identifier a keyword validator looked at
-	// One-entry caches of identifier classes. lastIdent may view a scratch buffer that is
-	// reused for the next value, so it is reset for every scanned text; lastKey views the
-	// JSON document itself.
+	// A one-entry cache of identifier classes. lastIdent may view a decode buffer that the
+	// next JSON value reuses, which is why it lives here.
 	lastIdent    string
 	lastIdentCls identClass
-	lastKey      string
-	lastKeyCls   identClass
 	// Context searches already done, so that repeated anchors cost linear time.
 	gcpSearched     int  // end of the text searched for "private_key" members
 	azLo, azHi      int  // last connection string segment looked at
@@ -261,7 +266,7 @@ func (sc *Scanner) finding(cd cand, path string) Finding {
 
 // scanAll appends the candidates of every builtin and custom kind in s.
 func (sc *Scanner) scanAll(c *scanCtx, s string) {
-	c.identEnd, c.lastIdent, c.gcpSearched, c.azHi, c.urlEnd, c.urlReported = 0, "", 0, 0, 0, 0
+	c.t = textState{}
 	sc.scanText(c, s)
 	sc.scanCustom(c, s)
 }
@@ -270,11 +275,12 @@ func (sc *Scanner) scanAll(c *scanCtx, s string) {
 func (sc *Scanner) scanText(c *scanCtx, s string) {
 	pf := sc.pf
 	pair := pf.pair
+	start := 0
 	if len(s) > 0 && pf.digits && isDigit(s[0]) {
-		sc.onDigit(c, s, 0)
+		start = sc.onDigit(c, s, 0)
 	}
 	n := len(s)
-	for i := 0; i+1 < n; i++ {
+	for i := start; i+1 < n; i++ {
 		// Skip pairs in bucket 0 two at a time: the lookups are independent.
 		for i+2 < n && pair[uint16(s[i])<<8|uint16(s[i+1])]|pair[uint16(s[i+1])<<8|uint16(s[i+2])] == 0 {
 			i += 2

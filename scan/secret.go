@@ -127,7 +127,7 @@ const identLimit = 64
 // lies in an identifier, which is followed by an assignment (":", "=", ":=", "=>", "==") and
 // a token (quoted or not). For AWS-named identifiers whitespace may stand for the operator.
 func (sc *Scanner) onKeyword(c *scanCtx, s string, a, end int) {
-	if a < c.identEnd {
+	if a < c.t.identEnd {
 		return // already looked at this identifier
 	}
 	l := a
@@ -138,7 +138,7 @@ func (sc *Scanner) onKeyword(c *scanCtx, s string, a, end int) {
 	for r < len(s) && r-end <= identLimit && class[s[r]]&cIdent != 0 {
 		r++
 	}
-	c.identEnd = r
+	c.t.identEnd = r
 	if r-l > identLimit {
 		return
 	}
@@ -167,10 +167,10 @@ func (sc *Scanner) onKeyword(c *scanCtx, s string, a, end int) {
 	if !op && (j == r || j >= len(s) || !isB64(s[j])) {
 		return // most keywords in prose and code: no assignment follows
 	}
-	if id := s[l:r]; id != c.lastIdent {
-		c.lastIdent, c.lastIdentCls = id, classifyIdent(id)
+	if id := s[l:r]; id != c.t.lastIdent {
+		c.t.lastIdent, c.t.lastIdentCls = id, classifyIdent(id)
 	}
-	cls := c.lastIdentCls
+	cls := c.t.lastIdentCls
 	if cls == idNone || (!op && cls != idAWS) {
 		return
 	}
