@@ -13,7 +13,9 @@ import (
 
 	"github.com/agent-assembly/agent-assembly/action"
 	v1 "github.com/agent-assembly/agent-assembly/api/agentassembly/v1"
+	"github.com/agent-assembly/agent-assembly/budget"
 	"github.com/agent-assembly/agent-assembly/policy"
+	"github.com/agent-assembly/agent-assembly/ratelimit"
 	"github.com/agent-assembly/agent-assembly/storage"
 )
 
@@ -37,6 +39,24 @@ type Options struct {
 	AuditTimeout time.Duration
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// Counters back tool rate limits and LLM budgets. Nil disables both
+	// (every limit in the policy is then unenforced, which New logs).
+	Counters storage.Counters
+	// Pricing prices LLM calls for budgets; nil means the built-in table.
+	Pricing *budget.Pricing
+	// Agents, when set, is consulted for suspended or killed agents and is
+	// told when a budget suspends one.
+	Agents AgentStatuses
+	// LimitTimeout bounds each rate-limit and budget call to the counters
+	// backend; when it passes the action is denied (fail closed). Zero means
+	// 500 milliseconds.
+	LimitTimeout time.Duration
+}
+
+// AgentStatuses is what the core needs from the agent registry.
+type AgentStatuses interface {
+	GetAgent(ctx context.Context, id action.AgentID) (*storage.Agent, error)
+	SetAgentStatus(ctx context.Context, id action.AgentID, s storage.AgentStatus, reason string) error
 }
 
 // Core is the decision core shared by every transport.
@@ -49,6 +69,12 @@ type Core struct {
 	limits  Limits
 	auditTO time.Duration
 	now     func() time.Time
+
+	limiter *ratelimit.Limiter
+	meter   *budget.Meter
+	agents  AgentStatuses
+	limitTO time.Duration
+	holds   *holdTable
 }
 
 // NewCore builds a Core. It serves no checks (every check is denied with the
@@ -72,8 +98,17 @@ func NewCore(o Options) (*Core, error) {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	return &Core{audit: o.Audit, chain: o.Chain, log: o.Logger, metrics: o.Metrics,
-		limits: o.Limits, auditTO: o.AuditTimeout, now: o.Now}, nil
+	if o.LimitTimeout <= 0 {
+		o.LimitTimeout = 500 * time.Millisecond
+	}
+	c := &Core{audit: o.Audit, chain: o.Chain, log: o.Logger, metrics: o.Metrics,
+		limits: o.Limits, auditTO: o.AuditTimeout, now: o.Now, agents: o.Agents,
+		limitTO: o.LimitTimeout, holds: newHoldTable(10000, time.Hour)}
+	if o.Counters != nil {
+		c.limiter = ratelimit.New(o.Counters, ratelimit.Options{})
+		c.meter = budget.NewMeter(o.Counters, o.Pricing, budget.Options{Now: o.Now, OnThreshold: c.onThreshold})
+	}
+	return c, nil
 }
 
 // SetSnapshot atomically replaces the active policy. Checks in flight finish
@@ -99,6 +134,9 @@ type Outcome struct {
 	Reason     string
 	Version    string
 	Latency    time.Duration
+	// Limited is set when a rate limit or budget denied the action (HTTP 429).
+	Limited    bool
+	RetryAfter time.Duration
 }
 
 // Check validates, decides, audits and answers one request. A malformed
@@ -125,6 +163,10 @@ func (c *Core) Decide(ctx context.Context, a *action.Action, start time.Time) Ou
 		res := snap.Evaluate(policy.Input{Action: a})
 		out.Decision, out.Shadow, out.Mode = res.Decision, res.ShadowDecision, res.Mode
 		out.RuleID, out.Reason, out.Version = res.RuleID, res.Reason, res.PolicyVersion
+		registered := c.checkAgentStatus(ctx, a, &out)
+		if out.Decision == action.Allow || out.Decision == action.Redact {
+			c.applyLimits(ctx, snap, a, &res, &out, registered)
+		}
 	}
 	out.Latency = c.now().Sub(start)
 
@@ -198,7 +240,15 @@ func (o Outcome) Response() *v1.CheckActionResponse {
 		DecisionId:      o.DecisionID,
 		EnforcementMode: modeToProto(o.Mode),
 		ShadowDecision:  decisionToProto(o.Shadow),
+		RetryAfter:      retryAfter(o.RetryAfter),
 	}
+}
+
+func retryAfter(d time.Duration) *durationpb.Duration {
+	if d <= 0 {
+		return nil
+	}
+	return durationpb.New(d)
 }
 
 func newID() string {

@@ -15,7 +15,9 @@ type Metrics struct {
 	PolicyReloads *prometheus.CounterVec
 	PolicyInfo    *prometheus.GaugeVec
 	AuditBatch    prometheus.Histogram
-	AuditWrite    *prometheus.HistogramVec
+	// BudgetThresholds counts budget windows crossing 80% and 95%.
+	BudgetThresholds *prometheus.CounterVec
+	AuditWrite       *prometheus.HistogramVec
 }
 
 // NewMetrics creates the collectors and registers them with reg (which may be nil).
@@ -46,6 +48,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Namespace: "aa", Name: "policy_version_info",
 			Help: "The active policy version (value 1).",
 		}, []string{"version"}),
+		BudgetThresholds: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "aa", Name: "budget_threshold_crossings_total",
+			Help: "Budget windows whose spend crossed a threshold (80 or 95 percent of the limit).",
+		}, []string{"threshold", "window"}),
 		AuditBatch: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Namespace: "aa", Name: "audit_batch_records",
 			Help:    "Records made durable by one group commit.",
@@ -58,7 +64,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"result"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.Checks, m.CheckDuration, m.Rejected, m.AuditErrors, m.PolicyReloads, m.PolicyInfo, m.AuditBatch, m.AuditWrite)
+		reg.MustRegister(m.Checks, m.CheckDuration, m.Rejected, m.AuditErrors, m.PolicyReloads, m.PolicyInfo, m.AuditBatch, m.AuditWrite, m.BudgetThresholds)
 	}
 	return m
 }

@@ -26,6 +26,7 @@ type Config struct {
 	MaxRequestBytes int
 	ReplicaID       string
 	SecretsKeyFile  string
+	PricingFile     string
 	AuditTimeout    time.Duration
 	ShutdownTimeout time.Duration
 	LogLevel        string
@@ -88,6 +89,7 @@ func Settings() []Setting {
 		}},
 		{"replica-id", "AA_REPLICA_ID", "", "this replica's name and audit chain id (default: the host name)", str(func(c *Config) *string { return &c.ReplicaID })},
 		{"secrets-key-file", "AA_SECRETS_KEY_FILE", "./data/secrets.key", "32-byte key that encrypts stored secrets; created (0600) on first start", str(func(c *Config) *string { return &c.SecretsKeyFile })},
+		{"pricing", "AA_PRICING", "", "YAML file of LLM prices (USD per 1k tokens) merged over the built-in table; see docs/budgets.md", str(func(c *Config) *string { return &c.PricingFile })},
 		{"audit-timeout", "AA_AUDIT_TIMEOUT", "2s", "longest a check waits for its audit record to become durable before it is denied (fail closed)", dur(func(c *Config) *time.Duration { return &c.AuditTimeout })},
 		{"shutdown-timeout", "AA_SHUTDOWN_TIMEOUT", "10s", "grace period for in-flight requests and the final audit flush on SIGINT/SIGTERM", dur(func(c *Config) *time.Duration { return &c.ShutdownTimeout })},
 		{"log-level", "AA_LOG_LEVEL", "info", "debug, info, warn or error", str(func(c *Config) *string { return &c.LogLevel })},

@@ -33,9 +33,11 @@ import (
 
 	v1 "github.com/agent-assembly/agent-assembly/api/agentassembly/v1"
 	"github.com/agent-assembly/agent-assembly/api/openapi"
+	"github.com/agent-assembly/agent-assembly/budget"
 	"github.com/agent-assembly/agent-assembly/gateway"
 	"github.com/agent-assembly/agent-assembly/storage"
 	"github.com/agent-assembly/agent-assembly/storage/backend"
+	"github.com/agent-assembly/agent-assembly/storage/cache"
 	"github.com/agent-assembly/agent-assembly/storage/groupcommit"
 	"github.com/agent-assembly/agent-assembly/storage/secretbox"
 )
@@ -48,6 +50,9 @@ type Server struct {
 	cfg      Config
 	log      *slog.Logger
 	store    storage.Store
+	cached   *cache.Store
+	life     context.Context // ends when the server stops
+	endLife  context.CancelFunc
 	writer   *groupcommit.Writer
 	core     *gateway.Core
 	reloader *gateway.Reloader
@@ -91,12 +96,25 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	}
 	s.store = st
 	replica := cfg.ReplicaName()
+	pricing, err := budget.LoadPricing(cfg.PricingFile)
+	if err != nil {
+		_ = st.Close()
+		return nil, fmt.Errorf("pricing table: %w", err)
+	}
+	s.cached = cache.Wrap(st, cache.Options{Notifier: st})
+	s.life, s.endLife = context.WithCancel(context.WithoutCancel(ctx))
+	if err := s.cached.Follow(s.life, st); err != nil {
+		log.Warn("cache invalidation from other replicas unavailable; cached entries expire by TTL", "err", err)
+	}
 	metrics := gateway.NewMetrics(s.reg)
 	s.writer = groupcommit.New(st, groupcommit.Options{Chain: replica, Logger: log, Metrics: metrics})
 	core, err := gateway.NewCore(gateway.Options{
 		Audit: s.writer, Chain: replica, Logger: log, Metrics: metrics,
 		Limits:       gateway.Limits{MaxPayloadBytes: cfg.MaxRequestBytes},
 		AuditTimeout: cfg.AuditTimeout,
+		Counters:     st,
+		Pricing:      pricing,
+		Agents:       s.cached,
 	})
 	if err != nil {
 		s.closeStore()
@@ -261,6 +279,7 @@ func (s *Server) shutdown() error {
 	if err := s.writer.Close(sctx); err != nil {
 		errs = append(errs, fmt.Errorf("flush audit log: %w", err))
 	}
+	s.endLife()
 	if err := s.store.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("close store: %w", err))
 	}
@@ -273,6 +292,9 @@ func (s *Server) closeStore() {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		_ = s.writer.Close(ctx)
 		cancel()
+	}
+	if s.endLife != nil {
+		s.endLife()
 	}
 	_ = s.store.Close()
 }

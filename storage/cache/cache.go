@@ -15,6 +15,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sync/singleflight"
+
 	"github.com/agent-assembly/agent-assembly/action"
 	"github.com/agent-assembly/agent-assembly/storage"
 )
@@ -224,6 +226,10 @@ type Agents struct {
 	opts    Options
 	agents  *table[action.AgentID, *storage.Agent]
 	revoked *table[string, bool]
+	// loads collapses concurrent misses for one agent into one backend read,
+	// so a burst of checks from an uncached agent costs one query, not one
+	// connection each.
+	loads singleflight.Group
 }
 
 var _ storage.AgentRegistry = (*Agents)(nil)
@@ -245,15 +251,21 @@ func (c *Agents) GetAgent(ctx context.Context, id action.AgentID) (*storage.Agen
 		}
 		return e.v.Clone(), nil
 	}
-	gen := c.agents.generation()
-	a, err := c.next.GetAgent(ctx, id)
-	switch {
-	case err == nil:
-		c.agents.put(id, entry[*storage.Agent]{v: a.Clone(), expires: c.opts.Now().Add(c.opts.TTL)}, gen)
-	case errors.Is(err, storage.ErrNotFound):
-		c.agents.put(id, entry[*storage.Agent]{err: err, expires: c.opts.Now().Add(c.opts.NegativeTTL)}, gen)
+	v, err, _ := c.loads.Do(id.String(), func() (any, error) {
+		gen := c.agents.generation()
+		a, err := c.next.GetAgent(ctx, id)
+		switch {
+		case err == nil:
+			c.agents.put(id, entry[*storage.Agent]{v: a.Clone(), expires: c.opts.Now().Add(c.opts.TTL)}, gen)
+		case errors.Is(err, storage.ErrNotFound):
+			c.agents.put(id, entry[*storage.Agent]{err: err, expires: c.opts.Now().Add(c.opts.NegativeTTL)}, gen)
+		}
+		return a, err
+	})
+	if err != nil {
+		return nil, err
 	}
-	return a, err
+	return v.(*storage.Agent).Clone(), nil
 }
 
 // CredentialRevoked caches "revoked" for TTL (a revocation is not undone)

@@ -82,8 +82,14 @@ var (
 //
 // Commands are not retried by the client unless the URL sets max_retries: a
 // retried script whose first attempt did reach the server would count a
-// reservation twice.
+// reservation twice. The URL may set prefix=NAME to namespace every key
+// (it overrides Options.Prefix), so several deployments or tests can share
+// one Redis.
 func Open(ctx context.Context, url string, opts Options) (*Store, error) {
+	url, prefix, hasPrefix := takeQueryParam(url, "prefix")
+	if hasPrefix {
+		opts.Prefix = prefix
+	}
 	if err := opts.Validate(); err != nil {
 		return nil, err
 	}
@@ -100,6 +106,20 @@ func Open(ctx context.Context, url string, opts Options) (*Store, error) {
 		return nil, err
 	}
 	return s, nil
+}
+
+// takeQueryParam removes one query parameter (which go-redis would reject)
+// and returns the URL without it.
+func takeQueryParam(rawURL, name string) (string, string, bool) {
+	u, err := url.Parse(rawURL)
+	if err != nil || !u.Query().Has(name) {
+		return rawURL, "", false
+	}
+	q := u.Query()
+	v := q.Get(name)
+	q.Del(name)
+	u.RawQuery = q.Encode()
+	return u.String(), v, true
 }
 
 func hasQueryParam(rawURL, name string) bool {

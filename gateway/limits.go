@@ -1,0 +1,152 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/agent-assembly/agent-assembly/action"
+	"github.com/agent-assembly/agent-assembly/budget"
+	"github.com/agent-assembly/agent-assembly/policy"
+	"github.com/agent-assembly/agent-assembly/storage"
+)
+
+// checkAgentStatus denies actions of suspended or killed agents and reports
+// whether the registry knows the agent. Agents it does not know are left to
+// the policy (they may be unattributed).
+func (c *Core) checkAgentStatus(ctx context.Context, a *action.Action, out *Outcome) (registered bool) {
+	if c.agents == nil {
+		return false
+	}
+	lctx, cancel := context.WithTimeout(ctx, c.limitTO)
+	defer cancel()
+	ag, err := c.agents.GetAgent(lctx, a.Agent)
+	switch {
+	case errors.Is(err, storage.ErrNotFound):
+		return false
+	case err != nil:
+		out.Decision, out.RuleID = action.Deny, "registry"
+		out.Reason = "agent registry unavailable, failing closed: " + err.Error()
+	case ag.Status == storage.AgentSuspended:
+		out.Decision, out.RuleID, out.Reason = action.Deny, "agent-status", "agent suspended: "+ag.StatusReason
+	case ag.Status == storage.AgentKilled:
+		out.Decision, out.RuleID, out.Reason = action.Deny, "agent-status", "agent killed: "+ag.StatusReason
+	}
+	return err == nil
+}
+
+// applyLimits enforces the tool rate limit and the LLM budget of an action
+// the policy allowed. Backend failures deny (fail closed).
+func (c *Core) applyLimits(ctx context.Context, snap *policy.Snapshot, a *action.Action, res *policy.Result, out *Outcome, registered bool) {
+	if res.Mode != action.ModeEnforce {
+		return
+	}
+	lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.limitTO)
+	defer cancel()
+	if res.ToolLimitPerHour > 0 && a.Kind == action.KindToolCall {
+		if c.limiter == nil {
+			return
+		}
+		r, err := c.limiter.AllowTool(lctx, a.Agent, a.Tool.Name, res.ToolLimitPerHour, c.now())
+		if err != nil {
+			c.denyBackend(out, "rate limit", err)
+			return
+		}
+		if !r.Allowed {
+			out.Decision, out.Limited, out.RetryAfter = action.Deny, true, r.RetryAfter
+			out.RuleID = res.RuleID + "/limit_per_hour"
+			out.Reason = fmt.Sprintf("rate limit: %s may call %s at most %d times per hour; retry in %s",
+				a.Agent, a.Tool.Name, r.Limit, r.RetryAfter.Round(time.Second))
+			return
+		}
+	}
+	if a.Kind != action.KindLLMCall || c.meter == nil {
+		return
+	}
+	budgets := snap.Settings(a.Agent).Budgets
+	if len(budgets) == 0 {
+		return
+	}
+	r, err := c.meter.Reserve(lctx, a.Agent, budgets, a.LLM.Provider, a.LLM.Model, a.LLM.PromptTokens, a.LLM.CompletionTokens)
+	if err != nil {
+		c.denyBackend(out, "budget", err)
+		return
+	}
+	if !r.Allowed {
+		ex := r.Exceeded
+		out.Decision, out.Limited, out.RetryAfter = action.Deny, true, ex.RetryAfter
+		out.RuleID = ex.Policy + "/budget"
+		out.Reason = "budget: " + ex.String()
+		if ex.Action == policy.BudgetSuspend && registered {
+			reason := "budget exceeded: " + ex.String()
+			if err := c.agents.SetAgentStatus(lctx, a.Agent, storage.AgentSuspended, reason); err != nil && !errors.Is(err, storage.ErrNotFound) {
+				c.log.Error("suspend agent over budget", "agent", a.Agent.String(), "err", err)
+			}
+			out.Reason += "; agent suspended"
+		}
+		return
+	}
+	c.holds.put(out.DecisionID, r)
+}
+
+func (c *Core) denyBackend(out *Outcome, what string, err error) {
+	c.log.Error(what+" backend failed; denying", "decision_id", out.DecisionID, "err", err)
+	out.Decision, out.RuleID = action.Deny, what
+	out.Reason = what + " backend unavailable, failing closed: " + err.Error()
+}
+
+// onThreshold logs budget threshold crossings.
+func (c *Core) onThreshold(e budget.Event) {
+	c.log.Warn("budget threshold crossed", "threshold_percent", e.Threshold, "scope", e.Scope.String(),
+		"window", string(e.Window), "spent", e.Spent.String(), "limit", e.Limit.String(), "policy", e.Policy)
+	c.metrics.BudgetThresholds.WithLabelValues(fmt.Sprint(e.Threshold), string(e.Window)).Inc()
+}
+
+// holdTable remembers budget reservations by decision id so RecordUsage can
+// reconcile them. It is bounded and in process: usage reported to another
+// replica, or after a restart, is charged without reconciliation.
+type holdTable struct {
+	mu  sync.Mutex
+	max int
+	ttl time.Duration
+	m   map[string]heldReservation
+}
+
+type heldReservation struct {
+	r  budget.Reservation
+	at time.Time
+}
+
+func newHoldTable(max int, ttl time.Duration) *holdTable {
+	return &holdTable{max: max, ttl: ttl, m: map[string]heldReservation{}}
+}
+
+func (h *holdTable) put(id string, r budget.Reservation) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	now := time.Now()
+	if len(h.m) >= h.max {
+		for k, v := range h.m {
+			if now.Sub(v.at) > h.ttl || len(h.m) >= h.max {
+				delete(h.m, k)
+			}
+			if len(h.m) < h.max/2 {
+				break
+			}
+		}
+	}
+	h.m[id] = heldReservation{r: r, at: now}
+}
+
+func (h *holdTable) take(id string) (budget.Reservation, bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	v, ok := h.m[id]
+	delete(h.m, id)
+	if ok && time.Since(v.at) > h.ttl {
+		return budget.Reservation{}, false
+	}
+	return v.r, ok
+}
