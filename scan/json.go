@@ -24,7 +24,8 @@ const maxDepth = 10000
 // jframe is one open JSON object or array.
 type jframe struct {
 	obj              bool
-	saType           bool // object: "type": "service_account" seen
+	saType           bool       // object: "type": "service_account" seen
+	nameCls          identClass // object: class of the secret its "name" or "key" member names
 	keyEsc           bool
 	idx              int // array: index of the current element
 	keyStart, keyEnd int // object: raw bytes of the current member's key (inside the quotes)
@@ -227,6 +228,14 @@ value:
 			}
 			sc.scanAll(&c, v)
 			sc.scanKeyed(&c, v, key)
+			if top != nil && top.obj {
+				switch {
+				case len(key) <= 4 && (equalFold(key, "name") || equalFold(key, "key")) && len(v) <= identLimit:
+					top.nameCls = classifyIdent(v)
+				case top.nameCls != idNone && equalFold(key, "value"):
+					sc.scanNamed(&c, v, top.nameCls)
+				}
+			}
 			if top != nil && top.obj && sc.enabled[kGCP] {
 				if key == "type" && v == "service_account" {
 					top.saType = true
@@ -258,7 +267,7 @@ value:
 				return nil, err
 			}
 			ord++
-			if end-i >= 13 && (sc.enabled[kCreditCard] || len(sc.custom) > 0) {
+			if (end-i >= 13 && sc.enabled[kCreditCard]) || len(sc.custom) > 0 {
 				sc.scanAll(&c, view(data[i:end]))
 				if len(c.cands) > 0 {
 					out = sc.appendJSON(out, &c, data, stack, ord, i, end, false, false)
@@ -312,6 +321,9 @@ value:
 		}
 	}
 }
+
+// equalFold reports whether s equals the lower-case ASCII word w, ignoring case.
+func equalFold(s, w string) bool { return len(s) == len(w) && hasPrefixFold(s, w) }
 
 func btoi(b bool) int {
 	if b {

@@ -20,7 +20,7 @@ const (
 	anJWT                     // "eyj"
 	anAzure                   // "accountkey=", "sharedaccesskey="
 	anGCP                     // "service_account"
-	anKeyword                 // secret, passw, passphrase, token, key, auth, credential
+	anKeyword                 // secret, pass, pwd, token, key, auth, credential
 	anBearer                  // "bearer"
 )
 

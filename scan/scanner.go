@@ -163,7 +163,7 @@ func checkPatternName(name string) error {
 
 // keywords are the prefilter literals that may name a secret-holding key; the validator then
 // classifies the whole identifier around them (see classifyIdent).
-var keywords = []string{"secret", "passw", "passphrase", "token", "key", "auth", "credential"}
+var keywords = []string{"secret", "pass", "pwd", "token", "key", "auth", "credential"}
 
 // literalsFor returns the prefilter literals the enabled kinds need.
 func literalsFor(en *[numBuiltin]bool) []literal {

@@ -107,6 +107,9 @@ func TestScanStringKinds(t *testing.T) {
 		{"entropy bearer", "Authorization: Bearer " + fakeToken, []Kind{KindHighEntropyToken}},
 		{"entropy bare bearer", "curl -H 'bearer " + fakeToken + "'", []Kind{KindHighEntropyToken}},
 		{"entropy no assignment", "the token " + fakeToken, nil},
+		{"entropy pass", "PASS=" + fakeToken, []Kind{KindHighEntropyToken}},
+		{"entropy pwd", "db_pwd: " + fakeToken, []Kind{KindHighEntropyToken}},
+		{"entropy compass", "compass=" + fakeToken, nil},
 		{"entropy short", "password: hunter2hunter2", nil},
 		{"entropy uuid", "token: 550e8400-e29b-41d4-a716-446655440000", nil},
 		{"entropy public key", "public_key: " + fakeToken, nil},
@@ -209,6 +212,11 @@ func TestCustomPatterns(t *testing.T) {
 	}
 	if got := Redact(in, fs); !strings.Contains(got, "[REDACTED:acme_token]") || strings.Contains(got, "Bluebird") {
 		t.Errorf("Redact = %q", got)
+	}
+	// Custom patterns also apply to JSON numbers.
+	emp := mustNew(t, Options{Custom: []Pattern{{Name: "employee_number", Regex: `^9\d{5}$`}}})
+	if fs, err := emp.ScanJSON([]byte(`{"id": 912345, "n": 12}`)); err != nil || len(fs) != 1 || fs[0].Path != "$.id" {
+		t.Errorf("custom pattern on a JSON number: %v, %v", fs, err)
 	}
 	// A custom pattern beats email and generic tokens, a specific builtin kind beats it.
 	sc = mustNew(t, Options{Custom: []Pattern{{Name: "corp_mail", Regex: `[a-z]+@corp\.example`}, {Name: "gh", Regex: `ghp_\w+`}}})

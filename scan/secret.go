@@ -20,7 +20,7 @@ const (
 var secretWords = [...]string{
 	"secret", "password", "passwd", "passphrase", "token", "apikey", "accesskey", "privatekey",
 	"signingkey", "encryptionkey", "masterkey", "authkey", "accountkey", "sharedkey", "hmackey",
-	"clientkey", "credential",
+	"clientkey", "credential", "pwd",
 }
 
 // notSecretWords make an identifier not secret-holding when its normalized form contains one.
@@ -78,7 +78,7 @@ func classifyIdent(id string) identClass {
 		cls = idAWS
 	case containsStr(norm, "authorization") || string(norm) == "auth":
 		cls = idAuth
-	case string(norm) == "key" || string(norm) == "pwd":
+	case string(norm) == "key" || string(norm) == "pwd" || string(norm) == "pass" || string(norm) == "pw":
 		cls = idSecret
 	default:
 	scan:
@@ -326,24 +326,50 @@ func (sc *Scanner) scanKeyed(c *scanCtx, v, key string) {
 	if len(v) < 16 || len(key) == 0 || len(key) > identLimit {
 		return
 	}
-	j := 0 // start of the token
+	j, ok := tokenStart(v)
+	if !ok {
+		return
+	}
+	if key != c.lastKey {
+		c.lastKey, c.lastKeyCls = key, classifyIdent(key)
+	}
+	sc.keyedToken(c, v, j, c.lastKeyCls)
+}
+
+// scanNamed checks a JSON string value v held by a "value" member whose sibling "name" (or
+// "key") names a secret, as in {"name": "DB_PASSWORD", "value": "..."}.
+func (sc *Scanner) scanNamed(c *scanCtx, v string, cls identClass) {
+	if len(v) < 16 {
+		return
+	}
+	if j, ok := tokenStart(v); ok {
+		sc.keyedToken(c, v, j, cls)
+	}
+}
+
+// tokenStart returns where the token of a whole value v starts: 0, or after a scheme such as
+// "Bearer ". It fails for values with other spaces or with bytes outside printable ASCII.
+func tokenStart(v string) (int, bool) {
+	j := 0
 	if sp := strings.IndexByte(v, ' '); sp >= 0 {
 		switch {
 		case hasPrefixFold(v, "basic "), hasPrefixFold(v, "bearer "), hasPrefixFold(v, "token "), hasPrefixFold(v, "bot "):
 			j = skipBlank(v, sp)
 		default:
-			return // prose, not a credential
+			return 0, false // prose, not a credential
 		}
 	}
 	for i := j; i < len(v); i++ {
 		if v[i] <= ' ' || v[i] >= 0x7f {
-			return
+			return 0, false
 		}
 	}
-	if key != c.lastKey {
-		c.lastKey, c.lastKeyCls = key, classifyIdent(key)
-	}
-	cls := c.lastKeyCls
+	return j, true
+}
+
+// keyedToken checks v[j:], a whole JSON value (after its scheme at j > 0), as a token held by
+// a member of class cls.
+func (sc *Scanner) keyedToken(c *scanCtx, v string, j int, cls identClass) {
 	if cls == idNone || (j > 0 && cls != idAuth) {
 		return
 	}
