@@ -165,3 +165,59 @@ func httpGet(t *testing.T, u string) string {
 	b, _ := io.ReadAll(resp.Body)
 	return string(b)
 }
+
+// TestRedisOutageFailsClosed cuts the gateway off from the Redis that holds
+// its rate-limit counters: a rate-limited tool call is denied with a reason
+// naming the backend, calls without a limit still work, and service resumes
+// when Redis is reachable again.
+func TestRedisOutageFailsClosed(t *testing.T) {
+	raw := os.Getenv("AA_TEST_REDIS_URL")
+	if raw == "" {
+		t.Skip("AA_TEST_REDIS_URL not set: run scripts/testdb.sh start and eval \"$(scripts/testdb.sh env)\"")
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := newProxy(t, u.Host)
+	u.Host = proxy.addr
+	q := u.Query()
+	q.Set("prefix", fmt.Sprintf("outage%d:", time.Now().UnixNano()))
+	u.RawQuery = q.Encode()
+	dir := t.TempDir()
+	p := startProc(t, "-store", "sqlite:"+filepath.Join(dir, "aa.db"), "-counters", u.String(), "-secrets-key-file", filepath.Join(dir, "k"))
+	policy, _ := p.client(t)
+	limited := &v1.CheckActionRequest{Agent: &v1.AgentId{OrgId: "acme", TeamId: "eng", AgentId: "coder-1"},
+		Context: &v1.CheckActionRequest_ToolCall{ToolCall: &v1.ToolCallContext{Name: "git_fetch"}}} // git_*: 120/hour
+	unlimited := &v1.CheckActionRequest{Agent: &v1.AgentId{OrgId: "acme", TeamId: "eng", AgentId: "coder-1"},
+		Context: &v1.CheckActionRequest_ToolCall{ToolCall: &v1.ToolCallContext{Name: "git_status"}}}
+	check := func(req *v1.CheckActionRequest) *v1.CheckActionResponse {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		resp, err := policy.CheckAction(ctx, req)
+		if err != nil {
+			t.Fatalf("check must answer, not fail: %v", err)
+		}
+		return resp
+	}
+	if r := check(limited); r.GetDecision() != v1.Decision_ALLOW {
+		t.Fatalf("before the outage: %v", r)
+	}
+	proxy.down()
+	r := check(limited)
+	if r.GetDecision() != v1.Decision_DENY || r.GetPolicyRuleId() != "rate limit" || !strings.Contains(r.GetReason(), "rate limit backend unavailable, failing closed") || !strings.Contains(r.GetReason(), "redis") {
+		t.Fatalf("during the outage: want a fail-closed deny naming redis, got %v", r)
+	}
+	t.Logf("during outage: %s", r.GetReason())
+	if r := check(unlimited); r.GetDecision() != v1.Decision_ALLOW {
+		t.Fatalf("a call without a rate limit must not need redis: %v", r)
+	}
+	proxy.up(t)
+	deadline := time.Now().Add(30 * time.Second)
+	for check(limited).GetDecision() != v1.Decision_ALLOW {
+		if time.Now().After(deadline) {
+			t.Fatal("service did not resume after redis returned")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
