@@ -15,6 +15,10 @@ import (
 // ErrInvalidJSON is wrapped by the errors ScanJSON and RedactJSON return for malformed input.
 var ErrInvalidJSON = errors.New("scan: invalid JSON")
 
+// maxPooledScratch bounds the decode buffers kept for reuse, so that one huge value does not
+// pin its memory.
+const maxPooledScratch = 64 << 10
+
 // scratchPool holds buffers for decoding strings with escapes.
 var scratchPool = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
 
@@ -147,7 +151,7 @@ func (sc *Scanner) scanJSON(data []byte) ([]jfinding, error) {
 	}
 	var scratch *[]byte // decodes strings with escapes; taken from scratchPool when needed
 	out, err := sc.walkJSON(data, &scratch)
-	if scratch != nil {
+	if scratch != nil && cap(*scratch) <= maxPooledScratch {
 		scratchPool.Put(scratch)
 	}
 	return out, err
@@ -186,7 +190,7 @@ value:
 			}
 			stack = append(stack, jframe{obj: obj, ctxStart: cs, ctxEnd: ce})
 			i = skipWS(data, i+1)
-			if i < n && data[i] == "}]"[btoi(!obj)] {
+			if i < n && (obj && data[i] == '}' || !obj && data[i] == ']') {
 				stack = stack[:len(stack)-1]
 				i++
 				break
@@ -324,13 +328,6 @@ value:
 
 // equalFold reports whether s equals the lower-case ASCII word w, ignoring case.
 func equalFold(s, w string) bool { return len(s) == len(w) && hasPrefixFold(s, w) }
-
-func btoi(b bool) int {
-	if b {
-		return 1
-	}
-	return 0
-}
 
 // parseKey parses `"key" :` at data[i] into f and returns the index of the member's value.
 func parseKey(data []byte, i int, f *jframe) (int, error) {
