@@ -65,12 +65,31 @@ type gatewayProc struct {
 	cmd  *exec.Cmd
 	grpc string
 	http string
-	log  *strings.Builder
+	log  *lockedBuffer
+}
+
+// lockedBuffer collects a process's output; the test reads it while the
+// process writes.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 func startProc(t *testing.T, args ...string) *gatewayProc {
 	t.Helper()
-	p := &gatewayProc{grpc: freeAddr(t), http: freeAddr(t), log: &strings.Builder{}}
+	p := &gatewayProc{grpc: freeAddr(t), http: freeAddr(t), log: &lockedBuffer{}}
 	args = append([]string{"-grpc-addr", p.grpc, "-api-addr", p.http, "-policy", "../../examples/policies", "-log-level", "warn"}, args...)
 	p.cmd = exec.Command(gatewayBinary(t), args...)
 	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
