@@ -162,6 +162,9 @@ type LLMCall struct {
 	Model            string
 	PromptTokens     int64
 	CompletionTokens int64
+	// Prompt is optional text the caller wants scanned for credentials; it
+	// is never stored.
+	Prompt string
 }
 
 // ToolCall describes a tool invocation.

@@ -16,6 +16,7 @@ import (
 	"github.com/agent-assembly/agent-assembly/budget"
 	"github.com/agent-assembly/agent-assembly/policy"
 	"github.com/agent-assembly/agent-assembly/ratelimit"
+	"github.com/agent-assembly/agent-assembly/scan"
 	"github.com/agent-assembly/agent-assembly/storage"
 )
 
@@ -62,6 +63,7 @@ type AgentStatuses interface {
 // Core is the decision core shared by every transport.
 type Core struct {
 	snap    atomic.Pointer[policy.Snapshot]
+	views   atomic.Pointer[views]
 	audit   Auditor
 	chain   string
 	log     *slog.Logger
@@ -114,6 +116,7 @@ func NewCore(o Options) (*Core, error) {
 // SetSnapshot atomically replaces the active policy. Checks in flight finish
 // on the snapshot they started with; reload never blocks a check.
 func (c *Core) SetSnapshot(s *policy.Snapshot) {
+	c.views.Store(newViews(s))
 	old := c.snap.Swap(s)
 	if old != nil {
 		c.metrics.PolicyInfo.DeleteLabelValues(old.Version())
@@ -137,6 +140,8 @@ type Outcome struct {
 	// Limited is set when a rate limit or budget denied the action (HTTP 429).
 	Limited    bool
 	RetryAfter time.Duration
+	// Redactions are the credentials the caller must replace before acting.
+	Redactions []scan.Finding
 }
 
 // Check validates, decides, audits and answers one request. A malformed
@@ -164,6 +169,11 @@ func (c *Core) Decide(ctx context.Context, a *action.Action, start time.Time) Ou
 		out.Decision, out.Shadow, out.Mode = res.Decision, res.ShadowDecision, res.Mode
 		out.RuleID, out.Reason, out.Version = res.RuleID, res.Reason, res.PolicyVersion
 		registered := c.checkAgentStatus(ctx, a, &out)
+		if v := c.views.Load(); v != nil && v.snap == snap {
+			c.scanAction(v.get(a.Agent), a, &out)
+		} else {
+			c.scanAction(newViews(snap).get(a.Agent), a, &out)
+		}
 		if out.Decision == action.Allow || out.Decision == action.Redact {
 			c.applyLimits(ctx, snap, a, &res, &out, registered)
 		}
@@ -241,7 +251,19 @@ func (o Outcome) Response() *v1.CheckActionResponse {
 		EnforcementMode: modeToProto(o.Mode),
 		ShadowDecision:  decisionToProto(o.Shadow),
 		RetryAfter:      retryAfter(o.RetryAfter),
+		Redactions:      redactions(o.Redactions),
 	}
+}
+
+func redactions(fs []scan.Finding) []*v1.Redaction {
+	if len(fs) == 0 {
+		return nil
+	}
+	out := make([]*v1.Redaction, len(fs))
+	for i, f := range fs {
+		out[i] = &v1.Redaction{Kind: string(f.Kind), Path: f.Path, Start: int32(f.Start), End: int32(f.End), Replacement: f.Redacted}
+	}
+	return out
 }
 
 func retryAfter(d time.Duration) *durationpb.Duration {

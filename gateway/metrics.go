@@ -15,6 +15,8 @@ type Metrics struct {
 	PolicyReloads *prometheus.CounterVec
 	PolicyInfo    *prometheus.GaugeVec
 	AuditBatch    prometheus.Histogram
+	// CredentialFindings counts credentials found in actions.
+	CredentialFindings *prometheus.CounterVec
 	// BudgetThresholds counts budget windows crossing 80% and 95%.
 	BudgetThresholds *prometheus.CounterVec
 	AuditWrite       *prometheus.HistogramVec
@@ -48,6 +50,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Namespace: "aa", Name: "policy_version_info",
 			Help: "The active policy version (value 1).",
 		}, []string{"version"}),
+		CredentialFindings: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "aa", Name: "credential_findings_total",
+			Help: "Credentials and PII found in actions, by kind and the policy's credential_action.",
+		}, []string{"kind", "credential_action"}),
 		BudgetThresholds: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "aa", Name: "budget_threshold_crossings_total",
 			Help: "Budget windows whose spend crossed a threshold (80 or 95 percent of the limit).",
@@ -64,7 +70,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"result"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.Checks, m.CheckDuration, m.Rejected, m.AuditErrors, m.PolicyReloads, m.PolicyInfo, m.AuditBatch, m.AuditWrite, m.BudgetThresholds)
+		reg.MustRegister(m.Checks, m.CheckDuration, m.Rejected, m.AuditErrors, m.PolicyReloads, m.PolicyInfo, m.AuditBatch, m.AuditWrite, m.BudgetThresholds, m.CredentialFindings)
 	}
 	return m
 }

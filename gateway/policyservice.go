@@ -79,7 +79,11 @@ func (s *PolicyService) ValidatePolicy(ctx context.Context, req *v1.ValidatePoli
 	}
 	docs, problems := parseSources(req.GetDocuments())
 	if len(problems) == 0 {
-		if _, err := policy.Compile(docs, policy.Version(docs)); err != nil {
+		snap, err := policy.Compile(docs, policy.Version(docs))
+		if err == nil {
+			err = ValidateScanPatterns(snap)
+		}
+		if err != nil {
 			problems = append(problems, policyProblems(err)...)
 		}
 	}

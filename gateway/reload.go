@@ -64,6 +64,9 @@ func (r *Reloader) Load() error {
 	if err != nil {
 		return r.rejected(fmt.Errorf("compile policy %s: %w", r.path, err))
 	}
+	if err := ValidateScanPatterns(snap); err != nil {
+		return r.rejected(err)
+	}
 	r.core.SetSnapshot(snap)
 	prev := r.current
 	r.current, r.lastErr = version, nil

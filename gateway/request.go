@@ -74,7 +74,8 @@ func toAction(req *v1.CheckActionRequest, lim Limits, now time.Time) (action.Act
 	case *v1.CheckActionRequest_LlmCall:
 		a.Kind = action.KindLLMCall
 		a.LLM = action.LLMCall{Provider: c.LlmCall.GetProvider(), Model: c.LlmCall.GetModel(),
-			PromptTokens: c.LlmCall.GetPromptTokens(), CompletionTokens: c.LlmCall.GetCompletionTokens()}
+			PromptTokens: c.LlmCall.GetPromptTokens(), CompletionTokens: c.LlmCall.GetCompletionTokens(),
+			Prompt: c.LlmCall.GetPrompt()}
 		if a.LLM.PromptTokens < 0 || a.LLM.CompletionTokens < 0 {
 			return a, badField("llm_call.prompt_tokens", "token counts must not be negative")
 		}

@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	v1 "github.com/agent-assembly/agent-assembly/api/agentassembly/v1"
+	"github.com/agent-assembly/agent-assembly/gateway"
 	"github.com/agent-assembly/agent-assembly/policy"
 )
 
@@ -49,7 +50,11 @@ Exit status: 0 valid, 1 invalid, 3 error.`,
 				docs = append(docs, d...)
 			}
 			if len(problems) == 0 {
-				if _, err := policy.Compile(docs, policy.Version(docs)); err != nil {
+				snap, err := policy.Compile(docs, policy.Version(docs))
+				if err == nil {
+					err = gateway.ValidateScanPatterns(snap)
+				}
+				if err != nil {
 					problems = append(problems, problemLines(err)...)
 				}
 			}
