@@ -48,6 +48,8 @@ type Options struct {
 	// Agents, when set, is consulted for suspended or killed agents and is
 	// told when a budget suspends one.
 	Agents AgentStatuses
+	// Approvals keeps approval requests; nil makes every PENDING a deny.
+	Approvals ApprovalStore
 	// LimitTimeout bounds each rate-limit and budget call to the counters
 	// backend; when it passes the action is denied (fail closed). Zero means
 	// 500 milliseconds.
@@ -72,11 +74,12 @@ type Core struct {
 	auditTO time.Duration
 	now     func() time.Time
 
-	limiter *ratelimit.Limiter
-	meter   *budget.Meter
-	agents  AgentStatuses
-	limitTO time.Duration
-	holds   *holdTable
+	limiter   *ratelimit.Limiter
+	meter     *budget.Meter
+	agents    AgentStatuses
+	limitTO   time.Duration
+	holds     *holdTable
+	approvals ApprovalStore
 }
 
 // NewCore builds a Core. It serves no checks (every check is denied with the
@@ -105,7 +108,7 @@ func NewCore(o Options) (*Core, error) {
 	}
 	c := &Core{audit: o.Audit, chain: o.Chain, log: o.Logger, metrics: o.Metrics,
 		limits: o.Limits, auditTO: o.AuditTimeout, now: o.Now, agents: o.Agents,
-		limitTO: o.LimitTimeout, holds: newHoldTable(10000, time.Hour)}
+		limitTO: o.LimitTimeout, holds: newHoldTable(10000, time.Hour), approvals: o.Approvals}
 	if o.Counters != nil {
 		c.limiter = ratelimit.New(o.Counters, ratelimit.Options{})
 		c.meter = budget.NewMeter(o.Counters, o.Pricing, budget.Options{Now: o.Now, OnThreshold: c.onThreshold})
@@ -142,6 +145,8 @@ type Outcome struct {
 	RetryAfter time.Duration
 	// Redactions are the credentials the caller must replace before acting.
 	Redactions []scan.Finding
+	// ApprovalID is the approval request behind a PENDING (or approved) answer.
+	ApprovalID string
 }
 
 // Check validates, decides, audits and answers one request. A malformed
@@ -153,15 +158,16 @@ func (c *Core) Check(ctx context.Context, req *v1.CheckActionRequest) (*v1.Check
 		c.reject(ctx, req, err, start)
 		return nil, err
 	}
-	out := c.Decide(ctx, &a, start)
+	out := c.Decide(ctx, &a, start, CheckOptions{WaitForApproval: req.GetWaitForApproval(), ApprovalID: req.GetApprovalId()})
 	return out.Response(), nil
 }
 
 // Decide evaluates an already normalised action, appends its audit record and
 // returns the outcome. start is when the request arrived. If the record cannot
 // be made durable, the outcome is a deny that says so.
-func (c *Core) Decide(ctx context.Context, a *action.Action, start time.Time) Outcome {
+func (c *Core) Decide(ctx context.Context, a *action.Action, start time.Time, opts CheckOptions) Outcome {
 	out := Outcome{DecisionID: newID()}
+	var payload []byte
 	if snap := c.snap.Load(); snap == nil {
 		out.Decision, out.Mode, out.RuleID, out.Reason = action.Deny, action.ModeEnforce, "default", "no policy loaded: failing closed"
 	} else {
@@ -169,21 +175,32 @@ func (c *Core) Decide(ctx context.Context, a *action.Action, start time.Time) Ou
 		out.Decision, out.Shadow, out.Mode = res.Decision, res.ShadowDecision, res.Mode
 		out.RuleID, out.Reason, out.Version = res.RuleID, res.Reason, res.PolicyVersion
 		registered := c.checkAgentStatus(ctx, a, &out)
-		if v := c.views.Load(); v != nil && v.snap == snap {
-			c.scanAction(v.get(a.Agent), a, &out)
-		} else {
-			c.scanAction(newViews(snap).get(a.Agent), a, &out)
+		v := c.views.Load()
+		if v == nil || v.snap != snap {
+			v = newViews(snap)
 		}
-		if out.Decision == action.Allow || out.Decision == action.Redact {
+		av := v.get(a.Agent)
+		c.scanAction(av, a, &out) // redacts a: nothing below sees a raw credential
+		payload = encodePayload(a)
+		switch out.Decision {
+		case action.Allow, action.Redact:
 			c.applyLimits(ctx, snap, a, &res, &out, registered)
+		case action.Pending:
+			c.resolvePending(ctx, a, payload, av, opts, &out)
+			if out.Decision == action.Allow {
+				c.applyLimits(ctx, snap, a, &res, &out, registered)
+			}
 		}
+	}
+	if payload == nil {
+		payload = encodePayload(a)
 	}
 	out.Latency = c.now().Sub(start)
 
 	rec := &storage.AuditRecord{
 		Chain: c.chain, ID: out.DecisionID, Time: start, Event: storage.EventDecision,
 		Agent: a.Agent, SessionID: a.SessionID, TraceID: a.TraceID, SpanID: a.SpanID,
-		Kind: a.Kind, Payload: encodePayload(a), Decision: out.Decision, RuleID: out.RuleID,
+		Kind: a.Kind, Payload: payload, Decision: out.Decision, RuleID: out.RuleID,
 		PolicyVersion: out.Version, Mode: out.Mode, ShadowDecision: out.Shadow,
 		Reason: out.Reason, Latency: out.Latency,
 	}
@@ -252,6 +269,7 @@ func (o Outcome) Response() *v1.CheckActionResponse {
 		ShadowDecision:  decisionToProto(o.Shadow),
 		RetryAfter:      retryAfter(o.RetryAfter),
 		Redactions:      redactions(o.Redactions),
+		ApprovalId:      o.ApprovalID,
 	}
 }
 

@@ -64,6 +64,9 @@ func toAction(req *v1.CheckActionRequest, lim Limits, now time.Time) (action.Act
 		}
 	}
 	a.TraceID, a.SpanID, a.SessionID = req.GetTraceId(), req.GetSpanId(), req.GetSessionId()
+	if err := checkID("approval_id", req.GetApprovalId(), false); err != nil {
+		return a, err
+	}
 	a.Time = now
 
 	if _, known := v1.ActionType_name[int32(req.GetActionType())]; !known {

@@ -36,6 +36,8 @@ type actionFlags struct {
 	execArgs []string
 	spawn    string
 	json     string
+	wait     bool
+	approval string
 }
 
 func (f *actionFlags) register(cmd *cobra.Command) {
@@ -61,6 +63,8 @@ func (f *actionFlags) register(cmd *cobra.Command) {
 	fl.StringVar(&f.exec, "exec", "", "process_exec: command (arguments after --)")
 	fl.StringVar(&f.spawn, "spawn", "", "agent_spawn: child agent as org/team/agent")
 	fl.StringVar(&f.json, "json", "", "the whole CheckActionRequest as JSON, or @file.json")
+	fl.BoolVar(&f.wait, "wait", false, "if approval is required, wait for a human decision (up to the policy's approval timeout)")
+	fl.StringVar(&f.approval, "approval", "", "present an approval id granted earlier for this same action")
 }
 
 // request builds the request. Exactly one action kind must be chosen.
@@ -83,7 +87,8 @@ func (f *actionFlags) request(extra []string) (*v1.CheckActionRequest, error) {
 	if err != nil {
 		return nil, err
 	}
-	req := &v1.CheckActionRequest{Agent: id, CredentialToken: f.token, TraceId: f.trace, SessionId: f.session}
+	req := &v1.CheckActionRequest{Agent: id, CredentialToken: f.token, TraceId: f.trace, SessionId: f.session,
+		WaitForApproval: f.wait, ApprovalId: f.approval}
 	chosen := 0
 	if f.tool != "" {
 		chosen++
@@ -151,6 +156,10 @@ Exit status: 0 allow (or redact), 1 deny, 2 pending approval, 3 error.`,
 			}
 			defer conn.Close()
 			ctx, cancel := context.WithTimeout(cmd.Context(), g.timeout)
+			if f.wait {
+				cancel()
+				ctx, cancel = context.WithCancel(cmd.Context()) // the gateway bounds the wait by the approval timeout
+			}
 			defer cancel()
 			resp, err := v1.NewPolicyServiceClient(conn).CheckAction(ctx, req)
 			if err != nil {

@@ -8,8 +8,9 @@ import (
 
 // clients are the gateway's services on one connection.
 type clients struct {
-	policy v1.PolicyServiceClient
-	audit  v1.AuditServiceClient
+	policy    v1.PolicyServiceClient
+	audit     v1.AuditServiceClient
+	approvals v1.ApprovalServiceClient
 }
 
 // call dials the gateway and runs fn with the clients and a context bounded
@@ -25,5 +26,5 @@ func (g *globals) call(ctx context.Context, fn func(ctx context.Context, c clien
 		ctx, cancel = context.WithTimeout(ctx, g.timeout)
 		defer cancel()
 	}
-	return fn(ctx, clients{policy: v1.NewPolicyServiceClient(conn), audit: v1.NewAuditServiceClient(conn)})
+	return fn(ctx, clients{policy: v1.NewPolicyServiceClient(conn), audit: v1.NewAuditServiceClient(conn), approvals: v1.NewApprovalServiceClient(conn)})
 }

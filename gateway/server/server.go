@@ -115,6 +115,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 		Counters:     st,
 		Pricing:      pricing,
 		Agents:       s.cached,
+		Approvals:    st,
 	})
 	if err != nil {
 		s.closeStore()
@@ -154,6 +155,7 @@ func (s *Server) buildGRPC() {
 	)
 	v1.RegisterPolicyServiceServer(s.grpc, gateway.NewPolicyService(s.core))
 	v1.RegisterAuditServiceServer(s.grpc, gateway.NewAuditService(s.store))
+	v1.RegisterApprovalServiceServer(s.grpc, gateway.NewApprovalService(s.core))
 	s.health = health.NewServer()
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
@@ -170,6 +172,9 @@ func (s *Server) buildHTTP(ctx context.Context) error {
 		return fmt.Errorf("register REST handlers: %w", err)
 	}
 	if err := v1.RegisterAuditServiceHandlerServer(ctx, gw, gateway.NewAuditService(s.store)); err != nil {
+		return fmt.Errorf("register REST handlers: %w", err)
+	}
+	if err := v1.RegisterApprovalServiceHandlerServer(ctx, gw, gateway.NewApprovalService(s.core)); err != nil {
 		return fmt.Errorf("register REST handlers: %w", err)
 	}
 	mux := http.NewServeMux()
@@ -235,7 +240,7 @@ func (s *Server) Serve(ctx context.Context, grpcL, httpL net.Listener) error {
 		}()
 	}
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
-	for _, svc := range []string{v1.PolicyService_ServiceDesc.ServiceName, v1.AuditService_ServiceDesc.ServiceName} {
+	for _, svc := range []string{v1.PolicyService_ServiceDesc.ServiceName, v1.AuditService_ServiceDesc.ServiceName, v1.ApprovalService_ServiceDesc.ServiceName} {
 		s.health.SetServingStatus(svc, healthpb.HealthCheckResponse_SERVING)
 	}
 	httpAddr := ""

@@ -220,31 +220,32 @@ func (x *Approval) GetComment() string {
 	return ""
 }
 
-// ListApprovalsRequest filters approval requests.
-type ListApprovalsRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Status        ApprovalStatus         `protobuf:"varint,1,opt,name=status,proto3,enum=agentassembly.v1.ApprovalStatus" json:"status,omitempty"`
-	OrgId         string                 `protobuf:"bytes,2,opt,name=org_id,json=orgId,proto3" json:"org_id,omitempty"`
-	TeamId        string                 `protobuf:"bytes,3,opt,name=team_id,json=teamId,proto3" json:"team_id,omitempty"`
-	Limit         int32                  `protobuf:"varint,4,opt,name=limit,proto3" json:"limit,omitempty"`
+// ListPendingRequest filters approval requests.
+type ListPendingRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// status defaults to APPROVAL_STATUS_PENDING.
+	Status        ApprovalStatus `protobuf:"varint,1,opt,name=status,proto3,enum=agentassembly.v1.ApprovalStatus" json:"status,omitempty"`
+	OrgId         string         `protobuf:"bytes,2,opt,name=org_id,json=orgId,proto3" json:"org_id,omitempty"`
+	TeamId        string         `protobuf:"bytes,3,opt,name=team_id,json=teamId,proto3" json:"team_id,omitempty"`
+	Limit         int32          `protobuf:"varint,4,opt,name=limit,proto3" json:"limit,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
-func (x *ListApprovalsRequest) Reset() {
-	*x = ListApprovalsRequest{}
+func (x *ListPendingRequest) Reset() {
+	*x = ListPendingRequest{}
 	mi := &file_agentassembly_v1_approval_proto_msgTypes[1]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
 
-func (x *ListApprovalsRequest) String() string {
+func (x *ListPendingRequest) String() string {
 	return protoimpl.X.MessageStringOf(x)
 }
 
-func (*ListApprovalsRequest) ProtoMessage() {}
+func (*ListPendingRequest) ProtoMessage() {}
 
-func (x *ListApprovalsRequest) ProtoReflect() protoreflect.Message {
+func (x *ListPendingRequest) ProtoReflect() protoreflect.Message {
 	mi := &file_agentassembly_v1_approval_proto_msgTypes[1]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -256,33 +257,33 @@ func (x *ListApprovalsRequest) ProtoReflect() protoreflect.Message {
 	return mi.MessageOf(x)
 }
 
-// Deprecated: Use ListApprovalsRequest.ProtoReflect.Descriptor instead.
-func (*ListApprovalsRequest) Descriptor() ([]byte, []int) {
+// Deprecated: Use ListPendingRequest.ProtoReflect.Descriptor instead.
+func (*ListPendingRequest) Descriptor() ([]byte, []int) {
 	return file_agentassembly_v1_approval_proto_rawDescGZIP(), []int{1}
 }
 
-func (x *ListApprovalsRequest) GetStatus() ApprovalStatus {
+func (x *ListPendingRequest) GetStatus() ApprovalStatus {
 	if x != nil {
 		return x.Status
 	}
 	return ApprovalStatus_APPROVAL_STATUS_UNSPECIFIED
 }
 
-func (x *ListApprovalsRequest) GetOrgId() string {
+func (x *ListPendingRequest) GetOrgId() string {
 	if x != nil {
 		return x.OrgId
 	}
 	return ""
 }
 
-func (x *ListApprovalsRequest) GetTeamId() string {
+func (x *ListPendingRequest) GetTeamId() string {
 	if x != nil {
 		return x.TeamId
 	}
 	return ""
 }
 
-func (x *ListApprovalsRequest) GetLimit() int32 {
+func (x *ListPendingRequest) GetLimit() int32 {
 	if x != nil {
 		return x.Limit
 	}
@@ -379,29 +380,34 @@ func (x *GetApprovalRequest) GetId() string {
 	return ""
 }
 
-// DecideApprovalRequest approves or rejects a request.
-type DecideApprovalRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	Comment       string                 `protobuf:"bytes,2,opt,name=comment,proto3" json:"comment,omitempty"`
+// DecideRequest approves or rejects a request.
+type DecideRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// approve is true to allow the action, false to reject it.
+	Approve bool `protobuf:"varint,2,opt,name=approve,proto3" json:"approve,omitempty"`
+	// decided_by names the person deciding.
+	DecidedBy string `protobuf:"bytes,3,opt,name=decided_by,json=decidedBy,proto3" json:"decided_by,omitempty"`
+	// comment says why; it is recorded in the audit log.
+	Comment       string `protobuf:"bytes,4,opt,name=comment,proto3" json:"comment,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
-func (x *DecideApprovalRequest) Reset() {
-	*x = DecideApprovalRequest{}
+func (x *DecideRequest) Reset() {
+	*x = DecideRequest{}
 	mi := &file_agentassembly_v1_approval_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
 
-func (x *DecideApprovalRequest) String() string {
+func (x *DecideRequest) String() string {
 	return protoimpl.X.MessageStringOf(x)
 }
 
-func (*DecideApprovalRequest) ProtoMessage() {}
+func (*DecideRequest) ProtoMessage() {}
 
-func (x *DecideApprovalRequest) ProtoReflect() protoreflect.Message {
+func (x *DecideRequest) ProtoReflect() protoreflect.Message {
 	mi := &file_agentassembly_v1_approval_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -413,19 +419,33 @@ func (x *DecideApprovalRequest) ProtoReflect() protoreflect.Message {
 	return mi.MessageOf(x)
 }
 
-// Deprecated: Use DecideApprovalRequest.ProtoReflect.Descriptor instead.
-func (*DecideApprovalRequest) Descriptor() ([]byte, []int) {
+// Deprecated: Use DecideRequest.ProtoReflect.Descriptor instead.
+func (*DecideRequest) Descriptor() ([]byte, []int) {
 	return file_agentassembly_v1_approval_proto_rawDescGZIP(), []int{4}
 }
 
-func (x *DecideApprovalRequest) GetId() string {
+func (x *DecideRequest) GetId() string {
 	if x != nil {
 		return x.Id
 	}
 	return ""
 }
 
-func (x *DecideApprovalRequest) GetComment() string {
+func (x *DecideRequest) GetApprove() bool {
+	if x != nil {
+		return x.Approve
+	}
+	return false
+}
+
+func (x *DecideRequest) GetDecidedBy() string {
+	if x != nil {
+		return x.DecidedBy
+	}
+	return ""
+}
+
+func (x *DecideRequest) GetComment() string {
 	if x != nil {
 		return x.Comment
 	}
@@ -510,8 +530,8 @@ const file_agentassembly_v1_approval_proto_rawDesc = "" +
 	"decided_at\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\tdecidedAt\x12\x1d\n" +
 	"\n" +
 	"decided_by\x18\f \x01(\tR\tdecidedBy\x12\x18\n" +
-	"\acomment\x18\r \x01(\tR\acomment\"\x96\x01\n" +
-	"\x14ListApprovalsRequest\x128\n" +
+	"\acomment\x18\r \x01(\tR\acomment\"\x94\x01\n" +
+	"\x12ListPendingRequest\x128\n" +
 	"\x06status\x18\x01 \x01(\x0e2 .agentassembly.v1.ApprovalStatusR\x06status\x12\x15\n" +
 	"\x06org_id\x18\x02 \x01(\tR\x05orgId\x12\x17\n" +
 	"\ateam_id\x18\x03 \x01(\tR\x06teamId\x12\x14\n" +
@@ -519,10 +539,13 @@ const file_agentassembly_v1_approval_proto_rawDesc = "" +
 	"\x15ListApprovalsResponse\x128\n" +
 	"\tapprovals\x18\x01 \x03(\v2\x1a.agentassembly.v1.ApprovalR\tapprovals\"$\n" +
 	"\x12GetApprovalRequest\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"A\n" +
-	"\x15DecideApprovalRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"r\n" +
+	"\rDecideRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
-	"\acomment\x18\x02 \x01(\tR\acomment\"G\n" +
+	"\aapprove\x18\x02 \x01(\bR\aapprove\x12\x1d\n" +
+	"\n" +
+	"decided_by\x18\x03 \x01(\tR\tdecidedBy\x12\x18\n" +
+	"\acomment\x18\x04 \x01(\tR\acomment\"G\n" +
 	"\x15WatchApprovalsRequest\x12\x15\n" +
 	"\x06org_id\x18\x01 \x01(\tR\x05orgId\x12\x17\n" +
 	"\ateam_id\x18\x02 \x01(\tR\x06teamId*\xa7\x01\n" +
@@ -531,12 +554,11 @@ const file_agentassembly_v1_approval_proto_rawDesc = "" +
 	"\x17APPROVAL_STATUS_PENDING\x10\x01\x12\x1c\n" +
 	"\x18APPROVAL_STATUS_APPROVED\x10\x02\x12\x1c\n" +
 	"\x18APPROVAL_STATUS_REJECTED\x10\x03\x12\x1b\n" +
-	"\x17APPROVAL_STATUS_EXPIRED\x10\x042\x8e\x05\n" +
-	"\x0fApprovalService\x12w\n" +
-	"\rListApprovals\x12&.agentassembly.v1.ListApprovalsRequest\x1a'.agentassembly.v1.ListApprovalsResponse\"\x15\x82\xd3\xe4\x93\x02\x0f\x12\r/v1/approvals\x12k\n" +
-	"\vGetApproval\x12$.agentassembly.v1.GetApprovalRequest\x1a\x1a.agentassembly.v1.Approval\"\x1a\x82\xd3\xe4\x93\x02\x14\x12\x12/v1/approvals/{id}\x12u\n" +
-	"\aApprove\x12'.agentassembly.v1.DecideApprovalRequest\x1a\x1a.agentassembly.v1.Approval\"%\x82\xd3\xe4\x93\x02\x1f:\x01*\"\x1a/v1/approvals/{id}:approve\x12s\n" +
-	"\x06Reject\x12'.agentassembly.v1.DecideApprovalRequest\x1a\x1a.agentassembly.v1.Approval\"$\x82\xd3\xe4\x93\x02\x1e:\x01*\"\x19/v1/approvals/{id}:reject\x12P\n" +
+	"\x17APPROVAL_STATUS_EXPIRED\x10\x042\x8b\x04\n" +
+	"\x0fApprovalService\x12s\n" +
+	"\vListPending\x12$.agentassembly.v1.ListPendingRequest\x1a'.agentassembly.v1.ListApprovalsResponse\"\x15\x82\xd3\xe4\x93\x02\x0f\x12\r/v1/approvals\x12k\n" +
+	"\vGetApproval\x12$.agentassembly.v1.GetApprovalRequest\x1a\x1a.agentassembly.v1.Approval\"\x1a\x82\xd3\xe4\x93\x02\x14\x12\x12/v1/approvals/{id}\x12k\n" +
+	"\x06Decide\x12\x1f.agentassembly.v1.DecideRequest\x1a\x1a.agentassembly.v1.Approval\"$\x82\xd3\xe4\x93\x02\x1e:\x01*\"\x19/v1/approvals/{id}:decide\x12P\n" +
 	"\fWaitApproval\x12$.agentassembly.v1.GetApprovalRequest\x1a\x1a.agentassembly.v1.Approval\x12W\n" +
 	"\x0eWatchApprovals\x12'.agentassembly.v1.WatchApprovalsRequest\x1a\x1a.agentassembly.v1.Approval0\x01BOZMgithub.com/agent-assembly/agent-assembly/api/agentassembly/v1;agentassemblyv1b\x06proto3"
 
@@ -557,10 +579,10 @@ var file_agentassembly_v1_approval_proto_msgTypes = make([]protoimpl.MessageInfo
 var file_agentassembly_v1_approval_proto_goTypes = []any{
 	(ApprovalStatus)(0),           // 0: agentassembly.v1.ApprovalStatus
 	(*Approval)(nil),              // 1: agentassembly.v1.Approval
-	(*ListApprovalsRequest)(nil),  // 2: agentassembly.v1.ListApprovalsRequest
+	(*ListPendingRequest)(nil),    // 2: agentassembly.v1.ListPendingRequest
 	(*ListApprovalsResponse)(nil), // 3: agentassembly.v1.ListApprovalsResponse
 	(*GetApprovalRequest)(nil),    // 4: agentassembly.v1.GetApprovalRequest
-	(*DecideApprovalRequest)(nil), // 5: agentassembly.v1.DecideApprovalRequest
+	(*DecideRequest)(nil),         // 5: agentassembly.v1.DecideRequest
 	(*WatchApprovalsRequest)(nil), // 6: agentassembly.v1.WatchApprovalsRequest
 	(*AgentId)(nil),               // 7: agentassembly.v1.AgentId
 	(ActionType)(0),               // 8: agentassembly.v1.ActionType
@@ -573,22 +595,20 @@ var file_agentassembly_v1_approval_proto_depIdxs = []int32{
 	9,  // 3: agentassembly.v1.Approval.created_at:type_name -> google.protobuf.Timestamp
 	9,  // 4: agentassembly.v1.Approval.expires_at:type_name -> google.protobuf.Timestamp
 	9,  // 5: agentassembly.v1.Approval.decided_at:type_name -> google.protobuf.Timestamp
-	0,  // 6: agentassembly.v1.ListApprovalsRequest.status:type_name -> agentassembly.v1.ApprovalStatus
+	0,  // 6: agentassembly.v1.ListPendingRequest.status:type_name -> agentassembly.v1.ApprovalStatus
 	1,  // 7: agentassembly.v1.ListApprovalsResponse.approvals:type_name -> agentassembly.v1.Approval
-	2,  // 8: agentassembly.v1.ApprovalService.ListApprovals:input_type -> agentassembly.v1.ListApprovalsRequest
+	2,  // 8: agentassembly.v1.ApprovalService.ListPending:input_type -> agentassembly.v1.ListPendingRequest
 	4,  // 9: agentassembly.v1.ApprovalService.GetApproval:input_type -> agentassembly.v1.GetApprovalRequest
-	5,  // 10: agentassembly.v1.ApprovalService.Approve:input_type -> agentassembly.v1.DecideApprovalRequest
-	5,  // 11: agentassembly.v1.ApprovalService.Reject:input_type -> agentassembly.v1.DecideApprovalRequest
-	4,  // 12: agentassembly.v1.ApprovalService.WaitApproval:input_type -> agentassembly.v1.GetApprovalRequest
-	6,  // 13: agentassembly.v1.ApprovalService.WatchApprovals:input_type -> agentassembly.v1.WatchApprovalsRequest
-	3,  // 14: agentassembly.v1.ApprovalService.ListApprovals:output_type -> agentassembly.v1.ListApprovalsResponse
-	1,  // 15: agentassembly.v1.ApprovalService.GetApproval:output_type -> agentassembly.v1.Approval
-	1,  // 16: agentassembly.v1.ApprovalService.Approve:output_type -> agentassembly.v1.Approval
-	1,  // 17: agentassembly.v1.ApprovalService.Reject:output_type -> agentassembly.v1.Approval
-	1,  // 18: agentassembly.v1.ApprovalService.WaitApproval:output_type -> agentassembly.v1.Approval
-	1,  // 19: agentassembly.v1.ApprovalService.WatchApprovals:output_type -> agentassembly.v1.Approval
-	14, // [14:20] is the sub-list for method output_type
-	8,  // [8:14] is the sub-list for method input_type
+	5,  // 10: agentassembly.v1.ApprovalService.Decide:input_type -> agentassembly.v1.DecideRequest
+	4,  // 11: agentassembly.v1.ApprovalService.WaitApproval:input_type -> agentassembly.v1.GetApprovalRequest
+	6,  // 12: agentassembly.v1.ApprovalService.WatchApprovals:input_type -> agentassembly.v1.WatchApprovalsRequest
+	3,  // 13: agentassembly.v1.ApprovalService.ListPending:output_type -> agentassembly.v1.ListApprovalsResponse
+	1,  // 14: agentassembly.v1.ApprovalService.GetApproval:output_type -> agentassembly.v1.Approval
+	1,  // 15: agentassembly.v1.ApprovalService.Decide:output_type -> agentassembly.v1.Approval
+	1,  // 16: agentassembly.v1.ApprovalService.WaitApproval:output_type -> agentassembly.v1.Approval
+	1,  // 17: agentassembly.v1.ApprovalService.WatchApprovals:output_type -> agentassembly.v1.Approval
+	13, // [13:18] is the sub-list for method output_type
+	8,  // [8:13] is the sub-list for method input_type
 	8,  // [8:8] is the sub-list for extension type_name
 	8,  // [8:8] is the sub-list for extension extendee
 	0,  // [0:8] is the sub-list for field type_name

@@ -19,10 +19,9 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	ApprovalService_ListApprovals_FullMethodName  = "/agentassembly.v1.ApprovalService/ListApprovals"
+	ApprovalService_ListPending_FullMethodName    = "/agentassembly.v1.ApprovalService/ListPending"
 	ApprovalService_GetApproval_FullMethodName    = "/agentassembly.v1.ApprovalService/GetApproval"
-	ApprovalService_Approve_FullMethodName        = "/agentassembly.v1.ApprovalService/Approve"
-	ApprovalService_Reject_FullMethodName         = "/agentassembly.v1.ApprovalService/Reject"
+	ApprovalService_Decide_FullMethodName         = "/agentassembly.v1.ApprovalService/Decide"
 	ApprovalService_WaitApproval_FullMethodName   = "/agentassembly.v1.ApprovalService/WaitApproval"
 	ApprovalService_WatchApprovals_FullMethodName = "/agentassembly.v1.ApprovalService/WatchApprovals"
 )
@@ -33,17 +32,15 @@ const (
 //
 // ApprovalService lets humans decide actions that policy marks PENDING.
 type ApprovalServiceClient interface {
-	// ListApprovals lists approval requests, pending first.
-	ListApprovals(ctx context.Context, in *ListApprovalsRequest, opts ...grpc.CallOption) (*ListApprovalsResponse, error)
+	// ListPending lists approval requests, by default only those still pending.
+	ListPending(ctx context.Context, in *ListPendingRequest, opts ...grpc.CallOption) (*ListApprovalsResponse, error)
 	// GetApproval returns one request.
 	GetApproval(ctx context.Context, in *GetApprovalRequest, opts ...grpc.CallOption) (*Approval, error)
-	// Approve allows the pending action.
-	Approve(ctx context.Context, in *DecideApprovalRequest, opts ...grpc.CallOption) (*Approval, error)
-	// Reject denies the pending action.
-	Reject(ctx context.Context, in *DecideApprovalRequest, opts ...grpc.CallOption) (*Approval, error)
+	// Decide approves or rejects a pending request, recording who and why.
+	Decide(ctx context.Context, in *DecideRequest, opts ...grpc.CallOption) (*Approval, error)
 	// WaitApproval blocks until the request is decided or expires.
 	WaitApproval(ctx context.Context, in *GetApprovalRequest, opts ...grpc.CallOption) (*Approval, error)
-	// WatchApprovals streams new and decided requests.
+	// WatchApprovals streams requests as they are created and decided.
 	WatchApprovals(ctx context.Context, in *WatchApprovalsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[Approval], error)
 }
 
@@ -55,10 +52,10 @@ func NewApprovalServiceClient(cc grpc.ClientConnInterface) ApprovalServiceClient
 	return &approvalServiceClient{cc}
 }
 
-func (c *approvalServiceClient) ListApprovals(ctx context.Context, in *ListApprovalsRequest, opts ...grpc.CallOption) (*ListApprovalsResponse, error) {
+func (c *approvalServiceClient) ListPending(ctx context.Context, in *ListPendingRequest, opts ...grpc.CallOption) (*ListApprovalsResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ListApprovalsResponse)
-	err := c.cc.Invoke(ctx, ApprovalService_ListApprovals_FullMethodName, in, out, cOpts...)
+	err := c.cc.Invoke(ctx, ApprovalService_ListPending_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -75,20 +72,10 @@ func (c *approvalServiceClient) GetApproval(ctx context.Context, in *GetApproval
 	return out, nil
 }
 
-func (c *approvalServiceClient) Approve(ctx context.Context, in *DecideApprovalRequest, opts ...grpc.CallOption) (*Approval, error) {
+func (c *approvalServiceClient) Decide(ctx context.Context, in *DecideRequest, opts ...grpc.CallOption) (*Approval, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(Approval)
-	err := c.cc.Invoke(ctx, ApprovalService_Approve_FullMethodName, in, out, cOpts...)
-	if err != nil {
-		return nil, err
-	}
-	return out, nil
-}
-
-func (c *approvalServiceClient) Reject(ctx context.Context, in *DecideApprovalRequest, opts ...grpc.CallOption) (*Approval, error) {
-	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(Approval)
-	err := c.cc.Invoke(ctx, ApprovalService_Reject_FullMethodName, in, out, cOpts...)
+	err := c.cc.Invoke(ctx, ApprovalService_Decide_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -130,17 +117,15 @@ type ApprovalService_WatchApprovalsClient = grpc.ServerStreamingClient[Approval]
 //
 // ApprovalService lets humans decide actions that policy marks PENDING.
 type ApprovalServiceServer interface {
-	// ListApprovals lists approval requests, pending first.
-	ListApprovals(context.Context, *ListApprovalsRequest) (*ListApprovalsResponse, error)
+	// ListPending lists approval requests, by default only those still pending.
+	ListPending(context.Context, *ListPendingRequest) (*ListApprovalsResponse, error)
 	// GetApproval returns one request.
 	GetApproval(context.Context, *GetApprovalRequest) (*Approval, error)
-	// Approve allows the pending action.
-	Approve(context.Context, *DecideApprovalRequest) (*Approval, error)
-	// Reject denies the pending action.
-	Reject(context.Context, *DecideApprovalRequest) (*Approval, error)
+	// Decide approves or rejects a pending request, recording who and why.
+	Decide(context.Context, *DecideRequest) (*Approval, error)
 	// WaitApproval blocks until the request is decided or expires.
 	WaitApproval(context.Context, *GetApprovalRequest) (*Approval, error)
-	// WatchApprovals streams new and decided requests.
+	// WatchApprovals streams requests as they are created and decided.
 	WatchApprovals(*WatchApprovalsRequest, grpc.ServerStreamingServer[Approval]) error
 	mustEmbedUnimplementedApprovalServiceServer()
 }
@@ -152,17 +137,14 @@ type ApprovalServiceServer interface {
 // pointer dereference when methods are called.
 type UnimplementedApprovalServiceServer struct{}
 
-func (UnimplementedApprovalServiceServer) ListApprovals(context.Context, *ListApprovalsRequest) (*ListApprovalsResponse, error) {
-	return nil, status.Error(codes.Unimplemented, "method ListApprovals not implemented")
+func (UnimplementedApprovalServiceServer) ListPending(context.Context, *ListPendingRequest) (*ListApprovalsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListPending not implemented")
 }
 func (UnimplementedApprovalServiceServer) GetApproval(context.Context, *GetApprovalRequest) (*Approval, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetApproval not implemented")
 }
-func (UnimplementedApprovalServiceServer) Approve(context.Context, *DecideApprovalRequest) (*Approval, error) {
-	return nil, status.Error(codes.Unimplemented, "method Approve not implemented")
-}
-func (UnimplementedApprovalServiceServer) Reject(context.Context, *DecideApprovalRequest) (*Approval, error) {
-	return nil, status.Error(codes.Unimplemented, "method Reject not implemented")
+func (UnimplementedApprovalServiceServer) Decide(context.Context, *DecideRequest) (*Approval, error) {
+	return nil, status.Error(codes.Unimplemented, "method Decide not implemented")
 }
 func (UnimplementedApprovalServiceServer) WaitApproval(context.Context, *GetApprovalRequest) (*Approval, error) {
 	return nil, status.Error(codes.Unimplemented, "method WaitApproval not implemented")
@@ -191,20 +173,20 @@ func RegisterApprovalServiceServer(s grpc.ServiceRegistrar, srv ApprovalServiceS
 	s.RegisterService(&ApprovalService_ServiceDesc, srv)
 }
 
-func _ApprovalService_ListApprovals_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
-	in := new(ListApprovalsRequest)
+func _ApprovalService_ListPending_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListPendingRequest)
 	if err := dec(in); err != nil {
 		return nil, err
 	}
 	if interceptor == nil {
-		return srv.(ApprovalServiceServer).ListApprovals(ctx, in)
+		return srv.(ApprovalServiceServer).ListPending(ctx, in)
 	}
 	info := &grpc.UnaryServerInfo{
 		Server:     srv,
-		FullMethod: ApprovalService_ListApprovals_FullMethodName,
+		FullMethod: ApprovalService_ListPending_FullMethodName,
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
-		return srv.(ApprovalServiceServer).ListApprovals(ctx, req.(*ListApprovalsRequest))
+		return srv.(ApprovalServiceServer).ListPending(ctx, req.(*ListPendingRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -227,38 +209,20 @@ func _ApprovalService_GetApproval_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
-func _ApprovalService_Approve_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
-	in := new(DecideApprovalRequest)
+func _ApprovalService_Decide_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DecideRequest)
 	if err := dec(in); err != nil {
 		return nil, err
 	}
 	if interceptor == nil {
-		return srv.(ApprovalServiceServer).Approve(ctx, in)
+		return srv.(ApprovalServiceServer).Decide(ctx, in)
 	}
 	info := &grpc.UnaryServerInfo{
 		Server:     srv,
-		FullMethod: ApprovalService_Approve_FullMethodName,
+		FullMethod: ApprovalService_Decide_FullMethodName,
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
-		return srv.(ApprovalServiceServer).Approve(ctx, req.(*DecideApprovalRequest))
-	}
-	return interceptor(ctx, in, info, handler)
-}
-
-func _ApprovalService_Reject_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
-	in := new(DecideApprovalRequest)
-	if err := dec(in); err != nil {
-		return nil, err
-	}
-	if interceptor == nil {
-		return srv.(ApprovalServiceServer).Reject(ctx, in)
-	}
-	info := &grpc.UnaryServerInfo{
-		Server:     srv,
-		FullMethod: ApprovalService_Reject_FullMethodName,
-	}
-	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
-		return srv.(ApprovalServiceServer).Reject(ctx, req.(*DecideApprovalRequest))
+		return srv.(ApprovalServiceServer).Decide(ctx, req.(*DecideRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -300,20 +264,16 @@ var ApprovalService_ServiceDesc = grpc.ServiceDesc{
 	HandlerType: (*ApprovalServiceServer)(nil),
 	Methods: []grpc.MethodDesc{
 		{
-			MethodName: "ListApprovals",
-			Handler:    _ApprovalService_ListApprovals_Handler,
+			MethodName: "ListPending",
+			Handler:    _ApprovalService_ListPending_Handler,
 		},
 		{
 			MethodName: "GetApproval",
 			Handler:    _ApprovalService_GetApproval_Handler,
 		},
 		{
-			MethodName: "Approve",
-			Handler:    _ApprovalService_Approve_Handler,
-		},
-		{
-			MethodName: "Reject",
-			Handler:    _ApprovalService_Reject_Handler,
+			MethodName: "Decide",
+			Handler:    _ApprovalService_Decide_Handler,
 		},
 		{
 			MethodName: "WaitApproval",

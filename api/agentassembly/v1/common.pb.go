@@ -784,6 +784,12 @@ type CheckActionRequest struct {
 	SessionId       string `protobuf:"bytes,5,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
 	// action_type, when set, must agree with the context that is set.
 	ActionType ActionType `protobuf:"varint,6,opt,name=action_type,json=actionType,proto3,enum=agentassembly.v1.ActionType" json:"action_type,omitempty"`
+	// wait_for_approval asks the gateway to hold a PENDING answer until a
+	// human decides or the policy's approval timeout passes (then DENY with
+	// reason "approval timed out"); otherwise PENDING is returned at once.
+	WaitForApproval bool `protobuf:"varint,7,opt,name=wait_for_approval,json=waitForApproval,proto3" json:"wait_for_approval,omitempty"`
+	// approval_id presents an approval granted earlier for this same action.
+	ApprovalId string `protobuf:"bytes,8,opt,name=approval_id,json=approvalId,proto3" json:"approval_id,omitempty"`
 	// Types that are valid to be assigned to Context:
 	//
 	//	*CheckActionRequest_LlmCall
@@ -868,6 +874,20 @@ func (x *CheckActionRequest) GetActionType() ActionType {
 		return x.ActionType
 	}
 	return ActionType_ACTION_TYPE_UNSPECIFIED
+}
+
+func (x *CheckActionRequest) GetWaitForApproval() bool {
+	if x != nil {
+		return x.WaitForApproval
+	}
+	return false
+}
+
+func (x *CheckActionRequest) GetApprovalId() string {
+	if x != nil {
+		return x.ApprovalId
+	}
+	return ""
 }
 
 func (x *CheckActionRequest) GetContext() isCheckActionRequest_Context {
@@ -1159,7 +1179,7 @@ const file_agentassembly_v1_common_proto_rawDesc = "" +
 	"\x04path\x18\x02 \x01(\tR\x04path\x12\x14\n" +
 	"\x05start\x18\x03 \x01(\x05R\x05start\x12\x10\n" +
 	"\x03end\x18\x04 \x01(\x05R\x03end\x12 \n" +
-	"\vreplacement\x18\x05 \x01(\tR\vreplacement\"\xf7\x05\n" +
+	"\vreplacement\x18\x05 \x01(\tR\vreplacement\"\xc4\x06\n" +
 	"\x12CheckActionRequest\x12/\n" +
 	"\x05agent\x18\x01 \x01(\v2\x19.agentassembly.v1.AgentIdR\x05agent\x12)\n" +
 	"\x10credential_token\x18\x02 \x01(\tR\x0fcredentialToken\x12\x19\n" +
@@ -1168,7 +1188,10 @@ const file_agentassembly_v1_common_proto_rawDesc = "" +
 	"\n" +
 	"session_id\x18\x05 \x01(\tR\tsessionId\x12=\n" +
 	"\vaction_type\x18\x06 \x01(\x0e2\x1c.agentassembly.v1.ActionTypeR\n" +
-	"actionType\x12=\n" +
+	"actionType\x12*\n" +
+	"\x11wait_for_approval\x18\a \x01(\bR\x0fwaitForApproval\x12\x1f\n" +
+	"\vapproval_id\x18\b \x01(\tR\n" +
+	"approvalId\x12=\n" +
 	"\bllm_call\x18\n" +
 	" \x01(\v2 .agentassembly.v1.LlmCallContextH\x00R\allmCall\x12@\n" +
 	"\ttool_call\x18\v \x01(\v2!.agentassembly.v1.ToolCallContextH\x00R\btoolCall\x12A\n" +
