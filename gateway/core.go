@@ -174,6 +174,9 @@ func (c *Core) Decide(ctx context.Context, a *action.Action, start time.Time, op
 		res := snap.Evaluate(policy.Input{Action: a})
 		out.Decision, out.Shadow, out.Mode = res.Decision, res.ShadowDecision, res.Mode
 		out.RuleID, out.Reason, out.Version = res.RuleID, res.Reason, res.PolicyVersion
+		if res.ShadowDecision != action.DecisionUnspecified && res.ShadowDecision != res.Decision {
+			out.Reason += "; observe mode: would be " + res.ShadowDecision.String() + " by " + res.ShadowRuleID
+		}
 		registered := c.checkAgentStatus(ctx, a, &out)
 		v := c.views.Load()
 		if v == nil || v.snap != snap {

@@ -167,6 +167,7 @@ func TestToActionValidation(t *testing.T) {
 		{"no context", &v1.CheckActionRequest{Agent: ag}, "context"},
 		{"llm no model", &v1.CheckActionRequest{Agent: ag, Context: &v1.CheckActionRequest_LlmCall{LlmCall: &v1.LlmCallContext{Provider: "openai"}}}, "llm_call.model"},
 		{"llm negative", &v1.CheckActionRequest{Agent: ag, Context: &v1.CheckActionRequest_LlmCall{LlmCall: &v1.LlmCallContext{Model: "m", PromptTokens: -1}}}, "llm_call.prompt_tokens"},
+		{"llm absurd", &v1.CheckActionRequest{Agent: ag, Context: &v1.CheckActionRequest_LlmCall{LlmCall: &v1.LlmCallContext{Model: "m", CompletionTokens: 1 << 40}}}, "llm_call.completion_tokens"},
 		{"llm big prompt", &v1.CheckActionRequest{Agent: ag, Context: &v1.CheckActionRequest_LlmCall{LlmCall: &v1.LlmCallContext{Model: "m", Prompt: strings.Repeat("p", 100)}}}, "context"},
 		{"file no path", &v1.CheckActionRequest{Agent: ag, Context: &v1.CheckActionRequest_FileOp{FileOp: &v1.FileOperationContext{Operation: "read"}}}, "file_op.path"},
 		{"exec no cmd", &v1.CheckActionRequest{Agent: ag, Context: &v1.CheckActionRequest_ProcessExec{ProcessExec: &v1.ProcessExecContext{}}}, "process_exec.command"},
@@ -221,5 +222,54 @@ func BenchmarkCoreCheck(b *testing.B) {
 		if _, err := c.Check(ctx, req); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+const observeDoc = `apiVersion: agent-assembly/v1
+kind: Policy
+metadata: {name: new-egress-rules}
+spec:
+  scope: {level: team, org: acme, team: eng}
+  enforcement_mode: observe
+  default: allow
+  rules:
+    - id: no-git-status
+      match: {action: tool_call, name: git_status}
+      decision: deny
+      reason: trying out a stricter rule
+`
+
+// TestObserveModeAllowsAndRecordsShadow: a document in observe mode that
+// would deny lets the action through and the audit record carries the
+// shadow DENY and the observe document's rule.
+func TestObserveModeAllowsAndRecordsShadow(t *testing.T) {
+	docs, err := policy.LoadPath(filepath.Join("..", "examples", "policies"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	obs, err := policy.Parse("observe.yaml", []byte(observeDoc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	snap, err := policy.Compile(append(docs, obs), "v-observe")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := &recorder{}
+	c, err := NewCore(Options{Audit: rec})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetSnapshot(snap)
+	resp, err := c.Check(context.Background(), coderTool("git_status", ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.GetDecision() != v1.Decision_ALLOW || resp.GetShadowDecision() != v1.Decision_DENY {
+		t.Fatalf("observe: decision %s shadow %s, want ALLOW with shadow DENY", resp.GetDecision(), resp.GetShadowDecision())
+	}
+	r := rec.last(t)
+	if r.Decision != action.Allow || r.ShadowDecision != action.Deny || !strings.Contains(r.Reason, "would be deny by new-egress-rules/no-git-status") {
+		t.Fatalf("audit record: decision %s shadow %s", r.Decision, r.ShadowDecision)
 	}
 }

@@ -14,6 +14,10 @@ import (
 // one action (tool arguments, prompt, tool output, exec arguments).
 const DefaultMaxPayloadBytes = 1 << 20
 
+// MaxTokens bounds the token counts of one LLM call: no model has a context
+// this large, so a bigger number is a bug or an attack on the budget counters.
+const MaxTokens = 100_000_000
+
 // maxIDLen bounds identifiers (agent ids, trace ids, names) so a garbled
 // request cannot make the audit log or the metrics explode.
 const maxIDLen = 256
@@ -79,8 +83,15 @@ func toAction(req *v1.CheckActionRequest, lim Limits, now time.Time) (action.Act
 		a.LLM = action.LLMCall{Provider: c.LlmCall.GetProvider(), Model: c.LlmCall.GetModel(),
 			PromptTokens: c.LlmCall.GetPromptTokens(), CompletionTokens: c.LlmCall.GetCompletionTokens(),
 			Prompt: c.LlmCall.GetPrompt()}
-		if a.LLM.PromptTokens < 0 || a.LLM.CompletionTokens < 0 {
-			return a, badField("llm_call.prompt_tokens", "token counts must not be negative")
+		switch {
+		case a.LLM.PromptTokens < 0:
+			return a, badField("llm_call.prompt_tokens", "must not be negative (got %d)", a.LLM.PromptTokens)
+		case a.LLM.CompletionTokens < 0:
+			return a, badField("llm_call.completion_tokens", "must not be negative (got %d)", a.LLM.CompletionTokens)
+		case a.LLM.PromptTokens > MaxTokens:
+			return a, badField("llm_call.prompt_tokens", "%d is over the limit of %d tokens per call", a.LLM.PromptTokens, MaxTokens)
+		case a.LLM.CompletionTokens > MaxTokens:
+			return a, badField("llm_call.completion_tokens", "%d is over the limit of %d tokens per call", a.LLM.CompletionTokens, MaxTokens)
 		}
 		if err := checkID("llm_call.model", a.LLM.Model, true); err != nil {
 			return a, err

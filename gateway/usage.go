@@ -20,8 +20,13 @@ func (s *PolicyService) RecordUsage(ctx context.Context, req *v1.RecordUsageRequ
 	if req.GetDecisionId() == "" {
 		return nil, requestStatus(badField("decision_id", "is required: the decision_id of the allowed llm_call"))
 	}
-	if req.GetPromptTokens() < 0 || req.GetCompletionTokens() < 0 {
-		return nil, requestStatus(badField("prompt_tokens", "token counts must not be negative"))
+	for _, f := range []struct {
+		name string
+		n    int64
+	}{{"prompt_tokens", req.GetPromptTokens()}, {"completion_tokens", req.GetCompletionTokens()}} {
+		if f.n < 0 || f.n > MaxTokens {
+			return nil, requestStatus(badField(f.name, "must be between 0 and %d (got %d)", MaxTokens, f.n))
+		}
 	}
 	if c.meter == nil {
 		return nil, status.Error(codes.FailedPrecondition, "budgets are not enabled on this gateway (no counters backend)")
