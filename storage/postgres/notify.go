@@ -42,7 +42,11 @@ const maxNotifyPayload = 7999
 // messages to it are dropped (and logged).
 const subBuffer = 256
 
-// listener owns the LISTEN connection and fans notifications out.
+// listener owns the LISTEN connection and fans notifications out. It
+// dials the connection itself rather than taking one from the pool: the
+// connection lives as long as the store, outside the pool's size, lifetime
+// and idle rules, and it cancels a wait by a deadline, which leaves it
+// usable, where pooled connections send a cancel request.
 type listener struct {
 	s   *Store
 	cfg *pgx.ConnConfig
@@ -139,6 +143,13 @@ func (l *listener) connect(ctx context.Context) (*pgx.Conn, error) {
 		return nil, err
 	}
 	return c, nil
+}
+
+// closeConn closes c, waiting at most a second for the server to hear of it.
+func closeConn(c *pgx.Conn) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	_ = c.Close(ctx)
 }
 
 // receive dispatches notifications until the connection fails. An idle

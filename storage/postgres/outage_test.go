@@ -308,6 +308,32 @@ func TestTerminatedBackends(t *testing.T) {
 	}
 }
 
+// TestAcquire: an operation that gets no pooled connection before its
+// deadline fails with ErrUnavailable (and the deadline), the pool serves
+// again once a connection comes free, and a closed store says so.
+func TestAcquire(t *testing.T) {
+	t.Parallel()
+	s := openTest(t, "", Options{MaxConns: 1})
+	held, err := s.pool.Acquire(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
+	defer cancel()
+	err = s.Ping(ctx)
+	if !errors.Is(err, storage.ErrUnavailable) || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Ping with the only connection busy = %v, want ErrUnavailable and DeadlineExceeded", err)
+	}
+	held.Release()
+	if err := s.Ping(t.Context()); err != nil {
+		t.Fatalf("Ping after the connection came free: %v", err)
+	}
+	s.Close()
+	if err := s.Ping(t.Context()); !errors.Is(err, storage.ErrClosed) {
+		t.Fatalf("Ping after Close = %v, want ErrClosed", err)
+	}
+}
+
 func TestOpenUnreachable(t *testing.T) {
 	_, err := Open(t.Context(), "postgres://postgres@127.0.0.1:1/x?connect_timeout=2", Options{})
 	if !errors.Is(err, storage.ErrUnavailable) {

@@ -17,7 +17,9 @@ import (
 	"hash/fnv"
 	"io"
 	"log/slog"
+	"math"
 	"net"
+	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -26,6 +28,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/agent-assembly/agent-assembly/storage"
 )
@@ -59,7 +62,8 @@ type Options struct {
 	// uses one more. Default 16.
 	MaxConns int
 	// ConnectTimeout bounds each connection attempt when the URL has no
-	// connect_timeout. Default 5 s.
+	// connect_timeout, and the ping that checks an idle connection before
+	// it is reused when the URL has no pool_ping_timeout. Default 5 s.
 	ConnectTimeout time.Duration
 	// SweepInterval is how often expired counters, nonces and revocations are
 	// deleted. Default 1 minute; negative disables sweeping.
@@ -99,8 +103,8 @@ func (o *Options) Validate() error {
 	default:
 		return fmt.Errorf("postgres durability %q: want %q or %q: %w", o.Durability, storage.DurabilitySync, storage.DurabilityOS, storage.ErrInvalid)
 	}
-	if o.MaxConns < 0 {
-		return fmt.Errorf("postgres max connections %d: must not be negative: %w", o.MaxConns, storage.ErrInvalid)
+	if o.MaxConns < 0 || o.MaxConns > math.MaxInt32 {
+		return fmt.Errorf("postgres max connections %d: must be between 0 and %d: %w", o.MaxConns, math.MaxInt32, storage.ErrInvalid)
 	}
 	if o.ConnectTimeout < 0 {
 		return fmt.Errorf("postgres connect timeout %v: must not be negative: %w", o.ConnectTimeout, storage.ErrInvalid)
@@ -117,7 +121,7 @@ type Store struct {
 	channel string // the LISTEN/NOTIFY channel of this schema
 	// instance tells this Store's barrier notifications from other Stores'.
 	instance string
-	pool     *pool
+	pool     *pgxpool.Pool
 	lis      *listener
 
 	headsMu sync.Mutex
@@ -131,57 +135,63 @@ type Store struct {
 
 var _ storage.Store = (*Store)(nil)
 
-// Open connects to the database at url (postgres://user@host:port/db?...),
+// Pool tuning that the URL's pgxpool parameters (pool_max_conn_idle_time,
+// pool_health_check_period) override. pgxpool pings a connection that was
+// idle for more than a second before handing it out, so connections broken
+// by an outage are replaced rather than failing statements.
+const (
+	// maxConnIdleTime closes the connections of a burst once it is over.
+	maxConnIdleTime = 10 * time.Minute
+	// healthCheckPeriod is how often idle connections are checked for
+	// their idle time and lifetime.
+	healthCheckPeriod = 30 * time.Second
+)
+
+// Open connects to the database at connURL (postgres://user@host:port/db?...),
 // applies pending schema migrations and starts the notification listener.
 // Migrations run in one transaction under an advisory lock, so replicas may
 // start together.
 //
 // Besides pgx's parameters (sslmode, connect_timeout, application_name,
+// ...) and pgxpool's (pool_max_conn_lifetime, pool_max_conn_idle_time,
 // ...) the URL may set schema=NAME, durability=sync|os and
 // pool_max_conns=N, which override opts. The database must be reachable:
 // otherwise Open returns an error matching storage.ErrUnavailable.
-func Open(ctx context.Context, url string, opts Options) (*Store, error) {
+func Open(ctx context.Context, connURL string, opts Options) (*Store, error) {
 	if err := opts.Validate(); err != nil {
 		return nil, err
 	}
 	opts.setDefaults()
-	cfg, err := pgx.ParseConfig(url)
+	cfg, err := poolConfig(connURL, &opts)
+	if err != nil {
+		return nil, err
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("open postgres: %w: %w", storage.ErrInvalid, err)
 	}
-	if err := urlOptions(cfg, &opts); err != nil {
-		return nil, err
-	}
-	if opts.Schema != "" {
-		cfg.RuntimeParams["search_path"] = pgx.Identifier{opts.Schema}.Sanitize()
-	}
-	if cfg.ConnectTimeout == 0 {
-		cfg.ConnectTimeout = opts.ConnectTimeout
-	}
-	if _, ok := cfg.RuntimeParams["application_name"]; !ok {
-		cfg.RuntimeParams["application_name"] = "agent-assembly"
-	}
+	cc := cfg.ConnConfig
 	s := &Store{
 		opts:    opts,
-		addr:    net.JoinHostPort(cfg.Host, strconv.Itoa(int(cfg.Port))),
+		addr:    net.JoinHostPort(cc.Host, strconv.Itoa(int(cc.Port))),
 		schema:  opts.Schema,
 		channel: channelName(opts.Schema),
-		pool:    newPool(cfg, opts.MaxConns),
+		pool:    pool,
 		heads:   make(map[string]*chainHead),
 	}
 	var id [8]byte
 	_, _ = rand.Read(id[:])
 	s.instance = hex.EncodeToString(id[:])
-	if strings.HasPrefix(cfg.Host, "/") {
-		s.addr = cfg.Host
+	if strings.HasPrefix(cc.Host, "/") {
+		s.addr = cc.Host
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	if err := s.migrate(ctx); err != nil {
 		s.cancel()
-		s.pool.close()
+		s.pool.Close()
 		return nil, err
 	}
-	s.lis = newListener(s, cfg)
+	s.lis = newListener(s, cc)
 	s.wg.Go(func() { s.lis.run(s.ctx) })
 	if opts.SweepInterval > 0 {
 		s.wg.Go(s.sweepLoop)
@@ -189,13 +199,62 @@ func Open(ctx context.Context, url string, opts Options) (*Store, error) {
 	return s, nil
 }
 
-// urlOptions moves this driver's URL parameters out of the connection's
-// runtime parameters (where pgx put them) into opts.
-func urlOptions(cfg *pgx.ConnConfig, opts *Options) error {
+// poolConfig parses connString, less this driver's URL parameters (which
+// it moves into opts), into the pool's configuration.
+func poolConfig(connString string, opts *Options) (*pgxpool.Config, error) {
+	connString, query, err := urlOptions(connString, opts)
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := pgxpool.ParseConfig(connString)
+	if err != nil {
+		return nil, fmt.Errorf("open postgres: %w: %w", storage.ErrInvalid, err)
+	}
+	cc := cfg.ConnConfig
+	if opts.Schema != "" {
+		// Every connection, the listener's too, starts with the schema
+		// as its search path: no statement per acquire.
+		cc.RuntimeParams["search_path"] = pgx.Identifier{opts.Schema}.Sanitize()
+	}
+	if cc.ConnectTimeout == 0 {
+		cc.ConnectTimeout = opts.ConnectTimeout
+	}
+	if _, ok := cc.RuntimeParams["application_name"]; !ok {
+		cc.RuntimeParams["application_name"] = "agent-assembly"
+	}
+	cfg.MaxConns = int32(opts.MaxConns)
+	if !query.Has("pool_max_conn_idle_time") {
+		cfg.MaxConnIdleTime = maxConnIdleTime
+	}
+	if !query.Has("pool_health_check_period") {
+		cfg.HealthCheckPeriod = healthCheckPeriod
+	}
+	if !query.Has("pool_ping_timeout") {
+		cfg.PingTimeout = opts.ConnectTimeout
+	}
+	return cfg, nil
+}
+
+// urlOptions takes this driver's parameters out of a postgres:// URL into
+// opts, before pgx parses the URL (pgx would send them to the server as
+// settings). It returns the URL without them and the query that remains.
+// A keyword/value connection string is returned as it is.
+func urlOptions(connString string, opts *Options) (string, url.Values, error) {
+	if !strings.HasPrefix(connString, "postgres://") && !strings.HasPrefix(connString, "postgresql://") {
+		return connString, url.Values{}, nil
+	}
+	base, rawQuery, _ := strings.Cut(connString, "?")
+	query, err := url.ParseQuery(rawQuery)
+	if err != nil {
+		return "", nil, fmt.Errorf("open postgres: URL query: %w: %w", storage.ErrInvalid, err)
+	}
 	take := func(name string) (string, bool) {
-		v, ok := cfg.RuntimeParams[name]
-		delete(cfg.RuntimeParams, name)
-		return v, ok
+		v, ok := query[name]
+		delete(query, name)
+		if !ok || len(v) == 0 {
+			return "", false
+		}
+		return v[0], true // the first, as pgx reads repeated parameters
 	}
 	if v, ok := take("schema"); ok {
 		opts.Schema = v
@@ -204,13 +263,19 @@ func urlOptions(cfg *pgx.ConnConfig, opts *Options) error {
 		opts.Durability = storage.Durability(v)
 	}
 	if v, ok := take("pool_max_conns"); ok {
-		n, err := strconv.Atoi(v)
+		n, err := strconv.ParseInt(v, 10, 32)
 		if err != nil || n < 1 {
-			return fmt.Errorf("postgres URL parameter pool_max_conns=%q: want a positive integer: %w", v, storage.ErrInvalid)
+			return "", nil, fmt.Errorf("postgres URL parameter pool_max_conns=%q: want a positive integer: %w", v, storage.ErrInvalid)
 		}
-		opts.MaxConns = n
+		opts.MaxConns = int(n)
 	}
-	return opts.Validate()
+	if err := opts.Validate(); err != nil {
+		return "", nil, err
+	}
+	if len(query) > 0 {
+		base += "?" + query.Encode()
+	}
+	return base, query, nil
 }
 
 // channelName derives the NOTIFY channel from the schema, so stores on
@@ -234,13 +299,14 @@ func (s *Store) Ping(ctx context.Context) error {
 	return s.do(ctx, "ping", func(c *pgx.Conn) error { return c.Ping(ctx) })
 }
 
-// Close stops the listener and closes every connection. Subscriptions and
-// tails end; later calls return storage.ErrClosed.
+// Close stops the listener and closes every connection, after waiting for
+// the operations in progress to finish, as database/sql does. Subscriptions
+// and tails end; later calls return storage.ErrClosed.
 func (s *Store) Close() error {
 	s.once.Do(func() {
 		s.cancel()
 		s.wg.Wait()
-		s.pool.close()
+		s.pool.Close()
 	})
 	return nil
 }
@@ -255,13 +321,14 @@ func (s *Store) do(ctx context.Context, op string, fn func(c *pgx.Conn) error) e
 		if s.ctx.Err() != nil {
 			return fmt.Errorf("%s: postgres: %w", op, storage.ErrClosed)
 		}
-		c, err := s.pool.acquire(ctx)
+		pc, err := s.pool.Acquire(ctx)
 		if err != nil {
-			return s.fail(ctx, op, err, false)
+			return s.acquireFailed(ctx, op, err)
 		}
+		c := pc.Conn()
 		err = fn(c)
 		broken := err != nil && c.IsClosed()
-		s.pool.release(c)
+		pc.Release() // a connection closed or left in a transaction is destroyed
 		if err == nil {
 			return nil
 		}
@@ -317,6 +384,20 @@ func rootCause(err error) string {
 		return "connection closed by the server"
 	}
 	return err.Error()
+}
+
+// acquireFailed maps an error of acquiring a pooled connection. The pool is
+// closed only by Close. A deadline that passes while the pool dials or
+// waits for a connection to come free means the database did not serve in
+// time: the error matches both storage.ErrUnavailable and the deadline.
+func (s *Store) acquireFailed(ctx context.Context, op string, err error) error {
+	switch {
+	case s.ctx.Err() != nil:
+		return fmt.Errorf("%s: postgres: %w", op, storage.ErrClosed)
+	case errors.Is(err, context.DeadlineExceeded):
+		return &UnavailableError{Op: op, Addr: s.addr, Err: fmt.Errorf("acquire a connection: %w", err)}
+	}
+	return s.fail(ctx, op, err, false)
 }
 
 // fail maps a pgx error to the storage error vocabulary.
