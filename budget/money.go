@@ -49,11 +49,3 @@ func (m MicroUSD) String() string {
 	b = append(b, frac...)
 	return string(b)
 }
-
-// satAdd adds two non-negative amounts, saturating at MaxMicroUSD.
-func satAdd(a, b MicroUSD) MicroUSD {
-	if a > MaxMicroUSD-b {
-		return MaxMicroUSD
-	}
-	return a + b
-}

@@ -158,6 +158,9 @@ func verifyNames(t *testing.T, addr string, seq int) {
 		t.Fatalf("verify table does not name record %d:\n%s", seq, out)
 	}
 	code, out, _ = run(t, "--addr", addr, "-o", "json", "audit", "verify")
+	if code != exitDeny {
+		t.Fatalf("verify -o json after tampering: exit %d, want %d", code, exitDeny)
+	}
 	var resp struct {
 		Ok     bool
 		Chains []struct {

@@ -33,7 +33,6 @@ type actionFlags struct {
 	tokOut   int64
 	fileOp   string
 	exec     string
-	execArgs []string
 	spawn    string
 	json     string
 	wait     bool

@@ -143,8 +143,6 @@ type table[K comparable, V any] struct {
 	mu  sync.RWMutex
 	m   map[K]entry[V]
 	gen uint64
-
-	hits, misses uint64
 }
 
 type entry[V any] struct {
@@ -210,12 +208,6 @@ func (t *table[K, V]) invalidateAll() {
 	clear(t.m)
 	t.gen++
 	t.mu.Unlock()
-}
-
-func (t *table[K, V]) len() int {
-	t.mu.RLock()
-	defer t.mu.RUnlock()
-	return len(t.m)
 }
 
 // ---------------------------------------------------------------- agents
