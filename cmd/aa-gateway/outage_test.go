@@ -4,77 +4,18 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 
 	v1 "github.com/agent-assembly/agent-assembly/api/agentassembly/v1"
+	"github.com/agent-assembly/agent-assembly/internal/faultproxy"
 )
-
-// tcpProxy forwards a loopback port to a backend and can cut every
-// connection, standing in for a database that goes away and comes back.
-type tcpProxy struct {
-	addr    string
-	backend string
-	mu      sync.Mutex
-	l       net.Listener
-	conns   []net.Conn
-}
-
-func newProxy(t *testing.T, backend string) *tcpProxy {
-	p := &tcpProxy{backend: backend, addr: freeAddr(t)}
-	p.up(t)
-	t.Cleanup(p.down)
-	return p
-}
-
-func (p *tcpProxy) up(t *testing.T) {
-	l, err := net.Listen("tcp", p.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.mu.Lock()
-	p.l = l
-	p.mu.Unlock()
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			b, err := net.Dial("tcp", p.backend)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			p.mu.Lock()
-			p.conns = append(p.conns, c, b)
-			p.mu.Unlock()
-			go func() { io.Copy(b, c); b.Close() }()
-			go func() { io.Copy(c, b); c.Close() }()
-		}
-	}()
-}
-
-func (p *tcpProxy) down() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.l != nil {
-		p.l.Close()
-		p.l = nil
-	}
-	for _, c := range p.conns {
-		c.Close()
-	}
-	p.conns = nil
-}
 
 // TestPostgresOutageFailsClosed cuts the gateway off from PostgreSQL
 // mid-run: checks are denied with a reason that says why, nothing panics,
@@ -100,8 +41,8 @@ func TestPostgresOutageFailsClosed(t *testing.T) {
 	}
 	t.Cleanup(func() { conn.Exec(context.Background(), "DROP SCHEMA "+schema+" CASCADE") })
 
-	proxy := newProxy(t, u.Host)
-	u.Host = proxy.addr
+	proxy := faultproxy.New(t, u.Host)
+	u.Host = proxy.Addr()
 	q := u.Query()
 	q.Set("schema", schema)
 	u.RawQuery = q.Encode()
@@ -122,7 +63,7 @@ func TestPostgresOutageFailsClosed(t *testing.T) {
 		t.Fatalf("before the outage: %v", r)
 	}
 
-	proxy.down()
+	proxy.Stop()
 	for i := 0; i < 3; i++ {
 		r := check()
 		if r.GetDecision() != v1.Decision_DENY || r.GetPolicyRuleId() != "audit" || !strings.Contains(r.GetReason(), "audit log unavailable, failing closed") {
@@ -134,7 +75,7 @@ func TestPostgresOutageFailsClosed(t *testing.T) {
 		t.Fatalf("readyz during the outage: %s", body)
 	}
 
-	proxy.up(t)
+	proxy.Start()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		r := check()
@@ -179,8 +120,8 @@ func TestRedisOutageFailsClosed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	proxy := newProxy(t, u.Host)
-	u.Host = proxy.addr
+	proxy := faultproxy.New(t, u.Host)
+	u.Host = proxy.Addr()
 	q := u.Query()
 	q.Set("prefix", fmt.Sprintf("outage%d:", time.Now().UnixNano()))
 	u.RawQuery = q.Encode()
@@ -203,7 +144,7 @@ func TestRedisOutageFailsClosed(t *testing.T) {
 	if r := check(limited); r.GetDecision() != v1.Decision_ALLOW {
 		t.Fatalf("before the outage: %v", r)
 	}
-	proxy.down()
+	proxy.Stop()
 	r := check(limited)
 	if r.GetDecision() != v1.Decision_DENY || r.GetPolicyRuleId() != "rate limit" || !strings.Contains(r.GetReason(), "rate limit backend unavailable, failing closed") || !strings.Contains(r.GetReason(), "redis") {
 		t.Fatalf("during the outage: want a fail-closed deny naming redis, got %v", r)
@@ -212,7 +153,7 @@ func TestRedisOutageFailsClosed(t *testing.T) {
 	if r := check(unlimited); r.GetDecision() != v1.Decision_ALLOW {
 		t.Fatalf("a call without a rate limit must not need redis: %v", r)
 	}
-	proxy.up(t)
+	proxy.Start()
 	deadline := time.Now().Add(30 * time.Second)
 	for check(limited).GetDecision() != v1.Decision_ALLOW {
 		if time.Now().After(deadline) {

@@ -3,8 +3,6 @@ package postgres
 import (
 	"context"
 	"errors"
-	"io"
-	"net"
 	"net/url"
 	"strings"
 	"sync"
@@ -14,102 +12,9 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/agent-assembly/agent-assembly/action"
+	"github.com/agent-assembly/agent-assembly/internal/faultproxy"
 	"github.com/agent-assembly/agent-assembly/storage"
 )
-
-// tcpProxy forwards a loopback port to the database. Stopping it refuses
-// new connections and cuts the open ones, which is what a client sees when
-// the server goes down; starting it again on the same port is the server
-// coming back. Unlike stopping the shared test server, it disturbs no other
-// test.
-type tcpProxy struct {
-	t      testing.TB
-	target string
-	addr   string
-
-	mu    sync.Mutex
-	ln    net.Listener
-	conns map[net.Conn]struct{}
-}
-
-func newProxy(t testing.TB, target string) *tcpProxy {
-	t.Helper()
-	p := &tcpProxy{t: t, target: target, conns: make(map[net.Conn]struct{})}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.addr = ln.Addr().String()
-	p.serve(ln)
-	t.Cleanup(p.stop)
-	return p
-}
-
-func (p *tcpProxy) serve(ln net.Listener) {
-	p.mu.Lock()
-	p.ln = ln
-	p.mu.Unlock()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			up, err := net.Dial("tcp", p.target)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			p.mu.Lock()
-			if p.ln != ln { // stopped meanwhile
-				p.mu.Unlock()
-				c.Close()
-				up.Close()
-				return
-			}
-			p.conns[c], p.conns[up] = struct{}{}, struct{}{}
-			p.mu.Unlock()
-			pipe := func(dst, src net.Conn) {
-				_, _ = io.Copy(dst, src)
-				dst.Close()
-				src.Close()
-			}
-			go pipe(c, up)
-			go pipe(up, c)
-		}
-	}()
-}
-
-// stop closes the listener and every forwarded connection.
-func (p *tcpProxy) stop() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.ln != nil {
-		p.ln.Close()
-		p.ln = nil
-	}
-	for c := range p.conns {
-		c.Close()
-		delete(p.conns, c)
-	}
-}
-
-// start listens on the same port again.
-func (p *tcpProxy) start() {
-	p.t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		ln, err := net.Listen("tcp", p.addr)
-		if err == nil {
-			p.serve(ln)
-			return
-		}
-		if time.Now().After(deadline) {
-			p.t.Fatalf("proxy: listen again on %s: %v", p.addr, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
 
 // eventually retries f until it succeeds or d passes; every failure must
 // be storage.ErrUnavailable.
@@ -152,8 +57,8 @@ func TestOutage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	proxy := newProxy(t, u.Host)
-	u.Host = proxy.addr
+	proxy := faultproxy.New(t, u.Host)
+	u.Host = proxy.Addr()
 	schema := newSchema(t)
 	ctx := t.Context()
 	s, err := Open(ctx, u.String(), Options{Schema: schema, Sealer: testKey, ConnectTimeout: 2 * time.Second})
@@ -177,7 +82,7 @@ func TestOutage(t *testing.T) {
 		t.Fatalf("tailed seq %d, want 1", r.Seq)
 	}
 
-	proxy.stop()
+	proxy.Stop()
 	ops := map[string]func() error{
 		"Ping":        func() error { return s.Ping(ctx) },
 		"AppendAudit": func() error { return s.AppendAudit(ctx, []*storage.AuditRecord{auditRec("gw-1", 2)}) },
@@ -205,15 +110,15 @@ func TestOutage(t *testing.T) {
 		if !errors.Is(err, storage.ErrUnavailable) {
 			t.Fatalf("%s with the database down: %v, want an error matching ErrUnavailable", name, err)
 		}
-		if !strings.Contains(err.Error(), "postgres "+proxy.addr) {
-			t.Errorf("%s error %q does not name the server %s", name, err, proxy.addr)
+		if !strings.Contains(err.Error(), "postgres "+proxy.Addr()) {
+			t.Errorf("%s error %q does not name the server %s", name, err, proxy.Addr())
 		}
 	}
 	if err := s.Ping(ctx); !strings.Contains(err.Error(), "connection refused") {
 		t.Errorf("Ping error %q should say the connection was refused", err)
 	}
 
-	proxy.start()
+	proxy.Start()
 	eventually(t, "Ping", 10*time.Second, func() error { return s.Ping(ctx) })
 	next := []*storage.AuditRecord{auditRec("gw-1", 3)}
 	eventually(t, "AppendAudit", 10*time.Second, func() error { return s.AppendAudit(ctx, next) })
