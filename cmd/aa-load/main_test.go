@@ -4,34 +4,14 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"net"
-	"path/filepath"
 	"testing"
 	"time"
 
-	"github.com/agent-assembly/agent-assembly/gateway/server"
+	"github.com/agent-assembly/agent-assembly/gateway/server/servertest"
 )
 
 func startGateway(t *testing.T) string {
-	t.Helper()
-	cfg := server.DefaultConfig()
-	cfg.PolicyPath = "../../examples/policies"
-	cfg.Store = "memory:"
-	cfg.SecretsKeyFile = filepath.Join(t.TempDir(), "k")
-	cfg.APIAddr = ""
-	ctx, cancel := context.WithCancel(context.Background())
-	srv, err := server.New(ctx, cfg, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx, l, nil) }()
-	t.Cleanup(func() { cancel(); <-done })
-	return l.Addr().String()
+	return servertest.Start(t, "../../examples/policies", nil)
 }
 
 func TestLoadClosedAndOpenLoop(t *testing.T) {

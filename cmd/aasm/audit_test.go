@@ -5,7 +5,6 @@ import (
 	"database/sql"
 	"encoding/json"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -17,38 +16,15 @@ import (
 	_ "modernc.org/sqlite"
 
 	"github.com/agent-assembly/agent-assembly/gateway/server"
+	"github.com/agent-assembly/agent-assembly/gateway/server/servertest"
 )
 
 // startGatewayOn runs a real gateway on the given store URL and returns its address.
 func startGatewayOn(t *testing.T, store string) string {
-	t.Helper()
-	cfg := server.DefaultConfig()
-	cfg.PolicyPath = "../../examples/policies"
-	cfg.Store = store
-	cfg.SecretsKeyFile = filepath.Join(t.TempDir(), "secrets.key")
-	cfg.APIAddr = ""
-	cfg.ReplicaID = "gw-test"
-	ctx, cancel := context.WithCancel(context.Background())
-	srv, err := server.New(ctx, cfg, nil)
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx, l, nil) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			t.Error("gateway did not stop")
-		}
+	return servertest.Start(t, "../../examples/policies", func(c *server.Config) {
+		c.Store = store
+		c.ReplicaID = "gw-test"
 	})
-	return l.Addr().String()
 }
 
 // makeDecisions runs n checks through aasm.

@@ -4,48 +4,17 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
-	"github.com/agent-assembly/agent-assembly/gateway/server"
+	"github.com/agent-assembly/agent-assembly/gateway/server/servertest"
 )
 
 // startGateway runs a real gateway (memory store, example policies) on loopback.
 func startGateway(t *testing.T) string {
-	t.Helper()
-	cfg := server.DefaultConfig()
-	cfg.PolicyPath = "../../examples/policies"
-	cfg.Store = "memory:"
-	cfg.SecretsKeyFile = filepath.Join(t.TempDir(), "secrets.key")
-	cfg.APIAddr = ""
-	ctx, cancel := context.WithCancel(context.Background())
-	srv, err := server.New(ctx, cfg, nil)
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx, l, nil) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("gateway stopped with: %v", err)
-			}
-		case <-time.After(10 * time.Second):
-			t.Error("gateway did not stop")
-		}
-	})
-	return l.Addr().String()
+	return servertest.Start(t, "../../examples/policies", nil)
 }
 
 func run(t *testing.T, args ...string) (int, string, string) {
