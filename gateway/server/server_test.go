@@ -549,3 +549,47 @@ func TestGracefulShutdownFlushesAudit(t *testing.T) {
 		t.Fatalf("chain does not verify after restart: %+v %v", rep, err)
 	}
 }
+
+// TestUnixSocketListener serves gRPC on a Unix socket, as a per-host
+// deployment next to the runtime would.
+func TestUnixSocketListener(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "gw.sock")
+	l, err := Listen("unix:" + sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := DefaultConfig()
+	cfg.PolicyPath = examplesDir(t)
+	cfg.Store = "memory:"
+	cfg.SecretsKeyFile = filepath.Join(t.TempDir(), "k")
+	ctx, cancel := context.WithCancel(context.Background())
+	srv, err := New(ctx, cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, l, nil) }()
+	defer func() { cancel(); <-done }()
+	conn, err := grpc.NewClient("unix:"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	resp, err := v1.NewPolicyServiceClient(conn).CheckAction(context.Background(), toolReq(coder, "git_status", ""))
+	if err != nil || resp.GetDecision() != v1.Decision_ALLOW {
+		t.Fatalf("check over a unix socket: %v %v", resp, err)
+	}
+	if st, err := os.Stat(sock); err != nil || st.Mode().Perm() != 0o660 {
+		t.Fatalf("socket mode: %v %v", st.Mode(), err)
+	}
+	// A stale socket file left by a crashed run is replaced.
+	stale := filepath.Join(t.TempDir(), "stale.sock")
+	if err := os.WriteFile(stale, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	l2, err := Listen("unix:" + stale)
+	if err != nil {
+		t.Fatalf("listen over a stale socket file: %v", err)
+	}
+	l2.Close()
+}
