@@ -9,7 +9,8 @@
 // Parse validates one YAML document (one per file; unknown keys, wrong types,
 // bad globs, CIDRs, regular expressions, CEL, time zones and enum values are
 // errors) and returns Errors, each "file:line:column: field.path: message".
-// LoadPath loads a file or the .yaml/.yml files of a directory. Compile indexes
+// Problems that do not reject a document are Document.Warnings (and
+// Snapshot.Warnings), in the same format. LoadPath loads a file or the .yaml/.yml files of a directory. Compile indexes
 // documents into a Snapshot for one version; Fingerprint derives a version from
 // the documents' canonical content.
 //
@@ -59,6 +60,26 @@
 // fail-closed and counted (Snapshot.CELErrors): a deny, pending or redact
 // rule matches, an allow rule does not, and requires_approval_if requires
 // approval.
+//
+// # Clause grammar
+//
+// requires_approval_if may also use the clause grammar of the original
+// system: clauses "operand op value" joined by AND and OR (AND binds
+// tighter; parentheses group; keywords are case-insensitive), with the
+// operators ==, !=, >, >=, <, <=, contains, starts_with, in and not_in, and
+// the operands tool, path, url, method, command, args.<path> (with [n]
+// indexes), agent.id, agent.org, agent.team, agent.labels.<key>, team.id
+// and team.org. A missing operand, or a value of another type, makes a
+// clause false. A condition that compiles as CEL is CEL; otherwise it is a
+// clause expression if it parses as one. Clause expressions are translated
+// to CEL (with guards for missing operands) and evaluated like CEL.
+//
+// A requires_approval_if that is neither (not even CEL syntax, or reading as
+// clauses through AND, OR, a word operator or a clause-only operand) does
+// not reject the document: the entry always requires approval (fail-safe),
+// Document.Warnings reports "unparseable condition, approval will always be
+// required: ..." and Explain says why. CEL that parses but does not
+// type-check, and any bad `when`, still reject the document.
 //
 // # Performance
 //

@@ -24,14 +24,23 @@ type Document struct {
 	Metadata Metadata
 	Spec     Spec
 
-	root    *yaml.Node // for Fingerprint
-	nameAt  position   // metadata.name, for Compile errors
-	plan    *docPlan   // compiled form, built by Parse
-	explain string     // "team acme/eng", for traces
+	root     *yaml.Node // for Fingerprint
+	nameAt   position   // metadata.name, for Compile errors
+	plan     *docPlan   // compiled form, built by Parse
+	explain  string     // "team acme/eng", for traces
+	warnings Errors
 }
 
 // Name returns metadata.name, the document's unique name within a snapshot.
 func (d *Document) Name() string { return d.Metadata.Name }
+
+// Warnings returns the problems Parse found that do not reject the
+// document, sorted by position, in the format of validation errors. Today
+// these are requires_approval_if conditions that parse neither as clause
+// expressions nor as CEL: such an entry always requires approval, and the
+// warning's message starts with "unparseable condition, approval will
+// always be required: ". The slice must not be modified.
+func (d *Document) Warnings() []*ValidationError { return d.warnings }
 
 type position struct{ line, col int }
 
@@ -155,8 +164,9 @@ type ToolEntry struct {
 	Allow   bool
 	// LimitPerHour is the per-agent call limit for the tool; 0 means none.
 	LimitPerHour int
-	// RequiresApprovalIf is a CEL condition; when it holds, an allowed call
-	// becomes pending.
+	// RequiresApprovalIf is a condition, a clause expression or CEL; when
+	// it holds, an allowed call becomes pending. When it parses as neither,
+	// every call requires approval (see Document.Warnings).
 	RequiresApprovalIf string
 }
 

@@ -162,18 +162,7 @@ func (s *Snapshot) evaluate(in *Input, tr *tracer, fullScan bool) Result {
 		}
 		return res
 	}
-	ctx := evalCtx{snap: s, labels: in.Labels, a: a, kind: a.Kind, name: a.Name(), resource: a.Resource(), now: a.Time, tr: tr, fullScan: fullScan}
-	switch a.Kind {
-	case action.KindNetworkCall:
-		ctx.name = normalizeActionHost(ctx.name)
-	case action.KindFileOperation:
-		if ctx.resource != "" {
-			ctx.resource = path.Clean(ctx.resource)
-		}
-	}
-	if ctx.now.IsZero() {
-		ctx.now = time.Now()
-	}
+	ctx := newEvalCtx(s, in, tr, fullScan)
 
 	var cs cascade
 	for _, d := range s.global {
@@ -238,6 +227,25 @@ func (s *Snapshot) evaluate(in *Input, tr *tracer, fullScan bool) Result {
 		}
 	}
 	return res
+}
+
+// newEvalCtx prepares the evaluation of in.Action, which must be valid:
+// the host of a network call is normalised, a file path cleaned.
+func newEvalCtx(s *Snapshot, in *Input, tr *tracer, fullScan bool) evalCtx {
+	a := in.Action
+	ctx := evalCtx{snap: s, labels: in.Labels, a: a, kind: a.Kind, name: a.Name(), resource: a.Resource(), now: a.Time, tr: tr, fullScan: fullScan}
+	switch a.Kind {
+	case action.KindNetworkCall:
+		ctx.name = normalizeActionHost(ctx.name)
+	case action.KindFileOperation:
+		if ctx.resource != "" {
+			ctx.resource = path.Clean(ctx.resource)
+		}
+	}
+	if ctx.now.IsZero() {
+		ctx.now = time.Now()
+	}
+	return ctx
 }
 
 func orNone(s string) string {
@@ -509,7 +517,7 @@ func (d *docPlan) evalRule(ctx *evalCtx, r *compiledRule, byName bool) (outcome,
 		return outcome{}, false
 	}
 	if r.when != nil {
-		ok, err := r.when.eval(ctx.celVars())
+		ok, err := r.when.eval(ctx.condVars(r.when))
 		if err != nil {
 			ctx.snap.celErrors.Add(1)
 			// Fail closed: a restrictive rule applies, a permissive one does not.
@@ -550,8 +558,14 @@ func (d *docPlan) evalTools(ctx *evalCtx) (outcome, bool) {
 		}
 		return e.denied, true
 	}
+	if e.unparseable != "" {
+		if tr != nil {
+			tr.add(d.name, e.pending.ruleID, true, action.Pending, "tool %q matches tools[%s]; requires_approval_if %q cannot be parsed (%s): fail-safe, approval required", ctx.name, e.pattern, e.condSrc, e.unparseable)
+		}
+		return e.pending, true
+	}
 	if e.cond != nil {
-		need, err := e.cond.eval(ctx.celVars())
+		need, err := e.cond.eval(ctx.condVars(e.cond))
 		if err != nil {
 			ctx.snap.celErrors.Add(1)
 			need = true // fail closed: ask a human
@@ -647,6 +661,19 @@ func (c *evalCtx) celVars() map[string]any {
 	case action.KindAgentSpawn:
 		act["spawn"] = map[string]any{"org": a.Spawn.Child.Org, "team": a.Spawn.Child.Team, "agent": a.Spawn.Child.Agent}
 	}
-	c.vars = map[string]any{"agent": agent, "action": act, "args": args, "now": c.now}
+	c.vars = make(map[string]any, 5)
+	c.vars["agent"], c.vars["action"], c.vars["args"], c.vars["now"] = agent, act, args, c.now
 	return c.vars
+}
+
+// condVars returns the activation for cond: celVars, plus the clause
+// variable for translated clause expressions.
+func (c *evalCtx) condVars(cond condition) map[string]any {
+	vars := c.celVars()
+	if cc, ok := cond.(celCondition); ok && cc.clauses {
+		if _, ok := vars[clauseVar]; !ok {
+			vars[clauseVar] = clauseOperands(c)
+		}
+	}
+	return vars
 }

@@ -3,6 +3,7 @@ package policy
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/agent-assembly/agent-assembly/action"
@@ -21,6 +22,17 @@ func FuzzParse(f *testing.F) {
 			f.Add(data)
 		}
 	}
+	// requires_approval_if in the clause grammar, valid and unparseable.
+	for _, cond := range []string{
+		`args.command starts_with 'rm' OR tool == "shell_exec"`,
+		`(tool in [git_status, "git_push"] AND args.files[0].path contains '/etc') OR team.id != 'eng'`,
+		`agent.labels.env == 'prod' and args.count >= 10 or url starts_with "https://"`,
+		`tool == shell_exec`,
+		`args.command startswith 'rm'`,
+		`args.x == 'a' &&`,
+	} {
+		f.Add([]byte(policyYAML("clauses", "{level: team, org: acme, team: eng}", "default: allow\ntools:\n  \"*\": {allow: true, requires_approval_if: "+yamlQuote(cond)+"}")))
+	}
 	actions := []*action.Action{
 		toolCall(coder, "git_status", `{"command":"rm"}`),
 		netCall(coder, "en.wikipedia.org", 443),
@@ -36,6 +48,11 @@ func FuzzParse(f *testing.F) {
 				t.Fatalf("Parse returned %T, want Errors", err)
 			}
 			return
+		}
+		for _, w := range d.Warnings() {
+			if !strings.HasPrefix(w.Msg, "unparseable condition, approval will always be required: ") || w.Line == 0 {
+				t.Fatalf("unexpected warning %v", w)
+			}
 		}
 		s, err := Compile([]*Document{d}, "fuzz")
 		if err != nil {

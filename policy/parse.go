@@ -26,6 +26,8 @@ const maxErrors = 50
 // Parse parses and validates one policy document. name is used in error
 // messages and as Document.Source. On failure the error is an Errors value
 // listing every problem found (up to 50) as "file:line:column: field: msg".
+// Problems that do not reject the document are returned by
+// Document.Warnings.
 func Parse(name string, data []byte) (*Document, error) {
 	p := &parser{file: name}
 	doc := p.document(data)
@@ -33,6 +35,8 @@ func Parse(name string, data []byte) (*Document, error) {
 		p.errs.sort()
 		return nil, p.errs
 	}
+	p.warns.sort()
+	doc.warnings = p.warns
 	return doc, nil
 }
 
@@ -97,8 +101,9 @@ func LoadPath(path string) ([]*Document, error) {
 }
 
 type parser struct {
-	file string
-	errs Errors
+	file  string
+	errs  Errors
+	warns Errors
 }
 
 func (p *parser) errorf(n *yaml.Node, field, format string, args ...any) {
@@ -110,6 +115,13 @@ func (p *parser) errorf(n *yaml.Node, field, format string, args ...any) {
 		e.Line, e.Column = n.Line, n.Column
 	}
 	p.errs = append(p.errs, e)
+}
+
+func (p *parser) warnf(n *yaml.Node, field, format string, args ...any) {
+	if len(p.warns) >= maxErrors {
+		return
+	}
+	p.warns = append(p.warns, &ValidationError{File: p.file, Line: n.Line, Column: n.Column, Field: field, Msg: fmt.Sprintf(format, args...)})
 }
 
 var yamlLineRE = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
@@ -411,6 +423,24 @@ func (p *parser) cel(n *yaml.Node, path string) (string, condition) {
 		return s, nil
 	}
 	return s, c
+}
+
+// approvalCondition compiles requires_approval_if (see compileApproval). An
+// unparseable condition is a warning, not an error: the entry then always
+// requires approval.
+func (p *parser) approvalCondition(n *yaml.Node, path string) (src string, c condition, unparseable string) {
+	s, ok := p.str(n, path)
+	if !ok {
+		return "", nil, ""
+	}
+	c, unparseable, err := compileApproval(s)
+	switch {
+	case err != nil:
+		p.errorf(n, path, "%v", err)
+	case unparseable != "":
+		p.warnf(n, path, "unparseable condition, approval will always be required: %s", unparseable)
+	}
+	return s, c, unparseable
 }
 
 var nameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9._-]{0,251}[a-z0-9])?$`)
@@ -803,6 +833,7 @@ func (p *parser) tools(s *Spec, n *yaml.Node, c *compiler) {
 		g := p.glob(k, path)
 		te := ToolEntry{Pattern: pattern}
 		var cond condition
+		var unparseable string
 		var sawAllow, allowOK bool
 		var limitNode, approvalNode *yaml.Node
 		p.fields(v, path, []string{"allow", "limit_per_hour", "requires_approval_if"}, func(key string, kn, fv *yaml.Node) {
@@ -818,7 +849,7 @@ func (p *parser) tools(s *Spec, n *yaml.Node, c *compiler) {
 				}
 			case "requires_approval_if":
 				approvalNode = kn
-				te.RequiresApprovalIf, cond = p.cel(fv, fp)
+				te.RequiresApprovalIf, cond, unparseable = p.approvalCondition(fv, fp)
 			}
 		})
 		if v.Kind != yaml.MappingNode {
@@ -835,7 +866,7 @@ func (p *parser) tools(s *Spec, n *yaml.Node, c *compiler) {
 			}
 		}
 		s.Tools = append(s.Tools, te)
-		c.tools = append(c.tools, toolEntryPlan{glob: g, cond: cond})
+		c.tools = append(c.tools, toolEntryPlan{glob: g, cond: cond, unparseable: unparseable})
 	}
 }
 

@@ -25,7 +25,7 @@ const (
 
 const numKinds = int(action.KindToolResult) + 1
 
-// condition is a compiled CEL expression.
+// condition is a compiled CEL expression or clause expression.
 type condition interface {
 	eval(vars map[string]any) (bool, error)
 }
@@ -46,6 +46,9 @@ type compiler struct {
 type toolEntryPlan struct {
 	glob *glob
 	cond condition
+	// unparseable, when set, says why requires_approval_if could not be
+	// parsed; approval is then always required.
+	unparseable string
 }
 
 type fsEntry struct{ globs []*glob }
@@ -210,14 +213,15 @@ type llmIndex struct {
 }
 
 type toolEntry struct {
-	allow   bool
-	limit   int
-	cond    condition
-	condSrc string
-	allowed outcome
-	pending outcome
-	denied  outcome
-	pattern string
+	allow       bool
+	limit       int
+	cond        condition
+	condSrc     string
+	unparseable string
+	allowed     outcome
+	pending     outcome
+	denied      outcome
+	pattern     string
 }
 
 type toolIndex struct {
@@ -382,11 +386,14 @@ func (c *compiler) build(doc *Document) *docPlan {
 		for i, te := range s.Tools {
 			tp := c.tools[i]
 			ruleID := id("tools[" + te.Pattern + "]")
-			e := toolEntry{allow: te.Allow, limit: te.LimitPerHour, cond: tp.cond, condSrc: te.RequiresApprovalIf, pattern: te.Pattern}
+			e := toolEntry{allow: te.Allow, limit: te.LimitPerHour, cond: tp.cond, condSrc: te.RequiresApprovalIf, unparseable: tp.unparseable, pattern: te.Pattern}
 			e.allowed = outcome{rank: rankRule, decision: action.Allow, ruleID: ruleID, limit: te.LimitPerHour,
 				reason: fmt.Sprintf("tool allowed by tools[%s] of policy %q", te.Pattern, name)}
 			e.pending = outcome{rank: rankRule, decision: action.Pending, ruleID: ruleID, limit: te.LimitPerHour,
 				reason: fmt.Sprintf("tools[%s] of policy %q requires approval: %s", te.Pattern, name, te.RequiresApprovalIf)}
+			if tp.unparseable != "" {
+				e.pending.reason = fmt.Sprintf("tools[%s] of policy %q requires approval: its requires_approval_if cannot be parsed, so approval is always required (fail-safe; see the policy warnings)", te.Pattern, name)
+			}
 			e.denied = outcome{rank: rankRule, decision: action.Deny, ruleID: ruleID,
 				reason: fmt.Sprintf("tool denied by tools[%s] of policy %q", te.Pattern, name)}
 			ti.entries = append(ti.entries, e)

@@ -27,6 +27,8 @@ type Snapshot struct {
 	// `unattributed: allow` and none says deny.
 	unattributedAllow bool
 
+	warnings Errors
+
 	celErrors atomic.Uint64
 }
 
@@ -63,6 +65,10 @@ func Compile(docs []*Document, version string) (*Snapshot, error) {
 		return nil, errs
 	}
 	slices.SortFunc(s.docs, func(a, b *Document) int { return cmp.Compare(a.Metadata.Name, b.Metadata.Name) })
+	for _, d := range s.docs {
+		s.warnings = append(s.warnings, d.warnings...)
+	}
+	s.warnings.sort()
 	unattributedDeny := false
 	for _, d := range s.docs {
 		p := d.plan
@@ -102,6 +108,11 @@ func (s *Snapshot) Version() string { return s.version }
 // Documents returns the snapshot's documents sorted by name. The slice and
 // the documents must not be modified.
 func (s *Snapshot) Documents() []*Document { return s.docs }
+
+// Warnings returns the warnings of the snapshot's documents (see
+// Document.Warnings), sorted by file and position. The slice must not be
+// modified.
+func (s *Snapshot) Warnings() []*ValidationError { return s.warnings }
 
 // CELErrors returns how many CEL conditions failed at run time since the
 // snapshot was compiled. Each failure is resolved fail-closed (see the
