@@ -67,6 +67,9 @@ func (r *Reloader) Load() error {
 	if err := ValidateScanPatterns(snap); err != nil {
 		return r.rejected(err)
 	}
+	for _, w := range snap.Warnings() {
+		r.log.Warn("policy warning", "version", version, "warning", w.Error())
+	}
 	r.core.SetSnapshot(snap)
 	prev := r.current
 	r.current, r.lastErr = version, nil

@@ -112,6 +112,18 @@ func TestPolicyValidate(t *testing.T) {
 	}
 }
 
+func TestPolicyValidateWarnsOnUnparseableApproval(t *testing.T) {
+	f := filepath.Join(t.TempDir(), "approve.yaml")
+	doc := "apiVersion: agent-assembly/v1\nkind: Policy\nmetadata: {name: a}\nspec:\n  scope: {level: team, org: acme, team: eng}\n  tools:\n    \"shell_*\": {allow: true, requires_approval_if: \"args.command startswith 'rm'\"}\n"
+	if err := os.WriteFile(f, []byte(doc), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errOut := run(t, "policy", "validate", f)
+	if code != 0 || !strings.Contains(out, "valid:") || !strings.Contains(errOut, "warning: ") || !strings.Contains(errOut, "approval will always be required") {
+		t.Fatalf("exit %d\n%s\n%s", code, out, errOut)
+	}
+}
+
 func TestVersionAndCompletion(t *testing.T) {
 	if code, out, _ := run(t, "version"); code != 0 || !strings.HasPrefix(out, "aasm ") {
 		t.Fatalf("version: %d %q", code, out)

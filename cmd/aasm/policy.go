@@ -56,6 +56,10 @@ Exit status: 0 valid, 1 invalid, 3 error.`,
 				}
 				if err != nil {
 					problems = append(problems, problemLines(err)...)
+				} else {
+					for _, w := range snap.Warnings() {
+						fmt.Fprintln(g.errOut, "warning: "+w.Error())
+					}
 				}
 			}
 			if len(problems) > 0 {
