@@ -593,3 +593,56 @@ func TestUnixSocketListener(t *testing.T) {
 	}
 	l2.Close()
 }
+
+func TestRESTAuditAndTrace(t *testing.T) {
+	g := startGateway(t, examplesDir(t), nil)
+	for i := 0; i < 3; i++ {
+		req := toolReq(coder, "git_status", "")
+		req.TraceId = "run-42"
+		if _, err := g.client.CheckAction(context.Background(), req); err != nil {
+			t.Fatal(err)
+		}
+	}
+	get := func(path string) (int, map[string]any) {
+		resp, err := http.Get(g.base + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var m map[string]any
+		if err := json.NewDecoder(resp.Body).Decode(&m); err != nil {
+			t.Fatal(err)
+		}
+		return resp.StatusCode, m
+	}
+	code, m := get("/v1/traces/run-42")
+	recs, _ := m["records"].([]any)
+	if code != 200 || len(recs) != 3 {
+		t.Fatalf("GET /v1/traces/run-42: %d %v", code, m)
+	}
+	code, m = get("/v1/audit?filter.agent_id=coder-1&limit=2")
+	recs, _ = m["records"].([]any)
+	if code != 200 || len(recs) != 2 || m["next_cursor"] == "" {
+		t.Fatalf("GET /v1/audit page: %d %v", code, m)
+	}
+	code, m = get("/v1/audit?cursor=" + fmt.Sprint(m["next_cursor"]) + "&filter.agent_id=coder-1&limit=2")
+	if recs, _ = m["records"].([]any); code != 200 || len(recs) != 1 {
+		t.Fatalf("GET /v1/audit second page: %d %v", code, m)
+	}
+	if code, m = get("/v1/audit?cursor=garbage"); code != 400 {
+		t.Fatalf("bad cursor: %d %v", code, m)
+	}
+	if code, m = get("/v1/audit?filter.event=nonsense"); code != 400 || !strings.Contains(fmt.Sprint(m["message"]), "filter.event") {
+		t.Fatalf("bad event filter: %d %v", code, m)
+	}
+	resp, err := http.Post(g.base+"/v1/audit:verify", "application/json", strings.NewReader("{}"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v map[string]any
+	json.NewDecoder(resp.Body).Decode(&v)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || v["ok"] != true {
+		t.Fatalf("POST /v1/audit:verify: %d %v", resp.StatusCode, v)
+	}
+}
