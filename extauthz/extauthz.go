@@ -1,0 +1,288 @@
+// Package extauthz serves Envoy's ext_authz v3 gRPC API (envoy.service.auth.v3.Authorization/Check) over the gateway's decision core.
+//
+// Each Check request is mapped to one NETWORK_CALL action and, when the
+// request is recognised, to an LLM_CALL (OpenAI, Anthropic, Google or
+// Mistral style JSON bodies) and one TOOL_CALL per MCP `tools/call` JSON-RPC
+// message. Every action is decided (and so audited) by the Decider; the most
+// restrictive decision answers the request.
+//
+// Answers:
+//   - ALLOW: an OK response adding `x-aa-decision: allow` and
+//     `x-aa-decision-id`; the agent identity header is always removed, and
+//     `authorization` and `x-api-key` too when Options.StripCredentials is set.
+//   - REDACT: allowed for the network hop with `x-aa-decision: redact`. The
+//     body is not rewritten here (ext_authz cannot rewrite request bodies);
+//     callers that need redaction use the SDK path.
+//   - DENY and PENDING: a denied response, 403 for policy, 429 with
+//     `retry-after` when a rate limit or budget denied, 503 when the decision
+//     did not come back within Options.Timeout (fail closed), with a JSON body
+//     {"decision","rule","reason","decision_id","approval_id"}.
+//
+// The gRPC status inside the CheckResponse is OK for allowed requests and
+// PERMISSION_DENIED for every denial. Check never returns a gRPC error, so
+// Envoy's failure_mode_allow can never turn a gateway fault into an allow.
+package extauthz
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"google.golang.org/genproto/googleapis/rpc/code"
+	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc"
+
+	"github.com/agent-assembly/agent-assembly/action"
+	"github.com/agent-assembly/agent-assembly/gateway"
+)
+
+// Defaults applied by New to zero Options fields.
+const (
+	// DefaultAgentHeader carries the agent id as org/team/agent.
+	DefaultAgentHeader = "x-aa-agent-id"
+	// DefaultMaxBodyBytes is the largest body that is inspected.
+	DefaultMaxBodyBytes = 64 << 10
+	// DefaultTimeout bounds one Check; Envoy's own default is 200ms.
+	DefaultTimeout = 150 * time.Millisecond
+)
+
+// Response header names set by the server.
+const (
+	// HeaderDecision carries the decision name (allow, redact, deny, pending).
+	HeaderDecision = "x-aa-decision"
+	// HeaderDecisionID carries the id of the audit record that decided.
+	HeaderDecisionID = "x-aa-decision-id"
+	// HeaderNote carries a remark about the check, such as an uninspected body.
+	HeaderNote = "x-aa-note"
+	// HeaderApprovalID, on a request, presents an approval granted earlier.
+	HeaderApprovalID = "x-aa-approval-id"
+	// HeaderSessionID, on a request, names the agent session for the audit log.
+	HeaderSessionID = "x-aa-session-id"
+)
+
+// Decider decides and audits one action. *gateway.Core satisfies it.
+type Decider interface {
+	Decide(ctx context.Context, a *action.Action, start time.Time, opts gateway.CheckOptions) gateway.Outcome
+}
+
+var _ Decider = (*gateway.Core)(nil)
+
+// Options configures a Server. Zero fields take the documented defaults.
+type Options struct {
+	// Logger receives timeouts and decider faults; nil discards.
+	Logger *slog.Logger
+	// AgentHeader is the request header naming the agent as org/team/agent,
+	// used when neither the peer principal nor the route's context
+	// extensions identify it. Default DefaultAgentHeader.
+	AgentHeader string
+	// MaxBodyBytes is the largest request body inspected; larger or
+	// truncated bodies are judged on headers alone. Default DefaultMaxBodyBytes.
+	MaxBodyBytes int
+	// Timeout bounds the decision of one Check; past it the request is
+	// denied with HTTP 503 (fail closed). Default DefaultTimeout.
+	Timeout time.Duration
+	// Now is the clock; default time.Now.
+	Now func() time.Time
+	// StripCredentials removes the `authorization` and `x-api-key` request
+	// headers from allowed requests, for deployments where the egress proxy
+	// injects the upstream credentials so the agent never holds them.
+	StripCredentials bool
+}
+
+// Server implements envoy.service.auth.v3.Authorization.
+type Server struct {
+	authv3.UnimplementedAuthorizationServer
+	d    Decider
+	o    Options
+	log  *slog.Logger
+	gone []string // headers removed from allowed requests
+}
+
+var _ authv3.AuthorizationServer = (*Server)(nil)
+
+// New builds a Server over d, applying defaults to opts.
+func New(d Decider, opts Options) *Server {
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.AgentHeader == "" {
+		opts.AgentHeader = DefaultAgentHeader
+	}
+	opts.AgentHeader = lower(opts.AgentHeader)
+	if opts.MaxBodyBytes <= 0 {
+		opts.MaxBodyBytes = DefaultMaxBodyBytes
+	}
+	if opts.Timeout <= 0 {
+		opts.Timeout = DefaultTimeout
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	gone := []string{opts.AgentHeader}
+	if opts.StripCredentials {
+		gone = append(gone, "authorization", "x-api-key")
+	}
+	return &Server{d: d, o: opts, log: opts.Logger, gone: gone}
+}
+
+// Register adds the Authorization service to r.
+func (s *Server) Register(r grpc.ServiceRegistrar) {
+	authv3.RegisterAuthorizationServer(r, s)
+}
+
+// verdict is the combined outcome of every action of one request.
+type verdict struct {
+	gateway.Outcome
+	status int    // HTTP status for denials
+	note   string // remark for the caller, e.g. body not inspected
+}
+
+// Check decides one HTTP request forwarded by Envoy. It always answers; it
+// never returns an error.
+func (s *Server) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.CheckResponse, error) {
+	start := s.o.Now()
+	m, err := s.mapRequest(req, start)
+	if err != nil {
+		return s.answer(verdict{Outcome: gateway.Outcome{
+			Decision: action.Deny, RuleID: "extauthz", Reason: err.Error(),
+		}, status: 403}), nil
+	}
+	return s.answer(s.decide(ctx, m, start)), nil
+}
+
+// decide runs every action through the decider within the timeout.
+func (s *Server) decide(ctx context.Context, m *mapped, start time.Time) verdict {
+	ctx, cancel := context.WithTimeout(ctx, s.o.Timeout)
+	defer cancel()
+	done := make(chan verdict, 1) // buffered: a late decider never blocks
+	go func() {
+		defer func() {
+			if p := recover(); p != nil {
+				s.log.Error("ext_authz decider failed", "panic", fmt.Sprint(p))
+				done <- verdict{Outcome: gateway.Outcome{
+					Decision: action.Deny, RuleID: "extauthz", Reason: "decision failed: failing closed",
+				}, status: 503}
+			}
+		}()
+		done <- s.decideAll(ctx, m, start)
+	}()
+	select {
+	case v := <-done:
+		v.note = m.note
+		if m.note != "" {
+			v.Reason += "; " + m.note
+		}
+		return v
+	case <-ctx.Done():
+		reason := fmt.Sprintf("decision not made within %s: failing closed", s.o.Timeout)
+		if ctx.Err() == context.Canceled {
+			reason = "check cancelled by the caller: failing closed"
+		}
+		s.log.Warn("ext_authz check timed out", "agent", m.actions[0].Agent.String(), "host", m.actions[0].Network.Host, "timeout", s.o.Timeout)
+		return verdict{Outcome: gateway.Outcome{Decision: action.Deny, RuleID: "timeout", Reason: reason}, status: 503, note: m.note}
+	}
+}
+
+// decideAll decides each action and keeps the most restrictive outcome; the
+// first of equally restrictive outcomes wins.
+func (s *Server) decideAll(ctx context.Context, m *mapped, start time.Time) verdict {
+	var best gateway.Outcome
+	for i := range m.actions {
+		if i > 0 && ctx.Err() != nil {
+			break // the caller has already answered (fail closed)
+		}
+		out := s.d.Decide(ctx, &m.actions[i], start, m.opts)
+		if i == 0 || out.Decision > best.Decision {
+			best = out
+		}
+	}
+	v := verdict{Outcome: best, status: 403}
+	if best.Limited {
+		v.status = 429
+	}
+	return v
+}
+
+// answer renders a verdict as an ext_authz response.
+func (s *Server) answer(v verdict) *authv3.CheckResponse {
+	switch v.Decision {
+	case action.Allow, action.Redact:
+		headers := []*corev3.HeaderValueOption{
+			setHeader(HeaderDecision, v.Decision.String()),
+			setHeader(HeaderDecisionID, v.DecisionID),
+		}
+		if v.note != "" {
+			headers = append(headers, setHeader(HeaderNote, v.note))
+		}
+		return &authv3.CheckResponse{
+			Status: &rpcstatus.Status{Code: int32(code.Code_OK)},
+			HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: &authv3.OkHttpResponse{
+				Headers: headers, HeadersToRemove: s.gone,
+			}},
+		}
+	}
+	decision := v.Decision
+	if decision == action.DecisionUnspecified {
+		decision = action.Deny
+	}
+	body, err := json.Marshal(denial{
+		Decision: decision.String(), Rule: v.RuleID, Reason: v.Reason,
+		DecisionID: v.DecisionID, ApprovalID: v.ApprovalID,
+	})
+	if err != nil { // cannot happen for strings; keep the denial anyway
+		body = []byte(`{"decision":"deny"}`)
+	}
+	headers := []*corev3.HeaderValueOption{
+		setHeader("content-type", "application/json"),
+		setHeader(HeaderDecision, decision.String()),
+	}
+	if v.DecisionID != "" {
+		headers = append(headers, setHeader(HeaderDecisionID, v.DecisionID))
+	}
+	if v.note != "" {
+		headers = append(headers, setHeader(HeaderNote, v.note))
+	}
+	if v.status == 429 {
+		headers = append(headers, setHeader("retry-after", retryAfter(v.RetryAfter)))
+	}
+	return &authv3.CheckResponse{
+		Status: &rpcstatus.Status{Code: int32(code.Code_PERMISSION_DENIED), Message: v.Reason},
+		HttpResponse: &authv3.CheckResponse_DeniedResponse{DeniedResponse: &authv3.DeniedHttpResponse{
+			Status:  &typev3.HttpStatus{Code: typev3.StatusCode(v.status)},
+			Headers: headers,
+			Body:    string(body),
+		}},
+	}
+}
+
+// denial is the JSON body of a denied response.
+type denial struct {
+	Decision   string `json:"decision"`
+	Rule       string `json:"rule"`
+	Reason     string `json:"reason"`
+	DecisionID string `json:"decision_id"`
+	ApprovalID string `json:"approval_id"`
+}
+
+// retryAfter renders d as whole seconds, rounded up, at least 1.
+func retryAfter(d time.Duration) string {
+	sec := int64((d + time.Second - 1) / time.Second)
+	if sec < 1 {
+		sec = 1
+	}
+	return strconv.FormatInt(sec, 10)
+}
+
+// setHeader builds a header that replaces any value the agent sent.
+func setHeader(k, v string) *corev3.HeaderValueOption {
+	return &corev3.HeaderValueOption{
+		Header:       &corev3.HeaderValue{Key: k, Value: v},
+		AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
+	}
+}
