@@ -6,6 +6,46 @@
 // message. Every action is decided (and so audited) by the Decider; the most
 // restrictive decision answers the request.
 //
+// Identity, in order of trust (the first that names an agent wins):
+//   - the mTLS peer principal (attributes.source.principal) when it is a
+//     SPIFFE id spiffe://<trust-domain>/org/<org>/team/<team>/agent/<agent>,
+//     or the Istio form spiffe://<trust-domain>/ns/<org>/sa/<agent> whose team
+//     is the aa_team context extension (empty when unset); other principals
+//     are ignored;
+//   - the context extensions aa_org, aa_team and aa_agent, all three set per
+//     route or virtual host in the Envoy configuration;
+//   - the header Options.AgentHeader (default x-aa-agent-id) as
+//     org/team/agent; it can be forged, so prefer the two sources above;
+//   - otherwise the agent is Unattributed (empty org and team), which the
+//     policy's `unattributed` treatment decides: never a silent allow.
+//
+// Mapping:
+//   - NETWORK_CALL, always: host from the authority without port (lower
+//     case), port from the authority or the scheme (443 for https, else 80),
+//     protocol = scheme, method, path without query or fragment.
+//   - LLM_CALL for a POST to api.openai.com, api.anthropic.com,
+//     generativelanguage.googleapis.com or api.mistral.ai (providers openai,
+//     anthropic, google, mistral): model from the JSON "model" field or the
+//     Gemini path (/models/<model>:generateContent); completion tokens from
+//     max_tokens, max_completion_tokens, max_output_tokens or
+//     generationConfig.maxOutputTokens (the largest set); prompt tokens are
+//     estimated as the body size / 4 (rounded up), the size coming from the
+//     body or, when it is not inspected, from Envoy's size or content-length.
+//     The inspected body is passed as the prompt, so the core scans it for
+//     credentials (it is never stored).
+//   - TOOL_CALL for each JSON-RPC message (single or batch) with method
+//     tools/call: name from params.name, args_json from params.arguments
+//     (compacted), source "mcp", target_url scheme://authority/path.
+//
+// The body (attributes.request.http.raw_body, else body) is inspected only
+// when Envoy sent it whole and it is at most Options.MaxBodyBytes. A larger,
+// truncated (x-envoy-auth-partial-body) or missing body is judged on headers
+// alone, and the answer says so in the x-aa-note header and the reason
+// ("body not inspected: over N bytes").
+//
+// The headers x-aa-session-id and x-aa-approval-id, when sent, name the
+// session in the audit log and present an approval granted earlier.
+//
 // Answers:
 //   - ALLOW: an OK response adding `x-aa-decision: allow` and
 //     `x-aa-decision-id`; the agent identity header is always removed, and

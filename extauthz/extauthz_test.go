@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"google.golang.org/genproto/googleapis/rpc/code"
 	"google.golang.org/grpc"
@@ -390,5 +391,26 @@ func BenchmarkCheck(b *testing.B) {
 		if _, err := s.Check(ctx, req); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+func TestRawHeaderMap(t *testing.T) {
+	f := &fakeDecider{}
+	c := serve(t, New(f, Options{}))
+	req := request("GET", "https://example.com/a", nil, "")
+	hr := req.Attributes.Request.Http
+	hr.Headers, hr.Host, hr.Scheme, hr.Method, hr.Path = nil, "", "", "", ""
+	hr.HeaderMap = &corev3.HeaderMap{Headers: []*corev3.HeaderValue{
+		{Key: ":authority", RawValue: []byte("Example.com:8443")},
+		{Key: ":scheme", RawValue: []byte("https")},
+		{Key: ":method", RawValue: []byte("PUT")},
+		{Key: ":path", RawValue: []byte("/b?c=d")},
+		{Key: "X-AA-Agent-Id", RawValue: []byte("acme/eng/coder-1")},
+	}}
+	check(t, c, req)
+	a := f.recorded()[0]
+	want := action.NetworkCall{Host: "example.com", Port: 8443, Protocol: "https", Method: "PUT", Path: "/b"}
+	if a.Network != want || a.Agent.Agent != "coder-1" {
+		t.Fatalf("action %+v", a)
 	}
 }
