@@ -34,6 +34,7 @@ import (
 	v1 "github.com/agent-assembly/agent-assembly/api/agentassembly/v1"
 	"github.com/agent-assembly/agent-assembly/api/openapi"
 	"github.com/agent-assembly/agent-assembly/budget"
+	"github.com/agent-assembly/agent-assembly/extauthz"
 	"github.com/agent-assembly/agent-assembly/gateway"
 	"github.com/agent-assembly/agent-assembly/storage"
 	"github.com/agent-assembly/agent-assembly/storage/backend"
@@ -156,6 +157,7 @@ func (s *Server) buildGRPC() {
 	v1.RegisterPolicyServiceServer(s.grpc, gateway.NewPolicyService(s.core))
 	v1.RegisterAuditServiceServer(s.grpc, gateway.NewAuditService(s.store))
 	v1.RegisterApprovalServiceServer(s.grpc, gateway.NewApprovalService(s.core))
+	extauthz.New(s.core, extauthz.Options{Logger: s.log}).Register(s.grpc)
 	s.health = health.NewServer()
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
@@ -240,7 +242,7 @@ func (s *Server) Serve(ctx context.Context, grpcL, httpL net.Listener) error {
 		}()
 	}
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
-	for _, svc := range []string{v1.PolicyService_ServiceDesc.ServiceName, v1.AuditService_ServiceDesc.ServiceName, v1.ApprovalService_ServiceDesc.ServiceName} {
+	for _, svc := range []string{v1.PolicyService_ServiceDesc.ServiceName, v1.AuditService_ServiceDesc.ServiceName, v1.ApprovalService_ServiceDesc.ServiceName, "envoy.service.auth.v3.Authorization"} {
 		s.health.SetServingStatus(svc, healthpb.HealthCheckResponse_SERVING)
 	}
 	httpAddr := ""

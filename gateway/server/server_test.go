@@ -21,6 +21,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"google.golang.org/grpc/status"
 
 	v1 "github.com/agent-assembly/agent-assembly/api/agentassembly/v1"
@@ -644,5 +646,35 @@ func TestRESTAuditAndTrace(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != 200 || v["ok"] != true {
 		t.Fatalf("POST /v1/audit:verify: %d %v", resp.StatusCode, v)
+	}
+}
+
+// TestExtAuthzOnGatewayListener calls the gateway's gRPC port as Envoy's
+// ext_authz filter would.
+func TestExtAuthzOnGatewayListener(t *testing.T) {
+	g := startGateway(t, examplesDir(t), nil)
+	client := authv3.NewAuthorizationClient(g.conn)
+	check := func(host string) *authv3.CheckResponse {
+		resp, err := client.Check(context.Background(), &authv3.CheckRequest{Attributes: &authv3.AttributeContext{
+			Request: &authv3.AttributeContext_Request{Http: &authv3.AttributeContext_HttpRequest{
+				Method: "GET", Scheme: "https", Host: host, Path: "/wiki/Go",
+				Headers: map[string]string{"x-aa-agent-id": "acme/research/researcher-1"},
+			}},
+		}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp
+	}
+	if r := check("en.wikipedia.org"); r.GetOkResponse() == nil {
+		t.Fatalf("allowed host denied: %v", r)
+	}
+	r := check("evil.example.com")
+	if d := r.GetDeniedResponse(); d == nil || d.GetStatus().GetCode() != 403 || !strings.Contains(d.GetBody(), "research-agent/network.allowlist") {
+		t.Fatalf("denied host: %v", r)
+	}
+	hc, err := healthpb.NewHealthClient(g.conn).Check(context.Background(), &healthpb.HealthCheckRequest{Service: "envoy.service.auth.v3.Authorization"})
+	if err != nil || hc.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("ext_authz health: %v %v", hc, err)
 	}
 }
