@@ -346,3 +346,23 @@ func modeToProto(m action.Mode) v1.EnforcementMode {
 func (o Outcome) String() string {
 	return fmt.Sprintf("%s by %s (%s)", o.Decision, o.RuleID, o.Reason)
 }
+
+// AuditGovernance appends a governance record for an operator or system
+// action (a secret stored, a policy change) on behalf of agent, which may be
+// zero for actions that concern no agent. payload must already be free of
+// secret values; nil records an empty object.
+func (c *Core) AuditGovernance(ctx context.Context, agent action.AgentID, ruleID, reason string, payload []byte) error {
+	if payload == nil {
+		payload = []byte(`{}`)
+	}
+	rec := &storage.AuditRecord{
+		Chain: c.chain, ID: newID(), Time: c.now(), Event: storage.EventGovernance, Agent: agent,
+		Payload: payload, Decision: action.Allow, RuleID: ruleID, Mode: action.ModeEnforce, Reason: reason,
+	}
+	if err := c.append(ctx, rec); err != nil {
+		c.metrics.AuditErrors.Inc()
+		c.log.Error("audit governance action", "rule", ruleID, "err", err)
+		return fmt.Errorf("audit %s: %w", ruleID, err)
+	}
+	return nil
+}
