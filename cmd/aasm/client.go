@@ -11,6 +11,7 @@ type clients struct {
 	policy    v1.PolicyServiceClient
 	audit     v1.AuditServiceClient
 	approvals v1.ApprovalServiceClient
+	secrets   v1.SecretsServiceClient
 }
 
 // call dials the gateway and runs fn with the clients and a context bounded
@@ -26,5 +27,5 @@ func (g *globals) call(ctx context.Context, fn func(ctx context.Context, c clien
 		ctx, cancel = context.WithTimeout(ctx, g.timeout)
 		defer cancel()
 	}
-	return fn(ctx, clients{policy: v1.NewPolicyServiceClient(conn), audit: v1.NewAuditServiceClient(conn), approvals: v1.NewApprovalServiceClient(conn)})
+	return fn(ctx, clients{policy: v1.NewPolicyServiceClient(conn), audit: v1.NewAuditServiceClient(conn), approvals: v1.NewApprovalServiceClient(conn), secrets: v1.NewSecretsServiceClient(conn)})
 }

@@ -52,9 +52,15 @@ func main() {
 
 // execute runs aasm with args and returns the process exit code.
 func execute(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	return executeIn(ctx, args, os.Stdin, stdout, stderr)
+}
+
+// executeIn is execute reading stdin from in (secret values).
+func executeIn(ctx context.Context, args []string, in io.Reader, stdout, stderr io.Writer) int {
 	g := &globals{out: stdout, errOut: stderr}
 	root := newRoot(g)
 	root.SetArgs(args)
+	root.SetIn(in)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	err := root.ExecuteContext(ctx)
@@ -88,7 +94,7 @@ policy documents. The gateway address comes from --addr or $AA_ADDR.`,
 	root.PersistentFlags().StringVar(&g.addr, "addr", def, "gateway gRPC address, host:port or unix:/path (env AA_ADDR)")
 	root.PersistentFlags().DurationVar(&g.timeout, "timeout", 10*time.Second, "deadline for each call to the gateway")
 	root.PersistentFlags().StringVarP(&g.output, "output", "o", "table", "output format: table, json or yaml")
-	root.AddCommand(newCheckCmd(g), newPolicyCmd(g), newAuditCmd(g), newApprovalsCmd(g), newBudgetCmd(g), newVersionCmd(g))
+	root.AddCommand(newCheckCmd(g), newPolicyCmd(g), newAuditCmd(g), newApprovalsCmd(g), newBudgetCmd(g), newSecretCmd(g), newVersionCmd(g))
 	return root
 }
 

@@ -157,6 +157,7 @@ func (s *Server) buildGRPC() {
 	v1.RegisterPolicyServiceServer(s.grpc, gateway.NewPolicyService(s.core))
 	v1.RegisterAuditServiceServer(s.grpc, gateway.NewAuditService(s.store))
 	v1.RegisterApprovalServiceServer(s.grpc, gateway.NewApprovalService(s.core))
+	v1.RegisterSecretsServiceServer(s.grpc, gateway.NewSecretsService(s.core, s.store))
 	extauthz.New(s.core, extauthz.Options{Logger: s.log}).Register(s.grpc)
 	s.health = health.NewServer()
 	healthpb.RegisterHealthServer(s.grpc, s.health)
@@ -177,6 +178,9 @@ func (s *Server) buildHTTP(ctx context.Context) error {
 		return fmt.Errorf("register REST handlers: %w", err)
 	}
 	if err := v1.RegisterApprovalServiceHandlerServer(ctx, gw, gateway.NewApprovalService(s.core)); err != nil {
+		return fmt.Errorf("register REST handlers: %w", err)
+	}
+	if err := v1.RegisterSecretsServiceHandlerServer(ctx, gw, gateway.NewSecretsService(s.core, s.store)); err != nil {
 		return fmt.Errorf("register REST handlers: %w", err)
 	}
 	mux := http.NewServeMux()
