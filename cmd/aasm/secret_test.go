@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -32,7 +33,12 @@ func TestSecretFlow(t *testing.T) {
 		t.Fatalf("set from file: exit %d\n%s\n%s", code, out, errOut)
 	}
 	// A second set bumps the version.
-	if code, out, errOut = runIn(t, "v2", "--addr", addr, "-o", "json", "secret", "set", "OPENAI_API_KEY"); code != 0 || !strings.Contains(out, `"version": "2"`) {
+	code, out, errOut = runIn(t, "v2", "--addr", addr, "-o", "json", "secret", "set", "OPENAI_API_KEY")
+	var info struct {
+		Name    string `json:"name"`
+		Version string `json:"version"`
+	}
+	if code != 0 || json.Unmarshal([]byte(out), &info) != nil || info.Name != "OPENAI_API_KEY" || info.Version != "2" {
 		t.Fatalf("second set: exit %d\n%s\n%s", code, out, errOut)
 	}
 
