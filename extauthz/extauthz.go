@@ -50,6 +50,11 @@
 //   - ALLOW: an OK response adding `x-aa-decision: allow` and
 //     `x-aa-decision-id`; the agent identity header is always removed, and
 //     `authorization` and `x-api-key` too when Options.StripCredentials is set.
+//     When Options.Secrets and Options.Injections are set and the destination
+//     matches an allowlist entry with `inject: {header, value}`, the header is
+//     set (replacing the agent's) to value with each ${NAME} replaced by the
+//     secret; a secret that is not set turns the answer into a 403 naming it
+//     (the secret value never appears in reasons, logs or audit).
 //   - REDACT: allowed for the network hop with `x-aa-decision: redact`. The
 //     body is not rewritten here (ext_authz cannot rewrite request bodies);
 //     callers that need redaction use the SDK path.
@@ -80,6 +85,7 @@ import (
 
 	"github.com/agent-assembly/agent-assembly/action"
 	"github.com/agent-assembly/agent-assembly/gateway"
+	"github.com/agent-assembly/agent-assembly/policy"
 )
 
 // Defaults applied by New to zero Options fields.
@@ -133,6 +139,15 @@ type Options struct {
 	// headers from allowed requests, for deployments where the egress proxy
 	// injects the upstream credentials so the agent never holds them.
 	StripCredentials bool
+	// Secrets resolves the ${NAME} placeholders of injected headers. With
+	// Injections it enables credential injection; nil disables it.
+	Secrets SecretSource
+	// Injections returns the allowlist entries with an inject block that
+	// apply to agent (policy.Snapshot.Settings(agent).Injections). On ALLOW
+	// of a request whose host and port match one, the header is set to its
+	// value with every ${NAME} replaced by the secret, replacing any value
+	// the agent sent. A secret that is not set denies the request (403).
+	Injections func(agent action.AgentID) []policy.Injection
 }
 
 // Server implements envoy.service.auth.v3.Authorization.
@@ -181,6 +196,7 @@ type verdict struct {
 	gateway.Outcome
 	status int    // HTTP status for denials
 	note   string // remark for the caller, e.g. body not inspected
+	inject []*corev3.HeaderValueOption
 }
 
 // Check decides one HTTP request forwarded by Envoy. It always answers; it
@@ -193,7 +209,7 @@ func (s *Server) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 			Decision: action.Deny, RuleID: "extauthz", Reason: err.Error(),
 		}, status: 403}), nil
 	}
-	return s.answer(s.decide(ctx, m, start)), nil
+	return s.answer(s.withInjected(ctx, m, s.decide(ctx, m, start))), nil
 }
 
 // decide runs every action through the decider within the timeout.
@@ -260,10 +276,15 @@ func (s *Server) answer(v verdict) *authv3.CheckResponse {
 		if v.note != "" {
 			headers = append(headers, setHeader(HeaderNote, v.note))
 		}
+		gone := s.gone
+		if len(v.inject) > 0 {
+			headers = append(headers, v.inject...)
+			gone = withoutInjected(gone, v.inject)
+		}
 		return &authv3.CheckResponse{
 			Status: &rpcstatus.Status{Code: int32(code.Code_OK)},
 			HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: &authv3.OkHttpResponse{
-				Headers: headers, HeadersToRemove: s.gone,
+				Headers: headers, HeadersToRemove: gone,
 			}},
 		}
 	}

@@ -31,11 +31,13 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/agent-assembly/agent-assembly/action"
 	v1 "github.com/agent-assembly/agent-assembly/api/agentassembly/v1"
 	"github.com/agent-assembly/agent-assembly/api/openapi"
 	"github.com/agent-assembly/agent-assembly/budget"
 	"github.com/agent-assembly/agent-assembly/extauthz"
 	"github.com/agent-assembly/agent-assembly/gateway"
+	"github.com/agent-assembly/agent-assembly/policy"
 	"github.com/agent-assembly/agent-assembly/storage"
 	"github.com/agent-assembly/agent-assembly/storage/backend"
 	"github.com/agent-assembly/agent-assembly/storage/cache"
@@ -158,10 +160,20 @@ func (s *Server) buildGRPC() {
 	v1.RegisterAuditServiceServer(s.grpc, gateway.NewAuditService(s.store))
 	v1.RegisterApprovalServiceServer(s.grpc, gateway.NewApprovalService(s.core))
 	v1.RegisterSecretsServiceServer(s.grpc, gateway.NewSecretsService(s.core, s.store))
-	extauthz.New(s.core, extauthz.Options{Logger: s.log}).Register(s.grpc)
+	extauthz.New(s.core, extauthz.Options{Logger: s.log, Secrets: s.store, Injections: s.injections}).Register(s.grpc)
 	s.health = health.NewServer()
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
+}
+
+// injections lists the allowlist entries with an inject block that apply to
+// agent under the active policy.
+func (s *Server) injections(agent action.AgentID) []policy.Injection {
+	snap := s.core.Snapshot()
+	if snap == nil {
+		return nil
+	}
+	return snap.Settings(agent).Injections
 }
 
 func (s *Server) buildHTTP(ctx context.Context) error {

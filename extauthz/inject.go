@@ -1,0 +1,166 @@
+package extauthz
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+
+	"github.com/agent-assembly/agent-assembly/action"
+	"github.com/agent-assembly/agent-assembly/gateway"
+	"github.com/agent-assembly/agent-assembly/policy"
+	"github.com/agent-assembly/agent-assembly/storage"
+)
+
+// SecretSource resolves the secrets that injected headers reference.
+// storage.Secrets satisfies it.
+type SecretSource interface {
+	// GetSecret returns the value of name, or an error wrapping
+	// storage.ErrNotFound when it is not set.
+	GetSecret(ctx context.Context, name string) ([]byte, error)
+}
+
+var _ SecretSource = (storage.Secrets)(nil)
+
+// injectionError denies an allowed request whose credential cannot be added.
+// Its message names the secret, never its value.
+type injectionError struct {
+	status int
+	rule   string
+	reason string
+}
+
+func (e *injectionError) Error() string { return e.reason }
+
+// inject resolves the headers that the agent's allowlist entries matching
+// the request's destination ask for. It returns nil when injection is not
+// configured or nothing matches.
+func (s *Server) inject(ctx context.Context, n *action.Action) ([]*corev3.HeaderValueOption, error) {
+	if s.o.Secrets == nil || s.o.Injections == nil || n.Kind != action.KindNetworkCall {
+		return nil, nil
+	}
+	var out []*corev3.HeaderValueOption
+	var seen []string
+	for _, inj := range s.o.Injections(n.Agent) {
+		e := inj.Entry
+		if e.Inject == nil || !entryMatches(e, n.Network.Host, n.Network.Port) {
+			continue
+		}
+		header := lower(e.Inject.Header)
+		if slices.Contains(seen, header) {
+			continue // the first matching entry wins, in policy order
+		}
+		seen = append(seen, header)
+		value, err := s.expand(ctx, inj.Policy, e.Inject.Value)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, setHeader(header, value))
+	}
+	return out, nil
+}
+
+// expand replaces every ${NAME} in tmpl with the secret NAME, in one pass,
+// so a secret value that contains ${...} is never expanded again.
+func (s *Server) expand(ctx context.Context, pol, tmpl string) (string, error) {
+	var b strings.Builder
+	rest := tmpl
+	for {
+		i := strings.Index(rest, "${")
+		if i < 0 {
+			b.WriteString(rest)
+			return b.String(), nil
+		}
+		j := strings.IndexByte(rest[i:], '}')
+		if j < 0 {
+			b.WriteString(rest)
+			return b.String(), nil
+		}
+		name := rest[i+2 : i+j]
+		b.WriteString(rest[:i])
+		v, err := s.o.Secrets.GetSecret(ctx, name)
+		switch {
+		case errors.Is(err, storage.ErrNotFound):
+			return "", &injectionError{status: 403, rule: pol + "/network.allowlist.inject",
+				reason: fmt.Sprintf("secret ${%s} is not set (aasm secret set %s)", name, name)}
+		case err != nil:
+			s.log.Error("ext_authz secret lookup failed", "secret", name, "err", err)
+			return "", &injectionError{status: 503, rule: "secrets",
+				reason: fmt.Sprintf("secret %s could not be read: failing closed", name)}
+		}
+		if strings.ContainsAny(string(v), "\r\n\x00") {
+			return "", &injectionError{status: 403, rule: pol + "/network.allowlist.inject",
+				reason: fmt.Sprintf("secret %s contains a line break or NUL and cannot be sent in a header (aasm secret set %s)", name, name)}
+		}
+		b.Write(v)
+		rest = rest[i+j+1:]
+	}
+}
+
+// entryMatches reports whether an allowlist entry covers host:port, with the
+// rules the policy's network allowlist uses: "*" is any host, "*.suffix" any
+// subdomain of suffix (not suffix itself), a CIDR any address inside it.
+func entryMatches(e policy.NetworkEntry, host string, port uint32) bool {
+	if len(e.Ports) > 0 && !slices.ContainsFunc(e.Ports, func(p uint16) bool { return uint32(p) == port }) {
+		return false
+	}
+	host = strings.TrimSuffix(lower(host), ".")
+	switch {
+	case e.CIDR.IsValid():
+		a, err := netip.ParseAddr(strings.Trim(host, "[]"))
+		return err == nil && e.CIDR.Contains(a.Unmap())
+	case e.Host == "*":
+		return true
+	case strings.HasPrefix(e.Host, "*."):
+		return strings.HasSuffix(host, e.Host[1:]) && len(host) > len(e.Host)-1
+	case e.Host != "":
+		if a, err := netip.ParseAddr(e.Host); err == nil {
+			b, err := netip.ParseAddr(strings.Trim(host, "[]"))
+			return err == nil && a == b.Unmap()
+		}
+		return host == e.Host
+	}
+	return false
+}
+
+// withInjected applies the injections of an allowed verdict; a failure turns
+// it into a denial that names the missing secret.
+func (s *Server) withInjected(ctx context.Context, m *mapped, v verdict) verdict {
+	if v.Decision != action.Allow && v.Decision != action.Redact {
+		return v
+	}
+	n := &m.actions[0]
+	ctx, cancel := context.WithTimeout(ctx, s.o.Timeout)
+	defer cancel()
+	hs, err := s.inject(ctx, n)
+	if err != nil {
+		var ie *injectionError
+		if !errors.As(err, &ie) {
+			ie = &injectionError{status: 503, rule: "secrets", reason: "credential injection failed: failing closed"}
+		}
+		s.log.Warn("ext_authz credential injection denied an allowed request",
+			"agent", n.Agent.String(), "host", n.Network.Host, "decision_id", v.DecisionID, "reason", ie.reason)
+		return verdict{Outcome: gateway.Outcome{
+			Decision: action.Deny, RuleID: ie.rule, Reason: ie.reason, DecisionID: v.DecisionID,
+		}, status: ie.status, note: v.note}
+	}
+	v.inject = hs
+	return v
+}
+
+// withoutInjected drops injected headers from the removal list: the
+// injection itself replaces whatever the agent sent, and a removal would
+// take the injected value away again.
+func withoutInjected(gone []string, inject []*corev3.HeaderValueOption) []string {
+	out := make([]string, 0, len(gone))
+	for _, h := range gone {
+		if !slices.ContainsFunc(inject, func(o *corev3.HeaderValueOption) bool { return o.GetHeader().GetKey() == h }) {
+			out = append(out, h)
+		}
+	}
+	return out
+}
