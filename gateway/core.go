@@ -187,11 +187,11 @@ func (c *Core) Decide(ctx context.Context, a *action.Action, start time.Time, op
 		payload = encodePayload(a)
 		switch out.Decision {
 		case action.Allow, action.Redact:
-			c.applyLimits(ctx, snap, a, &res, &out, registered)
+			c.applyLimits(ctx, av, a, &res, &out, registered)
 		case action.Pending:
 			c.resolvePending(ctx, a, payload, av, opts, &out)
 			if out.Decision == action.Allow {
-				c.applyLimits(ctx, snap, a, &res, &out, registered)
+				c.applyLimits(ctx, av, a, &res, &out, registered)
 			}
 		}
 	}

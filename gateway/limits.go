@@ -39,7 +39,7 @@ func (c *Core) checkAgentStatus(ctx context.Context, a *action.Action, out *Outc
 
 // applyLimits enforces the tool rate limit and the LLM budget of an action
 // the policy allowed. Backend failures deny (fail closed).
-func (c *Core) applyLimits(ctx context.Context, snap *policy.Snapshot, a *action.Action, res *policy.Result, out *Outcome, registered bool) {
+func (c *Core) applyLimits(ctx context.Context, av *agentView, a *action.Action, res *policy.Result, out *Outcome, registered bool) {
 	if res.Mode != action.ModeEnforce {
 		return
 	}
@@ -65,7 +65,7 @@ func (c *Core) applyLimits(ctx context.Context, snap *policy.Snapshot, a *action
 	if a.Kind != action.KindLLMCall || c.meter == nil {
 		return
 	}
-	budgets := snap.Settings(a.Agent).Budgets
+	budgets := av.settings.Budgets
 	if len(budgets) == 0 {
 		return
 	}

@@ -48,7 +48,7 @@ func (s *PolicyService) RecordUsage(ctx context.Context, req *v1.RecordUsageRequ
 	}
 	resp := &v1.RecordUsageResponse{CostUsd: cost.Amount.USD()}
 	if sc, err := budget.ScopeOf(r.Agent, policy.BudgetPerAgent); err == nil {
-		if st, err := c.meter.Status(lctx, sc.String(), c.Snapshot().Settings(r.Agent).Budgets); err == nil {
+		if st, err := c.meter.Status(lctx, sc.String(), c.Settings(r.Agent).Budgets); err == nil {
 			resp.Budgets = budgetStatuses(st)
 		}
 	}

@@ -108,3 +108,18 @@ func ValidateScanPatterns(s *policy.Snapshot) error {
 	}
 	return nil
 }
+
+// Settings returns the non-decision policy sections that apply to agent under
+// the active policy, computed once per agent and policy version. The result
+// is shared: callers must not modify it.
+func (c *Core) Settings(agent action.AgentID) policy.Settings {
+	snap := c.snap.Load()
+	if snap == nil {
+		return policy.Settings{}
+	}
+	v := c.views.Load()
+	if v == nil || v.snap != snap {
+		v = newViews(snap)
+	}
+	return v.get(agent).settings
+}

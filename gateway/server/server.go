@@ -167,13 +167,9 @@ func (s *Server) buildGRPC() {
 }
 
 // injections lists the allowlist entries with an inject block that apply to
-// agent under the active policy.
+// agent under the active policy (cached per agent and policy version).
 func (s *Server) injections(agent action.AgentID) []policy.Injection {
-	snap := s.core.Snapshot()
-	if snap == nil {
-		return nil
-	}
-	return snap.Settings(agent).Injections
+	return s.core.Settings(agent).Injections
 }
 
 func (s *Server) buildHTTP(ctx context.Context) error {
