@@ -66,6 +66,7 @@ func run(args []string) int {
 	}()
 	grpcL, err := server.Listen(cfg.GRPCAddr)
 	if err != nil {
+		srv.Close()
 		log.Error("cannot start", "err", err)
 		return 1
 	}
@@ -73,6 +74,7 @@ func run(args []string) int {
 	if cfg.APIAddr != "" {
 		if apiL, err = server.Listen(cfg.APIAddr); err != nil {
 			grpcL.Close()
+			srv.Close()
 			log.Error("cannot start", "err", err)
 			return 1
 		}

@@ -306,6 +306,10 @@ func (s *Server) shutdown() error {
 	return errors.Join(errs...)
 }
 
+// Close releases what New opened (audit writer, store) for a server that
+// will not Serve, e.g. because its listeners could not be opened.
+func (s *Server) Close() { s.closeStore() }
+
 func (s *Server) closeStore() {
 	if s.writer != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
