@@ -24,6 +24,62 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// Layer is the interception layer that saw an event.
+type Layer int32
+
+const (
+	Layer_LAYER_UNSPECIFIED Layer = 0
+	Layer_LAYER_SDK         Layer = 1
+	Layer_LAYER_RUNTIME     Layer = 2
+	Layer_LAYER_ENVOY       Layer = 3
+	Layer_LAYER_KERNEL      Layer = 4
+)
+
+// Enum value maps for Layer.
+var (
+	Layer_name = map[int32]string{
+		0: "LAYER_UNSPECIFIED",
+		1: "LAYER_SDK",
+		2: "LAYER_RUNTIME",
+		3: "LAYER_ENVOY",
+		4: "LAYER_KERNEL",
+	}
+	Layer_value = map[string]int32{
+		"LAYER_UNSPECIFIED": 0,
+		"LAYER_SDK":         1,
+		"LAYER_RUNTIME":     2,
+		"LAYER_ENVOY":       3,
+		"LAYER_KERNEL":      4,
+	}
+)
+
+func (x Layer) Enum() *Layer {
+	p := new(Layer)
+	*p = x
+	return p
+}
+
+func (x Layer) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Layer) Descriptor() protoreflect.EnumDescriptor {
+	return file_agentassembly_v1_audit_proto_enumTypes[0].Descriptor()
+}
+
+func (Layer) Type() protoreflect.EnumType {
+	return &file_agentassembly_v1_audit_proto_enumTypes[0]
+}
+
+func (x Layer) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Layer.Descriptor instead.
+func (Layer) EnumDescriptor() ([]byte, []int) {
+	return file_agentassembly_v1_audit_proto_rawDescGZIP(), []int{0}
+}
+
 // AuditRecord is one entry of the audit log.
 type AuditRecord struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -738,6 +794,228 @@ func (x *VerifyAuditResponse) GetChains() []*ChainReport {
 	return nil
 }
 
+// ReportedEvent is one event to append to the audit log.
+type ReportedEvent struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// event_id is the reporter's id for the event (at most 128 bytes), the key
+	// of exactly-once delivery across retries.
+	EventId string `protobuf:"bytes,1,opt,name=event_id,json=eventId,proto3" json:"event_id,omitempty"`
+	Layer   Layer  `protobuf:"varint,2,opt,name=layer,proto3,enum=agentassembly.v1.Layer" json:"layer,omitempty"`
+	// time is when the event happened.
+	Time *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=time,proto3" json:"time,omitempty"`
+	// action is the action, with its agent and trace ids.
+	Action *CheckActionRequest `protobuf:"bytes,4,opt,name=action,proto3" json:"action,omitempty"`
+	// decision is what the layer enforced (for example DENY while the gateway was unreachable).
+	Decision      Decision `protobuf:"varint,5,opt,name=decision,proto3,enum=agentassembly.v1.Decision" json:"decision,omitempty"`
+	RuleId        string   `protobuf:"bytes,6,opt,name=rule_id,json=ruleId,proto3" json:"rule_id,omitempty"`
+	Reason        string   `protobuf:"bytes,7,opt,name=reason,proto3" json:"reason,omitempty"`
+	PolicyVersion string   `protobuf:"bytes,8,opt,name=policy_version,json=policyVersion,proto3" json:"policy_version,omitempty"`
+	// decision_id is the gateway decision the event follows, if any.
+	DecisionId    string `protobuf:"bytes,9,opt,name=decision_id,json=decisionId,proto3" json:"decision_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReportedEvent) Reset() {
+	*x = ReportedEvent{}
+	mi := &file_agentassembly_v1_audit_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReportedEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReportedEvent) ProtoMessage() {}
+
+func (x *ReportedEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_agentassembly_v1_audit_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReportedEvent.ProtoReflect.Descriptor instead.
+func (*ReportedEvent) Descriptor() ([]byte, []int) {
+	return file_agentassembly_v1_audit_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *ReportedEvent) GetEventId() string {
+	if x != nil {
+		return x.EventId
+	}
+	return ""
+}
+
+func (x *ReportedEvent) GetLayer() Layer {
+	if x != nil {
+		return x.Layer
+	}
+	return Layer_LAYER_UNSPECIFIED
+}
+
+func (x *ReportedEvent) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+func (x *ReportedEvent) GetAction() *CheckActionRequest {
+	if x != nil {
+		return x.Action
+	}
+	return nil
+}
+
+func (x *ReportedEvent) GetDecision() Decision {
+	if x != nil {
+		return x.Decision
+	}
+	return Decision_DECISION_UNSPECIFIED
+}
+
+func (x *ReportedEvent) GetRuleId() string {
+	if x != nil {
+		return x.RuleId
+	}
+	return ""
+}
+
+func (x *ReportedEvent) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *ReportedEvent) GetPolicyVersion() string {
+	if x != nil {
+		return x.PolicyVersion
+	}
+	return ""
+}
+
+func (x *ReportedEvent) GetDecisionId() string {
+	if x != nil {
+		return x.DecisionId
+	}
+	return ""
+}
+
+// ReportEventsRequest is a batch of events from one reporter, appended in order.
+type ReportEventsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// reporter names the runtime or node (at most 128 bytes); event ids are unique per reporter.
+	Reporter      string           `protobuf:"bytes,1,opt,name=reporter,proto3" json:"reporter,omitempty"`
+	Events        []*ReportedEvent `protobuf:"bytes,2,rep,name=events,proto3" json:"events,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReportEventsRequest) Reset() {
+	*x = ReportEventsRequest{}
+	mi := &file_agentassembly_v1_audit_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReportEventsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReportEventsRequest) ProtoMessage() {}
+
+func (x *ReportEventsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agentassembly_v1_audit_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReportEventsRequest.ProtoReflect.Descriptor instead.
+func (*ReportEventsRequest) Descriptor() ([]byte, []int) {
+	return file_agentassembly_v1_audit_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *ReportEventsRequest) GetReporter() string {
+	if x != nil {
+		return x.Reporter
+	}
+	return ""
+}
+
+func (x *ReportEventsRequest) GetEvents() []*ReportedEvent {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
+// ReportEventsResponse counts the events appended and those already seen.
+type ReportEventsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Appended      int32                  `protobuf:"varint,1,opt,name=appended,proto3" json:"appended,omitempty"`
+	Duplicates    int32                  `protobuf:"varint,2,opt,name=duplicates,proto3" json:"duplicates,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReportEventsResponse) Reset() {
+	*x = ReportEventsResponse{}
+	mi := &file_agentassembly_v1_audit_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReportEventsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReportEventsResponse) ProtoMessage() {}
+
+func (x *ReportEventsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agentassembly_v1_audit_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReportEventsResponse.ProtoReflect.Descriptor instead.
+func (*ReportEventsResponse) Descriptor() ([]byte, []int) {
+	return file_agentassembly_v1_audit_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *ReportEventsResponse) GetAppended() int32 {
+	if x != nil {
+		return x.Appended
+	}
+	return 0
+}
+
+func (x *ReportEventsResponse) GetDuplicates() int32 {
+	if x != nil {
+		return x.Duplicates
+	}
+	return 0
+}
+
 var File_agentassembly_v1_audit_proto protoreflect.FileDescriptor
 
 const file_agentassembly_v1_audit_proto_rawDesc = "" +
@@ -806,12 +1084,38 @@ const file_agentassembly_v1_audit_proto_rawDesc = "" +
 	"\thead_hash\x18\x06 \x01(\tR\bheadHash\"\\\n" +
 	"\x13VerifyAuditResponse\x12\x0e\n" +
 	"\x02ok\x18\x01 \x01(\bR\x02ok\x125\n" +
-	"\x06chains\x18\x02 \x03(\v2\x1d.agentassembly.v1.ChainReportR\x06chains2\xd1\x03\n" +
+	"\x06chains\x18\x02 \x03(\v2\x1d.agentassembly.v1.ChainReportR\x06chains\"\xf8\x02\n" +
+	"\rReportedEvent\x12\x19\n" +
+	"\bevent_id\x18\x01 \x01(\tR\aeventId\x12-\n" +
+	"\x05layer\x18\x02 \x01(\x0e2\x17.agentassembly.v1.LayerR\x05layer\x12.\n" +
+	"\x04time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12<\n" +
+	"\x06action\x18\x04 \x01(\v2$.agentassembly.v1.CheckActionRequestR\x06action\x126\n" +
+	"\bdecision\x18\x05 \x01(\x0e2\x1a.agentassembly.v1.DecisionR\bdecision\x12\x17\n" +
+	"\arule_id\x18\x06 \x01(\tR\x06ruleId\x12\x16\n" +
+	"\x06reason\x18\a \x01(\tR\x06reason\x12%\n" +
+	"\x0epolicy_version\x18\b \x01(\tR\rpolicyVersion\x12\x1f\n" +
+	"\vdecision_id\x18\t \x01(\tR\n" +
+	"decisionId\"j\n" +
+	"\x13ReportEventsRequest\x12\x1a\n" +
+	"\breporter\x18\x01 \x01(\tR\breporter\x127\n" +
+	"\x06events\x18\x02 \x03(\v2\x1f.agentassembly.v1.ReportedEventR\x06events\"R\n" +
+	"\x14ReportEventsResponse\x12\x1a\n" +
+	"\bappended\x18\x01 \x01(\x05R\bappended\x12\x1e\n" +
+	"\n" +
+	"duplicates\x18\x02 \x01(\x05R\n" +
+	"duplicates*c\n" +
+	"\x05Layer\x12\x15\n" +
+	"\x11LAYER_UNSPECIFIED\x10\x00\x12\r\n" +
+	"\tLAYER_SDK\x10\x01\x12\x11\n" +
+	"\rLAYER_RUNTIME\x10\x02\x12\x0f\n" +
+	"\vLAYER_ENVOY\x10\x03\x12\x10\n" +
+	"\fLAYER_KERNEL\x10\x042\xcd\x04\n" +
 	"\fAuditService\x12|\n" +
 	"\x10ListAuditRecords\x12).agentassembly.v1.ListAuditRecordsRequest\x1a*.agentassembly.v1.ListAuditRecordsResponse\"\x11\x82\xd3\xe4\x93\x02\v\x12\t/v1/audit\x12x\n" +
 	"\bGetTrace\x12!.agentassembly.v1.GetTraceRequest\x1a*.agentassembly.v1.ListAuditRecordsResponse\"\x1d\x82\xd3\xe4\x93\x02\x17\x12\x15/v1/traces/{trace_id}\x12P\n" +
 	"\tTailAudit\x12\".agentassembly.v1.TailAuditRequest\x1a\x1d.agentassembly.v1.AuditRecord0\x01\x12w\n" +
-	"\vVerifyAudit\x12$.agentassembly.v1.VerifyAuditRequest\x1a%.agentassembly.v1.VerifyAuditResponse\"\x1b\x82\xd3\xe4\x93\x02\x15:\x01*\"\x10/v1/audit:verifyBOZMgithub.com/agent-assembly/agent-assembly/api/agentassembly/v1;agentassemblyv1b\x06proto3"
+	"\vVerifyAudit\x12$.agentassembly.v1.VerifyAuditRequest\x1a%.agentassembly.v1.VerifyAuditResponse\"\x1b\x82\xd3\xe4\x93\x02\x15:\x01*\"\x10/v1/audit:verify\x12z\n" +
+	"\fReportEvents\x12%.agentassembly.v1.ReportEventsRequest\x1a&.agentassembly.v1.ReportEventsResponse\"\x1b\x82\xd3\xe4\x93\x02\x15:\x01*\"\x10/v1/audit:reportBOZMgithub.com/agent-assembly/agent-assembly/api/agentassembly/v1;agentassemblyv1b\x06proto3"
 
 var (
 	file_agentassembly_v1_audit_proto_rawDescOnce sync.Once
@@ -825,53 +1129,66 @@ func file_agentassembly_v1_audit_proto_rawDescGZIP() []byte {
 	return file_agentassembly_v1_audit_proto_rawDescData
 }
 
-var file_agentassembly_v1_audit_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_agentassembly_v1_audit_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_agentassembly_v1_audit_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_agentassembly_v1_audit_proto_goTypes = []any{
-	(*AuditRecord)(nil),              // 0: agentassembly.v1.AuditRecord
-	(*AuditFilter)(nil),              // 1: agentassembly.v1.AuditFilter
-	(*ListAuditRecordsRequest)(nil),  // 2: agentassembly.v1.ListAuditRecordsRequest
-	(*ListAuditRecordsResponse)(nil), // 3: agentassembly.v1.ListAuditRecordsResponse
-	(*GetTraceRequest)(nil),          // 4: agentassembly.v1.GetTraceRequest
-	(*TailAuditRequest)(nil),         // 5: agentassembly.v1.TailAuditRequest
-	(*VerifyAuditRequest)(nil),       // 6: agentassembly.v1.VerifyAuditRequest
-	(*ChainReport)(nil),              // 7: agentassembly.v1.ChainReport
-	(*VerifyAuditResponse)(nil),      // 8: agentassembly.v1.VerifyAuditResponse
-	(*timestamppb.Timestamp)(nil),    // 9: google.protobuf.Timestamp
-	(*AgentId)(nil),                  // 10: agentassembly.v1.AgentId
-	(ActionType)(0),                  // 11: agentassembly.v1.ActionType
-	(Decision)(0),                    // 12: agentassembly.v1.Decision
-	(EnforcementMode)(0),             // 13: agentassembly.v1.EnforcementMode
-	(*durationpb.Duration)(nil),      // 14: google.protobuf.Duration
+	(Layer)(0),                       // 0: agentassembly.v1.Layer
+	(*AuditRecord)(nil),              // 1: agentassembly.v1.AuditRecord
+	(*AuditFilter)(nil),              // 2: agentassembly.v1.AuditFilter
+	(*ListAuditRecordsRequest)(nil),  // 3: agentassembly.v1.ListAuditRecordsRequest
+	(*ListAuditRecordsResponse)(nil), // 4: agentassembly.v1.ListAuditRecordsResponse
+	(*GetTraceRequest)(nil),          // 5: agentassembly.v1.GetTraceRequest
+	(*TailAuditRequest)(nil),         // 6: agentassembly.v1.TailAuditRequest
+	(*VerifyAuditRequest)(nil),       // 7: agentassembly.v1.VerifyAuditRequest
+	(*ChainReport)(nil),              // 8: agentassembly.v1.ChainReport
+	(*VerifyAuditResponse)(nil),      // 9: agentassembly.v1.VerifyAuditResponse
+	(*ReportedEvent)(nil),            // 10: agentassembly.v1.ReportedEvent
+	(*ReportEventsRequest)(nil),      // 11: agentassembly.v1.ReportEventsRequest
+	(*ReportEventsResponse)(nil),     // 12: agentassembly.v1.ReportEventsResponse
+	(*timestamppb.Timestamp)(nil),    // 13: google.protobuf.Timestamp
+	(*AgentId)(nil),                  // 14: agentassembly.v1.AgentId
+	(ActionType)(0),                  // 15: agentassembly.v1.ActionType
+	(Decision)(0),                    // 16: agentassembly.v1.Decision
+	(EnforcementMode)(0),             // 17: agentassembly.v1.EnforcementMode
+	(*durationpb.Duration)(nil),      // 18: google.protobuf.Duration
+	(*CheckActionRequest)(nil),       // 19: agentassembly.v1.CheckActionRequest
 }
 var file_agentassembly_v1_audit_proto_depIdxs = []int32{
-	9,  // 0: agentassembly.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
-	10, // 1: agentassembly.v1.AuditRecord.agent:type_name -> agentassembly.v1.AgentId
-	11, // 2: agentassembly.v1.AuditRecord.action_type:type_name -> agentassembly.v1.ActionType
-	12, // 3: agentassembly.v1.AuditRecord.decision:type_name -> agentassembly.v1.Decision
-	13, // 4: agentassembly.v1.AuditRecord.enforcement_mode:type_name -> agentassembly.v1.EnforcementMode
-	12, // 5: agentassembly.v1.AuditRecord.shadow_decision:type_name -> agentassembly.v1.Decision
-	14, // 6: agentassembly.v1.AuditRecord.latency:type_name -> google.protobuf.Duration
-	11, // 7: agentassembly.v1.AuditFilter.action_type:type_name -> agentassembly.v1.ActionType
-	12, // 8: agentassembly.v1.AuditFilter.decision:type_name -> agentassembly.v1.Decision
-	9,  // 9: agentassembly.v1.AuditFilter.since:type_name -> google.protobuf.Timestamp
-	9,  // 10: agentassembly.v1.AuditFilter.until:type_name -> google.protobuf.Timestamp
-	1,  // 11: agentassembly.v1.ListAuditRecordsRequest.filter:type_name -> agentassembly.v1.AuditFilter
-	0,  // 12: agentassembly.v1.ListAuditRecordsResponse.records:type_name -> agentassembly.v1.AuditRecord
-	1,  // 13: agentassembly.v1.TailAuditRequest.filter:type_name -> agentassembly.v1.AuditFilter
-	7,  // 14: agentassembly.v1.VerifyAuditResponse.chains:type_name -> agentassembly.v1.ChainReport
-	2,  // 15: agentassembly.v1.AuditService.ListAuditRecords:input_type -> agentassembly.v1.ListAuditRecordsRequest
-	4,  // 16: agentassembly.v1.AuditService.GetTrace:input_type -> agentassembly.v1.GetTraceRequest
-	5,  // 17: agentassembly.v1.AuditService.TailAudit:input_type -> agentassembly.v1.TailAuditRequest
-	6,  // 18: agentassembly.v1.AuditService.VerifyAudit:input_type -> agentassembly.v1.VerifyAuditRequest
-	3,  // 19: agentassembly.v1.AuditService.ListAuditRecords:output_type -> agentassembly.v1.ListAuditRecordsResponse
-	3,  // 20: agentassembly.v1.AuditService.GetTrace:output_type -> agentassembly.v1.ListAuditRecordsResponse
-	0,  // 21: agentassembly.v1.AuditService.TailAudit:output_type -> agentassembly.v1.AuditRecord
-	8,  // 22: agentassembly.v1.AuditService.VerifyAudit:output_type -> agentassembly.v1.VerifyAuditResponse
-	19, // [19:23] is the sub-list for method output_type
-	15, // [15:19] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	13, // 0: agentassembly.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
+	14, // 1: agentassembly.v1.AuditRecord.agent:type_name -> agentassembly.v1.AgentId
+	15, // 2: agentassembly.v1.AuditRecord.action_type:type_name -> agentassembly.v1.ActionType
+	16, // 3: agentassembly.v1.AuditRecord.decision:type_name -> agentassembly.v1.Decision
+	17, // 4: agentassembly.v1.AuditRecord.enforcement_mode:type_name -> agentassembly.v1.EnforcementMode
+	16, // 5: agentassembly.v1.AuditRecord.shadow_decision:type_name -> agentassembly.v1.Decision
+	18, // 6: agentassembly.v1.AuditRecord.latency:type_name -> google.protobuf.Duration
+	15, // 7: agentassembly.v1.AuditFilter.action_type:type_name -> agentassembly.v1.ActionType
+	16, // 8: agentassembly.v1.AuditFilter.decision:type_name -> agentassembly.v1.Decision
+	13, // 9: agentassembly.v1.AuditFilter.since:type_name -> google.protobuf.Timestamp
+	13, // 10: agentassembly.v1.AuditFilter.until:type_name -> google.protobuf.Timestamp
+	2,  // 11: agentassembly.v1.ListAuditRecordsRequest.filter:type_name -> agentassembly.v1.AuditFilter
+	1,  // 12: agentassembly.v1.ListAuditRecordsResponse.records:type_name -> agentassembly.v1.AuditRecord
+	2,  // 13: agentassembly.v1.TailAuditRequest.filter:type_name -> agentassembly.v1.AuditFilter
+	8,  // 14: agentassembly.v1.VerifyAuditResponse.chains:type_name -> agentassembly.v1.ChainReport
+	0,  // 15: agentassembly.v1.ReportedEvent.layer:type_name -> agentassembly.v1.Layer
+	13, // 16: agentassembly.v1.ReportedEvent.time:type_name -> google.protobuf.Timestamp
+	19, // 17: agentassembly.v1.ReportedEvent.action:type_name -> agentassembly.v1.CheckActionRequest
+	16, // 18: agentassembly.v1.ReportedEvent.decision:type_name -> agentassembly.v1.Decision
+	10, // 19: agentassembly.v1.ReportEventsRequest.events:type_name -> agentassembly.v1.ReportedEvent
+	3,  // 20: agentassembly.v1.AuditService.ListAuditRecords:input_type -> agentassembly.v1.ListAuditRecordsRequest
+	5,  // 21: agentassembly.v1.AuditService.GetTrace:input_type -> agentassembly.v1.GetTraceRequest
+	6,  // 22: agentassembly.v1.AuditService.TailAudit:input_type -> agentassembly.v1.TailAuditRequest
+	7,  // 23: agentassembly.v1.AuditService.VerifyAudit:input_type -> agentassembly.v1.VerifyAuditRequest
+	11, // 24: agentassembly.v1.AuditService.ReportEvents:input_type -> agentassembly.v1.ReportEventsRequest
+	4,  // 25: agentassembly.v1.AuditService.ListAuditRecords:output_type -> agentassembly.v1.ListAuditRecordsResponse
+	4,  // 26: agentassembly.v1.AuditService.GetTrace:output_type -> agentassembly.v1.ListAuditRecordsResponse
+	1,  // 27: agentassembly.v1.AuditService.TailAudit:output_type -> agentassembly.v1.AuditRecord
+	9,  // 28: agentassembly.v1.AuditService.VerifyAudit:output_type -> agentassembly.v1.VerifyAuditResponse
+	12, // 29: agentassembly.v1.AuditService.ReportEvents:output_type -> agentassembly.v1.ReportEventsResponse
+	25, // [25:30] is the sub-list for method output_type
+	20, // [20:25] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_agentassembly_v1_audit_proto_init() }
@@ -885,13 +1202,14 @@ func file_agentassembly_v1_audit_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agentassembly_v1_audit_proto_rawDesc), len(file_agentassembly_v1_audit_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   9,
+			NumEnums:      1,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_agentassembly_v1_audit_proto_goTypes,
 		DependencyIndexes: file_agentassembly_v1_audit_proto_depIdxs,
+		EnumInfos:         file_agentassembly_v1_audit_proto_enumTypes,
 		MessageInfos:      file_agentassembly_v1_audit_proto_msgTypes,
 	}.Build()
 	File_agentassembly_v1_audit_proto = out.File

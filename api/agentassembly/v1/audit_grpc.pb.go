@@ -23,6 +23,7 @@ const (
 	AuditService_GetTrace_FullMethodName         = "/agentassembly.v1.AuditService/GetTrace"
 	AuditService_TailAudit_FullMethodName        = "/agentassembly.v1.AuditService/TailAudit"
 	AuditService_VerifyAudit_FullMethodName      = "/agentassembly.v1.AuditService/VerifyAudit"
+	AuditService_ReportEvents_FullMethodName     = "/agentassembly.v1.AuditService/ReportEvents"
 )
 
 // AuditServiceClient is the client API for AuditService service.
@@ -39,6 +40,10 @@ type AuditServiceClient interface {
 	TailAudit(ctx context.Context, in *TailAuditRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[AuditRecord], error)
 	// VerifyAudit recomputes every chain and reports the first broken link.
 	VerifyAudit(ctx context.Context, in *VerifyAuditRequest, opts ...grpc.CallOption) (*VerifyAuditResponse, error)
+	// ReportEvents appends events seen by a runtime, SDK, Envoy or the kernel
+	// layer. Each event carries a client-side id; an id seen before from the
+	// same reporter is acknowledged and not appended again, so retries are safe.
+	ReportEvents(ctx context.Context, in *ReportEventsRequest, opts ...grpc.CallOption) (*ReportEventsResponse, error)
 }
 
 type auditServiceClient struct {
@@ -98,6 +103,16 @@ func (c *auditServiceClient) VerifyAudit(ctx context.Context, in *VerifyAuditReq
 	return out, nil
 }
 
+func (c *auditServiceClient) ReportEvents(ctx context.Context, in *ReportEventsRequest, opts ...grpc.CallOption) (*ReportEventsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReportEventsResponse)
+	err := c.cc.Invoke(ctx, AuditService_ReportEvents_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AuditServiceServer is the server API for AuditService service.
 // All implementations must embed UnimplementedAuditServiceServer
 // for forward compatibility.
@@ -112,6 +127,10 @@ type AuditServiceServer interface {
 	TailAudit(*TailAuditRequest, grpc.ServerStreamingServer[AuditRecord]) error
 	// VerifyAudit recomputes every chain and reports the first broken link.
 	VerifyAudit(context.Context, *VerifyAuditRequest) (*VerifyAuditResponse, error)
+	// ReportEvents appends events seen by a runtime, SDK, Envoy or the kernel
+	// layer. Each event carries a client-side id; an id seen before from the
+	// same reporter is acknowledged and not appended again, so retries are safe.
+	ReportEvents(context.Context, *ReportEventsRequest) (*ReportEventsResponse, error)
 	mustEmbedUnimplementedAuditServiceServer()
 }
 
@@ -133,6 +152,9 @@ func (UnimplementedAuditServiceServer) TailAudit(*TailAuditRequest, grpc.ServerS
 }
 func (UnimplementedAuditServiceServer) VerifyAudit(context.Context, *VerifyAuditRequest) (*VerifyAuditResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method VerifyAudit not implemented")
+}
+func (UnimplementedAuditServiceServer) ReportEvents(context.Context, *ReportEventsRequest) (*ReportEventsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ReportEvents not implemented")
 }
 func (UnimplementedAuditServiceServer) mustEmbedUnimplementedAuditServiceServer() {}
 func (UnimplementedAuditServiceServer) testEmbeddedByValue()                      {}
@@ -220,6 +242,24 @@ func _AuditService_VerifyAudit_Handler(srv interface{}, ctx context.Context, dec
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AuditService_ReportEvents_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReportEventsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AuditServiceServer).ReportEvents(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AuditService_ReportEvents_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AuditServiceServer).ReportEvents(ctx, req.(*ReportEventsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AuditService_ServiceDesc is the grpc.ServiceDesc for AuditService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -238,6 +278,10 @@ var AuditService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "VerifyAudit",
 			Handler:    _AuditService_VerifyAudit_Handler,
+		},
+		{
+			MethodName: "ReportEvents",
+			Handler:    _AuditService_ReportEvents_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
