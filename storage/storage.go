@@ -10,6 +10,7 @@ package storage
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/agent-assembly/agent-assembly/action"
@@ -43,6 +44,10 @@ const (
 	TopicAgents = "agents"
 	// TopicPolicy carries the version that was activated.
 	TopicPolicy = "policy"
+	// TopicInvalidations carries the sequence number (decimal) of an
+	// invalidation event just appended to the InvalidationLog, so every
+	// replica's subscribers read it at once instead of at their next poll.
+	TopicInvalidations = "invalidations"
 )
 
 // Sealer encrypts secrets at rest. secretbox.Box implements it. aad is
@@ -63,6 +68,7 @@ type Store interface {
 	Secrets
 	Counters
 	Notifier
+	InvalidationLog
 	// Ping checks that the backends answer.
 	Ping(ctx context.Context) error
 	// Close releases connections and flushes buffered writes.
@@ -218,6 +224,9 @@ type Agent struct {
 	Depth        int
 	RegisteredAt time.Time
 	LastSeen     time.Time
+	// Mode, when not action.ModeUnspecified, overrides the enforcement mode
+	// of the policy documents for this agent (an operator's runtime switch).
+	Mode action.Mode
 }
 
 // AgentFilter selects agents. Zero values mean "any".
@@ -238,6 +247,10 @@ type AgentRegistry interface {
 	SetAgentStatus(ctx context.Context, id action.AgentID, s AgentStatus, reason string) error
 	// TouchAgent records a heartbeat.
 	TouchAgent(ctx context.Context, id action.AgentID, at time.Time) error
+	// SetAgentMode sets the agent's enforcement-mode override
+	// (action.ModeUnspecified clears it); ErrNotFound for an unknown agent,
+	// ErrInvalid for a mode that is not a known one.
+	SetAgentMode(ctx context.Context, id action.AgentID, m action.Mode) error
 	// PutNonce stores a single-use registration nonce until expiry.
 	PutNonce(ctx context.Context, nonce string, expires time.Time) error
 	// ConsumeNonce deletes a live nonce; ErrNotFound if unknown, expired or used.
@@ -246,6 +259,80 @@ type AgentRegistry interface {
 	RevokeCredential(ctx context.Context, tokenID string, expires time.Time) error
 	// CredentialRevoked reports whether a token id was revoked.
 	CredentialRevoked(ctx context.Context, tokenID string) (bool, error)
+}
+
+// ValidAgentMode reports whether m can be stored as an agent's mode override.
+func ValidAgentMode(m action.Mode) error {
+	if m > action.ModeDisabled {
+		return fmt.Errorf("agent mode %s: want enforce, observe, disabled or unspecified: %w", m, ErrInvalid)
+	}
+	return nil
+}
+
+// AgentModeName is how drivers store a mode override: "" for none, else
+// the mode's name.
+func AgentModeName(m action.Mode) string {
+	if m == action.ModeUnspecified {
+		return ""
+	}
+	return m.String()
+}
+
+// ParseAgentMode reverses AgentModeName; anything unknown is no override.
+func ParseAgentMode(s string) action.Mode {
+	m, _ := action.ParseMode(s)
+	return m
+}
+
+// ---------------------------------------------------------------- invalidations
+
+// InvalidationType says what an invalidation event invalidates.
+type InvalidationType string
+
+// Invalidation event types.
+const (
+	InvalidatePolicy     InvalidationType = "policy_changed"
+	InvalidateApproval   InvalidationType = "approval_resolved"
+	InvalidateSuspended  InvalidationType = "agent_suspended"
+	InvalidateResumed    InvalidationType = "agent_resumed"
+	InvalidateKilled     InvalidationType = "agent_killed"
+	InvalidateRevoked    InvalidationType = "credential_revoked"
+	InvalidateAgentMode  InvalidationType = "agent_mode_changed"
+	InvalidateRegistered InvalidationType = "agent_registered"
+)
+
+// InvalidationEvent is one entry of the invalidation log: something runtimes
+// and Envoy nodes that cache decisions must drop.
+type InvalidationEvent struct {
+	// Seq is assigned by AppendInvalidation: 1, 2, 3, … with no gaps, and
+	// events become visible to InvalidationsSince in Seq order.
+	Seq  int64
+	Type InvalidationType
+	// Agent is the agent concerned (zero for every agent).
+	Agent         action.AgentID
+	PolicyVersion string
+	ApprovalID    string
+	Reason        string
+	Time          time.Time
+	// Key, when not empty, makes the append idempotent across replicas: an
+	// event whose key is already in the log is not stored again
+	// (AppendInvalidation returns ErrConflict).
+	Key string
+}
+
+// InvalidationLog is an ordered, replica-shared log of invalidation events.
+// Subscribers resume from the last sequence number they saw, so no event is
+// lost across reconnects; TopicInvalidations wakes them.
+type InvalidationLog interface {
+	// AppendInvalidation stores ev with the next sequence number, sets
+	// ev.Seq and returns it. ErrConflict when ev.Key is already logged.
+	AppendInvalidation(ctx context.Context, ev *InvalidationEvent) (int64, error)
+	// InvalidationsSince returns up to limit events with Seq > after, in Seq
+	// order (limit <= 0 means 1000).
+	InvalidationsSince(ctx context.Context, after int64, limit int) ([]*InvalidationEvent, error)
+	// TrimInvalidations deletes events older than before, keeping the newest
+	// one so sequence numbers keep increasing; it returns how many it deleted.
+	TrimInvalidations(ctx context.Context, before time.Time) (int64, error)
 }
 
 // ---------------------------------------------------------------- policies

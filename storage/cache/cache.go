@@ -83,6 +83,11 @@ func (s *Store) SetAgentStatus(ctx context.Context, id action.AgentID, st storag
 	return s.Agents.SetAgentStatus(ctx, id, st, reason)
 }
 
+// SetAgentMode implements storage.AgentRegistry through the cache.
+func (s *Store) SetAgentMode(ctx context.Context, id action.AgentID, m action.Mode) error {
+	return s.Agents.SetAgentMode(ctx, id, m)
+}
+
 // TouchAgent implements storage.AgentRegistry through the cache.
 func (s *Store) TouchAgent(ctx context.Context, id action.AgentID, at time.Time) error {
 	return s.Agents.TouchAgent(ctx, id, at)
@@ -304,6 +309,13 @@ func (c *Agents) PutAgent(ctx context.Context, a *storage.Agent) error {
 // SetAgentStatus writes through and invalidates.
 func (c *Agents) SetAgentStatus(ctx context.Context, id action.AgentID, s storage.AgentStatus, reason string) error {
 	err := c.next.SetAgentStatus(ctx, id, s, reason)
+	c.changed(ctx, id)
+	return err
+}
+
+// SetAgentMode writes through and invalidates on every replica.
+func (c *Agents) SetAgentMode(ctx context.Context, id action.AgentID, m action.Mode) error {
+	err := c.next.SetAgentMode(ctx, id, m)
 	c.changed(ctx, id)
 	return err
 }

@@ -53,6 +53,8 @@ type Store struct {
 
 	secrets map[string]secret
 	closed  bool
+
+	inval invalidations
 }
 
 type secret struct {
@@ -315,6 +317,21 @@ func (s *Store) TouchAgent(ctx context.Context, id action.AgentID, at time.Time)
 		return fmt.Errorf("touch agent %s: %w", id, storage.ErrNotFound)
 	}
 	a.LastSeen = at
+	return nil
+}
+
+// SetAgentMode sets an agent's enforcement-mode override.
+func (s *Store) SetAgentMode(ctx context.Context, id action.AgentID, m action.Mode) error {
+	if err := storage.ValidAgentMode(m); err != nil {
+		return fmt.Errorf("set mode of agent %s: %w", id, err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	a, ok := s.agents[id]
+	if !ok {
+		return fmt.Errorf("set mode of agent %s: %w", id, storage.ErrNotFound)
+	}
+	a.Mode = m
 	return nil
 }
 

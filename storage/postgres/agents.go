@@ -15,7 +15,7 @@ import (
 )
 
 const agentColumns = `org, team, name, labels, public_key, status, status_reason,
-	parent_org, parent_team, parent_name, depth, registered_ns, last_seen_ns`
+	parent_org, parent_team, parent_name, depth, registered_ns, last_seen_ns, mode`
 
 func scanAgent(row pgx.Row) (*storage.Agent, error) {
 	a := &storage.Agent{}
@@ -26,12 +26,14 @@ func scanAgent(row pgx.Row) (*storage.Agent, error) {
 		labels         map[string]string
 		publicKey      []byte
 		org, team, nam string
+		mode           string
 	)
 	err := row.Scan(&org, &team, &nam, &labels, &publicKey, &status, &a.StatusReason,
-		&a.Parent.Org, &a.Parent.Team, &a.Parent.Agent, &depth, &reg, &seen)
+		&a.Parent.Org, &a.Parent.Team, &a.Parent.Agent, &depth, &reg, &seen, &mode)
 	if err != nil {
 		return nil, err
 	}
+	a.Mode = storage.ParseAgentMode(mode)
 	a.ID = action.AgentID{Org: org, Team: team, Agent: nam}
 	a.Labels, a.PublicKey = labels, publicKey
 	a.Status, a.Depth = storage.AgentStatus(status), int(depth)
@@ -44,21 +46,26 @@ func (s *Store) PutAgent(ctx context.Context, a *storage.Agent) error {
 	if a == nil || a.ID.Org == "" || a.ID.Team == "" || a.ID.Agent == "" {
 		return fmt.Errorf("put agent: need an org, team and agent name: %w", storage.ErrInvalid)
 	}
+	if err := storage.ValidAgentMode(a.Mode); err != nil {
+		return fmt.Errorf("put agent %s: %w", a.ID, err)
+	}
 	var labels map[string]string
 	if len(a.Labels) > 0 {
 		labels = a.Labels
 	}
 	return s.do(ctx, "put agent", func(c *pgx.Conn) error {
 		_, err := c.Exec(ctx, `INSERT INTO agents (`+agentColumns+`)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
 			ON CONFLICT (org, team, name) DO UPDATE SET
 				labels = EXCLUDED.labels, public_key = EXCLUDED.public_key,
 				status = EXCLUDED.status, status_reason = EXCLUDED.status_reason,
 				parent_org = EXCLUDED.parent_org, parent_team = EXCLUDED.parent_team,
 				parent_name = EXCLUDED.parent_name, depth = EXCLUDED.depth,
-				registered_ns = EXCLUDED.registered_ns, last_seen_ns = EXCLUDED.last_seen_ns`,
+				registered_ns = EXCLUDED.registered_ns, last_seen_ns = EXCLUDED.last_seen_ns,
+				mode = EXCLUDED.mode`,
 			a.ID.Org, a.ID.Team, a.ID.Agent, labels, a.PublicKey, string(a.Status), a.StatusReason,
-			a.Parent.Org, a.Parent.Team, a.Parent.Agent, int32(a.Depth), nanos(a.RegisteredAt), nanos(a.LastSeen))
+			a.Parent.Org, a.Parent.Team, a.Parent.Agent, int32(a.Depth), nanos(a.RegisteredAt), nanos(a.LastSeen),
+			storage.AgentModeName(a.Mode))
 		return err
 	})
 }
@@ -128,6 +135,15 @@ func (s *Store) SetAgentStatus(ctx context.Context, id action.AgentID, st storag
 func (s *Store) TouchAgent(ctx context.Context, id action.AgentID, at time.Time) error {
 	return s.updateAgent(ctx, "touch agent", id, `UPDATE agents SET last_seen_ns = $4
 		WHERE org = $1 AND team = $2 AND name = $3`, nanos(at))
+}
+
+// SetAgentMode sets the enforcement-mode override.
+func (s *Store) SetAgentMode(ctx context.Context, id action.AgentID, m action.Mode) error {
+	if err := storage.ValidAgentMode(m); err != nil {
+		return fmt.Errorf("set agent mode %s: %w", id, err)
+	}
+	return s.updateAgent(ctx, "set agent mode", id, `UPDATE agents SET mode = $4
+		WHERE org = $1 AND team = $2 AND name = $3`, storage.AgentModeName(m))
 }
 
 func (s *Store) updateAgent(ctx context.Context, op string, id action.AgentID, sql string, args ...any) error {

@@ -14,21 +14,25 @@ import (
 )
 
 const agentColumns = `org, team, agent, labels, public_key, status, status_reason,
-	parent_org, parent_team, parent_agent, depth, registered_ns, last_seen_ns`
+	parent_org, parent_team, parent_agent, depth, registered_ns, last_seen_ns, mode`
 
 // PutAgent creates or replaces an agent.
 func (s *Store) PutAgent(ctx context.Context, a *storage.Agent) error {
 	if a.ID.Org == "" || a.ID.Team == "" || a.ID.Agent == "" {
 		return fmt.Errorf("put agent %q: id needs org, team and agent: %w", a.ID, storage.ErrInvalid)
 	}
+	if err := storage.ValidAgentMode(a.Mode); err != nil {
+		return fmt.Errorf("put agent %s: %w", a.ID, err)
+	}
 	labels, err := json.Marshal(a.Labels)
 	if err != nil {
 		return fmt.Errorf("put agent %s: %w", a.ID, err)
 	}
 	err = s.write(ctx, func(tx *sql.Tx) error {
-		_, err := tx.ExecContext(ctx, `INSERT OR REPLACE INTO agents (`+agentColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		_, err := tx.ExecContext(ctx, `INSERT OR REPLACE INTO agents (`+agentColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 			a.ID.Org, a.ID.Team, a.ID.Agent, string(labels), a.PublicKey, string(a.Status), a.StatusReason,
-			a.Parent.Org, a.Parent.Team, a.Parent.Agent, a.Depth, storage.UnixNanos(a.RegisteredAt), storage.UnixNanos(a.LastSeen))
+			a.Parent.Org, a.Parent.Team, a.Parent.Agent, a.Depth, storage.UnixNanos(a.RegisteredAt), storage.UnixNanos(a.LastSeen),
+			storage.AgentModeName(a.Mode))
 		return err
 	})
 	if err != nil {
@@ -42,11 +46,13 @@ func scanAgent(row scanner) (*storage.Agent, error) {
 		a              storage.Agent
 		labels, status string
 		reg, seen      int64
+		mode           string
 	)
 	if err := row.Scan(&a.ID.Org, &a.ID.Team, &a.ID.Agent, &labels, &a.PublicKey, &status, &a.StatusReason,
-		&a.Parent.Org, &a.Parent.Team, &a.Parent.Agent, &a.Depth, &reg, &seen); err != nil {
+		&a.Parent.Org, &a.Parent.Team, &a.Parent.Agent, &a.Depth, &reg, &seen, &mode); err != nil {
 		return nil, err
 	}
+	a.Mode = storage.ParseAgentMode(mode)
 	if err := json.Unmarshal([]byte(labels), &a.Labels); err != nil {
 		return nil, fmt.Errorf("labels of agent %s: %w", a.ID, err)
 	}
@@ -127,6 +133,19 @@ func (s *Store) TouchAgent(ctx context.Context, id action.AgentID, at time.Time)
 		storage.UnixNanos(at), id.Org, id.Team, id.Agent)
 	if err != nil {
 		return fmt.Errorf("touch agent %s: %w", id, wrapErr(err))
+	}
+	return nil
+}
+
+// SetAgentMode sets the enforcement-mode override.
+func (s *Store) SetAgentMode(ctx context.Context, id action.AgentID, m action.Mode) error {
+	if err := storage.ValidAgentMode(m); err != nil {
+		return fmt.Errorf("set mode of agent %s: %w", id, err)
+	}
+	err := s.updateOne(ctx, `UPDATE agents SET mode = ? WHERE org = ? AND team = ? AND agent = ?`,
+		storage.AgentModeName(m), id.Org, id.Team, id.Agent)
+	if err != nil {
+		return fmt.Errorf("set mode of agent %s: %w", id, wrapErr(err))
 	}
 	return nil
 }

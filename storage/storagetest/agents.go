@@ -23,6 +23,7 @@ func RunAgents[R storage.AgentRegistry](t *testing.T, newRegistry func(t *testin
 	t.Run("List", func(t *testing.T) { testAgentsList(t, newRegistry(t)) })
 	t.Run("Nonces", func(t *testing.T) { testNonces(t, newRegistry(t)) })
 	t.Run("Revocation", func(t *testing.T) { testRevocation(t, newRegistry(t)) })
+	t.Run("Mode", func(t *testing.T) { testAgentMode(t, newRegistry(t)) })
 	t.Run("SharedBackend", func(t *testing.T) {
 		a := newRegistry(t)
 		b := second(t, c, a)
@@ -56,6 +57,8 @@ func equalAgent(a, b *storage.Agent) string {
 		return fmt.Sprintf("Status %s (%q) != %s (%q)", a.Status, a.StatusReason, b.Status, b.StatusReason)
 	case a.Parent != b.Parent || a.Depth != b.Depth:
 		return fmt.Sprintf("Parent/Depth %s/%d != %s/%d", a.Parent, a.Depth, b.Parent, b.Depth)
+	case a.Mode != b.Mode:
+		return fmt.Sprintf("Mode %s != %s", a.Mode, b.Mode)
 	case !a.RegisteredAt.Equal(b.RegisteredAt) || !a.LastSeen.Equal(b.LastSeen):
 		return fmt.Sprintf("times %s/%s != %s/%s", a.RegisteredAt, a.LastSeen, b.RegisteredAt, b.LastSeen)
 	}
@@ -242,4 +245,35 @@ func testAgentsShared(t *testing.T, a, b storage.AgentRegistry) {
 	if !revoked {
 		t.Fatal("revocation on one instance not seen by the other")
 	}
+}
+
+func testAgentMode(t *testing.T, r storage.AgentRegistry) {
+	ctx := testContext(t)
+	a := agent("acme", "eng", "moded")
+	check(t, "PutAgent", r.PutAgent(ctx, a))
+	got, err := r.GetAgent(ctx, a.ID)
+	check(t, "GetAgent", err)
+	if got.Mode != action.ModeUnspecified {
+		t.Fatalf("new agent has mode override %s, want none", got.Mode)
+	}
+	for _, m := range []action.Mode{action.ModeObserve, action.ModeDisabled, action.ModeEnforce, action.ModeUnspecified} {
+		check(t, "SetAgentMode("+m.String()+")", r.SetAgentMode(ctx, a.ID, m))
+		got, err := r.GetAgent(ctx, a.ID)
+		check(t, "GetAgent", err)
+		if got.Mode != m || got.Status != a.Status || !maps.Equal(got.Labels, a.Labels) {
+			t.Fatalf("after SetAgentMode(%s): mode %s status %s labels %v; want the mode set and nothing else changed", m, got.Mode, got.Status, got.Labels)
+		}
+	}
+	// PutAgent stores the mode too, and SetAgentStatus leaves it alone.
+	a.Mode = action.ModeObserve
+	check(t, "PutAgent(observe)", r.PutAgent(ctx, a))
+	check(t, "SetAgentStatus", r.SetAgentStatus(ctx, a.ID, storage.AgentSuspended, "x"))
+	got, err = r.GetAgent(ctx, a.ID)
+	check(t, "GetAgent", err)
+	if d := equalAgent(got, &storage.Agent{ID: a.ID, Labels: a.Labels, PublicKey: a.PublicKey, Status: storage.AgentSuspended,
+		StatusReason: "x", Parent: a.Parent, Depth: a.Depth, RegisteredAt: a.RegisteredAt, LastSeen: a.LastSeen, Mode: action.ModeObserve}); d != "" {
+		t.Fatalf("mode after PutAgent and SetAgentStatus: %s", d)
+	}
+	checkIs(t, "SetAgentMode(unknown agent)", r.SetAgentMode(ctx, action.AgentID{Org: "x", Team: "y", Agent: "z"}, action.ModeObserve), storage.ErrNotFound)
+	checkIs(t, "SetAgentMode(bad mode)", r.SetAgentMode(ctx, a.ID, action.Mode(9)), storage.ErrInvalid)
 }

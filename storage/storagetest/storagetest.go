@@ -118,6 +118,9 @@ func Run(t *testing.T, newStore func(t *testing.T) storage.Store, opts ...Option
 	t.Run("Secrets", func(t *testing.T) {
 		RunSecrets(t, func(t *testing.T) storage.Secrets { return newStore(t) }, opts...)
 	})
+	t.Run("Invalidations", func(t *testing.T) {
+		RunInvalidations(t, func(t *testing.T) storage.InvalidationLog { return newStore(t) }, opts...)
+	})
 	t.Run("Notifier", func(t *testing.T) {
 		RunNotifier(t, func(t *testing.T) storage.Notifier { return newStore(t) }, opts...)
 	})
