@@ -735,15 +735,18 @@ func (x *ControlCommand) GetIssuedAt() *timestamppb.Timestamp {
 
 // AgentInfo describes a registered agent.
 type AgentInfo struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Agent         *AgentId               `protobuf:"bytes,1,opt,name=agent,proto3" json:"agent,omitempty"`
-	Status        AgentStatus            `protobuf:"varint,2,opt,name=status,proto3,enum=agentassembly.v1.AgentStatus" json:"status,omitempty"`
-	StatusReason  string                 `protobuf:"bytes,3,opt,name=status_reason,json=statusReason,proto3" json:"status_reason,omitempty"`
-	Labels        map[string]string      `protobuf:"bytes,4,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	Parent        *AgentId               `protobuf:"bytes,5,opt,name=parent,proto3" json:"parent,omitempty"`
-	Depth         int32                  `protobuf:"varint,6,opt,name=depth,proto3" json:"depth,omitempty"`
-	RegisteredAt  *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=registered_at,json=registeredAt,proto3" json:"registered_at,omitempty"`
-	LastSeen      *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=last_seen,json=lastSeen,proto3" json:"last_seen,omitempty"`
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Agent        *AgentId               `protobuf:"bytes,1,opt,name=agent,proto3" json:"agent,omitempty"`
+	Status       AgentStatus            `protobuf:"varint,2,opt,name=status,proto3,enum=agentassembly.v1.AgentStatus" json:"status,omitempty"`
+	StatusReason string                 `protobuf:"bytes,3,opt,name=status_reason,json=statusReason,proto3" json:"status_reason,omitempty"`
+	Labels       map[string]string      `protobuf:"bytes,4,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Parent       *AgentId               `protobuf:"bytes,5,opt,name=parent,proto3" json:"parent,omitempty"`
+	Depth        int32                  `protobuf:"varint,6,opt,name=depth,proto3" json:"depth,omitempty"`
+	RegisteredAt *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=registered_at,json=registeredAt,proto3" json:"registered_at,omitempty"`
+	LastSeen     *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=last_seen,json=lastSeen,proto3" json:"last_seen,omitempty"`
+	// mode_override, when set, replaces the policy documents' enforcement mode
+	// for this agent (an operator's runtime switch).
+	ModeOverride  EnforcementMode `protobuf:"varint,9,opt,name=mode_override,json=modeOverride,proto3,enum=agentassembly.v1.EnforcementMode" json:"mode_override,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -832,6 +835,13 @@ func (x *AgentInfo) GetLastSeen() *timestamppb.Timestamp {
 		return x.LastSeen
 	}
 	return nil
+}
+
+func (x *AgentInfo) GetModeOverride() EnforcementMode {
+	if x != nil {
+		return x.ModeOverride
+	}
+	return EnforcementMode_ENFORCEMENT_MODE_UNSPECIFIED
 }
 
 // ListAgentsRequest filters agents.
@@ -1039,6 +1049,69 @@ func (x *AgentControlRequest) GetReason() string {
 	return ""
 }
 
+// SetAgentModeRequest sets or clears an agent's enforcement-mode override.
+type SetAgentModeRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// id is "org/team/agent".
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// mode is ENFORCE, OBSERVE or DISABLED; ENFORCEMENT_MODE_UNSPECIFIED clears the override.
+	Mode          EnforcementMode `protobuf:"varint,2,opt,name=mode,proto3,enum=agentassembly.v1.EnforcementMode" json:"mode,omitempty"`
+	Reason        string          `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetAgentModeRequest) Reset() {
+	*x = SetAgentModeRequest{}
+	mi := &file_agentassembly_v1_agent_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetAgentModeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetAgentModeRequest) ProtoMessage() {}
+
+func (x *SetAgentModeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agentassembly_v1_agent_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetAgentModeRequest.ProtoReflect.Descriptor instead.
+func (*SetAgentModeRequest) Descriptor() ([]byte, []int) {
+	return file_agentassembly_v1_agent_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *SetAgentModeRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *SetAgentModeRequest) GetMode() EnforcementMode {
+	if x != nil {
+		return x.Mode
+	}
+	return EnforcementMode_ENFORCEMENT_MODE_UNSPECIFIED
+}
+
+func (x *SetAgentModeRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 var File_agentassembly_v1_agent_proto protoreflect.FileDescriptor
 
 const file_agentassembly_v1_agent_proto_rawDesc = "" +
@@ -1093,7 +1166,7 @@ const file_agentassembly_v1_agent_proto_rawDesc = "" +
 	"\fTYPE_SUSPEND\x10\x01\x12\x0f\n" +
 	"\vTYPE_RESUME\x10\x02\x12\r\n" +
 	"\tTYPE_KILL\x10\x03\x12\x16\n" +
-	"\x12TYPE_POLICY_UPDATE\x10\x04\"\xd7\x03\n" +
+	"\x12TYPE_POLICY_UPDATE\x10\x04\"\x9f\x04\n" +
 	"\tAgentInfo\x12/\n" +
 	"\x05agent\x18\x01 \x01(\v2\x19.agentassembly.v1.AgentIdR\x05agent\x125\n" +
 	"\x06status\x18\x02 \x01(\x0e2\x1d.agentassembly.v1.AgentStatusR\x06status\x12#\n" +
@@ -1102,7 +1175,8 @@ const file_agentassembly_v1_agent_proto_rawDesc = "" +
 	"\x06parent\x18\x05 \x01(\v2\x19.agentassembly.v1.AgentIdR\x06parent\x12\x14\n" +
 	"\x05depth\x18\x06 \x01(\x05R\x05depth\x12?\n" +
 	"\rregistered_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\fregisteredAt\x127\n" +
-	"\tlast_seen\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\blastSeen\x1a9\n" +
+	"\tlast_seen\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\blastSeen\x12F\n" +
+	"\rmode_override\x18\t \x01(\x0e2!.agentassembly.v1.EnforcementModeR\fmodeOverride\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"z\n" +
@@ -1116,13 +1190,17 @@ const file_agentassembly_v1_agent_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"=\n" +
 	"\x13AgentControlRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
-	"\x06reason\x18\x02 \x01(\tR\x06reason*\x91\x01\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"t\n" +
+	"\x13SetAgentModeRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x125\n" +
+	"\x04mode\x18\x02 \x01(\x0e2!.agentassembly.v1.EnforcementModeR\x04mode\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason*\x91\x01\n" +
 	"\vAgentStatus\x12\x1c\n" +
 	"\x18AGENT_STATUS_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13AGENT_STATUS_ACTIVE\x10\x01\x12\x1a\n" +
 	"\x16AGENT_STATUS_SUSPENDED\x10\x02\x12\x17\n" +
 	"\x13AGENT_STATUS_KILLED\x10\x03\x12\x16\n" +
-	"\x12AGENT_STATUS_STALE\x10\x042\xab\b\n" +
+	"\x12AGENT_STATUS_STALE\x10\x042\xa6\t\n" +
 	"\x15AgentLifecycleService\x12i\n" +
 	"\x10RequestChallenge\x12).agentassembly.v1.RequestChallengeRequest\x1a*.agentassembly.v1.RequestChallengeResponse\x12Q\n" +
 	"\bRegister\x12!.agentassembly.v1.RegisterRequest\x1a\".agentassembly.v1.RegisterResponse\x12T\n" +
@@ -1136,7 +1214,8 @@ const file_agentassembly_v1_agent_proto_rawDesc = "" +
 	"\bGetAgent\x12!.agentassembly.v1.GetAgentRequest\x1a\x1b.agentassembly.v1.AgentInfo\"\x1d\x82\xd3\xe4\x93\x02\x17\x12\x15/v1/agents/{id=*/*/*}\x12|\n" +
 	"\fSuspendAgent\x12%.agentassembly.v1.AgentControlRequest\x1a\x1b.agentassembly.v1.AgentInfo\"(\x82\xd3\xe4\x93\x02\":\x01*\"\x1d/v1/agents/{id=*/*/*}:suspend\x12z\n" +
 	"\vResumeAgent\x12%.agentassembly.v1.AgentControlRequest\x1a\x1b.agentassembly.v1.AgentInfo\"'\x82\xd3\xe4\x93\x02!:\x01*\"\x1c/v1/agents/{id=*/*/*}:resume\x12v\n" +
-	"\tKillAgent\x12%.agentassembly.v1.AgentControlRequest\x1a\x1b.agentassembly.v1.AgentInfo\"%\x82\xd3\xe4\x93\x02\x1f:\x01*\"\x1a/v1/agents/{id=*/*/*}:killBOZMgithub.com/agent-assembly/agent-assembly/api/agentassembly/v1;agentassemblyv1b\x06proto3"
+	"\tKillAgent\x12%.agentassembly.v1.AgentControlRequest\x1a\x1b.agentassembly.v1.AgentInfo\"%\x82\xd3\xe4\x93\x02\x1f:\x01*\"\x1a/v1/agents/{id=*/*/*}:kill\x12y\n" +
+	"\fSetAgentMode\x12%.agentassembly.v1.SetAgentModeRequest\x1a\x1b.agentassembly.v1.AgentInfo\"%\x82\xd3\xe4\x93\x02\x1f:\x01*\"\x1a/v1/agents/{id=*/*/*}:modeBOZMgithub.com/agent-assembly/agent-assembly/api/agentassembly/v1;agentassemblyv1b\x06proto3"
 
 var (
 	file_agentassembly_v1_agent_proto_rawDescOnce sync.Once
@@ -1151,7 +1230,7 @@ func file_agentassembly_v1_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_agentassembly_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_agentassembly_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_agentassembly_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_agentassembly_v1_agent_proto_goTypes = []any{
 	(AgentStatus)(0),                 // 0: agentassembly.v1.AgentStatus
 	(ControlCommand_Type)(0),         // 1: agentassembly.v1.ControlCommand.Type
@@ -1170,61 +1249,67 @@ var file_agentassembly_v1_agent_proto_goTypes = []any{
 	(*ListAgentsResponse)(nil),       // 14: agentassembly.v1.ListAgentsResponse
 	(*GetAgentRequest)(nil),          // 15: agentassembly.v1.GetAgentRequest
 	(*AgentControlRequest)(nil),      // 16: agentassembly.v1.AgentControlRequest
-	nil,                              // 17: agentassembly.v1.RegisterRequest.LabelsEntry
-	nil,                              // 18: agentassembly.v1.AgentInfo.LabelsEntry
-	(*AgentId)(nil),                  // 19: agentassembly.v1.AgentId
-	(*timestamppb.Timestamp)(nil),    // 20: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),      // 21: google.protobuf.Duration
+	(*SetAgentModeRequest)(nil),      // 17: agentassembly.v1.SetAgentModeRequest
+	nil,                              // 18: agentassembly.v1.RegisterRequest.LabelsEntry
+	nil,                              // 19: agentassembly.v1.AgentInfo.LabelsEntry
+	(*AgentId)(nil),                  // 20: agentassembly.v1.AgentId
+	(*timestamppb.Timestamp)(nil),    // 21: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),      // 22: google.protobuf.Duration
+	(EnforcementMode)(0),             // 23: agentassembly.v1.EnforcementMode
 }
 var file_agentassembly_v1_agent_proto_depIdxs = []int32{
-	19, // 0: agentassembly.v1.RequestChallengeRequest.agent:type_name -> agentassembly.v1.AgentId
-	20, // 1: agentassembly.v1.RequestChallengeResponse.expires_at:type_name -> google.protobuf.Timestamp
-	19, // 2: agentassembly.v1.RegisterRequest.agent:type_name -> agentassembly.v1.AgentId
-	17, // 3: agentassembly.v1.RegisterRequest.labels:type_name -> agentassembly.v1.RegisterRequest.LabelsEntry
-	19, // 4: agentassembly.v1.RegisterRequest.parent:type_name -> agentassembly.v1.AgentId
-	20, // 5: agentassembly.v1.RegisterResponse.expires_at:type_name -> google.protobuf.Timestamp
-	21, // 6: agentassembly.v1.RegisterResponse.heartbeat_interval:type_name -> google.protobuf.Duration
-	19, // 7: agentassembly.v1.HeartbeatRequest.agent:type_name -> agentassembly.v1.AgentId
+	20, // 0: agentassembly.v1.RequestChallengeRequest.agent:type_name -> agentassembly.v1.AgentId
+	21, // 1: agentassembly.v1.RequestChallengeResponse.expires_at:type_name -> google.protobuf.Timestamp
+	20, // 2: agentassembly.v1.RegisterRequest.agent:type_name -> agentassembly.v1.AgentId
+	18, // 3: agentassembly.v1.RegisterRequest.labels:type_name -> agentassembly.v1.RegisterRequest.LabelsEntry
+	20, // 4: agentassembly.v1.RegisterRequest.parent:type_name -> agentassembly.v1.AgentId
+	21, // 5: agentassembly.v1.RegisterResponse.expires_at:type_name -> google.protobuf.Timestamp
+	22, // 6: agentassembly.v1.RegisterResponse.heartbeat_interval:type_name -> google.protobuf.Duration
+	20, // 7: agentassembly.v1.HeartbeatRequest.agent:type_name -> agentassembly.v1.AgentId
 	0,  // 8: agentassembly.v1.HeartbeatResponse.status:type_name -> agentassembly.v1.AgentStatus
-	21, // 9: agentassembly.v1.HeartbeatResponse.next_interval:type_name -> google.protobuf.Duration
-	19, // 10: agentassembly.v1.DeregisterRequest.agent:type_name -> agentassembly.v1.AgentId
-	19, // 11: agentassembly.v1.ControlStreamRequest.agent:type_name -> agentassembly.v1.AgentId
+	22, // 9: agentassembly.v1.HeartbeatResponse.next_interval:type_name -> google.protobuf.Duration
+	20, // 10: agentassembly.v1.DeregisterRequest.agent:type_name -> agentassembly.v1.AgentId
+	20, // 11: agentassembly.v1.ControlStreamRequest.agent:type_name -> agentassembly.v1.AgentId
 	1,  // 12: agentassembly.v1.ControlCommand.type:type_name -> agentassembly.v1.ControlCommand.Type
-	19, // 13: agentassembly.v1.ControlCommand.agent:type_name -> agentassembly.v1.AgentId
-	20, // 14: agentassembly.v1.ControlCommand.issued_at:type_name -> google.protobuf.Timestamp
-	19, // 15: agentassembly.v1.AgentInfo.agent:type_name -> agentassembly.v1.AgentId
+	20, // 13: agentassembly.v1.ControlCommand.agent:type_name -> agentassembly.v1.AgentId
+	21, // 14: agentassembly.v1.ControlCommand.issued_at:type_name -> google.protobuf.Timestamp
+	20, // 15: agentassembly.v1.AgentInfo.agent:type_name -> agentassembly.v1.AgentId
 	0,  // 16: agentassembly.v1.AgentInfo.status:type_name -> agentassembly.v1.AgentStatus
-	18, // 17: agentassembly.v1.AgentInfo.labels:type_name -> agentassembly.v1.AgentInfo.LabelsEntry
-	19, // 18: agentassembly.v1.AgentInfo.parent:type_name -> agentassembly.v1.AgentId
-	20, // 19: agentassembly.v1.AgentInfo.registered_at:type_name -> google.protobuf.Timestamp
-	20, // 20: agentassembly.v1.AgentInfo.last_seen:type_name -> google.protobuf.Timestamp
-	0,  // 21: agentassembly.v1.ListAgentsRequest.status:type_name -> agentassembly.v1.AgentStatus
-	12, // 22: agentassembly.v1.ListAgentsResponse.agents:type_name -> agentassembly.v1.AgentInfo
-	2,  // 23: agentassembly.v1.AgentLifecycleService.RequestChallenge:input_type -> agentassembly.v1.RequestChallengeRequest
-	4,  // 24: agentassembly.v1.AgentLifecycleService.Register:input_type -> agentassembly.v1.RegisterRequest
-	6,  // 25: agentassembly.v1.AgentLifecycleService.Heartbeat:input_type -> agentassembly.v1.HeartbeatRequest
-	8,  // 26: agentassembly.v1.AgentLifecycleService.Deregister:input_type -> agentassembly.v1.DeregisterRequest
-	10, // 27: agentassembly.v1.AgentLifecycleService.ControlStream:input_type -> agentassembly.v1.ControlStreamRequest
-	13, // 28: agentassembly.v1.AgentLifecycleService.ListAgents:input_type -> agentassembly.v1.ListAgentsRequest
-	15, // 29: agentassembly.v1.AgentLifecycleService.GetAgent:input_type -> agentassembly.v1.GetAgentRequest
-	16, // 30: agentassembly.v1.AgentLifecycleService.SuspendAgent:input_type -> agentassembly.v1.AgentControlRequest
-	16, // 31: agentassembly.v1.AgentLifecycleService.ResumeAgent:input_type -> agentassembly.v1.AgentControlRequest
-	16, // 32: agentassembly.v1.AgentLifecycleService.KillAgent:input_type -> agentassembly.v1.AgentControlRequest
-	3,  // 33: agentassembly.v1.AgentLifecycleService.RequestChallenge:output_type -> agentassembly.v1.RequestChallengeResponse
-	5,  // 34: agentassembly.v1.AgentLifecycleService.Register:output_type -> agentassembly.v1.RegisterResponse
-	7,  // 35: agentassembly.v1.AgentLifecycleService.Heartbeat:output_type -> agentassembly.v1.HeartbeatResponse
-	9,  // 36: agentassembly.v1.AgentLifecycleService.Deregister:output_type -> agentassembly.v1.DeregisterResponse
-	11, // 37: agentassembly.v1.AgentLifecycleService.ControlStream:output_type -> agentassembly.v1.ControlCommand
-	14, // 38: agentassembly.v1.AgentLifecycleService.ListAgents:output_type -> agentassembly.v1.ListAgentsResponse
-	12, // 39: agentassembly.v1.AgentLifecycleService.GetAgent:output_type -> agentassembly.v1.AgentInfo
-	12, // 40: agentassembly.v1.AgentLifecycleService.SuspendAgent:output_type -> agentassembly.v1.AgentInfo
-	12, // 41: agentassembly.v1.AgentLifecycleService.ResumeAgent:output_type -> agentassembly.v1.AgentInfo
-	12, // 42: agentassembly.v1.AgentLifecycleService.KillAgent:output_type -> agentassembly.v1.AgentInfo
-	33, // [33:43] is the sub-list for method output_type
-	23, // [23:33] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	19, // 17: agentassembly.v1.AgentInfo.labels:type_name -> agentassembly.v1.AgentInfo.LabelsEntry
+	20, // 18: agentassembly.v1.AgentInfo.parent:type_name -> agentassembly.v1.AgentId
+	21, // 19: agentassembly.v1.AgentInfo.registered_at:type_name -> google.protobuf.Timestamp
+	21, // 20: agentassembly.v1.AgentInfo.last_seen:type_name -> google.protobuf.Timestamp
+	23, // 21: agentassembly.v1.AgentInfo.mode_override:type_name -> agentassembly.v1.EnforcementMode
+	0,  // 22: agentassembly.v1.ListAgentsRequest.status:type_name -> agentassembly.v1.AgentStatus
+	12, // 23: agentassembly.v1.ListAgentsResponse.agents:type_name -> agentassembly.v1.AgentInfo
+	23, // 24: agentassembly.v1.SetAgentModeRequest.mode:type_name -> agentassembly.v1.EnforcementMode
+	2,  // 25: agentassembly.v1.AgentLifecycleService.RequestChallenge:input_type -> agentassembly.v1.RequestChallengeRequest
+	4,  // 26: agentassembly.v1.AgentLifecycleService.Register:input_type -> agentassembly.v1.RegisterRequest
+	6,  // 27: agentassembly.v1.AgentLifecycleService.Heartbeat:input_type -> agentassembly.v1.HeartbeatRequest
+	8,  // 28: agentassembly.v1.AgentLifecycleService.Deregister:input_type -> agentassembly.v1.DeregisterRequest
+	10, // 29: agentassembly.v1.AgentLifecycleService.ControlStream:input_type -> agentassembly.v1.ControlStreamRequest
+	13, // 30: agentassembly.v1.AgentLifecycleService.ListAgents:input_type -> agentassembly.v1.ListAgentsRequest
+	15, // 31: agentassembly.v1.AgentLifecycleService.GetAgent:input_type -> agentassembly.v1.GetAgentRequest
+	16, // 32: agentassembly.v1.AgentLifecycleService.SuspendAgent:input_type -> agentassembly.v1.AgentControlRequest
+	16, // 33: agentassembly.v1.AgentLifecycleService.ResumeAgent:input_type -> agentassembly.v1.AgentControlRequest
+	16, // 34: agentassembly.v1.AgentLifecycleService.KillAgent:input_type -> agentassembly.v1.AgentControlRequest
+	17, // 35: agentassembly.v1.AgentLifecycleService.SetAgentMode:input_type -> agentassembly.v1.SetAgentModeRequest
+	3,  // 36: agentassembly.v1.AgentLifecycleService.RequestChallenge:output_type -> agentassembly.v1.RequestChallengeResponse
+	5,  // 37: agentassembly.v1.AgentLifecycleService.Register:output_type -> agentassembly.v1.RegisterResponse
+	7,  // 38: agentassembly.v1.AgentLifecycleService.Heartbeat:output_type -> agentassembly.v1.HeartbeatResponse
+	9,  // 39: agentassembly.v1.AgentLifecycleService.Deregister:output_type -> agentassembly.v1.DeregisterResponse
+	11, // 40: agentassembly.v1.AgentLifecycleService.ControlStream:output_type -> agentassembly.v1.ControlCommand
+	14, // 41: agentassembly.v1.AgentLifecycleService.ListAgents:output_type -> agentassembly.v1.ListAgentsResponse
+	12, // 42: agentassembly.v1.AgentLifecycleService.GetAgent:output_type -> agentassembly.v1.AgentInfo
+	12, // 43: agentassembly.v1.AgentLifecycleService.SuspendAgent:output_type -> agentassembly.v1.AgentInfo
+	12, // 44: agentassembly.v1.AgentLifecycleService.ResumeAgent:output_type -> agentassembly.v1.AgentInfo
+	12, // 45: agentassembly.v1.AgentLifecycleService.KillAgent:output_type -> agentassembly.v1.AgentInfo
+	12, // 46: agentassembly.v1.AgentLifecycleService.SetAgentMode:output_type -> agentassembly.v1.AgentInfo
+	36, // [36:47] is the sub-list for method output_type
+	25, // [25:36] is the sub-list for method input_type
+	25, // [25:25] is the sub-list for extension type_name
+	25, // [25:25] is the sub-list for extension extendee
+	0,  // [0:25] is the sub-list for field type_name
 }
 
 func init() { file_agentassembly_v1_agent_proto_init() }
@@ -1239,7 +1324,7 @@ func file_agentassembly_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agentassembly_v1_agent_proto_rawDesc), len(file_agentassembly_v1_agent_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   17,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -244,6 +244,51 @@ func local_request_AgentLifecycleService_KillAgent_0(ctx context.Context, marsha
 	return msg, metadata, err
 }
 
+func request_AgentLifecycleService_SetAgentMode_0(ctx context.Context, marshaler runtime.Marshaler, client AgentLifecycleServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+	var (
+		protoReq SetAgentModeRequest
+		metadata runtime.ServerMetadata
+		err      error
+	)
+	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "%v", err)
+	}
+	val, ok := pathParams["id"]
+	if !ok {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "missing parameter %s", "id")
+	}
+	protoReq.Id, err = runtime.String(val)
+	if err != nil {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "type mismatch, parameter: %s, error: %v", "id", err)
+	}
+	if req.Body != nil {
+		_, _ = io.Copy(io.Discard, req.Body)
+	}
+	msg, err := client.SetAgentMode(ctx, &protoReq, grpc.Header(&metadata.HeaderMD), grpc.Trailer(&metadata.TrailerMD))
+	return msg, metadata, err
+}
+
+func local_request_AgentLifecycleService_SetAgentMode_0(ctx context.Context, marshaler runtime.Marshaler, server AgentLifecycleServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+	var (
+		protoReq SetAgentModeRequest
+		metadata runtime.ServerMetadata
+		err      error
+	)
+	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "%v", err)
+	}
+	val, ok := pathParams["id"]
+	if !ok {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "missing parameter %s", "id")
+	}
+	protoReq.Id, err = runtime.String(val)
+	if err != nil {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "type mismatch, parameter: %s, error: %v", "id", err)
+	}
+	msg, err := server.SetAgentMode(ctx, &protoReq)
+	return msg, metadata, err
+}
+
 // RegisterAgentLifecycleServiceHandlerServer registers the http handlers for service AgentLifecycleService to "mux".
 // UnaryRPC     :call AgentLifecycleServiceServer directly.
 // StreamingRPC :currently unsupported pending https://github.com/grpc/grpc-go/issues/906.
@@ -349,6 +394,26 @@ func RegisterAgentLifecycleServiceHandlerServer(ctx context.Context, mux *runtim
 			return
 		}
 		forward_AgentLifecycleService_KillAgent_0(annotatedContext, mux, outboundMarshaler, w, req, resp, mux.GetForwardResponseOptions()...)
+	})
+	mux.Handle(http.MethodPost, pattern_AgentLifecycleService_SetAgentMode_0, func(w http.ResponseWriter, req *http.Request, pathParams map[string]string) {
+		ctx, cancel := context.WithCancel(req.Context())
+		defer cancel()
+		var stream runtime.ServerTransportStream
+		ctx = grpc.NewContextWithServerTransportStream(ctx, &stream)
+		inboundMarshaler, outboundMarshaler := runtime.MarshalerForRequest(mux, req)
+		annotatedContext, err := runtime.AnnotateIncomingContext(ctx, mux, req, "/agentassembly.v1.AgentLifecycleService/SetAgentMode", runtime.WithHTTPPathPattern("/v1/agents/{id=*/*/*}:mode"))
+		if err != nil {
+			runtime.HTTPError(ctx, mux, outboundMarshaler, w, req, err)
+			return
+		}
+		resp, md, err := local_request_AgentLifecycleService_SetAgentMode_0(annotatedContext, inboundMarshaler, server, req, pathParams)
+		md.HeaderMD, md.TrailerMD = metadata.Join(md.HeaderMD, stream.Header()), metadata.Join(md.TrailerMD, stream.Trailer())
+		annotatedContext = runtime.NewServerMetadataContext(annotatedContext, md)
+		if err != nil {
+			runtime.HTTPError(annotatedContext, mux, outboundMarshaler, w, req, err)
+			return
+		}
+		forward_AgentLifecycleService_SetAgentMode_0(annotatedContext, mux, outboundMarshaler, w, req, resp, mux.GetForwardResponseOptions()...)
 	})
 
 	return nil
@@ -475,6 +540,23 @@ func RegisterAgentLifecycleServiceHandlerClient(ctx context.Context, mux *runtim
 		}
 		forward_AgentLifecycleService_KillAgent_0(annotatedContext, mux, outboundMarshaler, w, req, resp, mux.GetForwardResponseOptions()...)
 	})
+	mux.Handle(http.MethodPost, pattern_AgentLifecycleService_SetAgentMode_0, func(w http.ResponseWriter, req *http.Request, pathParams map[string]string) {
+		ctx, cancel := context.WithCancel(req.Context())
+		defer cancel()
+		inboundMarshaler, outboundMarshaler := runtime.MarshalerForRequest(mux, req)
+		annotatedContext, err := runtime.AnnotateContext(ctx, mux, req, "/agentassembly.v1.AgentLifecycleService/SetAgentMode", runtime.WithHTTPPathPattern("/v1/agents/{id=*/*/*}:mode"))
+		if err != nil {
+			runtime.HTTPError(ctx, mux, outboundMarshaler, w, req, err)
+			return
+		}
+		resp, md, err := request_AgentLifecycleService_SetAgentMode_0(annotatedContext, inboundMarshaler, client, req, pathParams)
+		annotatedContext = runtime.NewServerMetadataContext(annotatedContext, md)
+		if err != nil {
+			runtime.HTTPError(annotatedContext, mux, outboundMarshaler, w, req, err)
+			return
+		}
+		forward_AgentLifecycleService_SetAgentMode_0(annotatedContext, mux, outboundMarshaler, w, req, resp, mux.GetForwardResponseOptions()...)
+	})
 	return nil
 }
 
@@ -484,6 +566,7 @@ var (
 	pattern_AgentLifecycleService_SuspendAgent_0 = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 1, 0, 1, 0, 4, 3, 5, 2}, []string{"v1", "agents", "id"}, "suspend"))
 	pattern_AgentLifecycleService_ResumeAgent_0  = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 1, 0, 1, 0, 4, 3, 5, 2}, []string{"v1", "agents", "id"}, "resume"))
 	pattern_AgentLifecycleService_KillAgent_0    = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 1, 0, 1, 0, 4, 3, 5, 2}, []string{"v1", "agents", "id"}, "kill"))
+	pattern_AgentLifecycleService_SetAgentMode_0 = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 1, 0, 1, 0, 4, 3, 5, 2}, []string{"v1", "agents", "id"}, "mode"))
 )
 
 var (
@@ -492,4 +575,5 @@ var (
 	forward_AgentLifecycleService_SuspendAgent_0 = runtime.ForwardResponseMessage
 	forward_AgentLifecycleService_ResumeAgent_0  = runtime.ForwardResponseMessage
 	forward_AgentLifecycleService_KillAgent_0    = runtime.ForwardResponseMessage
+	forward_AgentLifecycleService_SetAgentMode_0 = runtime.ForwardResponseMessage
 )

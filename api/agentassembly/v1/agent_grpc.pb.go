@@ -29,6 +29,7 @@ const (
 	AgentLifecycleService_SuspendAgent_FullMethodName     = "/agentassembly.v1.AgentLifecycleService/SuspendAgent"
 	AgentLifecycleService_ResumeAgent_FullMethodName      = "/agentassembly.v1.AgentLifecycleService/ResumeAgent"
 	AgentLifecycleService_KillAgent_FullMethodName        = "/agentassembly.v1.AgentLifecycleService/KillAgent"
+	AgentLifecycleService_SetAgentMode_FullMethodName     = "/agentassembly.v1.AgentLifecycleService/SetAgentMode"
 )
 
 // AgentLifecycleServiceClient is the client API for AgentLifecycleService service.
@@ -57,6 +58,9 @@ type AgentLifecycleServiceClient interface {
 	ResumeAgent(ctx context.Context, in *AgentControlRequest, opts ...grpc.CallOption) (*AgentInfo, error)
 	// KillAgent revokes the agent for good and tells its runtime to stop it.
 	KillAgent(ctx context.Context, in *AgentControlRequest, opts ...grpc.CallOption) (*AgentInfo, error)
+	// SetAgentMode overrides the enforcement mode of the policy documents for
+	// one agent (ENFORCEMENT_MODE_UNSPECIFIED clears the override).
+	SetAgentMode(ctx context.Context, in *SetAgentModeRequest, opts ...grpc.CallOption) (*AgentInfo, error)
 }
 
 type agentLifecycleServiceClient struct {
@@ -176,6 +180,16 @@ func (c *agentLifecycleServiceClient) KillAgent(ctx context.Context, in *AgentCo
 	return out, nil
 }
 
+func (c *agentLifecycleServiceClient) SetAgentMode(ctx context.Context, in *SetAgentModeRequest, opts ...grpc.CallOption) (*AgentInfo, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AgentInfo)
+	err := c.cc.Invoke(ctx, AgentLifecycleService_SetAgentMode_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AgentLifecycleServiceServer is the server API for AgentLifecycleService service.
 // All implementations must embed UnimplementedAgentLifecycleServiceServer
 // for forward compatibility.
@@ -202,6 +216,9 @@ type AgentLifecycleServiceServer interface {
 	ResumeAgent(context.Context, *AgentControlRequest) (*AgentInfo, error)
 	// KillAgent revokes the agent for good and tells its runtime to stop it.
 	KillAgent(context.Context, *AgentControlRequest) (*AgentInfo, error)
+	// SetAgentMode overrides the enforcement mode of the policy documents for
+	// one agent (ENFORCEMENT_MODE_UNSPECIFIED clears the override).
+	SetAgentMode(context.Context, *SetAgentModeRequest) (*AgentInfo, error)
 	mustEmbedUnimplementedAgentLifecycleServiceServer()
 }
 
@@ -241,6 +258,9 @@ func (UnimplementedAgentLifecycleServiceServer) ResumeAgent(context.Context, *Ag
 }
 func (UnimplementedAgentLifecycleServiceServer) KillAgent(context.Context, *AgentControlRequest) (*AgentInfo, error) {
 	return nil, status.Error(codes.Unimplemented, "method KillAgent not implemented")
+}
+func (UnimplementedAgentLifecycleServiceServer) SetAgentMode(context.Context, *SetAgentModeRequest) (*AgentInfo, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetAgentMode not implemented")
 }
 func (UnimplementedAgentLifecycleServiceServer) mustEmbedUnimplementedAgentLifecycleServiceServer() {}
 func (UnimplementedAgentLifecycleServiceServer) testEmbeddedByValue()                               {}
@@ -436,6 +456,24 @@ func _AgentLifecycleService_KillAgent_Handler(srv interface{}, ctx context.Conte
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AgentLifecycleService_SetAgentMode_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetAgentModeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentLifecycleServiceServer).SetAgentMode(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AgentLifecycleService_SetAgentMode_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentLifecycleServiceServer).SetAgentMode(ctx, req.(*SetAgentModeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AgentLifecycleService_ServiceDesc is the grpc.ServiceDesc for AgentLifecycleService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -478,6 +516,10 @@ var AgentLifecycleService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "KillAgent",
 			Handler:    _AgentLifecycleService_KillAgent_Handler,
+		},
+		{
+			MethodName: "SetAgentMode",
+			Handler:    _AgentLifecycleService_SetAgentMode_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -32,6 +32,11 @@ const (
 	InvalidationEvent_TYPE_AGENT_RESUMED      InvalidationEvent_Type = 4
 	InvalidationEvent_TYPE_AGENT_KILLED       InvalidationEvent_Type = 5
 	InvalidationEvent_TYPE_CREDENTIAL_REVOKED InvalidationEvent_Type = 6
+	InvalidationEvent_TYPE_AGENT_MODE_CHANGED InvalidationEvent_Type = 7
+	InvalidationEvent_TYPE_AGENT_REGISTERED   InvalidationEvent_Type = 8
+	// TYPE_RESYNC says events after last_seq_seen were trimmed from the log
+	// before this subscriber resumed: drop every cached decision.
+	InvalidationEvent_TYPE_RESYNC InvalidationEvent_Type = 9
 )
 
 // Enum value maps for InvalidationEvent_Type.
@@ -44,6 +49,9 @@ var (
 		4: "TYPE_AGENT_RESUMED",
 		5: "TYPE_AGENT_KILLED",
 		6: "TYPE_CREDENTIAL_REVOKED",
+		7: "TYPE_AGENT_MODE_CHANGED",
+		8: "TYPE_AGENT_REGISTERED",
+		9: "TYPE_RESYNC",
 	}
 	InvalidationEvent_Type_value = map[string]int32{
 		"TYPE_UNSPECIFIED":        0,
@@ -53,6 +61,9 @@ var (
 		"TYPE_AGENT_RESUMED":      4,
 		"TYPE_AGENT_KILLED":       5,
 		"TYPE_CREDENTIAL_REVOKED": 6,
+		"TYPE_AGENT_MODE_CHANGED": 7,
+		"TYPE_AGENT_REGISTERED":   8,
+		"TYPE_RESYNC":             9,
 	}
 )
 
@@ -157,6 +168,7 @@ type InvalidationEvent struct {
 	PolicyVersion string                 `protobuf:"bytes,4,opt,name=policy_version,json=policyVersion,proto3" json:"policy_version,omitempty"`
 	ApprovalId    string                 `protobuf:"bytes,5,opt,name=approval_id,json=approvalId,proto3" json:"approval_id,omitempty"`
 	Time          *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=time,proto3" json:"time,omitempty"`
+	Reason        string                 `protobuf:"bytes,7,opt,name=reason,proto3" json:"reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -233,6 +245,13 @@ func (x *InvalidationEvent) GetTime() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *InvalidationEvent) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 var File_agentassembly_v1_invalidation_proto protoreflect.FileDescriptor
 
 const file_agentassembly_v1_invalidation_proto_rawDesc = "" +
@@ -243,7 +262,7 @@ const file_agentassembly_v1_invalidation_proto_rawDesc = "" +
 	"subscriber\x18\x01 \x01(\tR\n" +
 	"subscriber\x12\"\n" +
 	"\rlast_seq_seen\x18\x02 \x01(\x03R\vlastSeqSeen\x121\n" +
-	"\x06agents\x18\x03 \x03(\v2\x19.agentassembly.v1.AgentIdR\x06agents\"\xc6\x03\n" +
+	"\x06agents\x18\x03 \x03(\v2\x19.agentassembly.v1.AgentIdR\x06agents\"\xa7\x04\n" +
 	"\x11InvalidationEvent\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x03R\x03seq\x12<\n" +
 	"\x04type\x18\x02 \x01(\x0e2(.agentassembly.v1.InvalidationEvent.TypeR\x04type\x12/\n" +
@@ -251,7 +270,8 @@ const file_agentassembly_v1_invalidation_proto_rawDesc = "" +
 	"\x0epolicy_version\x18\x04 \x01(\tR\rpolicyVersion\x12\x1f\n" +
 	"\vapproval_id\x18\x05 \x01(\tR\n" +
 	"approvalId\x12.\n" +
-	"\x04time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\"\xb7\x01\n" +
+	"\x04time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x16\n" +
+	"\x06reason\x18\a \x01(\tR\x06reason\"\x80\x02\n" +
 	"\x04Type\x12\x14\n" +
 	"\x10TYPE_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13TYPE_POLICY_CHANGED\x10\x01\x12\x1a\n" +
@@ -259,7 +279,10 @@ const file_agentassembly_v1_invalidation_proto_rawDesc = "" +
 	"\x14TYPE_AGENT_SUSPENDED\x10\x03\x12\x16\n" +
 	"\x12TYPE_AGENT_RESUMED\x10\x04\x12\x15\n" +
 	"\x11TYPE_AGENT_KILLED\x10\x05\x12\x1b\n" +
-	"\x17TYPE_CREDENTIAL_REVOKED\x10\x062m\n" +
+	"\x17TYPE_CREDENTIAL_REVOKED\x10\x06\x12\x1b\n" +
+	"\x17TYPE_AGENT_MODE_CHANGED\x10\a\x12\x19\n" +
+	"\x15TYPE_AGENT_REGISTERED\x10\b\x12\x0f\n" +
+	"\vTYPE_RESYNC\x10\t2m\n" +
 	"\x13InvalidationService\x12V\n" +
 	"\tSubscribe\x12\".agentassembly.v1.SubscribeRequest\x1a#.agentassembly.v1.InvalidationEvent0\x01BOZMgithub.com/agent-assembly/agent-assembly/api/agentassembly/v1;agentassemblyv1b\x06proto3"
 
