@@ -1,0 +1,643 @@
+package xds
+
+import (
+	"cmp"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/agent-assembly/agent-assembly/action"
+	"github.com/agent-assembly/agent-assembly/policy"
+)
+
+type typesResource = types.Resource
+
+// Flavour is the kind of xDS client a node is, which decides its resources.
+type Flavour string
+
+// Node flavours.
+const (
+	// FlavourEnvoy nodes are Envoy sidecars: an egress listener with
+	// ext_authz (and ext_proc), routes and upstream clusters.
+	FlavourEnvoy Flavour = "envoy"
+	// FlavourGRPC nodes are gRPC xDS clients (proxyless agents): an
+	// api_listener per allowed destination with EDS endpoints.
+	FlavourGRPC Flavour = "grpc"
+)
+
+// FlavourMetadataKey is the node metadata field that overrides the flavour
+// guessed from the node's user agent ("envoy" or "grpc").
+const FlavourMetadataKey = "aa_flavour"
+
+// Server is the ADS control plane. It keeps one snapshot per node (node id =
+// agent id org/team/agent), computed from the policy, and publishes a new
+// version only to nodes whose resources changed.
+type Server struct {
+	opts  Options
+	log   logger
+	m     *metrics
+	src   PolicySource
+	cache *backoffCache
+	ads   serverv3.Server
+
+	notify chan struct{}
+
+	updateMu sync.Mutex // serialises computing and publishing snapshots
+	groups   map[string]*groupEntry
+	pass     uint64
+
+	mu      sync.Mutex
+	nodes   map[string]*nodeState
+	streams map[int64]*streamState
+}
+
+type logger = interface {
+	Info(msg string, args ...any)
+	Warn(msg string, args ...any)
+	Error(msg string, args ...any)
+	Debug(msg string, args ...any)
+}
+
+type groupEntry struct {
+	g        *envoyGroup
+	hash     []byte
+	lastPass uint64
+}
+
+type nodeState struct {
+	key      string
+	id       string
+	agent    action.AgentID
+	flavour  Flavour
+	version  string
+	updated  time.Time
+	streams  int
+	lastSeen time.Time
+	types    map[string]*TypeStatus
+	skipped  []string
+}
+
+type streamState struct {
+	key  string
+	sent map[string][2]string // type URL -> {nonce, version} of the last response
+}
+
+// TypeStatus is what one node did with one resource type.
+type TypeStatus struct {
+	TypeURL     string
+	SentVersion string
+	SentAt      time.Time
+	AckVersion  string
+	AckAt       time.Time
+	NackVersion string
+	NackAt      time.Time
+	NackError   string
+}
+
+// NodeStatus is the state of one node.
+type NodeStatus struct {
+	Node    string
+	Agent   action.AgentID
+	Flavour Flavour
+	// Version is the node's current snapshot version.
+	Version   string
+	UpdatedAt time.Time
+	Connected bool
+	LastSeen  time.Time
+	Types     []TypeStatus
+	// Skipped lists destinations left out of a gRPC node's resources
+	// (no endpoints found), with the reason.
+	Skipped []string
+}
+
+// nodeHash keys the cache by node id, with a suffix for gRPC nodes so that
+// an agent's Envoy sidecar and its gRPC client can share an id.
+type nodeHash struct{}
+
+func (nodeHash) ID(n *corev3.Node) string {
+	if flavourOf(n) == FlavourGRPC {
+		return n.GetId() + "|grpc"
+	}
+	return n.GetId()
+}
+
+func flavourOf(n *corev3.Node) Flavour {
+	if v := n.GetMetadata().GetFields()[FlavourMetadataKey].GetStringValue(); v != "" {
+		return Flavour(v)
+	}
+	if strings.HasPrefix(strings.ToLower(n.GetUserAgentName()), "grpc") {
+		return FlavourGRPC
+	}
+	return FlavourEnvoy
+}
+
+// New returns a Server that reads policy from src.
+func New(src PolicySource, opts Options) (*Server, error) {
+	o, err := opts.withDefaults()
+	if err != nil {
+		return nil, fmt.Errorf("xds options: %w", err)
+	}
+	if src == nil {
+		return nil, errors.New("xds: a policy source is required")
+	}
+	s := &Server{
+		opts: o, log: o.Logger, m: newMetrics(o.Registry), src: src,
+		notify: make(chan struct{}, 1), groups: map[string]*groupEntry{},
+		nodes: map[string]*nodeState{}, streams: map[int64]*streamState{},
+	}
+	s.cache = newBackoffCache(cache.NewSnapshotCache(true, nodeHash{}, cacheLogger{o.Logger}), nodeHash{}, o.BackoffBase, o.BackoffMax, o.after)
+	s.cache.onDelay = func(node, typeURL string, d time.Duration) {
+		s.m.backoffs.WithLabelValues(short(typeURL)).Inc()
+		s.log.Info("xds: holding back a rejected version", "node", node, "type", short(typeURL), "delay", d)
+	}
+	s.ads = serverv3.NewServer(context.Background(), s.cache, serverv3.CallbackFuncs{
+		StreamOpenFunc:     s.onStreamOpen,
+		StreamClosedFunc:   s.onStreamClosed,
+		StreamRequestFunc:  s.onStreamRequest,
+		StreamResponseFunc: s.onStreamResponse,
+		DeltaStreamOpenFunc: func(context.Context, int64, string) error {
+			return status.Error(codes.Unimplemented, "incremental (delta) xDS is not served; use state-of-the-world ADS")
+		},
+	})
+	return s, nil
+}
+
+// Register serves ADS (envoy.service.discovery.v3.AggregatedDiscoveryService)
+// on g.
+func (s *Server) Register(g *grpc.Server) {
+	discoverygrpc.RegisterAggregatedDiscoveryServiceServer(g, s.ads)
+}
+
+// Notify asks Run to recompute snapshots now (after a policy change or an
+// agent registration). It never blocks.
+func (s *Server) Notify() {
+	select {
+	case s.notify <- struct{}{}:
+	default:
+	}
+}
+
+// Run recomputes snapshots when notified, and when the policy source serves
+// a snapshot it has not seen (polled every PollInterval), until ctx ends.
+func (s *Server) Run(ctx context.Context) error {
+	var last *policy.Snapshot
+	update := func() {
+		cur := s.src.Snapshot()
+		if err := s.Update(ctx); err != nil {
+			s.log.Error("xds: update snapshots", "err", err)
+			return
+		}
+		last = cur
+	}
+	update()
+	var tick <-chan time.Time
+	if s.opts.PollInterval > 0 {
+		t := time.NewTicker(s.opts.PollInterval)
+		defer t.Stop()
+		tick = t.C
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-s.notify:
+			update()
+		case <-tick:
+			if s.src.Snapshot() != last {
+				update()
+			}
+		}
+	}
+}
+
+// AddAgent makes sure the agent's Envoy node has a snapshot (called when an
+// agent registers).
+func (s *Server) AddAgent(ctx context.Context, id action.AgentID) error {
+	if _, err := parseAgent(id.String()); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	n := s.nodeLocked(id.String(), id.String(), id, FlavourEnvoy)
+	s.mu.Unlock()
+	s.updateMu.Lock()
+	defer s.updateMu.Unlock()
+	snap := s.src.Snapshot()
+	if snap == nil {
+		return errors.New("xds: no policy is serving yet")
+	}
+	_, err := s.publish(ctx, snap, n, nil)
+	return err
+}
+
+// Update recomputes every known node's snapshot from the serving policy and
+// publishes the ones that changed. It returns how many were published.
+func (s *Server) Update(ctx context.Context) error {
+	_, err := s.update(ctx)
+	return err
+}
+
+func (s *Server) update(ctx context.Context) (int, error) {
+	s.updateMu.Lock()
+	defer s.updateMu.Unlock()
+	snap := s.src.Snapshot()
+	if snap == nil {
+		return 0, errors.New("no policy is serving yet")
+	}
+	if s.opts.Agents != nil {
+		ids, err := s.opts.Agents(ctx)
+		if err != nil {
+			s.log.Warn("xds: list registered agents", "err", err)
+		}
+		s.mu.Lock()
+		for _, id := range ids {
+			s.nodeLocked(id.String(), id.String(), id, FlavourEnvoy)
+		}
+		s.mu.Unlock()
+	}
+	s.mu.Lock()
+	nodes := make([]*nodeState, 0, len(s.nodes))
+	for _, n := range s.nodes {
+		nodes = append(nodes, n)
+	}
+	s.mu.Unlock()
+	slices.SortFunc(nodes, func(a, b *nodeState) int { return cmp.Compare(a.key, b.key) })
+	s.pass++
+	memo := map[string]grpcBuild{}
+	published := 0
+	var errs []error
+	for _, n := range nodes {
+		changed, err := s.publish(ctx, snap, n, memo)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("node %s: %w", n.key, err))
+			continue
+		}
+		if changed {
+			published++
+		}
+	}
+	for k, g := range s.groups {
+		if g.lastPass != s.pass {
+			delete(s.groups, k)
+		}
+	}
+	if published > 0 {
+		s.log.Info("xds: snapshots published", "policy_version", snap.Version(), "nodes", len(nodes), "changed", published)
+	}
+	return published, errors.Join(errs...)
+}
+
+type grpcBuild struct {
+	res     map[string][]types.Resource
+	skipped []error
+	err     error
+}
+
+// publish computes n's snapshot under snap and sets it when its version
+// differs from the node's current one. Callers hold updateMu.
+func (s *Server) publish(ctx context.Context, snap *policy.Snapshot, n *nodeState, memo map[string]grpcBuild) (bool, error) {
+	dests := Destinations(snap, n.agent)
+	key := destKey(dests)
+	var (
+		version string
+		res     map[string][]types.Resource
+		skipped []string
+	)
+	switch n.flavour {
+	case FlavourGRPC:
+		b, ok := memo[key]
+		if !ok {
+			r, sk, err := grpcResources(ctx, s.opts.Endpoints, dests)
+			b = grpcBuild{r, sk, err}
+			if memo != nil {
+				memo[key] = b
+			}
+		}
+		if b.err != nil {
+			return false, b.err
+		}
+		res = b.res
+		for _, e := range b.skipped {
+			skipped = append(skipped, e.Error())
+		}
+		if s.opts.tamper != nil {
+			res = cloneResources(res)
+			s.opts.tamper(n.key, res)
+		}
+		h, err := hashResources(res)
+		if err != nil {
+			return false, err
+		}
+		version = hex.EncodeToString(h[:8])
+	default:
+		ge, err := s.group(key, dests)
+		if err != nil {
+			return false, err
+		}
+		h := sha256.New()
+		h.Write(ge.hash)
+		h.Write([]byte(n.agent.String()))
+		version = hex.EncodeToString(h.Sum(nil)[:8])
+		if version == n.currentVersion(s) {
+			return false, nil
+		}
+		rc, err := ge.g.routeConfig(n.agent)
+		if err != nil {
+			return false, err
+		}
+		res = map[string][]types.Resource{
+			listenerType: {ge.g.listener},
+			routeType:    {rc},
+			clusterType:  ge.g.clusters,
+		}
+	}
+	if version == n.currentVersion(s) {
+		return false, nil
+	}
+	cs, err := cache.NewSnapshot(version, res)
+	if err != nil {
+		return false, fmt.Errorf("build snapshot: %w", err)
+	}
+	if err := Check(cs); err != nil {
+		return false, fmt.Errorf("snapshot %s for policy %s is invalid, not published: %w", version, snap.Version(), err)
+	}
+	if err := s.cache.SetSnapshot(ctx, n.key, cs); err != nil {
+		return false, fmt.Errorf("set snapshot: %w", err)
+	}
+	s.mu.Lock()
+	n.version, n.updated, n.skipped = version, time.Now(), skipped
+	s.mu.Unlock()
+	s.m.snapshots.WithLabelValues(string(n.flavour)).Inc()
+	return true, nil
+}
+
+func (n *nodeState) currentVersion(s *Server) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return n.version
+}
+
+// group returns the shared Envoy resources for a destination list, built
+// once per distinct list.
+func (s *Server) group(key string, dests []Destination) (*groupEntry, error) {
+	if ge, ok := s.groups[key]; ok {
+		ge.lastPass = s.pass
+		return ge, nil
+	}
+	g, err := buildEnvoyGroup(&s.opts, dests)
+	if err != nil {
+		return nil, err
+	}
+	rs := []types.Resource{g.listener, &routev3.RouteConfiguration{VirtualHosts: g.vhosts}}
+	rs = append(rs, g.clusters...)
+	h := sha256.New()
+	mo := proto.MarshalOptions{Deterministic: true}
+	for _, r := range rs {
+		b, err := mo.Marshal(r)
+		if err != nil {
+			return nil, fmt.Errorf("hash resources: %w", err)
+		}
+		h.Write(b)
+	}
+	ge := &groupEntry{g: g, hash: h.Sum(nil), lastPass: s.pass}
+	s.groups[key] = ge
+	return ge, nil
+}
+
+func destKey(ds []Destination) string {
+	var b strings.Builder
+	for _, d := range ds {
+		b.WriteString(d.Host)
+		b.WriteByte(' ')
+		b.WriteString(itoa(d.Port))
+		b.WriteByte(',')
+	}
+	return b.String()
+}
+
+func hashResources(res map[string][]types.Resource) ([32]byte, error) {
+	h := sha256.New()
+	mo := proto.MarshalOptions{Deterministic: true}
+	typs := make([]string, 0, len(res))
+	for t := range res {
+		typs = append(typs, t)
+	}
+	slices.Sort(typs)
+	for _, t := range typs {
+		h.Write([]byte(t))
+		for _, r := range res[t] {
+			b, err := mo.Marshal(r)
+			if err != nil {
+				return [32]byte{}, fmt.Errorf("hash resources: %w", err)
+			}
+			h.Write(b)
+		}
+	}
+	var out [32]byte
+	copy(out[:], h.Sum(nil))
+	return out, nil
+}
+
+func cloneResources(res map[string][]types.Resource) map[string][]types.Resource {
+	out := make(map[string][]types.Resource, len(res))
+	for t, rs := range res {
+		for _, r := range rs {
+			out[t] = append(out[t], proto.Clone(r))
+		}
+	}
+	return out
+}
+
+// parseAgent reads a node id as an agent id.
+func parseAgent(id string) (action.AgentID, error) {
+	parts := strings.Split(id, "/")
+	if len(parts) != 3 || parts[0] == "" || parts[1] == "" || parts[2] == "" {
+		return action.AgentID{}, fmt.Errorf("node id %q is not an agent id: set it to org/team/agent (the sidecar bootstrap reads AA_AGENT_ID)", id)
+	}
+	return action.AgentID{Org: parts[0], Team: parts[1], Agent: parts[2]}, nil
+}
+
+// nodeLocked returns the node for key, creating it. Callers hold s.mu.
+func (s *Server) nodeLocked(key, id string, agent action.AgentID, f Flavour) *nodeState {
+	n, ok := s.nodes[key]
+	if !ok {
+		n = &nodeState{key: key, id: id, agent: agent, flavour: f, types: map[string]*TypeStatus{}}
+		s.nodes[key] = n
+	}
+	return n
+}
+
+func (s *Server) onStreamOpen(_ context.Context, id int64, typeURL string) error {
+	s.mu.Lock()
+	s.streams[id] = &streamState{sent: map[string][2]string{}}
+	s.mu.Unlock()
+	s.m.streams.Inc()
+	return nil
+}
+
+func (s *Server) onStreamClosed(id int64, _ *corev3.Node) {
+	s.mu.Lock()
+	if st, ok := s.streams[id]; ok {
+		if n, ok := s.nodes[st.key]; ok && n.streams > 0 {
+			n.streams--
+		}
+		delete(s.streams, id)
+	}
+	s.mu.Unlock()
+	s.m.streams.Dec()
+}
+
+// onStreamRequest gives a node its snapshot on first contact and records
+// ACKs and NACKs.
+func (s *Server) onStreamRequest(id int64, req *discoverygrpc.DiscoveryRequest) error {
+	node := req.GetNode()
+	key := nodeHash{}.ID(node)
+	now := time.Now()
+	s.mu.Lock()
+	st := s.streams[id]
+	if st == nil {
+		st = &streamState{sent: map[string][2]string{}}
+		s.streams[id] = st
+	}
+	n, known := s.nodes[key]
+	s.mu.Unlock()
+	if !known || n.currentVersion(s) == "" {
+		agent, err := parseAgent(node.GetId())
+		if err != nil {
+			s.log.Warn("xds: refusing node", "node", node.GetId(), "user_agent", node.GetUserAgentName(), "err", err)
+			return status.Error(codes.InvalidArgument, err.Error())
+		}
+		s.mu.Lock()
+		n = s.nodeLocked(key, node.GetId(), agent, flavourOf(node))
+		s.mu.Unlock()
+		s.updateMu.Lock()
+		snap := s.src.Snapshot()
+		var err2 error
+		if snap == nil {
+			err2 = errors.New("no policy is serving yet")
+		} else {
+			_, err2 = s.publish(context.Background(), snap, n, nil)
+		}
+		s.updateMu.Unlock()
+		if err2 != nil {
+			s.log.Error("xds: first snapshot for node", "node", key, "err", err2)
+			return status.Errorf(codes.Unavailable, "no configuration for node %s: %v", key, err2)
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if st.key == "" {
+		st.key = key
+		n.streams++
+	}
+	n.lastSeen = now
+	if req.GetResponseNonce() == "" {
+		return nil // a subscription, not an answer
+	}
+	t := req.GetTypeUrl()
+	ts := n.typeStatus(t)
+	sent := st.sent[t]
+	version := req.GetVersionInfo()
+	if sent[0] == req.GetResponseNonce() {
+		version = sent[1]
+	}
+	if d := req.GetErrorDetail(); d != nil {
+		ts.NackVersion, ts.NackAt, ts.NackError = version, now, d.GetMessage()
+		s.m.nacks.WithLabelValues(short(t)).Inc()
+		s.log.Warn("xds: node rejected configuration", "node", key, "type", short(t), "version", version,
+			"serving", req.GetVersionInfo(), "error", d.GetMessage())
+		return nil
+	}
+	if ts.AckVersion != req.GetVersionInfo() || sent[0] == req.GetResponseNonce() {
+		ts.AckVersion, ts.AckAt = req.GetVersionInfo(), now
+		s.m.acks.WithLabelValues(short(t)).Inc()
+	}
+	return nil
+}
+
+func (s *Server) onStreamResponse(_ context.Context, id int64, req *discoverygrpc.DiscoveryRequest, resp *discoverygrpc.DiscoveryResponse) {
+	t := resp.GetTypeUrl()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := s.streams[id]
+	if st == nil {
+		return
+	}
+	st.sent[t] = [2]string{resp.GetNonce(), resp.GetVersionInfo()}
+	if n, ok := s.nodes[st.key]; ok {
+		ts := n.typeStatus(t)
+		ts.SentVersion, ts.SentAt = resp.GetVersionInfo(), time.Now()
+	}
+	s.m.responses.WithLabelValues(short(t)).Inc()
+}
+
+func (n *nodeState) typeStatus(t string) *TypeStatus {
+	ts, ok := n.types[t]
+	if !ok {
+		ts = &TypeStatus{TypeURL: t}
+		n.types[t] = ts
+	}
+	return ts
+}
+
+// Status reports every node, sorted by node key.
+func (s *Server) Status() []NodeStatus {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]NodeStatus, 0, len(s.nodes))
+	for _, n := range s.nodes {
+		ns := NodeStatus{Node: n.id, Agent: n.agent, Flavour: n.flavour, Version: n.version, UpdatedAt: n.updated,
+			Connected: n.streams > 0, LastSeen: n.lastSeen, Skipped: slices.Clone(n.skipped)}
+		for _, ts := range n.types {
+			ns.Types = append(ns.Types, *ts)
+		}
+		slices.SortFunc(ns.Types, func(a, b TypeStatus) int { return cmp.Compare(a.TypeURL, b.TypeURL) })
+		out = append(out, ns)
+	}
+	slices.SortFunc(out, func(a, b NodeStatus) int {
+		return cmp.Or(cmp.Compare(a.Node, b.Node), cmp.Compare(a.Flavour, b.Flavour))
+	})
+	return out
+}
+
+// Resources returns the resources of a node's current snapshot by type URL
+// (nil when the node has none); key is the node id, with "|grpc" appended
+// for a gRPC node.
+func (s *Server) Resources(key string) map[string]map[string]types.Resource {
+	snap, err := s.cache.GetSnapshot(key)
+	if err != nil {
+		return nil
+	}
+	out := map[string]map[string]types.Resource{}
+	for _, t := range []string{listenerType, routeType, clusterType, endpointType} {
+		if r := snap.GetResources(t); len(r) > 0 {
+			out[t] = r
+		}
+	}
+	return out
+}
+
+// cacheLogger adapts slog to go-control-plane's logger (debug level for its
+// chatter, warnings and errors as such).
+type cacheLogger struct{ l logger }
+
+func (c cacheLogger) Debugf(format string, args ...any) { c.l.Debug(fmt.Sprintf(format, args...)) }
+func (c cacheLogger) Infof(format string, args ...any)  { c.l.Debug(fmt.Sprintf(format, args...)) }
+func (c cacheLogger) Warnf(format string, args ...any)  { c.l.Warn(fmt.Sprintf(format, args...)) }
+func (c cacheLogger) Errorf(format string, args ...any) { c.l.Error(fmt.Sprintf(format, args...)) }
