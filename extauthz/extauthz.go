@@ -110,6 +110,13 @@ const (
 	HeaderApprovalID = "x-aa-approval-id"
 	// HeaderSessionID, on a request, names the agent session for the audit log.
 	HeaderSessionID = "x-aa-session-id"
+	// HeaderAgent, added to allowed requests, carries the agent identity as
+	// resolved by the gateway (org/team/agent), for the ext_proc server later
+	// in the filter chain. It replaces any value the agent sent.
+	HeaderAgent = "x-aa-agent"
+	// HeaderUsageID, added to allowed LLM calls that reserved budget, is the
+	// decision id whose reservation the response's actual usage settles.
+	HeaderUsageID = "x-aa-usage-id"
 )
 
 // Decider decides and audits one action. *gateway.Core satisfies it.
@@ -148,6 +155,8 @@ type Options struct {
 	// value with every ${NAME} replaced by the secret, replacing any value
 	// the agent sent. A secret that is not set denies the request (403).
 	Injections func(agent action.AgentID) []policy.Injection
+	// Metrics receives the ext_authz counters; nil keeps them unregistered.
+	Metrics *Metrics
 }
 
 // Server implements envoy.service.auth.v3.Authorization.
@@ -179,6 +188,9 @@ func New(d Decider, opts Options) *Server {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
+	if opts.Metrics == nil {
+		opts.Metrics = NewMetrics(nil)
+	}
 	gone := []string{opts.AgentHeader}
 	if opts.StripCredentials {
 		gone = append(gone, "authorization", "x-api-key")
@@ -197,6 +209,10 @@ type verdict struct {
 	status int    // HTTP status for denials
 	note   string // remark for the caller, e.g. body not inspected
 	inject []*corev3.HeaderValueOption
+	agent  action.AgentID
+	// usageID is the decision id of an allowed LLM call, whose budget
+	// reservation the response's actual usage settles.
+	usageID string
 }
 
 // Check decides one HTTP request forwarded by Envoy. It always answers; it
@@ -204,12 +220,22 @@ type verdict struct {
 func (s *Server) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.CheckResponse, error) {
 	start := s.o.Now()
 	m, err := s.mapRequest(req, start)
+	var v verdict
 	if err != nil {
-		return s.answer(verdict{Outcome: gateway.Outcome{
+		v = verdict{Outcome: gateway.Outcome{
 			Decision: action.Deny, RuleID: "extauthz", Reason: err.Error(),
-		}, status: 403}), nil
+		}, status: 403}
+		s.o.Metrics.Malformed.Inc()
+	} else {
+		v = s.withInjected(ctx, m, s.decide(ctx, m, start))
+		v.agent = m.actions[0].Agent
+		if m.note != "" {
+			s.o.Metrics.Uninspected.Inc()
+		}
 	}
-	return s.answer(s.withInjected(ctx, m, s.decide(ctx, m, start))), nil
+	resp := s.answer(v)
+	s.o.Metrics.observe(v, s.o.Now().Sub(start))
+	return resp, nil
 }
 
 // decide runs every action through the decider within the timeout.
@@ -249,6 +275,7 @@ func (s *Server) decide(ctx context.Context, m *mapped, start time.Time) verdict
 // first of equally restrictive outcomes wins.
 func (s *Server) decideAll(ctx context.Context, m *mapped, start time.Time) verdict {
 	var best gateway.Outcome
+	var usageID string
 	for i := range m.actions {
 		if i > 0 && ctx.Err() != nil {
 			break // the caller has already answered (fail closed)
@@ -257,8 +284,11 @@ func (s *Server) decideAll(ctx context.Context, m *mapped, start time.Time) verd
 		if i == 0 || out.Decision > best.Decision {
 			best = out
 		}
+		if m.actions[i].Kind == action.KindLLMCall && (out.Decision == action.Allow || out.Decision == action.Redact) {
+			usageID = out.DecisionID
+		}
 	}
-	v := verdict{Outcome: best, status: 403}
+	v := verdict{Outcome: best, status: 403, usageID: usageID}
 	if best.Limited {
 		v.status = 429
 	}
@@ -267,8 +297,7 @@ func (s *Server) decideAll(ctx context.Context, m *mapped, start time.Time) verd
 
 // answer renders a verdict as an ext_authz response.
 func (s *Server) answer(v verdict) *authv3.CheckResponse {
-	switch v.Decision {
-	case action.Allow, action.Redact:
+	if allowed(v) {
 		headers := []*corev3.HeaderValueOption{
 			setHeader(HeaderDecision, v.Decision.String()),
 			setHeader(HeaderDecisionID, v.DecisionID),
@@ -277,6 +306,18 @@ func (s *Server) answer(v verdict) *authv3.CheckResponse {
 			headers = append(headers, setHeader(HeaderNote, v.note))
 		}
 		gone := s.gone
+		// The gateway's own headers are set by the gateway or removed, never
+		// passed on as the agent sent them.
+		if !v.agent.IsZero() {
+			headers = append(headers, setHeader(HeaderAgent, v.agent.String()))
+		} else {
+			gone = append(gone[:len(gone):len(gone)], HeaderAgent)
+		}
+		if v.usageID != "" {
+			headers = append(headers, setHeader(HeaderUsageID, v.usageID))
+		} else {
+			gone = append(gone[:len(gone):len(gone)], HeaderUsageID)
+		}
 		if len(v.inject) > 0 {
 			headers = append(headers, v.inject...)
 			gone = withoutInjected(gone, v.inject)

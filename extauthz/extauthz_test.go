@@ -368,8 +368,8 @@ func TestPendingAndRedact(t *testing.T) {
 		t.Fatalf("headers %v", h)
 	}
 	rm := strings.Join(resp.GetOkResponse().GetHeadersToRemove(), ",")
-	if rm != "x-aa-agent-id,authorization,x-api-key" {
-		t.Fatalf("headers to remove %q", rm)
+	if rm != "x-aa-agent-id,authorization,x-api-key,x-aa-usage-id" {
+		t.Fatalf("headers to remove %q (the gateway's own x-aa-usage-id must never pass as the agent sent it)", rm)
 	}
 }
 

@@ -2,6 +2,7 @@ package extauthz
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -128,28 +129,91 @@ func entryMatches(e policy.NetworkEntry, host string, port uint32) bool {
 }
 
 // withInjected applies the injections of an allowed verdict; a failure turns
-// it into a denial that names the missing secret.
+// it into a denial that names the missing secret, recorded in the audit log
+// as a governance event that references the allowed decision. A budget
+// reservation the request made is released when the answer is a denial.
 func (s *Server) withInjected(ctx context.Context, m *mapped, v verdict) verdict {
-	if v.Decision != action.Allow && v.Decision != action.Redact {
+	if !allowed(v) {
+		s.release(ctx, m, v)
 		return v
 	}
 	n := &m.actions[0]
-	ctx, cancel := context.WithTimeout(ctx, s.o.Timeout)
+	ictx, cancel := context.WithTimeout(ctx, s.o.Timeout)
 	defer cancel()
-	hs, err := s.inject(ctx, n)
+	hs, err := s.inject(ictx, n)
 	if err != nil {
 		var ie *injectionError
 		if !errors.As(err, &ie) {
 			ie = &injectionError{status: 503, rule: "secrets", reason: "credential injection failed: failing closed"}
 		}
+		s.o.Metrics.InjectionFailures.Inc()
 		s.log.Warn("ext_authz credential injection denied an allowed request",
 			"agent", n.Agent.String(), "host", n.Network.Host, "decision_id", v.DecisionID, "reason", ie.reason)
-		return verdict{Outcome: gateway.Outcome{
+		denied := verdict{Outcome: gateway.Outcome{
 			Decision: action.Deny, RuleID: ie.rule, Reason: ie.reason, DecisionID: v.DecisionID,
-		}, status: ie.status, note: v.note}
+		}, status: ie.status, note: v.note, usageID: v.usageID}
+		s.auditInjectionDenial(ctx, n, denied)
+		s.release(ctx, m, denied)
+		return denied
 	}
 	v.inject = hs
 	return v
+}
+
+// allowed reports whether a verdict lets the request through.
+func allowed(v verdict) bool { return v.Decision == action.Allow || v.Decision == action.Redact }
+
+// GovernanceAuditor records a governance event. *gateway.Core satisfies it;
+// when the Decider also implements it, a request denied after its decision
+// (a credential that cannot be injected) is recorded too.
+type GovernanceAuditor interface {
+	AuditGovernance(ctx context.Context, agent action.AgentID, ruleID, reason string, payload []byte) error
+}
+
+// UsageSettler settles a budget reservation. *gateway.Core satisfies it;
+// when the Decider also implements it, the reservation of an LLM call whose
+// request is finally denied (another action of the same request, or a
+// failed injection) is released instead of being charged.
+type UsageSettler interface {
+	ReconcileUsage(ctx context.Context, decisionID string, agent *action.AgentID, promptTokens, completionTokens int64) (gateway.Usage, error)
+}
+
+var (
+	_ GovernanceAuditor = (*gateway.Core)(nil)
+	_ UsageSettler      = (*gateway.Core)(nil)
+)
+
+// auditInjectionDenial records that an allowed decision was answered with a
+// denial because its credential could not be injected. The record names the
+// secret (in the reason), never its value.
+func (s *Server) auditInjectionDenial(ctx context.Context, n *action.Action, v verdict) {
+	ga, ok := s.d.(GovernanceAuditor)
+	if !ok {
+		return
+	}
+	payload, _ := json.Marshal(struct {
+		DecisionID string `json:"decision_id"`
+		Host       string `json:"host"`
+		Port       uint32 `json:"port"`
+		Status     int    `json:"status"`
+	}{v.DecisionID, n.Network.Host, n.Network.Port, v.status})
+	if err := ga.AuditGovernance(context.WithoutCancel(ctx), n.Agent, "extauthz.inject", "allowed request denied: "+v.Reason, payload); err != nil {
+		s.log.Error("ext_authz audit of an injection denial failed", "decision_id", v.DecisionID, "err", err)
+	}
+}
+
+// release settles the budget reservation of a denied request at zero.
+func (s *Server) release(ctx context.Context, m *mapped, v verdict) {
+	if v.usageID == "" {
+		return
+	}
+	us, ok := s.d.(UsageSettler)
+	if !ok {
+		return
+	}
+	if _, err := us.ReconcileUsage(context.WithoutCancel(ctx), v.usageID, &m.actions[0].Agent, 0, 0); err != nil {
+		s.log.Warn("ext_authz could not release the budget reservation of a denied request", "decision_id", v.usageID, "err", err)
+	}
 }
 
 // withoutInjected drops injected headers from the removal list: the

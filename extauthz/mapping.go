@@ -103,7 +103,7 @@ func (s *Server) mapRequest(req *authv3.CheckRequest, now time.Time) (*mapped, e
 		TraceID:   traceID(h),
 		SessionID: h.get(HeaderSessionID),
 	}
-	m := &mapped{opts: gateway.CheckOptions{ApprovalID: h.get(HeaderApprovalID)}}
+	m := &mapped{opts: gateway.CheckOptions{ApprovalID: h.get(HeaderApprovalID), Layer: gateway.LayerEnvoy}}
 	m.actions = make([]action.Action, 1, 2)
 	m.actions[0] = base
 	m.actions[0].Kind = action.KindNetworkCall

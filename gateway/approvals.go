@@ -32,7 +32,18 @@ type CheckOptions struct {
 	WaitForApproval bool
 	// ApprovalID presents an approval granted earlier for the same action.
 	ApprovalID string
+	// Layer names the interception layer that asked, for metrics: LayerSDK
+	// (the default), LayerEnvoy, LayerRuntime or LayerKernel.
+	Layer string
 }
+
+// Interception layers, as reported in metrics.
+const (
+	LayerSDK     = "sdk"
+	LayerEnvoy   = "envoy"
+	LayerRuntime = "runtime"
+	LayerKernel  = "kernel"
+)
 
 // resolvePending turns a PENDING outcome into an approval request, or
 // resolves it with an approval the caller presents. payload is the redacted

@@ -215,7 +215,11 @@ func (c *Core) Decide(ctx context.Context, a *action.Action, start time.Time, op
 		out.Reason = "audit log unavailable, failing closed: " + err.Error()
 	}
 	out.Latency = c.now().Sub(start)
-	c.metrics.Checks.WithLabelValues(out.Decision.String(), a.Kind.String(), out.Mode.String()).Inc()
+	layer := opts.Layer
+	if layer == "" {
+		layer = LayerSDK
+	}
+	c.metrics.Checks.WithLabelValues(out.Decision.String(), a.Kind.String(), out.Mode.String(), layer).Inc()
 	c.metrics.CheckDuration.WithLabelValues(out.Decision.String()).Observe(out.Latency.Seconds())
 	return out
 }

@@ -20,6 +20,8 @@ type Metrics struct {
 	// BudgetThresholds counts budget windows crossing 80% and 95%.
 	BudgetThresholds *prometheus.CounterVec
 	AuditWrite       *prometheus.HistogramVec
+	// UsageReconciled counts budget reservations settled with actual usage, by result.
+	UsageReconciled *prometheus.CounterVec
 }
 
 // NewMetrics creates the collectors and registers them with reg (which may be nil).
@@ -27,8 +29,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		Checks: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "aa", Name: "checks_total",
-			Help: "Decisions answered, by enforced decision, action kind and enforcement mode.",
-		}, []string{"decision", "kind", "mode"}),
+			Help: "Decisions answered, by enforced decision, action kind, enforcement mode and the layer that asked (sdk, envoy, runtime, kernel).",
+		}, []string{"decision", "kind", "mode", "layer"}),
 		CheckDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: "aa", Name: "check_duration_seconds",
 			Help:    "Time from receiving a check to answering it, including the durable audit write.",
@@ -68,9 +70,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help:    "Duration of one group commit (transaction and fsync), by result.",
 			Buckets: []float64{50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 100e-3, 1},
 		}, []string{"result"}),
+		UsageReconciled: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "aa", Name: "usage_reconciled_total",
+			Help: "LLM budget reservations settled with the tokens actually used, by result (ok, error).",
+		}, []string{"result"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.Checks, m.CheckDuration, m.Rejected, m.AuditErrors, m.PolicyReloads, m.PolicyInfo, m.AuditBatch, m.AuditWrite, m.BudgetThresholds, m.CredentialFindings)
+		reg.MustRegister(m.Checks, m.CheckDuration, m.Rejected, m.AuditErrors, m.PolicyReloads, m.PolicyInfo, m.AuditBatch, m.AuditWrite, m.BudgetThresholds, m.CredentialFindings, m.UsageReconciled)
 	}
 	return m
 }

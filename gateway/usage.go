@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"errors"
+	"fmt"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -13,46 +14,87 @@ import (
 	"github.com/agent-assembly/agent-assembly/policy"
 )
 
-// RecordUsage implements PolicyService.RecordUsage: it reconciles the budget
-// reservation of an allowed LLM call with the tokens actually used.
-func (s *PolicyService) RecordUsage(ctx context.Context, req *v1.RecordUsageRequest) (*v1.RecordUsageResponse, error) {
-	c := s.core
-	if req.GetDecisionId() == "" {
-		return nil, requestStatus(badField("decision_id", "is required: the decision_id of the allowed llm_call"))
+// ErrNoReservation reports usage for a decision that has no open budget
+// reservation on this replica.
+var ErrNoReservation = errors.New("no open budget reservation")
+
+// ErrBudgetsDisabled reports a budget call on a gateway without counters.
+var ErrBudgetsDisabled = errors.New("budgets are not enabled on this gateway (no counters backend)")
+
+// Usage is the outcome of reconciling an allowed LLM call with the tokens it used.
+type Usage struct {
+	// Agent is the agent whose reservation was reconciled.
+	Agent action.AgentID
+	// Cost is the actual cost of the call.
+	Cost budget.Cost
+	// Budgets is the agent's budget status after reconciliation (best effort).
+	Budgets []budget.Status
+}
+
+// ReconcileUsage settles the budget reservation made when decisionID (an
+// allowed LLM_CALL) was decided, charging the tokens actually used instead
+// of the estimate. When agent is not nil it must be the agent of the
+// decision. It is called by RecordUsage and by the ext_proc server when an
+// LLM response passes through Envoy. Errors wrap ErrBudgetsDisabled,
+// ErrNoReservation or a *RequestError; any other error is a counters fault.
+func (c *Core) ReconcileUsage(ctx context.Context, decisionID string, agent *action.AgentID, promptTokens, completionTokens int64) (Usage, error) {
+	if decisionID == "" {
+		return Usage{}, badField("decision_id", "is required: the decision_id of the allowed llm_call")
 	}
 	for _, f := range []struct {
 		name string
 		n    int64
-	}{{"prompt_tokens", req.GetPromptTokens()}, {"completion_tokens", req.GetCompletionTokens()}} {
+	}{{"prompt_tokens", promptTokens}, {"completion_tokens", completionTokens}} {
 		if f.n < 0 || f.n > MaxTokens {
-			return nil, requestStatus(badField(f.name, "must be between 0 and %d (got %d)", MaxTokens, f.n))
+			return Usage{}, badField(f.name, "must be between 0 and %d (got %d)", MaxTokens, f.n)
 		}
 	}
 	if c.meter == nil {
-		return nil, status.Error(codes.FailedPrecondition, "budgets are not enabled on this gateway (no counters backend)")
+		return Usage{}, ErrBudgetsDisabled
 	}
-	r, ok := c.holds.take(req.GetDecisionId())
+	r, ok := c.holds.take(decisionID)
 	if !ok {
-		return nil, status.Errorf(codes.FailedPrecondition,
-			"decision %s has no open budget reservation on this replica: it was already reconciled, is over an hour old, had no budget, or was made by another replica", req.GetDecisionId())
+		return Usage{}, fmt.Errorf("decision %s: %w on this replica: it was already reconciled, is over an hour old, had no budget, or was made by another replica", decisionID, ErrNoReservation)
 	}
-	if ag := req.GetAgent(); ag != nil && (action.AgentID{Org: ag.GetOrgId(), Team: ag.GetTeamId(), Agent: ag.GetAgentId()}) != r.Agent {
-		c.holds.put(req.GetDecisionId(), r)
-		return nil, requestStatus(badField("agent", "does not match the agent of decision %s", req.GetDecisionId()))
+	if agent != nil && *agent != r.Agent {
+		c.holds.put(decisionID, r)
+		return Usage{}, badField("agent", "does not match the agent of decision %s", decisionID)
 	}
 	lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.limitTO)
 	defer cancel()
-	cost, err := c.meter.Reconcile(lctx, r, req.GetPromptTokens(), req.GetCompletionTokens())
+	cost, err := c.meter.Reconcile(lctx, r, promptTokens, completionTokens)
 	if err != nil {
-		return nil, status.Errorf(codes.Unavailable, "reconcile budget of decision %s: %v", req.GetDecisionId(), err)
+		c.metrics.UsageReconciled.WithLabelValues("error").Inc()
+		return Usage{}, fmt.Errorf("reconcile budget of decision %s: %w", decisionID, err)
 	}
-	resp := &v1.RecordUsageResponse{CostUsd: cost.Amount.USD()}
+	c.metrics.UsageReconciled.WithLabelValues("ok").Inc()
+	u := Usage{Agent: r.Agent, Cost: cost}
 	if sc, err := budget.ScopeOf(r.Agent, policy.BudgetPerAgent); err == nil {
 		if st, err := c.meter.Status(lctx, sc.String(), c.Settings(r.Agent).Budgets); err == nil {
-			resp.Budgets = budgetStatuses(st)
+			u.Budgets = st
 		}
 	}
-	return resp, nil
+	return u, nil
+}
+
+// RecordUsage implements PolicyService.RecordUsage: it reconciles the budget
+// reservation of an allowed LLM call with the tokens actually used.
+func (s *PolicyService) RecordUsage(ctx context.Context, req *v1.RecordUsageRequest) (*v1.RecordUsageResponse, error) {
+	var agent *action.AgentID
+	if ag := req.GetAgent(); ag != nil {
+		agent = &action.AgentID{Org: ag.GetOrgId(), Team: ag.GetTeamId(), Agent: ag.GetAgentId()}
+	}
+	u, err := s.core.ReconcileUsage(ctx, req.GetDecisionId(), agent, req.GetPromptTokens(), req.GetCompletionTokens())
+	var re *RequestError
+	switch {
+	case errors.As(err, &re):
+		return nil, requestStatus(re)
+	case errors.Is(err, ErrBudgetsDisabled), errors.Is(err, ErrNoReservation):
+		return nil, status.Error(codes.FailedPrecondition, err.Error())
+	case err != nil:
+		return nil, status.Error(codes.Unavailable, err.Error())
+	}
+	return &v1.RecordUsageResponse{CostUsd: u.Cost.Amount.USD(), Budgets: budgetStatuses(u.Budgets)}, nil
 }
 
 // GetBudget implements PolicyService.GetBudget.

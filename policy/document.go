@@ -168,6 +168,10 @@ type ToolEntry struct {
 	// it holds, an allowed call becomes pending. When it parses as neither,
 	// every call requires approval (see Document.Warnings).
 	RequiresApprovalIf string
+	// Secrets names the secrets whose ${NAME} placeholders this tool's
+	// arguments may carry through SecretsService.DispatchTool; a placeholder
+	// for any other secret is refused. Empty means none.
+	Secrets []string
 }
 
 // FilesystemSpec is the filesystem section. Read and Write are allowlists

@@ -835,8 +835,8 @@ func (p *parser) tools(s *Spec, n *yaml.Node, c *compiler) {
 		var cond condition
 		var unparseable string
 		var sawAllow, allowOK bool
-		var limitNode, approvalNode *yaml.Node
-		p.fields(v, path, []string{"allow", "limit_per_hour", "requires_approval_if"}, func(key string, kn, fv *yaml.Node) {
+		var limitNode, approvalNode, secretsNode *yaml.Node
+		p.fields(v, path, []string{"allow", "limit_per_hour", "requires_approval_if", "secrets"}, func(key string, kn, fv *yaml.Node) {
 			fp := join(path, key)
 			switch key {
 			case "allow":
@@ -850,6 +850,9 @@ func (p *parser) tools(s *Spec, n *yaml.Node, c *compiler) {
 			case "requires_approval_if":
 				approvalNode = kn
 				te.RequiresApprovalIf, cond, unparseable = p.approvalCondition(fv, fp)
+			case "secrets":
+				secretsNode = kn
+				te.Secrets = p.secretNames(fv, fp)
 			}
 		})
 		if v.Kind != yaml.MappingNode {
@@ -864,10 +867,43 @@ func (p *parser) tools(s *Spec, n *yaml.Node, c *compiler) {
 			if approvalNode != nil {
 				p.errorf(approvalNode, join(path, "requires_approval_if"), "has no effect when allow is false")
 			}
+			if secretsNode != nil {
+				p.errorf(secretsNode, join(path, "secrets"), "has no effect when allow is false")
+			}
 		}
 		s.Tools = append(s.Tools, te)
 		c.tools = append(c.tools, toolEntryPlan{glob: g, cond: cond, unparseable: unparseable})
 	}
+}
+
+// toolSecretRE is the form of a secret name a tool may be granted: the
+// names SecretsService stores.
+var toolSecretRE = regexp.MustCompile(`^[A-Z][A-Z0-9_]{0,63}$`)
+
+// secretNames reads a list of secret names (upper case, as stored by
+// `aasm secret set`), rejecting duplicates.
+func (p *parser) secretNames(n *yaml.Node, path string) []string {
+	items, ok := p.seq(n, path)
+	if !ok {
+		return nil
+	}
+	out := make([]string, 0, len(items))
+	for i, it := range items {
+		fp := index(path, i)
+		name, ok := p.nonEmpty(it, fp)
+		if !ok {
+			continue
+		}
+		switch {
+		case !toolSecretRE.MatchString(name):
+			p.errorf(it, fp, "invalid secret name %q: use upper case letters, digits and _, starting with a letter (e.g. GITHUB_TOKEN)", name)
+		case slices.Contains(out, name):
+			p.errorf(it, fp, "duplicate secret %q", name)
+		default:
+			out = append(out, name)
+		}
+	}
+	return out
 }
 
 func (p *parser) capabilities(s *Spec, n *yaml.Node) {

@@ -244,3 +244,37 @@ func (s *Snapshot) Settings(agent action.AgentID) Settings {
 	}
 	return st
 }
+
+// ToolEntry returns the tools entry of d that governs the tool name (the
+// exact entry, else the most specific matching glob) and whether there is one.
+func (d *Document) ToolEntry(name string) (ToolEntry, bool) {
+	if d.plan == nil || d.plan.tools == nil {
+		return ToolEntry{}, false
+	}
+	i := d.plan.tools.lookup(name)
+	if i < 0 || i >= len(d.Spec.Tools) {
+		return ToolEntry{}, false
+	}
+	return d.Spec.Tools[i], true
+}
+
+// ToolSecrets returns the secrets whose ${NAME} placeholders the arguments
+// of tool may carry (SecretsService.DispatchTool): the union of the
+// `secrets` of the allowed tools entries that govern tool in the enforce
+// documents. Whether the call itself is allowed is decided by Evaluate.
+func (st Settings) ToolSecrets(tool string) []string {
+	var out []string
+	for _, d := range st.Documents {
+		if d.Spec.EnforcementMode != action.ModeEnforce {
+			continue
+		}
+		if te, ok := d.ToolEntry(tool); ok && te.Allow {
+			for _, s := range te.Secrets {
+				if !slices.Contains(out, s) {
+					out = append(out, s)
+				}
+			}
+		}
+	}
+	return out
+}

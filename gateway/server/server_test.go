@@ -365,7 +365,7 @@ func TestRESTServiceEndpoints(t *testing.T) {
 	if _, err := g.client.CheckAction(context.Background(), toolReq(coder, "git_status", "")); err != nil {
 		t.Fatal(err)
 	}
-	if code, body = get("/metrics"); code != 200 || !strings.Contains(body, `aa_checks_total{decision="allow",kind="tool_call",mode="enforce"}`) {
+	if code, body = get("/metrics"); code != 200 || !strings.Contains(body, `aa_checks_total{decision="allow",kind="tool_call",layer="sdk",mode="enforce"}`) {
 		t.Fatalf("metrics: %d, no aa_checks_total for the allowed check", code)
 	}
 	hc, err := healthpb.NewHealthClient(g.conn).Check(context.Background(), &healthpb.HealthCheckRequest{Service: v1.PolicyService_ServiceDesc.ServiceName})
