@@ -28,7 +28,8 @@ type AuditReader interface {
 // AuditService implements agentassembly.v1.AuditService.
 type AuditService struct {
 	v1.UnimplementedAuditServiceServer
-	log AuditReader
+	log     AuditReader
+	reports *reports // nil until WithReports
 }
 
 var _ v1.AuditServiceServer = (*AuditService)(nil)

@@ -36,7 +36,6 @@ import (
 	"github.com/agent-assembly/agent-assembly/api/openapi"
 	"github.com/agent-assembly/agent-assembly/budget"
 	"github.com/agent-assembly/agent-assembly/extauthz"
-	"github.com/agent-assembly/agent-assembly/extproc"
 	"github.com/agent-assembly/agent-assembly/gateway"
 	"github.com/agent-assembly/agent-assembly/policy"
 	"github.com/agent-assembly/agent-assembly/storage"
@@ -158,11 +157,10 @@ func (s *Server) buildGRPC() {
 		grpc.ChainStreamInterceptor(recoverStream(s.log)),
 	)
 	v1.RegisterPolicyServiceServer(s.grpc, gateway.NewPolicyService(s.core))
-	v1.RegisterAuditServiceServer(s.grpc, gateway.NewAuditService(s.store))
+	v1.RegisterAuditServiceServer(s.grpc, gateway.NewAuditService(s.store).WithReports(s.core, s.store))
 	v1.RegisterApprovalServiceServer(s.grpc, gateway.NewApprovalService(s.core))
 	v1.RegisterSecretsServiceServer(s.grpc, gateway.NewSecretsService(s.core, s.store))
-	extauthz.New(s.core, extauthz.Options{Logger: s.log, Secrets: s.store, Injections: s.injections, Metrics: extauthz.NewMetrics(s.reg)}).Register(s.grpc)
-	extproc.New(s.core, extproc.Options{Logger: s.log, Metrics: extproc.NewMetrics(s.reg)}).Register(s.grpc)
+	extauthz.New(s.core, extauthz.Options{Logger: s.log, Secrets: s.store, Injections: s.injections}).Register(s.grpc)
 	s.health = health.NewServer()
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
@@ -184,7 +182,7 @@ func (s *Server) buildHTTP(ctx context.Context) error {
 	if err := v1.RegisterPolicyServiceHandlerServer(ctx, gw, gateway.NewPolicyService(s.core)); err != nil {
 		return fmt.Errorf("register REST handlers: %w", err)
 	}
-	if err := v1.RegisterAuditServiceHandlerServer(ctx, gw, gateway.NewAuditService(s.store)); err != nil {
+	if err := v1.RegisterAuditServiceHandlerServer(ctx, gw, gateway.NewAuditService(s.store).WithReports(s.core, s.store)); err != nil {
 		return fmt.Errorf("register REST handlers: %w", err)
 	}
 	if err := v1.RegisterApprovalServiceHandlerServer(ctx, gw, gateway.NewApprovalService(s.core)); err != nil {

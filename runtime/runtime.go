@@ -1,0 +1,163 @@
+package runtime
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	v1 "github.com/agent-assembly/agent-assembly/api/agentassembly/v1"
+	"github.com/agent-assembly/agent-assembly/runtime/buffer"
+	"github.com/agent-assembly/agent-assembly/scan"
+)
+
+// Runtime serves agents on their sockets and links them to the gateway.
+type Runtime struct {
+	opts    Options
+	log     *slog.Logger
+	scanner *scan.Scanner
+	cache   *decisionCache
+	agents  []*agentState
+	now     func() time.Time
+
+	buf    *buffer.Buffer
+	conn   *grpc.ClientConn // owned when we dialled it
+	policy v1.PolicyServiceClient
+	audit  v1.AuditServiceClient
+	inval  v1.InvalidationServiceClient
+
+	reachable atomic.Bool
+	conns     sync.WaitGroup
+	ready     chan struct{}
+}
+
+// agentState is one served agent.
+type agentState struct {
+	Agent
+	pid      *v1.AgentId
+	lastMode atomic.Int32 // the EnforcementMode of the agent's last gateway answer
+	listener *net.UnixListener
+}
+
+// New validates opts and builds a Runtime; Run serves it.
+func New(opts Options) (*Runtime, error) {
+	opts.setDefaults()
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
+	sc, err := scan.New(scan.Options{})
+	if err != nil {
+		return nil, fmt.Errorf("new runtime: build scanner: %w", err)
+	}
+	rt := &Runtime{opts: opts, log: opts.Logger, scanner: sc, now: time.Now, ready: make(chan struct{})}
+	rt.cache = newDecisionCache(opts.CacheTTL, opts.CacheSize, rt.now)
+	for _, a := range opts.Agents {
+		rt.agents = append(rt.agents, &agentState{Agent: a, pid: &v1.AgentId{OrgId: a.ID.Org, TeamId: a.ID.Team, AgentId: a.ID.Agent}})
+	}
+	return rt, nil
+}
+
+// Ready is closed once every socket listens.
+func (rt *Runtime) Ready() <-chan struct{} { return rt.ready }
+
+// Run opens the buffer, connects to the gateway, listens on every agent's
+// socket and serves until ctx ends; then it stops accepting, lets requests
+// in flight finish, and closes the buffer (which writes what is queued).
+func (rt *Runtime) Run(ctx context.Context) (err error) {
+	rt.buf, err = buffer.Open(ctx, rt.opts.BufferPath, rt.opts.Name)
+	if err != nil {
+		return fmt.Errorf("run runtime: %w", err)
+	}
+	defer func() {
+		if cerr := rt.buf.Close(); cerr != nil && err == nil {
+			err = cerr
+		}
+	}()
+	cc := rt.opts.Conn
+	if cc == nil {
+		conn, err := grpc.NewClient(rt.opts.Gateway, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			return fmt.Errorf("run runtime: dial gateway %s: %w", rt.opts.Gateway, err)
+		}
+		rt.conn = conn
+		defer rt.conn.Close()
+		cc = conn
+	}
+	rt.policy, rt.audit, rt.inval = v1.NewPolicyServiceClient(cc), v1.NewAuditServiceClient(cc), v1.NewInvalidationServiceClient(cc)
+	rt.reachable.Store(true)
+
+	for _, a := range rt.agents {
+		if err := rt.listen(a); err != nil {
+			rt.closeListeners()
+			return err
+		}
+	}
+	n, _ := rt.buf.Len(ctx)
+	rt.log.Info("runtime serving", "agents", len(rt.agents), "gateway", rt.opts.Gateway,
+		"buffer", rt.opts.BufferPath, "buffered_events", n, "fail_mode", rt.opts.FailMode, "reporter", rt.buf.Reporter())
+
+	bg, stopBG := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); rt.forward(bg) }()
+	go func() { defer wg.Done(); rt.subscribe(bg) }()
+	connCtx, cancelConns := context.WithCancel(context.WithoutCancel(ctx))
+	for _, a := range rt.agents {
+		wg.Add(1)
+		go func() { defer wg.Done(); rt.accept(connCtx, a) }()
+	}
+	close(rt.ready)
+	<-ctx.Done()
+	rt.log.Info("runtime stopping")
+	rt.closeListeners()
+	stopBG()
+	cancelConns()
+	rt.conns.Wait()
+	wg.Wait()
+	return nil
+}
+
+func (rt *Runtime) listen(a *agentState) error {
+	if err := os.Remove(a.Socket); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("listen for agent %s: remove stale socket: %w", a.ID.String(), err)
+	}
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: a.Socket, Net: "unix"})
+	if err != nil {
+		return fmt.Errorf("listen for agent %s: %w", a.ID.String(), err)
+	}
+	l.SetUnlinkOnClose(true)
+	if err := os.Chmod(a.Socket, 0o600); err != nil {
+		_ = l.Close()
+		return fmt.Errorf("listen for agent %s: chmod socket: %w", a.ID.String(), err)
+	}
+	if a.UID != os.Getuid() {
+		if err := os.Chown(a.Socket, a.UID, -1); err != nil {
+			_ = l.Close()
+			return fmt.Errorf("listen for agent %s: give the socket to uid %d: %w", a.ID.String(), a.UID, err)
+		}
+	}
+	a.listener = l
+	return nil
+}
+
+func (rt *Runtime) closeListeners() {
+	for _, a := range rt.agents {
+		if a.listener != nil {
+			_ = a.listener.Close()
+		}
+	}
+}
+
+// health describes the runtime.
+func (rt *Runtime) health(ctx context.Context) *v1.RuntimeHealth {
+	n, _ := rt.buf.Len(ctx)
+	return &v1.RuntimeHealth{GatewayReachable: rt.reachable.Load(), BufferedEvents: n, CachedDecisions: int64(rt.cache.len())}
+}
