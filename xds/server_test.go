@@ -27,7 +27,9 @@ import (
 var update = flag.Bool("update", false, "rewrite golden files under testdata")
 
 // source is a PolicySource whose snapshot tests swap.
-type source struct{ p atomic.Pointer[policy.Snapshot] }
+type source struct {
+	p atomic.Pointer[policy.Snapshot]
+}
 
 func (s *source) Snapshot() *policy.Snapshot { return s.p.Load() }
 
@@ -211,7 +213,7 @@ func TestCheckRejects(t *testing.T) {
 		return snap
 	}
 	cases := map[string]func(map[string][]types.Resource){
-		"missing route":  func(r map[string][]types.Resource) { delete(r, routeType) },
+		"missing route":   func(r map[string][]types.Resource) { delete(r, routeType) },
 		"missing cluster": func(r map[string][]types.Resource) { r[clusterType] = r[clusterType][:1] },
 		"invalid listener": func(r map[string][]types.Resource) {
 			proto.Reset(r[listenerType][0])
