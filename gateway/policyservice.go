@@ -20,6 +20,11 @@ const MaxBatch = 1000
 type PolicyService struct {
 	v1.UnimplementedPolicyServiceServer
 	core *Core
+	// versions manages stored policy versions (see WithVersions); nil
+	// leaves the lifecycle methods failing with FAILED_PRECONDITION.
+	versions *Reloader
+	// audit is the log SimulatePolicy replays (see WithAudit).
+	audit AuditQuerier
 }
 
 var _ v1.PolicyServiceServer = (*PolicyService)(nil)

@@ -2,22 +2,48 @@ package gateway
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sort"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
 
 	"github.com/agent-assembly/agent-assembly/policy"
+	"github.com/agent-assembly/agent-assembly/storage"
 )
 
-// Reloader loads policy documents from a file or directory, compiles them
-// and swaps the snapshot into a Core. It reloads on file changes (fsnotify,
-// with a polling fallback) and on Trigger (SIGHUP). An invalid version is
-// rejected with the precise error in the log and the old one keeps serving.
+// PolicyVersions is what the Reloader needs from the store to make the
+// stored active version the policy every replica serves.
+type PolicyVersions interface {
+	storage.PolicyStore
+	storage.Notifier
+}
+
+// storeTimeout bounds each store call the Reloader makes.
+const storeTimeout = 5 * time.Second
+
+// Reloader keeps the Core serving the current policy version.
+//
+// Without a store it loads documents from a file or directory, compiles them
+// and swaps the snapshot in, on file changes (fsnotify, with a polling
+// fallback) and on Trigger (SIGHUP).
+//
+// With a store (UseStore) the store's active version is the source of truth
+// shared by every replica: changed files are saved as a new version (author
+// "file:<path>") and activated; ApplyPolicy and RollbackPolicy activate
+// versions through Activate and Rollback; every replica follows activations
+// through storage.TopicPolicy and, as a fallback, at every poll. See
+// docs/policy-lifecycle.md for the rules.
+//
+// In both modes an invalid version is rejected with the precise error and the
+// version in memory keeps serving.
 type Reloader struct {
 	path     string
 	core     *Core
@@ -25,12 +51,20 @@ type Reloader struct {
 	metrics  *Metrics
 	interval time.Duration
 	trigger  chan struct{}
-	// OnApply, when set, is called after a new version starts serving.
+	store    PolicyVersions
+	now      func() time.Time
+	// OnApply, when set, is called after a new version starts serving on
+	// this replica, whatever activated it (files, API, another replica).
 	OnApply func(docs []*policy.Document, snap *policy.Snapshot)
+	// OnActivate, when set, is called on the replica that activated a
+	// version in the store, after it was published (a hook to fan the
+	// change out further, e.g. to runtimes' invalidation log).
+	OnActivate func(ctx context.Context, v *storage.PolicyVersion)
 
-	mu      sync.Mutex
-	current string
-	lastErr error
+	mu          sync.Mutex
+	current     string
+	fileVersion string
+	lastErr     error
 }
 
 // NewReloader returns a Reloader for path. interval is the polling fallback
@@ -39,46 +73,321 @@ func NewReloader(path string, core *Core, log *slog.Logger, interval time.Durati
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Reloader{path: path, core: core, log: log, metrics: core.metrics, interval: interval, trigger: make(chan struct{}, 1)}
+	return &Reloader{path: path, core: core, log: log, metrics: core.metrics, interval: interval, trigger: make(chan struct{}, 1), now: time.Now}
 }
 
-// Load reads, validates and compiles the documents and, when they differ from
-// the serving version, swaps them in. It returns the error that rejected them.
+// UseStore makes the store's active version the source of truth. Call it
+// before the first Load.
+func (r *Reloader) UseStore(st PolicyVersions) { r.store = st }
+
+// HasStore reports whether versions are kept in a store.
+func (r *Reloader) HasStore() bool { return r.store != nil }
+
+// Store returns the policy version store (nil without one).
+func (r *Reloader) Store() PolicyVersions { return r.store }
+
+// FileAuthor is the author recorded for versions saved from the policy path.
+func (r *Reloader) FileAuthor() string { return "file:" + r.path }
+
+// Current returns the version serving on this replica ("" before the first).
+func (r *Reloader) Current() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.current
+}
+
+// Load reads, validates and compiles the policy files. Without a store, it
+// swaps them in when they differ from the serving version. With a store, it
+// saves and activates them when they changed since this replica last read
+// them; at the first Load, only when their version is new to the store
+// (otherwise the store's active version is loaded: the files only win when
+// they change). It returns the error that rejected them.
 func (r *Reloader) Load() error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	docs, err := policy.LoadPath(r.path)
-	if err == nil && len(docs) == 0 {
-		err = fmt.Errorf("load policy %s: no policy documents (*.yaml, *.yml) found", r.path)
+	srcs, err := readPolicyFiles(r.path)
+	if err != nil {
+		return r.rejected(err)
 	}
+	docs, err := parseStored(srcs)
 	if err != nil {
 		return r.rejected(err)
 	}
 	version := policy.Version(docs)
-	if version == r.current {
+	if r.store == nil {
+		if version == r.current {
+			r.metrics.PolicyReloads.WithLabelValues("unchanged").Inc()
+			r.lastErr = nil
+			return nil
+		}
+	} else if version == r.fileVersion {
 		r.metrics.PolicyReloads.WithLabelValues("unchanged").Inc()
 		r.lastErr = nil
 		return nil
 	}
-	snap, err := policy.Compile(docs, version)
+	snap, err := compile(docs, version)
 	if err != nil {
 		return r.rejected(fmt.Errorf("compile policy %s: %w", r.path, err))
 	}
-	if err := ValidateScanPatterns(snap); err != nil {
+	if r.store == nil {
+		r.install(docs, snap, "files "+r.path)
+		r.lastErr = nil
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
+	defer cancel()
+	first := r.fileVersion == ""
+	if first {
+		_, gerr := r.store.GetPolicyVersion(ctx, version)
+		switch {
+		case gerr == nil:
+			// The files are not new: another replica or an earlier run saved
+			// them, and the store's active version may be newer.
+			serr := r.syncLocked(ctx)
+			if serr == nil {
+				r.fileVersion, r.lastErr = version, nil
+				return nil
+			}
+			if !errors.Is(serr, storage.ErrNotFound) {
+				r.log.Error("stored active policy unusable; serving the policy files", "err", serr)
+			}
+		case !errors.Is(gerr, storage.ErrNotFound):
+			return r.rejected(fmt.Errorf("read policy version %s: %w", version, gerr))
+		}
+	}
+	pv := &storage.PolicyVersion{Version: version, Documents: baseNames(srcs), Author: r.FileAuthor(),
+		Message: "policy files changed", CreatedAt: r.now()}
+	if first {
+		pv.Message = "policy files loaded at start"
+	}
+	if err := r.activateLocked(ctx, pv, docs, snap); err != nil {
 		return r.rejected(err)
 	}
+	r.fileVersion, r.lastErr = version, nil
+	return nil
+}
+
+// Activate validates documents, stores them as a version (or reuses the
+// stored version with the same content), activates it, serves it here and
+// tells every replica. Invalid documents are never stored: the error is a
+// policy.Errors naming file:line:column.
+func (r *Reloader) Activate(ctx context.Context, srcs []storage.PolicyDocument, author, message string) (*storage.PolicyVersion, error) {
+	if r.store == nil {
+		return nil, fmt.Errorf("activate policy: no policy store configured: %w", storage.ErrNotSupported)
+	}
+	docs, err := parseStored(srcs)
+	if err != nil {
+		return nil, err
+	}
+	version := policy.Version(docs)
+	snap, err := compile(docs, version)
+	if err != nil {
+		return nil, err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	pv := &storage.PolicyVersion{Version: version, Documents: srcs, Author: author, Message: message, CreatedAt: r.now()}
+	if err := r.activateLocked(ctx, pv, docs, snap); err != nil {
+		return nil, err
+	}
+	return r.store.GetPolicyVersion(ctx, version)
+}
+
+// Rollback activates a stored version again. A version this replica cannot
+// compile is refused and nothing changes.
+func (r *Reloader) Rollback(ctx context.Context, version string) (*storage.PolicyVersion, error) {
+	if r.store == nil {
+		return nil, fmt.Errorf("roll back policy: no policy store configured: %w", storage.ErrNotSupported)
+	}
+	pv, err := r.store.GetPolicyVersion(ctx, version)
+	if err != nil {
+		return nil, fmt.Errorf("read policy version %s: %w", version, err)
+	}
+	docs, err := parseStored(pv.Documents)
+	if err != nil {
+		return nil, fmt.Errorf("stored policy version %s does not parse: %w", version, err)
+	}
+	snap, err := compile(docs, version)
+	if err != nil {
+		return nil, fmt.Errorf("stored policy version %s does not compile: %w", version, err)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err := r.activateLocked(ctx, pv, docs, snap); err != nil {
+		return nil, err
+	}
+	return r.store.GetPolicyVersion(ctx, version)
+}
+
+// activateLocked saves pv unless it exists, activates it, swaps it in and
+// publishes it. r.mu is held.
+func (r *Reloader) activateLocked(ctx context.Context, pv *storage.PolicyVersion, docs []*policy.Document, snap *policy.Snapshot) error {
+	if err := r.store.SavePolicyVersion(ctx, pv); err != nil && !errors.Is(err, storage.ErrConflict) {
+		return fmt.Errorf("save policy version %s: %w", pv.Version, err)
+	}
+	if err := r.store.ActivatePolicyVersion(ctx, pv.Version, r.now()); err != nil {
+		return fmt.Errorf("activate policy version %s: %w", pv.Version, err)
+	}
+	r.install(docs, snap, pv.Author)
+	if err := r.store.Publish(ctx, storage.TopicPolicy, []byte(pv.Version)); err != nil {
+		// Other replicas still pick the version up at their next poll.
+		r.log.Warn("publish policy activation", "version", pv.Version, "err", err)
+	}
+	if r.OnActivate != nil {
+		r.OnActivate(ctx, pv)
+	}
+	return nil
+}
+
+// Sync loads the store's active version when it differs from the serving
+// one. A stored version this replica cannot compile is logged and skipped;
+// the serving one stays.
+func (r *Reloader) Sync(ctx context.Context) error {
+	if r.store == nil {
+		return nil
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	err := r.syncLocked(ctx)
+	if errors.Is(err, storage.ErrNotFound) {
+		return nil
+	}
+	return err
+}
+
+func (r *Reloader) syncLocked(ctx context.Context) error {
+	pv, err := r.store.ActivePolicyVersion(ctx)
+	if err != nil {
+		return fmt.Errorf("read active policy version: %w", err)
+	}
+	if pv.Version == r.current {
+		return nil
+	}
+	docs, err := parseStored(pv.Documents)
+	var snap *policy.Snapshot
+	if err == nil {
+		snap, err = compile(docs, pv.Version)
+	}
+	if err != nil {
+		r.metrics.PolicyReloads.WithLabelValues("rejected").Inc()
+		err = fmt.Errorf("active policy version %s is invalid on this replica: %w", pv.Version, err)
+		if r.lastErr == nil || r.lastErr.Error() != err.Error() {
+			r.log.Error("policy rejected; the previous version keeps serving", "serving", r.current, "err", err)
+		}
+		r.lastErr = err
+		return err
+	}
+	r.install(docs, snap, pv.Author)
+	r.lastErr = nil
+	return nil
+}
+
+// install swaps snap in. r.mu is held.
+func (r *Reloader) install(docs []*policy.Document, snap *policy.Snapshot, source string) {
 	for _, w := range snap.Warnings() {
-		r.log.Warn("policy warning", "version", version, "warning", w.Error())
+		r.log.Warn("policy warning", "version", snap.Version(), "warning", w.Error())
 	}
 	r.core.SetSnapshot(snap)
 	prev := r.current
-	r.current, r.lastErr = version, nil
+	r.current = snap.Version()
 	r.metrics.PolicyReloads.WithLabelValues("applied").Inc()
-	r.log.Info("policy applied", "version", version, "previous", prev, "documents", len(docs), "path", r.path)
+	r.log.Info("policy applied", "version", r.current, "previous", prev, "documents", len(docs), "source", source)
 	if r.OnApply != nil {
 		r.OnApply(docs, snap)
 	}
-	return nil
+}
+
+// compile compiles docs and checks their scan patterns.
+func compile(docs []*policy.Document, version string) (*policy.Snapshot, error) {
+	snap, err := policy.Compile(docs, version)
+	if err != nil {
+		return nil, err
+	}
+	if err := ValidateScanPatterns(snap); err != nil {
+		return nil, err
+	}
+	return snap, nil
+}
+
+// parseStored parses every document, reporting all problems together.
+func parseStored(srcs []storage.PolicyDocument) ([]*policy.Document, error) {
+	if len(srcs) == 0 {
+		return nil, errors.New("no policy documents")
+	}
+	var docs []*policy.Document
+	var all policy.Errors
+	for _, s := range srcs {
+		d, err := policy.Parse(s.Name, s.Source)
+		if err != nil {
+			var list policy.Errors
+			if errors.As(err, &list) {
+				all = append(all, list...)
+				continue
+			}
+			return nil, err
+		}
+		docs = append(docs, d)
+	}
+	if len(all) > 0 {
+		return nil, all
+	}
+	return docs, nil
+}
+
+// readPolicyFiles reads a policy file, or every regular *.yaml and *.yml
+// file directly inside a directory in lexical order, as policy.LoadPath does,
+// keeping the bytes so the version can be stored as written.
+func readPolicyFiles(path string) ([]storage.PolicyDocument, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, fmt.Errorf("load policy %s: %w", path, err)
+	}
+	files := []string{path}
+	if fi.IsDir() {
+		entries, err := os.ReadDir(path)
+		if err != nil {
+			return nil, fmt.Errorf("load policy %s: %w", path, err)
+		}
+		files = files[:0]
+		for _, e := range entries {
+			ext := strings.ToLower(filepath.Ext(e.Name()))
+			if ext != ".yaml" && ext != ".yml" {
+				continue
+			}
+			full := filepath.Join(path, e.Name())
+			regular := e.Type().IsRegular()
+			if e.Type()&fs.ModeSymlink != 0 {
+				if st, err := os.Stat(full); err == nil {
+					regular = st.Mode().IsRegular()
+				}
+			}
+			if regular {
+				files = append(files, full)
+			}
+		}
+		sort.Strings(files)
+	}
+	if len(files) == 0 {
+		return nil, fmt.Errorf("load policy %s: no policy documents (*.yaml, *.yml) found", path)
+	}
+	out := make([]storage.PolicyDocument, 0, len(files))
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return nil, fmt.Errorf("load policy %s: %w", path, err)
+		}
+		out = append(out, storage.PolicyDocument{Name: f, Source: b})
+	}
+	return out, nil
+}
+
+// baseNames returns srcs named by file name only, as they are stored.
+func baseNames(srcs []storage.PolicyDocument) []storage.PolicyDocument {
+	out := make([]storage.PolicyDocument, len(srcs))
+	for i, s := range srcs {
+		out[i] = storage.PolicyDocument{Name: filepath.Base(s.Name), Source: s.Source}
+	}
+	return out
 }
 
 // rejected records a failed load. The same error is logged once, not at
@@ -108,8 +417,9 @@ func (r *Reloader) Trigger() {
 	}
 }
 
-// Run watches the policy path until ctx ends. File events are debounced so an
-// editor's write-rename-chmod sequence causes one reload.
+// Run watches the policy path, and with a store the activations of every
+// replica, until ctx ends. File events are debounced so an editor's
+// write-rename-chmod sequence causes one reload.
 func (r *Reloader) Run(ctx context.Context) error {
 	var events <-chan fsnotify.Event
 	w, err := fsnotify.NewWatcher()
@@ -127,6 +437,7 @@ func (r *Reloader) Run(ctx context.Context) error {
 			events = w.Events
 		}
 	}
+	activations := r.subscribe(ctx)
 	var tick <-chan time.Time
 	if r.interval > 0 {
 		t := time.NewTicker(r.interval)
@@ -153,15 +464,48 @@ func (r *Reloader) Run(ctx context.Context) error {
 				debounce.Reset(100 * time.Millisecond)
 			}
 			fire = debounce.C
+		case _, ok := <-activations:
+			if !ok {
+				activations = nil // resubscribed at the next tick
+				continue
+			}
+			r.sync(ctx)
 		case <-fire:
 			fire = nil
 			_ = r.Load()
 		case <-tick:
 			_ = r.Load()
+			if activations == nil {
+				activations = r.subscribe(ctx)
+			}
+			r.sync(ctx)
 		case <-r.trigger:
 			r.log.Info("policy reload requested")
 			_ = r.Load()
+			r.sync(ctx)
 		}
+	}
+}
+
+// subscribe follows activations published by every replica (nil without a
+// store or when the notifier is unavailable: polling then covers it).
+func (r *Reloader) subscribe(ctx context.Context) <-chan []byte {
+	if r.store == nil {
+		return nil
+	}
+	ch, err := r.store.Subscribe(ctx, storage.TopicPolicy)
+	if err != nil {
+		r.log.Warn("cannot follow policy activations of other replicas; polling instead", "err", err)
+		return nil
+	}
+	return ch
+}
+
+func (r *Reloader) sync(ctx context.Context) {
+	sctx, cancel := context.WithTimeout(ctx, storeTimeout)
+	defer cancel()
+	if err := r.Sync(sctx); err != nil && ctx.Err() == nil {
+		r.log.Debug("policy sync", "err", err)
 	}
 }
 

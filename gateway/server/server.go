@@ -127,6 +127,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	}
 	s.core = core
 	s.reloader = gateway.NewReloader(cfg.PolicyPath, core, log, cfg.PolicyPoll)
+	s.reloader.UseStore(st)
 	if err := s.reloader.Load(); err != nil {
 		s.closeStore()
 		return nil, fmt.Errorf("initial policy is invalid, refusing to start: %w", err)
@@ -157,7 +158,8 @@ func (s *Server) buildGRPC() {
 		grpc.ChainUnaryInterceptor(recoverUnary(s.log)),
 		grpc.ChainStreamInterceptor(recoverStream(s.log)),
 	)
-	v1.RegisterPolicyServiceServer(s.grpc, gateway.NewPolicyService(s.core))
+	v1.RegisterPolicyServiceServer(s.grpc, gateway.NewPolicyService(s.core).WithVersions(s.reloader).WithAudit(s.store))
+	v1.RegisterTopologyServiceServer(s.grpc, gateway.NewTopologyService(s.store))
 	v1.RegisterAuditServiceServer(s.grpc, gateway.NewAuditService(s.store).WithReports(s.core, s.store))
 	v1.RegisterApprovalServiceServer(s.grpc, gateway.NewApprovalService(s.core))
 	v1.RegisterSecretsServiceServer(s.grpc, gateway.NewSecretsService(s.core, s.store))
@@ -181,7 +183,10 @@ func (s *Server) buildHTTP(ctx context.Context) error {
 			UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: false},
 		}),
 	)
-	if err := v1.RegisterPolicyServiceHandlerServer(ctx, gw, gateway.NewPolicyService(s.core)); err != nil {
+	if err := v1.RegisterPolicyServiceHandlerServer(ctx, gw, gateway.NewPolicyService(s.core).WithVersions(s.reloader).WithAudit(s.store)); err != nil {
+		return fmt.Errorf("register REST handlers: %w", err)
+	}
+	if err := v1.RegisterTopologyServiceHandlerServer(ctx, gw, gateway.NewTopologyService(s.store)); err != nil {
 		return fmt.Errorf("register REST handlers: %w", err)
 	}
 	if err := v1.RegisterAuditServiceHandlerServer(ctx, gw, gateway.NewAuditService(s.store).WithReports(s.core, s.store)); err != nil {
