@@ -177,13 +177,14 @@ func (c *Core) Decide(ctx context.Context, a *action.Action, start time.Time, op
 		if res.ShadowDecision != action.DecisionUnspecified && res.ShadowDecision != res.Decision {
 			out.Reason += "; observe mode: would be " + res.ShadowDecision.String() + " by " + res.ShadowRuleID
 		}
-		registered := c.checkAgentStatus(ctx, a, &out)
+		override, registered := c.checkAgent(ctx, a, &out)
 		v := c.views.Load()
 		if v == nil || v.snap != snap {
 			v = newViews(snap)
 		}
 		av := v.get(a.Agent)
 		c.scanAction(av, a, &out) // redacts a: nothing below sees a raw credential
+		applyAgentMode(override, &res, &out)
 		payload = encodePayload(a)
 		switch out.Decision {
 		case action.Allow, action.Redact:

@@ -13,30 +13,6 @@ import (
 	"github.com/agent-assembly/agent-assembly/storage"
 )
 
-// checkAgentStatus denies actions of suspended or killed agents and reports
-// whether the registry knows the agent. Agents it does not know are left to
-// the policy (they may be unattributed).
-func (c *Core) checkAgentStatus(ctx context.Context, a *action.Action, out *Outcome) (registered bool) {
-	if c.agents == nil {
-		return false
-	}
-	lctx, cancel := context.WithTimeout(ctx, c.limitTO)
-	defer cancel()
-	ag, err := c.agents.GetAgent(lctx, a.Agent)
-	switch {
-	case errors.Is(err, storage.ErrNotFound):
-		return false
-	case err != nil:
-		out.Decision, out.RuleID = action.Deny, "registry"
-		out.Reason = "agent registry unavailable, failing closed: " + err.Error()
-	case ag.Status == storage.AgentSuspended:
-		out.Decision, out.RuleID, out.Reason = action.Deny, "agent-status", "agent suspended: "+ag.StatusReason
-	case ag.Status == storage.AgentKilled:
-		out.Decision, out.RuleID, out.Reason = action.Deny, "agent-status", "agent killed: "+ag.StatusReason
-	}
-	return err == nil
-}
-
 // applyLimits enforces the tool rate limit and the LLM budget of an action
 // the policy allowed. Backend failures deny (fail closed).
 func (c *Core) applyLimits(ctx context.Context, av *agentView, a *action.Action, res *policy.Result, out *Outcome, registered bool) {

@@ -60,6 +60,8 @@ type Server struct {
 	writer   *groupcommit.Writer
 	core     *gateway.Core
 	reloader *gateway.Reloader
+	agents   *gateway.AgentService
+	events   *gateway.Invalidations
 	reg      *prometheus.Registry
 	grpc     *grpc.Server
 	health   *health.Server
@@ -132,6 +134,10 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 		s.closeStore()
 		return nil, fmt.Errorf("initial policy is invalid, refusing to start: %w", err)
 	}
+	if err := s.startLifecycle(ctx); err != nil {
+		s.closeStore()
+		return nil, fmt.Errorf("start agent lifecycle: %w", err)
+	}
 	s.buildGRPC()
 	if err := s.buildHTTP(ctx); err != nil {
 		s.closeStore()
@@ -165,6 +171,8 @@ func (s *Server) buildGRPC() {
 	v1.RegisterSecretsServiceServer(s.grpc, gateway.NewSecretsService(s.core, s.store))
 	extauthz.New(s.core, extauthz.Options{Logger: s.log, Secrets: s.store, Injections: s.injections, Metrics: extauthz.NewMetrics(s.reg)}).Register(s.grpc)
 	extproc.New(s.core, extproc.Options{Logger: s.log, Metrics: extproc.NewMetrics(s.reg)}).Register(s.grpc)
+	v1.RegisterAgentLifecycleServiceServer(s.grpc, s.agents)
+	v1.RegisterInvalidationServiceServer(s.grpc, gateway.NewInvalidationService(s.events))
 	s.health = health.NewServer()
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
@@ -196,6 +204,9 @@ func (s *Server) buildHTTP(ctx context.Context) error {
 		return fmt.Errorf("register REST handlers: %w", err)
 	}
 	if err := v1.RegisterSecretsServiceHandlerServer(ctx, gw, gateway.NewSecretsService(s.core, s.store)); err != nil {
+		return fmt.Errorf("register REST handlers: %w", err)
+	}
+	if err := v1.RegisterAgentLifecycleServiceHandlerServer(ctx, gw, s.agents); err != nil {
 		return fmt.Errorf("register REST handlers: %w", err)
 	}
 	mux := http.NewServeMux()

@@ -1,0 +1,79 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+
+	"github.com/agent-assembly/agent-assembly/action"
+	"github.com/agent-assembly/agent-assembly/policy"
+	"github.com/agent-assembly/agent-assembly/storage"
+)
+
+// checkAgent reads the agent's registry record (through the in-process
+// cache: no store round-trip on the common path) once per check. It denies
+// actions of suspended or killed agents and returns the operator's mode
+// override (ModeUnspecified when there is none, or when the status already
+// decided) and whether the registry knows the agent. Agents it does not know
+// are left to the policy (they may be unattributed).
+func (c *Core) checkAgent(ctx context.Context, a *action.Action, out *Outcome) (override action.Mode, registered bool) {
+	if c.agents == nil {
+		return action.ModeUnspecified, false
+	}
+	lctx, cancel := context.WithTimeout(ctx, c.limitTO)
+	defer cancel()
+	ag, err := c.agents.GetAgent(lctx, a.Agent)
+	switch {
+	case errors.Is(err, storage.ErrNotFound):
+		return action.ModeUnspecified, false
+	case err != nil:
+		out.Decision, out.RuleID = action.Deny, "registry"
+		out.Reason = "agent registry unavailable, failing closed: " + err.Error()
+		return action.ModeUnspecified, false
+	case ag.Status == storage.AgentSuspended:
+		out.Decision, out.RuleID, out.Reason = action.Deny, "agent-status", "agent suspended: "+ag.StatusReason
+		return action.ModeUnspecified, true
+	case ag.Status == storage.AgentKilled:
+		out.Decision, out.RuleID, out.Reason = action.Deny, "agent-status", "agent killed: "+ag.StatusReason
+		return action.ModeUnspecified, true
+	}
+	return ag.Mode, true
+}
+
+// applyAgentMode applies an operator's per-agent enforcement-mode override
+// to the policy's outcome (after the credential scan, before limits and
+// approvals, which only run in enforce mode):
+//
+//   - observe: the decision so far becomes the shadow decision, and the
+//     answer is allow (limits and approvals are skipped);
+//   - disabled: allow without a shadow decision;
+//   - enforce: observe documents are enforced (their shadow decision becomes
+//     the decision). Documents whose own mode is disabled are not evaluated,
+//     so enforce cannot bring them back.
+func applyAgentMode(m action.Mode, res *policy.Result, out *Outcome) {
+	switch m {
+	case action.ModeObserve:
+		if out.Mode == action.ModeObserve && res.Mode == action.ModeObserve {
+			return // the documents already observe
+		}
+		if out.Decision != action.Allow {
+			out.Shadow = out.Decision
+			out.Reason = "agent in observe mode (operator override); would be " + out.Decision.String() + " by " + out.RuleID + ": " + out.Reason
+			out.RuleID = "agent-mode/observe"
+		} else {
+			out.Shadow = action.Allow
+		}
+		out.Decision, out.Mode, out.Redactions = action.Allow, action.ModeObserve, nil
+		res.Mode = action.ModeObserve
+	case action.ModeDisabled:
+		out.Decision, out.Shadow, out.Mode, out.Redactions = action.Allow, action.DecisionUnspecified, action.ModeDisabled, nil
+		out.RuleID, out.Reason = "agent-mode/disabled", "enforcement disabled for this agent (operator override)"
+		res.Mode = action.ModeDisabled
+	case action.ModeEnforce:
+		if res.ShadowDecision == action.DecisionUnspecified || out.RuleID != res.RuleID {
+			return // no observe document applied, or something else decided
+		}
+		out.Decision, out.Shadow, out.Mode = res.ShadowDecision, action.DecisionUnspecified, action.ModeEnforce
+		out.RuleID, out.Reason = res.ShadowRuleID, res.ShadowReason+" (observe documents enforced by operator override)"
+		res.Mode, res.Decision, res.RuleID = action.ModeEnforce, res.ShadowDecision, res.ShadowRuleID
+	}
+}

@@ -1,0 +1,82 @@
+package server
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/agent-assembly/agent-assembly/action"
+	"github.com/agent-assembly/agent-assembly/gateway"
+	"github.com/agent-assembly/agent-assembly/identity"
+	"github.com/agent-assembly/agent-assembly/policy"
+	"github.com/agent-assembly/agent-assembly/storage"
+)
+
+// startLifecycle builds the agent lifecycle and invalidation services and
+// starts their background loops (log follower, approval follower, stale
+// sweeper) for the server's lifetime.
+func (s *Server) startLifecycle(ctx context.Context) error {
+	kctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	seed, err := identity.LoadOrCreateSigningKey(kctx, s.store)
+	if err != nil {
+		return err
+	}
+	issuer, err := identity.NewIssuer(seed, identity.Options{Registry: s.cached})
+	if err != nil {
+		return err
+	}
+	s.events, err = gateway.NewInvalidations(gateway.InvalidationsOptions{
+		Log: s.store, Notifier: s.store, Logger: s.log,
+		// Drop the agent from this replica's registry cache before any
+		// ControlStream here delivers the event, so the agent's next check
+		// sees the new status or mode.
+		OnEvent: func(ev *storage.InvalidationEvent) {
+			if ev.Agent != (action.AgentID{}) {
+				s.cached.Agents.Invalidate(ev.Agent)
+			}
+		},
+	})
+	if err != nil {
+		return err
+	}
+	s.agents, err = gateway.NewAgentService(gateway.AgentServiceOptions{
+		Registry: s.cached, Issuer: issuer, Events: s.events, Core: s.core, Logger: s.log,
+	})
+	if err != nil {
+		return err
+	}
+	go func() {
+		if err := s.events.Run(s.life); err != nil {
+			s.log.Error("invalidation log follower stopped", "err", err)
+		}
+	}()
+	if err := s.events.FollowApprovals(s.life, s.store, s.store); err != nil {
+		s.log.Warn("approval resolutions will not reach InvalidationService subscribers", "err", err)
+	}
+	go s.agents.RunSweeper(s.life)
+
+	var mu sync.Mutex
+	current := ""
+	if snap := s.core.Snapshot(); snap != nil {
+		current = snap.Version()
+	}
+	prev := s.reloader.OnApply
+	s.reloader.OnApply = func(docs []*policy.Document, snap *policy.Snapshot) {
+		if prev != nil {
+			prev(docs, snap)
+		}
+		mu.Lock()
+		from := current
+		current = snap.Version()
+		mu.Unlock()
+		pctx, cancel := context.WithTimeout(s.life, 5*time.Second)
+		defer cancel()
+		s.events.PolicyApplied(pctx, from, snap.Version())
+	}
+	return nil
+}
+
+// Agents returns the agent lifecycle service (VerifyToken for other
+// services that authenticate agents by their credential token).
+func (s *Server) Agents() *gateway.AgentService { return s.agents }
