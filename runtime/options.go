@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc"
@@ -155,4 +156,13 @@ func (o *Options) Validate() error {
 		return fmt.Errorf("runtime options: max frame %d must be between 1 KiB and 64 MiB", o.MaxFrame)
 	}
 	return nil
+}
+
+// ParseAgentID parses "org/team/agent".
+func ParseAgentID(s string) (action.AgentID, error) {
+	p := strings.Split(s, "/")
+	if len(p) != 3 || p[0] == "" || p[1] == "" || p[2] == "" {
+		return action.AgentID{}, fmt.Errorf("agent id %q must be org/team/agent", s)
+	}
+	return action.AgentID{Org: p[0], Team: p[1], Agent: p[2]}, nil
 }

@@ -38,13 +38,15 @@ func dialSocket(ctx context.Context, path string, agent *v1.AgentId) (*socketCon
 		_ = c.SetDeadline(dl)
 	}
 	r := bufio.NewReader(c)
-	if err := frame.Write(c, v1.RuntimeFrameTag_RUNTIME_FRAME_HELLO, &v1.RuntimeHello{Versions: []uint32{frame.Version}, Sdk: "go-sdkclient/1", Agent: agent}); err != nil {
-		c.Close()
-		return nil, fmt.Errorf("runtime handshake: %w", err)
-	}
+	// A runtime that refuses this process says why and closes before reading
+	// the hello, so a failed write is reported only when no reason follows.
+	werr := frame.Write(c, v1.RuntimeFrameTag_RUNTIME_FRAME_HELLO, &v1.RuntimeHello{Versions: []uint32{frame.Version}, Sdk: "go-sdkclient/1", Agent: agent})
 	tag, body, err := frame.Read(r, frame.DefaultMaxBody)
 	if err != nil {
 		c.Close()
+		if werr != nil {
+			err = werr
+		}
 		return nil, fmt.Errorf("runtime handshake: %w", err)
 	}
 	switch tag {
