@@ -256,10 +256,7 @@ func (s *Server) decide(ctx context.Context, m *mapped, start time.Time) verdict
 	}()
 	select {
 	case v := <-done:
-		v.note = m.note
-		if m.note != "" {
-			v.Reason += "; " + m.note
-		}
+		v.note = m.note // the decider has already added it to the reason
 		return v
 	case <-ctx.Done():
 		reason := fmt.Sprintf("decision not made within %s: failing closed", s.o.Timeout)

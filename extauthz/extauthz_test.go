@@ -306,8 +306,14 @@ func TestOversizedBody(t *testing.T) {
 	req := request("POST", "http://mcp.internal/mcp", map[string]string{"x-envoy-auth-partial-body": "true"}, `{"jsonrpc":"2.0"`)
 	req.Attributes.Request.Http.Size = 1 << 20
 	d := denied(t, check(t, c2, req))
-	if !strings.Contains(d.body.Reason, "body not inspected: over 65536 bytes") || d.headers[HeaderNote] == "" {
+	if d.headers[HeaderNote] != "body not inspected: over 65536 bytes" {
 		t.Fatalf("denial %+v", d)
+	}
+	// The decider is told, so the audit record is flagged too.
+	f2.mu.Lock()
+	defer f2.mu.Unlock()
+	if len(f2.opts) != 1 || f2.opts[0].Note != "body not inspected: over 65536 bytes" {
+		t.Fatalf("decider options %+v", f2.opts)
 	}
 }
 

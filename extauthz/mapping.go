@@ -111,6 +111,7 @@ func (s *Server) mapRequest(req *authv3.CheckRequest, now time.Time) (*mapped, e
 
 	body, size, note := s.body(hr, h)
 	m.note = note
+	m.opts.Note = note // flagged in the audit record of every action
 	var p *probe
 	if len(body) > 0 && looksJSON(body) {
 		p = parseProbe(body)

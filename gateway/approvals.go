@@ -35,6 +35,10 @@ type CheckOptions struct {
 	// Layer names the interception layer that asked, for metrics: LayerSDK
 	// (the default), LayerEnvoy, LayerRuntime or LayerKernel.
 	Layer string
+	// Note is appended to the decision's reason, in the answer and the audit
+	// record: a remark about how the action was seen, such as "body not
+	// inspected: over 65536 bytes".
+	Note string
 }
 
 // Interception layers, as reported in metrics.

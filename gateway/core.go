@@ -199,6 +199,9 @@ func (c *Core) Decide(ctx context.Context, a *action.Action, start time.Time, op
 	if payload == nil {
 		payload = encodePayload(a)
 	}
+	if opts.Note != "" {
+		out.Reason += "; " + opts.Note
+	}
 	out.Latency = c.now().Sub(start)
 
 	rec := &storage.AuditRecord{
