@@ -81,14 +81,14 @@ type Reason uint8
 
 // Reasons.
 const (
-	ReasonRule          Reason = 1
-	ReasonAlways        Reason = 2
-	ReasonNoRule        Reason = 3
-	ReasonPort          Reason = 4
-	ReasonUnconfigured  Reason = 5
-	ReasonExecDeny      Reason = 6
+	ReasonRule           Reason = 1
+	ReasonAlways         Reason = 2
+	ReasonNoRule         Reason = 3
+	ReasonPort           Reason = 4
+	ReasonUnconfigured   Reason = 5
+	ReasonExecDeny       Reason = 6
 	ReasonExecNotAllowed Reason = 7
-	ReasonUDPRedirect   Reason = 8
+	ReasonUDPRedirect    Reason = 8
 )
 
 func (r Reason) String() string {

@@ -68,7 +68,7 @@ type Features struct {
 }
 
 // Status returns the status of the named capability.
-func (f *Features) Status(name string) Status {
+func (f Features) Status(name string) Status {
 	for _, c := range f.Capabilities {
 		if c.Name == name {
 			return c.Status

@@ -153,7 +153,10 @@ func TestNetworkRedirect(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Govern: %v", err)
 	}
-	for _, c := range []struct{ args []string; want string }{
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
 		{[]string{"dial", "tcp4", "192.0.2.1:80"}, "ok:envoy"},
 		{[]string{"dial", "raw6", "[::ffff:192.0.2.1]:443"}, "ok:envoy"},
 		{[]string{"dial", "tcp6", "[2001:db8::1]:443"}, "EPERM"}, // no IPv6 listener configured

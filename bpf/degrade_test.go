@@ -1,0 +1,96 @@
+package bpf_test
+
+import (
+	"errors"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/agent-assembly/agent-assembly/bpf"
+	"github.com/agent-assembly/agent-assembly/bpf/cgrouptest"
+)
+
+// TestDegradeExecToReporting: on a kernel that refuses bpf_send_signal
+// the exec tracer still loads, reports a denied exec, does not kill it,
+// and says so loudly (WARN, "observed only").
+func TestDegradeExecToReporting(t *testing.T) {
+	var o bpf.Options
+	bpf.AssumeMissing(&o, "send_signal")
+	g, tl := openGovernor(t, o)
+	f := g.Features()
+	if st := f.Status(bpf.CapExec); st != bpf.ObservedOnly {
+		t.Fatalf("exec status = %v, want observed only", st)
+	}
+	if !strings.Contains(tl.String(), `level=WARN msg="ebpf capability" capability="exec control (tp_btf/sched_process_exec)" status="observed only"`) {
+		t.Errorf("no WARN capability line for exec in:\n%s", tl)
+	}
+	ev := collect(t, g)
+	cg := cgrouptest.New(t, "")
+	if err := g.Govern(cg, bpf.AgentConfig{ID: 1, ExecDeny: []bpf.ExecRule{{Name: "echo"}}}); err != nil {
+		t.Fatal(err)
+	}
+	out, err := cgrouptest.Command(t, cg, "/bin/echo", "still-runs").Output()
+	if err != nil || strings.TrimSpace(string(out)) != "still-runs" {
+		t.Fatalf("echo under observe-only: %q, %v", out, err)
+	}
+	e := ev.wait(t, "observed exec", func(e bpf.Event) bool { return e.Filename == "/bin/echo" })
+	if e.Verdict != bpf.VerdictObserveDeny || e.Verdict.Enforced() {
+		t.Errorf("verdict = %v, want observe-deny", e.Verdict)
+	}
+}
+
+// TestDegradeNetworkUnavailable: without cgroup sock_addr programs the
+// governor still opens, reports network egress as unavailable at ERROR,
+// and warns for every agent it governs without it.
+func TestDegradeNetworkUnavailable(t *testing.T) {
+	var o bpf.Options
+	bpf.AssumeMissing(&o, "cgroup_sock_addr")
+	g, tl := openGovernor(t, o)
+	if st := g.Features().Status(bpf.CapNetwork); st != bpf.Unavailable {
+		t.Fatalf("network status = %v, want unavailable", st)
+	}
+	if !strings.Contains(tl.String(), `level=ERROR msg="ebpf capability" capability="network egress`) {
+		t.Errorf("no ERROR capability line for network in:\n%s", tl)
+	}
+	cg := cgrouptest.New(t, "")
+	if err := g.Govern(cg, bpf.AgentConfig{ID: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(tl.String(), "agent governed without kernel network enforcement") {
+		t.Errorf("Govern did not warn about the missing network enforcement")
+	}
+	if got := run(t, cg, "dial", "tcp4", "192.0.2.1:80"); got == "EPERM" {
+		t.Errorf("EPERM without network programs?")
+	}
+}
+
+// TestCapacityRejectedBeforeLoading: a configuration with more
+// destinations than the per-agent capacity is rejected with a clear error
+// and nothing of it reaches the kernel.
+func TestCapacityRejectedBeforeLoading(t *testing.T) {
+	g, _ := openGovernor(t, bpf.Options{Limits: bpf.Limits{MaxDestinations: 8}})
+	cg := cgrouptest.New(t, "")
+	var dests []bpf.Destination
+	for i := range 9 {
+		dests = append(dests, bpf.Destination{Prefix: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 0, 0, byte(i)}), 32)})
+	}
+	err := g.Govern(cg, bpf.AgentConfig{ID: 1, Egress: dests})
+	if !errors.Is(err, bpf.ErrCapacity) {
+		t.Fatalf("Govern = %v, want ErrCapacity", err)
+	}
+	if !strings.Contains(err.Error(), "egress: destinations: 9, over the kernel map capacity of 8") {
+		t.Errorf("error = %q", err)
+	}
+	if n := len(g.Governed()); n != 0 {
+		t.Errorf("governed = %d after a rejected configuration, want 0", n)
+	}
+	// Nothing was attached: a process in the cgroup is free.
+	if got := run(t, cg, "dial", "tcp4", "192.0.2.1:80"); got == "EPERM" {
+		t.Errorf("rejected configuration was enforced")
+	}
+	// Open rejects over-capacity always-allowed lists before loading.
+	_, err = bpf.Open(bpf.Options{NoPin: true, Limits: bpf.Limits{MaxDestinations: 1}, Always: dests[:2]})
+	if !errors.Is(err, bpf.ErrCapacity) {
+		t.Errorf("Open = %v, want ErrCapacity", err)
+	}
+}
