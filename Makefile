@@ -5,7 +5,7 @@ LDFLAGS  := -X github.com/agent-assembly/agent-assembly/gateway/server.Version=$
 BENCH    ?= .
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: help build run test test-unit fuzz generate check-generate lint bench clean
+.PHONY: help build run test test-unit fuzz generate generate-bpf check-generate lint bench clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -25,11 +25,15 @@ test-unit: ## fast in-process tests only (no services, no race detector)
 fuzz: ## fuzz every target for FUZZTIME (default 30s each)
 	FUZZTIME=$${FUZZTIME:-30s} scripts/fuzz.sh
 
-generate: ## regenerate protobuf/gRPC/grpc-gateway/OpenAPI code (installs protoc from Debian if missing)
+generate: generate-bpf ## regenerate protobuf/gRPC/grpc-gateway/OpenAPI code (installs protoc from Debian if missing)
 	scripts/genproto.sh
+
+generate-bpf: ## rebuild the eBPF object and bpf2go bindings under bpf/ (installs clang-14, llvm-14, libbpf-dev from Debian if missing)
+	bpf/generate.sh
 
 check-generate: generate ## fail if generated code is not what `make generate` produces
 	git diff --exit-code -- api/ || { echo "generated code is stale: run make generate and commit" >&2; exit 1; }
+	git diff --exit-code -- bpf/ || { echo "generated eBPF code is stale: run make generate and commit" >&2; exit 1; }
 
 lint: ## gofmt, go vet, staticcheck
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
