@@ -16,11 +16,14 @@ import (
 func newPolicyCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "policy",
-		Short: "Validate policies and explain decisions",
+		Short: "Validate, apply, version, diff, roll back and simulate policies; explain decisions",
 		Example: `  aasm policy validate examples/policies
-  aasm policy explain --agent acme/eng/coder-1 --tool shell_exec --args '{"command":"rm -rf /"}'`,
+  aasm policy explain --agent acme/eng/coder-1 --tool shell_exec --args '{"command":"rm -rf /"}'
+  aasm policy apply examples/policies -m "why"
+  aasm policy simulate ./candidate --hours 24`,
 	}
 	cmd.AddCommand(newPolicyValidateCmd(g), newPolicyExplainCmd(g))
+	cmd.AddCommand(lifecycleCmds(g)...)
 	return cmd
 }
 
