@@ -63,8 +63,8 @@ func runChildRuntime() int {
 	}
 	id, _ := runtime.ParseAgentID(c.Agent)
 	rt, err := runtime.New(runtime.Options{
-		Agents:     []runtime.Agent{{ID: id, Socket: c.Socket, UID: os.Getuid()}},
-		Gateway:    c.Gateway, BufferPath: c.Buffer,
+		Agents:  []runtime.Agent{{ID: id, Socket: c.Socket, UID: os.Getuid()}},
+		Gateway: c.Gateway, BufferPath: c.Buffer,
 		Logger: slog.New(slog.NewTextHandler(os.Stderr, nil)),
 	})
 	if err != nil {
@@ -339,7 +339,6 @@ func publicCopy(t *testing.T) (string, string) {
 	}
 	return bin, dir
 }
-
 
 type netDialer struct{}
 
