@@ -27,6 +27,7 @@ type decisionCache struct {
 
 	mu      sync.RWMutex
 	entries map[cacheKey]cacheEntry
+	version string // the policy version of the entries
 }
 
 type cacheEntry struct {
@@ -136,4 +137,26 @@ func (c *decisionCache) len() int {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	return len(c.entries)
+}
+
+// observe notes the policy version of a fresh gateway answer: a version
+// other than the entries' drops them, a backstop for an invalidation event
+// that has not arrived yet.
+func (c *decisionCache) observe(version string) {
+	if version == "" {
+		return
+	}
+	c.mu.RLock()
+	same := c.version == version
+	c.mu.RUnlock()
+	if same {
+		return
+	}
+	c.mu.Lock()
+	if c.version != version {
+		c.version = version
+		c.gen.Add(1)
+		clear(c.entries)
+	}
+	c.mu.Unlock()
 }

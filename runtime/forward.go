@@ -119,9 +119,9 @@ func (rt *Runtime) follow(ctx context.Context, last *int64, agents []*v1.AgentId
 	if err != nil {
 		return err
 	}
-	if _, err := stream.Header(); err != nil {
-		return err
-	}
+	// The call is sent and the connection is up: events from here on reach
+	// us. (The gateway sends nothing until the first event, so there is no
+	// earlier acknowledgement to wait for.)
 	rt.cache.setLive(true)
 	rt.log.Debug("invalidation stream connected", "after_seq", *last)
 	for {

@@ -97,6 +97,7 @@ func (rt *Runtime) query(ctx context.Context, a *agentState, req *v1.CheckAction
 	}
 	rt.reachable.Store(true)
 	a.lastMode.Store(int32(resp.GetEnforcementMode()))
+	rt.cache.observe(resp.GetPolicyVersion())
 	if useCache {
 		rt.cache.put(key, gen, resp)
 	}
