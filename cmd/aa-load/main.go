@@ -1,4 +1,5 @@
-// Command aa-load drives PolicyService.CheckAction against a gateway, closed
+// Command aa-load drives PolicyService.CheckAction (or, with -target
+// extauthz, Envoy's ext_authz Check as a sidecar sends it) against a gateway, closed
 // loop (as fast as N clients can go) or open loop at a fixed rate, and
 // reports throughput and latency percentiles. In open loop, latency is
 // measured from when each request was scheduled, not when it was sent, so a
@@ -21,6 +22,7 @@ import (
 	"syscall"
 	"time"
 
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
@@ -36,6 +38,7 @@ type options struct {
 	concurrency int
 	conns       int
 	json        bool
+	target      string
 }
 
 // Report is the result of one run.
@@ -63,6 +66,7 @@ func main() {
 	flag.IntVar(&o.concurrency, "concurrency", 64, "closed loop: concurrent clients; open loop: maximum requests in flight")
 	flag.IntVar(&o.conns, "conns", 4, "gRPC connections the clients share")
 	flag.BoolVar(&o.json, "json", false, "print the report as JSON")
+	flag.StringVar(&o.target, "target", "checkaction", "what to call: checkaction (PolicyService.CheckAction, a coding agent's git_status) or extauthz (ext_authz Check of a research agent's GET https://en.wikipedia.org/wiki/Envoy, identified by SPIFFE id)")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -76,23 +80,21 @@ func run(ctx context.Context, o options, out io.Writer) error {
 	if o.concurrency < 1 || o.conns < 1 || o.duration <= 0 || o.rate < 0 {
 		return errors.New("-concurrency and -conns must be at least 1, -duration positive, -rate not negative")
 	}
-	clients := make([]v1.PolicyServiceClient, o.conns)
-	for i := range clients {
+	if o.target != "checkaction" && o.target != "extauthz" {
+		return fmt.Errorf("-target must be checkaction or extauthz, not %q", o.target)
+	}
+	calls := make([]checkFunc, o.conns)
+	for i := range calls {
 		conn, err := grpc.NewClient(o.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 		if err != nil {
 			return fmt.Errorf("connect %s: %w", o.addr, err)
 		}
 		defer conn.Close()
-		clients[i] = v1.NewPolicyServiceClient(conn)
-	}
-	req := &v1.CheckActionRequest{
-		Agent:   &v1.AgentId{OrgId: "acme", TeamId: "eng", AgentId: "coder-1"},
-		TraceId: "aa-load",
-		Context: &v1.CheckActionRequest_ToolCall{ToolCall: &v1.ToolCallContext{Name: "git_status", ArgsJson: `{"short":true}`}},
+		calls[i] = newCheck(o.target, conn)
 	}
 	// Fail fast when the gateway is not there.
 	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	_, err := clients[0].CheckAction(pctx, req, grpc.WaitForReady(true))
+	err := calls[0](pctx, grpc.WaitForReady(true))
 	cancel()
 	if err != nil {
 		return fmt.Errorf("first check against %s: %w", o.addr, err)
@@ -100,9 +102,9 @@ func run(ctx context.Context, o options, out io.Writer) error {
 	if o.warmup > 0 {
 		wo := o
 		wo.duration = o.warmup
-		measure(ctx, wo, clients, req)
+		measure(ctx, wo, calls)
 	}
-	rep := measure(ctx, o, clients, req)
+	rep := measure(ctx, o, calls)
 	if o.json {
 		return json.NewEncoder(out).Encode(rep)
 	}
@@ -115,7 +117,7 @@ func run(ctx context.Context, o options, out io.Writer) error {
 }
 
 // measure runs one closed- or open-loop phase.
-func measure(ctx context.Context, o options, clients []v1.PolicyServiceClient, req *v1.CheckActionRequest) Report {
+func measure(ctx context.Context, o options, calls []checkFunc) Report {
 	ctx, cancel := context.WithTimeout(ctx, o.duration)
 	defer cancel()
 	var (
@@ -131,7 +133,7 @@ func measure(ctx context.Context, o options, clients []v1.PolicyServiceClient, r
 		mu.Unlock()
 	}
 	call := func(i int) error {
-		_, err := clients[i%len(clients)].CheckAction(context.WithoutCancel(ctx), req)
+		err := calls[i%len(calls)](context.WithoutCancel(ctx))
 		if err != nil {
 			errs.Add(1)
 			firstErr.CompareAndSwap(nil, err.Error())
@@ -201,4 +203,36 @@ func measure(ctx context.Context, o options, clients []v1.PolicyServiceClient, r
 		rep.P50, rep.P90, rep.P99, rep.P999, rep.Max = q(0.5), q(0.9), q(0.99), q(0.999), lat[n-1]
 	}
 	return rep
+}
+
+// checkFunc sends one check; an error is a transport or gateway failure
+// (a denial is an answer, not an error).
+type checkFunc func(ctx context.Context, opts ...grpc.CallOption) error
+
+// newCheck returns the call the target makes over conn.
+func newCheck(target string, conn *grpc.ClientConn) checkFunc {
+	if target == "extauthz" {
+		c := authv3.NewAuthorizationClient(conn)
+		req := &authv3.CheckRequest{Attributes: &authv3.AttributeContext{
+			Source: &authv3.AttributeContext_Peer{Principal: "spiffe://cluster.local/org/acme/team/research/agent/researcher-1"},
+			Request: &authv3.AttributeContext_Request{Http: &authv3.AttributeContext_HttpRequest{
+				Method: "GET", Host: "en.wikipedia.org", Path: "/wiki/Envoy", Scheme: "https", Protocol: "HTTP/1.1",
+				Headers: map[string]string{":authority": "en.wikipedia.org", ":method": "GET", ":path": "/wiki/Envoy", "user-agent": "aa-load"},
+			}},
+		}}
+		return func(ctx context.Context, opts ...grpc.CallOption) error {
+			_, err := c.Check(ctx, req, opts...)
+			return err
+		}
+	}
+	c := v1.NewPolicyServiceClient(conn)
+	req := &v1.CheckActionRequest{
+		Agent:   &v1.AgentId{OrgId: "acme", TeamId: "eng", AgentId: "coder-1"},
+		TraceId: "aa-load",
+		Context: &v1.CheckActionRequest_ToolCall{ToolCall: &v1.ToolCallContext{Name: "git_status", ArgsJson: `{"short":true}`}},
+	}
+	return func(ctx context.Context, opts ...grpc.CallOption) error {
+		_, err := c.CheckAction(ctx, req, opts...)
+		return err
+	}
 }

@@ -16,9 +16,13 @@ func startGateway(t *testing.T) string {
 
 func TestLoadClosedAndOpenLoop(t *testing.T) {
 	addr := startGateway(t)
-	for _, rate := range []float64{0, 200} {
+	for _, tc := range []struct {
+		target string
+		rate   float64
+	}{{"checkaction", 0}, {"checkaction", 200}, {"extauthz", 0}, {"extauthz", 200}} {
+		rate := tc.rate
 		var out bytes.Buffer
-		o := options{addr: addr, rate: rate, duration: time.Second, concurrency: 8, conns: 2, json: true}
+		o := options{addr: addr, rate: rate, duration: time.Second, concurrency: 8, conns: 2, json: true, target: tc.target}
 		if err := run(context.Background(), o, &out); err != nil {
 			t.Fatal(err)
 		}
@@ -27,13 +31,16 @@ func TestLoadClosedAndOpenLoop(t *testing.T) {
 			t.Fatal(err)
 		}
 		if rep.Requests == 0 || rep.Errors != 0 || rep.P50 <= 0 || rep.P50 > rep.P99 || rep.P99 > rep.Max {
-			t.Fatalf("rate %v: implausible report %+v", rate, rep)
+			t.Fatalf("%s at rate %v: implausible report %+v", tc.target, rate, rep)
 		}
 		if rate > 0 && (rep.Requests < 150 || rep.Requests > 250) {
 			t.Fatalf("open loop at %v/s for 1s sent %d requests", rate, rep.Requests)
 		}
 	}
-	if err := run(context.Background(), options{addr: "127.0.0.1:1", duration: time.Second, concurrency: 1, conns: 1}, &bytes.Buffer{}); err == nil {
+	if err := run(context.Background(), options{addr: "127.0.0.1:1", duration: time.Second, concurrency: 1, conns: 1, target: "checkaction"}, &bytes.Buffer{}); err == nil {
 		t.Fatal("no error against a closed port")
+	}
+	if err := run(context.Background(), options{addr: addr, duration: time.Second, concurrency: 1, conns: 1, target: "opa"}, &bytes.Buffer{}); err == nil {
+		t.Fatal("no error for an unknown target")
 	}
 }
