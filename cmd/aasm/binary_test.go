@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"os"
@@ -170,4 +171,19 @@ func copyDir(t *testing.T, src string) string {
 		}
 	}
 	return dst
+}
+
+// canonJSON re-encodes JSON output with sorted keys and fixed indentation:
+// protojson varies its whitespace on purpose.
+func canonJSON(t *testing.T, s string) string {
+	t.Helper()
+	var v any
+	if err := json.Unmarshal([]byte(s), &v); err != nil {
+		t.Fatalf("output is not JSON: %v\n%s", err, s)
+	}
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b) + "\n"
 }

@@ -44,7 +44,7 @@ func TestPolicyLifecycleCLI(t *testing.T) {
 	mustBin(t, exitDeny, a("check", "--agent", "acme/research/researcher-1", "--host", "en.wikipedia.org")...)
 
 	golden(t, "policy-history.golden", normalize(mustBin(t, 0, a("policy", "history")...), lit))
-	golden(t, "policy-list.json.golden", normalize(mustBin(t, 0, a("-o", "json", "policy", "list")...), lit))
+	golden(t, "policy-list.json.golden", normalize(canonJSON(t, mustBin(t, 0, a("-o", "json", "policy", "list")...)), lit))
 
 	// diff: version to active differs (exit 1); a version against itself does not.
 	golden(t, "policy-diff.golden", normalize(mustBin(t, exitDeny, a("policy", "diff", v0)...), lit))
@@ -115,7 +115,7 @@ func TestPolicySimulateCLI(t *testing.T) {
 	out := mustBin(t, 0, a("policy", "simulate", "../../examples/policies", "testdata/candidate", "--hours", "1")...)
 	golden(t, "policy-simulate.golden", normalize(out, nil))
 	out = mustBin(t, 0, a("-o", "json", "policy", "simulate", "../../examples/policies", "testdata/candidate")...)
-	golden(t, "policy-simulate.json.golden", normalize(out, nil))
+	golden(t, "policy-simulate.json.golden", normalize(canonJSON(t, out), nil))
 
 	// The serving policy itself changes nothing.
 	if out := mustBin(t, 0, a("policy", "simulate", "../../examples/policies")...); !strings.Contains(out, "no decision would change") || !strings.Contains(out, "total     5") {
