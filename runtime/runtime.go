@@ -13,6 +13,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	v1 "github.com/agent-assembly/agent-assembly/api/agentassembly/v1"
 	"github.com/agent-assembly/agent-assembly/runtime/buffer"
@@ -160,4 +161,21 @@ func (rt *Runtime) closeListeners() {
 func (rt *Runtime) health(ctx context.Context) *v1.RuntimeHealth {
 	n, _ := rt.buf.Len(ctx)
 	return &v1.RuntimeHealth{GatewayReachable: rt.reachable.Load(), BufferedEvents: n, CachedDecisions: int64(rt.cache.len())}
+}
+
+// Record queues an event another layer saw (the kernel programs, for
+// example) for the gateway, with the next buffer write. Events without a
+// time get the current time. It fails before Run has opened the buffer.
+func (rt *Runtime) Record(ev *v1.ReportedEvent) error {
+	if rt.buf == nil {
+		return errors.New("record event: the runtime is not running")
+	}
+	if ev.GetTime() == nil {
+		ev.Time = timestamppb.New(rt.now())
+	}
+	if ev.GetAction() != nil {
+		_, ev.Action = rescan(rt.scanner, ev.GetAction())
+		ev.Action = withoutToken(ev.Action)
+	}
+	return rt.buf.Enqueue(ev)
 }

@@ -1,0 +1,281 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	v1 "github.com/agent-assembly/agent-assembly/api/agentassembly/v1"
+	"github.com/agent-assembly/agent-assembly/bpf"
+	"github.com/agent-assembly/agent-assembly/runtime"
+	"github.com/agent-assembly/agent-assembly/runtime/cgroup"
+)
+
+type listFlag []string
+
+func (l *listFlag) String() string     { return strings.Join(*l, ",") }
+func (l *listFlag) Set(v string) error { *l = append(*l, v); return nil }
+
+func execCmd(args []string) int {
+	fs := flag.NewFlagSet("aa-runtime exec", flag.ContinueOnError)
+	var c common
+	c.bind(fs)
+	agent := fs.String("agent", os.Getenv("AA_AGENT_ID"), "the agent to start: org/team/agent[,uid=N][,token=T] ($AA_AGENT_ID)")
+	cgRoot := fs.String("cgroup-root", cgroup.DefaultRoot, "parent of the agent's cgroup")
+	noCgroup := fs.Bool("no-cgroup", false, "run the agent without its own cgroup (no kernel enforcement possible)")
+	ebpfMode := fs.String("ebpf", "off", `kernel enforcement on the agent's cgroup: "off", "observe" (report, never block) or "enforce" (deny egress outside --egress, kill --exec-deny)`)
+	var egress, execDeny listFlag
+	fs.Var(&egress, "egress", "allowed destination for --ebpf: CIDR or address, optionally :port (repeatable)")
+	fs.Var(&execDeny, "exec-deny", "executable (base name or absolute path) the kernel kills for --ebpf (repeatable)")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: aa-runtime exec --agent org/team/agent [flags] -- CMD [ARGS...]\n\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	argv := fs.Args()
+	if *agent == "" || len(argv) == 0 {
+		fmt.Fprintln(os.Stderr, "aa-runtime exec: --agent and a command after -- are required")
+		fs.Usage()
+		return 2
+	}
+	log, err := newLogger(c.logLevel)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "aa-runtime exec:", err)
+		return 2
+	}
+	a, err := parseAgent(*agent, c.socketDir)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "aa-runtime exec:", err)
+		return 2
+	}
+	a.Socket = strings.TrimSuffix(a.Socket, ".sock") + "." + strconv.Itoa(os.Getpid()) + ".sock"
+	kcfg, err := kernelConfig(*ebpfMode, egress, execDeny)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "aa-runtime exec:", err)
+		return 2
+	}
+	if err := os.MkdirAll(filepath.Dir(a.Socket), 0o755); err != nil {
+		fmt.Fprintln(os.Stderr, "aa-runtime exec:", err)
+		return 1
+	}
+
+	var group *cgroup.Group
+	if !*noCgroup {
+		if group, err = cgroup.Create(*cgRoot, a.ID.Org+"."+a.ID.Team+"."+a.ID.Agent); err != nil {
+			fmt.Fprintf(os.Stderr, "aa-runtime exec: %v\n(run as root with cgroup v2 mounted, or pass --no-cgroup to run without kernel enforcement)\n", err)
+			return 1
+		}
+		defer func() {
+			if err := group.Remove(); err != nil {
+				log.Error("remove agent cgroup", "err", err)
+			}
+		}()
+		a.Group = group
+		log.Info("agent cgroup", "path", group.Path)
+	}
+
+	rt, err := runtime.New(c.options([]runtime.Agent{a}, log))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "aa-runtime exec:", err)
+		return 2
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- rt.Run(ctx) }()
+	select {
+	case <-rt.Ready():
+	case err := <-done:
+		cancel()
+		log.Error("runtime failed", "err", err)
+		return 1
+	}
+	stopRuntime := func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				log.Error("runtime stopped with an error", "err", err)
+			}
+		case <-time.After(15 * time.Second):
+			log.Error("runtime did not stop within 15s")
+		}
+	}
+
+	// The eBPF hook: programs are attached to the cgroup before the agent's
+	// first process enters it, and their events go to the gateway through
+	// the runtime's buffer as kernel-layer events.
+	if kcfg != nil {
+		if group == nil {
+			log.Warn("eBPF requested but --no-cgroup given: no kernel enforcement")
+		} else if stop := attachKernel(rt, group, a, *kcfg, log); stop != nil {
+			defer stop()
+		}
+	}
+
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	cmd.Env = append(os.Environ(), "AA_RUNTIME_SOCKET="+a.Socket, "AA_AGENT_ID="+a.ID.String())
+	cmd.SysProcAttr = &syscall.SysProcAttr{}
+	if a.UID != os.Getuid() {
+		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: uint32(a.UID), Gid: uint32(a.UID)}
+	}
+	if group != nil {
+		group.Prepare(cmd)
+	}
+	if err := cmd.Start(); err != nil {
+		stopRuntime()
+		fmt.Fprintf(os.Stderr, "aa-runtime exec: start %s: %v\n", argv[0], err)
+		return 127
+	}
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+	go func() {
+		for s := range sigs {
+			_ = cmd.Process.Signal(s)
+		}
+	}()
+	err = cmd.Wait()
+	signal.Stop(sigs)
+	close(sigs)
+	stopRuntime()
+	code := 0
+	var ee *exec.ExitError
+	switch {
+	case errors.As(err, &ee):
+		code = ee.ExitCode()
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			code = 128 + int(ws.Signal())
+		}
+	case err != nil:
+		code = 1
+	}
+	log.Info("agent exited", "agent", a.ID.String(), "code", code)
+	return code
+}
+
+// kernelConfig builds the eBPF configuration of --ebpf, or nil when off.
+func kernelConfig(mode string, egress, execDeny []string) (*bpf.AgentConfig, error) {
+	cfg := &bpf.AgentConfig{ID: 1}
+	switch mode {
+	case "off", "":
+		return nil, nil
+	case "observe":
+		cfg.Network, cfg.Exec = bpf.NetworkObserve, bpf.ExecObserve
+	case "enforce":
+		cfg.Network, cfg.Exec = bpf.NetworkDeny, bpf.ExecEnforce
+	default:
+		return nil, fmt.Errorf("--ebpf %q must be off, observe or enforce", mode)
+	}
+	for i, e := range egress {
+		d, err := parseDestination(e)
+		if err != nil {
+			return nil, fmt.Errorf("--egress %q: %w", e, err)
+		}
+		d.ID = uint32(i + 1)
+		cfg.Egress = append(cfg.Egress, d)
+	}
+	for i, n := range execDeny {
+		cfg.ExecDeny = append(cfg.ExecDeny, bpf.ExecRule{Name: n, ID: uint32(i + 1)})
+	}
+	return cfg, nil
+}
+
+// parseDestination reads "10.0.0.0/8", "1.2.3.4", "1.2.3.4:443" or "[::1]:443".
+func parseDestination(s string) (bpf.Destination, error) {
+	if ap, err := netip.ParseAddrPort(s); err == nil {
+		return bpf.Destination{Prefix: netip.PrefixFrom(ap.Addr(), ap.Addr().BitLen()), Ports: []uint16{ap.Port()}}, nil
+	}
+	if p, err := netip.ParsePrefix(s); err == nil {
+		return bpf.Destination{Prefix: p.Masked()}, nil
+	}
+	if a, err := netip.ParseAddr(s); err == nil {
+		return bpf.Destination{Prefix: netip.PrefixFrom(a, a.BitLen())}, nil
+	}
+	return bpf.Destination{}, errors.New("not a CIDR, address or address:port")
+}
+
+// attachKernel governs the cgroup with the eBPF programs and pumps their
+// events into the runtime. When eBPF is unavailable it says so loudly and
+// returns nil: the agent then runs with L1 (and L2) only.
+func attachKernel(rt *runtime.Runtime, g *cgroup.Group, a runtime.Agent, cfg bpf.AgentConfig, log *slog.Logger) func() {
+	gov, err := bpf.Open(bpf.Options{Logger: log, NoPin: true})
+	if err != nil {
+		log.Error("eBPF UNAVAILABLE: the agent runs WITHOUT kernel enforcement", "err", err)
+		return nil
+	}
+	if err := gov.Govern(g.Path, cfg); err != nil {
+		log.Error("eBPF attach FAILED: the agent runs WITHOUT kernel enforcement", "cgroup", g.Path, "err", err)
+		_ = gov.Close()
+		return nil
+	}
+	log.Info("eBPF programs attached", "cgroup", g.Path, "network", cfg.Network.String(), "egress", len(cfg.Egress), "exec_deny", len(cfg.ExecDeny))
+	rd, err := gov.Events()
+	if err != nil {
+		log.Error("eBPF events unavailable: kernel verdicts are enforced but not audited", "err", err)
+		return func() { _ = gov.Release(g.Path); _ = gov.Close() }
+	}
+	pid := &v1.AgentId{OrgId: a.ID.Org, TeamId: a.ID.Team, AgentId: a.ID.Agent}
+	go func() {
+		var ev bpf.Event
+		for {
+			if err := rd.Read(&ev); err != nil {
+				return // closed
+			}
+			if err := rt.Record(kernelEvent(pid, &ev)); err != nil {
+				log.Warn("kernel event not buffered", "err", err)
+			}
+		}
+	}()
+	return func() {
+		_ = rd.Close()
+		_ = gov.Release(g.Path)
+		_ = gov.Close()
+	}
+}
+
+// kernelEvent renders a kernel verdict as an audit event.
+func kernelEvent(agent *v1.AgentId, ev *bpf.Event) *v1.ReportedEvent {
+	req := &v1.CheckActionRequest{Agent: agent}
+	if ev.Program == bpf.ProgExec {
+		req.ActionType = v1.ActionType_PROCESS_EXEC
+		req.Context = &v1.CheckActionRequest_ProcessExec{ProcessExec: &v1.ProcessExecContext{Command: ev.Filename, Args: ev.Args}}
+	} else {
+		proto := "tcp"
+		if ev.Program == bpf.ProgSendmsg4 || ev.Program == bpf.ProgSendmsg6 {
+			proto = "udp"
+		}
+		req.ActionType = v1.ActionType_NETWORK_CALL
+		req.Context = &v1.CheckActionRequest_NetworkCall{NetworkCall: &v1.NetworkCallContext{
+			Host: ev.Destination.Addr().String(), Port: uint32(ev.Destination.Port()), Protocol: proto}}
+	}
+	d := v1.Decision_ALLOW
+	if ev.Verdict == bpf.VerdictDeny || ev.Verdict == bpf.VerdictKill {
+		d = v1.Decision_DENY
+	}
+	reason := ev.Verdict.String()
+	if r := ev.Reason.String(); r != "" {
+		reason += ": " + r
+	}
+	return &v1.ReportedEvent{
+		Layer: v1.Layer_LAYER_KERNEL, Time: timestamppb.New(ev.Time), Action: req, Decision: d,
+		RuleId: "kernel/" + ev.Program.String(), Reason: fmt.Sprintf("%s (pid %d, comm %s)", reason, ev.PID, ev.Comm),
+	}
+}
