@@ -2,6 +2,7 @@ package xds
 
 import (
 	"context"
+	"strings"
 	"sync"
 	"time"
 
@@ -24,8 +25,15 @@ func realTimer(d time.Duration, f func()) func() {
 // of a NACK is opened only after a delay that doubles per consecutive NACK
 // of the node and type, up to a maximum; an ACK resets it, and a new
 // snapshot for the node opens delayed watches at once.
+//
+// It also routes nodes to one of two snapshot caches: Envoy nodes to one in
+// ADS mode (responses ordered CDS, EDS, LDS, RDS), gRPC nodes to one that is
+// not, because an ADS-mode cache only answers a named subscription when the
+// snapshot holds exactly the names asked for, and a gRPC client subscribes
+// to the destinations it dials, not to everything the policy allows.
 type backoffCache struct {
-	cache.SnapshotCache
+	envoy   cache.SnapshotCache
+	grpc    cache.SnapshotCache
 	hash    cache.NodeHash
 	base    time.Duration
 	max     time.Duration
@@ -48,8 +56,8 @@ type pendingWatch struct {
 	inner     func()
 }
 
-func newBackoffCache(inner cache.SnapshotCache, hash cache.NodeHash, base, max time.Duration, after timerFunc) *backoffCache {
-	return &backoffCache{SnapshotCache: inner, hash: hash, base: base, max: max, after: after,
+func newBackoffCache(envoy, grpc cache.SnapshotCache, hash cache.NodeHash, base, max time.Duration, after timerFunc) *backoffCache {
+	return &backoffCache{envoy: envoy, grpc: grpc, hash: hash, base: base, max: max, after: after,
 		delays: map[nodeType]time.Duration{}, pending: map[nodeType]*pendingWatch{}}
 }
 
@@ -60,7 +68,7 @@ func (b *backoffCache) CreateWatch(req *cache.Request, sub cache.Subscription, c
 	if req.GetErrorDetail() == nil {
 		delete(b.delays, k)
 		b.mu.Unlock()
-		return b.SnapshotCache.CreateWatch(req, sub, ch)
+		return b.pick(k.node).CreateWatch(req, sub, ch)
 	}
 	d := b.delays[k] * 2
 	if d == 0 {
@@ -91,7 +99,7 @@ func (b *backoffCache) fire(k nodeType, pw *pendingWatch) {
 		delete(b.pending, k)
 	}
 	b.mu.Unlock()
-	inner, err := b.SnapshotCache.CreateWatch(pw.req, pw.sub, pw.ch)
+	inner, err := b.pick(k.node).CreateWatch(pw.req, pw.sub, pw.ch)
 	if err != nil {
 		return // the stream is served again at the client's next request
 	}
@@ -123,7 +131,7 @@ func (b *backoffCache) cancel(k nodeType, pw *pendingWatch) {
 // SetSnapshot publishes a snapshot and opens the node's delayed watches at
 // once: a new version deserves a prompt try.
 func (b *backoffCache) SetSnapshot(ctx context.Context, node string, s cache.ResourceSnapshot) error {
-	if err := b.SnapshotCache.SetSnapshot(ctx, node, s); err != nil {
+	if err := b.pick(node).SetSnapshot(ctx, node, s); err != nil {
 		return err
 	}
 	var due []func()
@@ -147,3 +155,28 @@ func (b *backoffCache) pendingCount() int {
 	defer b.mu.Unlock()
 	return len(b.pending)
 }
+
+// pick returns the cache of a node key.
+func (b *backoffCache) pick(node string) cache.SnapshotCache {
+	if strings.HasSuffix(node, grpcSuffix) {
+		return b.grpc
+	}
+	return b.envoy
+}
+
+// GetSnapshot returns a node's current snapshot.
+func (b *backoffCache) GetSnapshot(node string) (cache.ResourceSnapshot, error) {
+	return b.pick(node).GetSnapshot(node)
+}
+
+// CreateDeltaWatch passes incremental watches to the node's cache.
+func (b *backoffCache) CreateDeltaWatch(req *cache.DeltaRequest, sub cache.Subscription, ch chan cache.DeltaResponse) (func(), error) {
+	return b.pick(b.hash.ID(req.GetNode())).CreateDeltaWatch(req, sub, ch)
+}
+
+// Fetch answers a REST fetch from the node's cache.
+func (b *backoffCache) Fetch(ctx context.Context, req *cache.Request) (cache.Response, error) {
+	return b.pick(b.hash.ID(req.GetNode())).Fetch(ctx, req)
+}
+
+var _ cache.Cache = (*backoffCache)(nil)

@@ -138,3 +138,50 @@ func grpcResources(ctx context.Context, eps EndpointSource, dests []Destination)
 	}
 	return res, skipped, nil
 }
+
+// withRefusals adds, for every listener name a gRPC node subscribes to that
+// the policy does not allow, a listener whose route configuration has no
+// route: the client's RPCs fail at once with "no matching route" instead of
+// waiting for the resource to time out, and a destination the policy stops
+// allowing is cut off even by clients that keep deleted resources (gRFC A88
+// clients without fail_on_data_errors). res is not modified.
+func withRefusals(res map[string][]types.Resource, subscribed []string) (map[string][]types.Resource, error) {
+	have := map[string]bool{}
+	for _, r := range res[listenerType] {
+		have[r.(*listenerv3.Listener).GetName()] = true
+	}
+	var missing []string
+	for _, n := range subscribed {
+		if !have[n] && n != "" && n != "*" {
+			missing = append(missing, n)
+		}
+	}
+	if len(missing) == 0 {
+		return res, nil
+	}
+	out := make(map[string][]types.Resource, len(res))
+	for t, rs := range res {
+		out[t] = slices.Clone(rs)
+	}
+	router, err := anypb.New(&routerv3.Router{})
+	if err != nil {
+		return nil, fmt.Errorf("marshal router config: %w", err)
+	}
+	for _, name := range missing {
+		rc := "refused|" + name
+		hcm, err := anypb.New(&hcmv3.HttpConnectionManager{
+			StatPrefix:     rc,
+			RouteSpecifier: &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{RouteConfigName: rc, ConfigSource: adsSource()}},
+			HttpFilters:    []*hcmv3.HttpFilter{{Name: filterRouter, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: router}}},
+		})
+		if err != nil {
+			return nil, fmt.Errorf("marshal api listener: %w", err)
+		}
+		out[listenerType] = append(out[listenerType], &listenerv3.Listener{Name: name, ApiListener: &listenerv3.ApiListener{ApiListener: hcm}})
+		out[routeType] = append(out[routeType], &routev3.RouteConfiguration{
+			Name:         rc,
+			VirtualHosts: []*routev3.VirtualHost{{Name: "refused", Domains: []string{"*"}}},
+		})
+	}
+	return out, nil
+}

@@ -46,6 +46,9 @@ const (
 // guessed from the node's user agent ("envoy" or "grpc").
 const FlavourMetadataKey = "aa_flavour"
 
+// grpcSuffix marks the cache key of a gRPC node.
+const grpcSuffix = "|grpc"
+
 // Server is the ADS control plane. It keeps one snapshot per node (node id =
 // agent id org/team/agent), computed from the policy, and publishes a new
 // version only to nodes whose resources changed.
@@ -92,6 +95,8 @@ type nodeState struct {
 	lastSeen time.Time
 	types    map[string]*TypeStatus
 	skipped  []string
+	// subscribed are the listener names a gRPC node asks for.
+	subscribed []string
 }
 
 type streamState struct {
@@ -133,7 +138,7 @@ type nodeHash struct{}
 
 func (nodeHash) ID(n *corev3.Node) string {
 	if flavourOf(n) == FlavourGRPC {
-		return n.GetId() + "|grpc"
+		return n.GetId() + grpcSuffix
 	}
 	return n.GetId()
 }
@@ -162,7 +167,10 @@ func New(src PolicySource, opts Options) (*Server, error) {
 		notify: make(chan struct{}, 1), groups: map[string]*groupEntry{},
 		nodes: map[string]*nodeState{}, streams: map[int64]*streamState{},
 	}
-	s.cache = newBackoffCache(cache.NewSnapshotCache(true, nodeHash{}, cacheLogger{o.Logger}), nodeHash{}, o.BackoffBase, o.BackoffMax, o.after)
+	s.cache = newBackoffCache(
+		cache.NewSnapshotCache(true, nodeHash{}, cacheLogger{o.Logger}),
+		cache.NewSnapshotCache(false, nodeHash{}, cacheLogger{o.Logger}),
+		nodeHash{}, o.BackoffBase, o.BackoffMax, o.after)
 	s.cache.onDelay = func(node, typeURL string, d time.Duration) {
 		s.m.backoffs.WithLabelValues(short(typeURL)).Inc()
 		s.log.Info("xds: holding back a rejected version", "node", node, "type", short(typeURL), "delay", d)
@@ -335,6 +343,13 @@ func (s *Server) publish(ctx context.Context, snap *policy.Snapshot, n *nodeStat
 		res = b.res
 		for _, e := range b.skipped {
 			skipped = append(skipped, e.Error())
+		}
+		s.mu.Lock()
+		sub := n.subscribed
+		s.mu.Unlock()
+		var err error
+		if res, err = withRefusals(res, sub); err != nil {
+			return false, err
 		}
 		if s.opts.tamper != nil {
 			res = cloneResources(res)
@@ -516,8 +531,12 @@ func (s *Server) onStreamRequest(id int64, req *discoverygrpc.DiscoveryRequest) 
 		s.streams[id] = st
 	}
 	n, known := s.nodes[key]
+	resubscribed := false
+	if known && n.flavour == FlavourGRPC && req.GetTypeUrl() == listenerType {
+		resubscribed = n.subscribe(req.GetResourceNames())
+	}
 	s.mu.Unlock()
-	if !known || n.currentVersion(s) == "" {
+	if !known || n.currentVersion(s) == "" || resubscribed {
 		agent, err := parseAgent(node.GetId())
 		if err != nil {
 			s.log.Warn("xds: refusing node", "node", node.GetId(), "user_agent", node.GetUserAgentName(), "err", err)
@@ -525,6 +544,9 @@ func (s *Server) onStreamRequest(id int64, req *discoverygrpc.DiscoveryRequest) 
 		}
 		s.mu.Lock()
 		n = s.nodeLocked(key, node.GetId(), agent, flavourOf(node))
+		if n.flavour == FlavourGRPC && req.GetTypeUrl() == listenerType {
+			n.subscribe(req.GetResourceNames())
+		}
 		s.mu.Unlock()
 		s.updateMu.Lock()
 		snap := s.src.Snapshot()
@@ -585,6 +607,17 @@ func (s *Server) onStreamResponse(_ context.Context, id int64, req *discoverygrp
 		ts.SentVersion, ts.SentAt = resp.GetVersionInfo(), time.Now()
 	}
 	s.m.responses.WithLabelValues(short(t)).Inc()
+}
+
+// subscribe records the listener names a gRPC node asks for and reports
+// whether they changed. Callers hold s.mu.
+func (n *nodeState) subscribe(names []string) bool {
+	names = slices.Sorted(slices.Values(names))
+	if slices.Equal(names, n.subscribed) {
+		return false
+	}
+	n.subscribed = names
+	return true
 }
 
 func (n *nodeState) typeStatus(t string) *TypeStatus {
