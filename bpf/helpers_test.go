@@ -210,3 +210,5 @@ func (e *events) wait(t *testing.T, what string, match func(bpf.Event) bool) bpf
 		}
 	}
 }
+
+func discardLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }

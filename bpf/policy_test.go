@@ -90,7 +90,9 @@ spec:
 	if got := agent.do(req); got != "ok:svc" {
 		t.Fatalf("resolved host: %q, want ok:svc", got)
 	}
-	e := ev.wait(t, "allow by the host entry", func(e bpf.Event) bool { return e.CgroupID == cgID && e.Program == bpf.ProgConnect4 && e.Verdict == bpf.VerdictAllow })
+	e := ev.wait(t, "allow by the host entry", func(e bpf.Event) bool {
+		return e.CgroupID == cgID && e.Program == bpf.ProgConnect4 && e.Verdict == bpf.VerdictAllow
+	})
 	if r, ok := a.RuleFor(e.RuleID); !ok || r.Host != "svc.internal" || r.Source != "agent/network.allowlist[0]" {
 		t.Errorf("RuleFor(%d) = %+v, %v", e.RuleID, r, ok)
 	}
