@@ -3,11 +3,11 @@ package bpf_test
 import (
 	"fmt"
 	"net/netip"
-	"strconv"
 	"testing"
 
 	"github.com/agent-assembly/agent-assembly/bpf"
 	"github.com/agent-assembly/agent-assembly/bpf/cgrouptest"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 func hostPort(host string, port int) string {
@@ -130,6 +130,24 @@ func TestNetworkDeny(t *testing.T) {
 		if st.Events == 0 || st.Drops != 0 {
 			t.Errorf("stats = %+v, want events and no drops", st)
 		}
+		reg := prometheus.NewPedanticRegistry()
+		reg.MustRegister(bpf.NewCollector(g))
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := map[string]float64{}
+		for _, mf := range mfs {
+			m := mf.GetMetric()[0]
+			if c := m.GetCounter(); c != nil {
+				got[mf.GetName()] = c.GetValue()
+			} else {
+				got[mf.GetName()] = m.GetGauge().GetValue()
+			}
+		}
+		if got["aa_bpf_events_total"] < float64(len(want)) || got["aa_bpf_ringbuf_drops_total"] != 0 || got["aa_bpf_governed_cgroups"] != 1 {
+			t.Errorf("metrics = %v", got)
+		}
 	})
 }
 
@@ -212,5 +230,4 @@ func TestPolicyChange(t *testing.T) {
 	if n := len(g.Governed()); n != 1 {
 		t.Errorf("governed cgroups = %d, want 1", n)
 	}
-	_ = strconv.Itoa
 }
