@@ -55,13 +55,14 @@ func applyAgentMode(m action.Mode, res *policy.Result, out *Outcome) {
 		if out.Mode == action.ModeObserve && res.Mode == action.ModeObserve {
 			return // the documents already observe
 		}
+		// The shadow is the most restrictive of what would be enforced and
+		// what observe documents would have decided.
+		shadow := max(out.Decision, out.Shadow)
 		if out.Decision != action.Allow {
-			out.Shadow = out.Decision
 			out.Reason = "agent in observe mode (operator override); would be " + out.Decision.String() + " by " + out.RuleID + ": " + out.Reason
 			out.RuleID = "agent-mode/observe"
-		} else {
-			out.Shadow = action.Allow
 		}
+		out.Shadow = shadow
 		out.Decision, out.Mode, out.Redactions = action.Allow, action.ModeObserve, nil
 		res.Mode = action.ModeObserve
 	case action.ModeDisabled:
