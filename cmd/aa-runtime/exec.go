@@ -34,7 +34,7 @@ func execCmd(args []string) int {
 	var c common
 	c.bind(fs)
 	agent := fs.String("agent", os.Getenv("AA_AGENT_ID"), "the agent to start: org/team/agent[,uid=N][,token=T] ($AA_AGENT_ID)")
-	cgRoot := fs.String("cgroup-root", cgroup.DefaultRoot, "parent of the agent's cgroup")
+	cgRoot := fs.String("cgroup-root", "", "parent of the agent's cgroup (default: <cgroup v2 mount>/agent-assembly)")
 	noCgroup := fs.Bool("no-cgroup", false, "run the agent without its own cgroup (no kernel enforcement possible)")
 	ebpfMode := fs.String("ebpf", "off", `kernel enforcement on the agent's cgroup: "off", "observe" (report, never block) or "enforce" (deny egress outside --egress, kill --exec-deny)`)
 	var egress, execDeny listFlag
@@ -78,6 +78,12 @@ func execCmd(args []string) int {
 	}
 
 	var group *cgroup.Group
+	if !*noCgroup && *cgRoot == "" {
+		if *cgRoot, err = cgroup.DefaultRoot(); err != nil {
+			fmt.Fprintf(os.Stderr, "aa-runtime exec: %v\n(mount cgroup v2, or pass --no-cgroup to run without kernel enforcement)\n", err)
+			return 1
+		}
+	}
 	if !*noCgroup {
 		if group, err = cgroup.Create(*cgRoot, a.ID.Org+"."+a.ID.Team+"."+a.ID.Agent); err != nil {
 			fmt.Fprintf(os.Stderr, "aa-runtime exec: %v\n(run as root with cgroup v2 mounted, or pass --no-cgroup to run without kernel enforcement)\n", err)

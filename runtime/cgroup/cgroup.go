@@ -13,8 +13,8 @@ import (
 	"time"
 )
 
-// DefaultRoot is where agent cgroups are created.
-const DefaultRoot = "/sys/fs/cgroup/agent-assembly"
+// DirName is the directory under the cgroup v2 mount that holds agent cgroups.
+const DirName = "agent-assembly"
 
 // ErrNotSupported means cgroup v2 is not mounted or not writable here.
 var ErrNotSupported = errors.New("cgroup v2 not available")
@@ -22,14 +22,53 @@ var ErrNotSupported = errors.New("cgroup v2 not available")
 // Group is one agent cgroup.
 type Group struct {
 	// Path is the cgroup's directory.
-	Path string
-	fd   *os.File
+	Path  string
+	mount string
+	fd    *os.File
+}
+
+// Mount returns the mount point of the cgroup v2 hierarchy: /sys/fs/cgroup
+// on a unified host, /sys/fs/cgroup/unified on a hybrid one.
+func Mount() (string, error) {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return "", fmt.Errorf("find cgroup v2 mount: %w", err)
+	}
+	best := ""
+	for _, line := range strings.Split(string(b), "\n") {
+		// id parent major:minor root mount-point options... - fstype source options
+		pre, post, ok := strings.Cut(line, " - ")
+		f, g := strings.Fields(pre), strings.Fields(post)
+		if !ok || len(f) < 5 || len(g) < 1 || g[0] != "cgroup2" {
+			continue
+		}
+		if p := unescape(f[4]); best == "" || len(p) < len(best) {
+			best = p
+		}
+	}
+	if best == "" {
+		return "", fmt.Errorf("%w: no cgroup2 file system is mounted", ErrNotSupported)
+	}
+	return best, nil
+}
+
+func unescape(s string) string {
+	return strings.NewReplacer(`\040`, " ", `\011`, "\t", `\012`, "\n", `\134`, `\`).Replace(s)
+}
+
+// DefaultRoot returns <cgroup v2 mount>/agent-assembly.
+func DefaultRoot() (string, error) {
+	m, err := Mount()
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(m, DirName), nil
 }
 
 // Available reports whether root (or its parent, the cgroup v2 mount) can
 // hold new cgroups, and why not.
 func Available(root string) error {
-	mount := filepath.Dir(root)
+	mount := filepath.Dir(filepath.Clean(root))
 	var st syscall.Statfs_t
 	if err := syscall.Statfs(mount, &st); err != nil {
 		return fmt.Errorf("%w: stat %s: %v", ErrNotSupported, mount, err)
@@ -44,7 +83,8 @@ func Available(root string) error {
 	return nil
 }
 
-// Create makes a new cgroup root/<name>-<n> with the smallest free n.
+// Create makes a new cgroup root/<name>-<n> with the smallest free n. root
+// must be a directory directly under a cgroup v2 mount (see DefaultRoot).
 func Create(root, name string) (*Group, error) {
 	if name == "" || strings.ContainsAny(name, "/\x00") || name == "." || name == ".." {
 		return nil, fmt.Errorf("create cgroup: bad name %q", name)
@@ -69,7 +109,7 @@ func Create(root, name string) (*Group, error) {
 			_ = os.Remove(p)
 			return nil, fmt.Errorf("create cgroup: open %s: %w", p, err)
 		}
-		return &Group{Path: p, fd: fd}, nil
+		return &Group{Path: p, mount: filepath.Dir(filepath.Clean(root)), fd: fd}, nil
 	}
 	return nil, fmt.Errorf("create cgroup: no free name under %s for %s", root, name)
 }
@@ -110,7 +150,7 @@ func (g *Group) Contains(pid int) bool {
 	if err != nil {
 		return false
 	}
-	rel := strings.TrimPrefix(g.Path, "/sys/fs/cgroup")
+	rel := strings.TrimPrefix(g.Path, g.mount)
 	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
 		if strings.HasPrefix(line, "0::") && strings.TrimPrefix(line, "0::") == rel {
 			return true

@@ -1,0 +1,164 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/agent-assembly/agent-assembly/gateway/server/servertest"
+	"github.com/agent-assembly/agent-assembly/runtime/cgroup"
+)
+
+// build compiles a package of this module into dir.
+func build(t *testing.T, dir, pkg string) string {
+	t.Helper()
+	out := filepath.Join(dir, filepath.Base(pkg))
+	cmd := exec.Command("go", "build", "-o", out, pkg)
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build %s: %v\n%s", pkg, err, b)
+	}
+	return out
+}
+
+func needCgroups(t *testing.T) string {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skipf("needs root to create cgroups (running as uid %d)", os.Geteuid())
+	}
+	mount, err := cgroup.Mount()
+	if err != nil {
+		t.Skipf("no cgroup v2 here: %v", err)
+	}
+	root := filepath.Join(mount, "agent-assembly-test")
+	if err := cgroup.Available(root); err != nil {
+		t.Skipf("cgroup v2 not writable here: %v", err)
+	}
+	t.Cleanup(func() { os.Remove(root) })
+	return root
+}
+
+type execRun struct {
+	out, log string
+	code     int
+}
+
+func runExec(t *testing.T, bin, gw, cgRoot string, extra []string, argv ...string) execRun {
+	t.Helper()
+	dir := t.TempDir()
+	args := append([]string{"exec", "--agent", "acme/eng/a1", "--gateway", gw, "--buffer", filepath.Join(dir, "events.db"),
+		"--socket-dir", dir, "--cgroup-root", cgRoot}, extra...)
+	args = append(append(args, "--"), argv...)
+	cmd := exec.Command(bin, args...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return execRun{out: stdout.String(), log: stderr.String(), code: code}
+}
+
+// TestExecCgroupEnvAndExitStatus: the agent starts inside its own cgroup
+// with the socket in its environment, its exit status is aa-runtime's, and
+// the cgroup is gone afterwards.
+func TestExecCgroupEnvAndExitStatus(t *testing.T) {
+	cgRoot := needCgroups(t)
+	bin := build(t, t.TempDir(), "github.com/agent-assembly/agent-assembly/cmd/aa-runtime")
+	gw := servertest.Start(t, "../../runtime/testdata/policies", nil)
+
+	r := runExec(t, bin, gw, cgRoot, nil, "sh", "-c", `cat /proc/self/cgroup; echo "socket=$AA_RUNTIME_SOCKET agent=$AA_AGENT_ID"; test -S "$AA_RUNTIME_SOCKET" && echo socket-ok; exit 7`)
+	if r.code != 7 {
+		t.Fatalf("exit status %d, want the agent's 7\nstdout:\n%s\nstderr:\n%s", r.code, r.out, r.log)
+	}
+	mount, _ := cgroup.Mount()
+	rel := "0::" + strings.TrimPrefix(cgRoot, mount) + "/acme.eng.a1-"
+	if !strings.Contains(r.out, rel) {
+		t.Errorf("agent not in its own cgroup (want a line starting %q):\n%s", rel, r.out)
+	}
+	if !strings.Contains(r.out, "agent=acme/eng/a1") || !strings.Contains(r.out, "socket-ok") {
+		t.Errorf("socket or agent id missing from the agent's environment:\n%s", r.out)
+	}
+	left, _ := filepath.Glob(filepath.Join(cgRoot, "acme.eng.a1-*"))
+	if len(left) != 0 {
+		t.Errorf("cgroups left after the agent exited: %v", left)
+	}
+}
+
+// TestExecExampleAgent runs examples/agent under aa-runtime exec against a
+// real gateway: SDK → socket (peer in the agent's cgroup) → runtime → gateway.
+func TestExecExampleAgent(t *testing.T) {
+	cgRoot := needCgroups(t)
+	dir := t.TempDir()
+	bin := build(t, dir, "github.com/agent-assembly/agent-assembly/cmd/aa-runtime")
+	agent := build(t, dir, "github.com/agent-assembly/agent-assembly/examples/agent")
+	gw := servertest.Start(t, "../../runtime/testdata/policies", nil)
+
+	r := runExec(t, bin, gw, cgRoot, []string{"--ebpf", "observe"}, agent)
+	if r.code != 0 {
+		t.Fatalf("exit status %d\nstdout:\n%s\nstderr:\n%s", r.code, r.out, r.log)
+	}
+	for _, want := range []string{
+		"agent acme/eng/a1 connected",
+		`tool echo: "HELLO" allowed`,
+		"tool rm_rf: denied",
+		"exec curl: denied",
+		"runtime: gateway_reachable=true",
+	} {
+		if !strings.Contains(r.out, want) {
+			t.Errorf("agent output lacks %q:\n%s\nstderr:\n%s", want, r.out, r.log)
+		}
+	}
+	// Kernel enforcement is attached or its absence is said loudly.
+	for _, l := range strings.Split(r.log, "\n") {
+		if strings.Contains(l, "eBPF") {
+			t.Log(l)
+		}
+	}
+	if !strings.Contains(r.log, "eBPF programs attached") && !strings.Contains(r.log, "eBPF UNAVAILABLE") && !strings.Contains(r.log, "eBPF attach FAILED") {
+		t.Errorf("--ebpf observe left no trace in the log:\n%s", r.log)
+	}
+}
+
+// TestExecRefusesWithoutCommand: bad invocations fail with usage errors.
+func TestExecRefusesWithoutCommand(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"exec", "--agent", "acme/eng/a1"}, "--agent and a command after -- are required"},
+		{[]string{"exec", "--agent", "acme/a1", "--", "true"}, `agent id "acme/a1" must be org/team/agent`},
+		{[]string{"exec", "--agent", "acme/eng/a1", "--ebpf", "loud", "--", "true"}, `--ebpf "loud" must be off, observe or enforce`},
+		{[]string{"serve", "--agent", "acme/eng/a1,color=red"}, `unknown setting "color"`},
+	} {
+		stderr := captureStderr(t, func() {
+			if code := run(tc.args); code != 2 {
+				t.Errorf("%v: exit %d, want 2", tc.args, code)
+			}
+		})
+		if !strings.Contains(stderr, tc.want) {
+			t.Errorf("%v: stderr %q, want %q", tc.args, stderr, tc.want)
+		}
+	}
+}
+
+func captureStderr(t *testing.T, f func()) string {
+	t.Helper()
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := os.Stderr
+	os.Stderr = w
+	f()
+	os.Stderr = old
+	w.Close()
+	var b bytes.Buffer
+	_, _ = b.ReadFrom(r)
+	return b.String()
+}
