@@ -333,7 +333,7 @@ func (s *AgentService) Deregister(ctx context.Context, req *v1.DeregisterRequest
 // ControlStream implements AgentLifecycleService.ControlStream: it sends the
 // agent's current state (SUSPEND when it is suspended), then a command for
 // every suspension, resumption, kill and policy change, in order. A KILL or
-// a revoked credential ends the stream.
+// the agent's deregistration ends the stream.
 func (s *AgentService) ControlStream(req *v1.ControlStreamRequest, stream grpc.ServerStreamingServer[v1.ControlCommand]) error {
 	ctx := stream.Context()
 	c, err := s.authenticate(ctx, req.GetCredentialToken(), req.GetAgent())
@@ -368,6 +368,9 @@ func (s *AgentService) ControlStream(req *v1.ControlStreamRequest, stream grpc.S
 		}
 		for _, ev := range evs {
 			after = ev.Seq
+			if ev.Type == storage.InvalidateRevoked && ev.Agent == c.Agent {
+				return nil // deregistered: a runtime still running it reconnects with its current token
+			}
 			cmd := controlCommand(ev, c.Agent)
 			if cmd == nil {
 				continue
@@ -394,7 +397,7 @@ func controlCommand(ev *storage.InvalidationEvent, agent action.AgentID) *v1.Con
 		t = v1.ControlCommand_TYPE_SUSPEND
 	case ev.Type == storage.InvalidateResumed:
 		t = v1.ControlCommand_TYPE_RESUME
-	case ev.Type == storage.InvalidateKilled, ev.Type == storage.InvalidateRevoked:
+	case ev.Type == storage.InvalidateKilled:
 		t = v1.ControlCommand_TYPE_KILL
 	default:
 		return nil

@@ -80,3 +80,36 @@ func (s *Server) startLifecycle(ctx context.Context) error {
 // Agents returns the agent lifecycle service (VerifyToken for other
 // services that authenticate agents by their credential token).
 func (s *Server) Agents() *gateway.AgentService { return s.agents }
+
+// agentStatuses is the registry the decision core reads (the cached store)
+// and writes when a budget with action_on_exceed: suspend suspends an agent;
+// such a suspension is also published as an invalidation event, so the
+// agent's ControlStream gets SUSPEND like an operator's.
+type agentStatuses struct{ s *Server }
+
+var _ gateway.AgentStatuses = agentStatuses{}
+
+// GetAgent reads through the registry cache.
+func (a agentStatuses) GetAgent(ctx context.Context, id action.AgentID) (*storage.Agent, error) {
+	return a.s.cached.GetAgent(ctx, id)
+}
+
+// SetAgentStatus writes through the cache and publishes the change.
+func (a agentStatuses) SetAgentStatus(ctx context.Context, id action.AgentID, st storage.AgentStatus, reason string) error {
+	if err := a.s.cached.SetAgentStatus(ctx, id, st, reason); err != nil {
+		return err
+	}
+	typ := storage.InvalidateResumed
+	switch st {
+	case storage.AgentSuspended:
+		typ = storage.InvalidateSuspended
+	case storage.AgentKilled:
+		typ = storage.InvalidateKilled
+	}
+	if a.s.events != nil {
+		if _, err := a.s.events.Publish(ctx, gateway.AgentEvent(typ, id, reason)); err != nil {
+			a.s.log.Warn("publish agent status change", "agent", id.String(), "status", string(st), "err", err)
+		}
+	}
+	return nil
+}

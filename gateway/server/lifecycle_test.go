@@ -337,6 +337,29 @@ func TestSuspendViaControlStreamDeniesTheNextCheck(t *testing.T) {
 	}
 }
 
+func TestBudgetSuspensionReachesControlStream(t *testing.T) {
+	g := startGateway(t, examplesDir(t), nil)
+	ctx := context.Background()
+	researcher := agent("acme", "research", "researcher-1")
+	r := register(t, g, researcher, nil)
+	st, _ := controlStream(t, g, r)
+	cmds := receiveTimed(st)
+	// One call priced far over the team's $50 daily budget (action_on_exceed: suspend).
+	resp, err := g.client.CheckAction(ctx, &v1.CheckActionRequest{Agent: researcher, Context: &v1.CheckActionRequest_LlmCall{
+		LlmCall: &v1.LlmCallContext{Provider: "openai", Model: "gpt-4o", PromptTokens: 50_000_000, CompletionTokens: 1_000_000}}})
+	if err != nil || resp.GetDecision() != v1.Decision_DENY {
+		t.Fatalf("over-budget call: %v %v, want DENY", resp, err)
+	}
+	tc := <-cmds
+	if tc.err != nil || tc.cmd.GetType() != v1.ControlCommand_TYPE_SUSPEND || !strings.Contains(tc.cmd.GetReason(), "budget") {
+		t.Fatalf("ControlStream after a budget suspension: %v %v, want SUSPEND naming the budget", tc.cmd, tc.err)
+	}
+	resp, err = g.client.CheckAction(ctx, netReq(researcher, "en.wikipedia.org", 443))
+	if err != nil || resp.GetDecision() != v1.Decision_DENY || !strings.Contains(resp.GetReason(), "agent suspended") {
+		t.Fatalf("check after the budget suspension: %v %v", resp, err)
+	}
+}
+
 func TestAgentModeOverride(t *testing.T) {
 	g := startGateway(t, examplesDir(t), nil)
 	ctx := context.Background()

@@ -120,7 +120,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 		AuditTimeout: cfg.AuditTimeout,
 		Counters:     st,
 		Pricing:      pricing,
-		Agents:       s.cached,
+		Agents:       agentStatuses{s},
 		Approvals:    st,
 	})
 	if err != nil {
