@@ -1,7 +1,9 @@
 package xds
 
 import (
+	"crypto/sha256"
 	"fmt"
+	"hash"
 	"net"
 	"strconv"
 	"strings"
@@ -66,69 +68,154 @@ const (
 const DenyBody = `{"decision":"DENY","rule":"xds/no-route","reason":"destination is not in the agent's network allowlist"}`
 
 // envoyGroup holds the resources shared by every agent with the same
-// destinations: the listener, the clusters and the virtual hosts.
+// destinations: the listener, the clusters and the virtual hosts. The
+// objects themselves are shared too (built and validated once), so a node's
+// snapshot only adds its route configuration's shell.
 type envoyGroup struct {
 	listener *listenerv3.Listener
 	clusters []types.Resource
 	vhosts   []*routev3.VirtualHost
+	hash     []byte
 }
 
-// buildEnvoyGroup builds the shared part of an Envoy sidecar's resources.
-func buildEnvoyGroup(o *Options, dests []Destination) (*envoyGroup, error) {
-	l, err := egressListener(o)
-	if err != nil {
+// envoyFixed are the resources every Envoy node gets whatever its policy,
+// or that at most depend on whether wildcards are allowed.
+type envoyFixed struct {
+	listener *listenerv3.Listener
+	gateway  *clusterv3.Cluster
+	dfp      *clusterv3.Cluster
+	dfpTLS   *clusterv3.Cluster
+	deny     *routev3.VirtualHost
+	hash     []byte
+}
+
+// destEntry is the cluster (nil for a wildcard) and virtual host of one
+// destination, validated, with a hash of both.
+type destEntry struct {
+	cluster  *clusterv3.Cluster
+	vhost    *routev3.VirtualHost
+	hash     []byte
+	lastPass uint64
+}
+
+// buildFixed builds and validates the fixed resources.
+func buildFixed(o *Options) (*envoyFixed, error) {
+	f := &envoyFixed{deny: denyHost()}
+	var err error
+	if f.listener, err = egressListener(o); err != nil {
 		return nil, err
 	}
-	g := &envoyGroup{listener: l}
-	gw, err := gatewayCluster(o)
-	if err != nil {
+	if f.gateway, err = gatewayCluster(o); err != nil {
 		return nil, err
 	}
-	g.clusters = append(g.clusters, gw)
-	var dfp, dfpTLS bool
-	for _, d := range dests {
-		cluster := clusterName(d)
-		switch {
-		case d.Wildcard() && d.TLS():
-			cluster, dfpTLS = ForwardProxyTLSCluster, true
-		case d.Wildcard():
-			cluster, dfp = ForwardProxyCluster, true
-		default:
-			c, err := upstreamCluster(o, d)
-			if err != nil {
-				return nil, err
-			}
-			g.clusters = append(g.clusters, c)
+	if f.dfp, err = forwardProxyCluster(ForwardProxyCluster, false, o); err != nil {
+		return nil, err
+	}
+	if f.dfpTLS, err = forwardProxyCluster(ForwardProxyTLSCluster, true, o); err != nil {
+		return nil, err
+	}
+	h := sha256.New()
+	for _, r := range []validatedMessage{f.listener, f.gateway, f.dfp, f.dfpTLS, f.deny} {
+		if err := r.ValidateAll(); err != nil {
+			return nil, fmt.Errorf("invalid fixed resource: %w", err)
 		}
-		g.vhosts = append(g.vhosts, &routev3.VirtualHost{
-			Name:    "allow|" + d.String(),
-			Domains: domains(d),
-			Routes: []*routev3.Route{{
-				Name:  "allow",
-				Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
-				Action: &routev3.Route_Route{Route: &routev3.RouteAction{
-					ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: cluster},
-					Timeout:          durationpb.New(o.UpstreamTimeout),
-				}},
+		if err := hashInto(h, r); err != nil {
+			return nil, err
+		}
+	}
+	f.hash = h.Sum(nil)
+	return f, nil
+}
+
+// buildDest builds and validates the resources of one destination.
+func buildDest(o *Options, d Destination) (*destEntry, error) {
+	e := &destEntry{}
+	cluster := clusterName(d)
+	switch {
+	case d.Wildcard() && d.TLS():
+		cluster = ForwardProxyTLSCluster
+	case d.Wildcard():
+		cluster = ForwardProxyCluster
+	default:
+		c, err := upstreamCluster(o, d)
+		if err != nil {
+			return nil, err
+		}
+		if err := c.ValidateAll(); err != nil {
+			return nil, fmt.Errorf("cluster for %s: %w", d, err)
+		}
+		e.cluster = c
+	}
+	e.vhost = &routev3.VirtualHost{
+		Name:    "allow|" + d.String(),
+		Domains: domains(d),
+		Routes: []*routev3.Route{{
+			Name:  "allow",
+			Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
+			Action: &routev3.Route_Route{Route: &routev3.RouteAction{
+				ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: cluster},
+				Timeout:          durationpb.New(o.UpstreamTimeout),
 			}},
-		})
+		}},
+	}
+	if err := e.vhost.ValidateAll(); err != nil {
+		return nil, fmt.Errorf("virtual host for %s: %w", d, err)
+	}
+	h := sha256.New()
+	if e.cluster != nil {
+		if err := hashInto(h, e.cluster); err != nil {
+			return nil, err
+		}
+	}
+	if err := hashInto(h, e.vhost); err != nil {
+		return nil, err
+	}
+	e.hash = h.Sum(nil)
+	return e, nil
+}
+
+// newEnvoyGroup assembles a group from the fixed resources and the entries
+// of its destinations (in destination order).
+func newEnvoyGroup(f *envoyFixed, dests []Destination, entries []*destEntry) *envoyGroup {
+	g := &envoyGroup{listener: f.listener, clusters: []types.Resource{f.gateway}}
+	h := sha256.New()
+	h.Write(f.hash)
+	var dfp, dfpTLS bool
+	for i, e := range entries {
+		h.Write(e.hash)
+		if e.cluster != nil {
+			g.clusters = append(g.clusters, e.cluster)
+		} else if dests[i].TLS() {
+			dfpTLS = true
+		} else {
+			dfp = true
+		}
+		g.vhosts = append(g.vhosts, e.vhost)
 	}
 	if dfp {
-		c, err := forwardProxyCluster(ForwardProxyCluster, false, o)
-		if err != nil {
-			return nil, err
-		}
-		g.clusters = append(g.clusters, c)
+		g.clusters = append(g.clusters, f.dfp)
 	}
 	if dfpTLS {
-		c, err := forwardProxyCluster(ForwardProxyTLSCluster, true, o)
-		if err != nil {
-			return nil, err
-		}
-		g.clusters = append(g.clusters, c)
+		g.clusters = append(g.clusters, f.dfpTLS)
 	}
-	g.vhosts = append(g.vhosts, denyHost())
-	return g, nil
+	g.vhosts = append(g.vhosts, f.deny)
+	h.Write([]byte{byte(len(g.clusters)), byte(len(g.clusters) >> 8)})
+	g.hash = h.Sum(nil)
+	return g
+}
+
+type validatedMessage interface {
+	proto.Message
+	ValidateAll() error
+}
+
+func hashInto(h hash.Hash, m proto.Message) error {
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
+	if err != nil {
+		return fmt.Errorf("hash resource: %w", err)
+	}
+	h.Write(b)
+	return nil
 }
 
 // routeConfig is the agent's route configuration: the group's virtual hosts

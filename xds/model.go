@@ -63,7 +63,20 @@ func Destinations(snap *policy.Snapshot, agent action.AgentID) []Destination {
 	if snap == nil {
 		return nil
 	}
-	return destinationsOf(constraining(snap.Settings(agent).Documents))
+	return destinationsOf(constraining(applicable(snap, agent)))
+}
+
+// applicable returns the documents that apply to agent, without disabled
+// ones (as in policy.Settings).
+func applicable(snap *policy.Snapshot, agent action.AgentID) []*policy.Document {
+	docs := snap.ApplicableDocuments(agent)
+	out := docs[:0]
+	for _, d := range docs {
+		if d.Spec.EnforcementMode != action.ModeDisabled {
+			out = append(out, d)
+		}
+	}
+	return out
 }
 
 // constraining returns the documents whose allowlists decide the agent's

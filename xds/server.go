@@ -63,7 +63,8 @@ type Server struct {
 	notify chan struct{}
 
 	updateMu sync.Mutex // serialises computing and publishing snapshots
-	groups   map[string]*groupEntry
+	fixed    *envoyFixed
+	dests    map[Destination]*destEntry
 	pass     uint64
 
 	mu      sync.Mutex
@@ -76,12 +77,6 @@ type logger = interface {
 	Warn(msg string, args ...any)
 	Error(msg string, args ...any)
 	Debug(msg string, args ...any)
-}
-
-type groupEntry struct {
-	g        *envoyGroup
-	hash     []byte
-	lastPass uint64
 }
 
 type nodeState struct {
@@ -164,8 +159,11 @@ func New(src PolicySource, opts Options) (*Server, error) {
 	}
 	s := &Server{
 		opts: o, log: o.Logger, m: newMetrics(o.Registry), src: src,
-		notify: make(chan struct{}, 1), groups: map[string]*groupEntry{},
+		notify: make(chan struct{}, 1), dests: map[Destination]*destEntry{},
 		nodes: map[string]*nodeState{}, streams: map[int64]*streamState{},
+	}
+	if s.fixed, err = buildFixed(&o); err != nil {
+		return nil, fmt.Errorf("xds: build fixed resources: %w", err)
 	}
 	s.cache = newBackoffCache(
 		cache.NewSnapshotCache(true, nodeHash{}, cacheLogger{o.Logger}),
@@ -287,7 +285,7 @@ func (s *Server) update(ctx context.Context) (int, error) {
 	s.mu.Unlock()
 	slices.SortFunc(nodes, func(a, b *nodeState) int { return cmp.Compare(a.key, b.key) })
 	s.pass++
-	memo := map[string]grpcBuild{}
+	memo := newPassMemo()
 	published := 0
 	var errs []error
 	for _, n := range nodes {
@@ -300,9 +298,9 @@ func (s *Server) update(ctx context.Context) (int, error) {
 			published++
 		}
 	}
-	for k, g := range s.groups {
-		if g.lastPass != s.pass {
-			delete(s.groups, k)
+	for d, e := range s.dests {
+		if e.lastPass != s.pass {
+			delete(s.dests, d)
 		}
 	}
 	if published > 0 {
@@ -317,25 +315,59 @@ type grpcBuild struct {
 	err     error
 }
 
+// passMemo shares work between the nodes of one update pass: destinations
+// by the set of documents that decide them, Envoy groups and gRPC resources
+// by destination list.
+type passMemo struct {
+	dests  map[string][]Destination
+	groups map[string]*envoyGroup
+	grpc   map[string]grpcBuild
+	keyBuf []byte
+}
+
+func newPassMemo() *passMemo {
+	return &passMemo{dests: map[string][]Destination{}, groups: map[string]*envoyGroup{}, grpc: map[string]grpcBuild{}}
+}
+
+// destinations returns agent's destinations, computed once per distinct set
+// of deciding documents.
+func (m *passMemo) destinations(snap *policy.Snapshot, agent action.AgentID) []Destination {
+	docs := constraining(applicable(snap, agent))
+	m.keyBuf = m.keyBuf[:0]
+	for _, d := range docs {
+		m.keyBuf = append(m.keyBuf, d.Metadata.Name...)
+		m.keyBuf = append(m.keyBuf, 0)
+	}
+	if ds, ok := m.dests[string(m.keyBuf)]; ok {
+		return ds
+	}
+	ds := destinationsOf(docs)
+	m.dests[string(m.keyBuf)] = ds
+	return ds
+}
+
 // publish computes n's snapshot under snap and sets it when its version
-// differs from the node's current one. Callers hold updateMu.
-func (s *Server) publish(ctx context.Context, snap *policy.Snapshot, n *nodeState, memo map[string]grpcBuild) (bool, error) {
-	dests := Destinations(snap, n.agent)
+// differs from the node's current one. Callers hold updateMu; memo may be
+// nil.
+func (s *Server) publish(ctx context.Context, snap *policy.Snapshot, n *nodeState, memo *passMemo) (bool, error) {
+	if memo == nil {
+		memo = newPassMemo()
+	}
+	dests := memo.destinations(snap, n.agent)
 	key := destKey(dests)
 	var (
 		version string
 		res     map[string][]types.Resource
 		skipped []string
+		shell   *routev3.RouteConfiguration
 	)
 	switch n.flavour {
 	case FlavourGRPC:
-		b, ok := memo[key]
+		b, ok := memo.grpc[key]
 		if !ok {
 			r, sk, err := grpcResources(ctx, s.opts.Endpoints, dests)
 			b = grpcBuild{r, sk, err}
-			if memo != nil {
-				memo[key] = b
-			}
+			memo.grpc[key] = b
 		}
 		if b.err != nil {
 			return false, b.err
@@ -361,25 +393,26 @@ func (s *Server) publish(ctx context.Context, snap *policy.Snapshot, n *nodeStat
 		}
 		version = hex.EncodeToString(h[:8])
 	default:
-		ge, err := s.group(key, dests)
+		g, err := s.group(memo, key, dests)
 		if err != nil {
 			return false, err
 		}
 		h := sha256.New()
-		h.Write(ge.hash)
+		h.Write(g.hash)
 		h.Write([]byte(n.agent.String()))
 		version = hex.EncodeToString(h.Sum(nil)[:8])
 		if version == n.currentVersion(s) {
 			return false, nil
 		}
-		rc, err := ge.g.routeConfig(n.agent)
+		rc, err := g.routeConfig(n.agent)
 		if err != nil {
 			return false, err
 		}
+		shell = rc
 		res = map[string][]types.Resource{
-			listenerType: {ge.g.listener},
+			listenerType: {g.listener},
 			routeType:    {rc},
-			clusterType:  ge.g.clusters,
+			clusterType:  g.clusters,
 		}
 	}
 	if version == n.currentVersion(s) {
@@ -389,7 +422,7 @@ func (s *Server) publish(ctx context.Context, snap *policy.Snapshot, n *nodeStat
 	if err != nil {
 		return false, fmt.Errorf("build snapshot: %w", err)
 	}
-	if err := Check(cs); err != nil {
+	if err := s.check(cs, shell); err != nil {
 		return false, fmt.Errorf("snapshot %s for policy %s is invalid, not published: %w", version, snap.Version(), err)
 	}
 	if err := s.cache.SetSnapshot(ctx, n.key, cs); err != nil {
@@ -408,31 +441,54 @@ func (n *nodeState) currentVersion(s *Server) string {
 	return n.version
 }
 
-// group returns the shared Envoy resources for a destination list, built
-// once per distinct list.
-func (s *Server) group(key string, dests []Destination) (*groupEntry, error) {
-	if ge, ok := s.groups[key]; ok {
-		ge.lastPass = s.pass
-		return ge, nil
+// group returns the shared Envoy resources for a destination list: built
+// once per pass and list, from per-destination entries kept across passes
+// (so a policy change rebuilds only new destinations).
+func (s *Server) group(memo *passMemo, key string, dests []Destination) (*envoyGroup, error) {
+	if g, ok := memo.groups[key]; ok {
+		return g, nil
 	}
-	g, err := buildEnvoyGroup(&s.opts, dests)
-	if err != nil {
-		return nil, err
-	}
-	rs := []types.Resource{g.listener, &routev3.RouteConfiguration{VirtualHosts: g.vhosts}}
-	rs = append(rs, g.clusters...)
-	h := sha256.New()
-	mo := proto.MarshalOptions{Deterministic: true}
-	for _, r := range rs {
-		b, err := mo.Marshal(r)
-		if err != nil {
-			return nil, fmt.Errorf("hash resources: %w", err)
+	entries := make([]*destEntry, len(dests))
+	for i, d := range dests {
+		e, ok := s.dests[d]
+		if !ok {
+			var err error
+			if e, err = buildDest(&s.opts, d); err != nil {
+				return nil, err
+			}
+			s.dests[d] = e
 		}
-		h.Write(b)
+		e.lastPass = s.pass
+		entries[i] = e
 	}
-	ge := &groupEntry{g: g, hash: h.Sum(nil), lastPass: s.pass}
-	s.groups[key] = ge
-	return ge, nil
+	g := newEnvoyGroup(s.fixed, dests, entries)
+	memo.groups[key] = g
+	return g, nil
+}
+
+// check validates a node snapshot before it is published. A gRPC snapshot
+// gets the full Check. For an Envoy snapshot the listener, clusters and
+// virtual hosts are shared objects validated (ValidateAll) when they were
+// built; the node's route configuration is validated without them (the
+// generated validation of a message is that of its fields, so this equals
+// validating the whole), and the references and Consistent are checked in
+// full.
+func (s *Server) check(cs *cache.Snapshot, shell *routev3.RouteConfiguration) error {
+	if shell == nil {
+		return Check(cs)
+	}
+	top := &routev3.RouteConfiguration{Name: shell.Name, TypedPerFilterConfig: shell.TypedPerFilterConfig, ValidateClusters: shell.ValidateClusters}
+	var errs []error
+	if err := top.ValidateAll(); err != nil {
+		errs = append(errs, fmt.Errorf("route configuration %q: %w", shell.Name, err))
+	}
+	if err := checkReferences(cs); err != nil {
+		errs = append(errs, err)
+	}
+	if err := cs.Consistent(); err != nil {
+		errs = append(errs, fmt.Errorf("consistent: %w", err))
+	}
+	return errors.Join(errs...)
 }
 
 func destKey(ds []Destination) string {
