@@ -45,7 +45,7 @@ func (rt *Runtime) handle(ctx context.Context, a *agentState, m proto.Message) *
 		reply.RequestId = r.GetRequestId()
 		return reply
 	case *v1.RuntimeHeartbeat:
-		return &v1.RuntimeReply{RequestId: r.GetRequestId(), Health: rt.health(ctx)}
+		return &v1.RuntimeReply{RequestId: r.GetRequestId(), Health: rt.health()}
 	}
 	return &v1.RuntimeReply{Error: &v1.RuntimeError{Code: v1.RuntimeErrorCode_RUNTIME_ERROR_CODE_INTERNAL, Message: fmt.Sprintf("no handler for %T", m)}}
 }
@@ -74,7 +74,7 @@ func (rt *Runtime) query(ctx context.Context, a *agentState, req *v1.CheckAction
 	reds, clean := rescan(rt.scanner, req)
 
 	var key cacheKey
-	useCache := !noCache && cacheable(req)
+	useCache := !noCache && rt.opts.CacheTTL >= 0 && rt.cache.live.Load() && cacheable(req)
 	if useCache {
 		key, useCache = keyOf(req)
 	}

@@ -101,7 +101,7 @@ func (rt *Runtime) Run(ctx context.Context) (err error) {
 			return err
 		}
 	}
-	n, _ := rt.buf.Len(ctx)
+	n := rt.buf.Len()
 	rt.log.Info("runtime serving", "agents", len(rt.agents), "gateway", rt.opts.Gateway,
 		"buffer", rt.opts.BufferPath, "buffered_events", n, "fail_mode", rt.opts.FailMode, "reporter", rt.buf.Reporter())
 
@@ -158,9 +158,8 @@ func (rt *Runtime) closeListeners() {
 }
 
 // health describes the runtime.
-func (rt *Runtime) health(ctx context.Context) *v1.RuntimeHealth {
-	n, _ := rt.buf.Len(ctx)
-	return &v1.RuntimeHealth{GatewayReachable: rt.reachable.Load(), BufferedEvents: n, CachedDecisions: int64(rt.cache.len())}
+func (rt *Runtime) health() *v1.RuntimeHealth {
+	return &v1.RuntimeHealth{GatewayReachable: rt.reachable.Load(), BufferedEvents: rt.buf.Len(), CachedDecisions: int64(rt.cache.len())}
 }
 
 // Record queues an event another layer saw (the kernel programs, for

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"sync/atomic"
 
 	"github.com/google/uuid"
 	"google.golang.org/protobuf/proto"
@@ -34,6 +35,7 @@ type Buffer struct {
 	mu       sync.Mutex // guards closed
 	closed   bool
 	count    chan struct{}
+	n        atomic.Int64 // events on disk
 }
 
 type pending struct {
@@ -79,6 +81,12 @@ func Open(ctx context.Context, path, prefix string) (*Buffer, error) {
 		return nil, fmt.Errorf("open event buffer %s: reporter id: %w", path, err)
 	}
 	b := &Buffer{db: db, reporter: id, queue: make(chan *pending, 1024), done: make(chan struct{}), count: make(chan struct{}, 1)}
+	var n int64
+	if err := db.QueryRowContext(ctx, `SELECT count(*) FROM events`).Scan(&n); err != nil {
+		_ = db.Close()
+		return nil, fmt.Errorf("open event buffer %s: count events: %w", path, err)
+	}
+	b.n.Store(n)
 	go b.run()
 	return b, nil
 }
@@ -119,14 +127,8 @@ func (b *Buffer) Enqueue(evs ...*v1.ReportedEvent) error {
 }
 
 func (b *Buffer) enqueue(ctx context.Context, p *pending) error {
-	b.mu.Lock()
-	if b.closed {
-		b.mu.Unlock()
-		return ErrClosed
-	}
-	b.mu.Unlock()
-	// The queue is only closed under mu after closed is set; a send racing
-	// Close is prevented by holding mu for the send.
+	// Holding mu for the send keeps Close from closing the queue under it;
+	// run keeps draining, so the send cannot block for long.
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.closed {
@@ -184,6 +186,7 @@ func (b *Buffer) write(batch []*pending) error {
 		return fmt.Errorf("write buffered events: %w", err)
 	}
 	defer st.Close()
+	var n int64
 	for _, p := range batch {
 		for _, ev := range p.evs {
 			body, err := proto.Marshal(ev)
@@ -193,11 +196,13 @@ func (b *Buffer) write(batch []*pending) error {
 			if _, err := st.Exec(body); err != nil {
 				return fmt.Errorf("write buffered events: %w", err)
 			}
+			n++
 		}
 	}
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("write buffered events: commit: %w", err)
 	}
+	b.n.Add(n)
 	return nil
 }
 
@@ -237,20 +242,18 @@ func (b *Buffer) Peek(ctx context.Context, n int) ([]Entry, error) {
 
 // Ack deletes every event up to and including seq.
 func (b *Buffer) Ack(ctx context.Context, seq int64) error {
-	if _, err := b.db.ExecContext(ctx, `DELETE FROM events WHERE seq <= ?`, seq); err != nil {
+	res, err := b.db.ExecContext(ctx, `DELETE FROM events WHERE seq <= ?`, seq)
+	if err != nil {
 		return fmt.Errorf("ack buffered events: %w", err)
+	}
+	if n, err := res.RowsAffected(); err == nil {
+		b.n.Add(-n)
 	}
 	return nil
 }
 
-// Len counts the buffered events.
-func (b *Buffer) Len(ctx context.Context) (int64, error) {
-	var n int64
-	if err := b.db.QueryRowContext(ctx, `SELECT count(*) FROM events`).Scan(&n); err != nil {
-		return 0, fmt.Errorf("count buffered events: %w", err)
-	}
-	return n, nil
-}
+// Len is the number of buffered events.
+func (b *Buffer) Len() int64 { return b.n.Load() }
 
 // Close writes what is queued and closes the database.
 func (b *Buffer) Close() error {
