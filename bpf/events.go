@@ -210,11 +210,17 @@ func cString(b []byte) string {
 	return string(b)
 }
 
+// PollInterval is how often an EventReader looks for events the kernel
+// wrote without waking it (see emit in c/governor.c): the most an event
+// waits unless a backlog builds up.
+const PollInterval = 50 * time.Millisecond
+
 // EventReader reads verdicts from the ring buffer.
 type EventReader struct {
-	rd   *ringbuf.Reader
-	boot time.Time
-	rec  ringbuf.Record
+	rd       *ringbuf.Reader
+	boot     time.Time
+	rec      ringbuf.Record
+	deadline time.Time
 }
 
 // ErrClosed is returned by Read after Close.
@@ -243,18 +249,32 @@ func bootTime() time.Time {
 // Read blocks until a verdict arrives, the deadline passes
 // (os.ErrDeadlineExceeded), or Close is called (ErrClosed).
 func (r *EventReader) Read(ev *Event) error {
-	if err := r.rd.ReadInto(&r.rec); err != nil {
-		if errors.Is(err, ringbuf.ErrClosed) {
-			return ErrClosed
+	for {
+		poll := time.Now().Add(PollInterval)
+		if !r.deadline.IsZero() && r.deadline.Before(poll) {
+			poll = r.deadline
 		}
-		return fmt.Errorf("read event: %w", err)
+		r.rd.SetDeadline(poll)
+		err := r.rd.ReadInto(&r.rec)
+		if err == nil {
+			return decodeEvent(r.rec.RawSample, r.boot, ev)
+		}
+		switch {
+		case errors.Is(err, ringbuf.ErrClosed):
+			return ErrClosed
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			if !r.deadline.IsZero() && !time.Now().Before(r.deadline) {
+				return fmt.Errorf("read event: %w", err)
+			}
+		default:
+			return fmt.Errorf("read event: %w", err)
+		}
 	}
-	return decodeEvent(r.rec.RawSample, r.boot, ev)
 }
 
 // SetDeadline makes Read return os.ErrDeadlineExceeded after t; the zero
-// time blocks forever.
-func (r *EventReader) SetDeadline(t time.Time) { r.rd.SetDeadline(t) }
+// time blocks forever. Not safe to call concurrently with Read.
+func (r *EventReader) SetDeadline(t time.Time) { r.deadline = t }
 
 // Close unblocks Read and releases the reader.
 func (r *EventReader) Close() error { return r.rd.Close() }

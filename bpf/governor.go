@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -751,3 +752,40 @@ func (g *Governor) Teardown() error {
 }
 
 var _ io.Closer = (*Governor)(nil)
+
+// ProgramStat is a program's accumulated run count and time, collected
+// by the kernel while BPF statistics are enabled (EnableRunStats or the
+// kernel.bpf_stats_enabled sysctl).
+type ProgramStat struct {
+	RunCount uint64
+	Runtime  time.Duration
+}
+
+// ProgramStats returns the run statistics of the loaded programs.
+func (g *Governor) ProgramStats() (map[Program]ProgramStat, error) {
+	out := map[Program]ProgramStat{}
+	for p, prog := range map[Program]*ebpf.Program{
+		ProgConnect4: g.net.Connect4, ProgConnect6: g.net.Connect6,
+		ProgSendmsg4: g.net.Sendmsg4, ProgSendmsg6: g.net.Sendmsg6, ProgExec: g.exec.Exec,
+	} {
+		if prog == nil {
+			continue
+		}
+		st, err := prog.Stats()
+		if err != nil {
+			return nil, fmt.Errorf("read %s stats: %w", p, err)
+		}
+		out[p] = ProgramStat{RunCount: st.RunCount, Runtime: st.Runtime}
+	}
+	return out, nil
+}
+
+// EnableRunStats turns on the kernel's per-program run-time accounting
+// (it costs a little on every run) until the returned Closer is closed.
+func EnableRunStats() (io.Closer, error) {
+	c, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
+	if err != nil {
+		return nil, fmt.Errorf("enable bpf run stats: %w", err)
+	}
+	return c, nil
+}

@@ -211,9 +211,18 @@ static __always_inline void count(__u32 idx)
 		*v += 1;
 }
 
+// Waking the reader for every event would triple the cost of a connect
+// (measured: ~3 us instead of ~0.7 us in the hook), so events are written
+// without a wakeup and the reader polls (EventReader, every 50 ms); a
+// backlog of WAKEUP_BYTES wakes it at once so bursts do not overflow.
+#define WAKEUP_BYTES (256 << 10)
+
 static __always_inline void emit(void *e, __u64 size)
 {
-	if (bpf_ringbuf_output(&aa_events, e, size, 0) == 0)
+	__u64 flags = BPF_RB_NO_WAKEUP;
+	if (bpf_ringbuf_query(&aa_events, BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES)
+		flags = BPF_RB_FORCE_WAKEUP;
+	if (bpf_ringbuf_output(&aa_events, e, size, flags) == 0)
 		count(STAT_EVENTS);
 	else
 		count(STAT_DROPS);
