@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -51,6 +52,25 @@ func child(args []string) int {
 			return 1
 		}
 		fmt.Print(string(out))
+		return 0
+	}
+	if len(args) == 3 && args[0] == "flood" {
+		// flood N ip:port: N unconnected UDP sends, counting the EPERMs.
+		n, _ := strconv.Atoi(args[1])
+		ap := netip.MustParseAddrPort(args[2])
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			fmt.Println(describe(err))
+			return 1
+		}
+		sa := &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}
+		denied := 0
+		for range n {
+			if unix.Sendto(fd, []byte("x"), 0, sa) == unix.EPERM {
+				denied++
+			}
+		}
+		fmt.Println(denied)
 		return 0
 	}
 	if len(args) != 3 {

@@ -3,6 +3,7 @@ package bpf_test
 import (
 	"errors"
 	"net/netip"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -92,5 +93,29 @@ func TestCapacityRejectedBeforeLoading(t *testing.T) {
 	_, err = bpf.Open(bpf.Options{NoPin: true, Limits: bpf.Limits{MaxDestinations: 1}, Always: dests[:2]})
 	if !errors.Is(err, bpf.ErrCapacity) {
 		t.Errorf("Open = %v, want ErrCapacity", err)
+	}
+}
+
+// TestDropsCounted: when nobody reads and the ring buffer fills, verdicts
+// are still enforced and the lost events are counted (the
+// aa_bpf_ringbuf_drops_total metric).
+func TestDropsCounted(t *testing.T) {
+	g, _ := openGovernor(t, bpf.Options{})
+	requireNetwork(t, g)
+	cg := cgrouptest.New(t, "")
+	if err := g.Govern(cg, bpf.AgentConfig{ID: 1}); err != nil {
+		t.Fatal(err)
+	}
+	// 4 MiB of 80-byte records holds about 52,000 events.
+	const n = 80000
+	if got := run(t, cg, "flood", strconv.Itoa(n), "192.0.2.1:53"); got != strconv.Itoa(n) {
+		t.Fatalf("denied sends = %s, want all %d (enforcement does not depend on the ring buffer)", got, n)
+	}
+	st, err := g.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Drops == 0 || st.Events+st.Drops < n {
+		t.Errorf("stats = %+v after %d verdicts with no reader, want drops counted", st, n)
 	}
 }
