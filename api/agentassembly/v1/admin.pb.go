@@ -549,6 +549,318 @@ func (x *ListApiKeysResponse) GetKeys() []*ApiKey {
 	return nil
 }
 
+// GetXdsStatusRequest filters the nodes; empty lists all.
+type GetXdsStatusRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// node_id, when set, selects the nodes of one agent (org/team/agent).
+	NodeId        string `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetXdsStatusRequest) Reset() {
+	*x = GetXdsStatusRequest{}
+	mi := &file_agentassembly_v1_admin_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetXdsStatusRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetXdsStatusRequest) ProtoMessage() {}
+
+func (x *GetXdsStatusRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agentassembly_v1_admin_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetXdsStatusRequest.ProtoReflect.Descriptor instead.
+func (*GetXdsStatusRequest) Descriptor() ([]byte, []int) {
+	return file_agentassembly_v1_admin_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *GetXdsStatusRequest) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+// XdsStatus is the control plane's view of its nodes.
+type XdsStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// policy_version is the policy the snapshots were computed from.
+	PolicyVersion string           `protobuf:"bytes,1,opt,name=policy_version,json=policyVersion,proto3" json:"policy_version,omitempty"`
+	Nodes         []*XdsNodeStatus `protobuf:"bytes,2,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *XdsStatus) Reset() {
+	*x = XdsStatus{}
+	mi := &file_agentassembly_v1_admin_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *XdsStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*XdsStatus) ProtoMessage() {}
+
+func (x *XdsStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_agentassembly_v1_admin_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use XdsStatus.ProtoReflect.Descriptor instead.
+func (*XdsStatus) Descriptor() ([]byte, []int) {
+	return file_agentassembly_v1_admin_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *XdsStatus) GetPolicyVersion() string {
+	if x != nil {
+		return x.PolicyVersion
+	}
+	return ""
+}
+
+func (x *XdsStatus) GetNodes() []*XdsNodeStatus {
+	if x != nil {
+		return x.Nodes
+	}
+	return nil
+}
+
+// XdsNodeStatus is one node (an agent's sidecar or gRPC client).
+type XdsNodeStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// node_id is the agent id org/team/agent.
+	NodeId string `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	// flavour is envoy (sidecar) or grpc (proxyless gRPC client).
+	Flavour string `protobuf:"bytes,2,opt,name=flavour,proto3" json:"flavour,omitempty"`
+	// version is the snapshot version the node should be running.
+	Version   string                 `protobuf:"bytes,3,opt,name=version,proto3" json:"version,omitempty"`
+	UpdatedAt *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=updated_at,json=updatedAt,proto3" json:"updated_at,omitempty"`
+	// connected is true while the node has an open ADS stream.
+	Connected bool                   `protobuf:"varint,5,opt,name=connected,proto3" json:"connected,omitempty"`
+	LastSeen  *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=last_seen,json=lastSeen,proto3" json:"last_seen,omitempty"`
+	// types has one entry per resource type the node asked for.
+	Types []*XdsTypeStatus `protobuf:"bytes,7,rep,name=types,proto3" json:"types,omitempty"`
+	// skipped lists destinations left out of a gRPC node's resources, with why.
+	Skipped       []string `protobuf:"bytes,8,rep,name=skipped,proto3" json:"skipped,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *XdsNodeStatus) Reset() {
+	*x = XdsNodeStatus{}
+	mi := &file_agentassembly_v1_admin_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *XdsNodeStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*XdsNodeStatus) ProtoMessage() {}
+
+func (x *XdsNodeStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_agentassembly_v1_admin_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use XdsNodeStatus.ProtoReflect.Descriptor instead.
+func (*XdsNodeStatus) Descriptor() ([]byte, []int) {
+	return file_agentassembly_v1_admin_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *XdsNodeStatus) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *XdsNodeStatus) GetFlavour() string {
+	if x != nil {
+		return x.Flavour
+	}
+	return ""
+}
+
+func (x *XdsNodeStatus) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *XdsNodeStatus) GetUpdatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.UpdatedAt
+	}
+	return nil
+}
+
+func (x *XdsNodeStatus) GetConnected() bool {
+	if x != nil {
+		return x.Connected
+	}
+	return false
+}
+
+func (x *XdsNodeStatus) GetLastSeen() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastSeen
+	}
+	return nil
+}
+
+func (x *XdsNodeStatus) GetTypes() []*XdsTypeStatus {
+	if x != nil {
+		return x.Types
+	}
+	return nil
+}
+
+func (x *XdsNodeStatus) GetSkipped() []string {
+	if x != nil {
+		return x.Skipped
+	}
+	return nil
+}
+
+// XdsTypeStatus is what a node did with one resource type.
+type XdsTypeStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// type is the short type name (Listener, RouteConfiguration, Cluster,
+	// ClusterLoadAssignment).
+	Type        string                 `protobuf:"bytes,1,opt,name=type,proto3" json:"type,omitempty"`
+	SentVersion string                 `protobuf:"bytes,2,opt,name=sent_version,json=sentVersion,proto3" json:"sent_version,omitempty"`
+	SentAt      *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=sent_at,json=sentAt,proto3" json:"sent_at,omitempty"`
+	// ack_version is the last version the node accepted.
+	AckVersion string                 `protobuf:"bytes,4,opt,name=ack_version,json=ackVersion,proto3" json:"ack_version,omitempty"`
+	AckAt      *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=ack_at,json=ackAt,proto3" json:"ack_at,omitempty"`
+	// nack_version is the last version the node rejected, with its error.
+	NackVersion   string                 `protobuf:"bytes,6,opt,name=nack_version,json=nackVersion,proto3" json:"nack_version,omitempty"`
+	NackAt        *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=nack_at,json=nackAt,proto3" json:"nack_at,omitempty"`
+	NackError     string                 `protobuf:"bytes,8,opt,name=nack_error,json=nackError,proto3" json:"nack_error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *XdsTypeStatus) Reset() {
+	*x = XdsTypeStatus{}
+	mi := &file_agentassembly_v1_admin_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *XdsTypeStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*XdsTypeStatus) ProtoMessage() {}
+
+func (x *XdsTypeStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_agentassembly_v1_admin_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use XdsTypeStatus.ProtoReflect.Descriptor instead.
+func (*XdsTypeStatus) Descriptor() ([]byte, []int) {
+	return file_agentassembly_v1_admin_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *XdsTypeStatus) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
+func (x *XdsTypeStatus) GetSentVersion() string {
+	if x != nil {
+		return x.SentVersion
+	}
+	return ""
+}
+
+func (x *XdsTypeStatus) GetSentAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.SentAt
+	}
+	return nil
+}
+
+func (x *XdsTypeStatus) GetAckVersion() string {
+	if x != nil {
+		return x.AckVersion
+	}
+	return ""
+}
+
+func (x *XdsTypeStatus) GetAckAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.AckAt
+	}
+	return nil
+}
+
+func (x *XdsTypeStatus) GetNackVersion() string {
+	if x != nil {
+		return x.NackVersion
+	}
+	return ""
+}
+
+func (x *XdsTypeStatus) GetNackAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NackAt
+	}
+	return nil
+}
+
+func (x *XdsTypeStatus) GetNackError() string {
+	if x != nil {
+		return x.NackError
+	}
+	return ""
+}
+
 var File_agentassembly_v1_admin_proto protoreflect.FileDescriptor
 
 const file_agentassembly_v1_admin_proto_rawDesc = "" +
@@ -591,14 +903,43 @@ const file_agentassembly_v1_admin_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"\x14\n" +
 	"\x12ListApiKeysRequest\"C\n" +
 	"\x13ListApiKeysResponse\x12,\n" +
-	"\x04keys\x18\x01 \x03(\v2\x18.agentassembly.v1.ApiKeyR\x04keys2\xd0\x04\n" +
+	"\x04keys\x18\x01 \x03(\v2\x18.agentassembly.v1.ApiKeyR\x04keys\".\n" +
+	"\x13GetXdsStatusRequest\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\"i\n" +
+	"\tXdsStatus\x12%\n" +
+	"\x0epolicy_version\x18\x01 \x01(\tR\rpolicyVersion\x125\n" +
+	"\x05nodes\x18\x02 \x03(\v2\x1f.agentassembly.v1.XdsNodeStatusR\x05nodes\"\xbf\x02\n" +
+	"\rXdsNodeStatus\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x18\n" +
+	"\aflavour\x18\x02 \x01(\tR\aflavour\x12\x18\n" +
+	"\aversion\x18\x03 \x01(\tR\aversion\x129\n" +
+	"\n" +
+	"updated_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\x12\x1c\n" +
+	"\tconnected\x18\x05 \x01(\bR\tconnected\x127\n" +
+	"\tlast_seen\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\blastSeen\x125\n" +
+	"\x05types\x18\a \x03(\v2\x1f.agentassembly.v1.XdsTypeStatusR\x05types\x12\x18\n" +
+	"\askipped\x18\b \x03(\tR\askipped\"\xc6\x02\n" +
+	"\rXdsTypeStatus\x12\x12\n" +
+	"\x04type\x18\x01 \x01(\tR\x04type\x12!\n" +
+	"\fsent_version\x18\x02 \x01(\tR\vsentVersion\x123\n" +
+	"\asent_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x06sentAt\x12\x1f\n" +
+	"\vack_version\x18\x04 \x01(\tR\n" +
+	"ackVersion\x121\n" +
+	"\x06ack_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x05ackAt\x12!\n" +
+	"\fnack_version\x18\x06 \x01(\tR\vnackVersion\x123\n" +
+	"\anack_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\x06nackAt\x12\x1d\n" +
+	"\n" +
+	"nack_error\x18\b \x01(\tR\tnackError2\xd0\x04\n" +
 	"\fAdminService\x12d\n" +
 	"\tGetStatus\x12\".agentassembly.v1.GetStatusRequest\x1a\x1f.agentassembly.v1.GatewayStatus\"\x12\x82\xd3\xe4\x93\x02\f\x12\n" +
 	"/v1/status\x12p\n" +
 	"\fCreateApiKey\x12%.agentassembly.v1.CreateApiKeyRequest\x1a\x1e.agentassembly.v1.ApiKeySecret\"\x19\x82\xd3\xe4\x93\x02\x13:\x01*\"\x0e/v1/admin/keys\x12|\n" +
 	"\fRotateApiKey\x12%.agentassembly.v1.RotateApiKeyRequest\x1a\x1e.agentassembly.v1.ApiKeySecret\"%\x82\xd3\xe4\x93\x02\x1f:\x01*\"\x1a/v1/admin/keys/{id}:rotate\x12v\n" +
 	"\fRevokeApiKey\x12%.agentassembly.v1.RevokeApiKeyRequest\x1a\x18.agentassembly.v1.ApiKey\"%\x82\xd3\xe4\x93\x02\x1f:\x01*\"\x1a/v1/admin/keys/{id}:revoke\x12r\n" +
-	"\vListApiKeys\x12$.agentassembly.v1.ListApiKeysRequest\x1a%.agentassembly.v1.ListApiKeysResponse\"\x16\x82\xd3\xe4\x93\x02\x10\x12\x0e/v1/admin/keysBOZMgithub.com/agent-assembly/agent-assembly/api/agentassembly/v1;agentassemblyv1b\x06proto3"
+	"\vListApiKeys\x12$.agentassembly.v1.ListApiKeysRequest\x1a%.agentassembly.v1.ListApiKeysResponse\"\x16\x82\xd3\xe4\x93\x02\x10\x12\x0e/v1/admin/keys2x\n" +
+	"\n" +
+	"XdsService\x12j\n" +
+	"\fGetXdsStatus\x12%.agentassembly.v1.GetXdsStatusRequest\x1a\x1b.agentassembly.v1.XdsStatus\"\x16\x82\xd3\xe4\x93\x02\x10\x12\x0e/v1/xds/statusBOZMgithub.com/agent-assembly/agent-assembly/api/agentassembly/v1;agentassemblyv1b\x06proto3"
 
 var (
 	file_agentassembly_v1_admin_proto_rawDescOnce sync.Once
@@ -612,7 +953,7 @@ func file_agentassembly_v1_admin_proto_rawDescGZIP() []byte {
 	return file_agentassembly_v1_admin_proto_rawDescData
 }
 
-var file_agentassembly_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_agentassembly_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_agentassembly_v1_admin_proto_goTypes = []any{
 	(*GetStatusRequest)(nil),      // 0: agentassembly.v1.GetStatusRequest
 	(*GatewayStatus)(nil),         // 1: agentassembly.v1.GatewayStatus
@@ -623,29 +964,42 @@ var file_agentassembly_v1_admin_proto_goTypes = []any{
 	(*RevokeApiKeyRequest)(nil),   // 6: agentassembly.v1.RevokeApiKeyRequest
 	(*ListApiKeysRequest)(nil),    // 7: agentassembly.v1.ListApiKeysRequest
 	(*ListApiKeysResponse)(nil),   // 8: agentassembly.v1.ListApiKeysResponse
-	(*timestamppb.Timestamp)(nil), // 9: google.protobuf.Timestamp
+	(*GetXdsStatusRequest)(nil),   // 9: agentassembly.v1.GetXdsStatusRequest
+	(*XdsStatus)(nil),             // 10: agentassembly.v1.XdsStatus
+	(*XdsNodeStatus)(nil),         // 11: agentassembly.v1.XdsNodeStatus
+	(*XdsTypeStatus)(nil),         // 12: agentassembly.v1.XdsTypeStatus
+	(*timestamppb.Timestamp)(nil), // 13: google.protobuf.Timestamp
 }
 var file_agentassembly_v1_admin_proto_depIdxs = []int32{
-	9,  // 0: agentassembly.v1.GatewayStatus.started_at:type_name -> google.protobuf.Timestamp
-	9,  // 1: agentassembly.v1.ApiKey.created_at:type_name -> google.protobuf.Timestamp
-	9,  // 2: agentassembly.v1.ApiKey.last_used_at:type_name -> google.protobuf.Timestamp
+	13, // 0: agentassembly.v1.GatewayStatus.started_at:type_name -> google.protobuf.Timestamp
+	13, // 1: agentassembly.v1.ApiKey.created_at:type_name -> google.protobuf.Timestamp
+	13, // 2: agentassembly.v1.ApiKey.last_used_at:type_name -> google.protobuf.Timestamp
 	2,  // 3: agentassembly.v1.ApiKeySecret.key:type_name -> agentassembly.v1.ApiKey
 	2,  // 4: agentassembly.v1.ListApiKeysResponse.keys:type_name -> agentassembly.v1.ApiKey
-	0,  // 5: agentassembly.v1.AdminService.GetStatus:input_type -> agentassembly.v1.GetStatusRequest
-	4,  // 6: agentassembly.v1.AdminService.CreateApiKey:input_type -> agentassembly.v1.CreateApiKeyRequest
-	5,  // 7: agentassembly.v1.AdminService.RotateApiKey:input_type -> agentassembly.v1.RotateApiKeyRequest
-	6,  // 8: agentassembly.v1.AdminService.RevokeApiKey:input_type -> agentassembly.v1.RevokeApiKeyRequest
-	7,  // 9: agentassembly.v1.AdminService.ListApiKeys:input_type -> agentassembly.v1.ListApiKeysRequest
-	1,  // 10: agentassembly.v1.AdminService.GetStatus:output_type -> agentassembly.v1.GatewayStatus
-	3,  // 11: agentassembly.v1.AdminService.CreateApiKey:output_type -> agentassembly.v1.ApiKeySecret
-	3,  // 12: agentassembly.v1.AdminService.RotateApiKey:output_type -> agentassembly.v1.ApiKeySecret
-	2,  // 13: agentassembly.v1.AdminService.RevokeApiKey:output_type -> agentassembly.v1.ApiKey
-	8,  // 14: agentassembly.v1.AdminService.ListApiKeys:output_type -> agentassembly.v1.ListApiKeysResponse
-	10, // [10:15] is the sub-list for method output_type
-	5,  // [5:10] is the sub-list for method input_type
-	5,  // [5:5] is the sub-list for extension type_name
-	5,  // [5:5] is the sub-list for extension extendee
-	0,  // [0:5] is the sub-list for field type_name
+	11, // 5: agentassembly.v1.XdsStatus.nodes:type_name -> agentassembly.v1.XdsNodeStatus
+	13, // 6: agentassembly.v1.XdsNodeStatus.updated_at:type_name -> google.protobuf.Timestamp
+	13, // 7: agentassembly.v1.XdsNodeStatus.last_seen:type_name -> google.protobuf.Timestamp
+	12, // 8: agentassembly.v1.XdsNodeStatus.types:type_name -> agentassembly.v1.XdsTypeStatus
+	13, // 9: agentassembly.v1.XdsTypeStatus.sent_at:type_name -> google.protobuf.Timestamp
+	13, // 10: agentassembly.v1.XdsTypeStatus.ack_at:type_name -> google.protobuf.Timestamp
+	13, // 11: agentassembly.v1.XdsTypeStatus.nack_at:type_name -> google.protobuf.Timestamp
+	0,  // 12: agentassembly.v1.AdminService.GetStatus:input_type -> agentassembly.v1.GetStatusRequest
+	4,  // 13: agentassembly.v1.AdminService.CreateApiKey:input_type -> agentassembly.v1.CreateApiKeyRequest
+	5,  // 14: agentassembly.v1.AdminService.RotateApiKey:input_type -> agentassembly.v1.RotateApiKeyRequest
+	6,  // 15: agentassembly.v1.AdminService.RevokeApiKey:input_type -> agentassembly.v1.RevokeApiKeyRequest
+	7,  // 16: agentassembly.v1.AdminService.ListApiKeys:input_type -> agentassembly.v1.ListApiKeysRequest
+	9,  // 17: agentassembly.v1.XdsService.GetXdsStatus:input_type -> agentassembly.v1.GetXdsStatusRequest
+	1,  // 18: agentassembly.v1.AdminService.GetStatus:output_type -> agentassembly.v1.GatewayStatus
+	3,  // 19: agentassembly.v1.AdminService.CreateApiKey:output_type -> agentassembly.v1.ApiKeySecret
+	3,  // 20: agentassembly.v1.AdminService.RotateApiKey:output_type -> agentassembly.v1.ApiKeySecret
+	2,  // 21: agentassembly.v1.AdminService.RevokeApiKey:output_type -> agentassembly.v1.ApiKey
+	8,  // 22: agentassembly.v1.AdminService.ListApiKeys:output_type -> agentassembly.v1.ListApiKeysResponse
+	10, // 23: agentassembly.v1.XdsService.GetXdsStatus:output_type -> agentassembly.v1.XdsStatus
+	18, // [18:24] is the sub-list for method output_type
+	12, // [12:18] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_agentassembly_v1_admin_proto_init() }
@@ -659,9 +1013,9 @@ func file_agentassembly_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agentassembly_v1_admin_proto_rawDesc), len(file_agentassembly_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   9,
+			NumMessages:   13,
 			NumExtensions: 0,
-			NumServices:   1,
+			NumServices:   2,
 		},
 		GoTypes:           file_agentassembly_v1_admin_proto_goTypes,
 		DependencyIndexes: file_agentassembly_v1_admin_proto_depIdxs,

@@ -285,3 +285,113 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 	Streams:  []grpc.StreamDesc{},
 	Metadata: "agentassembly/v1/admin.proto",
 }
+
+const (
+	XdsService_GetXdsStatus_FullMethodName = "/agentassembly.v1.XdsService/GetXdsStatus"
+)
+
+// XdsServiceClient is the client API for XdsService service.
+//
+// For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
+//
+// XdsService reports the gateway's xDS control plane: each Envoy or gRPC
+// node, the snapshot version it should run and what it did with it.
+type XdsServiceClient interface {
+	// GetXdsStatus lists the nodes with their versions and last ACK/NACK.
+	GetXdsStatus(ctx context.Context, in *GetXdsStatusRequest, opts ...grpc.CallOption) (*XdsStatus, error)
+}
+
+type xdsServiceClient struct {
+	cc grpc.ClientConnInterface
+}
+
+func NewXdsServiceClient(cc grpc.ClientConnInterface) XdsServiceClient {
+	return &xdsServiceClient{cc}
+}
+
+func (c *xdsServiceClient) GetXdsStatus(ctx context.Context, in *GetXdsStatusRequest, opts ...grpc.CallOption) (*XdsStatus, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(XdsStatus)
+	err := c.cc.Invoke(ctx, XdsService_GetXdsStatus_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// XdsServiceServer is the server API for XdsService service.
+// All implementations must embed UnimplementedXdsServiceServer
+// for forward compatibility.
+//
+// XdsService reports the gateway's xDS control plane: each Envoy or gRPC
+// node, the snapshot version it should run and what it did with it.
+type XdsServiceServer interface {
+	// GetXdsStatus lists the nodes with their versions and last ACK/NACK.
+	GetXdsStatus(context.Context, *GetXdsStatusRequest) (*XdsStatus, error)
+	mustEmbedUnimplementedXdsServiceServer()
+}
+
+// UnimplementedXdsServiceServer must be embedded to have
+// forward compatible implementations.
+//
+// NOTE: this should be embedded by value instead of pointer to avoid a nil
+// pointer dereference when methods are called.
+type UnimplementedXdsServiceServer struct{}
+
+func (UnimplementedXdsServiceServer) GetXdsStatus(context.Context, *GetXdsStatusRequest) (*XdsStatus, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetXdsStatus not implemented")
+}
+func (UnimplementedXdsServiceServer) mustEmbedUnimplementedXdsServiceServer() {}
+func (UnimplementedXdsServiceServer) testEmbeddedByValue()                    {}
+
+// UnsafeXdsServiceServer may be embedded to opt out of forward compatibility for this service.
+// Use of this interface is not recommended, as added methods to XdsServiceServer will
+// result in compilation errors.
+type UnsafeXdsServiceServer interface {
+	mustEmbedUnimplementedXdsServiceServer()
+}
+
+func RegisterXdsServiceServer(s grpc.ServiceRegistrar, srv XdsServiceServer) {
+	// If the following call panics, it indicates UnimplementedXdsServiceServer was
+	// embedded by pointer and is nil.  This will cause panics if an
+	// unimplemented method is ever invoked, so we test this at initialization
+	// time to prevent it from happening at runtime later due to I/O.
+	if t, ok := srv.(interface{ testEmbeddedByValue() }); ok {
+		t.testEmbeddedByValue()
+	}
+	s.RegisterService(&XdsService_ServiceDesc, srv)
+}
+
+func _XdsService_GetXdsStatus_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetXdsStatusRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(XdsServiceServer).GetXdsStatus(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: XdsService_GetXdsStatus_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(XdsServiceServer).GetXdsStatus(ctx, req.(*GetXdsStatusRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+// XdsService_ServiceDesc is the grpc.ServiceDesc for XdsService service.
+// It's only intended for direct use with grpc.RegisterService,
+// and not to be introspected or modified (even as a copy)
+var XdsService_ServiceDesc = grpc.ServiceDesc{
+	ServiceName: "agentassembly.v1.XdsService",
+	HandlerType: (*XdsServiceServer)(nil),
+	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "GetXdsStatus",
+			Handler:    _XdsService_GetXdsStatus_Handler,
+		},
+	},
+	Streams:  []grpc.StreamDesc{},
+	Metadata: "agentassembly/v1/admin.proto",
+}
