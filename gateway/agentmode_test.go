@@ -182,3 +182,35 @@ func TestSweepMarksStaleAgents(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkCheckRegisteredAgent measures a check of a registered agent, read
+// through the registry cache, without and with a mode override: the
+// override costs no store round-trip (it rides on the status lookup).
+func BenchmarkCheckRegisteredAgent(b *testing.B) {
+	for _, m := range []action.Mode{action.ModeUnspecified, action.ModeObserve} {
+		name := storage.AgentModeName(m)
+		if name == "" {
+			name = "none"
+		}
+		b.Run("override="+name, func(b *testing.B) {
+			st := cache.Wrap(memory.New(memory.Options{}), cache.Options{TTL: time.Hour})
+			c, err := NewCore(Options{Audit: nopAuditor{}, Chain: "unit", Agents: st})
+			if err != nil {
+				b.Fatal(err)
+			}
+			c.SetSnapshot(exampleSnapshot(b))
+			ctx := context.Background()
+			id := action.AgentID{Org: "acme", Team: "eng", Agent: "coder-1"}
+			if err := st.PutAgent(ctx, &storage.Agent{ID: id, Status: storage.AgentActive, Labels: map[string]string{"env": "prod"}, Mode: m}); err != nil {
+				b.Fatal(err)
+			}
+			req := coderTool("git_status", `{"short":true}`)
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := c.Check(ctx, req); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
