@@ -32,7 +32,7 @@ const (
 	// MaxHistoryLimit caps ListPolicyVersions.
 	MaxHistoryLimit = 1000
 	// AuthorHeader is the gRPC metadata key naming who applies or rolls back
-	// a policy (REST: the Grpc-Metadata-Aa-Author header). It is recorded as
+	// a policy when the request's author field is empty. It is recorded as
 	// given: operator authentication is not enforced by this service.
 	AuthorHeader = "aa-author"
 	// maxMessage caps the free-text reason stored with a version.
@@ -72,7 +72,7 @@ func (s *PolicyService) ApplyPolicy(ctx context.Context, req *v1.ApplyPolicyRequ
 	if problems := candidateProblems(req.GetDocuments()); len(problems) > 0 {
 		return nil, problemsStatus(problems)
 	}
-	author := authorOf(ctx)
+	author := authorOf(ctx, req.GetAuthor())
 	prev := s.versions.Current()
 	pv, err := s.versions.Activate(ctx, srcs, author, req.GetMessage())
 	if err != nil {
@@ -96,7 +96,7 @@ func (s *PolicyService) RollbackPolicy(ctx context.Context, req *v1.RollbackPoli
 	if len(req.GetMessage()) > maxMessage {
 		return nil, requestStatus(badField("message", "is %d bytes, over the limit of %d", len(req.GetMessage()), maxMessage))
 	}
-	author := authorOf(ctx)
+	author := authorOf(ctx, req.GetAuthor())
 	prev := s.versions.Current()
 	pv, err := s.versions.Rollback(ctx, req.GetVersion())
 	if err != nil {
@@ -277,15 +277,22 @@ func lifecycleStatus(op string, err error) error {
 	return status.Errorf(codes.Internal, "%s: %v", op, err)
 }
 
-// authorOf names the caller: the aa-author metadata, else the peer address.
-func authorOf(ctx context.Context) string {
+// authorOf names the caller: the request's author, else the aa-author
+// metadata, else the peer address.
+func authorOf(ctx context.Context, given string) string {
+	clean := func(a string) string {
+		a = strings.Join(strings.Fields(a), " ")
+		if len(a) > 128 {
+			a = a[:128]
+		}
+		return a
+	}
+	if a := clean(given); a != "" {
+		return a
+	}
 	if md, ok := metadata.FromIncomingContext(ctx); ok {
-		if v := md.Get(AuthorHeader); len(v) > 0 && strings.TrimSpace(v[0]) != "" {
-			a := strings.TrimSpace(v[0])
-			if len(a) > 128 {
-				a = a[:128]
-			}
-			return a
+		if v := md.Get(AuthorHeader); len(v) > 0 && clean(v[0]) != "" {
+			return clean(v[0])
 		}
 	}
 	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {

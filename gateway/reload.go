@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/fsnotify/fsnotify"
 
+	"github.com/agent-assembly/agent-assembly/action"
 	"github.com/agent-assembly/agent-assembly/policy"
 	"github.com/agent-assembly/agent-assembly/storage"
 )
@@ -160,10 +162,14 @@ func (r *Reloader) Load() error {
 	if first {
 		pv.Message = "policy files loaded at start"
 	}
+	prev := r.current
 	if err := r.activateLocked(ctx, pv, docs, snap); err != nil {
 		return r.rejected(err)
 	}
 	r.fileVersion, r.lastErr = version, nil
+	payload, _ := json.Marshal(map[string]string{"version": version, "previous": prev, "author": pv.Author, "message": pv.Message})
+	// The version is active either way; a failed record is logged by the core.
+	_ = r.core.AuditGovernance(ctx, action.AgentID{}, "policy.files", fmt.Sprintf("policy version %s activated from %s (previous %s)", version, r.path, prev), payload)
 	return nil
 }
 

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	v1 "github.com/agent-assembly/agent-assembly/api/agentassembly/v1"
@@ -40,10 +39,6 @@ func defaultAuthor() string {
 	return user
 }
 
-func withAuthor(ctx context.Context, author string) context.Context {
-	return metadata.AppendToOutgoingContext(ctx, gateway.AuthorHeader, author)
-}
-
 func newPolicyApplyCmd(g *globals) *cobra.Command {
 	var message, author string
 	cmd := &cobra.Command{
@@ -65,7 +60,7 @@ Applying content equal to a stored version activates that version again.`,
 				return err
 			}
 			return g.call(cmd.Context(), func(ctx context.Context, c clients) error {
-				info, err := c.policy.ApplyPolicy(withAuthor(ctx, author), &v1.ApplyPolicyRequest{Documents: docs, Message: message})
+				info, err := c.policy.ApplyPolicy(ctx, &v1.ApplyPolicyRequest{Documents: docs, Message: message, Author: author})
 				if err != nil {
 					return err
 				}
@@ -172,7 +167,7 @@ and nothing changes.`,
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return g.call(cmd.Context(), func(ctx context.Context, c clients) error {
-				info, err := c.policy.RollbackPolicy(withAuthor(ctx, author), &v1.RollbackPolicyRequest{Version: args[0], Message: message})
+				info, err := c.policy.RollbackPolicy(ctx, &v1.RollbackPolicyRequest{Version: args[0], Message: message, Author: author})
 				if err != nil {
 					return err
 				}

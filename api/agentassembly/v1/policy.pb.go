@@ -828,7 +828,11 @@ type ApplyPolicyRequest struct {
 	state     protoimpl.MessageState  `protogen:"open.v1"`
 	Documents []*PolicyDocumentSource `protobuf:"bytes,1,rep,name=documents,proto3" json:"documents,omitempty"`
 	// message says why, recorded in the history.
-	Message       string `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	Message string `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	// author names who applies it, recorded in the history. Empty means the
+	// caller's "aa-author" gRPC metadata, else its address. It is recorded as
+	// given: operator authentication is not enforced by PolicyService.
+	Author        string `protobuf:"bytes,3,opt,name=author,proto3" json:"author,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -873,6 +877,13 @@ func (x *ApplyPolicyRequest) GetDocuments() []*PolicyDocumentSource {
 func (x *ApplyPolicyRequest) GetMessage() string {
 	if x != nil {
 		return x.Message
+	}
+	return ""
+}
+
+func (x *ApplyPolicyRequest) GetAuthor() string {
+	if x != nil {
+		return x.Author
 	}
 	return ""
 }
@@ -1107,9 +1118,11 @@ func (x *ListPolicyVersionsResponse) GetVersions() []*PolicyVersionInfo {
 
 // RollbackPolicyRequest names the version to activate.
 type RollbackPolicyRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Version       string                 `protobuf:"bytes,1,opt,name=version,proto3" json:"version,omitempty"`
-	Message       string                 `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Version string                 `protobuf:"bytes,1,opt,name=version,proto3" json:"version,omitempty"`
+	Message string                 `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	// author names who rolls back, as in ApplyPolicyRequest.author.
+	Author        string `protobuf:"bytes,3,opt,name=author,proto3" json:"author,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1154,6 +1167,13 @@ func (x *RollbackPolicyRequest) GetVersion() string {
 func (x *RollbackPolicyRequest) GetMessage() string {
 	if x != nil {
 		return x.Message
+	}
+	return ""
+}
+
+func (x *RollbackPolicyRequest) GetAuthor() string {
+	if x != nil {
+		return x.Author
 	}
 	return ""
 }
@@ -1448,10 +1468,11 @@ const file_agentassembly_v1_policy_proto_rawDesc = "" +
 	"\x16ValidatePolicyResponse\x12\x14\n" +
 	"\x05valid\x18\x01 \x01(\bR\x05valid\x12;\n" +
 	"\bproblems\x18\x02 \x03(\v2\x1f.agentassembly.v1.PolicyProblemR\bproblems\x12 \n" +
-	"\vfingerprint\x18\x03 \x01(\tR\vfingerprint\"t\n" +
+	"\vfingerprint\x18\x03 \x01(\tR\vfingerprint\"\x8c\x01\n" +
 	"\x12ApplyPolicyRequest\x12D\n" +
 	"\tdocuments\x18\x01 \x03(\v2&.agentassembly.v1.PolicyDocumentSourceR\tdocuments\x12\x18\n" +
-	"\amessage\x18\x02 \x01(\tR\amessage\",\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\x12\x16\n" +
+	"\x06author\x18\x03 \x01(\tR\x06author\",\n" +
 	"\x10GetPolicyRequest\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\"\xb7\x02\n" +
 	"\x11PolicyVersionInfo\x12\x18\n" +
@@ -1466,10 +1487,11 @@ const file_agentassembly_v1_policy_proto_rawDesc = "" +
 	"\x19ListPolicyVersionsRequest\x12\x14\n" +
 	"\x05limit\x18\x01 \x01(\x05R\x05limit\"]\n" +
 	"\x1aListPolicyVersionsResponse\x12?\n" +
-	"\bversions\x18\x01 \x03(\v2#.agentassembly.v1.PolicyVersionInfoR\bversions\"K\n" +
+	"\bversions\x18\x01 \x03(\v2#.agentassembly.v1.PolicyVersionInfoR\bversions\"c\n" +
 	"\x15RollbackPolicyRequest\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12\x18\n" +
-	"\amessage\x18\x02 \x01(\tR\amessage\"\x89\x01\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\x12\x16\n" +
+	"\x06author\x18\x03 \x01(\tR\x06author\"\x89\x01\n" +
 	"\x15SimulatePolicyRequest\x12D\n" +
 	"\tdocuments\x18\x01 \x03(\v2&.agentassembly.v1.PolicyDocumentSourceR\tdocuments\x12\x14\n" +
 	"\x05hours\x18\x02 \x01(\x05R\x05hours\x12\x14\n" +
