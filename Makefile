@@ -5,7 +5,7 @@ LDFLAGS  := -X github.com/agent-assembly/agent-assembly/gateway/server.Version=$
 BENCH    ?= .
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: help build run test test-unit fuzz generate generate-bpf check-generate lint bench clean
+.PHONY: help build run test e2e test-unit fuzz generate generate-bpf check-generate lint bench clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -18,6 +18,9 @@ run: build ## start the gateway: SQLite under ./data, examples/policies, gRPC :5
 
 test: ## the full suite: starts throwaway PostgreSQL/Redis when available, vet, race tests, bounded fuzzing
 	scripts/test.sh
+
+e2e: ## the end-to-end story: two gateways on PostgreSQL+Redis, aa-runtime, the example agent, aasm (starts the databases)
+	scripts/e2e.sh
 
 test-unit: ## fast in-process tests only (no services, no race detector)
 	$(GO) test ./...

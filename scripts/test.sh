@@ -19,6 +19,9 @@ echo "== go vet"
 go vet ./...
 echo "== go test -race"
 go test -race -count=1 -timeout 25m ./...
+if [ "$started" = 1 ]; then
+  scripts/e2e.sh
+fi
 echo "== fuzz (bounded)"
 FUZZTIME=${FUZZTIME:-10s} scripts/fuzz.sh
 [ "$started" = 1 ] && echo "test: ran against PostgreSQL ($AA_TEST_POSTGRES_URL) and Redis ($AA_TEST_REDIS_URL)"
