@@ -47,7 +47,10 @@ type Options struct {
 	// Socket is the runtime's socket ($AA_RUNTIME_SOCKET). When set, the
 	// client talks to the runtime and never to the gateway.
 	Socket string
-	// Gateway is the gateway's gRPC address ($AA_GATEWAY_ADDR), used when there is no socket.
+	// Gateway is the gateway's gRPC address ($AA_GATEWAY_ADDR), used when
+	// there is no socket. Several replicas are given comma-separated
+	// ("10.0.0.1:50051,10.0.0.2:50051"): calls are spread over them and a
+	// call that fails because a replica is unavailable is retried on another.
 	Gateway string
 	// Token is the credential token for the gateway ($AA_CREDENTIAL_TOKEN).
 	Token string
@@ -134,7 +137,8 @@ func Dial(ctx context.Context, opts Options) (*Client, error) {
 		if c.agent == nil {
 			return nil, fmt.Errorf("dial: the gateway needs the agent's id (Options.Agent or $%s)", EnvAgent)
 		}
-		cc, err := grpc.NewClient(opts.Gateway, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		target, dialOpts := gatewayTarget(opts.Gateway)
+		cc, err := grpc.NewClient(target, append(dialOpts, grpc.WithTransportCredentials(insecure.NewCredentials()))...)
 		if err != nil {
 			return nil, fmt.Errorf("dial gateway %s: %w", opts.Gateway, err)
 		}
