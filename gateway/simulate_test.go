@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -128,5 +129,69 @@ func TestTopologyJoinsRegistryAndAudit(t *testing.T) {
 	}
 	if _, err := NewTopologyService(src).GetTopology(context.Background(), &v1.GetTopologyRequest{Hours: 100000}); err == nil {
 		t.Fatal("an unbounded window was accepted")
+	}
+}
+
+// syntheticLog is n recorded decisions of mixed kinds.
+func syntheticLog(n int) *auditPages {
+	payloads := []struct {
+		kind    action.Kind
+		payload string
+	}{
+		{action.KindNetworkCall, `{"kind":"network_call","host":"en.wikipedia.org","port":443,"protocol":"https","method":"GET","path":"/wiki/Go"}`},
+		{action.KindToolCall, `{"kind":"tool_call","name":"git_status","args":{"short":true}}`},
+		{action.KindLLMCall, `{"kind":"llm_call","provider":"openai","model":"gpt-4o","prompt_tokens":120}`},
+		{action.KindNetworkCall, `{"kind":"network_call","host":"evil.example.com","port":443}`},
+	}
+	agents := []string{"acme/research/researcher-1", "acme/eng/coder-1", "acme/support/bot-1"}
+	log := &auditPages{}
+	for i := range n {
+		p := payloads[i%len(payloads)]
+		log.recs = append(log.recs, record(agents[i%len(agents)], p.kind, p.payload, action.Allow, "x/y"))
+	}
+	return log
+}
+
+// pagedLog pages a synthetic log 1000 records at a time, like a driver.
+type pagedLog struct{ recs []*storage.AuditRecord }
+
+func (p *pagedLog) QueryAudit(_ context.Context, q storage.AuditQuery) (storage.AuditPage, error) {
+	start := 0
+	if q.Cursor != "" {
+		fmt.Sscan(q.Cursor, &start)
+	}
+	end := min(start+1000, len(p.recs))
+	page := storage.AuditPage{Records: p.recs[start:end]}
+	if end < len(p.recs) {
+		page.NextCursor = fmt.Sprint(end)
+	}
+	return page, nil
+}
+
+func (p *pagedLog) ListAgents(context.Context, storage.AgentFilter) ([]*storage.Agent, error) {
+	return nil, nil
+}
+
+// BenchmarkSimulate replays 10 000 recorded decisions against the example
+// policies; ns/op divided by 10 000 is the cost of one replayed record.
+func BenchmarkSimulate(b *testing.B) {
+	log := &pagedLog{recs: syntheticLog(10000).recs}
+	snap := exampleSnapshot(b)
+	b.ReportAllocs()
+	for b.Loop() {
+		if sim := Simulate(context.Background(), log, snap, time.Time{}, time.Now(), 100); sim.Response.GetReplayed() != 10000 {
+			b.Fatal(sim.Response.GetReplayed())
+		}
+	}
+}
+
+// BenchmarkTopology aggregates 10 000 recorded decisions into edges.
+func BenchmarkTopology(b *testing.B) {
+	svc := NewTopologyService(&pagedLog{recs: syntheticLog(10000).recs})
+	b.ReportAllocs()
+	for b.Loop() {
+		if topo, err := svc.GetTopology(context.Background(), &v1.GetTopologyRequest{}); err != nil || len(topo.GetEdges()) == 0 {
+			b.Fatal(err)
+		}
 	}
 }
