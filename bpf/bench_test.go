@@ -256,3 +256,49 @@ func BenchmarkEvents(b *testing.B) {
 		fmt.Fprintf(os.Stderr, "events produced %d, read %d, dropped %d in %v\n", produced, read.Load()-startRead, after.Drops-before.Drops, elapsed)
 	}
 }
+
+// BenchmarkReaderDrain measures how fast one EventReader empties a ring
+// buffer the kernel filled while nobody read: the reader's capacity in
+// events per second, independent of how fast agents can produce them.
+func BenchmarkReaderDrain(b *testing.B) {
+	g := openBench(b, bpf.Options{})
+	cg := cgrouptest.New(b, "")
+	if err := g.Govern(cg, bpf.AgentConfig{ID: 1}); err != nil {
+		b.Fatal(err)
+	}
+	rd, err := g.Events()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer rd.Close()
+	const batch = 40000 // fits the 4 MiB ring buffer
+	var ev bpf.Event
+	var total int
+	var reading time.Duration
+	for b.Loop() {
+		b.StopTimer()
+		leave := enterCgroup(b, cg)
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			b.Fatal(err)
+		}
+		dst := &unix.SockaddrInet4{Port: 53, Addr: [4]byte{192, 0, 2, 1}}
+		for range batch {
+			unix.Sendto(fd, []byte("x"), 0, dst)
+		}
+		unix.Close(fd)
+		leave()
+		b.StartTimer()
+		start := time.Now()
+		for range batch {
+			if err := rd.Read(&ev); err != nil {
+				b.Fatal(err)
+			}
+		}
+		reading += time.Since(start)
+		total += batch
+	}
+	st, _ := g.Stats()
+	b.ReportMetric(float64(total)/reading.Seconds(), "events/s")
+	b.ReportMetric(float64(st.Drops), "drops")
+}
