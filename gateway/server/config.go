@@ -32,6 +32,11 @@ type Config struct {
 	LogLevel        string
 	LogFormat       string
 	AllowRemote     bool
+	// XDSAdvertiseAddr, XDSEgressAddr and XDSExtProc configure the xDS
+	// control plane (see gateway/server/xds.go).
+	XDSAdvertiseAddr string
+	XDSEgressAddr    string
+	XDSExtProc       bool
 }
 
 // Setting describes one configuration knob: its flag, environment variable,
@@ -102,6 +107,16 @@ func Settings() []Setting {
 			c.AllowRemote = b
 			return nil
 		}},
+		{"xds-advertise-addr", "AA_XDS_ADVERTISE_ADDR", "", "host:port at which Envoy sidecars reach this gateway's gRPC listener, written into the resources served over xDS (default: --grpc-addr)", str(func(c *Config) *string { return &c.XDSAdvertiseAddr })},
+		{"xds-egress-addr", "AA_XDS_EGRESS_ADDR", "127.0.0.1:15001", "address of the egress listener that xDS gives each Envoy sidecar (agents use it as HTTP_PROXY)", str(func(c *Config) *string { return &c.XDSEgressAddr })},
+		{"xds-ext-proc", "AA_XDS_EXT_PROC", "true", "add the ext_proc filter (request body redaction, LLM usage from responses) after ext_authz in the sidecars' egress listener", func(c *Config, v string) error {
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				return fmt.Errorf("not a boolean: %q", v)
+			}
+			c.XDSExtProc = b
+			return nil
+		}},
 	}
 }
 
@@ -164,6 +179,16 @@ func (c *Config) Validate() error {
 	}
 	if c.ShutdownTimeout <= 0 {
 		bad("shutdown-timeout", "must be positive")
+	}
+	for _, a := range []struct{ flag, addr string }{{"xds-advertise-addr", c.XDSAdvertiseAddr}, {"xds-egress-addr", c.XDSEgressAddr}} {
+		if a.addr == "" && a.flag == "xds-advertise-addr" {
+			continue
+		}
+		if h, p, err := net.SplitHostPort(a.addr); err != nil || h == "" {
+			bad(a.flag, "must be host:port, not %q", a.addr)
+		} else if n, err := strconv.ParseUint(p, 10, 16); err != nil || n == 0 {
+			bad(a.flag, "%q has a bad port", a.addr)
+		}
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":

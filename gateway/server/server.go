@@ -44,6 +44,7 @@ import (
 	"github.com/agent-assembly/agent-assembly/storage/cache"
 	"github.com/agent-assembly/agent-assembly/storage/groupcommit"
 	"github.com/agent-assembly/agent-assembly/storage/secretbox"
+	"github.com/agent-assembly/agent-assembly/xds"
 )
 
 // Version is the build version, set with -ldflags "-X .../gateway/server.Version=...".
@@ -67,6 +68,7 @@ type Server struct {
 	health   *health.Server
 	http     *http.Server
 	started  time.Time
+	xds      *xds.Server
 }
 
 // New opens the store and loads the policy. It fails if either is unusable:
@@ -139,6 +141,10 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 		return nil, fmt.Errorf("start agent lifecycle: %w", err)
 	}
 	s.buildGRPC()
+	if err := s.buildXDS(); err != nil {
+		s.closeStore()
+		return nil, err
+	}
 	if err := s.buildHTTP(ctx); err != nil {
 		s.closeStore()
 		return nil, err
@@ -209,6 +215,9 @@ func (s *Server) buildHTTP(ctx context.Context) error {
 	if err := v1.RegisterAgentLifecycleServiceHandlerServer(ctx, gw, s.agents); err != nil {
 		return fmt.Errorf("register REST handlers: %w", err)
 	}
+	if err := s.registerXDSREST(ctx, gw); err != nil {
+		return err
+	}
 	mux := http.NewServeMux()
 	mux.Handle("/v1/", limitBody(gw, int64(4*s.cfg.MaxRequestBytes+(64<<10))))
 	mux.HandleFunc("GET /openapi.json", func(w http.ResponseWriter, _ *http.Request) {
@@ -259,6 +268,7 @@ func (s *Server) Serve(ctx context.Context, grpcL, httpL net.Listener) error {
 			s.log.Error("policy reloader stopped", "err", err)
 		}
 	}()
+	s.runXDS(ctx, &wg)
 	go func() {
 		if err := s.grpc.Serve(grpcL); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 			errc <- fmt.Errorf("serve gRPC on %s: %w", grpcL.Addr(), err)
