@@ -94,7 +94,7 @@ policy documents. The gateway address comes from --addr or $AA_ADDR.`,
 	root.PersistentFlags().StringVar(&g.addr, "addr", def, "gateway gRPC address, host:port or unix:/path (env AA_ADDR)")
 	root.PersistentFlags().DurationVar(&g.timeout, "timeout", 10*time.Second, "deadline for each call to the gateway")
 	root.PersistentFlags().StringVarP(&g.output, "output", "o", "table", "output format: table, json or yaml")
-	root.AddCommand(newCheckCmd(g), newPolicyCmd(g), newAuditCmd(g), newApprovalsCmd(g), newBudgetCmd(g), newSecretCmd(g), newTopologyCmd(g), newAgentCmd(g), newVersionCmd(g))
+	root.AddCommand(newCheckCmd(g), newPolicyCmd(g), newAuditCmd(g), newApprovalsCmd(g), newBudgetCmd(g), newSecretCmd(g), newTopologyCmd(g), newAgentCmd(g), newXDSCmd(g), newVersionCmd(g))
 	return root
 }
 
