@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -14,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/agent-assembly/agent-assembly/bpf"
 	"golang.org/x/sys/unix"
 )
 
@@ -52,6 +54,19 @@ func child(args []string) int {
 			return 1
 		}
 		fmt.Print(string(out))
+		return 0
+	}
+	if len(args) == 1 && args[0] == "open" {
+		// Open the governor (as whatever user this runs as) and print the
+		// capability report and the outcome.
+		log := slog.New(slog.NewTextHandler(os.Stdout, &slog.HandlerOptions{Level: slog.LevelInfo}))
+		g, err := bpf.Open(bpf.Options{Logger: log, NoPin: true})
+		if err != nil {
+			fmt.Println("open failed:", err)
+			return 0
+		}
+		fmt.Println("opened")
+		g.Close()
 		return 0
 	}
 	if len(args) == 3 && args[0] == "flood" {

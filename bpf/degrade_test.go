@@ -3,8 +3,12 @@ package bpf_test
 import (
 	"errors"
 	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/agent-assembly/agent-assembly/bpf"
@@ -117,5 +121,41 @@ func TestDropsCounted(t *testing.T) {
 	}
 	if st.Drops == 0 || st.Events+st.Drops < n {
 		t.Errorf("stats = %+v after %d verdicts with no reader, want drops counted", st, n)
+	}
+}
+
+// TestOpenWithoutPrivilege: an unprivileged process gets a clear error that
+// says what it needs, and the report marks everything unavailable.
+func TestOpenWithoutPrivilege(t *testing.T) {
+	cgrouptest.Root(t)
+	// The test binary's build directory is private to root: run a copy.
+	dir := t.TempDir()
+	os.Chmod(filepath.Dir(dir), 0o755)
+	os.Chmod(dir, 0o755)
+	bin := filepath.Join(dir, "bpf.test")
+	self, err := os.ReadFile(os.Args[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bin, self, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "open")
+	cmd.Env = append(os.Environ(), childEnv+"=1")
+	cmd.Dir = dir
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("child: %v (%s)", err, out)
+	}
+	got := string(out)
+	for _, want := range []string{
+		"open failed: open governor: load maps (loading eBPF needs root, or CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN and CAP_SYS_ADMIN)",
+		`level=ERROR msg="ebpf capability" capability="network egress`,
+		`level=ERROR msg="ebpf capability" capability="exec control`,
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("output lacks %q:\n%s", want, got)
+		}
 	}
 }

@@ -189,6 +189,9 @@ func Open(opts Options) (*Governor, error) {
 		f.set(CapNetwork, Unavailable, "maps could not be created")
 		f.set(CapExec, Unavailable, "maps could not be created")
 		f.Log(log)
+		if errors.Is(err, unix.EPERM) {
+			return nil, fmt.Errorf("open governor: load maps %s: %w", privilegeHint, err)
+		}
 		return nil, fmt.Errorf("open governor: load maps: %w", err)
 	}
 	if !hasCap(f, CapEvents) {
@@ -224,13 +227,20 @@ func hasCap(f *Features, name string) bool {
 	return false
 }
 
+// firstLine shortens a verifier error to its first line and says what to
+// do about a permission error.
 func firstLine(err error) string {
 	s := err.Error()
 	if i := strings.IndexByte(s, '\n'); i >= 0 {
 		s = s[:i]
 	}
+	if errors.Is(err, unix.EPERM) {
+		s += " " + privilegeHint
+	}
 	return s
 }
+
+const privilegeHint = "(loading eBPF needs root, or CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN and CAP_SYS_ADMIN)"
 
 func (g *Governor) loadNet(spec *ebpf.CollectionSpec, opts *ebpf.CollectionOptions) {
 	f := &g.features
