@@ -3,9 +3,11 @@ package bpf_test
 import (
 	"errors"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 
+	"github.com/agent-assembly/agent-assembly/action"
 	"github.com/agent-assembly/agent-assembly/bpf"
 )
 
@@ -122,5 +124,29 @@ func TestParseMountinfo(t *testing.T) {
 	want := "/sys sysfs|/sys/fs/cgroup/unified cgroup2|/sys/fs/bpf bpf|/mnt/with space tmpfs"
 	if got != want {
 		t.Errorf("mounts = %q, want %q", got, want)
+	}
+}
+
+func TestEventAction(t *testing.T) {
+	id := action.AgentID{Org: "o", Team: "t", Agent: "a"}
+	net := bpf.Event{Program: bpf.ProgConnect6, Verdict: bpf.VerdictDeny, SockType: 1, Destination: netip.MustParseAddrPort("[::ffff:192.0.2.1]:443")}
+	a := net.Action(id)
+	if a.Kind != action.KindNetworkCall || a.Network.Host != "192.0.2.1" || a.Network.Port != 443 || a.Network.Protocol != "tcp" || a.Agent != id {
+		t.Errorf("network action = %+v", a)
+	}
+	if net.Decision() != action.Deny || net.Mode() != action.ModeEnforce {
+		t.Errorf("deny: %v %v", net.Decision(), net.Mode())
+	}
+	ex := bpf.Event{Program: bpf.ProgExec, Verdict: bpf.VerdictObserveDeny, Filename: "/usr/bin/curl", Args: []string{"curl", "-s", "x"}}
+	a = ex.Action(id)
+	if a.Kind != action.KindProcessExec || a.Exec.Command != "/usr/bin/curl" || !slices.Equal(a.Exec.Args, []string{"-s", "x"}) {
+		t.Errorf("exec action = %+v", a)
+	}
+	if ex.Decision() != action.Deny || ex.Mode() != action.ModeObserve {
+		t.Errorf("observe-deny: %v %v", ex.Decision(), ex.Mode())
+	}
+	udp := bpf.Event{Program: bpf.ProgSendmsg4, Verdict: bpf.VerdictRedirect, SockType: 2, Destination: netip.MustParseAddrPort("10.0.0.1:53")}
+	if a := udp.Action(id); a.Network.Protocol != "udp" || udp.Decision() != action.Allow {
+		t.Errorf("udp action = %+v %v", a, udp.Decision())
 	}
 }
