@@ -167,6 +167,12 @@ func (r *Reloader) Load() error {
 		return r.rejected(err)
 	}
 	r.fileVersion, r.lastErr = version, nil
+	if first {
+		// Activations at start are in the version history (message "policy
+		// files loaded at start"); the audit log records changes made while
+		// serving.
+		return nil
+	}
 	payload, _ := json.Marshal(map[string]string{"version": version, "previous": prev, "author": pv.Author, "message": pv.Message})
 	// The version is active either way; a failed record is logged by the core.
 	_ = r.core.AuditGovernance(ctx, action.AgentID{}, "policy.files", fmt.Sprintf("policy version %s activated from %s (previous %s)", version, r.path, prev), payload)

@@ -100,6 +100,14 @@ func TestReloaderFilesOnlyWinWhenTheyChange(t *testing.T) {
 	if active.Version == applied.Version || active.Author != "file:"+dir || active.Message != "policy files changed" || r2.Current() != active.Version {
 		t.Fatalf("edited files not activated: active %+v, serving %s", active, r2.Current())
 	}
+	// A change of the files while serving is a governance record; the
+	// activation at start is not.
+	if rec := c2.audit.(*recorder).last(t); rec.Event != storage.EventGovernance || rec.RuleID != "policy.files" || !strings.Contains(rec.Reason, active.Version) {
+		t.Fatalf("file change audit: %+v", rec)
+	}
+	if n := len(c2.audit.(*recorder).recs); n != 1 {
+		t.Fatalf("%d audit records, want only the file change", n)
+	}
 	if err := os.Remove(filepath.Join(dir, "extra.yaml")); err != nil {
 		t.Fatal(err)
 	}
