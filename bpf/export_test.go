@@ -80,3 +80,15 @@ func ParseMountinfoForTest(s string) (string, error) {
 	}
 	return strings.Join(parts, "|"), nil
 }
+
+// RuleEntries counts the entries of the rule trie (slot 0 included).
+func (g *Governor) RuleEntries() int {
+	var k governorRuleKey
+	var v governorRule
+	n := 0
+	it := g.maps.AaRules.Iterate()
+	for it.Next(&k, &v) {
+		n++
+	}
+	return n
+}

@@ -670,6 +670,34 @@ func (g *Governor) ReleaseID(id uint64) error {
 	return nil
 }
 
+// Prune releases every governed cgroup whose directory is gone (an agent
+// whose cgroup was removed without Release) and returns their ids. Agents
+// taken over from pins are only pruned once Govern has told this governor
+// their path.
+func (g *Governor) Prune() ([]uint64, error) {
+	g.mu.Lock()
+	var gone []uint64
+	for id, a := range g.agents {
+		if a.path == "" {
+			continue
+		}
+		if cur, err := CgroupID(a.path); err != nil || cur != id {
+			gone = append(gone, id)
+		}
+	}
+	g.mu.Unlock()
+	var errs []error
+	for _, id := range gone {
+		if err := g.ReleaseID(id); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return gone, fmt.Errorf("prune: %w", err)
+	}
+	return gone, nil
+}
+
 // Stats are the kernel-side counters.
 type Stats struct {
 	// Events is how many verdicts reached the ring buffer.

@@ -3,6 +3,7 @@ package bpf_test
 import (
 	"fmt"
 	"net/netip"
+	"os"
 	"testing"
 
 	"github.com/agent-assembly/agent-assembly/bpf"
@@ -229,5 +230,43 @@ func TestPolicyChange(t *testing.T) {
 	}
 	if n := len(g.Governed()); n != 1 {
 		t.Errorf("governed cgroups = %d, want 1", n)
+	}
+	// Old slots are cleared after each swap.
+	if n := g.RuleEntries(); n != 1 {
+		t.Errorf("rule entries after three swaps = %d, want 1", n)
+	}
+}
+
+// TestPrune: a governed cgroup removed without Release is released by
+// Prune, and its rules leave the maps.
+func TestPrune(t *testing.T) {
+	g, _ := openGovernor(t, bpf.Options{})
+	requireNetwork(t, g)
+	keep := cgrouptest.New(t, "")
+	gone := cgrouptest.New(t, "")
+	for _, cg := range []string{keep, gone} {
+		if err := g.Govern(cg, bpf.AgentConfig{ID: 1, Egress: []bpf.Destination{{Prefix: netip.MustParsePrefix("10.0.0.0/8")}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	goneID, _ := bpf.CgroupID(gone)
+	if n := g.RuleEntries(); n != 2 {
+		t.Fatalf("rule entries = %d, want 2", n)
+	}
+	if err := os.Remove(gone); err != nil {
+		t.Fatalf("remove cgroup: %v", err)
+	}
+	ids, err := g.Prune()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ids) != 1 || ids[0] != goneID {
+		t.Errorf("pruned %v, want [%d]", ids, goneID)
+	}
+	if n := len(g.Governed()); n != 1 {
+		t.Errorf("governed after prune = %d, want 1", n)
+	}
+	if n := g.RuleEntries(); n != 1 {
+		t.Errorf("rule entries after prune = %d, want 1", n)
 	}
 }
