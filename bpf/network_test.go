@@ -270,3 +270,61 @@ func TestPrune(t *testing.T) {
 		t.Errorf("rule entries after prune = %d, want 1", n)
 	}
 }
+
+// TestRedirectIPv6: with Redirect6 set, IPv6 TCP connections land on the
+// IPv6 address of the Envoy listener (one dual-stack port).
+func TestRedirectIPv6(t *testing.T) {
+	envoy := listen(t, "tcp", "[::]:0", "envoy6")
+	g, _ := openGovernor(t, bpf.Options{})
+	requireNetwork(t, g)
+	cg := cgrouptest.New(t, "")
+	err := g.Govern(cg, bpf.AgentConfig{
+		ID:        10,
+		Network:   bpf.NetworkRedirect,
+		Redirect:  netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(envoy.Port)),
+		Redirect6: netip.MustParseAddr("::1"),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{
+		{"dial", "tcp6", "[2001:db8::1]:443"},
+		{"dial", "tcp4", "192.0.2.1:443"},
+		{"dial", "raw6", "[::ffff:192.0.2.1]:443"},
+	} {
+		if got := run(t, cg, args...); got != "ok:envoy6" {
+			t.Errorf("%v = %q, want ok:envoy6", args, got)
+		}
+	}
+}
+
+// TestObserveModes: in observe mode nothing is enforced and every would-be
+// denial is reported as observe-deny.
+func TestObserveModes(t *testing.T) {
+	g, _ := openGovernor(t, bpf.Options{})
+	requireNetwork(t, g)
+	requireExec(t, g)
+	ev := collect(t, g)
+	target := listen(t, "tcp4", "127.0.0.1:0", "hello")
+	cg := cgrouptest.New(t, "")
+	cgID, _ := bpf.CgroupID(cg)
+	err := g.Govern(cg, bpf.AgentConfig{ID: 2, Network: bpf.NetworkObserve, Exec: bpf.ExecObserve, ExecDeny: []bpf.ExecRule{{Name: "echo"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := run(t, cg, "dial", "tcp4", target.String()); got != "ok:hello" {
+		t.Errorf("observe: dial = %q, want ok:hello", got)
+	}
+	out, err := cgrouptest.Command(t, cg, "/bin/echo", "ran").Output()
+	if err != nil || string(out) != "ran\n" {
+		t.Errorf("observe: echo = %q, %v", out, err)
+	}
+	e := ev.wait(t, "observed connect", func(e bpf.Event) bool { return e.CgroupID == cgID && e.Program == bpf.ProgConnect4 })
+	if e.Verdict != bpf.VerdictObserveDeny || e.Reason != bpf.ReasonNoRule {
+		t.Errorf("connect event = %v %v, want observe-deny", e.Verdict, e.Reason)
+	}
+	e = ev.wait(t, "observed exec", func(e bpf.Event) bool { return e.CgroupID == cgID && e.Filename == "/bin/echo" })
+	if e.Verdict != bpf.VerdictObserveDeny || e.Reason != bpf.ReasonExecDeny {
+		t.Errorf("exec event = %v %v, want observe-deny", e.Verdict, e.Reason)
+	}
+}
