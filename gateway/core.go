@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/agent-assembly/agent-assembly/action"
@@ -158,6 +160,13 @@ func (c *Core) Check(ctx context.Context, req *v1.CheckActionRequest) (*v1.Check
 		c.reject(ctx, req, err, start)
 		return nil, err
 	}
+	if a.TraceID == "" {
+		// The caller's trace (W3C traceparent, read by the tracing
+		// middleware) names the audit record when the request does not.
+		if sc := trace.SpanContextFromContext(ctx); sc.HasTraceID() {
+			a.TraceID, a.SpanID = sc.TraceID().String(), sc.SpanID().String()
+		}
+	}
 	out := c.Decide(ctx, &a, start, CheckOptions{WaitForApproval: req.GetWaitForApproval(), ApprovalID: req.GetApprovalId()})
 	return out.Response(), nil
 }
@@ -225,6 +234,12 @@ func (c *Core) Decide(ctx context.Context, a *action.Action, start time.Time, op
 	}
 	c.metrics.Checks.WithLabelValues(out.Decision.String(), a.Kind.String(), out.Mode.String(), layer).Inc()
 	c.metrics.CheckDuration.WithLabelValues(out.Decision.String()).Observe(out.Latency.Seconds())
+	if span := trace.SpanFromContext(ctx); span.IsRecording() {
+		span.SetAttributes(
+			attribute.String("aa.agent", a.Agent.String()), attribute.String("aa.action", a.Kind.String()),
+			attribute.String("aa.decision", out.Decision.String()), attribute.String("aa.rule", out.RuleID),
+			attribute.String("aa.decision_id", out.DecisionID), attribute.String("aa.layer", layer))
+	}
 	return out
 }
 

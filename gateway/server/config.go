@@ -37,6 +37,11 @@ type Config struct {
 	XDSAdvertiseAddr string
 	XDSEgressAddr    string
 	XDSExtProc       bool
+	// OTLPEndpoint, OTLPInsecure and TraceSampleRatio configure
+	// OpenTelemetry tracing (off when the endpoint is empty).
+	OTLPEndpoint     string
+	OTLPInsecure     bool
+	TraceSampleRatio float64
 }
 
 // Setting describes one configuration knob: its flag, environment variable,
@@ -115,6 +120,23 @@ func Settings() []Setting {
 				return fmt.Errorf("not a boolean: %q", v)
 			}
 			c.XDSExtProc = b
+			return nil
+		}},
+		{"otlp-endpoint", "AA_OTLP_ENDPOINT", "", "OpenTelemetry collector (OTLP/gRPC host:port) for traces of every gRPC call; empty turns tracing off", str(func(c *Config) *string { return &c.OTLPEndpoint })},
+		{"otlp-insecure", "AA_OTLP_INSECURE", "false", "send traces to the collector without TLS", func(c *Config, v string) error {
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				return fmt.Errorf("not a boolean: %q", v)
+			}
+			c.OTLPInsecure = b
+			return nil
+		}},
+		{"trace-sample-ratio", "AA_TRACE_SAMPLE_RATIO", "1", "share of new traces sampled (0..1); calls that arrive with a sampled traceparent are always traced", func(c *Config, v string) error {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil || f < 0 || f > 1 {
+				return fmt.Errorf("not a number between 0 and 1: %q", v)
+			}
+			c.TraceSampleRatio = f
 			return nil
 		}},
 	}

@@ -44,6 +44,7 @@ import (
 	"github.com/agent-assembly/agent-assembly/storage/cache"
 	"github.com/agent-assembly/agent-assembly/storage/groupcommit"
 	"github.com/agent-assembly/agent-assembly/storage/secretbox"
+	"github.com/agent-assembly/agent-assembly/tracing"
 	"github.com/agent-assembly/agent-assembly/xds"
 )
 
@@ -69,6 +70,7 @@ type Server struct {
 	http     *http.Server
 	started  time.Time
 	xds      *xds.Server
+	tracing  *tracing.Tracing
 }
 
 // New opens the store and loads the policy. It fails if either is unusable:
@@ -140,6 +142,13 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 		s.closeStore()
 		return nil, fmt.Errorf("start agent lifecycle: %w", err)
 	}
+	if s.tracing, err = tracing.New(ctx, tracing.Options{
+		Endpoint: cfg.OTLPEndpoint, Insecure: cfg.OTLPInsecure, SampleRatio: cfg.TraceSampleRatio,
+		ServiceName: "aa-gateway", Version: Version, Replica: replica,
+	}); err != nil {
+		s.closeStore()
+		return nil, err
+	}
 	s.buildGRPC()
 	if err := s.buildXDS(); err != nil {
 		s.closeStore()
@@ -167,6 +176,7 @@ func (s *Server) buildGRPC() {
 		// decision core, not the transport, rejects (and audits) oversized actions.
 		grpc.MaxRecvMsgSize(4*s.cfg.MaxRequestBytes+(64<<10)),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		s.tracing.ServerOption(),
 		grpc.ChainUnaryInterceptor(recoverUnary(s.log)),
 		grpc.ChainStreamInterceptor(recoverStream(s.log)),
 	)
@@ -326,6 +336,9 @@ func (s *Server) shutdown() error {
 	if err := s.writer.Close(sctx); err != nil {
 		errs = append(errs, fmt.Errorf("flush audit log: %w", err))
 	}
+	if err := s.tracing.Shutdown(sctx); err != nil {
+		s.log.Warn("traces not flushed", "err", err)
+	}
 	s.endLife()
 	if err := s.store.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("close store: %w", err))
@@ -346,6 +359,11 @@ func (s *Server) closeStore() {
 	}
 	if s.endLife != nil {
 		s.endLife()
+	}
+	if s.tracing != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_ = s.tracing.Shutdown(ctx)
+		cancel()
 	}
 	_ = s.store.Close()
 }

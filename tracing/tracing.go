@@ -1,0 +1,95 @@
+// Package tracing sets up OpenTelemetry tracing for the gateway: spans for
+// every gRPC call, exported over OTLP/gRPC to a collector. It is off unless
+// an endpoint is configured, and then costs nothing on the hot path beyond
+// the span itself.
+package tracing
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/sdk/resource"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
+	"google.golang.org/grpc"
+)
+
+// Options configures tracing.
+type Options struct {
+	// Endpoint is the OTLP/gRPC collector as host:port; empty turns tracing off.
+	Endpoint string
+	// Insecure sends spans without TLS (a collector on loopback or in the pod).
+	Insecure bool
+	// SampleRatio is the share of new traces sampled (0..1); a request that
+	// arrives with a sampled parent is always sampled. Zero means 1.
+	SampleRatio float64
+	// ServiceName, Version and Replica describe this process in every span.
+	ServiceName, Version, Replica string
+}
+
+// Tracing is a configured tracer provider.
+type Tracing struct {
+	tp       trace.TracerProvider
+	shutdown func(context.Context) error
+}
+
+// Propagator reads and writes W3C traceparent/tracestate headers.
+var Propagator = propagation.TraceContext{}
+
+// New builds the tracer provider. With no endpoint it returns a Tracing
+// whose provider records nothing.
+func New(ctx context.Context, o Options) (*Tracing, error) {
+	if o.Endpoint == "" {
+		return &Tracing{tp: noop.NewTracerProvider(), shutdown: func(context.Context) error { return nil }}, nil
+	}
+	if o.SampleRatio < 0 || o.SampleRatio > 1 {
+		return nil, fmt.Errorf("tracing: sample ratio %v is not between 0 and 1", o.SampleRatio)
+	}
+	if o.SampleRatio == 0 {
+		o.SampleRatio = 1
+	}
+	opts := []otlptracegrpc.Option{otlptracegrpc.WithEndpoint(o.Endpoint), otlptracegrpc.WithTimeout(5 * time.Second)}
+	if o.Insecure {
+		opts = append(opts, otlptracegrpc.WithInsecure())
+	}
+	exp, err := otlptracegrpc.New(ctx, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("tracing: OTLP exporter for %s: %w", o.Endpoint, err)
+	}
+	res := resource.NewSchemaless(
+		attribute.String("service.name", o.ServiceName),
+		attribute.String("service.version", o.Version),
+		attribute.String("service.instance.id", o.Replica),
+	)
+	tp := sdktrace.NewTracerProvider(
+		sdktrace.WithBatcher(exp),
+		sdktrace.WithResource(res),
+		sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.TraceIDRatioBased(o.SampleRatio))),
+	)
+	return &Tracing{tp: tp, shutdown: tp.Shutdown}, nil
+}
+
+// Provider returns the tracer provider.
+func (t *Tracing) Provider() trace.TracerProvider { return t.tp }
+
+// ServerOption instruments a gRPC server: one span per call, continuing the
+// caller's trace from its traceparent metadata.
+func (t *Tracing) ServerOption() grpc.ServerOption {
+	return grpc.StatsHandler(otelgrpc.NewServerHandler(
+		otelgrpc.WithTracerProvider(t.tp), otelgrpc.WithPropagators(Propagator)))
+}
+
+// Shutdown flushes the spans not yet exported, within ctx.
+func (t *Tracing) Shutdown(ctx context.Context) error {
+	if err := t.shutdown(ctx); err != nil && !errors.Is(err, context.Canceled) {
+		return fmt.Errorf("tracing: flush spans: %w", err)
+	}
+	return nil
+}
