@@ -110,6 +110,7 @@ func Simulate(ctx context.Context, audit AuditQuerier, snap *policy.Snapshot, si
 		}
 		for _, rec := range page.Records {
 			if resp.Replayed >= MaxSimulateRecords {
+				resp.Truncated = true
 				return Simulation{Response: resp, Truncated: true}
 			}
 			replay(snap, rec, resp, limit)

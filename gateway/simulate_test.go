@@ -195,3 +195,20 @@ func BenchmarkTopology(b *testing.B) {
 		}
 	}
 }
+
+func TestTopologyKeepsTheMostUsedEdges(t *testing.T) {
+	edges := map[edgeKey]*edgeStat{}
+	from := action.AgentID{Org: "acme", Team: "eng", Agent: "a"}
+	for i := range MaxTopologyEdges + 1 {
+		edges[edgeKey{from, EdgeHost, fmt.Sprintf("h%05d", i)}] = &edgeStat{count: int64(i + 1)}
+	}
+	topo := buildTopology(nil, edges)
+	if !topo.GetTruncated() || len(topo.GetEdges()) != MaxTopologyEdges {
+		t.Fatalf("truncated %v, %d edges", topo.GetTruncated(), len(topo.GetEdges()))
+	}
+	for _, e := range topo.GetEdges() {
+		if e.GetTo() == "h00000" {
+			t.Fatal("the least used edge was kept over the limit")
+		}
+	}
+}

@@ -76,12 +76,14 @@ func (s *TopologyService) GetTopology(ctx context.Context, req *v1.GetTopologyRe
 		return nil, status.Errorf(codes.Unavailable, "list agents: %v", err)
 	}
 	until := s.now()
-	edges, err := observeEdges(ctx, s.src, storage.AuditQuery{Org: req.GetOrgId(), Team: req.GetTeamId(),
+	edges, truncated, err := observeEdges(ctx, s.src, storage.AuditQuery{Org: req.GetOrgId(), Team: req.GetTeamId(),
 		Event: storage.EventDecision, Since: until.Add(-time.Duration(hours) * time.Hour), Until: until, Limit: 1000})
 	if err != nil {
 		return nil, status.Errorf(codes.Unavailable, "read audit log: %v", err)
 	}
-	return buildTopology(agents, edges), nil
+	topo := buildTopology(agents, edges)
+	topo.Truncated = topo.Truncated || truncated
+	return topo, nil
 }
 
 type edgeKey struct {
@@ -95,18 +97,19 @@ type edgeStat struct {
 	last          time.Time
 }
 
-// observeEdges aggregates one bounded scan of the audit log.
-func observeEdges(ctx context.Context, src AuditQuerier, q storage.AuditQuery) (map[edgeKey]*edgeStat, error) {
+// observeEdges aggregates one bounded scan of the audit log; truncated is
+// set when MaxTopologyRecords stopped it.
+func observeEdges(ctx context.Context, src AuditQuerier, q storage.AuditQuery) (edges map[edgeKey]*edgeStat, truncated bool, err error) {
 	out := map[edgeKey]*edgeStat{}
 	scanned := 0
 	for {
 		page, err := src.QueryAudit(ctx, q)
 		if err != nil {
-			return nil, err
+			return nil, false, err
 		}
 		for _, rec := range page.Records {
 			if scanned >= MaxTopologyRecords {
-				return out, nil
+				return out, true, nil
 			}
 			scanned++
 			kind, to := edgeOf(rec)
@@ -128,7 +131,7 @@ func observeEdges(ctx context.Context, src AuditQuerier, q storage.AuditQuery) (
 			}
 		}
 		if page.NextCursor == "" || len(page.Records) == 0 {
-			return out, nil
+			return out, false, nil
 		}
 		q.Cursor = page.NextCursor
 	}
@@ -196,7 +199,9 @@ func buildTopology(agents []*storage.Agent, edges map[edgeKey]*edgeStat) *v1.Top
 	slices.SortFunc(keys, func(a, b edgeKey) int {
 		return cmp.Or(cmp.Compare(a.from.String(), b.from.String()), cmp.Compare(a.kind, b.kind), cmp.Compare(a.to, b.to))
 	})
+	out := &v1.Topology{}
 	if len(keys) > MaxTopologyEdges {
+		out.Truncated = true
 		byUse := slices.Clone(keys)
 		slices.SortStableFunc(byUse, func(a, b edgeKey) int { return cmp.Compare(edges[b].count, edges[a].count) })
 		keep := map[edgeKey]bool{}
@@ -236,7 +241,6 @@ func buildTopology(agents []*storage.Agent, edges map[edgeKey]*edgeStat) *v1.Top
 		n.depth = d
 	}
 
-	out := &v1.Topology{}
 	ids := make([]action.AgentID, 0, len(nodes))
 	for id := range nodes {
 		ids = append(ids, id)

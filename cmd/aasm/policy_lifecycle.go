@@ -242,6 +242,11 @@ func simulationRows(t *table, resp *v1.SimulatePolicyResponse) {
 	}
 	t.row("total", fmt.Sprint(resp.GetReplayed()), fmt.Sprint(resp.GetReplayed()))
 	t.row("")
+	t.row("replayed from the audit log: normalised actions with tool arguments as recorded (redacted); no agent labels, prompts or bodies")
+	if resp.GetTruncated() {
+		t.row("the window held more decisions than one simulation replays: the oldest were skipped (narrow --hours)")
+	}
+	t.row("")
 	listed := len(resp.GetChanges())
 	if resp.GetChanged() == 0 {
 		t.row("no decision would change")

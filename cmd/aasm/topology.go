@@ -56,6 +56,9 @@ counts, denials and when last seen.
 			if err != nil {
 				return err
 			}
+			if topo.GetTruncated() {
+				fmt.Fprintln(g.out, "\n(truncated: the window held more audit records or edges than one query returns; narrow --hours or filter by --org/--team)")
+			}
 			if len(topo.GetEdges()) == 0 {
 				return nil
 			}

@@ -1342,8 +1342,11 @@ type SimulatePolicyResponse struct {
 	SimulatedCounts map[string]int64       `protobuf:"bytes,3,rep,name=simulated_counts,json=simulatedCounts,proto3" json:"simulated_counts,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
 	Changes         []*SimulatedChange     `protobuf:"bytes,4,rep,name=changes,proto3" json:"changes,omitempty"`
 	Changed         int64                  `protobuf:"varint,5,opt,name=changed,proto3" json:"changed,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// truncated is set when the window held more records than the gateway
+	// replays at once (the newest were replayed, the oldest skipped).
+	Truncated     bool `protobuf:"varint,6,opt,name=truncated,proto3" json:"truncated,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SimulatePolicyResponse) Reset() {
@@ -1409,6 +1412,13 @@ func (x *SimulatePolicyResponse) GetChanged() int64 {
 		return x.Changed
 	}
 	return 0
+}
+
+func (x *SimulatePolicyResponse) GetTruncated() bool {
+	if x != nil {
+		return x.Truncated
+	}
+	return false
 }
 
 var File_agentassembly_v1_policy_proto protoreflect.FileDescriptor
@@ -1505,13 +1515,14 @@ const file_agentassembly_v1_policy_proto_rawDesc = "" +
 	"\asummary\x18\x04 \x01(\tR\asummary\x126\n" +
 	"\brecorded\x18\x05 \x01(\x0e2\x1a.agentassembly.v1.DecisionR\brecorded\x128\n" +
 	"\tsimulated\x18\x06 \x01(\x0e2\x1a.agentassembly.v1.DecisionR\tsimulated\x12*\n" +
-	"\x11simulated_rule_id\x18\a \x01(\tR\x0fsimulatedRuleId\"\xe3\x03\n" +
+	"\x11simulated_rule_id\x18\a \x01(\tR\x0fsimulatedRuleId\"\x81\x04\n" +
 	"\x16SimulatePolicyResponse\x12\x1a\n" +
 	"\breplayed\x18\x01 \x01(\x03R\breplayed\x12e\n" +
 	"\x0frecorded_counts\x18\x02 \x03(\v2<.agentassembly.v1.SimulatePolicyResponse.RecordedCountsEntryR\x0erecordedCounts\x12h\n" +
 	"\x10simulated_counts\x18\x03 \x03(\v2=.agentassembly.v1.SimulatePolicyResponse.SimulatedCountsEntryR\x0fsimulatedCounts\x12;\n" +
 	"\achanges\x18\x04 \x03(\v2!.agentassembly.v1.SimulatedChangeR\achanges\x12\x18\n" +
-	"\achanged\x18\x05 \x01(\x03R\achanged\x1aA\n" +
+	"\achanged\x18\x05 \x01(\x03R\achanged\x12\x1c\n" +
+	"\ttruncated\x18\x06 \x01(\bR\ttruncated\x1aA\n" +
 	"\x13RecordedCountsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\x1aB\n" +

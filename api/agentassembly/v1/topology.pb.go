@@ -303,10 +303,13 @@ func (x *Team) GetAgentIds() []string {
 
 // Topology is the whole picture.
 type Topology struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Nodes         []*TopologyNode        `protobuf:"bytes,1,rep,name=nodes,proto3" json:"nodes,omitempty"`
-	Edges         []*TopologyEdge        `protobuf:"bytes,2,rep,name=edges,proto3" json:"edges,omitempty"`
-	Teams         []*Team                `protobuf:"bytes,3,rep,name=teams,proto3" json:"teams,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Nodes []*TopologyNode        `protobuf:"bytes,1,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	Edges []*TopologyEdge        `protobuf:"bytes,2,rep,name=edges,proto3" json:"edges,omitempty"`
+	Teams []*Team                `protobuf:"bytes,3,rep,name=teams,proto3" json:"teams,omitempty"`
+	// truncated is set when the audit window held more records than the
+	// gateway scans at once, or more edges than it returns.
+	Truncated     bool `protobuf:"varint,4,opt,name=truncated,proto3" json:"truncated,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -362,6 +365,13 @@ func (x *Topology) GetTeams() []*Team {
 	return nil
 }
 
+func (x *Topology) GetTruncated() bool {
+	if x != nil {
+		return x.Truncated
+	}
+	return false
+}
+
 var File_agentassembly_v1_topology_proto protoreflect.FileDescriptor
 
 const file_agentassembly_v1_topology_proto_rawDesc = "" +
@@ -386,11 +396,12 @@ const file_agentassembly_v1_topology_proto_rawDesc = "" +
 	"\x04Team\x12\x15\n" +
 	"\x06org_id\x18\x01 \x01(\tR\x05orgId\x12\x17\n" +
 	"\ateam_id\x18\x02 \x01(\tR\x06teamId\x12\x1b\n" +
-	"\tagent_ids\x18\x03 \x03(\tR\bagentIds\"\xa4\x01\n" +
+	"\tagent_ids\x18\x03 \x03(\tR\bagentIds\"\xc2\x01\n" +
 	"\bTopology\x124\n" +
 	"\x05nodes\x18\x01 \x03(\v2\x1e.agentassembly.v1.TopologyNodeR\x05nodes\x124\n" +
 	"\x05edges\x18\x02 \x03(\v2\x1e.agentassembly.v1.TopologyEdgeR\x05edges\x12,\n" +
-	"\x05teams\x18\x03 \x03(\v2\x16.agentassembly.v1.TeamR\x05teams2x\n" +
+	"\x05teams\x18\x03 \x03(\v2\x16.agentassembly.v1.TeamR\x05teams\x12\x1c\n" +
+	"\ttruncated\x18\x04 \x01(\bR\ttruncated2x\n" +
 	"\x0fTopologyService\x12e\n" +
 	"\vGetTopology\x12$.agentassembly.v1.GetTopologyRequest\x1a\x1a.agentassembly.v1.Topology\"\x14\x82\xd3\xe4\x93\x02\x0e\x12\f/v1/topologyBOZMgithub.com/agent-assembly/agent-assembly/api/agentassembly/v1;agentassemblyv1b\x06proto3"
 
