@@ -10,6 +10,7 @@ import (
 
 	"github.com/agent-assembly/agent-assembly/action"
 	v1 "github.com/agent-assembly/agent-assembly/api/agentassembly/v1"
+	"github.com/agent-assembly/agent-assembly/gateway"
 	"github.com/agent-assembly/agent-assembly/policy"
 	"github.com/agent-assembly/agent-assembly/storage"
 	"github.com/agent-assembly/agent-assembly/xds"
@@ -76,13 +77,46 @@ func (s *Server) runXDS(ctx context.Context, wg *sync.WaitGroup) {
 	if s.xds == nil {
 		return
 	}
-	wg.Add(1)
+	wg.Add(2)
 	go func() {
 		defer wg.Done()
 		if err := s.xds.Run(ctx); err != nil {
 			s.log.Error("xDS control plane stopped", "err", err)
 		}
 	}()
+	go func() {
+		defer wg.Done()
+		s.followRegistrations(ctx)
+	}()
+}
+
+// followRegistrations prepares the snapshot of each agent that registers
+// (on any replica) and recomputes on policy events, until ctx ends.
+func (s *Server) followRegistrations(ctx context.Context) {
+	if s.events == nil {
+		return
+	}
+	after := s.events.Head()
+	for {
+		evs, err := s.events.Next(ctx, after, 100)
+		if err != nil {
+			if ctx.Err() == nil {
+				s.log.Warn("xDS: stopped following agent registrations", "err", err)
+			}
+			return
+		}
+		for _, ev := range evs {
+			after = ev.Seq
+			switch ev.Type {
+			case storage.InvalidateRegistered:
+				if err := s.xds.AddAgent(ctx, ev.Agent); err != nil {
+					s.log.Warn("xDS: snapshot for registered agent", "agent", ev.Agent.String(), "err", err)
+				}
+			case storage.InvalidatePolicy, gateway.InvalidateResync:
+				s.xds.Notify()
+			}
+		}
+	}
 }
 
 // XDS returns the xDS control plane, nil when it is off.
