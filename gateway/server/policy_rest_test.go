@@ -1,12 +1,14 @@
 package server
 
 import (
+	"context"
 	"encoding/json"
 	"io"
 	"net/http"
 	"strings"
 	"testing"
 
+	"github.com/agent-assembly/agent-assembly/action"
 	"github.com/agent-assembly/agent-assembly/storage"
 )
 
@@ -87,9 +89,28 @@ func TestRESTPolicyLifecycleAndTopology(t *testing.T) {
 		t.Fatalf("%d governance records, want the apply and the rollback", n)
 	}
 
-	code, topo := restCall(t, "GET", g.base+"/v1/topology?hours=1", "")
-	if code != 200 || len(topo["nodes"].([]any)) != 1 || len(topo["edges"].([]any)) != 1 {
+	// A registered delegate of the researcher joins the tree from the registry.
+	ctx := context.Background()
+	parent := action.AgentID{Org: "acme", Team: "research", Agent: "researcher-1"}
+	for _, a := range []*storage.Agent{
+		{ID: parent, Status: storage.AgentActive},
+		{ID: action.AgentID{Org: "acme", Team: "research", Agent: "reader-1"}, Parent: parent, Depth: 1, Status: storage.AgentActive},
+	} {
+		if err := g.srv.Store().PutAgent(ctx, a); err != nil {
+			t.Fatal(err)
+		}
+	}
+	code, topo := restCall(t, "GET", g.base+"/v1/topology?hours=1&org_id=acme", "")
+	if code != 200 || len(topo["nodes"].([]any)) != 2 || len(topo["edges"].([]any)) != 1 {
 		t.Fatalf("GET /v1/topology: %d %v", code, topo)
+	}
+	reader := topo["nodes"].([]any)[0].(map[string]any)
+	if reader["status"] != "active" || reader["depth"] != float64(1) || reader["parent"].(map[string]any)["agent_id"] != "researcher-1" {
+		t.Fatalf("registered delegate: %v", reader)
+	}
+	edge := topo["edges"].([]any)[0].(map[string]any)
+	if edge["kind"] != "host" || edge["to"] != "en.wikipedia.org" || edge["denied"] != "1" {
+		t.Fatalf("observed edge: %v", edge)
 	}
 	if code, _ := restCall(t, "GET", g.base+"/v1/topology?hours=-1", ""); code != 400 {
 		t.Fatalf("GET /v1/topology?hours=-1: %d", code)
