@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -13,6 +15,9 @@ import (
 	"github.com/agent-assembly/agent-assembly/identity"
 	"github.com/agent-assembly/agent-assembly/storage"
 	"github.com/agent-assembly/agent-assembly/storage/memory"
+	"github.com/agent-assembly/agent-assembly/storage/postgres"
+	"github.com/agent-assembly/agent-assembly/storage/secretbox"
+	"github.com/jackc/pgx/v5"
 )
 
 var coder = action.AgentID{Org: "acme", Team: "eng", Agent: "coder"}
@@ -134,5 +139,53 @@ func TestSigningKeyIsSharedByConcurrentStarts(t *testing.T) {
 	again, err := identity.LoadOrCreateSigningKey(ctx, st)
 	if err != nil || !bytes.Equal(again, seeds[0]) {
 		t.Fatalf("a later start got %x, %v; want the stored key", again, err)
+	}
+}
+
+// TestSigningKeySharedByReplicasOnPostgres starts key loading on two stores
+// over one fresh PostgreSQL schema at once, as two replicas would.
+func TestSigningKeySharedByReplicasOnPostgres(t *testing.T) {
+	url := os.Getenv("AA_TEST_POSTGRES_URL")
+	if url == "" {
+		t.Skip("AA_TEST_POSTGRES_URL not set: run scripts/testdb.sh start and eval \"$(scripts/testdb.sh env)\"")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	schema := fmt.Sprintf("identity_%d", time.Now().UnixNano())
+	var key secretbox.Key
+	key[0] = 3
+	box, err := secretbox.New(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stores [2]*postgres.Store
+	for i := range stores {
+		st, err := postgres.Open(ctx, url, postgres.Options{Schema: schema, Sealer: box})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer st.Close()
+		stores[i] = st
+	}
+	t.Cleanup(func() {
+		if c, err := pgx.Connect(context.Background(), url); err == nil {
+			c.Exec(context.Background(), "DROP SCHEMA IF EXISTS "+schema+" CASCADE")
+			c.Close(context.Background())
+		}
+	})
+	var seeds [2][]byte
+	var wg sync.WaitGroup
+	for i, st := range stores {
+		wg.Go(func() {
+			s, err := identity.LoadOrCreateSigningKey(ctx, st)
+			if err != nil {
+				t.Error(err)
+			}
+			seeds[i] = s
+		})
+	}
+	wg.Wait()
+	if len(seeds[0]) != 32 || !bytes.Equal(seeds[0], seeds[1]) {
+		t.Fatalf("two replicas starting together got different keys: %x / %x", seeds[0], seeds[1])
 	}
 }
