@@ -159,3 +159,57 @@ func TestOpenWithoutPrivilege(t *testing.T) {
 		}
 	}
 }
+
+// TestMapFullFailsClosed: when the shared rule map is full, a new agent is
+// refused with ErrCapacity, and a running agent whose policy change cannot
+// be written is failed closed instead of keeping its old rules.
+func TestMapFullFailsClosed(t *testing.T) {
+	const per = 16384 // four agents fill the 65,536-entry trie
+	g, _ := openGovernor(t, bpf.Options{Limits: bpf.Limits{MaxDestinations: per}})
+	requireNetwork(t, g)
+	target := listen(t, "tcp4", "127.0.0.1:0", "hello")
+	dests := func(seed byte, extra ...bpf.Destination) []bpf.Destination {
+		out := append([]bpf.Destination{}, extra...)
+		for i := len(out); i < per; i++ {
+			out = append(out, bpf.Destination{Prefix: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, seed, byte(i >> 8), byte(i)}), 32)})
+		}
+		return out
+	}
+	allowTarget := bpf.Destination{Prefix: netip.MustParsePrefix("127.0.0.1/32")}
+	var cgs []string
+	for i := range 4 {
+		cg := cgrouptest.New(t, "")
+		if err := g.Govern(cg, bpf.AgentConfig{ID: uint32(i + 1), Egress: dests(byte(i), allowTarget)}); err != nil {
+			t.Fatalf("agent %d: %v", i, err)
+		}
+		cgs = append(cgs, cg)
+	}
+	agent := newAgent(t, cgs[0])
+	if got := agent.do("dial tcp4 " + target.String()); got != "ok:hello" {
+		t.Fatalf("before: %q", got)
+	}
+	extra := cgrouptest.New(t, "")
+	err := g.Govern(extra, bpf.AgentConfig{ID: 9, Egress: dests(9)})
+	if !errors.Is(err, bpf.ErrCapacity) {
+		t.Fatalf("fifth agent: %v, want ErrCapacity", err)
+	}
+	// A policy change for a running agent that does not fit: failed closed.
+	err = g.Govern(cgs[0], bpf.AgentConfig{ID: 1, Egress: dests(7, allowTarget)})
+	if !errors.Is(err, bpf.ErrCapacity) || !strings.Contains(err.Error(), "agent failed closed") {
+		t.Fatalf("change: %v, want a capacity error that says the agent failed closed", err)
+	}
+	if got := agent.do("dial tcp4 " + target.String()); got != "EPERM" {
+		t.Fatalf("after a failed change: %q, want EPERM (failed closed)", got)
+	}
+	// The other agents are untouched, and once there is room the change
+	// goes through.
+	if err := g.Release(cgs[3]); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.Govern(cgs[0], bpf.AgentConfig{ID: 1, Egress: dests(7, allowTarget)}); err != nil {
+		t.Fatalf("change with room: %v", err)
+	}
+	if got := agent.do("dial tcp4 " + target.String()); got != "ok:hello" {
+		t.Fatalf("after the change: %q", got)
+	}
+}

@@ -140,6 +140,9 @@ type Governor struct {
 	mu     sync.Mutex
 	agents map[uint64]*governed
 	closed bool
+	// ruleKeys and execKeys index the map keys of every slot.
+	ruleKeys map[uint32]map[governorRuleKey]struct{}
+	execKeys map[uint32][]governorExecKey
 }
 
 // Open detects what the kernel allows, logs one line per capability, loads
@@ -158,7 +161,7 @@ func Open(opts Options) (*Governor, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open governor: %w", err)
 	}
-	g := &Governor{log: log, opts: o, agents: map[uint64]*governed{}}
+	g := &Governor{log: log, opts: o, agents: map[uint64]*governed{}, ruleKeys: map[uint32]map[governorRuleKey]struct{}{}, execKeys: map[uint32][]governorExecKey{}}
 	f := &g.features
 	probeKernel(f, &o, log)
 	if f.Status(CapBPFFS) != Enforced {
@@ -206,6 +209,10 @@ func Open(opts Options) (*Governor, error) {
 	g.loadNet(spec, progOpts)
 	g.loadExec(spec, progOpts)
 
+	if err := g.indexSlots(); err != nil {
+		g.Close()
+		return nil, fmt.Errorf("open governor: %w", err)
+	}
 	if err := g.writeSlot(0, always); err != nil {
 		g.Close()
 		return nil, fmt.Errorf("open governor: always-allowed destinations: %w", err)
@@ -370,15 +377,18 @@ func (g *Governor) Govern(path string, cfg AgentConfig) error {
 		return fmt.Errorf("govern %s: %w", path, err)
 	}
 	execs, _ := compileExec(&cfg, slot, g.opts.Limits.MaxExecRules)
-	if err := g.writeSlot(slot, entries); err != nil {
-		g.clearSlot(slot)
-		return fmt.Errorf("govern %s: %w", path, err)
-	}
-	for _, e := range execs {
-		if err := g.maps.AaExecRules.Put(e.key, e.rule); err != nil {
-			g.clearSlot(slot)
-			return fmt.Errorf("govern %s: write exec rule: %w", path, mapErr(err, "exec rules", execCapacity))
+	err = g.writeSlot(slot, entries)
+	if err == nil {
+		if err = g.writeExec(slot, execs); err != nil {
+			err = fmt.Errorf("write exec rule: %w", err)
 		}
+	}
+	if err != nil {
+		g.clearSlot(slot)
+		if a != nil {
+			return fmt.Errorf("govern %s: %w", path, g.failClosed(a, &cfg, slot, err))
+		}
+		return fmt.Errorf("govern %s: %w", path, err)
 	}
 	val := agentValue(&cfg, slot)
 	if err := g.maps.AaAgents.Put(id, val); err != nil {
@@ -445,6 +455,30 @@ func agentValue(cfg *AgentConfig, slot uint32) governorAgent {
 	return v
 }
 
+// failClosed handles a policy change that could not be written for an
+// agent that is already running: rather than keep enforcing the old rules,
+// the agent is switched to an empty slot, where it reaches only the
+// always-allowed destinations (or Envoy, in redirect mode) and every exec
+// is killed, until a later Govern succeeds.
+func (g *Governor) failClosed(a *governed, cfg *AgentConfig, empty uint32, cause error) error {
+	closed := *cfg
+	if closed.Network == NetworkObserve {
+		closed.Network = NetworkDeny
+	}
+	closed.Exec = ExecEnforce
+	closed.ExecAllow = []ExecRule{}
+	val := agentValue(&closed, empty)
+	if err := g.maps.AaAgents.Put(a.id, val); err != nil {
+		g.log.Error("ebpf: policy change failed and the agent could not be closed down; it keeps its previous rules", "cgroup", a.path, "cgroup_id", a.id, "err", err, "cause", cause)
+		return fmt.Errorf("%w; failing closed also failed: %w", cause, err)
+	}
+	g.clearSlot(a.slot)
+	a.slot = empty
+	g.ruleKeys[empty] = map[governorRuleKey]struct{}{}
+	g.log.Error("ebpf: policy change could not be written; the agent is failed closed (no egress but always-allowed, every exec killed) until it can be", "cgroup", a.path, "cgroup_id", a.id, "err", cause)
+	return fmt.Errorf("%w (agent failed closed)", cause)
+}
+
 // Agent flags (c/governor.c).
 const (
 	agentRedirect      = 1 << 0
@@ -470,33 +504,68 @@ func (g *Governor) freeSlot() (uint32, error) {
 // writeSlot puts entries into slot, replacing what is there: new entries
 // are written first, then stale ones removed.
 func (g *Governor) writeSlot(slot uint32, entries []entry) error {
-	want := make(map[governorRuleKey]bool, len(entries))
+	idx := g.ruleKeys[slot]
+	if idx == nil {
+		idx = map[governorRuleKey]struct{}{}
+		g.ruleKeys[slot] = idx
+	}
+	want := make(map[governorRuleKey]struct{}, len(entries))
 	for _, e := range entries {
 		k := trieKey(slot, e.prefix)
-		want[k] = true
 		if err := g.maps.AaRules.Put(k, trieValue(e)); err != nil {
+			// Keep what was written in the index so clearSlot finds it.
+			for k := range want {
+				idx[k] = struct{}{}
+			}
 			return fmt.Errorf("write rule %s: %w", e.prefix, mapErr(err, "egress rules", ruleCapacity))
 		}
+		want[k] = struct{}{}
 	}
-	for _, k := range g.slotRuleKeys(slot) {
-		if !want[k] {
+	for k := range idx {
+		if _, ok := want[k]; !ok {
 			g.maps.AaRules.Delete(k) //nolint:errcheck // a concurrent delete is fine
 		}
+	}
+	g.ruleKeys[slot] = want
+	return nil
+}
+
+// writeExec puts exec rules into a fresh slot.
+func (g *Governor) writeExec(slot uint32, execs []execEntry) error {
+	for _, e := range execs {
+		if err := g.maps.AaExecRules.Put(e.key, e.rule); err != nil {
+			return mapErr(err, "exec rules", execCapacity)
+		}
+		g.execKeys[slot] = append(g.execKeys[slot], e.key)
 	}
 	return nil
 }
 
-func (g *Governor) slotRuleKeys(slot uint32) []governorRuleKey {
-	var out []governorRuleKey
+// indexSlots reads which rule keys every slot has, once at start; after
+// that the governor keeps the index itself and never scans the maps.
+func (g *Governor) indexSlots() error {
 	var k governorRuleKey
 	var v governorRule
 	it := g.maps.AaRules.Iterate()
 	for it.Next(&k, &v) {
-		if k.Slot == slot {
-			out = append(out, k)
+		if g.ruleKeys[k.Slot] == nil {
+			g.ruleKeys[k.Slot] = map[governorRuleKey]struct{}{}
 		}
+		g.ruleKeys[k.Slot][k] = struct{}{}
 	}
-	return out
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("iterate rules: %w", err)
+	}
+	var ek governorExecKey
+	var ev governorExecRule
+	eit := g.maps.AaExecRules.Iterate()
+	for eit.Next(&ek, &ev) {
+		g.execKeys[ek.Slot] = append(g.execKeys[ek.Slot], ek)
+	}
+	if err := eit.Err(); err != nil {
+		return fmt.Errorf("iterate exec rules: %w", err)
+	}
+	return nil
 }
 
 // clearSlot removes every rule of slot.
@@ -504,21 +573,14 @@ func (g *Governor) clearSlot(slot uint32) {
 	if slot == 0 {
 		return
 	}
-	for _, k := range g.slotRuleKeys(slot) {
-		g.maps.AaRules.Delete(k) //nolint:errcheck // best effort; recover() collects leftovers
+	for k := range g.ruleKeys[slot] {
+		g.maps.AaRules.Delete(k) //nolint:errcheck // best effort; the next Open collects leftovers
 	}
-	var keys []governorExecKey
-	var k governorExecKey
-	var v governorExecRule
-	it := g.maps.AaExecRules.Iterate()
-	for it.Next(&k, &v) {
-		if k.Slot == slot {
-			keys = append(keys, k)
-		}
-	}
-	for _, k := range keys {
+	delete(g.ruleKeys, slot)
+	for _, k := range g.execKeys[slot] {
 		g.maps.AaExecRules.Delete(k) //nolint:errcheck // best effort
 	}
+	delete(g.execKeys, slot)
 }
 
 func (g *Governor) linkPin(id uint64, name string) string {
@@ -589,23 +651,14 @@ func (g *Governor) recover() error {
 		return fmt.Errorf("iterate agents: %w", err)
 	}
 	var stale []uint32
-	var k governorRuleKey
-	var r governorRule
-	rit := g.maps.AaRules.Iterate()
-	seen := map[uint32]bool{}
-	for rit.Next(&k, &r) {
-		if !used[k.Slot] && !seen[k.Slot] {
-			seen[k.Slot] = true
-			stale = append(stale, k.Slot)
+	for slot := range g.ruleKeys {
+		if !used[slot] {
+			stale = append(stale, slot)
 		}
 	}
-	var ek governorExecKey
-	var er governorExecRule
-	eit := g.maps.AaExecRules.Iterate()
-	for eit.Next(&ek, &er) {
-		if !used[ek.Slot] && !seen[ek.Slot] {
-			seen[ek.Slot] = true
-			stale = append(stale, ek.Slot)
+	for slot := range g.execKeys {
+		if !used[slot] && g.ruleKeys[slot] == nil {
+			stale = append(stale, slot)
 		}
 	}
 	for _, s := range stale {
