@@ -313,17 +313,10 @@ static __always_inline int judge(struct bpf_sock_addr *ctx, __u8 prog, int v6)
 	__u32 flags = a->flags;
 	__u32 slot = a->slot;
 
+	// The agent's own rules first: that is where most allowed connections
+	// end, so they cost one trie lookup.
 	__u8 reason = REASON_NO_RULE;
 	__u32 rule_id = 0;
-	if (match(&key, 0, port, &rule_id, &reason)) {
-		e.verdict = VERDICT_ALLOW;
-		e.reason = REASON_ALWAYS;
-		e.rule_id = rule_id;
-		emit(&e, sizeof(e));
-		return 1;
-	}
-	reason = REASON_NO_RULE;
-	rule_id = 0;
 	if (match(&key, slot, port, &rule_id, &reason)) {
 		e.verdict = VERDICT_ALLOW;
 		e.reason = REASON_RULE;
@@ -333,6 +326,15 @@ static __always_inline int judge(struct bpf_sock_addr *ctx, __u8 prog, int v6)
 	}
 	e.reason = reason;
 	e.rule_id = rule_id;
+	__u8 always_reason = REASON_NO_RULE;
+	__u32 always_id = 0;
+	if (match(&key, 0, port, &always_id, &always_reason)) {
+		e.verdict = VERDICT_ALLOW;
+		e.reason = REASON_ALWAYS;
+		e.rule_id = always_id;
+		emit(&e, sizeof(e));
+		return 1;
+	}
 
 	if (flags & AGENT_NET_OBSERVE) {
 		e.verdict = VERDICT_OBSERVE_DENY;
