@@ -149,13 +149,6 @@ func (b *backoffCache) SetSnapshot(ctx context.Context, node string, s cache.Res
 	return nil
 }
 
-// pendingCount reports how many NACKed watches wait (for tests and status).
-func (b *backoffCache) pendingCount() int {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return len(b.pending)
-}
-
 // pick returns the cache of a node key.
 func (b *backoffCache) pick(node string) cache.SnapshotCache {
 	if strings.HasSuffix(node, grpcSuffix) {

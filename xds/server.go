@@ -642,10 +642,8 @@ func (s *Server) onStreamRequest(id int64, req *discoverygrpc.DiscoveryRequest) 
 			"serving", req.GetVersionInfo(), "error", d.GetMessage())
 		return nil
 	}
-	if ts.AckVersion != req.GetVersionInfo() || sent[0] == req.GetResponseNonce() {
-		ts.AckVersion, ts.AckAt = req.GetVersionInfo(), now
-		s.m.acks.WithLabelValues(short(t)).Inc()
-	}
+	ts.AckVersion, ts.AckAt = req.GetVersionInfo(), now
+	s.m.acks.WithLabelValues(short(t)).Inc()
 	return nil
 }
 
