@@ -24,15 +24,11 @@ func (rt *Runtime) handle(ctx context.Context, a *agentState, m proto.Message) *
 	switch r := m.(type) {
 	case *v1.RuntimeQuery:
 		stripClaims(rt.log, a.ID.String(), r.GetClaims())
-		reply := rt.query(ctx, a, r.GetCheck(), r.GetNoCache(), false)
+		reply := rt.query(ctx, a, r.GetCheck(), r.GetNoCache())
 		reply.RequestId = r.GetRequestId()
 		return reply
 	case *v1.RuntimeApproval:
-		req := r.GetCheck()
-		if req != nil {
-			req.ApprovalId, req.WaitForApproval = r.GetApprovalId(), true
-		}
-		reply := rt.query(ctx, a, req, true, true)
+		reply := rt.approval(ctx, a, r)
 		reply.RequestId = r.GetRequestId()
 		return reply
 	case *v1.RuntimeEvents:
@@ -63,7 +59,32 @@ func (a *agentState) enrich(req *v1.CheckActionRequest) {
 	req.CredentialToken = a.Token
 }
 
-func (rt *Runtime) query(ctx context.Context, a *agentState, req *v1.CheckActionRequest, noCache, approval bool) *v1.RuntimeReply {
+// approval waits (bounded by ApprovalTimeout) until a human decides the
+// approval, then presents it with the same action to the gateway, which
+// answers ALLOW only for the action it was granted for.
+func (rt *Runtime) approval(ctx context.Context, a *agentState, r *v1.RuntimeApproval) *v1.RuntimeReply {
+	req := r.GetCheck()
+	if r.GetApprovalId() == "" {
+		return badRequest("approval_id is required")
+	}
+	if req == nil || req.GetContext() == nil {
+		return badRequest("check (the pending action) is required")
+	}
+	wctx, cancel := context.WithTimeout(ctx, rt.opts.ApprovalTimeout)
+	_, err := rt.approvals.WaitApproval(wctx, &v1.GetApprovalRequest{Id: r.GetApprovalId()})
+	cancel()
+	if err != nil && unavailable(err) && status.Code(err) != codes.DeadlineExceeded {
+		a.enrich(req)
+		reds, clean := rescan(rt.scanner, req)
+		return rt.failed(ctx, a, clean, reds, err)
+	}
+	// Whatever the wait said (decided, still pending at our deadline, not
+	// found), the gateway's answer to the presented approval is the decision.
+	req.ApprovalId, req.WaitForApproval = r.GetApprovalId(), false
+	return rt.query(ctx, a, req, true)
+}
+
+func (rt *Runtime) query(ctx context.Context, a *agentState, req *v1.CheckActionRequest, noCache bool) *v1.RuntimeReply {
 	if req == nil {
 		return badRequest("check is required")
 	}
@@ -85,11 +106,7 @@ func (rt *Runtime) query(ctx context.Context, a *agentState, req *v1.CheckAction
 		}
 	}
 	gen := rt.cache.gen.Load()
-	timeout := rt.opts.CheckTimeout
-	if approval {
-		timeout = rt.opts.ApprovalTimeout
-	}
-	cctx, cancel := context.WithTimeout(ctx, timeout)
+	cctx, cancel := context.WithTimeout(ctx, rt.opts.CheckTimeout)
 	resp, err := rt.policy.CheckAction(cctx, req)
 	cancel()
 	if err != nil {

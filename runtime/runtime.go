@@ -29,11 +29,12 @@ type Runtime struct {
 	agents  []*agentState
 	now     func() time.Time
 
-	buf    *buffer.Buffer
-	conn   *grpc.ClientConn // owned when we dialled it
-	policy v1.PolicyServiceClient
-	audit  v1.AuditServiceClient
-	inval  v1.InvalidationServiceClient
+	buf       *buffer.Buffer
+	conn      *grpc.ClientConn // owned when we dialled it
+	policy    v1.PolicyServiceClient
+	audit     v1.AuditServiceClient
+	inval     v1.InvalidationServiceClient
+	approvals v1.ApprovalServiceClient
 
 	reachable atomic.Bool
 	conns     sync.WaitGroup
@@ -93,6 +94,7 @@ func (rt *Runtime) Run(ctx context.Context) (err error) {
 		cc = conn
 	}
 	rt.policy, rt.audit, rt.inval = v1.NewPolicyServiceClient(cc), v1.NewAuditServiceClient(cc), v1.NewInvalidationServiceClient(cc)
+	rt.approvals = v1.NewApprovalServiceClient(cc)
 	rt.reachable.Store(true)
 
 	for _, a := range rt.agents {

@@ -78,12 +78,13 @@ type Client struct {
 	mu   sync.Mutex
 	sock *socketConn // runtime mode; redialled when broken
 
-	cc       *grpc.ClientConn // gateway mode
-	policy   v1.PolicyServiceClient
-	audit    v1.AuditServiceClient
-	life     v1.AgentLifecycleServiceClient
-	reporter string
-	nextEv   atomic.Uint64
+	cc        *grpc.ClientConn // gateway mode
+	policy    v1.PolicyServiceClient
+	audit     v1.AuditServiceClient
+	life      v1.AgentLifecycleServiceClient
+	approvals v1.ApprovalServiceClient
+	reporter  string
+	nextEv    atomic.Uint64
 }
 
 // Dial connects to the runtime socket, or else to the gateway.
@@ -144,6 +145,7 @@ func Dial(ctx context.Context, opts Options) (*Client, error) {
 		}
 		c.cc = cc
 		c.policy, c.audit, c.life = v1.NewPolicyServiceClient(cc), v1.NewAuditServiceClient(cc), v1.NewAgentLifecycleServiceClient(cc)
+		c.approvals = v1.NewApprovalServiceClient(cc)
 		c.reporter = "sdk/" + opts.Agent + "/" + uuid.NewString()
 	default:
 		return nil, fmt.Errorf("dial: no runtime socket ($%s) and no gateway address ($%s)", EnvSocket, EnvGateway)
@@ -284,7 +286,16 @@ func (c *Client) WaitForApproval(ctx context.Context, err error) (*Decision, err
 		defer cancel()
 	}
 	req := proto.Clone(e.req).(*v1.CheckActionRequest)
-	req.ApprovalId, req.WaitForApproval = e.ApprovalID(), true
+	req.ApprovalId = e.ApprovalID()
+	if c.cc != nil {
+		// Wait for the human, then present the approval with the action.
+		if _, err := c.approvals.WaitApproval(ctx, &v1.GetApprovalRequest{Id: req.ApprovalId}); err != nil && status.Code(err) != codes.DeadlineExceeded {
+			return nil, grpcErr(err)
+		}
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.opts.Timeout)
+		defer cancel()
+		return c.check(cctx, req, false)
+	}
 	return c.check(ctx, req, true)
 }
 
