@@ -344,6 +344,9 @@ func egressListener(o *Options) (*listenerv3.Listener, error) {
 	hcm, err := anypb.New(&hcmv3.HttpConnectionManager{
 		StatPrefix: EgressListener,
 		CodecType:  hcmv3.HttpConnectionManager_AUTO,
+		// Requests in absolute form (GET http://host/path) are what
+		// clients send to an HTTP_PROXY.
+		HttpProtocolOptions: &corev3.Http1ProtocolOptions{AllowAbsoluteUrl: wrapperspb.Bool(true)},
 		RouteSpecifier: &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{
 			RouteConfigName: EgressListener,
 			ConfigSource:    adsSource(),

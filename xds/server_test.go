@@ -376,3 +376,33 @@ func startADS(t testing.TB, s *Server) string {
 	t.Cleanup(g.Stop)
 	return l.Addr().String()
 }
+
+// TestExtProcOption: ext_proc sits between ext_authz and the router by
+// default, and DisableExtProc leaves it out.
+func TestExtProcOption(t *testing.T) {
+	for _, disable := range []bool{false, true} {
+		o := testOptions()
+		o.DisableExtProc = disable
+		o, err := o.withDefaults()
+		if err != nil {
+			t.Fatal(err)
+		}
+		f, err := buildFixed(&o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var names []string
+		for _, h := range listenerHCMs(f.listener) {
+			for _, fl := range h.hcm.GetHttpFilters() {
+				names = append(names, fl.GetName())
+			}
+		}
+		want := []string{filterExtAuthz, filterExtProc, filterDFP, filterRouter}
+		if disable {
+			want = []string{filterExtAuthz, filterDFP, filterRouter}
+		}
+		if !slices.Equal(names, want) {
+			t.Errorf("DisableExtProc=%v: filters %v, want %v", disable, names, want)
+		}
+	}
+}
