@@ -111,7 +111,11 @@ spec:
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg, err := envoy.Render(envoy.BootstrapYAML, envoy.Vars{Agent: agent, Gateway: g.grpc, AdminPort: admin})
+	egressPort, err := strconv.Atoi(strings.Split(egress, ":")[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := envoy.Render(envoy.BootstrapYAML, envoy.Vars{Agent: agent, Gateway: g.grpc, AdminPort: admin, EgressPort: egressPort})
 	if err != nil {
 		t.Fatal(err)
 	}

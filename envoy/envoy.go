@@ -32,8 +32,9 @@ type Vars struct {
 	Gateway string
 	// AdminPort is Envoy's admin port on 127.0.0.1 (default 9901).
 	AdminPort int
-	// EgressPort is the static config's egress listener port (default
-	// 15001; under xDS it comes from the gateway's --xds-egress-addr).
+	// EgressPort is the egress listener's port on 127.0.0.1 (default
+	// 15001): the static config binds it, the xDS bootstrap asks the
+	// gateway for it in node metadata aa_egress_addr.
 	EgressPort int
 }
 

@@ -56,6 +56,9 @@ func TestBootstrap(t *testing.T) {
 	if b.GetNode().GetId() != agent.String() {
 		t.Errorf("node id %q", b.GetNode().GetId())
 	}
+	if e := b.GetNode().GetMetadata().GetFields()[xds.EgressMetadataKey].GetStringValue(); e != "127.0.0.1:15001" {
+		t.Errorf("node metadata %s = %q, want 127.0.0.1:15001", xds.EgressMetadataKey, e)
+	}
 	ads := b.GetDynamicResources().GetAdsConfig().GetGrpcServices()
 	if len(ads) != 1 || ads[0].GetEnvoyGrpc().GetClusterName() != "aa_xds" {
 		t.Fatalf("ADS config %v", b.GetDynamicResources().GetAdsConfig())

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
@@ -46,6 +47,11 @@ const (
 // guessed from the node's user agent ("envoy" or "grpc").
 const FlavourMetadataKey = "aa_flavour"
 
+// EgressMetadataKey is the node metadata field (host:port) that moves an
+// Envoy node's egress listener off Options.EgressAddr, for several sidecars
+// on one host (envoy/bootstrap.yaml sets it from AA_EGRESS_PORT).
+const EgressMetadataKey = "aa_egress_addr"
+
 // grpcSuffix marks the cache key of a gRPC node.
 const grpcSuffix = "|grpc"
 
@@ -65,7 +71,9 @@ type Server struct {
 	updateMu sync.Mutex // serialises computing and publishing snapshots
 	fixed    *envoyFixed
 	dests    map[Destination]*destEntry
-	pass     uint64
+	// listeners are egress listeners at addresses nodes asked for.
+	listeners map[string]*listenerv3.Listener
+	pass      uint64
 
 	mu      sync.Mutex
 	nodes   map[string]*nodeState
@@ -92,6 +100,9 @@ type nodeState struct {
 	skipped  []string
 	// subscribed are the listener names a gRPC node asks for.
 	subscribed []string
+	// egressAddr overrides Options.EgressAddr for this Envoy node (node
+	// metadata EgressMetadataKey), so several sidecars can share a host.
+	egressAddr string
 }
 
 type streamState struct {
@@ -159,7 +170,7 @@ func New(src PolicySource, opts Options) (*Server, error) {
 	}
 	s := &Server{
 		opts: o, log: o.Logger, m: newMetrics(o.Registry), src: src,
-		notify: make(chan struct{}, 1), dests: map[Destination]*destEntry{},
+		notify: make(chan struct{}, 1), dests: map[Destination]*destEntry{}, listeners: map[string]*listenerv3.Listener{},
 		nodes: map[string]*nodeState{}, streams: map[int64]*streamState{},
 	}
 	if s.fixed, err = buildFixed(&o); err != nil {
@@ -400,6 +411,16 @@ func (s *Server) publish(ctx context.Context, snap *policy.Snapshot, n *nodeStat
 		h := sha256.New()
 		h.Write(g.hash)
 		h.Write([]byte(n.agent.String()))
+		s.mu.Lock()
+		egress := n.egressAddr
+		s.mu.Unlock()
+		listener := g.listener
+		if egress != "" && egress != s.opts.EgressAddr {
+			h.Write([]byte(egress))
+			if listener, err = s.egressListenerAt(egress); err != nil {
+				return false, err
+			}
+		}
 		version = hex.EncodeToString(h.Sum(nil)[:8])
 		if version == n.currentVersion(s) {
 			return false, nil
@@ -410,7 +431,7 @@ func (s *Server) publish(ctx context.Context, snap *policy.Snapshot, n *nodeStat
 		}
 		shell = rc
 		res = map[string][]types.Resource{
-			listenerType: {g.listener},
+			listenerType: {listener},
 			routeType:    {rc},
 			clusterType:  g.clusters,
 		}
@@ -464,6 +485,37 @@ func (s *Server) group(memo *passMemo, key string, dests []Destination) (*envoyG
 	g := newEnvoyGroup(s.fixed, dests, entries)
 	memo.groups[key] = g
 	return g, nil
+}
+
+// egressListenerAt returns the egress listener bound to addr, built and
+// validated once per address. Callers hold updateMu.
+func (s *Server) egressListenerAt(addr string) (*listenerv3.Listener, error) {
+	if l, ok := s.listeners[addr]; ok {
+		return l, nil
+	}
+	o := s.opts
+	o.EgressAddr = addr
+	l, err := egressListener(&o)
+	if err != nil {
+		return nil, err
+	}
+	if err := l.ValidateAll(); err != nil {
+		return nil, fmt.Errorf("egress listener at %s: %w", addr, err)
+	}
+	s.listeners[addr] = l
+	return l, nil
+}
+
+// egressOf reads a node's egress address override ("" when none).
+func egressOf(n *corev3.Node) (string, error) {
+	v := n.GetMetadata().GetFields()[EgressMetadataKey].GetStringValue()
+	if v == "" {
+		return "", nil
+	}
+	if _, _, err := splitHostPort(v); err != nil {
+		return "", fmt.Errorf("node metadata %s: %w", EgressMetadataKey, err)
+	}
+	return v, nil
 }
 
 // check validates a node snapshot before it is published. A gRPC snapshot
@@ -587,12 +639,21 @@ func (s *Server) onStreamRequest(id int64, req *discoverygrpc.DiscoveryRequest) 
 		s.streams[id] = st
 	}
 	n, known := s.nodes[key]
-	resubscribed := false
+	egress, egressErr := egressOf(node)
+	if egressErr != nil {
+		s.mu.Unlock()
+		s.log.Warn("xds: refusing node", "node", node.GetId(), "err", egressErr)
+		return status.Error(codes.InvalidArgument, egressErr.Error())
+	}
+	changed := false
 	if known && n.flavour == FlavourGRPC && req.GetTypeUrl() == listenerType {
-		resubscribed = n.subscribe(req.GetResourceNames())
+		changed = n.subscribe(req.GetResourceNames())
+	}
+	if known && req.GetNode() != nil && n.egressAddr != egress {
+		n.egressAddr, changed = egress, true
 	}
 	s.mu.Unlock()
-	if !known || n.currentVersion(s) == "" || resubscribed {
+	if !known || n.currentVersion(s) == "" || changed {
 		agent, err := parseAgent(node.GetId())
 		if err != nil {
 			s.log.Warn("xds: refusing node", "node", node.GetId(), "user_agent", node.GetUserAgentName(), "err", err)
@@ -602,6 +663,9 @@ func (s *Server) onStreamRequest(id int64, req *discoverygrpc.DiscoveryRequest) 
 		n = s.nodeLocked(key, node.GetId(), agent, flavourOf(node))
 		if n.flavour == FlavourGRPC && req.GetTypeUrl() == listenerType {
 			n.subscribe(req.GetResourceNames())
+		}
+		if req.GetNode() != nil {
+			n.egressAddr = egress
 		}
 		s.mu.Unlock()
 		s.updateMu.Lock()

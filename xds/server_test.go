@@ -14,11 +14,18 @@ import (
 	"sync/atomic"
 	"testing"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/agent-assembly/agent-assembly/action"
 	"github.com/agent-assembly/agent-assembly/policy"
@@ -404,5 +411,48 @@ func TestExtProcOption(t *testing.T) {
 		if !slices.Equal(names, want) {
 			t.Errorf("DisableExtProc=%v: filters %v, want %v", disable, names, want)
 		}
+	}
+}
+
+// TestEgressAddrFromNodeMetadata: an Envoy node can move its egress
+// listener (several sidecars on one host); a bad address is refused.
+func TestEgressAddrFromNodeMetadata(t *testing.T) {
+	src := newSource(t, "testdata/policies")
+	s := mustNew(t, src, testOptions())
+	addr := startADS(t, s)
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	lds := func(meta string) (*listenerv3.Listener, error) {
+		st, err := discoverygrpc.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(t.Context())
+		if err != nil {
+			return nil, err
+		}
+		md, _ := structpb.NewStruct(map[string]any{EgressMetadataKey: meta})
+		if err := st.Send(&discoverygrpc.DiscoveryRequest{TypeUrl: listenerType,
+			Node: &corev3.Node{Id: "acme/research/researcher-1", UserAgentName: "envoy", Metadata: md}}); err != nil {
+			return nil, err
+		}
+		resp, err := st.Recv()
+		if err != nil {
+			return nil, err
+		}
+		l := &listenerv3.Listener{}
+		if err := resp.GetResources()[0].UnmarshalTo(l); err != nil {
+			return nil, err
+		}
+		return l, nil
+	}
+	l, err := lds("127.0.0.1:15042")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := l.GetAddress().GetSocketAddress().GetPortValue(); p != 15042 {
+		t.Errorf("egress listener on port %d, want 15042", p)
+	}
+	if _, err := lds("nope"); status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), EgressMetadataKey) {
+		t.Errorf("bad egress address: %v, want InvalidArgument naming %s", err, EgressMetadataKey)
 	}
 }
