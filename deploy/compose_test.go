@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -33,7 +34,9 @@ type composeService struct {
 	Image       string            `yaml:"image"`
 	Build       *composeBuild     `yaml:"build"`
 	Restart     string            `yaml:"restart"`
+	Entrypoint  []string          `yaml:"entrypoint"`
 	Command     []string          `yaml:"command"`
+	NetworkMode string            `yaml:"network_mode"`
 	Environment map[string]string `yaml:"environment"`
 	Ports       []string          `yaml:"ports"`
 	Volumes     []string          `yaml:"volumes"`
@@ -117,6 +120,11 @@ func checkCompose(t *testing.T, dir string, c *composeFile) errs {
 				e.add("service %s: depends_on names no service %q", name, d)
 			}
 		}
+		if peer, ok := strings.CutPrefix(s.NetworkMode, "service:"); ok {
+			if _, ok := c.Services[peer]; !ok {
+				e.add("service %s: network_mode names no service %q", name, peer)
+			}
+		}
 		for _, n := range names(s.Networks) {
 			if _, ok := c.Networks[n]; !ok {
 				e.add("service %s: network %q is not declared under networks:", name, n)
@@ -196,28 +204,61 @@ func TestCompose(t *testing.T) {
 		}
 	}
 
-	// The Envoy service mounts the bootstrap it is told to load.
+	// The Envoy sidecar runs envoy/sidecar.sh from a mounted envoy/; its
+	// rendered configuration (xDS, or static with --static) validates, it
+	// names the same agent as the agent sharing its network namespace, and it
+	// reaches the gateways through their network alias.
 	env, ok := c.Services["envoy"]
 	if !ok {
 		t.Fatal("compose.yaml: no envoy service")
 	}
-	cfg := ""
-	for i, a := range env.Command {
-		if a == "-c" && i+1 < len(env.Command) {
-			cfg = env.Command[i+1]
-		}
+	if len(env.Entrypoint) != 2 {
+		t.Fatalf("compose.yaml: envoy entrypoint %v, want [/bin/sh …/sidecar.sh]", env.Entrypoint)
 	}
-	mounted := false
+	scriptDir := filepath.Dir(env.Entrypoint[1])
+	src := ""
 	for _, v := range env.Volumes {
-		parts := strings.Split(v, ":")
-		if len(parts) >= 2 && parts[1] == cfg {
-			mounted = true
-			checkEnvoyBootstrapFile(t, filepath.Join(dir, parts[0]))
+		if parts := strings.Split(v, ":"); len(parts) >= 2 && parts[1] == scriptDir {
+			src = filepath.Join(dir, parts[0])
 		}
 	}
-	if !mounted {
-		t.Errorf("compose.yaml: envoy loads %q but no volume mounts a file there", cfg)
+	if src == "" {
+		t.Fatalf("compose.yaml: envoy runs %s but nothing is mounted at %s", env.Entrypoint[1], scriptDir)
 	}
+	static := len(env.Command) > 0 && env.Command[0] == "--static"
+	checkEnvoyBootstrap(renderSidecar(t, src, env.Environment, static)).report(t, "compose.yaml envoy")
+	agent := c.Services["agent"]
+	if agent.NetworkMode != "service:envoy" {
+		t.Errorf("compose.yaml: agent network_mode %q: the sidecar's egress listener is on its loopback, so the agent must share its network namespace", agent.NetworkMode)
+	}
+	if agent.Environment["AA_AGENT_ID"] != env.Environment["AA_AGENT_ID"] {
+		t.Errorf("compose.yaml: sidecar AA_AGENT_ID %q differs from the agent's %q", env.Environment["AA_AGENT_ID"], agent.Environment["AA_AGENT_ID"])
+	}
+	for name, s := range c.Services {
+		if strings.Contains(s.Image, "aa-gateway") && !slices.Contains(aliases(s.Networks), env.Environment["AA_GATEWAY_HOST"]) {
+			t.Errorf("compose.yaml: %s is not reachable as AA_GATEWAY_HOST %q (no such network alias)", name, env.Environment["AA_GATEWAY_HOST"])
+		}
+		if strings.Contains(s.Image, "aa-gateway") && s.Environment["AA_XDS_ADVERTISE_ADDR"] != env.Environment["AA_GATEWAY_HOST"]+":"+env.Environment["AA_GATEWAY_PORT"] {
+			t.Errorf("compose.yaml: %s advertises %q over xDS, but the sidecar reaches it at %s:%s", name, s.Environment["AA_XDS_ADVERTISE_ADDR"], env.Environment["AA_GATEWAY_HOST"], env.Environment["AA_GATEWAY_PORT"])
+		}
+	}
+}
+
+// aliases lists the network aliases of a service's networks mapping.
+func aliases(n yaml.Node) []string {
+	var out []string
+	if n.Kind != yaml.MappingNode {
+		return nil
+	}
+	for i := 1; i < len(n.Content); i += 2 {
+		var v struct {
+			Aliases []string `yaml:"aliases"`
+		}
+		if err := n.Content[i].Decode(&v); err == nil {
+			out = append(out, v.Aliases...)
+		}
+	}
+	return out
 }
 
 // TestComposeCheckCatches shows the compose checks fail on the mistakes they
@@ -233,6 +274,7 @@ func TestComposeCheckCatches(t *testing.T) {
 		{"missing dockerfile", "deploy/docker/agent.Dockerfile", "deploy/docker/agnet.Dockerfile", "agnet.Dockerfile does not exist"},
 		{"undeclared volume", "- redis-data:/data", "- redis-dta:/data", "named volume \"redis-dta\""},
 		{"bad depends_on", "depends_on: [gateway-1, gateway-2, envoy]", "depends_on: [gateway-1, gateway-3, envoy]", "no service \"gateway-3\""},
+		{"bad network_mode", "network_mode: service:envoy", "network_mode: service:envoyy", "network_mode names no service \"envoyy\""},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			if !strings.Contains(base, c.from) {

@@ -2,6 +2,8 @@ package deploy
 
 import (
 	"fmt"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -42,9 +44,27 @@ func checkEnvoyBootstrap(b []byte) errs {
 	}
 	clusters := map[string]bool{}
 	gatewayPort := ""
+	// Under xDS the bootstrap holds only the ADS cluster; the listener and
+	// the aa_gateway cluster that ext_authz calls come from the gateway.
+	gatewayCluster := "aa_gateway"
+	ads := bs.GetDynamicResources().GetAdsConfig()
+	if ads != nil {
+		gs := ads.GetGrpcServices()
+		if len(gs) != 1 {
+			e.add("ads_config: want one gRPC service, found %d", len(gs))
+			return e
+		}
+		gatewayCluster = gs[0].GetEnvoyGrpc().GetClusterName()
+		if gatewayCluster == "aa_gateway" {
+			e.add("the ADS cluster must not be named aa_gateway: that cluster comes over CDS and may not shadow a static one")
+		}
+		if bs.GetDynamicResources().GetLdsConfig().GetAds() == nil || bs.GetDynamicResources().GetCdsConfig().GetAds() == nil {
+			e.add("lds_config and cds_config must come over ADS")
+		}
+	}
 	for _, c := range bs.GetStaticResources().GetClusters() {
 		clusters[c.GetName()] = true
-		if c.GetName() == "aa_gateway" {
+		if c.GetName() == gatewayCluster {
 			for _, ep := range c.GetLoadAssignment().GetEndpoints() {
 				for _, lb := range ep.GetLbEndpoints() {
 					gatewayPort = fmt.Sprint(lb.GetEndpoint().GetAddress().GetSocketAddress().GetPortValue())
@@ -53,7 +73,10 @@ func checkEnvoyBootstrap(b []byte) errs {
 		}
 	}
 	if gatewayPort != "50051" {
-		e.add("cluster aa_gateway must point at the gateway's gRPC port 50051, found %q", gatewayPort)
+		e.add("cluster %s must point at the gateway's gRPC port 50051, found %q", gatewayCluster, gatewayPort)
+	}
+	if ads != nil {
+		return e
 	}
 	authz, proc := 0, 0
 	for _, l := range bs.GetStaticResources().GetListeners() {
@@ -104,17 +127,43 @@ func checkEnvoyBootstrap(b []byte) errs {
 	return e
 }
 
-// checkEnvoyBootstrapFile runs checkEnvoyBootstrap on a file.
-func checkEnvoyBootstrapFile(t *testing.T, p string) {
+// renderSidecar runs envoy/sidecar.sh (from dir) with env, as the sidecar
+// container does, but with ENVOY_BIN=true so it only renders, and returns
+// the configuration it would hand to Envoy.
+func renderSidecar(t *testing.T, dir string, env map[string]string, static bool) []byte {
 	t.Helper()
-	checkEnvoyBootstrap(read(t, p)).report(t, filepath.Base(p))
+	out := filepath.Join(t.TempDir(), "envoy.yaml")
+	args := []string{filepath.Join(dir, "sidecar.sh")}
+	if static {
+		args = append(args, "--static")
+	}
+	cmd := exec.Command("/bin/sh", args...)
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "ENVOY_BIN=true", "AA_ENVOY_CONFIG=" + out}
+	for k, v := range env {
+		cmd.Env = append(cmd.Env, k+"="+v)
+	}
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("sh %v: %v\n%s", args, err, b)
+	}
+	return read(t, out)
 }
 
-// TestEnvoyBootstrap validates the sidecar bootstrap in deploy/envoy.
+// sidecarEnv is the sidecar environment of the compose example.
+var sidecarEnv = map[string]string{"AA_AGENT_ID": "acme/research/researcher-1", "AA_GATEWAY_HOST": "aa-gateway", "AA_GATEWAY_PORT": "50051", "AA_EGRESS_PORT": "15001"}
+
+// genStaticSidecar renders envoy/static.yaml for the compose example.
+func genStaticSidecar(t *testing.T) []byte {
+	b := renderSidecar(t, filepath.Join(repoRoot(t), "envoy"), sidecarEnv, true)
+	return append([]byte("# Generated from envoy/static.yaml (envoy/sidecar.sh --static with AA_AGENT_ID=acme/research/researcher-1,\n# AA_GATEWAY_HOST=aa-gateway) by `go test ./deploy -run TestGenerated -update`; do not edit.\n# The static fallback, ready for `envoy -c` where no shell renders the template.\n"), b...)
+}
+
+// TestEnvoyBootstrap validates both sidecar configurations (xDS and static)
+// as envoy/sidecar.sh renders them, and the pre-rendered static one.
 func TestEnvoyBootstrap(t *testing.T) {
-	for _, p := range files(t, filepath.Join(deployDir(t), "envoy"), ".yaml") {
-		checkEnvoyBootstrapFile(t, p)
-	}
+	dir := filepath.Join(repoRoot(t), "envoy")
+	checkEnvoyBootstrap(renderSidecar(t, dir, sidecarEnv, false)).report(t, "envoy/bootstrap.yaml rendered")
+	checkEnvoyBootstrap(renderSidecar(t, dir, sidecarEnv, true)).report(t, "envoy/static.yaml rendered")
+	checkEnvoyBootstrap(read(t, filepath.Join(deployDir(t), "envoy", "sidecar.yaml"))).report(t, "deploy/envoy/sidecar.yaml")
 }
 
 // TestEnvoyBootstrapCheckCatches shows the check fails on a misspelt field,

@@ -612,12 +612,34 @@ func TestKubernetesAgent(t *testing.T) {
 		if !sidecar {
 			t.Error("example-agent: no Envoy native sidecar (init container with restartPolicy Always)")
 		}
-		for _, v := range spec.Volumes {
-			if v.ConfigMap == nil {
+		// Render the sidecar's configuration from the ConfigMap with the
+		// container's own environment, as the container does, and validate it.
+		for _, ic := range spec.InitContainers {
+			if !strings.Contains(ic.Image, "envoy") {
 				continue
 			}
-			for name, body := range configMap(t, objs, o.meta.Namespace, v.ConfigMap.Name).Data {
-				checkEnvoyBootstrap([]byte(body)).report(t, "ConfigMap "+v.ConfigMap.Name+" "+name)
+			if len(ic.Command) != 2 || ic.Command[1] != "/etc/envoy/sidecar.sh" {
+				t.Errorf("example-agent: envoy command %v, want [/bin/sh /etc/envoy/sidecar.sh]", ic.Command)
+			}
+			env := map[string]string{}
+			for _, ev := range ic.Env {
+				env[ev.Name] = ev.Value
+			}
+			delete(env, "AA_ENVOY_CONFIG")
+			dir := t.TempDir()
+			cm := configMap(t, objs, o.meta.Namespace, "aa-envoy-sidecar")
+			for name, body := range cm.Data {
+				if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			static := len(ic.Args) > 0 && ic.Args[0] == "--static"
+			checkEnvoyBootstrap(renderSidecar(t, dir, env, static)).report(t, "example-agent sidecar")
+			if env["AA_AGENT_ID"] != agentID(spec.Containers) {
+				t.Errorf("example-agent: sidecar AA_AGENT_ID %q differs from the agent's %q", env["AA_AGENT_ID"], agentID(spec.Containers))
+			}
+			if !strings.HasPrefix(env["AA_GATEWAY_HOST"]+":"+env["AA_GATEWAY_PORT"], "aa-gateway-grpc.") {
+				t.Errorf("example-agent: sidecar gateway %s:%s is not the headless Service aa-gateway-grpc", env["AA_GATEWAY_HOST"], env["AA_GATEWAY_PORT"])
 			}
 		}
 	}
@@ -667,20 +689,22 @@ func TestKubernetesCheckCatches(t *testing.T) {
 	}
 }
 
-// generated are the manifests written from sources by -update.
+// generated are the files written from sources by -update (paths
+// relative to deploy/).
 var generated = []struct {
 	file string
 	gen  func(t *testing.T) []byte
 }{
-	{"policies-configmap.yaml", genPoliciesConfigMap},
-	{"envoy-sidecar-configmap.yaml", genEnvoyConfigMap},
+	{"kubernetes/policies-configmap.yaml", genPoliciesConfigMap},
+	{"kubernetes/envoy-sidecar-configmap.yaml", genEnvoyConfigMap},
+	{"envoy/sidecar.yaml", genStaticSidecar},
 }
 
-// TestKubernetesGenerated checks (or with -update rewrites) the ConfigMaps
-// generated from examples/policies and deploy/envoy/sidecar.yaml.
-func TestKubernetesGenerated(t *testing.T) {
+// TestGenerated checks (or with -update rewrites) the files generated from
+// examples/policies and envoy/.
+func TestGenerated(t *testing.T) {
 	for _, g := range generated {
-		p := filepath.Join(deployDir(t), "kubernetes", g.file)
+		p := filepath.Join(deployDir(t), g.file)
 		want := g.gen(t)
 		if *update {
 			if err := os.WriteFile(p, want, 0o644); err != nil {
@@ -690,7 +714,7 @@ func TestKubernetesGenerated(t *testing.T) {
 		}
 		got, err := os.ReadFile(p)
 		if err != nil || !bytes.Equal(got, want) {
-			t.Errorf("%s is out of date with its sources; run: go test ./deploy -run TestKubernetesGenerated -update", g.file)
+			t.Errorf("deploy/%s is out of date with its sources; run: go test ./deploy -run TestGenerated -update", g.file)
 		}
 	}
 }
@@ -726,22 +750,28 @@ func genPoliciesConfigMap(t *testing.T) []byte {
 			data[filepath.Base(p)] = string(read(t, p))
 		}
 	}
-	return configMapYAML("# Generated from examples/policies by `go test ./deploy -run TestKubernetesGenerated -update`; do not edit.\n# Replace with your own policies (kubectl create configmap aa-policies --from-file=DIR).\n", "agent-assembly", "aa-policies", data)
+	return configMapYAML("# Generated from examples/policies by `go test ./deploy -run TestGenerated -update`; do not edit.\n# Replace with your own policies (kubectl create configmap aa-policies --from-file=DIR).\n", "agent-assembly", "aa-policies", data)
 }
 
-// sidecarForPod adapts the compose sidecar to a pod: the egress listener
-// binds loopback (other pods must not use it as a proxy), and the gateway
-// is reached through the headless Service.
-var sidecarForPod = strings.NewReplacer(
-	"socket_address: {address: 0.0.0.0, port_value: 15001}", "socket_address: {address: 127.0.0.1, port_value: 15001}",
-	"socket_address: {address: aa-gateway, port_value: 50051}", "socket_address: {address: aa-gateway-grpc.agent-assembly.svc.cluster.local, port_value: 50051}",
-)
+// sidecarFiles are the envoy/ files the sidecar container needs.
+var sidecarFiles = []string{"bootstrap.yaml", "static.yaml", "sidecar.sh"}
 
 func genEnvoyConfigMap(t *testing.T) []byte {
-	src := string(read(t, filepath.Join(deployDir(t), "envoy", "sidecar.yaml")))
-	pod := sidecarForPod.Replace(src)
-	if strings.Count(pod, "127.0.0.1, port_value: 15001") != 1 || !strings.Contains(pod, "aa-gateway-grpc.agent-assembly") {
-		t.Fatal("deploy/envoy/sidecar.yaml changed shape: update sidecarForPod so the pod variant binds loopback and reaches aa-gateway-grpc")
+	data := map[string]string{}
+	for _, f := range sidecarFiles {
+		data[f] = string(read(t, filepath.Join(repoRoot(t), "envoy", f)))
 	}
-	return configMapYAML("# Generated from deploy/envoy/sidecar.yaml by `go test ./deploy -run TestKubernetesGenerated -update`; do not edit.\n# In a pod the egress listener binds loopback and the gateway is the headless Service aa-gateway-grpc.\n", "agents", "aa-envoy-sidecar", map[string]string{"sidecar.yaml": pod})
+	return configMapYAML("# Generated from envoy/ by `go test ./deploy -run TestGenerated -update`; do not edit.\n# The sidecar container runs sidecar.sh, which renders bootstrap.yaml (xDS) or, with --static, static.yaml.\n", "agents", "aa-envoy-sidecar", data)
+}
+
+// agentID returns the AA_AGENT_ID of the first container that sets it.
+func agentID(cs []corev1.Container) string {
+	for _, c := range cs {
+		for _, ev := range c.Env {
+			if ev.Name == "AA_AGENT_ID" {
+				return ev.Value
+			}
+		}
+	}
+	return ""
 }
