@@ -307,6 +307,58 @@ func TestPolicyChangeRepublishesOnlyChangedNodes(t *testing.T) {
 	if !slices.Equal(changed, want) || n != len(want) {
 		t.Errorf("changed nodes %v (published %d), want %v", changed, n, want)
 	}
+
+	// A registration adds one node and changes no other.
+	before = versions(s)
+	if err := s.AddAgent(ctx, action.AgentID{Org: "acme", Team: "team-2", Agent: "new"}); err != nil {
+		t.Fatal(err)
+	}
+	after = versions(s)
+	if len(after) != len(before)+1 || after["acme/team-2/new"] == "" {
+		t.Fatalf("after registration: %v", after)
+	}
+	for node, v := range before {
+		if after[node] != v {
+			t.Errorf("registration changed %s", node)
+		}
+	}
+	// The new agent shares its team's resources: same destinations as its
+	// teammates (the version differs only by the agent id in the route).
+	r1, r2 := s.Resources("acme/team-2/new"), s.Resources("acme/team-2/agent-0")
+	if len(r1[clusterType]) != len(r2[clusterType]) || len(r1[clusterType]) == 0 {
+		t.Errorf("new agent has %d clusters, teammate %d", len(r1[clusterType]), len(r2[clusterType]))
+	}
+}
+
+// TestRegisteredAgentsGetSnapshots: agents the registry lists have a
+// snapshot before they connect; a lister error does not stop the others.
+func TestRegisteredAgentsGetSnapshots(t *testing.T) {
+	src := newSource(t, "testdata/policies")
+	o := testOptions()
+	fail := false
+	o.Agents = func(context.Context) ([]action.AgentID, error) {
+		if fail {
+			return nil, fmt.Errorf("registry down")
+		}
+		return []action.AgentID{{Org: "acme", Team: "research", Agent: "r-1"}, {Org: "acme", Team: "eng", Agent: "c-1"}}, nil
+	}
+	s := mustNew(t, src, o)
+	if err := s.Update(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	v := versions(s)
+	if len(v) != 2 || v["acme/research/r-1"] == "" || v["acme/eng/c-1"] == "" {
+		t.Fatalf("versions %v", v)
+	}
+	for _, n := range s.Status() {
+		if n.Connected {
+			t.Errorf("%s shows connected", n.Node)
+		}
+	}
+	fail = true
+	if err := s.Update(context.Background()); err != nil {
+		t.Errorf("a registry error failed the update: %v", err)
+	}
 }
 
 func versions(s *Server) map[string]string {
