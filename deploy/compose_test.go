@@ -270,6 +270,7 @@ func TestComposeCheckCatches(t *testing.T) {
 		{"unknown setting", "AA_LOG_FORMAT: json", "AA_LOG_FORMATS: json", "AA_LOG_FORMATS is not an aa-gateway setting"},
 		{"invalid value", "AA_LOG_FORMAT: json", "AA_LOG_FORMAT: xml", "--log-format: must be text or json"},
 		{"remote without allow", "AA_ALLOW_REMOTE: \"true\"", "AA_ALLOW_REMOTE: \"false\"", "--allow-remote"},
+		{"no advertise addr", "AA_XDS_ADVERTISE_ADDR: aa-gateway:50051", "AA_XDS_ADVERTISE_ADDRESS: aa-gateway:50051", "wildcard address"},
 		{"same replica id", "AA_REPLICA_ID: gateway-2", "AA_REPLICA_ID: gateway-1", "share AA_REPLICA_ID"},
 		{"missing dockerfile", "deploy/docker/agent.Dockerfile", "deploy/docker/agnet.Dockerfile", "agnet.Dockerfile does not exist"},
 		{"undeclared volume", "- redis-data:/data", "- redis-dta:/data", "named volume \"redis-dta\""},

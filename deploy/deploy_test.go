@@ -8,6 +8,7 @@ import (
 	"go/ast"
 	"go/parser"
 	"go/token"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -134,6 +135,13 @@ func checkGatewayEnv(env map[string]string) errs {
 	}
 	if err := cfg.Validate(); err != nil {
 		e.add("gateway configuration is invalid: %v", strings.ReplaceAll(err.Error(), "\n", "; "))
+	}
+	// A wildcard listen address is no address for a sidecar to call: xDS
+	// would hand Envoy 0.0.0.0 as the ext_authz cluster.
+	if host, _, err := net.SplitHostPort(cfg.GRPCAddr); err == nil && cfg.XDSAdvertiseAddr == "" {
+		if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+			e.add("--grpc-addr %s is a wildcard address: set AA_XDS_ADVERTISE_ADDR to the host:port Envoy sidecars reach the gateway at", cfg.GRPCAddr)
+		}
 	}
 	return e
 }
