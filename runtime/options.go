@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/agent-assembly/agent-assembly/action"
+	v1 "github.com/agent-assembly/agent-assembly/api/agentassembly/v1"
 	"github.com/agent-assembly/agent-assembly/runtime/cgroup"
 	"github.com/agent-assembly/agent-assembly/runtime/frame"
 )
@@ -40,6 +41,9 @@ type Agent struct {
 	Token string
 	// Group, when set, additionally requires the peer process to be in this cgroup.
 	Group *cgroup.Group
+	// OnControl, when set, receives the agent's control commands (suspend,
+	// resume, kill) from the gateway; only with Options.Register.
+	OnControl func(*v1.ControlCommand)
 }
 
 // Options configures a Runtime. Zero values take the defaults listed.
@@ -78,6 +82,12 @@ type Options struct {
 	Heartbeat time.Duration
 	// Version is reported in the handshake.
 	Version string
+	// Register makes the runtime register each agent without a Token with
+	// the gateway's AgentLifecycleService (Ed25519 challenge, key kept in
+	// KeyDir), use the issued token, heartbeat, and follow its control stream.
+	Register bool
+	// KeyDir holds the agents' Ed25519 keys. Default: next to BufferPath.
+	KeyDir string
 }
 
 func (o *Options) setDefaults() {
@@ -114,6 +124,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.Version == "" {
 		o.Version = "dev"
+	}
+	if o.KeyDir == "" && o.BufferPath != "" {
+		o.KeyDir = filepath.Join(filepath.Dir(o.BufferPath), "keys")
 	}
 }
 

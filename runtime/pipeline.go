@@ -56,7 +56,7 @@ func badRequest(msg string) *v1.RuntimeReply {
 // enrich sets the socket's identity on req; whatever the SDK put there is replaced.
 func (a *agentState) enrich(req *v1.CheckActionRequest) {
 	req.Agent = a.pid
-	req.CredentialToken = a.Token
+	req.CredentialToken = *a.token.Load()
 }
 
 // approval waits (bounded by ApprovalTimeout) until a human decides the
@@ -223,7 +223,7 @@ func (rt *Runtime) usage(ctx context.Context, a *agentState, u *v1.RecordUsageRe
 	if u == nil {
 		return badRequest("usage is required")
 	}
-	u.Agent, u.CredentialToken = a.pid, a.Token
+	u.Agent, u.CredentialToken = a.pid, *a.token.Load()
 	cctx, cancel := context.WithTimeout(ctx, rt.opts.CheckTimeout)
 	defer cancel()
 	resp, err := rt.policy.RecordUsage(cctx, u)

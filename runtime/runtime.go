@@ -35,6 +35,7 @@ type Runtime struct {
 	audit     v1.AuditServiceClient
 	inval     v1.InvalidationServiceClient
 	approvals v1.ApprovalServiceClient
+	life      v1.AgentLifecycleServiceClient
 
 	reachable atomic.Bool
 	conns     sync.WaitGroup
@@ -45,7 +46,8 @@ type Runtime struct {
 type agentState struct {
 	Agent
 	pid      *v1.AgentId
-	lastMode atomic.Int32 // the EnforcementMode of the agent's last gateway answer
+	lastMode atomic.Int32           // the EnforcementMode of the agent's last gateway answer
+	token    atomic.Pointer[string] // the credential token in use
 	listener *net.UnixListener
 }
 
@@ -62,7 +64,9 @@ func New(opts Options) (*Runtime, error) {
 	rt := &Runtime{opts: opts, log: opts.Logger, scanner: sc, now: time.Now, ready: make(chan struct{})}
 	rt.cache = newDecisionCache(opts.CacheTTL, opts.CacheSize, rt.now)
 	for _, a := range opts.Agents {
-		rt.agents = append(rt.agents, &agentState{Agent: a, pid: &v1.AgentId{OrgId: a.ID.Org, TeamId: a.ID.Team, AgentId: a.ID.Agent}})
+		st := &agentState{Agent: a, pid: &v1.AgentId{OrgId: a.ID.Org, TeamId: a.ID.Team, AgentId: a.ID.Agent}}
+		st.token.Store(&a.Token)
+		rt.agents = append(rt.agents, st)
 	}
 	return rt, nil
 }
@@ -94,7 +98,7 @@ func (rt *Runtime) Run(ctx context.Context) (err error) {
 		cc = conn
 	}
 	rt.policy, rt.audit, rt.inval = v1.NewPolicyServiceClient(cc), v1.NewAuditServiceClient(cc), v1.NewInvalidationServiceClient(cc)
-	rt.approvals = v1.NewApprovalServiceClient(cc)
+	rt.approvals, rt.life = v1.NewApprovalServiceClient(cc), v1.NewAgentLifecycleServiceClient(cc)
 	rt.reachable.Store(true)
 
 	for _, a := range rt.agents {
@@ -116,6 +120,10 @@ func (rt *Runtime) Run(ctx context.Context) (err error) {
 	for _, a := range rt.agents {
 		wg.Add(1)
 		go func() { defer wg.Done(); rt.accept(connCtx, a) }()
+		if rt.opts.Register && a.Token == "" {
+			wg.Add(1)
+			go func() { defer wg.Done(); rt.lifecycle(bg, a) }()
+		}
 	}
 	close(rt.ready)
 	<-ctx.Done()

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -98,6 +99,21 @@ func execCmd(args []string) int {
 		log.Info("agent cgroup", "path", group.Path)
 	}
 
+	// A kill from the gateway (aasm agent kill) ends the agent and everything
+	// it started: the whole cgroup when there is one.
+	var child atomic.Pointer[os.Process]
+	a.OnControl = func(cmd *v1.ControlCommand) {
+		if cmd.GetType() != v1.ControlCommand_TYPE_KILL {
+			return
+		}
+		log.Warn("agent killed by the gateway", "agent", a.ID.String(), "reason", cmd.GetReason())
+		if group != nil {
+			_ = group.Kill()
+		}
+		if p := child.Load(); p != nil {
+			_ = p.Kill()
+		}
+	}
 	rt, err := runtime.New(c.options([]runtime.Agent{a}, log))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "aa-runtime exec:", err)
@@ -151,6 +167,7 @@ func execCmd(args []string) int {
 		fmt.Fprintf(os.Stderr, "aa-runtime exec: start %s: %v\n", argv[0], err)
 		return 127
 	}
+	child.Store(cmd.Process)
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 	go func() {

@@ -2,11 +2,18 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	v1 "github.com/agent-assembly/agent-assembly/api/agentassembly/v1"
 
 	"github.com/agent-assembly/agent-assembly/gateway/server/servertest"
 	"github.com/agent-assembly/agent-assembly/runtime/cgroup"
@@ -161,4 +168,44 @@ func captureStderr(t *testing.T, f func()) string {
 	var b bytes.Buffer
 	_, _ = b.ReadFrom(r)
 	return b.String()
+}
+
+// TestExecKilledByGateway: the runtime registers the agent; an operator's
+// kill reaches it (on the control stream, or at the next registration if
+// the stream was not up yet) and ends the agent's whole cgroup.
+func TestExecKilledByGateway(t *testing.T) {
+	cgRoot := needCgroups(t)
+	bin := build(t, t.TempDir(), "github.com/agent-assembly/agent-assembly/cmd/aa-runtime")
+	gw := servertest.Start(t, "../../runtime/testdata/policies", nil)
+	cc, err := grpc.NewClient(gw, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	life := v1.NewAgentLifecycleServiceClient(cc)
+	done := make(chan execRun, 1)
+	go func() { done <- runExec(t, bin, gw, cgRoot, nil, "sh", "-c", "sleep 300 & sleep 300") }()
+	ctx := context.Background()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ag, err := life.GetAgent(ctx, &v1.GetAgentRequest{Id: "acme/eng/a1"})
+		if err == nil && ag.GetStatus() == v1.AgentStatus_AGENT_STATUS_ACTIVE {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("agent never registered")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if _, err := life.KillAgent(ctx, &v1.AgentControlRequest{Id: "acme/eng/a1", Reason: "runaway"}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case r := <-done:
+		if r.code != 137 || !strings.Contains(r.log, "agent killed by the gateway") {
+			t.Fatalf("exit %d, want 137 (SIGKILL)\nstderr:\n%s", r.code, r.log)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("the agent was not killed within 60s")
+	}
 }

@@ -61,6 +61,7 @@ func run(args []string) int {
 type common struct {
 	gateway, buffer, failMode, logLevel, socketDir string
 	checkTimeout, cacheTTL                         time.Duration
+	register                                       bool
 }
 
 func (c *common) bind(fs *flag.FlagSet) {
@@ -71,12 +72,14 @@ func (c *common) bind(fs *flag.FlagSet) {
 	fs.DurationVar(&c.checkTimeout, "check-timeout", 400*time.Millisecond, "bound on one gateway check")
 	fs.DurationVar(&c.cacheTTL, "cache-ttl", 60*time.Second, "longest life of a cached decision (negative disables the cache)")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.BoolVar(&c.register, "register", true, "register agents without token= with the gateway (Ed25519 key kept next to --buffer), heartbeat and follow their control stream")
 }
 
 func (c *common) options(agents []runtime.Agent, log *slog.Logger) runtime.Options {
 	return runtime.Options{
 		Agents: agents, Gateway: c.gateway, BufferPath: c.buffer, Logger: log,
 		CheckTimeout: c.checkTimeout, CacheTTL: c.cacheTTL, FailMode: runtime.FailMode(c.failMode), Version: Version,
+		Register: c.register,
 	}
 }
 

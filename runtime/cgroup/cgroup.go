@@ -159,6 +159,14 @@ func (g *Group) Contains(pid int) bool {
 	return false
 }
 
+// Kill sends SIGKILL to every process in the group (cgroup.kill, Linux 5.14+).
+func (g *Group) Kill() error {
+	if err := os.WriteFile(filepath.Join(g.Path, "cgroup.kill"), []byte("1"), 0); err != nil {
+		return fmt.Errorf("kill cgroup %s: %w", g.Path, err)
+	}
+	return nil
+}
+
 // Remove kills any process left in the group and removes it.
 func (g *Group) Remove() error {
 	defer g.fd.Close()
@@ -170,8 +178,7 @@ func (g *Group) Remove() error {
 		if !errors.Is(err, syscall.EBUSY) {
 			break
 		}
-		// cgroup.kill (Linux 5.14+) SIGKILLs every process in the group.
-		_ = os.WriteFile(filepath.Join(g.Path, "cgroup.kill"), []byte("1"), 0)
+		_ = g.Kill()
 		time.Sleep(20 * time.Millisecond)
 	}
 	return fmt.Errorf("remove cgroup %s: %w", g.Path, err)
