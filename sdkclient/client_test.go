@@ -3,6 +3,8 @@ package sdkclient_test
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
+	"crypto/rand"
 	"errors"
 	"io"
 	"net"
@@ -246,5 +248,28 @@ func TestWaitForApproval(t *testing.T) {
 				t.Fatal("WaitForApproval accepted an error that is not pending")
 			}
 		})
+	}
+}
+
+// TestRegisterDirect: in gateway mode Register performs the Ed25519
+// challenge and later calls carry the issued token.
+func TestRegisterDirect(t *testing.T) {
+	gw := servertest.Start(t, policies, nil)
+	c, err := sdkclient.Dial(context.Background(), sdkclient.Options{Gateway: gw, Agent: "acme/eng/a9"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_, key, _ := ed25519.GenerateKey(rand.Reader)
+	resp, err := c.Register(context.Background(), key, map[string]string{"team": "eng"})
+	if err != nil || resp.GetCredentialToken() == "" {
+		t.Fatalf("register: %v %v", resp, err)
+	}
+	if d, err := c.CheckToolCall(context.Background(), "echo", nil); err != nil || d.Decision != v1.Decision_ALLOW {
+		t.Fatalf("check after register: %+v %v", d, err)
+	}
+	rc, _ := viaRuntime(t)
+	if _, err := rc.Register(context.Background(), key, nil); err == nil {
+		t.Fatal("Register through the runtime should say the runtime registers")
 	}
 }
