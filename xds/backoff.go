@@ -157,6 +157,18 @@ func (b *backoffCache) pick(node string) cache.SnapshotCache {
 	return b.envoy
 }
 
+// clear forgets a node's snapshot and backoff state.
+func (b *backoffCache) clear(node string) {
+	b.pick(node).ClearSnapshot(node)
+	b.mu.Lock()
+	for k := range b.delays {
+		if k.node == node {
+			delete(b.delays, k)
+		}
+	}
+	b.mu.Unlock()
+}
+
 // GetSnapshot returns a node's current snapshot.
 func (b *backoffCache) GetSnapshot(node string) (cache.ResourceSnapshot, error) {
 	return b.pick(node).GetSnapshot(node)

@@ -26,6 +26,7 @@ const (
 	DefaultBackoffBase         = time.Second
 	DefaultBackoffMax          = 30 * time.Second
 	DefaultPollInterval        = time.Second
+	DefaultNodeTTL             = time.Hour
 )
 
 // PolicySource gives the serving policy snapshot; *gateway.Core implements it.
@@ -73,7 +74,11 @@ type Options struct {
 	// PollInterval is how often Run checks the policy source for a snapshot
 	// it was not notified of (0: the default; negative: only Notify).
 	PollInterval time.Duration
+	// NodeTTL is how long a node without a stream, not listed by Agents,
+	// keeps its snapshot and status.
+	NodeTTL time.Duration
 
+	now    func() time.Time                                  // tests: the clock
 	after  timerFunc                                         // tests: replaces time.AfterFunc
 	tamper func(node string, res map[string][]typesResource) // tests: corrupts resources
 }
@@ -126,6 +131,12 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	if o.PollInterval == 0 {
 		o.PollInterval = DefaultPollInterval
+	}
+	if o.NodeTTL == 0 {
+		o.NodeTTL = DefaultNodeTTL
+	}
+	if o.now == nil {
+		o.now = time.Now
 	}
 	if o.after == nil {
 		o.after = realTimer

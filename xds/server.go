@@ -100,6 +100,9 @@ type nodeState struct {
 	skipped  []string
 	// subscribed are the listener names a gRPC node asks for.
 	subscribed []string
+	// touched is when the node last connected, asked or was listed by
+	// the registry; a node idle for NodeTTL without a stream is dropped.
+	touched time.Time
 	// egressAddr overrides Options.EgressAddr for this Envoy node (node
 	// metadata EgressMetadataKey), so several sidecars can share a host.
 	egressAddr string
@@ -284,13 +287,18 @@ func (s *Server) update(ctx context.Context) (int, error) {
 		}
 		s.mu.Lock()
 		for _, id := range ids {
-			s.nodeLocked(id.String(), id.String(), id, FlavourEnvoy)
+			s.nodeLocked(id.String(), id.String(), id, FlavourEnvoy).touched = s.opts.now()
 		}
 		s.mu.Unlock()
 	}
 	s.mu.Lock()
 	nodes := make([]*nodeState, 0, len(s.nodes))
-	for _, n := range s.nodes {
+	for key, n := range s.nodes {
+		if n.streams == 0 && s.opts.now().Sub(n.touched) > s.opts.NodeTTL {
+			delete(s.nodes, key)
+			s.cache.clear(key)
+			continue
+		}
 		nodes = append(nodes, n)
 	}
 	s.mu.Unlock()
@@ -600,7 +608,7 @@ func parseAgent(id string) (action.AgentID, error) {
 func (s *Server) nodeLocked(key, id string, agent action.AgentID, f Flavour) *nodeState {
 	n, ok := s.nodes[key]
 	if !ok {
-		n = &nodeState{key: key, id: id, agent: agent, flavour: f, types: map[string]*TypeStatus{}}
+		n = &nodeState{key: key, id: id, agent: agent, flavour: f, types: map[string]*TypeStatus{}, touched: s.opts.now()}
 		s.nodes[key] = n
 	}
 	return n
@@ -688,7 +696,7 @@ func (s *Server) onStreamRequest(id int64, req *discoverygrpc.DiscoveryRequest) 
 		st.key = key
 		n.streams++
 	}
-	n.lastSeen = now
+	n.lastSeen, n.touched = now, s.opts.now()
 	if req.GetResponseNonce() == "" {
 		return nil // a subscription, not an answer
 	}

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
@@ -506,5 +507,39 @@ func TestEgressAddrFromNodeMetadata(t *testing.T) {
 	}
 	if _, err := lds("nope"); status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), EgressMetadataKey) {
 		t.Errorf("bad egress address: %v, want InvalidArgument naming %s", err, EgressMetadataKey)
+	}
+}
+
+// TestIdleNodesExpire: a node without a stream that the registry does not
+// list is dropped after NodeTTL; a listed one stays.
+func TestIdleNodesExpire(t *testing.T) {
+	src := newSource(t, "testdata/policies")
+	o := testOptions()
+	clock := time.Unix(1_000_000, 0)
+	o.now = func() time.Time { return clock }
+	o.Agents = func(context.Context) ([]action.AgentID, error) {
+		return []action.AgentID{{Org: "acme", Team: "research", Agent: "listed"}}, nil
+	}
+	s := mustNew(t, src, o)
+	ctx := context.Background()
+	if err := s.AddAgent(ctx, action.AgentID{Org: "acme", Team: "research", Agent: "gone"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Update(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if v := versions(s); len(v) != 2 {
+		t.Fatalf("versions %v", v)
+	}
+	clock = clock.Add(DefaultNodeTTL + time.Second)
+	if err := s.Update(ctx); err != nil {
+		t.Fatal(err)
+	}
+	v := versions(s)
+	if _, ok := v["acme/research/gone"]; ok || v["acme/research/listed"] == "" {
+		t.Errorf("after the TTL: %v, want only the listed agent", v)
+	}
+	if s.Resources("acme/research/gone") != nil {
+		t.Error("the expired node's snapshot is still served")
 	}
 }
