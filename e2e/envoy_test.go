@@ -153,8 +153,8 @@ spec:
 
 	// Denied: a host outside the allowlist gets 403 with the rule.
 	code, body, err := get("http://evil.example.com/exfiltrate")
-	if err != nil || code != http.StatusForbidden || !strings.Contains(body, "DENY") {
-		t.Fatalf("denied host: HTTP %d %s %v, want 403 with a DENY body", code, body, err)
+	if err != nil || code != http.StatusForbidden || !strings.Contains(body, `"decision":"deny"`) {
+		t.Fatalf("denied host: HTTP %d %s %v, want 403 with a deny body", code, body, err)
 	}
 	t.Logf("denied host: 403 %s", body)
 

@@ -65,7 +65,7 @@ const (
 
 // DenyBody is the JSON body of the catch-all route's 403 (a destination the
 // policy does not allow, answered by Envoy itself if ext_authz let it pass).
-const DenyBody = `{"decision":"DENY","rule":"xds/no-route","reason":"destination is not in the agent's network allowlist"}`
+const DenyBody = `{"decision":"deny","rule":"xds/no-route","reason":"destination is not in the agent's network allowlist"}`
 
 // envoyGroup holds the resources shared by every agent with the same
 // destinations: the listener, the clusters and the virtual hosts. The
@@ -273,7 +273,7 @@ func denyHost() *routev3.VirtualHost {
 			Header:       &corev3.HeaderValue{Key: "content-type", Value: "application/json"},
 			AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
 		}, {
-			Header:       &corev3.HeaderValue{Key: "x-aa-decision", Value: "DENY"},
+			Header:       &corev3.HeaderValue{Key: "x-aa-decision", Value: "deny"},
 			AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
 		}},
 	}
