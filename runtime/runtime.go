@@ -188,3 +188,22 @@ func (rt *Runtime) Record(ev *v1.ReportedEvent) error {
 	}
 	return rt.buf.Enqueue(ev)
 }
+
+// Flush waits until every buffered event has been acknowledged by the
+// gateway, or ctx ends (then it returns how many are still on disk; they are
+// sent by the next runtime that opens the buffer).
+func (rt *Runtime) Flush(ctx context.Context) error {
+	t := time.NewTicker(10 * time.Millisecond)
+	defer t.Stop()
+	for {
+		n := rt.buf.Len()
+		if n == 0 && rt.buf.Idle() {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("flush runtime: %d events still buffered: %w", n, ctx.Err())
+		case <-t.C:
+		}
+	}
+}

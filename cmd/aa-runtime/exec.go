@@ -144,13 +144,19 @@ func execCmd(args []string) int {
 	// The eBPF hook: programs are attached to the cgroup before the agent's
 	// first process enters it, and their events go to the gateway through
 	// the runtime's buffer as kernel-layer events.
+	var stopKernel func()
 	if kcfg != nil {
 		if group == nil {
 			log.Warn("eBPF requested but --no-cgroup given: no kernel enforcement")
-		} else if stop := attachKernel(rt, group, a, *kcfg, log); stop != nil {
-			defer stop()
+		} else {
+			stopKernel = attachKernel(rt, group, a, *kcfg, log)
 		}
 	}
+	defer func() {
+		if stopKernel != nil {
+			stopKernel()
+		}
+	}()
 
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
@@ -178,6 +184,15 @@ func execCmd(args []string) int {
 	err = cmd.Wait()
 	signal.Stop(sigs)
 	close(sigs)
+	if stopKernel != nil {
+		stopKernel() // reads the verdicts still in the ring buffer into the runtime
+		stopKernel = nil
+	}
+	fctx, fcancel := context.WithTimeout(context.Background(), 5*time.Second)
+	if err := rt.Flush(fctx); err != nil {
+		log.Warn("events left in the buffer for the next runtime", "err", err)
+	}
+	fcancel()
 	stopRuntime()
 	code := 0
 	var ee *exec.ExitError
@@ -256,11 +271,13 @@ func attachKernel(rt *runtime.Runtime, g *cgroup.Group, a runtime.Agent, cfg bpf
 		return func() { _ = gov.Release(g.Path); _ = gov.Close() }
 	}
 	pid := &v1.AgentId{OrgId: a.ID.Org, TeamId: a.ID.Team, AgentId: a.ID.Agent}
+	pumped := make(chan struct{})
 	go func() {
+		defer close(pumped)
 		var ev bpf.Event
 		for {
 			if err := rd.Read(&ev); err != nil {
-				return // closed
+				return // closed, or the drain deadline passed
 			}
 			if err := rt.Record(kernelEvent(pid, &ev)); err != nil {
 				log.Warn("kernel event not buffered", "err", err)
@@ -268,6 +285,9 @@ func attachKernel(rt *runtime.Runtime, g *cgroup.Group, a runtime.Agent, cfg bpf
 		}
 	}()
 	return func() {
+		// Drain what the programs wrote before the agent exited, then detach.
+		rd.SetDeadline(time.Now().Add(200 * time.Millisecond))
+		<-pumped
 		_ = rd.Close()
 		_ = gov.Release(g.Path)
 		_ = gov.Close()
@@ -299,6 +319,13 @@ func kernelEvent(agent *v1.AgentId, ev *bpf.Event) *v1.ReportedEvent {
 	}
 	return &v1.ReportedEvent{
 		Layer: v1.Layer_LAYER_KERNEL, Time: timestamppb.New(ev.Time), Action: req, Decision: d,
-		RuleId: "kernel/" + ev.Program.String(), Reason: fmt.Sprintf("%s (pid %d, comm %s)", reason, ev.PID, ev.Comm),
+		RuleId: "kernel/" + ev.Program.String(), Reason: reason + " " + procInfo(ev),
 	}
+}
+
+func procInfo(ev *bpf.Event) string {
+	if ev.Comm == "" {
+		return fmt.Sprintf("(pid %d, uid %d)", ev.PID, ev.UID)
+	}
+	return fmt.Sprintf("(pid %d, uid %d, comm %s)", ev.PID, ev.UID, ev.Comm)
 }

@@ -209,3 +209,47 @@ func TestExecKilledByGateway(t *testing.T) {
 		t.Fatal("the agent was not killed within 60s")
 	}
 }
+
+// TestExecKernelDenialAudited: with --ebpf enforce and no allowed
+// destination, the agent's connect fails in the kernel, and the verdict
+// reaches the gateway's audit log as a kernel-layer event.
+func TestExecKernelDenialAudited(t *testing.T) {
+	cgRoot := needCgroups(t)
+	if _, err := exec.LookPath("bash"); err != nil {
+		t.Skip("needs bash for /dev/tcp")
+	}
+	bin := build(t, t.TempDir(), "github.com/agent-assembly/agent-assembly/cmd/aa-runtime")
+	gw := servertest.Start(t, "../../runtime/testdata/policies", nil)
+	r := runExec(t, bin, gw, cgRoot, []string{"--ebpf", "enforce"}, "bash", "-c", "exec 3<>/dev/tcp/203.0.113.7/443 && echo connected || echo refused")
+	if strings.Contains(r.log, "eBPF UNAVAILABLE") || strings.Contains(r.log, "eBPF attach FAILED") {
+		t.Skipf("eBPF not available here:\n%s", r.log)
+	}
+	if r.code != 0 || !strings.Contains(r.out, "refused") {
+		t.Fatalf("exit %d, out %q: want the connect refused\nstderr:\n%s", r.code, r.out, r.log)
+	}
+	cc, err := grpc.NewClient(gw, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	// aa-runtime flushed its buffer before exiting, but the forwarder may
+	// still have been waiting on the gateway; poll.
+	audit := v1.NewAuditServiceClient(cc)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := audit.ListAuditRecords(context.Background(), &v1.ListAuditRecordsRequest{Filter: &v1.AuditFilter{AgentId: "a1"}, Limit: 100})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, rec := range resp.GetRecords() {
+			if rec.GetRuleId() == "kernel/connect4" && rec.GetDecision() == v1.Decision_DENY && strings.Contains(rec.GetPayloadJson(), "203.0.113.7") {
+				t.Logf("kernel record: %s %s", rec.GetReason(), rec.GetPayloadJson())
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no kernel/connect4 deny record among %d records\nstderr:\n%s", len(resp.GetRecords()), r.log)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

@@ -36,6 +36,7 @@ type Buffer struct {
 	closed   bool
 	count    chan struct{}
 	n        atomic.Int64 // events on disk
+	writing  atomic.Int32 // batches taken from the queue and not yet written
 }
 
 type pending struct {
@@ -142,6 +143,9 @@ func (b *Buffer) enqueue(ctx context.Context, p *pending) error {
 	}
 }
 
+// Idle reports whether nothing is queued for writing.
+func (b *Buffer) Idle() bool { return len(b.queue) == 0 && b.writing.Load() == 0 }
+
 // Written is signalled (without blocking) after each write, so a forwarder
 // can wake up.
 func (b *Buffer) Written() <-chan struct{} { return b.count }
@@ -149,6 +153,7 @@ func (b *Buffer) Written() <-chan struct{} { return b.count }
 func (b *Buffer) run() {
 	defer close(b.done)
 	for p := range b.queue {
+		b.writing.Add(1)
 		batch := []*pending{p}
 	fill:
 		for len(batch) < 256 {
@@ -163,6 +168,7 @@ func (b *Buffer) run() {
 			}
 		}
 		err := b.write(batch)
+		b.writing.Add(-1)
 		for _, q := range batch {
 			if q.done != nil {
 				q.done <- err
