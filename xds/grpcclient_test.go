@@ -260,11 +260,11 @@ func (ft *fakeTimers) snapshot() []*fakeTimer {
 	return append([]*fakeTimer(nil), ft.calls...)
 }
 
-// TestGRPCClientNACK: a version grpc-go rejects (an api_listener without the router
-// filter) is reported with the client's error, the
-// previous version keeps serving, and the server does not offer the
-// rejected version again until a backoff delay passes (here driven by a
-// fake clock: the delays double), while a fixed policy goes out at once.
+// TestGRPCClientNACK: a version grpc-go rejects (an api_listener without
+// the router filter) is reported with the client's error, the previous
+// version keeps serving, and the server does not offer the rejected version
+// again until a backoff delay passes (here driven by a fake clock: the
+// delays double), while a fixed policy goes out at once.
 func TestGRPCClientNACK(t *testing.T) {
 	timers := &fakeTimers{}
 	var broken atomic.Bool
