@@ -71,6 +71,9 @@ type Server struct {
 	started  time.Time
 	xds      *xds.Server
 	tracing  *tracing.Tracing
+	// draining is closed when shutdown starts: long-lived streams (tail,
+	// watch, control, invalidation, xDS) end so graceful stop can finish.
+	draining chan struct{}
 }
 
 // New opens the store and loads the policy. It fails if either is unusable:
@@ -82,7 +85,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{cfg: cfg, log: log, reg: prometheus.NewRegistry(), started: time.Now()}
+	s := &Server{cfg: cfg, log: log, reg: prometheus.NewRegistry(), started: time.Now(), draining: make(chan struct{})}
 	s.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
 	if err := ensureDataDir(cfg); err != nil {
@@ -178,7 +181,7 @@ func (s *Server) buildGRPC() {
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		s.tracing.ServerOption(),
 		grpc.ChainUnaryInterceptor(recoverUnary(s.log)),
-		grpc.ChainStreamInterceptor(recoverStream(s.log)),
+		grpc.ChainStreamInterceptor(recoverStream(s.log), drainStream(s.draining)),
 	)
 	v1.RegisterPolicyServiceServer(s.grpc, gateway.NewPolicyService(s.core).WithVersions(s.reloader).WithAudit(s.store))
 	v1.RegisterTopologyServiceServer(s.grpc, gateway.NewTopologyService(s.store))
@@ -325,6 +328,7 @@ func (s *Server) shutdown() error {
 			errs = append(errs, fmt.Errorf("stop HTTP: %w", err))
 		}
 	}
+	close(s.draining) // streams end; unary calls in flight finish
 	stopped := make(chan struct{})
 	go func() { s.grpc.GracefulStop(); close(stopped) }()
 	select {
@@ -333,10 +337,14 @@ func (s *Server) shutdown() error {
 		s.grpc.Stop()
 		errs = append(errs, errors.New("stop gRPC: grace period over, in-flight calls cancelled"))
 	}
-	if err := s.writer.Close(sctx); err != nil {
+	// The final audit flush gets its own deadline: a grace period used up
+	// by slow callers must not cost the records they were answered with.
+	fctx, fcancel := context.WithTimeout(context.Background(), max(s.cfg.ShutdownTimeout, 5*time.Second))
+	defer fcancel()
+	if err := s.writer.Close(fctx); err != nil {
 		errs = append(errs, fmt.Errorf("flush audit log: %w", err))
 	}
-	if err := s.tracing.Shutdown(sctx); err != nil {
+	if err := s.tracing.Shutdown(fctx); err != nil {
 		s.log.Warn("traces not flushed", "err", err)
 	}
 	s.endLife()
@@ -479,6 +487,32 @@ func recoverUnary(log *slog.Logger) grpc.UnaryServerInterceptor {
 		return h(ctx, req)
 	}
 }
+
+// drainStream ends a stream's context when draining is closed, so handlers
+// that wait on it (tails, watches, control and invalidation streams) return
+// and graceful stop does not wait out its grace period on them.
+func drainStream(draining <-chan struct{}) grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+		ctx, cancel := context.WithCancel(ss.Context())
+		defer cancel()
+		go func() {
+			select {
+			case <-draining:
+				cancel()
+			case <-ctx.Done():
+			}
+		}()
+		return h(srv, drainingStream{ss, ctx})
+	}
+}
+
+// drainingStream is a ServerStream whose context ends on shutdown.
+type drainingStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (d drainingStream) Context() context.Context { return d.ctx }
 
 func recoverStream(log *slog.Logger) grpc.StreamServerInterceptor {
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) (err error) {
