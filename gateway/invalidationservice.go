@@ -4,6 +4,7 @@ import (
 	"strconv"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/agent-assembly/agent-assembly/action"
@@ -33,6 +34,10 @@ const maxSubscribeAgents = 10000
 // from now; otherwise every event after it is sent, in order, and a
 // TYPE_RESYNC comes first when some were already trimmed from the log (or the
 // position is ahead of the log, e.g. after the log was reset).
+// SubscribedSeqHeader is the response header Subscribe sends once the
+// subscription is in place: the sequence number events follow from.
+const SubscribedSeqHeader = "aa-subscribed-seq"
+
 func (s *InvalidationService) Subscribe(req *v1.SubscribeRequest, stream grpc.ServerStreamingServer[v1.InvalidationEvent]) error {
 	ctx := stream.Context()
 	if err := checkID("subscriber", req.GetSubscriber(), false); err != nil {
@@ -71,6 +76,11 @@ func (s *InvalidationService) Subscribe(req *v1.SubscribeRequest, stream grpc.Se
 			return err
 		}
 		after = head
+	}
+	// The subscription is in place: say from where, so the subscriber knows
+	// it is live (and where to resume) before the first event arrives.
+	if err := stream.SendHeader(metadata.Pairs(SubscribedSeqHeader, strconv.FormatInt(after, 10))); err != nil {
+		return err
 	}
 	for {
 		evs, err := s.events.Next(ctx, after, 256)

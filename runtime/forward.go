@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"strconv"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -119,9 +120,18 @@ func (rt *Runtime) follow(ctx context.Context, last *int64, agents []*v1.AgentId
 	if err != nil {
 		return err
 	}
-	// The call is sent and the connection is up: events from here on reach
-	// us. (The gateway sends nothing until the first event, so there is no
-	// earlier acknowledgement to wait for.)
+	// The gateway answers with a header once the subscription is in place
+	// (and from which sequence number): only then can cached answers be
+	// trusted to be invalidated.
+	hdr, err := stream.Header()
+	if err != nil {
+		return err
+	}
+	if v := hdr.Get(subscribedSeqHeader); len(v) == 1 && *last == 0 {
+		if seq, err := strconv.ParseInt(v[0], 10, 64); err == nil {
+			*last = seq
+		}
+	}
 	rt.cache.setLive(true)
 	rt.log.Debug("invalidation stream connected", "after_seq", *last)
 	for {
@@ -144,6 +154,10 @@ func (rt *Runtime) follow(ctx context.Context, last *int64, agents []*v1.AgentId
 		}
 	}
 }
+
+// subscribedSeqHeader is the header the gateway's Subscribe sends once the
+// subscription is in place (gateway.SubscribedSeqHeader).
+const subscribedSeqHeader = "aa-subscribed-seq"
 
 func sleep(ctx context.Context, d time.Duration) {
 	t := time.NewTimer(d)

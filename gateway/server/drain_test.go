@@ -50,6 +50,10 @@ func TestShutdownEndsStreams(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The subscription says it is in place before any event.
+	if hdr, err := sub.Header(); err != nil || len(hdr.Get("aa-subscribed-seq")) != 1 {
+		t.Fatalf("subscription header %v, %v", hdr, err)
+	}
 	tail, err := v1.NewAuditServiceClient(conn).TailAudit(sctx, &v1.TailAuditRequest{})
 	if err != nil {
 		t.Fatal(err)
