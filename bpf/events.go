@@ -278,3 +278,8 @@ func (r *EventReader) SetDeadline(t time.Time) { r.deadline = t }
 
 // Close unblocks Read and releases the reader.
 func (r *EventReader) Close() error { return r.rd.Close() }
+
+// Pending reports how many bytes of verdicts the kernel has queued that Read
+// has not consumed yet; zero means the ring buffer is drained. Safe to call
+// while another goroutine reads.
+func (r *EventReader) Pending() int { return r.rd.AvailableBytes() }
