@@ -133,7 +133,39 @@ func (rt *Runtime) Run(ctx context.Context) (err error) {
 	cancelConns()
 	rt.conns.Wait()
 	wg.Wait()
+	rt.flushOnStop(ctx)
 	return nil
+}
+
+// stopFlushTimeout bounds the last attempt to forward buffered events.
+const stopFlushTimeout = 3 * time.Second
+
+// flushOnStop makes one bounded attempt to send what is still buffered (the
+// last events of an agent that just exited, say). What cannot be sent stays
+// on disk and goes out when the runtime next starts with this buffer.
+func (rt *Runtime) flushOnStop(ctx context.Context) {
+	if rt.buf.Len() == 0 {
+		return
+	}
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), stopFlushTimeout)
+	defer cancel()
+	for {
+		entries, err := rt.buf.Peek(fctx, forwardBatch)
+		if err == nil && len(entries) == 0 {
+			return
+		}
+		if err == nil {
+			err = rt.send(fctx, entries)
+		}
+		if err != nil {
+			rt.log.Warn("events stay buffered on disk; they are sent when the runtime next starts", "buffered_events", rt.buf.Len(), "err", err)
+			return
+		}
+		if err := rt.buf.Ack(fctx, entries[len(entries)-1].Seq); err != nil {
+			rt.log.Warn("ack forwarded events; they will be resent and deduplicated", "err", err)
+			return
+		}
+	}
 }
 
 func (rt *Runtime) listen(a *agentState) error {

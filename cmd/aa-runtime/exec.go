@@ -285,10 +285,14 @@ func attachKernel(rt *runtime.Runtime, g *cgroup.Group, a runtime.Agent, cfg bpf
 		}
 	}()
 	return func() {
-		// Drain what the programs wrote before the agent exited, then detach.
-		rd.SetDeadline(time.Now().Add(200 * time.Millisecond))
+		// Drain what the programs wrote before the agent exited (the pump
+		// takes it into the buffer), then stop the pump and detach.
+		deadline := time.Now().Add(time.Second)
+		for rd.Pending() > 0 && time.Now().Before(deadline) {
+			time.Sleep(5 * time.Millisecond)
+		}
+		_ = rd.Close() // Read returns ErrClosed; an event being recorded is finished first
 		<-pumped
-		_ = rd.Close()
 		_ = gov.Release(g.Path)
 		_ = gov.Close()
 	}
