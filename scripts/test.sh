@@ -15,6 +15,12 @@ else
   echo "test: PostgreSQL/Redis could not be started here; their tests will skip (install postgresql and redis-server)" >&2
 fi
 
+# The second independent xDS client (@grpc/grpc-js-xds) for xds/grpcjs_test.go.
+if command -v npm >/dev/null 2>&1 && [ ! -d xds/testdata/grpcjs/node_modules ]; then
+  (cd xds/testdata/grpcjs && npm ci --no-audit --no-fund --loglevel=error) ||
+    echo "test: npm ci for the grpc-js xDS client failed; that test will skip" >&2
+fi
+
 echo "== go vet"
 go vet ./...
 echo "== go test -race"
