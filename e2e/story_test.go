@@ -143,6 +143,77 @@ func TestStory(t *testing.T) {
 		})
 	})
 
+	step("05b kernel rules follow the policy: redirect to the Envoy listener, process.deny kills", func(t *testing.T) {
+		if os.Geteuid() != 0 {
+			t.Skip("needs root for cgroups and eBPF (CI runs as root)")
+		}
+		if _, err := exec.LookPath("bash"); err != nil {
+			t.Skip("needs bash for /dev/tcp")
+		}
+		// The coding agent's policy says network.enforcement: redirect, so a
+		// connection outside its allowlist lands on the local Envoy listener;
+		// a listener here stands in for Envoy.
+		envoy, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer envoy.Close()
+		landed := make(chan struct{}, 1)
+		go func() {
+			for {
+				c, err := envoy.Accept()
+				if err != nil {
+					return
+				}
+				landed <- struct{}{}
+				c.Close()
+			}
+		}()
+		// process.deny lists curl: any executable by that name is killed.
+		bindir := filepath.Join(work, "bin")
+		if err := os.MkdirAll(bindir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		truePath, err := exec.LookPath("true")
+		if err != nil {
+			t.Fatal(err)
+		}
+		bin0, err := os.ReadFile(truePath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(bindir, "curl"), bin0, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		script := fmt.Sprintf(`exec 3<>/dev/tcp/192.0.2.20/80 && echo redirected-connect-ok; %s/curl; echo "curl exit $?"`, bindir)
+		args := []string{"exec", "--gateway", a.grpc, "--agent", coder + ",token=" + token,
+			"--buffer", filepath.Join(work, "runtime", "events.db"), "--socket-dir", filepath.Join(work, "run"),
+			"--ebpf", "enforce", "--envoy-egress", envoy.Addr().String(), "--", "bash", "-c", script}
+		out, code := run(t, nil, bin(t, "aa-runtime"), args...)
+		t.Logf("$ aa-runtime %s  (exit %d)\n%s", strings.Join(args, " "), code, indent(out))
+		if !strings.Contains(out, "kernel rules from policy") {
+			t.Errorf("the kernel rules did not come from the policy")
+		}
+		if !strings.Contains(out, "redirected-connect-ok") {
+			t.Errorf("the connect outside the allowlist was not redirected to the Envoy listener")
+		}
+		select {
+		case <-landed:
+		case <-time.After(5 * time.Second):
+			t.Errorf("nothing reached the stand-in Envoy listener")
+		}
+		if !strings.Contains(out, "curl exit 137") {
+			t.Errorf("the denied executable was not killed (want exit 137)")
+		}
+		eventually(t, 10*time.Second, "the kill in the audit log", func() error {
+			out, _ := run(t, nil, bin(t, "aasm"), "--addr", b.grpc, "audit", "list", "--agent", coder, "-o", "json")
+			if !strings.Contains(out, "kernel/exec") {
+				return fmt.Errorf("no kernel/exec audit record")
+			}
+			return nil
+		})
+	})
+
 	step("06 budget: a call over the research team's $50/day is refused and suspends the agent", func(t *testing.T) {
 		register(t, b, "acme/research/researcher-2")
 		out, code := aasm(t, a, "check", "--agent", "acme/research/researcher-2", "--provider", "openai", "--model", "gpt-4o",

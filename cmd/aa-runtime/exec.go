@@ -37,10 +37,11 @@ func execCmd(args []string) int {
 	agent := fs.String("agent", os.Getenv("AA_AGENT_ID"), "the agent to start: org/team/agent[,uid=N][,token=T] ($AA_AGENT_ID)")
 	cgRoot := fs.String("cgroup-root", "", "parent of the agent's cgroup (default: <cgroup v2 mount>/agent-assembly)")
 	noCgroup := fs.Bool("no-cgroup", false, "run the agent without its own cgroup (no kernel enforcement possible)")
-	ebpfMode := fs.String("ebpf", "off", `kernel enforcement on the agent's cgroup: "off", "observe" (report, never block) or "enforce" (deny egress outside --egress, kill --exec-deny)`)
+	ebpfMode := fs.String("ebpf", "off", `kernel enforcement on the agent's cgroup: "off", "observe" (report, never block) or "enforce" (deny egress the policy does not allow, kill execs it denies)`)
 	var egress, execDeny listFlag
-	fs.Var(&egress, "egress", "allowed destination for --ebpf: CIDR or address, optionally :port (repeatable)")
-	fs.Var(&execDeny, "exec-deny", "executable (base name or absolute path) the kernel kills for --ebpf (repeatable)")
+	fs.Var(&egress, "egress", "allowed destination for --ebpf: CIDR or address, optionally :port (repeatable); when --egress or --exec-deny is given they replace the rules derived from the gateway's active policy")
+	fs.Var(&execDeny, "exec-deny", "executable (base name or absolute path) the kernel kills for --ebpf (repeatable; see --egress)")
+	envoyEgress := fs.String("envoy-egress", "127.0.0.1:15001", "the local Envoy egress listener that the kernel sends the agent's TCP to when its policy says network.enforcement: redirect")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: aa-runtime exec --agent org/team/agent [flags] -- CMD [ARGS...]\n\n")
 		fs.PrintDefaults()
@@ -72,6 +73,14 @@ func execCmd(args []string) int {
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "aa-runtime exec:", err)
 		return 2
+	}
+	if kcfg != nil {
+		ap, err := netip.ParseAddrPort(*envoyEgress)
+		if err != nil || !ap.Addr().Is4() {
+			fmt.Fprintf(os.Stderr, "aa-runtime exec: --envoy-egress %q must be an IPv4 address:port\n", *envoyEgress)
+			return 2
+		}
+		kcfg.Redirect = ap
 	}
 	if err := os.MkdirAll(filepath.Dir(a.Socket), 0o755); err != nil {
 		fmt.Fprintln(os.Stderr, "aa-runtime exec:", err)
@@ -149,7 +158,13 @@ func execCmd(args []string) int {
 		if group == nil {
 			log.Warn("eBPF requested but --no-cgroup given: no kernel enforcement")
 		} else {
-			stopKernel = attachKernel(rt, group, a, *kcfg, log)
+			var pk *policyKernel
+			if len(egress) == 0 && len(execDeny) == 0 {
+				if pk, err = newPolicyKernel(c.gateway, a.ID, argv[0], log); err != nil {
+					log.Error("eBPF rules from policy unavailable", "err", err)
+				}
+			}
+			stopKernel = attachKernel(rt, group, a, *kcfg, pk, log)
 		}
 	}
 	defer func() {
@@ -253,22 +268,44 @@ func parseDestination(s string) (bpf.Destination, error) {
 // attachKernel governs the cgroup with the eBPF programs and pumps their
 // events into the runtime. When eBPF is unavailable it says so loudly and
 // returns nil: the agent then runs with L1 (and L2) only.
-func attachKernel(rt *runtime.Runtime, g *cgroup.Group, a runtime.Agent, cfg bpf.AgentConfig, log *slog.Logger) func() {
+//
+// With pk, the rules come from the gateway's active policy (and follow it);
+// without, cfg holds them (--egress, --exec-deny).
+func attachKernel(rt *runtime.Runtime, g *cgroup.Group, a runtime.Agent, cfg bpf.AgentConfig, pk *policyKernel, log *slog.Logger) func() {
 	gov, err := bpf.Open(bpf.Options{Logger: log, NoPin: true})
 	if err != nil {
 		log.Error("eBPF UNAVAILABLE: the agent runs WITHOUT kernel enforcement", "err", err)
 		return nil
 	}
-	if err := gov.Govern(g.Path, cfg); err != nil {
+	kctx, kcancel := context.WithCancel(context.Background())
+	if pk != nil {
+		err = pk.attach(kctx, gov, g.Path, cfg)
+	} else {
+		err = gov.Govern(g.Path, cfg)
+	}
+	if err != nil {
 		log.Error("eBPF attach FAILED: the agent runs WITHOUT kernel enforcement", "cgroup", g.Path, "err", err)
+		kcancel()
 		_ = gov.Close()
 		return nil
 	}
-	log.Info("eBPF programs attached", "cgroup", g.Path, "network", cfg.Network.String(), "egress", len(cfg.Egress), "exec_deny", len(cfg.ExecDeny))
+	if pk != nil {
+		go pk.run(kctx)
+		log.Info("eBPF programs attached", "cgroup", g.Path, "network", cfg.Network.String(), "rules", "from policy")
+	} else {
+		log.Info("eBPF programs attached", "cgroup", g.Path, "network", cfg.Network.String(), "egress", len(cfg.Egress), "exec_deny", len(cfg.ExecDeny))
+	}
 	rd, err := gov.Events()
 	if err != nil {
 		log.Error("eBPF events unavailable: kernel verdicts are enforced but not audited", "err", err)
-		return func() { _ = gov.Release(g.Path); _ = gov.Close() }
+		return func() {
+			kcancel()
+			if pk != nil {
+				pk.close()
+			}
+			_ = gov.Release(g.Path)
+			_ = gov.Close()
+		}
 	}
 	pid := &v1.AgentId{OrgId: a.ID.Org, TeamId: a.ID.Team, AgentId: a.ID.Agent}
 	pumped := make(chan struct{})
@@ -293,6 +330,10 @@ func attachKernel(rt *runtime.Runtime, g *cgroup.Group, a runtime.Agent, cfg bpf
 		}
 		_ = rd.Close() // Read returns ErrClosed; an event being recorded is finished first
 		<-pumped
+		kcancel()
+		if pk != nil {
+			pk.close()
+		}
 		_ = gov.Release(g.Path)
 		_ = gov.Close()
 	}

@@ -1,0 +1,131 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"slices"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/agent-assembly/agent-assembly/action"
+	v1 "github.com/agent-assembly/agent-assembly/api/agentassembly/v1"
+	"github.com/agent-assembly/agent-assembly/bpf"
+	"github.com/agent-assembly/agent-assembly/bpf/egress"
+	"github.com/agent-assembly/agent-assembly/policy"
+)
+
+// policyPollInterval is how often exec asks the gateway for the active
+// policy version to keep the kernel rules in step.
+const policyPollInterval = 2 * time.Second
+
+// policyKernel keeps an agent's kernel rules derived from the gateway's
+// active policy: egress allowlists (hosts resolved, refreshed on TTL) and
+// exact-name process rules, as bpf/egress translates them.
+type policyKernel struct {
+	conn    *grpc.ClientConn
+	policy  v1.PolicyServiceClient
+	agent   action.AgentID
+	command string // the agent's own executable, always allowed to exec
+	log     *slog.Logger
+	ea      *egress.Agent
+	version string
+	observe bool
+}
+
+// newPolicyKernel connects to the gateway for policy reads.
+func newPolicyKernel(gateway string, agent action.AgentID, command string, log *slog.Logger) (*policyKernel, error) {
+	conn, err := grpc.NewClient(gateway, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, fmt.Errorf("dial gateway %s for the policy: %w", gateway, err)
+	}
+	return &policyKernel{conn: conn, policy: v1.NewPolicyServiceClient(conn), agent: agent, command: filepath.Base(command), log: log}, nil
+}
+
+// plan fetches the active policy and compiles the agent's kernel plan.
+func (k *policyKernel) plan(ctx context.Context) (string, egress.Plan, error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	info, err := k.policy.GetPolicy(ctx, &v1.GetPolicyRequest{})
+	if err != nil {
+		return "", egress.Plan{}, fmt.Errorf("read the active policy: %w", err)
+	}
+	docs := make([]*policy.Document, 0, len(info.GetDocuments()))
+	for _, d := range info.GetDocuments() {
+		doc, err := policy.Parse(d.GetName(), []byte(d.GetYaml()))
+		if err != nil {
+			return "", egress.Plan{}, fmt.Errorf("policy %s: %w", info.GetVersion(), err)
+		}
+		docs = append(docs, doc)
+	}
+	snap, err := policy.Compile(docs, info.GetVersion())
+	if err != nil {
+		return "", egress.Plan{}, fmt.Errorf("compile policy %s: %w", info.GetVersion(), err)
+	}
+	plan, err := egress.Compile(snap, k.agent, egress.Options{})
+	if err != nil {
+		return "", egress.Plan{}, fmt.Errorf("kernel rules of policy %s: %w", info.GetVersion(), err)
+	}
+	if k.observe {
+		plan.Network = bpf.NetworkObserve // --ebpf observe: report, never block
+	}
+	if plan.ExecAllow != nil && !slices.Contains(plan.ExecAllow, k.command) {
+		// The agent's own first exec is judged too; the runtime started it.
+		plan.ExecAllow = append(plan.ExecAllow, k.command)
+	}
+	return info.GetVersion(), plan, nil
+}
+
+// attach governs the cgroup at path with base plus the policy's rules. If
+// the policy cannot be read, the agent gets base alone: only the always-
+// allowed destinations (fail closed), and it says so.
+func (k *policyKernel) attach(ctx context.Context, gov *bpf.Governor, path string, base bpf.AgentConfig) error {
+	k.observe = base.Network == bpf.NetworkObserve
+	k.ea = egress.NewAgent(gov, path, egress.Config{
+		Base: base, Resolver: egress.NetResolver{Resolver: net.DefaultResolver, TTL: 30 * time.Second}, Logger: k.log})
+	version, plan, err := k.plan(ctx)
+	if err != nil {
+		k.log.Error("eBPF egress from policy unavailable: the kernel denies all but the always-allowed destinations until the policy can be read", "err", err)
+		plan = egress.Plan{Network: base.Network, Sets: [][]egress.Entry{{}}}
+	}
+	if err := k.ea.Apply(ctx, plan); err != nil {
+		return err
+	}
+	k.version = version
+	k.log.Info("kernel rules from policy", "version", version, "sets", len(plan.Sets), "exec_allow", plan.ExecAllow, "exec_deny", plan.ExecDeny, "unenforced", len(plan.Unenforced))
+	return nil
+}
+
+// run refreshes DNS and follows policy versions until ctx ends.
+func (k *policyKernel) run(ctx context.Context) {
+	go func() { _ = k.ea.Run(ctx) }()
+	t := time.NewTicker(policyPollInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		version, plan, err := k.plan(ctx)
+		if err != nil || version == k.version {
+			if err != nil && ctx.Err() == nil {
+				k.log.Warn("policy not re-read for the kernel rules; the current ones stay", "err", err)
+			}
+			continue
+		}
+		if err := k.ea.Apply(ctx, plan); err != nil {
+			k.log.Error("kernel rules of the new policy not applied; the previous ones stay", "version", version, "err", err)
+			continue
+		}
+		k.log.Info("kernel rules follow the new policy", "version", version, "previous", k.version)
+		k.version = version
+	}
+}
+
+// close releases the policy connection.
+func (k *policyKernel) close() { _ = k.conn.Close() }
