@@ -9,12 +9,12 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
-	"encoding/json"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -230,23 +230,34 @@ func TestStory(t *testing.T) {
 		})
 	})
 
-	step("07 approval: a risky command waits for a human, granted with aasm on the other replica", func(t *testing.T) {
-		args := []string{"check", "--agent", coder, "--tool", "shell_exec", "--args", `{"command":"rm -rf build"}`}
-		out, code := aasm(t, a, append(args, "-o", "json")...)
-		if code != 2 {
-			t.Fatalf("want PENDING (exit 2), got %d", code)
-		}
-		var resp struct {
-			ApprovalID string `json:"approval_id"`
-		}
-		if err := json.Unmarshal([]byte(out), &resp); err != nil || resp.ApprovalID == "" {
-			t.Fatalf("no approval id in %s: %v", out, err)
-		}
-		if _, code := aasm(t, b, "approvals", "approve", resp.ApprovalID, "--comment", "build dir only"); code != 0 {
+	step("07 approval: the agent waits while an operator grants it with aasm on the other replica", func(t *testing.T) {
+		args := []string{"--addr", a.grpc, "check", "--agent", coder, "--tool", "shell_exec", "--args", `{"command":"rm -rf build"}`, "--wait"}
+		t.Logf("$ aasm %s   (waits for a human)", strings.Join(args, " "))
+		waiting := start(t, "aasm check --wait", exec.Command(bin(t, "aasm"), args...))
+		idRE := regexp.MustCompile(`"id":\s*"([^"]+)"`)
+		var id string
+		eventually(t, 10*time.Second, "the pending approval listed on replica b", func() error {
+			out, _ := run(t, nil, bin(t, "aasm"), "--addr", b.grpc, "approvals", "list", "-o", "json")
+			m := idRE.FindStringSubmatch(out)
+			if m == nil {
+				return fmt.Errorf("no pending approval: %s", out)
+			}
+			id = m[1]
+			return nil
+		})
+		if _, code := aasm(t, b, "approvals", "approve", id, "--comment", "build dir only"); code != 0 {
 			t.Fatalf("approve: exit %d", code)
 		}
-		if _, code := aasm(t, a, append(args, "--approval", resp.ApprovalID)...); code != 0 {
-			t.Fatalf("the approved action is not allowed: exit %d", code)
+		select {
+		case err := <-waiting.done:
+			waiting.done <- err
+			out := waiting.out.String()
+			t.Logf("the waiting check returned (%v):\n%s", err, indent(out))
+			if err != nil || !strings.Contains(out, "ALLOW") {
+				t.Fatalf("the waiting agent was not allowed once approved")
+			}
+		case <-time.After(15 * time.Second):
+			t.Fatal("the waiting check did not return after the approval")
 		}
 	})
 
