@@ -55,16 +55,23 @@ func (s *AuditService) WithReports(core *Core, store ReportLog) *AuditService {
 // ReportEvents implements AuditService.ReportEvents. The batch is validated
 // as a whole (a bad event rejects the call and changes nothing); events whose
 // id the reporter sent before are counted as duplicates and not appended
-// again; the rest are appended in order in one transaction.
+// again; the rest are appended in order in one transaction. A kernel-layer
+// event is first linked to the decision another layer made about the same
+// action (see correlate), so the audit shows which layers saw it.
 func (s *AuditService) ReportEvents(ctx context.Context, req *v1.ReportEventsRequest) (*v1.ReportEventsResponse, error) {
 	r := s.reports
 	if r == nil {
 		return nil, status.Error(codes.Unimplemented, "report events: this gateway was built without an event sink")
 	}
-	recs, keys, err := r.records(req)
+	recs, keys, acts, err := r.records(req)
 	if err != nil {
 		return nil, requestStatus(err)
 	}
+	layers := make([]string, len(recs))
+	for i, ev := range req.GetEvents() {
+		layers[i], _ = layerName(ev.GetLayer())
+	}
+	r.correlate(ctx, recs, acts, layers)
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	expires := r.core.now().Add(reportDedupTTL)
@@ -101,45 +108,46 @@ func (s *AuditService) ReportEvents(ctx context.Context, req *v1.ReportEventsReq
 }
 
 // records validates the batch and builds one audit record and one dedup key per event.
-func (r *reports) records(req *v1.ReportEventsRequest) ([]*storage.AuditRecord, []string, error) {
+func (r *reports) records(req *v1.ReportEventsRequest) ([]*storage.AuditRecord, []string, []action.Action, error) {
 	if err := checkID("reporter", req.GetReporter(), true); err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	if len(req.GetReporter()) > maxEventIDLen {
-		return nil, nil, badField("reporter", "is %d bytes, over the limit of %d", len(req.GetReporter()), maxEventIDLen)
+		return nil, nil, nil, badField("reporter", "is %d bytes, over the limit of %d", len(req.GetReporter()), maxEventIDLen)
 	}
 	evs := req.GetEvents()
 	if len(evs) == 0 {
-		return nil, nil, badField("events", "is empty")
+		return nil, nil, nil, badField("events", "is empty")
 	}
 	if len(evs) > MaxReportedEvents {
-		return nil, nil, badField("events", "has %d events, over the limit of %d per call", len(evs), MaxReportedEvents)
+		return nil, nil, nil, badField("events", "has %d events, over the limit of %d per call", len(evs), MaxReportedEvents)
 	}
 	now := r.core.now()
 	recs := make([]*storage.AuditRecord, len(evs))
+	acts := make([]action.Action, len(evs))
 	keys := make([]string, len(evs))
 	seen := make(map[string]bool, len(evs))
 	for i, ev := range evs {
 		field := fmt.Sprintf("events[%d]", i)
 		id := ev.GetEventId()
 		if err := checkID(field+".event_id", id, true); err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 		if len(id) > maxEventIDLen {
-			return nil, nil, badField(field+".event_id", "is %d bytes, over the limit of %d", len(id), maxEventIDLen)
+			return nil, nil, nil, badField(field+".event_id", "is %d bytes, over the limit of %d", len(id), maxEventIDLen)
 		}
 		if seen[id] {
-			return nil, nil, badField(field+".event_id", "%q appears twice in the batch", id)
+			return nil, nil, nil, badField(field+".event_id", "%q appears twice in the batch", id)
 		}
 		seen[id] = true
 		layer, ok := layerName(ev.GetLayer())
 		if !ok {
-			return nil, nil, badField(field+".layer", "must be sdk, runtime, envoy or kernel, not %v", ev.GetLayer())
+			return nil, nil, nil, badField(field+".layer", "must be sdk, runtime, envoy or kernel, not %v", ev.GetLayer())
 		}
 		when := now
 		if ev.GetTime() != nil {
 			if err := ev.GetTime().CheckValid(); err != nil {
-				return nil, nil, badField(field+".time", "%v", err)
+				return nil, nil, nil, badField(field+".time", "%v", err)
 			}
 			when = ev.GetTime().AsTime()
 		}
@@ -148,23 +156,24 @@ func (r *reports) records(req *v1.ReportEventsRequest) ([]*storage.AuditRecord, 
 			if re, ok := err.(*RequestError); ok {
 				re.Field = field + ".action." + re.Field
 			}
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 		d := decisionFromProto(ev.GetDecision())
 		if ev.GetDecision() != v1.Decision_DECISION_UNSPECIFIED && d == action.DecisionUnspecified {
-			return nil, nil, badField(field+".decision", "unknown value %d", ev.GetDecision())
+			return nil, nil, nil, badField(field+".decision", "unknown value %d", ev.GetDecision())
 		}
 		for _, f := range []struct{ name, v string }{
 			{".rule_id", ev.GetRuleId()}, {".policy_version", ev.GetPolicyVersion()}, {".decision_id", ev.GetDecisionId()},
 		} {
 			if err := checkID(field+f.name, f.v, false); err != nil {
-				return nil, nil, err
+				return nil, nil, nil, err
 			}
 		}
 		if len(ev.GetReason()) > 4096 {
-			return nil, nil, badField(field+".reason", "is %d bytes, over the limit of 4096", len(ev.GetReason()))
+			return nil, nil, nil, badField(field+".reason", "is %d bytes, over the limit of 4096", len(ev.GetReason()))
 		}
 		r.redact(&a)
+		acts[i] = a
 		rule := ev.GetRuleId()
 		if rule == "" {
 			rule = "layer/" + layer
@@ -185,7 +194,7 @@ func (r *reports) records(req *v1.ReportEventsRequest) ([]*storage.AuditRecord, 
 			PolicyVersion: ev.GetPolicyVersion(), Mode: action.ModeEnforce, Reason: reason,
 		}
 	}
-	return recs, keys, nil
+	return recs, keys, acts, nil
 }
 
 // redact applies the agent's credential scanner to a so that no reported
