@@ -120,6 +120,31 @@ func (h *Invalidations) Head() int64 {
 	return h.head
 }
 
+// WaitHead returns once this replica has read the log up to seq (it asks
+// Run to read now), or when wait passes or ctx ends, with the head it has.
+// A subscriber that saw seq on another replica, or just before this one
+// read it, is then not taken for one ahead of the log.
+func (h *Invalidations) WaitHead(ctx context.Context, seq int64, wait time.Duration) int64 {
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	for {
+		h.mu.Lock()
+		head, wake := h.head, h.wake
+		h.mu.Unlock()
+		if head >= seq {
+			return head
+		}
+		h.Kick()
+		select {
+		case <-wake:
+		case <-timer.C:
+			return h.Head()
+		case <-ctx.Done():
+			return h.Head()
+		}
+	}
+}
+
 // Ready returns a channel closed once Run has read the log's head.
 func (h *Invalidations) Ready() <-chan struct{} { return h.ready }
 

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"strconv"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
@@ -67,6 +68,11 @@ func (s *InvalidationService) Subscribe(req *v1.SubscribeRequest, stream grpc.Se
 	}
 	after := req.GetLastSeqSeen()
 	head := s.events.Head()
+	if after > head {
+		// Maybe only this replica is behind (the subscriber saw the event
+		// elsewhere, or before this replica read it): catch up first.
+		head = s.events.WaitHead(ctx, after, 2*time.Second)
+	}
 	switch {
 	case after == 0:
 		after = head
