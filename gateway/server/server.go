@@ -74,6 +74,7 @@ type Server struct {
 	// draining is closed when shutdown starts: long-lived streams (tail,
 	// watch, control, invalidation, xDS) end so graceful stop can finish.
 	draining chan struct{}
+	runtimes runtimeStreams // open runtime streams, for GetStatus (status.go)
 }
 
 // New opens the store and loads the policy. It fails if either is unusable:
@@ -181,7 +182,7 @@ func (s *Server) buildGRPC() {
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		s.tracing.ServerOption(),
 		grpc.ChainUnaryInterceptor(recoverUnary(s.log)),
-		grpc.ChainStreamInterceptor(recoverStream(s.log), drainStream(s.draining)),
+		grpc.ChainStreamInterceptor(recoverStream(s.log), drainStream(s.draining), s.runtimes.interceptor()),
 	)
 	v1.RegisterPolicyServiceServer(s.grpc, gateway.NewPolicyService(s.core).WithVersions(s.reloader).WithAudit(s.store))
 	v1.RegisterTopologyServiceServer(s.grpc, gateway.NewTopologyService(s.store))
@@ -192,6 +193,7 @@ func (s *Server) buildGRPC() {
 	extproc.New(s.core, extproc.Options{Logger: s.log, Metrics: extproc.NewMetrics(s.reg)}).Register(s.grpc)
 	v1.RegisterAgentLifecycleServiceServer(s.grpc, s.agents)
 	v1.RegisterInvalidationServiceServer(s.grpc, gateway.NewInvalidationService(s.events))
+	v1.RegisterAdminServiceServer(s.grpc, gateway.NewAdminService(s))
 	s.health = health.NewServer()
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
@@ -229,6 +231,9 @@ func (s *Server) buildHTTP(ctx context.Context) error {
 		return fmt.Errorf("register REST handlers: %w", err)
 	}
 	if err := s.registerXDSREST(ctx, gw); err != nil {
+		return err
+	}
+	if err := s.registerAdminREST(ctx, gw); err != nil {
 		return err
 	}
 	mux := http.NewServeMux()

@@ -1,0 +1,94 @@
+package server
+
+import (
+	"context"
+	"slices"
+	"strings"
+	"testing"
+
+	v1 "github.com/agent-assembly/agent-assembly/api/agentassembly/v1"
+)
+
+// TestStatusREST: GET /v1/status reports the replica, its store and policy,
+// and counts a runtime stream while it is open and not after it closes.
+func TestStatusREST(t *testing.T) {
+	g := startGateway(t, examplesDir(t), nil)
+	code, st := restCall(t, "GET", g.base+"/v1/status", "")
+	if code != 200 || st["healthy"] != true || st["replica_id"] != "test-replica" || st["version"] != Version ||
+		st["audit_durability"] != "sync" || !strings.HasPrefix(st["store"].(string), "sqlite:") ||
+		st["policy_version"] != g.srv.Core().Snapshot().Version() || st["started_at"] == nil {
+		t.Fatalf("GET /v1/status: %d %v", code, st)
+	}
+	if reps, _ := st["replicas"].([]any); len(reps) != 1 || reps[0] != "test-replica" {
+		t.Fatalf("replicas = %v, want [test-replica]", st["replicas"])
+	}
+	if st["connected_runtimes"] != nil {
+		t.Fatalf("connected_runtimes = %v with no runtime connected", st["connected_runtimes"])
+	}
+
+	_, cancel := subscribe(t, g, 0)
+	admin := v1.NewAdminServiceClient(g.conn)
+	runtimes := func() int32 {
+		s, err := admin.GetStatus(context.Background(), &v1.GetStatusRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s.GetConnectedRuntimes()
+	}
+	waitFor(t, "one runtime stream counted", func() bool { return runtimes() == 1 })
+	cancel()
+	waitFor(t, "the closed runtime stream uncounted", func() bool { return runtimes() == 0 })
+}
+
+// TestStatusAPIKeysUnimplemented: the key calls wait for operator auth.
+func TestStatusAPIKeysUnimplemented(t *testing.T) {
+	g := startGateway(t, examplesDir(t), nil)
+	code, body := restCall(t, "GET", g.base+"/v1/admin/keys", "")
+	if code != 501 {
+		t.Fatalf("GET /v1/admin/keys: %d %v, want 501", code, body)
+	}
+}
+
+// TestStatusReplicasSeen: each replica lists the other once it has written
+// an audit record, found through the shared store.
+func TestStatusReplicasSeen(t *testing.T) {
+	a, b := sharedReplicas(t)
+	if _, err := b.client.CheckAction(context.Background(), toolReq(agent("acme", "eng", "coder-1"), "git_status", "")); err != nil {
+		t.Fatal(err)
+	}
+	st, err := v1.NewAdminServiceClient(a.conn).GetStatus(context.Background(), &v1.GetStatusRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(st.GetReplicas(), []string{"gw-a", "gw-b"}) || !st.GetHealthy() {
+		t.Fatalf("gw-a status: replicas %v healthy %v, want [gw-a gw-b] and healthy", st.GetReplicas(), st.GetHealthy())
+	}
+	if strings.Contains(st.GetStore(), "password") && !strings.Contains(st.GetStore(), "xxxxx") {
+		t.Fatalf("store URL not redacted: %s", st.GetStore())
+	}
+	if !strings.HasPrefix(st.GetCounters(), "redis://") {
+		t.Fatalf("counters = %q, want the redis URL", st.GetCounters())
+	}
+}
+
+func TestRedactStore(t *testing.T) {
+	cases := map[string]string{
+		"":                    "",
+		"memory:":             "memory:",
+		"sqlite:./data/aa.db": "sqlite:./data/aa.db",
+		"postgres://aa:s3cret@db:5432/aa?sslmode=disable":          "postgres://aa:xxxxx@db:5432/aa?sslmode=disable",
+		"postgres://aa@db/aa?password=s3cret&sslmode=require":      "postgres://aa@db/aa?password=xxxxx&sslmode=require",
+		"redis://:s3cret@127.0.0.1:6379/0":                         "redis://:xxxxx@127.0.0.1:6379/0",
+		"redis://127.0.0.1:56379/0?prefix=x":                       "redis://127.0.0.1:56379/0?prefix=x",
+		"postgres://aa:s3cret@db/aa?schema=x&Password=also-secret": "postgres://aa:xxxxx@db/aa?Password=xxxxx&schema=x",
+	}
+	for in, want := range cases {
+		got := redactStore(in)
+		if got != want {
+			t.Errorf("redactStore(%q) = %q, want %q", in, got, want)
+		}
+		if strings.Contains(got, "s3cret") || strings.Contains(got, "also-secret") {
+			t.Errorf("redactStore(%q) leaks a secret: %q", in, got)
+		}
+	}
+}
