@@ -174,12 +174,7 @@ func newAuditTailCmd(g *globals) *cobra.Command {
 					}
 					return err
 				}
-				if g.output == "table" {
-					fmt.Fprintf(g.out, "%s  %-28s %-14s %-7s %s  %s\n", r.GetTime().AsTime().Local().Format(time.TimeOnly),
-						agentString(r.GetAgent()), strings.ToLower(r.GetActionType().String()), r.GetDecision(), r.GetRuleId(), r.GetReason())
-					continue
-				}
-				if err := g.print(r, nil); err != nil {
+				if err := g.printTailRecord(r); err != nil {
 					return err
 				}
 			}
@@ -187,6 +182,17 @@ func newAuditTailCmd(g *globals) *cobra.Command {
 	}
 	f.register(cmd)
 	return cmd
+}
+
+// printTailRecord writes one followed record: a line in table output,
+// else the record as JSON or YAML.
+func (g *globals) printTailRecord(r *v1.AuditRecord) error {
+	if g.output == "table" {
+		_, err := fmt.Fprintf(g.out, "%s  %-28s %-14s %-7s %s  %s\n", r.GetTime().AsTime().Local().Format(time.TimeOnly),
+			agentString(r.GetAgent()), strings.ToLower(r.GetActionType().String()), r.GetDecision(), r.GetRuleId(), r.GetReason())
+		return err
+	}
+	return g.print(r, nil)
 }
 
 func newAuditVerifyCmd(g *globals) *cobra.Command {

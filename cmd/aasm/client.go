@@ -12,6 +12,7 @@ type clients struct {
 	audit     v1.AuditServiceClient
 	approvals v1.ApprovalServiceClient
 	secrets   v1.SecretsServiceClient
+	admin     v1.AdminServiceClient
 }
 
 // call dials the gateway and runs fn with the clients and a context bounded
@@ -27,5 +28,5 @@ func (g *globals) call(ctx context.Context, fn func(ctx context.Context, c clien
 		ctx, cancel = context.WithTimeout(ctx, g.timeout)
 		defer cancel()
 	}
-	return fn(ctx, clients{policy: v1.NewPolicyServiceClient(conn), audit: v1.NewAuditServiceClient(conn), approvals: v1.NewApprovalServiceClient(conn), secrets: v1.NewSecretsServiceClient(conn)})
+	return fn(ctx, clients{policy: v1.NewPolicyServiceClient(conn), audit: v1.NewAuditServiceClient(conn), approvals: v1.NewApprovalServiceClient(conn), secrets: v1.NewSecretsServiceClient(conn), admin: v1.NewAdminServiceClient(conn)})
 }

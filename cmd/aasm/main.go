@@ -82,19 +82,20 @@ func newRoot(g *globals) *cobra.Command {
 		Long: `aasm is the command-line client of the agent-assembly gateway.
 
 It checks actions against the live policy, explains decisions, and validates
-policy documents. The gateway address comes from --addr or $AA_ADDR.`,
+policy documents. The gateway address comes from --addr, $AA_ADDR or the
+address saved by aasm login.`,
 		Example:       "  aasm check --agent acme/eng/coder-1 --tool git_status\n  aasm policy validate examples/policies",
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	def := os.Getenv("AA_ADDR")
-	if def == "" {
-		def = "127.0.0.1:50051"
+	def, warn := defaultAddr()
+	if warn != "" {
+		fmt.Fprintln(g.errOut, "aasm: "+warn)
 	}
-	root.PersistentFlags().StringVar(&g.addr, "addr", def, "gateway gRPC address, host:port or unix:/path (env AA_ADDR)")
+	root.PersistentFlags().StringVar(&g.addr, "addr", def, "gateway gRPC address, host:port or unix:/path (env AA_ADDR, else saved by aasm login)")
 	root.PersistentFlags().DurationVar(&g.timeout, "timeout", 10*time.Second, "deadline for each call to the gateway")
 	root.PersistentFlags().StringVarP(&g.output, "output", "o", "table", "output format: table, json or yaml")
-	root.AddCommand(newCheckCmd(g), newPolicyCmd(g), newAuditCmd(g), newApprovalsCmd(g), newBudgetCmd(g), newSecretCmd(g), newTopologyCmd(g), newAgentCmd(g), newXDSCmd(g), newVersionCmd(g))
+	root.AddCommand(newCheckCmd(g), newPolicyCmd(g), newAuditCmd(g), newApprovalsCmd(g), newBudgetCmd(g), newSecretCmd(g), newTopologyCmd(g), newAgentCmd(g), newXDSCmd(g), newStatusCmd(g), newLogsCmd(g), newLoginCmd(g), newLogoutCmd(g), newVersionCmd(g))
 	return root
 }
 

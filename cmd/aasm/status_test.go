@@ -1,0 +1,60 @@
+package main
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/agent-assembly/agent-assembly/gateway/server"
+	"github.com/agent-assembly/agent-assembly/gateway/server/servertest"
+)
+
+// startNamedGateway starts a gateway whose replica id is gw-test.
+func startNamedGateway(t *testing.T) string {
+	t.Helper()
+	return servertest.Start(t, "../../examples/policies", func(c *server.Config) { c.ReplicaID = "gw-test" })
+}
+
+// TestStatus runs aasm status against a real gateway: the table (golden),
+// the JSON for scripts, and exit 3 with advice when nothing answers.
+func TestStatus(t *testing.T) {
+	addr := startNamedGateway(t)
+	var st struct {
+		Healthy       bool     `json:"healthy"`
+		ReplicaID     string   `json:"replica_id"`
+		Store         string   `json:"store"`
+		PolicyVersion string   `json:"policy_version"`
+		Replicas      []string `json:"replicas"`
+		Durability    string   `json:"audit_durability"`
+	}
+	out := mustBin(t, exitAllow, "--addr", addr, "-o", "json", "status")
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		t.Fatalf("status -o json: %v\n%s", err, out)
+	}
+	if !st.Healthy || st.ReplicaID != "gw-test" || st.Store != "memory:" || st.PolicyVersion == "" ||
+		len(st.Replicas) != 1 || st.Replicas[0] != "gw-test" || st.Durability != "sync" {
+		t.Fatalf("status -o json: %+v", st)
+	}
+	out = mustBin(t, exitAllow, "--addr", addr, "status")
+	golden(t, "status.golden", normalize(out, map[string]string{addr: "<ADDR>", st.PolicyVersion: "<POLICY>", server.Version: "<VERSION>"}))
+
+	out = mustBin(t, exitAllow, "--addr", addr, "-o", "yaml", "status")
+	if !strings.Contains(out, "replica_id: gw-test") {
+		t.Fatalf("status -o yaml lacks the replica:\n%s", out)
+	}
+
+	code, _, errOut := runBin(t, "--addr", "127.0.0.1:1", "--timeout", "2s", "status")
+	if code != exitError || !strings.Contains(errOut, "cannot reach the gateway at 127.0.0.1:1") || !strings.Contains(errOut, "--addr") {
+		t.Fatalf("status without a gateway: exit %d\n%s", code, errOut)
+	}
+}
+
+// TestNewCommandsHelp: every new command's help has an example.
+func TestNewCommandsHelp(t *testing.T) {
+	for _, name := range []string{"status", "logs", "login", "logout"} {
+		code, out, _ := run(t, name, "--help")
+		if code != 0 || !strings.Contains(out, "Examples:") || !strings.Contains(out, "aasm "+name) {
+			t.Fatalf("%s --help: exit %d\n%s", name, code, out)
+		}
+	}
+}
