@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/agent-assembly/agent-assembly/gateway/server"
 	"github.com/agent-assembly/agent-assembly/gateway/server/servertest"
@@ -56,5 +57,32 @@ func TestNewCommandsHelp(t *testing.T) {
 		if code != 0 || !strings.Contains(out, "Examples:") || !strings.Contains(out, "aasm "+name) {
 			t.Fatalf("%s --help: exit %d\n%s", name, code, out)
 		}
+	}
+}
+
+// TestStatusCountsEnvoyNodes: an Envoy node with an open ADS stream shows
+// in ENVOY NODES.
+func TestStatusCountsEnvoyNodes(t *testing.T) {
+	addr := startNamedGateway(t)
+	adsNode(t, addr, "acme/research/researcher-1", "")
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, out, _ := run(t, "--addr", addr, "-o", "json", "status")
+		var st struct {
+			Envoys int `json:"connected_envoy_nodes"`
+		}
+		if err := json.Unmarshal([]byte(out), &st); err != nil {
+			t.Fatalf("status -o json: %v\n%s", err, out)
+		}
+		if st.Envoys == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("connected_envoy_nodes = %d after 10s, want 1", st.Envoys)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if _, out, _ := run(t, "--addr", addr, "status"); !strings.Contains(out, "1 connected to this replica") {
+		t.Fatalf("status table:\n%s", out)
 	}
 }
