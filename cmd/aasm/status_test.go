@@ -1,11 +1,16 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
+	"net"
 	"strings"
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+
+	v1 "github.com/agent-assembly/agent-assembly/api/agentassembly/v1"
 	"github.com/agent-assembly/agent-assembly/gateway/server"
 	"github.com/agent-assembly/agent-assembly/gateway/server/servertest"
 )
@@ -84,5 +89,32 @@ func TestStatusCountsEnvoyNodes(t *testing.T) {
 	}
 	if _, out, _ := run(t, "--addr", addr, "status"); !strings.Contains(out, "1 connected to this replica") {
 		t.Fatalf("status table:\n%s", out)
+	}
+}
+
+// unhealthyAdmin is an AdminService that reports an unhealthy replica.
+type unhealthyAdmin struct {
+	v1.UnimplementedAdminServiceServer
+}
+
+func (unhealthyAdmin) GetStatus(context.Context, *v1.GetStatusRequest) (*v1.GatewayStatus, error) {
+	return &v1.GatewayStatus{ReplicaId: "sick", Healthy: false, Replicas: []string{"sick"}}, nil
+}
+
+// TestStatusUnhealthyExit1 is a unit test of the exit status and advice for
+// an unhealthy replica (a real gateway cannot be made unhealthy on demand
+// in a test: it refuses to start without a policy and a store).
+func TestStatusUnhealthyExit1(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := grpc.NewServer()
+	v1.RegisterAdminServiceServer(s, unhealthyAdmin{})
+	go func() { _ = s.Serve(l) }()
+	t.Cleanup(s.Stop)
+	code, out, errOut := run(t, "--addr", l.Addr().String(), "status")
+	if code != exitDeny || !strings.Contains(out, "HEALTHY           NO") || !strings.Contains(errOut, "unhealthy") || !strings.Contains(errOut, "/readyz") {
+		t.Fatalf("unhealthy status: exit %d (want %d)\n%s\n%s", code, exitDeny, out, errOut)
 	}
 }
