@@ -281,6 +281,9 @@ func TestOptions(t *testing.T) {
 }
 
 func TestNoAllocsWhenClean(t *testing.T) {
+	if raceEnabled {
+		t.Skip("allocation counts are not meaningful with the race detector (sync.Pool drops items at random); `go test ./scan` checks them")
+	}
 	clean := cleanText(t, 64<<10)
 	cleanJSON := toolArgsJSON(4 << 10)
 	cleanJSON = []byte(strings.Replace(string(cleanJSON), "Bearer sk-ant-", "Bearer ", 1))

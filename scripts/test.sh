@@ -25,6 +25,8 @@ echo "== go vet"
 go vet ./...
 echo "== go test -race"
 go test -race -count=1 -timeout 25m ./...
+echo "== allocation checks (they skip under -race)"
+go test -count=1 -run 'Alloc' ./scan ./policy
 if [ "$started" = 1 ]; then
   scripts/e2e.sh
 fi
