@@ -432,7 +432,7 @@ func (s *AgentService) GetAgent(ctx context.Context, req *v1.GetAgentRequest) (*
 	}
 	a, err := s.reg.GetAgent(ctx, id)
 	if err != nil {
-		return nil, storeStatus("get agent", err)
+		return nil, agentStatus(id, err)
 	}
 	return AgentToProto(a), nil
 }
@@ -465,7 +465,7 @@ func (s *AgentService) setStatus(ctx context.Context, req *v1.AgentControlReques
 	}
 	cur, err := s.reg.GetAgent(ctx, id)
 	if err != nil {
-		return nil, storeStatus("get agent", err)
+		return nil, agentStatus(id, err)
 	}
 	if cur.Status == storage.AgentKilled && st != storage.AgentKilled {
 		return nil, status.Errorf(codes.FailedPrecondition, "agent %s was killed (%s); a killed agent cannot be resumed or suspended", id, cur.StatusReason)
@@ -485,7 +485,7 @@ func (s *AgentService) setStatus(ctx context.Context, req *v1.AgentControlReques
 	s.auditAgent(ctx, id, rule, fmt.Sprintf("agent %s: %s", st, reason), map[string]any{"previous": string(cur.Status)})
 	a, err := s.reg.GetAgent(ctx, id)
 	if err != nil {
-		return nil, storeStatus("get agent", err)
+		return nil, agentStatus(id, err)
 	}
 	return AgentToProto(a), nil
 }
@@ -505,7 +505,7 @@ func (s *AgentService) SetAgentMode(ctx context.Context, req *v1.SetAgentModeReq
 	}
 	cur, err := s.reg.GetAgent(ctx, id)
 	if err != nil {
-		return nil, storeStatus("get agent", err)
+		return nil, agentStatus(id, err)
 	}
 	if err := s.reg.SetAgentMode(ctx, id, m); err != nil {
 		return nil, storeStatus("set agent mode", err)
@@ -528,7 +528,7 @@ func (s *AgentService) SetAgentMode(ctx context.Context, req *v1.SetAgentModeReq
 	s.auditAgent(ctx, id, "agent.mode", reason, map[string]any{"previous": prev, "mode": name})
 	a, err := s.reg.GetAgent(ctx, id)
 	if err != nil {
-		return nil, storeStatus("get agent", err)
+		return nil, agentStatus(id, err)
 	}
 	return AgentToProto(a), nil
 }
@@ -633,4 +633,13 @@ func agentStatusFrom(s v1.AgentStatus) storage.AgentStatus {
 		return storage.AgentStale
 	}
 	return ""
+}
+
+// agentStatus renders an error reading a registered agent; an unknown agent
+// gets a message that says how agents become known.
+func agentStatus(id action.AgentID, err error) error {
+	if errors.Is(err, storage.ErrNotFound) {
+		return status.Errorf(codes.NotFound, "agent %s is not registered: agents register when they start under aa-runtime or call Register (sdkclient); `aasm agent list` shows the registered ones", id)
+	}
+	return storeStatus("get agent "+id.String(), err)
 }

@@ -111,6 +111,9 @@ func parseAgent(spec, socketDir string) (runtime.Agent, error) {
 	if err != nil {
 		return runtime.Agent{}, err
 	}
+	if abs, err := filepath.Abs(socketDir); err == nil {
+		socketDir = abs // agents get the socket path in their environment, whatever their directory
+	}
 	a := runtime.Agent{ID: id, UID: os.Getuid(), Token: os.Getenv("AA_CREDENTIAL_TOKEN"),
 		Socket: filepath.Join(socketDir, id.Org+"."+id.Team+"."+id.Agent+".sock")}
 	for _, p := range parts[1:] {
@@ -124,6 +127,9 @@ func parseAgent(spec, socketDir string) (runtime.Agent, error) {
 				return a, fmt.Errorf("agent %s: uid %q is not a user id", parts[0], v)
 			}
 		case "socket":
+			if abs, err := filepath.Abs(v); err == nil {
+				v = abs
+			}
 			a.Socket = v
 		case "token":
 			a.Token = v
