@@ -68,7 +68,9 @@ func benchRequest() *authv3.CheckRequest {
 }
 
 // noopAuthz allows everything at once: the floor set by gRPC and loopback.
-type noopAuthz struct{ authv3.UnimplementedAuthorizationServer }
+type noopAuthz struct {
+	authv3.UnimplementedAuthorizationServer
+}
 
 func (noopAuthz) Check(context.Context, *authv3.CheckRequest) (*authv3.CheckResponse, error) {
 	return &authv3.CheckResponse{Status: &rpcstatus.Status{Code: int32(code.Code_OK)},

@@ -53,15 +53,21 @@ Every change is written to the audit log and honoured by every replica.`,
 	cmd.AddCommand(newAgentListCmd(g), newAgentInspectCmd(g),
 		newAgentStatusCmd(g, "suspend", "Deny every check of an agent until it is resumed",
 			func(c v1.AgentLifecycleServiceClient) func(context.Context, *v1.AgentControlRequest) (*v1.AgentInfo, error) {
-				return func(ctx context.Context, r *v1.AgentControlRequest) (*v1.AgentInfo, error) { return c.SuspendAgent(ctx, r) }
+				return func(ctx context.Context, r *v1.AgentControlRequest) (*v1.AgentInfo, error) {
+					return c.SuspendAgent(ctx, r)
+				}
 			}),
 		newAgentStatusCmd(g, "resume", "Lift an agent's suspension",
 			func(c v1.AgentLifecycleServiceClient) func(context.Context, *v1.AgentControlRequest) (*v1.AgentInfo, error) {
-				return func(ctx context.Context, r *v1.AgentControlRequest) (*v1.AgentInfo, error) { return c.ResumeAgent(ctx, r) }
+				return func(ctx context.Context, r *v1.AgentControlRequest) (*v1.AgentInfo, error) {
+					return c.ResumeAgent(ctx, r)
+				}
 			}),
 		newAgentStatusCmd(g, "kill", "Stop an agent for good and revoke its credentials",
 			func(c v1.AgentLifecycleServiceClient) func(context.Context, *v1.AgentControlRequest) (*v1.AgentInfo, error) {
-				return func(ctx context.Context, r *v1.AgentControlRequest) (*v1.AgentInfo, error) { return c.KillAgent(ctx, r) }
+				return func(ctx context.Context, r *v1.AgentControlRequest) (*v1.AgentInfo, error) {
+					return c.KillAgent(ctx, r)
+				}
 			}),
 		newAgentModeCmd(g))
 	return cmd
