@@ -58,15 +58,27 @@ func TestShutdownEndsStreams(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp, err := v1.NewPolicyServiceClient(conn).CheckAction(context.Background(), &v1.CheckActionRequest{
-		Agent:   &v1.AgentId{OrgId: "acme", TeamId: "eng", AgentId: "coder-1"},
-		Context: &v1.CheckActionRequest_ToolCall{ToolCall: &v1.ToolCallContext{Name: "git_status"}},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := tail.Recv(); err != nil { // the stream is live
-		t.Fatal(err)
+	// The tail is live once it delivers a record; it only sees records
+	// appended after the server registered it, so check until it does.
+	live := make(chan error, 1)
+	go func() { _, err := tail.Recv(); live <- err }()
+	var resp *v1.CheckActionResponse
+	for waited := false; !waited; {
+		resp, err = v1.NewPolicyServiceClient(conn).CheckAction(context.Background(), &v1.CheckActionRequest{
+			Agent:   &v1.AgentId{OrgId: "acme", TeamId: "eng", AgentId: "coder-1"},
+			Context: &v1.CheckActionRequest_ToolCall{ToolCall: &v1.ToolCallContext{Name: "git_status"}},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case err := <-live:
+			if err != nil {
+				t.Fatal(err)
+			}
+			waited = true
+		case <-time.After(50 * time.Millisecond):
+		}
 	}
 
 	start := time.Now()
