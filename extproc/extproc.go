@@ -49,7 +49,6 @@ import (
 
 	"github.com/agent-assembly/agent-assembly/action"
 	"github.com/agent-assembly/agent-assembly/gateway"
-	"github.com/agent-assembly/agent-assembly/scan"
 )
 
 // Header names shared with the ext_authz server.
@@ -213,7 +212,7 @@ func (s *Server) requestBody(ctx context.Context, x *exchange, b *procv3.HttpBod
 	if len(res.Findings) == 0 {
 		return pass
 	}
-	kinds := kindsOf(res.Findings)
+	kinds := res.Kinds()
 	if x.uninspected {
 		s.auditFindings(ctx, x, res, kinds)
 		if res.Action.Blocks() {
@@ -322,16 +321,4 @@ func setHeader(k, v string) *corev3.HeaderValueOption {
 		Header:       &corev3.HeaderValue{Key: k, RawValue: []byte(v)},
 		AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
 	}
-}
-
-func kindsOf(fs []scan.Finding) []string {
-	var out []string
-	seen := map[scan.Kind]bool{}
-	for _, f := range fs {
-		if !seen[f.Kind] {
-			seen[f.Kind] = true
-			out = append(out, string(f.Kind))
-		}
-	}
-	return out
 }

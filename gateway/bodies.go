@@ -22,6 +22,9 @@ type BodyScan struct {
 	Action scan.Action
 }
 
+// Kinds lists the kinds found, each once, in order of appearance.
+func (b BodyScan) Kinds() []string { return findingKinds(b.Findings) }
+
 // ScanBody scans a request body on behalf of agent with the scanner its
 // policy configures (built-in kinds plus its data.sensitive_patterns). A
 // JSON body (asJSON) is redacted value by value, so the result stays valid
@@ -35,10 +38,7 @@ func (c *Core) ScanBody(agent action.AgentID, body []byte, asJSON bool) (BodySca
 	if snap == nil {
 		return BodyScan{}, ErrNoPolicy
 	}
-	v := c.views.Load()
-	if v == nil || v.snap != snap {
-		v = newViews(snap)
-	}
+	v := c.viewsFor(snap)
 	av := v.get(agent)
 	if av.err != nil {
 		return BodyScan{}, av.err

@@ -187,10 +187,7 @@ func (c *Core) Decide(ctx context.Context, a *action.Action, start time.Time, op
 			out.Reason += "; observe mode: would be " + res.ShadowDecision.String() + " by " + res.ShadowRuleID
 		}
 		override, registered := c.checkAgent(ctx, a, &out)
-		v := c.views.Load()
-		if v == nil || v.snap != snap {
-			v = newViews(snap)
-		}
+		v := c.viewsFor(snap)
 		av := v.get(a.Agent)
 		c.scanAction(av, a, &out) // redacts a: nothing below sees a raw credential
 		applyAgentMode(override, &res, &out)

@@ -5,12 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
-	"sort"
-	"strings"
 	"sync"
 	"time"
 
@@ -326,58 +323,20 @@ func parseStored(srcs []storage.PolicyDocument) ([]*policy.Document, error) {
 	if len(srcs) == 0 {
 		return nil, errors.New("no policy documents")
 	}
-	var docs []*policy.Document
-	var all policy.Errors
-	for _, s := range srcs {
-		d, err := policy.Parse(s.Name, s.Source)
-		if err != nil {
-			var list policy.Errors
-			if errors.As(err, &list) {
-				all = append(all, list...)
-				continue
-			}
-			return nil, err
-		}
-		docs = append(docs, d)
+	in := make([]policy.Source, len(srcs))
+	for i, s := range srcs {
+		in[i] = policy.Source{Name: s.Name, Data: s.Source}
 	}
-	if len(all) > 0 {
-		return nil, all
-	}
-	return docs, nil
+	return policy.ParseAll(in)
 }
 
 // readPolicyFiles reads a policy file, or every regular *.yaml and *.yml
 // file directly inside a directory in lexical order, as policy.LoadPath does,
 // keeping the bytes so the version can be stored as written.
 func readPolicyFiles(path string) ([]storage.PolicyDocument, error) {
-	fi, err := os.Stat(path)
+	files, err := policy.Files(path)
 	if err != nil {
 		return nil, fmt.Errorf("load policy %s: %w", path, err)
-	}
-	files := []string{path}
-	if fi.IsDir() {
-		entries, err := os.ReadDir(path)
-		if err != nil {
-			return nil, fmt.Errorf("load policy %s: %w", path, err)
-		}
-		files = files[:0]
-		for _, e := range entries {
-			ext := strings.ToLower(filepath.Ext(e.Name()))
-			if ext != ".yaml" && ext != ".yml" {
-				continue
-			}
-			full := filepath.Join(path, e.Name())
-			regular := e.Type().IsRegular()
-			if e.Type()&fs.ModeSymlink != 0 {
-				if st, err := os.Stat(full); err == nil {
-					regular = st.Mode().IsRegular()
-				}
-			}
-			if regular {
-				files = append(files, full)
-			}
-		}
-		sort.Strings(files)
 	}
 	if len(files) == 0 {
 		return nil, fmt.Errorf("load policy %s: no policy documents (*.yaml, *.yml) found", path)

@@ -204,10 +204,7 @@ func (r *reports) redact(a *action.Action) {
 	if snap == nil {
 		return
 	}
-	v := r.core.views.Load()
-	if v == nil || v.snap != snap {
-		v = newViews(snap)
-	}
+	v := r.core.viewsFor(snap)
 	var out Outcome
 	out.Decision = action.Deny // scanAction then only redacts; the reported decision stands
 	r.core.scanAction(v.get(a.Agent), a, &out)

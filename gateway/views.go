@@ -109,6 +109,15 @@ func ValidateScanPatterns(s *policy.Snapshot) error {
 	return nil
 }
 
+// viewsFor returns the per-agent views of snap: the cached ones, or fresh
+// ones when the policy changed between loading snap and its views.
+func (c *Core) viewsFor(snap *policy.Snapshot) *views {
+	if v := c.views.Load(); v != nil && v.snap == snap {
+		return v
+	}
+	return newViews(snap)
+}
+
 // Settings returns the non-decision policy sections that apply to agent under
 // the active policy, computed once per agent and policy version. The result
 // is shared: callers must not modify it.
@@ -117,9 +126,6 @@ func (c *Core) Settings(agent action.AgentID) policy.Settings {
 	if snap == nil {
 		return policy.Settings{}
 	}
-	v := c.views.Load()
-	if v == nil || v.snap != snap {
-		v = newViews(snap)
-	}
+	v := c.viewsFor(snap)
 	return v.get(agent).settings
 }

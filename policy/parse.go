@@ -45,45 +45,72 @@ func Parse(name string, data []byte) (*Document, error) {
 // symbolic links to files are followed).
 // Errors from all files are reported together.
 func LoadPath(path string) ([]*Document, error) {
-	fi, err := os.Stat(path)
+	files, err := Files(path)
 	if err != nil {
 		return nil, fmt.Errorf("load policies: %w", err)
 	}
-	var files []string
-	if fi.IsDir() {
-		entries, err := os.ReadDir(path)
-		if err != nil {
-			return nil, fmt.Errorf("load policies: %w", err)
-		}
-		for _, e := range entries {
-			ext := strings.ToLower(filepath.Ext(e.Name()))
-			if ext != ".yaml" && ext != ".yml" {
-				continue
-			}
-			full := filepath.Join(path, e.Name())
-			regular := e.Type().IsRegular()
-			if e.Type()&fs.ModeSymlink != 0 {
-				// Kubernetes ConfigMap volumes are symlinks to regular files.
-				if fi, err := os.Stat(full); err == nil {
-					regular = fi.Mode().IsRegular()
-				}
-			}
-			if regular {
-				files = append(files, full)
-			}
-		}
-		sort.Strings(files)
-	} else {
-		files = []string{path}
-	}
-	var docs []*Document
-	var all Errors
+	srcs := make([]Source, 0, len(files))
 	for _, f := range files {
 		data, err := os.ReadFile(f)
 		if err != nil {
 			return nil, fmt.Errorf("load policies: %w", err)
 		}
-		d, err := Parse(f, data)
+		srcs = append(srcs, Source{Name: f, Data: data})
+	}
+	return ParseAll(srcs)
+}
+
+// Files lists the policy documents at path, the files LoadPath reads: path
+// itself when it is a file, else every regular .yaml and .yml file directly
+// inside the directory (symbolic links to files followed, as Kubernetes
+// ConfigMap volumes use), in lexical order. An empty directory gives an
+// empty list.
+func Files(path string) ([]string, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, err
+	}
+	if !fi.IsDir() {
+		return []string{path}, nil
+	}
+	entries, err := os.ReadDir(path)
+	if err != nil {
+		return nil, err
+	}
+	var files []string
+	for _, e := range entries {
+		ext := strings.ToLower(filepath.Ext(e.Name()))
+		if ext != ".yaml" && ext != ".yml" {
+			continue
+		}
+		full := filepath.Join(path, e.Name())
+		regular := e.Type().IsRegular()
+		if e.Type()&fs.ModeSymlink != 0 {
+			if fi, err := os.Stat(full); err == nil {
+				regular = fi.Mode().IsRegular()
+			}
+		}
+		if regular {
+			files = append(files, full)
+		}
+	}
+	sort.Strings(files)
+	return files, nil
+}
+
+// Source is one policy document's name (used in error positions) and text.
+type Source struct {
+	Name string
+	Data []byte
+}
+
+// ParseAll parses every source and reports the problems of all of them
+// together (as Errors) rather than stopping at the first bad document.
+func ParseAll(srcs []Source) ([]*Document, error) {
+	var docs []*Document
+	var all Errors
+	for _, src := range srcs {
+		d, err := Parse(src.Name, src.Data)
 		if err != nil {
 			var errs Errors
 			if errors.As(err, &errs) {

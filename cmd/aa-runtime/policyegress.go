@@ -54,13 +54,13 @@ func (k *policyKernel) plan(ctx context.Context) (string, egress.Plan, error) {
 	if err != nil {
 		return "", egress.Plan{}, fmt.Errorf("read the active policy: %w", err)
 	}
-	docs := make([]*policy.Document, 0, len(info.GetDocuments()))
-	for _, d := range info.GetDocuments() {
-		doc, err := policy.Parse(d.GetName(), []byte(d.GetYaml()))
-		if err != nil {
-			return "", egress.Plan{}, fmt.Errorf("policy %s: %w", info.GetVersion(), err)
-		}
-		docs = append(docs, doc)
+	srcs := make([]policy.Source, len(info.GetDocuments()))
+	for i, d := range info.GetDocuments() {
+		srcs[i] = policy.Source{Name: d.GetName(), Data: []byte(d.GetYaml())}
+	}
+	docs, err := policy.ParseAll(srcs)
+	if err != nil {
+		return "", egress.Plan{}, fmt.Errorf("policy %s: %w", info.GetVersion(), err)
 	}
 	snap, err := policy.Compile(docs, info.GetVersion())
 	if err != nil {
