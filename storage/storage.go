@@ -69,6 +69,8 @@ type Store interface {
 	Counters
 	Notifier
 	InvalidationLog
+	Alerts
+	CostLedger
 	// Ping checks that the backends answer.
 	Ping(ctx context.Context) error
 	// Close releases connections and flushes buffered writes.

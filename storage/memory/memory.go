@@ -55,6 +55,8 @@ type Store struct {
 	closed  bool
 
 	inval invalidations
+
+	feed alertFeed // see alerts.go
 }
 
 type secret struct {

@@ -128,8 +128,8 @@ func TestMigrationsIdempotent(t *testing.T) {
 			t.Fatal(err)
 		}
 		v, err := s.SchemaVersion(t.Context())
-		if err != nil || v != 2 {
-			t.Fatalf("SchemaVersion = %d, %v; want 2", v, err)
+		if err != nil || v != 4 {
+			t.Fatalf("SchemaVersion = %d, %v; want 4", v, err)
 		}
 		if err := s.Close(); err != nil {
 			t.Fatal(err)

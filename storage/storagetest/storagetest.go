@@ -121,6 +121,7 @@ func Run(t *testing.T, newStore func(t *testing.T) storage.Store, opts ...Option
 	t.Run("Invalidations", func(t *testing.T) {
 		RunInvalidations(t, func(t *testing.T) storage.InvalidationLog { return newStore(t) }, opts...)
 	})
+	t.Run("Alerts", func(t *testing.T) { RunAlerts(t, newStore, opts...) })
 	t.Run("Notifier", func(t *testing.T) {
 		RunNotifier(t, func(t *testing.T) storage.Notifier { return newStore(t) }, opts...)
 	})
