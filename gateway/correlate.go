@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"fmt"
+	"net"
 	"path"
 	"strings"
 	"time"
@@ -28,10 +29,11 @@ const (
 // decision's trace and session ids when it has none, so a trace lists every
 // layer that saw the action. Same action means the same agent and kind and,
 // for a process exec, the same executable base name; for a network call,
-// the same port and host (the kernel sees addresses, so a decision made by
-// host name matches only when the name is the address). Failures to read
+// the same port and either the same host or, since the kernel sees
+// addresses, one of the host names the reporter's resolver mapped the
+// address from (hosts[i], ReportedEvent.resolved_hosts). Failures to read
 // the log are logged and leave the records as they are.
-func (r *reports) correlate(ctx context.Context, recs []*storage.AuditRecord, acts []action.Action, layers []string) {
+func (r *reports) correlate(ctx context.Context, recs []*storage.AuditRecord, acts []action.Action, layers []string, hosts [][]string) {
 	q, ok := r.store.(AuditQuerier)
 	if !ok {
 		return
@@ -76,11 +78,19 @@ func (r *reports) correlate(ctx context.Context, recs []*storage.AuditRecord, ac
 					continue
 				}
 				da, err := decodePayload(d.Kind, d.Payload)
-				if err != nil || !sameAction(&acts[i], &da) {
+				if err != nil {
 					continue
 				}
-				rec.Reason += fmt.Sprintf("; also decided by another layer %s earlier: %s by %s (decision %s)",
-					rec.Time.Sub(d.Time).Round(time.Millisecond), d.Decision, d.RuleID, d.ID)
+				via := ""
+				if !sameAction(&acts[i], &da) {
+					h, ok := sameHost(&acts[i], &da, hosts[i])
+					if !ok {
+						continue
+					}
+					via = " for host " + h
+				}
+				rec.Reason += fmt.Sprintf("; also decided by another layer %s earlier%s: %s by %s (decision %s)",
+					rec.Time.Sub(d.Time).Round(time.Millisecond), via, d.Decision, d.RuleID, d.ID)
 				if rec.TraceID == "" && d.TraceID != "" {
 					rec.TraceID, rec.SpanID = d.TraceID, d.SpanID
 				}
@@ -107,6 +117,27 @@ func sameAction(k, d *action.Action) bool {
 			strings.Trim(strings.ToLower(d.Network.Host), "[]") == strings.Trim(strings.ToLower(k.Network.Host), "[]")
 	}
 	return false
+}
+
+// sameHost reports whether a kernel-seen network call k, whose address the
+// reporter resolved from hosts, and a decided network call d are the same
+// connection: the same port, and d's host is one of those names. It returns
+// the name.
+func sameHost(k, d *action.Action, hosts []string) (string, bool) {
+	if k.Kind != action.KindNetworkCall || d.Kind != action.KindNetworkCall || k.Network.Port != d.Network.Port {
+		return "", false
+	}
+	dh := d.Network.Host
+	if h, _, err := net.SplitHostPort(dh); err == nil {
+		dh = h // an authority with its port
+	}
+	dh = strings.TrimSuffix(strings.ToLower(dh), ".")
+	for _, h := range hosts {
+		if h = strings.TrimSuffix(strings.ToLower(h), "."); h != "" && h == dh {
+			return h, true
+		}
+	}
+	return "", false
 }
 
 func minTime(a, b time.Time) time.Time {

@@ -5,9 +5,11 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
+	"github.com/google/uuid"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -28,11 +30,38 @@ const (
 )
 
 // ReportLog is what ReportEvents needs from the store: the audit log to
-// append to and counters that remember event ids.
+// append to and read back, and counters that remember event ids.
 type ReportLog interface {
 	AppendAudit(ctx context.Context, recs []*storage.AuditRecord) error
+	QueryAudit(ctx context.Context, q storage.AuditQuery) (storage.AuditPage, error)
 	Reserve(ctx context.Context, key string, amount, limit int64, expires time.Time) (storage.Reservation, error)
 	Adjust(ctx context.Context, key string, delta int64, expires time.Time) (int64, error)
+}
+
+// An event id's counter says how far its delivery got:
+//
+//   - 0 (missing): never seen;
+//   - a time in Unix milliseconds (claimed): a call is appending it, or
+//     crashed while doing so;
+//   - reportDone: appended;
+//   - 1 to reportLegacyBelow: appended (marks written before claims existed).
+//
+// A claim older than staleAfter is recovered: the event is looked up in the
+// log by its record id (derived from reporter and event id) and either
+// marked appended or appended by the recovering call. So a crash between
+// the append and the mark neither loses the batch nor appends it twice.
+const (
+	reportDone        = int64(1) << 62
+	reportLegacyBelow = int64(1_000_000_000_000) // 2001-09-09 in Unix ms
+)
+
+// reportNamespace derives audit record ids from reporter and event id.
+var reportNamespace = uuid.MustParse("5d1c7a4e-2f6b-4c1e-9a57-0e1d3c7b9f21")
+
+// reportRecordID is the audit record id of a reported event: the same on
+// every retry, so a recovering call can find an append whose mark was lost.
+func reportRecordID(reporter, eventID string) string {
+	return uuid.NewSHA1(reportNamespace, []byte(reporter+"\x00"+eventID)).String()
 }
 
 // reports appends reported events to their own chain, one batch per call.
@@ -52,12 +81,19 @@ func (s *AuditService) WithReports(core *Core, store ReportLog) *AuditService {
 	return s
 }
 
+// staleAfter is how old a claim must be before another call recovers it:
+// longer than any call holding it can take.
+func (r *reports) staleAfter() time.Duration { return 2*r.core.auditTO + 10*time.Second }
+
 // ReportEvents implements AuditService.ReportEvents. The batch is validated
 // as a whole (a bad event rejects the call and changes nothing); events whose
 // id the reporter sent before are counted as duplicates and not appended
-// again; the rest are appended in order in one transaction. A kernel-layer
-// event is first linked to the decision another layer made about the same
-// action (see correlate), so the audit shows which layers saw it.
+// again; the rest are appended in order in one transaction. Each event id is
+// claimed before the append and marked appended after it, so a retry after
+// a crash anywhere in between appends every event exactly once (see
+// reportDone). A kernel-layer event is first linked to the decision another
+// layer made about the same action (see correlate), so the audit shows which
+// layers saw it.
 func (s *AuditService) ReportEvents(ctx context.Context, req *v1.ReportEventsRequest) (*v1.ReportEventsResponse, error) {
 	r := s.reports
 	if r == nil {
@@ -68,32 +104,79 @@ func (s *AuditService) ReportEvents(ctx context.Context, req *v1.ReportEventsReq
 		return nil, requestStatus(err)
 	}
 	layers := make([]string, len(recs))
+	hosts := make([][]string, len(recs))
+	timed := make([]bool, len(recs))
 	for i, ev := range req.GetEvents() {
 		layers[i], _ = layerName(ev.GetLayer())
+		hosts[i] = ev.GetResolvedHosts()
+		timed[i] = ev.GetTime() != nil
 	}
-	r.correlate(ctx, recs, acts, layers)
+	r.correlate(ctx, recs, acts, layers, hosts)
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	expires := r.core.now().Add(reportDedupTTL)
+	now := r.core.now()
+	expires := now.Add(reportDedupTTL)
+	claim := now.UnixMilli()
 	var fresh []*storage.AuditRecord
-	var reserved []string
+	var claimed []string // keys whose counter holds claim
+	var recovered []string
+	var recoveredAt []int64
 	release := func() {
-		for _, k := range reserved {
-			if _, err := r.store.Adjust(context.WithoutCancel(ctx), k, -1, expires); err != nil {
-				r.core.log.Error("release reported event id; a retry will be counted as a duplicate", "key", k, "err", err)
+		for _, k := range claimed {
+			if _, err := r.store.Adjust(context.WithoutCancel(ctx), k, -claim, expires); err != nil {
+				r.core.log.Error("release reported event id; a retry waits until the claim is stale", "key", k, "err", err)
 			}
 		}
 	}
 	for i, rec := range recs {
-		res, err := r.store.Reserve(ctx, keys[i], 1, 1, expires)
+		res, err := r.store.Reserve(ctx, keys[i], claim, claim, expires)
 		if err != nil {
 			release()
-			return nil, storeStatus("remember reported event id", err)
+			return nil, storeStatus("claim reported event id", err)
 		}
 		if res.Allowed {
 			fresh = append(fresh, rec)
-			reserved = append(reserved, keys[i])
+			claimed = append(claimed, keys[i])
+			continue
 		}
+		v := res.Used
+		if v >= reportDone || v < reportLegacyBelow {
+			continue // appended before
+		}
+		since := time.UnixMilli(v)
+		if now.Sub(since) < r.staleAfter() {
+			release()
+			return nil, status.Errorf(codes.Unavailable, "report events: event %q of %s is being appended by another call since %s; retry",
+				req.GetEvents()[i].GetEventId(), req.GetReporter(), since.UTC().Format(time.RFC3339Nano))
+		}
+		// A call claimed it and did not finish: recover, once.
+		tk, err := r.store.Reserve(ctx, fmt.Sprintf("%s:recover:%d", keys[i], v), 1, 1, expires)
+		if err != nil {
+			release()
+			return nil, storeStatus("claim recovery of reported event id", err)
+		}
+		if !tk.Allowed {
+			release()
+			return nil, status.Errorf(codes.Unavailable, "report events: event %q of %s is being recovered by another call; retry",
+				req.GetEvents()[i].GetEventId(), req.GetReporter())
+		}
+		found, err := r.appended(ctx, rec, timed[i], since)
+		if err != nil {
+			release()
+			return nil, storeStatus("look up reported event after an interrupted append", err)
+		}
+		if found {
+			recovered, recoveredAt = append(recovered, keys[i]), append(recoveredAt, v)
+			continue
+		}
+		if _, err := r.store.Adjust(ctx, keys[i], claim-v, expires); err != nil {
+			release()
+			return nil, storeStatus("claim reported event id", err)
+		}
+		r.core.log.Warn("reported event claimed by an interrupted call is appended now", "reporter", req.GetReporter(),
+			"event_id", req.GetEvents()[i].GetEventId(), "claimed_at", since)
+		fresh = append(fresh, rec)
+		claimed = append(claimed, keys[i])
 	}
 	if len(fresh) > 0 {
 		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.core.auditTO)
@@ -104,7 +187,44 @@ func (s *AuditService) ReportEvents(ctx context.Context, req *v1.ReportEventsReq
 			return nil, storeStatus("append reported events", err)
 		}
 	}
+	mctx := context.WithoutCancel(ctx)
+	for _, k := range claimed {
+		if _, err := r.store.Adjust(mctx, k, reportDone-claim, expires); err != nil {
+			r.core.log.Error("mark reported event appended; a retry finds it in the log once the claim is stale", "key", k, "err", err)
+		}
+	}
+	for i, k := range recovered {
+		if _, err := r.store.Adjust(mctx, k, reportDone-recoveredAt[i], expires); err != nil {
+			r.core.log.Error("mark recovered reported event appended", "key", k, "err", err)
+		}
+	}
 	return &v1.ReportEventsResponse{Appended: int32(len(fresh)), Duplicates: int32(len(recs) - len(fresh))}, nil
+}
+
+// appended reports whether rec's id is in the log already: an interrupted
+// call appended it but did not mark it. An event without its own time was
+// stamped when the interrupted call claimed it (since).
+func (r *reports) appended(ctx context.Context, rec *storage.AuditRecord, timed bool, since time.Time) (bool, error) {
+	q := storage.AuditQuery{Org: rec.Agent.Org, Team: rec.Agent.Team, Agent: rec.Agent.Agent, Kind: rec.Kind,
+		Event: storage.EventDecision, Since: rec.Time, Until: rec.Time.Add(time.Nanosecond), Limit: 1000}
+	if !timed {
+		q.Since, q.Until = since.Add(-time.Minute), since.Add(r.staleAfter()+time.Minute)
+	}
+	for {
+		page, err := r.store.QueryAudit(ctx, q)
+		if err != nil {
+			return false, err
+		}
+		for _, d := range page.Records {
+			if d.ID == rec.ID {
+				return true, nil
+			}
+		}
+		if page.NextCursor == "" {
+			return false, nil
+		}
+		q.Cursor = page.NextCursor
+	}
 }
 
 // records validates the batch and builds one audit record and one dedup key per event.
@@ -169,6 +289,12 @@ func (r *reports) records(req *v1.ReportEventsRequest) ([]*storage.AuditRecord, 
 				return nil, nil, nil, err
 			}
 		}
+		if err := checkHosts(field+".resolved_hosts", ev.GetResolvedHosts()); err != nil {
+			return nil, nil, nil, err
+		}
+		if len(ev.GetResolvedHosts()) > 0 && a.Kind != action.KindNetworkCall {
+			return nil, nil, nil, badField(field+".resolved_hosts", "is for network calls only, not %s", a.Kind)
+		}
 		if len(ev.GetReason()) > 4096 {
 			return nil, nil, nil, badField(field+".reason", "is %d bytes, over the limit of 4096", len(ev.GetReason()))
 		}
@@ -185,10 +311,13 @@ func (r *reports) records(req *v1.ReportEventsRequest) ([]*storage.AuditRecord, 
 		if ev.GetReason() != "" {
 			reason += ": " + ev.GetReason()
 		}
+		if h := ev.GetResolvedHosts(); len(h) > 0 {
+			reason += "; address resolved from " + strings.Join(h, ", ")
+		}
 		sum := sha256.Sum256([]byte(req.GetReporter() + "\x00" + id))
 		keys[i] = "report:" + hex.EncodeToString(sum[:16])
 		recs[i] = &storage.AuditRecord{
-			Chain: r.chain, ID: newID(), Time: when, Event: storage.EventDecision,
+			Chain: r.chain, ID: reportRecordID(req.GetReporter(), id), Time: when, Event: storage.EventDecision,
 			Agent: a.Agent, SessionID: a.SessionID, TraceID: a.TraceID, SpanID: a.SpanID,
 			Kind: a.Kind, Payload: encodePayload(&a), Decision: d, RuleID: rule,
 			PolicyVersion: ev.GetPolicyVersion(), Mode: action.ModeEnforce, Reason: reason,
@@ -208,6 +337,36 @@ func (r *reports) redact(a *action.Action) {
 	var out Outcome
 	out.Decision = action.Deny // scanAction then only redacts; the reported decision stands
 	r.core.scanAction(v.get(a.Agent), a, &out)
+}
+
+// Bounds of ReportedEvent.resolved_hosts.
+const (
+	maxResolvedHosts = 16
+	maxHostLen       = 253
+)
+
+// checkHosts validates the host names a reporter says an address was
+// resolved from: DNS names, without ports, schemes or wildcards.
+func checkHosts(field string, hosts []string) error {
+	if len(hosts) > maxResolvedHosts {
+		return badField(field, "has %d names, over the limit of %d", len(hosts), maxResolvedHosts)
+	}
+	for i, h := range hosts {
+		f := fmt.Sprintf("%s[%d]", field, i)
+		if h == "" {
+			return badField(f, "is empty")
+		}
+		if len(h) > maxHostLen {
+			return badField(f, "is %d bytes, over the limit of %d", len(h), maxHostLen)
+		}
+		for j := 0; j < len(h); j++ {
+			c := h[j]
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '.' || c == '_') {
+				return badField(f, "%q is not a host name (byte %d)", h, j)
+			}
+		}
+	}
+	return nil
 }
 
 // layerName names a reporting layer.

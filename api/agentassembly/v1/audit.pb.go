@@ -811,7 +811,12 @@ type ReportedEvent struct {
 	Reason        string   `protobuf:"bytes,7,opt,name=reason,proto3" json:"reason,omitempty"`
 	PolicyVersion string   `protobuf:"bytes,8,opt,name=policy_version,json=policyVersion,proto3" json:"policy_version,omitempty"`
 	// decision_id is the gateway decision the event follows, if any.
-	DecisionId    string `protobuf:"bytes,9,opt,name=decision_id,json=decisionId,proto3" json:"decision_id,omitempty"`
+	DecisionId string `protobuf:"bytes,9,opt,name=decision_id,json=decisionId,proto3" json:"decision_id,omitempty"`
+	// resolved_hosts, for a network call the kernel saw by address, lists the
+	// host names the reporter's resolver mapped that address from (at most 16
+	// of at most 253 bytes); the gateway links the event to decisions made by
+	// those names.
+	ResolvedHosts []string `protobuf:"bytes,10,rep,name=resolved_hosts,json=resolvedHosts,proto3" json:"resolved_hosts,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -907,6 +912,13 @@ func (x *ReportedEvent) GetDecisionId() string {
 		return x.DecisionId
 	}
 	return ""
+}
+
+func (x *ReportedEvent) GetResolvedHosts() []string {
+	if x != nil {
+		return x.ResolvedHosts
+	}
+	return nil
 }
 
 // ReportEventsRequest is a batch of events from one reporter, appended in order.
@@ -1084,7 +1096,7 @@ const file_agentassembly_v1_audit_proto_rawDesc = "" +
 	"\thead_hash\x18\x06 \x01(\tR\bheadHash\"\\\n" +
 	"\x13VerifyAuditResponse\x12\x0e\n" +
 	"\x02ok\x18\x01 \x01(\bR\x02ok\x125\n" +
-	"\x06chains\x18\x02 \x03(\v2\x1d.agentassembly.v1.ChainReportR\x06chains\"\xf8\x02\n" +
+	"\x06chains\x18\x02 \x03(\v2\x1d.agentassembly.v1.ChainReportR\x06chains\"\x9f\x03\n" +
 	"\rReportedEvent\x12\x19\n" +
 	"\bevent_id\x18\x01 \x01(\tR\aeventId\x12-\n" +
 	"\x05layer\x18\x02 \x01(\x0e2\x17.agentassembly.v1.LayerR\x05layer\x12.\n" +
@@ -1095,7 +1107,9 @@ const file_agentassembly_v1_audit_proto_rawDesc = "" +
 	"\x06reason\x18\a \x01(\tR\x06reason\x12%\n" +
 	"\x0epolicy_version\x18\b \x01(\tR\rpolicyVersion\x12\x1f\n" +
 	"\vdecision_id\x18\t \x01(\tR\n" +
-	"decisionId\"j\n" +
+	"decisionId\x12%\n" +
+	"\x0eresolved_hosts\x18\n" +
+	" \x03(\tR\rresolvedHosts\"j\n" +
 	"\x13ReportEventsRequest\x12\x1a\n" +
 	"\breporter\x18\x01 \x01(\tR\breporter\x127\n" +
 	"\x06events\x18\x02 \x03(\v2\x1f.agentassembly.v1.ReportedEventR\x06events\"R\n" +
