@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/agent-assembly/agent-assembly/action"
 	v1 "github.com/agent-assembly/agent-assembly/api/agentassembly/v1"
 	"github.com/agent-assembly/agent-assembly/storage"
 )
@@ -18,12 +19,23 @@ import (
 type ApprovalService struct {
 	v1.UnimplementedApprovalServiceServer
 	core *Core
+	// auth proves that WaitApproval's caller is the approval's agent (see
+	// WithAgentAuth).
+	auth *AgentAuth
 }
 
 var _ v1.ApprovalServiceServer = (*ApprovalService)(nil)
 
 // NewApprovalService returns the ApprovalService for core.
 func NewApprovalService(core *Core) *ApprovalService { return &ApprovalService{core: core} }
+
+// WithAgentAuth makes WaitApproval require the credential of the approval's
+// agent (x-aa-credential-token metadata or an agent client certificate). It
+// returns s.
+func (s *ApprovalService) WithAgentAuth(a *AgentAuth) *ApprovalService {
+	s.auth = a
+	return s
+}
 
 func (s *ApprovalService) store() (ApprovalStore, error) {
 	if s.core.approvals == nil {
@@ -108,9 +120,19 @@ func (s *ApprovalService) WaitApproval(ctx context.Context, req *v1.GetApprovalR
 	if err != nil {
 		return nil, err
 	}
+	if s.auth.Enabled() {
+		// Prove the caller first: an unauthenticated caller learns nothing,
+		// not even whether the approval exists.
+		if _, err := s.auth.Authenticate(ctx, "WaitApproval", "", action.AgentID{}); err != nil {
+			return nil, err
+		}
+	}
 	a, err := st.GetApproval(ctx, req.GetId())
 	if err != nil {
 		return nil, storeStatus("get approval "+req.GetId(), err)
+	}
+	if _, err := s.auth.Authenticate(ctx, "WaitApproval", "", a.Agent); err != nil {
+		return nil, err
 	}
 	wctx, cancel := context.WithDeadline(ctx, a.ExpiresAt)
 	defer cancel()

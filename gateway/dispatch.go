@@ -46,6 +46,15 @@ func (s *SecretsService) DispatchTool(ctx context.Context, req *v1.DispatchToolR
 	if check == nil {
 		return nil, requestStatus(badField("check", "is required: the tool call to dispatch"))
 	}
+	if s.auth.Enabled() {
+		id, err := s.auth.AuthenticateProto(ctx, "DispatchTool", check.GetCredentialToken(), check.GetAgent())
+		if err != nil {
+			return nil, err
+		}
+		if check.GetAgent() == nil {
+			check.Agent = agentIDTo(id)
+		}
+	}
 	if check.GetActionType() != v1.ActionType_TOOL_CALL {
 		return nil, requestStatus(badField("check.action_type", "must be TOOL_CALL for DispatchTool (got %s)", check.GetActionType()))
 	}

@@ -19,6 +19,9 @@ import (
 type InvalidationService struct {
 	v1.UnimplementedInvalidationServiceServer
 	events *Invalidations
+	// auth limits a subscription to the agents its caller proves (see
+	// WithAgentAuth).
+	auth *AgentAuth
 }
 
 var _ v1.InvalidationServiceServer = (*InvalidationService)(nil)
@@ -26,6 +29,15 @@ var _ v1.InvalidationServiceServer = (*InvalidationService)(nil)
 // NewInvalidationService returns the service for events.
 func NewInvalidationService(events *Invalidations) *InvalidationService {
 	return &InvalidationService{events: events}
+}
+
+// WithAgentAuth makes Subscribe require agent credentials
+// (x-aa-credential-token metadata, one value per agent, or an agent client
+// certificate) and limits the subscription to those agents' events (and
+// events for every agent, such as policy changes). It returns s.
+func (s *InvalidationService) WithAgentAuth(a *AgentAuth) *InvalidationService {
+	s.auth = a
+	return s
 }
 
 // maxSubscribeAgents bounds the agent filter of one subscription.
@@ -60,6 +72,20 @@ func (s *InvalidationService) Subscribe(req *v1.SubscribeRequest, stream grpc.Se
 			filter = map[action.AgentID]bool{}
 		}
 		filter[id] = true
+	}
+	proven, err := s.auth.AuthenticateAll(ctx, "Subscribe")
+	if err != nil {
+		return err
+	}
+	if proven != nil {
+		for id := range filter {
+			if !proven[id] {
+				return s.auth.RefuseMismatch(ctx, "Subscribe", id)
+			}
+		}
+		if filter == nil {
+			filter = proven
+		}
 	}
 	select {
 	case <-s.events.Ready():

@@ -25,6 +25,9 @@ type PolicyService struct {
 	versions *Reloader
 	// audit is the log SimulatePolicy replays (see WithAudit).
 	audit AuditQuerier
+	// auth proves the agent of CheckAction, BatchCheck and RecordUsage
+	// (see WithAgentAuth); nil trusts the named agent.
+	auth *AgentAuth
 }
 
 var _ v1.PolicyServiceServer = (*PolicyService)(nil)
@@ -32,8 +35,18 @@ var _ v1.PolicyServiceServer = (*PolicyService)(nil)
 // NewPolicyService returns the PolicyService for core.
 func NewPolicyService(core *Core) *PolicyService { return &PolicyService{core: core} }
 
+// WithAgentAuth makes CheckAction, BatchCheck and RecordUsage require the
+// named agent's credential (see AgentAuth). It returns s.
+func (s *PolicyService) WithAgentAuth(a *AgentAuth) *PolicyService {
+	s.auth = a
+	return s
+}
+
 // CheckAction implements PolicyService.CheckAction.
 func (s *PolicyService) CheckAction(ctx context.Context, req *v1.CheckActionRequest) (*v1.CheckActionResponse, error) {
+	if err := s.authCheck(ctx, "CheckAction", req); err != nil {
+		return nil, err
+	}
 	resp, err := s.core.Check(ctx, req)
 	if err != nil {
 		return nil, requestStatus(err)
@@ -52,6 +65,13 @@ func (s *PolicyService) BatchCheck(ctx context.Context, req *v1.BatchCheckReques
 	if n > MaxBatch {
 		return nil, requestStatus(badField("requests", "has %d entries, over the limit of %d", n, MaxBatch))
 	}
+	// Every request must prove its agent before any is decided: a batch
+	// with one unauthenticated request changes nothing.
+	for _, r := range req.GetRequests() {
+		if err := s.authCheck(ctx, "BatchCheck", r); err != nil {
+			return nil, err
+		}
+	}
 	out := make([]*v1.CheckActionResponse, n)
 	for i, r := range req.GetRequests() {
 		resp, err := s.core.Check(ctx, r)
@@ -65,6 +85,22 @@ func (s *PolicyService) BatchCheck(ctx context.Context, req *v1.BatchCheckReques
 		out[i] = resp
 	}
 	return &v1.BatchCheckResponse{Responses: out}, nil
+}
+
+// authCheck authenticates the agent a check names; a request that names no
+// agent is given the agent its credential proves.
+func (s *PolicyService) authCheck(ctx context.Context, surface string, req *v1.CheckActionRequest) error {
+	if !s.auth.Enabled() {
+		return nil
+	}
+	id, err := s.auth.AuthenticateProto(ctx, surface, req.GetCredentialToken(), req.GetAgent())
+	if err != nil {
+		return err
+	}
+	if req.GetAgent() == nil {
+		req.Agent = agentIDTo(id)
+	}
+	return nil
 }
 
 // ExplainAction implements PolicyService.ExplainAction: the decision and the

@@ -69,6 +69,7 @@ type reports struct {
 	core  *Core
 	store ReportLog
 	chain string
+	auth  *AgentAuth // proves the reporter speaks for each event's agent (WithAgentAuth)
 	mu    sync.Mutex // one writer per chain: batches append in arrival order
 }
 
@@ -99,9 +100,18 @@ func (s *AuditService) ReportEvents(ctx context.Context, req *v1.ReportEventsReq
 	if r == nil {
 		return nil, status.Error(codes.Unimplemented, "report events: this gateway was built without an event sink")
 	}
+	proven, err := r.auth.AuthenticateAll(ctx, "ReportEvents")
+	if err != nil {
+		return nil, err
+	}
 	recs, keys, acts, err := r.records(req)
 	if err != nil {
 		return nil, requestStatus(err)
+	}
+	for _, rec := range recs {
+		if proven != nil && !proven[rec.Agent] {
+			return nil, r.auth.RefuseMismatch(ctx, "ReportEvents", rec.Agent)
+		}
 	}
 	layers := make([]string, len(recs))
 	hosts := make([][]string, len(recs))

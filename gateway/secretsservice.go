@@ -28,6 +28,8 @@ type SecretsService struct {
 	v1.UnimplementedSecretsServiceServer
 	core    *Core
 	secrets storage.Secrets
+	// auth proves the agent of DispatchTool (see WithAgentAuth).
+	auth *AgentAuth
 }
 
 var _ v1.SecretsServiceServer = (*SecretsService)(nil)
@@ -36,6 +38,13 @@ var _ v1.SecretsServiceServer = (*SecretsService)(nil)
 // and audits every change through core.
 func NewSecretsService(core *Core, secrets storage.Secrets) *SecretsService {
 	return &SecretsService{core: core, secrets: secrets}
+}
+
+// WithAgentAuth makes DispatchTool require the named agent's credential. It
+// returns s.
+func (s *SecretsService) WithAgentAuth(a *AgentAuth) *SecretsService {
+	s.auth = a
+	return s
 }
 
 // ValidSecretName reports whether name is a valid secret name, with an

@@ -80,9 +80,16 @@ func (c *Core) ReconcileUsage(ctx context.Context, decisionID string, agent *act
 // RecordUsage implements PolicyService.RecordUsage: it reconciles the budget
 // reservation of an allowed LLM call with the tokens actually used.
 func (s *PolicyService) RecordUsage(ctx context.Context, req *v1.RecordUsageRequest) (*v1.RecordUsageResponse, error) {
+	proven, err := s.auth.AuthenticateProto(ctx, "RecordUsage", req.GetCredentialToken(), req.GetAgent())
+	if err != nil {
+		return nil, err
+	}
 	var agent *action.AgentID
 	if ag := req.GetAgent(); ag != nil {
 		agent = &action.AgentID{Org: ag.GetOrgId(), Team: ag.GetTeamId(), Agent: ag.GetAgentId()}
+	}
+	if s.auth.Enabled() {
+		agent = &proven // the decision must be the proven agent's
 	}
 	u, err := s.core.ReconcileUsage(ctx, req.GetDecisionId(), agent, req.GetPromptTokens(), req.GetCompletionTokens())
 	var re *RequestError

@@ -42,6 +42,10 @@ type Config struct {
 	OTLPEndpoint     string
 	OTLPInsecure     bool
 	TraceSampleRatio float64
+	// AgentAuth ("token" or "off") and AgentSPIFFETrustDomain configure
+	// agent authentication on the agent-facing surfaces (agentauth.go).
+	AgentAuth              string
+	AgentSPIFFETrustDomain string
 }
 
 // Setting describes one configuration knob: its flag, environment variable,
@@ -112,6 +116,8 @@ func Settings() []Setting {
 			c.AllowRemote = b
 			return nil
 		}},
+		{"agent-auth", "AA_AGENT_AUTH", "token", "token: every agent-facing call (CheckAction, ext_authz, ADS, ReportEvents, ...) must prove the agent it names with its credential token or an agent client certificate; off: trust the named agent (development only, refused on a non-loopback listener)", str(func(c *Config) *string { return &c.AgentAuth })},
+		{"agent-spiffe-trust-domain", "AA_AGENT_SPIFFE_TRUST_DOMAIN", "agent-assembly", "trust domain of agent client certificates: a verified certificate with URI SAN spiffe://<domain>/agent/<org>/<team>/<agent> authenticates that agent", str(func(c *Config) *string { return &c.AgentSPIFFETrustDomain })},
 		{"xds-advertise-addr", "AA_XDS_ADVERTISE_ADDR", "", "host:port at which Envoy sidecars reach this gateway's gRPC listener, written into the resources served over xDS (default: --grpc-addr)", str(func(c *Config) *string { return &c.XDSAdvertiseAddr })},
 		{"xds-egress-addr", "AA_XDS_EGRESS_ADDR", "127.0.0.1:15001", "address of the egress listener that xDS gives each Envoy sidecar (agents use it as HTTP_PROXY)", str(func(c *Config) *string { return &c.XDSEgressAddr })},
 		{"xds-ext-proc", "AA_XDS_EXT_PROC", "true", "add the ext_proc filter (request body redaction, LLM usage from responses) after ext_authz in the sidecars' egress listener", func(c *Config, v string) error {
@@ -212,6 +218,7 @@ func (c *Config) Validate() error {
 			bad(a.flag, "%q has a bad port", a.addr)
 		}
 	}
+	errs = append(errs, c.validateAgentAuth()...)
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":
 	default:

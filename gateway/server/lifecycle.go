@@ -26,6 +26,12 @@ func (s *Server) startLifecycle(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	mode, _ := gateway.ParseAgentAuthMode(s.cfg.AgentAuth) // validated
+	s.agentAuth, err = gateway.NewAgentAuth(gateway.AgentAuthOptions{Mode: mode, Issuer: issuer,
+		TrustDomain: s.cfg.AgentSPIFFETrustDomain, Core: s.core, Logger: s.log, Registry: s.reg})
+	if err != nil {
+		return err
+	}
 	s.events, err = gateway.NewInvalidations(gateway.InvalidationsOptions{
 		Log: s.store, Notifier: s.store, Logger: s.log,
 		// Drop the agent from this replica's registry cache before any
@@ -34,6 +40,7 @@ func (s *Server) startLifecycle(ctx context.Context) error {
 		OnEvent: func(ev *storage.InvalidationEvent) {
 			if ev.Agent != (action.AgentID{}) {
 				s.cached.Agents.Invalidate(ev.Agent)
+				s.agentAuth.OnInvalidation(ev) // after the registry cache: re-verification reads the new state
 			}
 		},
 	})
@@ -41,7 +48,7 @@ func (s *Server) startLifecycle(ctx context.Context) error {
 		return err
 	}
 	s.agents, err = gateway.NewAgentService(gateway.AgentServiceOptions{
-		Registry: s.cached, Issuer: issuer, Events: s.events, Core: s.core, Logger: s.log,
+		Registry: s.agentAuth.Registry(s.cached), Issuer: issuer, Events: s.events, Core: s.core, Logger: s.log,
 	})
 	if err != nil {
 		return err

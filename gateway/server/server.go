@@ -75,6 +75,9 @@ type Server struct {
 	// watch, control, invalidation, xDS) end so graceful stop can finish.
 	draining chan struct{}
 	runtimes runtimeStreams // open runtime streams, for GetStatus (status.go)
+
+	// agentAuth proves agents on the agent-facing surfaces (agentauth.go).
+	agentAuth *gateway.AgentAuth
 }
 
 // New opens the store and loads the policy. It fails if either is unusable:
@@ -184,15 +187,15 @@ func (s *Server) buildGRPC() {
 		grpc.ChainUnaryInterceptor(recoverUnary(s.log)),
 		grpc.ChainStreamInterceptor(recoverStream(s.log), drainStream(s.draining), s.runtimes.interceptor()),
 	)
-	v1.RegisterPolicyServiceServer(s.grpc, gateway.NewPolicyService(s.core).WithVersions(s.reloader).WithAudit(s.store))
+	v1.RegisterPolicyServiceServer(s.grpc, gateway.NewPolicyService(s.core).WithVersions(s.reloader).WithAudit(s.store).WithAgentAuth(s.agentAuth))
 	v1.RegisterTopologyServiceServer(s.grpc, gateway.NewTopologyService(s.store))
-	v1.RegisterAuditServiceServer(s.grpc, gateway.NewAuditService(s.store).WithReports(s.core, s.store))
-	v1.RegisterApprovalServiceServer(s.grpc, gateway.NewApprovalService(s.core))
-	v1.RegisterSecretsServiceServer(s.grpc, gateway.NewSecretsService(s.core, s.store))
+	v1.RegisterAuditServiceServer(s.grpc, gateway.NewAuditService(s.store).WithReports(s.core, s.store).WithAgentAuth(s.agentAuth))
+	v1.RegisterApprovalServiceServer(s.grpc, gateway.NewApprovalService(s.core).WithAgentAuth(s.agentAuth))
+	v1.RegisterSecretsServiceServer(s.grpc, gateway.NewSecretsService(s.core, s.store).WithAgentAuth(s.agentAuth))
 	extauthz.New(s.core, extauthz.Options{Logger: s.log, Secrets: s.store, Injections: s.injections, Metrics: extauthz.NewMetrics(s.reg)}).Register(s.grpc)
 	extproc.New(s.core, extproc.Options{Logger: s.log, Metrics: extproc.NewMetrics(s.reg)}).Register(s.grpc)
 	v1.RegisterAgentLifecycleServiceServer(s.grpc, s.agents)
-	v1.RegisterInvalidationServiceServer(s.grpc, gateway.NewInvalidationService(s.events))
+	v1.RegisterInvalidationServiceServer(s.grpc, gateway.NewInvalidationService(s.events).WithAgentAuth(s.agentAuth))
 	v1.RegisterAdminServiceServer(s.grpc, gateway.NewAdminService(s))
 	s.health = health.NewServer()
 	healthpb.RegisterHealthServer(s.grpc, s.health)
@@ -212,19 +215,19 @@ func (s *Server) buildHTTP(ctx context.Context) error {
 			UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: false},
 		}),
 	)
-	if err := v1.RegisterPolicyServiceHandlerServer(ctx, gw, gateway.NewPolicyService(s.core).WithVersions(s.reloader).WithAudit(s.store)); err != nil {
+	if err := v1.RegisterPolicyServiceHandlerServer(ctx, gw, gateway.NewPolicyService(s.core).WithVersions(s.reloader).WithAudit(s.store).WithAgentAuth(s.agentAuth)); err != nil {
 		return fmt.Errorf("register REST handlers: %w", err)
 	}
 	if err := v1.RegisterTopologyServiceHandlerServer(ctx, gw, gateway.NewTopologyService(s.store)); err != nil {
 		return fmt.Errorf("register REST handlers: %w", err)
 	}
-	if err := v1.RegisterAuditServiceHandlerServer(ctx, gw, gateway.NewAuditService(s.store).WithReports(s.core, s.store)); err != nil {
+	if err := v1.RegisterAuditServiceHandlerServer(ctx, gw, gateway.NewAuditService(s.store).WithReports(s.core, s.store).WithAgentAuth(s.agentAuth)); err != nil {
 		return fmt.Errorf("register REST handlers: %w", err)
 	}
-	if err := v1.RegisterApprovalServiceHandlerServer(ctx, gw, gateway.NewApprovalService(s.core)); err != nil {
+	if err := v1.RegisterApprovalServiceHandlerServer(ctx, gw, gateway.NewApprovalService(s.core).WithAgentAuth(s.agentAuth)); err != nil {
 		return fmt.Errorf("register REST handlers: %w", err)
 	}
-	if err := v1.RegisterSecretsServiceHandlerServer(ctx, gw, gateway.NewSecretsService(s.core, s.store)); err != nil {
+	if err := v1.RegisterSecretsServiceHandlerServer(ctx, gw, gateway.NewSecretsService(s.core, s.store).WithAgentAuth(s.agentAuth)); err != nil {
 		return fmt.Errorf("register REST handlers: %w", err)
 	}
 	if err := v1.RegisterAgentLifecycleServiceHandlerServer(ctx, gw, s.agents); err != nil {

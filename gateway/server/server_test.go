@@ -56,6 +56,9 @@ func startGateway(t testing.TB, policyPath string, mod func(*Config)) *testGatew
 	cfg.SecretsKeyFile = filepath.Join(dir, "secrets.key")
 	cfg.ReplicaID = "test-replica"
 	cfg.PolicyPoll = 50 * time.Millisecond
+	// These tests are about decisions, audit and lifecycle, and name their
+	// agents freely; agentauth_test.go runs the default (token) mode.
+	cfg.AgentAuth = "off"
 	if mod != nil {
 		mod(&cfg)
 	}

@@ -4,11 +4,18 @@ package servertest
 
 import (
 	"context"
+	"crypto/ed25519"
 	"net"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+
+	v1 "github.com/agent-assembly/agent-assembly/api/agentassembly/v1"
 	"github.com/agent-assembly/agent-assembly/gateway/server"
 )
 
@@ -51,4 +58,46 @@ func Start(t testing.TB, policyPath string, mod func(*server.Config)) string {
 		}
 	})
 	return l.Addr().String()
+}
+
+// RegisterAgent registers the agent "org/team/agent" with the gateway at
+// addr through the Ed25519 challenge and returns its credential token, for
+// tests that call agent-facing methods (CheckAction, ReportEvents, ...)
+// with --agent-auth token, the default.
+func RegisterAgent(t testing.TB, addr, agent string) string {
+	t.Helper()
+	parts := strings.Split(agent, "/")
+	if len(parts) != 3 {
+		t.Fatalf("register agent: %q is not org/team/agent", agent)
+	}
+	id := &v1.AgentId{OrgId: parts[0], TeamId: parts[1], AgentId: parts[2]}
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatalf("register agent %s: %v", agent, err)
+	}
+	defer conn.Close()
+	life := v1.NewAgentLifecycleServiceClient(conn)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	pub, key, err := ed25519.GenerateKey(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch, err := life.RequestChallenge(ctx, &v1.RequestChallengeRequest{Agent: id})
+	if err != nil {
+		t.Fatalf("register agent %s: request challenge: %v", agent, err)
+	}
+	resp, err := life.Register(ctx, &v1.RegisterRequest{Agent: id, PublicKey: pub, Nonce: ch.GetNonce(),
+		Signature: ed25519.Sign(key, ch.GetNonce())})
+	if err != nil {
+		t.Fatalf("register agent %s: %v", agent, err)
+	}
+	return resp.GetCredentialToken()
+}
+
+// WithToken returns ctx carrying token as x-aa-credential-token metadata,
+// the credential of agent calls whose request has no credential_token field
+// (ReportEvents, Subscribe, WaitApproval, ADS streams).
+func WithToken(ctx context.Context, token string) context.Context {
+	return metadata.AppendToOutgoingContext(ctx, "x-aa-credential-token", token)
 }

@@ -1,0 +1,499 @@
+package server
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"fmt"
+	"math/big"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/agent-assembly/agent-assembly/action"
+	v1 "github.com/agent-assembly/agent-assembly/api/agentassembly/v1"
+	"github.com/agent-assembly/agent-assembly/gateway"
+	"github.com/agent-assembly/agent-assembly/identity"
+	"github.com/agent-assembly/agent-assembly/storage"
+)
+
+// tokenMode runs a test gateway with agent authentication on (the default).
+func tokenMode(c *Config) { c.AgentAuth = "token" }
+
+// withToken puts token in the x-aa-credential-token metadata.
+func withToken(ctx context.Context, token string) context.Context {
+	if token == "" {
+		return ctx
+	}
+	return metadata.AppendToOutgoingContext(ctx, gateway.CredentialTokenHeader, token)
+}
+
+// agentMethod calls one agent-facing method as the agent named, with token
+// as its credential, and returns the call's error (nil when it got past
+// authentication and was answered).
+type agentMethod struct {
+	name string
+	call func(ctx context.Context, g *testGateway, token string, named *v1.AgentId) error
+}
+
+func toolCall(a *v1.AgentId, token string) *v1.CheckActionRequest {
+	r := toolReq(a, "git_status", `{"short":true}`)
+	r.ActionType, r.CredentialToken = v1.ActionType_TOOL_CALL, token
+	return r
+}
+
+// agentMethods lists every agent-facing method whose credential is not the
+// lifecycle's own (Register, Heartbeat, Deregister and ControlStream are
+// tested in lifecycle_test.go).
+func agentMethods(approvalID string) []agentMethod {
+	return []agentMethod{
+		{"CheckAction", func(ctx context.Context, g *testGateway, tok string, a *v1.AgentId) error {
+			_, err := g.client.CheckAction(ctx, toolCall(a, tok))
+			return err
+		}},
+		{"CheckAction/metadata", func(ctx context.Context, g *testGateway, tok string, a *v1.AgentId) error {
+			_, err := g.client.CheckAction(withToken(ctx, tok), toolCall(a, ""))
+			return err
+		}},
+		{"BatchCheck", func(ctx context.Context, g *testGateway, tok string, a *v1.AgentId) error {
+			_, err := g.client.BatchCheck(ctx, &v1.BatchCheckRequest{Requests: []*v1.CheckActionRequest{toolCall(a, tok), toolCall(a, tok)}})
+			return err
+		}},
+		{"RecordUsage", func(ctx context.Context, g *testGateway, tok string, a *v1.AgentId) error {
+			_, err := g.client.RecordUsage(ctx, &v1.RecordUsageRequest{Agent: a, CredentialToken: tok, DecisionId: "0197a4b0-0000-7000-8000-000000000000", PromptTokens: 1})
+			if status.Code(err) == codes.FailedPrecondition || status.Code(err) == codes.InvalidArgument {
+				return nil // authenticated; there is no such reservation
+			}
+			return err
+		}},
+		{"DispatchTool", func(ctx context.Context, g *testGateway, tok string, a *v1.AgentId) error {
+			_, err := v1.NewSecretsServiceClient(g.conn).DispatchTool(ctx, &v1.DispatchToolRequest{Check: toolCall(a, tok)})
+			return err
+		}},
+		{"WaitApproval", func(ctx context.Context, g *testGateway, tok string, _ *v1.AgentId) error {
+			wctx, cancel := context.WithTimeout(withToken(ctx, tok), 300*time.Millisecond)
+			defer cancel()
+			_, err := approvalClient(g).WaitApproval(wctx, &v1.GetApprovalRequest{Id: approvalID})
+			if status.Code(err) == codes.DeadlineExceeded {
+				return nil // authenticated; still pending
+			}
+			return err
+		}},
+		{"Subscribe", func(ctx context.Context, g *testGateway, tok string, a *v1.AgentId) error {
+			sctx, cancel := context.WithCancel(withToken(ctx, tok))
+			defer cancel()
+			st, err := v1.NewInvalidationServiceClient(g.conn).Subscribe(sctx, &v1.SubscribeRequest{Subscriber: "test", Agents: []*v1.AgentId{a}})
+			if err != nil {
+				return err
+			}
+			if h, err := st.Header(); err == nil && len(h.Get(gateway.SubscribedSeqHeader)) > 0 {
+				return nil
+			}
+			_, err = st.Recv()
+			return err
+		}},
+		{"ReportEvents", func(ctx context.Context, g *testGateway, tok string, a *v1.AgentId) error {
+			_, err := v1.NewAuditServiceClient(g.conn).ReportEvents(withToken(ctx, tok), &v1.ReportEventsRequest{Reporter: "runtime/test",
+				Events: []*v1.ReportedEvent{{EventId: rand.Text(), Layer: v1.Layer_LAYER_KERNEL, Time: timestamppb.Now(),
+					Decision: v1.Decision_DENY, RuleId: "kernel/exec", Reason: "exec denied",
+					Action: &v1.CheckActionRequest{Agent: a, ActionType: v1.ActionType_PROCESS_EXEC,
+						Context: &v1.CheckActionRequest_ProcessExec{ProcessExec: &v1.ProcessExecContext{Command: "/usr/bin/curl"}}}}}})
+			return err
+		}},
+	}
+}
+
+// wantRefused checks that err is code with the generic message: nothing in
+// it tells the caller why the credential failed.
+func wantRefused(t *testing.T, what string, err error, code codes.Code) {
+	t.Helper()
+	if status.Code(err) != code {
+		t.Fatalf("%s: got %v, want %s", what, err, code)
+	}
+	msg := status.Convert(err).Message()
+	for _, leak := range []string{"expired", "revoked", "signature", "killed", "coder-1", "other-1", "malformed"} {
+		if strings.Contains(msg, leak) {
+			t.Fatalf("%s: message %q tells the caller %q", what, msg, leak)
+		}
+	}
+}
+
+// signedToken issues a token for agent with the gateway's signing key and
+// the given clock (to make expired tokens).
+func signedToken(t *testing.T, g *testGateway, agent action.AgentID, now func() time.Time) string {
+	t.Helper()
+	seed, err := identity.LoadOrCreateSigningKey(context.Background(), g.srv.Store())
+	if err != nil {
+		t.Fatal(err)
+	}
+	iss, err := identity.NewIssuer(seed, identity.Options{TTL: time.Minute, Now: now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, _, err := iss.Issue(agent)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}
+
+// pendingApproval makes coder's check wait for a human and returns the
+// approval id.
+func pendingApproval(t *testing.T, g *testGateway, token string) string {
+	t.Helper()
+	req := rmReq(`{"command":"rm -rf build"}`)
+	req.CredentialToken = token
+	resp, err := g.client.CheckAction(context.Background(), req)
+	if err != nil || resp.GetApprovalId() == "" {
+		t.Fatalf("check needing approval: %v %v", resp, err)
+	}
+	return resp.GetApprovalId()
+}
+
+func countGovernance(t *testing.T, st storage.Store, rule string) int {
+	t.Helper()
+	page, err := st.QueryAudit(context.Background(), storage.AuditQuery{Event: storage.EventGovernance, Limit: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, r := range page.Records {
+		if r.RuleID == rule {
+			n++
+		}
+	}
+	return n
+}
+
+func TestAgentMethodsRequireTheAgentsCredential(t *testing.T) {
+	g := startGateway(t, examplesDir(t), tokenMode)
+	ctx := context.Background()
+	other := agent("acme", "eng", "other-1")
+	me := register(t, g, coder, nil)
+	them := register(t, g, other, nil)
+	approval := pendingApproval(t, g, me.token)
+	expired := signedToken(t, g, action.AgentID{Org: "acme", Team: "eng", Agent: "coder-1"}, func() time.Time { return time.Now().Add(-time.Hour) })
+	garbled := me.token[:len(me.token)-6] + "AAAAAA"
+
+	for _, m := range agentMethods(approval) {
+		t.Run(m.name, func(t *testing.T) {
+			before := countGovernance(t, g.srv.Store(), "agent.auth.unauthenticated")
+			wantRefused(t, "no credential", m.call(ctx, g, "", coder), codes.Unauthenticated)
+			wantRefused(t, "garbled token", m.call(ctx, g, garbled, coder), codes.Unauthenticated)
+			wantRefused(t, "not a token", m.call(ctx, g, "hello", coder), codes.Unauthenticated)
+			wantRefused(t, "expired token", m.call(ctx, g, expired, coder), codes.Unauthenticated)
+			// An operator's API key is never an agent credential, as a
+			// token or as the operator's bearer header.
+			wantRefused(t, "operator key as token", m.call(ctx, g, "aa_live_0123456789abcdef", coder), codes.Unauthenticated)
+			bearer := metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer aa_live_0123456789abcdef")
+			wantRefused(t, "operator bearer", m.call(bearer, g, "", coder), codes.Unauthenticated)
+			wantRefused(t, "another agent's token", m.call(ctx, g, them.token, coder), codes.PermissionDenied)
+			if err := m.call(ctx, g, me.token, coder); err != nil {
+				t.Fatalf("valid token: %v", err)
+			}
+			if got := countGovernance(t, g.srv.Store(), "agent.auth.unauthenticated") - before; got != 6 {
+				t.Fatalf("%d unauthenticated refusals audited, want 6", got)
+			}
+		})
+	}
+	if countGovernance(t, g.srv.Store(), "agent.auth.mismatch") == 0 {
+		t.Fatal("mismatches were not audited")
+	}
+}
+
+func TestRevokedCredentialsRefusedAtOnce(t *testing.T) {
+	g := startGateway(t, examplesDir(t), tokenMode)
+	ctx := context.Background()
+	me := register(t, g, coder, nil)
+	approval := pendingApproval(t, g, me.token) // also puts the token in the cache
+	for _, m := range agentMethods(approval) {
+		if err := m.call(ctx, g, me.token, coder); err != nil {
+			t.Fatalf("%s before deregistration: %v", m.name, err)
+		}
+	}
+	if _, err := lifecycle(g).Deregister(ctx, &v1.DeregisterRequest{Agent: coder, CredentialToken: me.token}); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range agentMethods(approval) {
+		wantRefused(t, m.name+" after Deregister", m.call(ctx, g, me.token, coder), codes.Unauthenticated)
+	}
+
+	// Killing an agent revokes every token it holds.
+	again := register(t, g, coder, nil)
+	if _, err := g.client.CheckAction(ctx, toolCall(coder, again.token)); err != nil {
+		t.Fatalf("check after re-registration: %v", err)
+	}
+	if _, err := lifecycle(g).KillAgent(ctx, &v1.AgentControlRequest{Id: "acme/eng/coder-1", Reason: "test"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range agentMethods(approval) {
+		wantRefused(t, m.name+" after KillAgent", m.call(ctx, g, again.token, coder), codes.Unauthenticated)
+	}
+}
+
+func TestCheckWithoutNamedAgentUsesTheTokensAgent(t *testing.T) {
+	g := startGateway(t, examplesDir(t), tokenMode)
+	ctx := context.Background()
+	me := register(t, g, coder, nil)
+	req := toolCall(nil, me.token)
+	resp, err := g.client.CheckAction(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := auditRecord(t, g.srv.Store(), resp.GetDecisionId())
+	if rec.Agent.String() != "acme/eng/coder-1" {
+		t.Fatalf("decision recorded for %q, want the token's agent", rec.Agent)
+	}
+}
+
+func TestSubscribeLimitedToTheTokensAgents(t *testing.T) {
+	g := startGateway(t, examplesDir(t), tokenMode)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	me := register(t, g, coder, nil)
+	other := agent("acme", "eng", "other-1")
+	register(t, g, other, nil)
+	st, err := v1.NewInvalidationServiceClient(g.conn).Subscribe(withToken(ctx, me.token), &v1.SubscribeRequest{Subscriber: "runtime/test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Header(); err != nil {
+		t.Fatal(err)
+	}
+	// Another agent's suspension is not delivered; this agent's is.
+	if _, err := lifecycle(g).SuspendAgent(ctx, &v1.AgentControlRequest{Id: "acme/eng/other-1", Reason: "test"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := lifecycle(g).SuspendAgent(ctx, &v1.AgentControlRequest{Id: "acme/eng/coder-1", Reason: "test"}); err != nil {
+		t.Fatal(err)
+	}
+	ev, err := st.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := ev.GetAgent().GetAgentId(); got != "coder-1" {
+		t.Fatalf("first event is for %q (%s), want coder-1's suspension", got, ev.GetType())
+	}
+}
+
+func TestReportEventsForAnotherAgentRefused(t *testing.T) {
+	g := startGateway(t, examplesDir(t), tokenMode)
+	ctx := context.Background()
+	me := register(t, g, coder, nil)
+	other := agent("acme", "eng", "other-1")
+	them := register(t, g, other, nil)
+	report := agentMethods("")[7]
+	if report.name != "ReportEvents" {
+		t.Fatal("agentMethods changed order")
+	}
+	wantRefused(t, "event for another agent", report.call(ctx, g, me.token, other), codes.PermissionDenied)
+	// A runtime governing both agents presents both tokens.
+	both := metadata.AppendToOutgoingContext(ctx, gateway.CredentialTokenHeader, them.token)
+	if err := report.call(both, g, me.token, other); err != nil {
+		t.Fatalf("runtime with both tokens: %v", err)
+	}
+}
+
+func TestAgentAuthOffTrustsTheNamedAgent(t *testing.T) {
+	g := startGateway(t, examplesDir(t), nil) // the harness default is off
+	if _, err := g.client.CheckAction(context.Background(), toolCall(coder, "")); err != nil {
+		t.Fatalf("check with agent auth off: %v", err)
+	}
+}
+
+func TestAgentAuthOffRefusedOffLoopback(t *testing.T) {
+	c := DefaultConfig()
+	c.AgentAuth, c.AllowRemote, c.GRPCAddr = "off", true, "0.0.0.0:50051"
+	err := c.Validate()
+	if err == nil || !strings.Contains(err.Error(), "--agent-auth: off is for development on loopback only") {
+		t.Fatalf("Validate = %v", err)
+	}
+	c.AgentAuth = "sometimes"
+	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), `--agent-auth: must be token or off, not "sometimes"`) {
+		t.Fatalf("Validate = %v", err)
+	}
+	c = DefaultConfig()
+	c.AgentSPIFFETrustDomain = "Bad/Domain"
+	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "--agent-spiffe-trust-domain") {
+		t.Fatalf("Validate = %v", err)
+	}
+}
+
+func TestRevocationReachesAnotherReplica(t *testing.T) {
+	a, b := sharedReplicasWith(t, tokenMode)
+	ctx := context.Background()
+	r := register(t, a, coder, nil)
+	if _, err := b.client.CheckAction(ctx, toolCall(coder, r.token)); err != nil {
+		t.Fatalf("check on b with a's token: %v", err) // now cached on b
+	}
+	if _, err := lifecycle(a).Deregister(ctx, &v1.DeregisterRequest{Agent: coder, CredentialToken: r.token}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "b to refuse the revoked token", func() bool {
+		_, err := b.client.CheckAction(ctx, toolCall(coder, r.token))
+		return status.Code(err) == codes.Unauthenticated
+	})
+	r2 := register(t, a, coder, nil)
+	if _, err := b.client.CheckAction(ctx, toolCall(coder, r2.token)); err != nil {
+		t.Fatalf("check on b with the new token: %v", err)
+	}
+	if _, err := lifecycle(a).KillAgent(ctx, &v1.AgentControlRequest{Id: "acme/eng/coder-1", Reason: "test"}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "b to refuse the killed agent's token", func() bool {
+		_, err := b.client.CheckAction(ctx, toolCall(coder, r2.token))
+		return status.Code(err) == codes.Unauthenticated
+	})
+}
+
+// sharedReplicasWith starts two replicas sharing PostgreSQL and Redis, like
+// sharedReplicas, with mod applied to both.
+func sharedReplicasWith(t *testing.T, mod func(*Config)) (a, b *testGateway) {
+	t.Helper()
+	pgURL, redisURL := os.Getenv("AA_TEST_POSTGRES_URL"), os.Getenv("AA_TEST_REDIS_URL")
+	if pgURL == "" || redisURL == "" {
+		t.Skip("AA_TEST_POSTGRES_URL and AA_TEST_REDIS_URL not set: run scripts/testdb.sh start and eval \"$(scripts/testdb.sh env)\"")
+	}
+	name := fmt.Sprintf("agentauth_%d", time.Now().UnixNano())
+	conn, err := pgx.Connect(context.Background(), pgURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	if _, err := conn.Exec(context.Background(), "CREATE SCHEMA "+name); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if c, err := pgx.Connect(context.Background(), pgURL); err == nil {
+			c.Exec(context.Background(), "DROP SCHEMA "+name+" CASCADE")
+			c.Close(context.Background())
+		}
+	})
+	key := filepath.Join(t.TempDir(), "secrets.key")
+	replica := func(id string) func(*Config) {
+		return func(c *Config) {
+			c.Store = withParam(pgURL, "schema", name)
+			c.Counters = withParam(redisURL, "prefix", name+":")
+			c.SecretsKeyFile = key
+			c.ReplicaID = id
+			mod(c)
+		}
+	}
+	return startGateway(t, examplesDir(t), replica("gw-a")), startGateway(t, examplesDir(t), replica("gw-b"))
+}
+
+// agentCert returns a TLS client certificate for spiffe URI uri, signed by
+// ca, and a server certificate for 127.0.0.1.
+func agentCert(t *testing.T, ca *x509.Certificate, caKey ed25519.PrivateKey, uri string, server bool) tls.Certificate {
+	t.Helper()
+	pub, key, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: "test"},
+		NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour), KeyUsage: x509.KeyUsageDigitalSignature}
+	if server {
+		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
+		tmpl.IPAddresses = []net.IP{net.ParseIP("127.0.0.1")}
+	} else {
+		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
+		u, err := url.Parse(uri)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tmpl.URIs = []*url.URL{u}
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, pub, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+}
+
+func testCA(t *testing.T) (*x509.Certificate, ed25519.PrivateKey, *x509.CertPool) {
+	t.Helper()
+	pub, key, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test ca"}, IsCA: true, BasicConstraintsValid: true,
+		NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour), KeyUsage: x509.KeyUsageCertSign}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, pub, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(ca)
+	return ca, key, pool
+}
+
+// TestAgentClientCertificate serves the gateway's gRPC server behind a TLS
+// listener that verifies client certificates, and checks that an agent
+// certificate authenticates its agent without a token, and only that agent.
+func TestAgentClientCertificate(t *testing.T) {
+	g := startGateway(t, examplesDir(t), tokenMode)
+	register(t, g, coder, nil)
+	ca, caKey, pool := testCA(t)
+	srvCert := agentCert(t, ca, caKey, "", true)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The gateway's gRPC server takes the transport credentials at
+	// construction; serve a second one with the same services over TLS.
+	tlsSrv := grpc.NewServer(grpc.Creds(credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{srvCert}, ClientCAs: pool,
+		ClientAuth: tls.VerifyClientCertIfGiven, MinVersion: tls.VersionTLS13})))
+	v1.RegisterPolicyServiceServer(tlsSrv, gateway.NewPolicyService(g.srv.Core()).WithAgentAuth(g.srv.AgentAuth()))
+	go tlsSrv.Serve(l)
+	t.Cleanup(tlsSrv.Stop)
+
+	dial := func(cert *tls.Certificate) v1.PolicyServiceClient {
+		cfg := &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS13}
+		if cert != nil {
+			cfg.Certificates = []tls.Certificate{*cert}
+		}
+		conn, err := grpc.NewClient(l.Addr().String(), grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		return v1.NewPolicyServiceClient(conn)
+	}
+	ctx := context.Background()
+	mine := agentCert(t, ca, caKey, "spiffe://agent-assembly/agent/acme/eng/coder-1", false)
+	if _, err := dial(&mine).CheckAction(ctx, toolCall(coder, "")); err != nil {
+		t.Fatalf("check with the agent's certificate: %v", err)
+	}
+	wantRefused(t, "certificate of another agent", func() error {
+		_, err := dial(&mine).CheckAction(ctx, toolCall(agent("acme", "eng", "other-1"), ""))
+		return err
+	}(), codes.PermissionDenied)
+	foreign := agentCert(t, ca, caKey, "spiffe://elsewhere/agent/acme/eng/coder-1", false)
+	wantRefused(t, "certificate of another trust domain", func() error {
+		_, err := dial(&foreign).CheckAction(ctx, toolCall(coder, ""))
+		return err
+	}(), codes.Unauthenticated)
+	wantRefused(t, "no certificate", func() error {
+		_, err := dial(nil).CheckAction(ctx, toolCall(coder, ""))
+		return err
+	}(), codes.Unauthenticated)
+}
