@@ -71,6 +71,7 @@ type Store interface {
 	InvalidationLog
 	Alerts
 	CostLedger
+	APIKeys
 	// Ping checks that the backends answer.
 	Ping(ctx context.Context) error
 	// Close releases connections and flushes buffered writes.

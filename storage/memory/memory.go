@@ -57,6 +57,8 @@ type Store struct {
 	inval invalidations
 
 	feed alertFeed // see alerts.go
+
+	apiKeys map[string]*storage.APIKey // see apikeys.go
 }
 
 type secret struct {

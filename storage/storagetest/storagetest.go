@@ -125,6 +125,7 @@ func Run(t *testing.T, newStore func(t *testing.T) storage.Store, opts ...Option
 	t.Run("Notifier", func(t *testing.T) {
 		RunNotifier(t, func(t *testing.T) storage.Notifier { return newStore(t) }, opts...)
 	})
+	t.Run("APIKeys", func(t *testing.T) { RunAPIKeys(t, func(t *testing.T) storage.APIKeys { return newStore(t) }, opts...) })
 	t.Run("Ping", func(t *testing.T) {
 		s := newStore(t)
 		if err := s.Ping(testContext(t)); err != nil {
