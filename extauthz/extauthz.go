@@ -157,6 +157,9 @@ type Options struct {
 	Injections func(agent action.AgentID) []policy.Injection
 	// Metrics receives the ext_authz counters; nil keeps them unregistered.
 	Metrics *Metrics
+	// Auth, when set and enabled, requires every Check to prove its agent
+	// (see Server.authenticate); nil trusts the identity sources above.
+	Auth Authenticator
 }
 
 // Server implements envoy.service.auth.v3.Authorization.
@@ -191,7 +194,7 @@ func New(d Decider, opts Options) *Server {
 	if opts.Metrics == nil {
 		opts.Metrics = NewMetrics(nil)
 	}
-	gone := []string{opts.AgentHeader}
+	gone := []string{opts.AgentHeader, gateway.CredentialTokenHeader}
 	if opts.StripCredentials {
 		gone = append(gone, "authorization", "x-api-key")
 	}
@@ -226,7 +229,12 @@ func (s *Server) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 			Decision: action.Deny, RuleID: "extauthz", Reason: err.Error(),
 		}, status: 403}
 		s.o.Metrics.Malformed.Inc()
+	} else if id, aerr := s.authenticated(ctx, m); aerr != nil {
+		v = authDenial(aerr)
 	} else {
+		for i := range m.actions {
+			m.actions[i].Agent = id
+		}
 		v = s.withInjected(ctx, m, s.decide(ctx, m, start))
 		v.agent = m.actions[0].Agent
 		if m.note != "" {

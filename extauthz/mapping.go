@@ -37,6 +37,8 @@ type mapped struct {
 	actions []action.Action // actions[0] is the NETWORK_CALL
 	opts    gateway.CheckOptions
 	note    string // set when the body was not inspected
+	source  string // what named the agent: principal, context_extensions, header or none
+	token   string // the x-aa-credential-token request header
 }
 
 // headers reads request headers from either the map or the HeaderMap form.
@@ -71,7 +73,7 @@ func (s *Server) mapRequest(req *authv3.CheckRequest, now time.Time) (*mapped, e
 	if len(h.m) == 0 {
 		h.m = nil
 	}
-	agent, _ := identify(attrs.GetSource().GetPrincipal(), attrs.GetContextExtensions(), h.get(s.o.AgentHeader))
+	agent, source := identify(attrs.GetSource().GetPrincipal(), attrs.GetContextExtensions(), h.get(s.o.AgentHeader))
 
 	authority := hr.GetHost()
 	if authority == "" {
@@ -103,7 +105,8 @@ func (s *Server) mapRequest(req *authv3.CheckRequest, now time.Time) (*mapped, e
 		TraceID:   traceID(h),
 		SessionID: h.get(HeaderSessionID),
 	}
-	m := &mapped{opts: gateway.CheckOptions{ApprovalID: h.get(HeaderApprovalID), Layer: gateway.LayerEnvoy}}
+	m := &mapped{opts: gateway.CheckOptions{ApprovalID: h.get(HeaderApprovalID), Layer: gateway.LayerEnvoy},
+		source: source, token: h.get(gateway.CredentialTokenHeader)}
 	m.actions = make([]action.Action, 1, 2)
 	m.actions[0] = base
 	m.actions[0].Kind = action.KindNetworkCall

@@ -10,7 +10,6 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/agent-assembly/agent-assembly/action"
 	v1 "github.com/agent-assembly/agent-assembly/api/agentassembly/v1"
 	"github.com/agent-assembly/agent-assembly/storage"
 )
@@ -120,19 +119,19 @@ func (s *ApprovalService) WaitApproval(ctx context.Context, req *v1.GetApprovalR
 	if err != nil {
 		return nil, err
 	}
-	if s.auth.Enabled() {
-		// Prove the caller first: an unauthenticated caller learns nothing,
-		// not even whether the approval exists.
-		if _, err := s.auth.Authenticate(ctx, "WaitApproval", "", action.AgentID{}); err != nil {
-			return nil, err
-		}
+	// Prove the caller first: an unauthenticated caller learns nothing, not
+	// even whether the approval exists. A runtime may present the tokens of
+	// all its agents; one must be the approval's agent's.
+	proven, err := s.auth.AuthenticateAll(ctx, "WaitApproval")
+	if err != nil {
+		return nil, err
 	}
 	a, err := st.GetApproval(ctx, req.GetId())
 	if err != nil {
 		return nil, storeStatus("get approval "+req.GetId(), err)
 	}
-	if _, err := s.auth.Authenticate(ctx, "WaitApproval", "", a.Agent); err != nil {
-		return nil, err
+	if proven != nil && !proven[a.Agent] {
+		return nil, s.auth.RefuseMismatch(ctx, "WaitApproval", a.Agent)
 	}
 	wctx, cancel := context.WithDeadline(ctx, a.ExpiresAt)
 	defer cancel()

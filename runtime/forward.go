@@ -75,6 +75,7 @@ func (rt *Runtime) send(ctx context.Context, entries []buffer.Entry) error {
 	}
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
+	cctx, _ = rt.withTokens(cctx)
 	resp, err := rt.audit.ReportEvents(cctx, req)
 	if err != nil {
 		return err
@@ -116,6 +117,11 @@ func (rt *Runtime) subscribe(ctx context.Context) {
 func (rt *Runtime) follow(ctx context.Context, last *int64, agents []*v1.AgentId) error {
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	if tctx, proven := rt.withTokens(sctx); len(proven) > 0 {
+		// With credentials, the subscription is for the agents they prove
+		// (the gateway refuses agents without one).
+		sctx, agents = tctx, proven
+	}
 	stream, err := rt.inval.Subscribe(sctx, &v1.SubscribeRequest{Subscriber: rt.buf.Reporter(), LastSeqSeen: *last, Agents: agents})
 	if err != nil {
 		return err

@@ -134,7 +134,17 @@ type gatewayProc struct {
 
 func startGateway(t *testing.T, dir, addr string) *gatewayProc {
 	t.Helper()
+	// Most tests here are about the runtime, not agent authentication,
+	// and run runtimes that do not register; agentauth_test.go runs the
+	// default, token, with registering runtimes.
+	return startGatewayAuth(t, dir, addr, "off")
+}
+
+// startGatewayAuth is startGateway with --agent-auth mode.
+func startGatewayAuth(t *testing.T, dir, addr, mode string) *gatewayProc {
+	t.Helper()
 	cfg := server.DefaultConfig()
+	cfg.AgentAuth = mode
 	cfg.PolicyPath = "testdata/policies"
 	cfg.Store = "sqlite:" + filepath.Join(dir, "gateway.db")
 	cfg.SecretsKeyFile = filepath.Join(dir, "secrets.key")

@@ -71,7 +71,7 @@ func (rt *Runtime) approval(ctx context.Context, a *agentState, r *v1.RuntimeApp
 		return badRequest("check (the pending action) is required")
 	}
 	wctx, cancel := context.WithTimeout(ctx, rt.opts.ApprovalTimeout)
-	_, err := rt.approvals.WaitApproval(wctx, &v1.GetApprovalRequest{Id: r.GetApprovalId()})
+	_, err := rt.approvals.WaitApproval(withToken(wctx, a), &v1.GetApprovalRequest{Id: r.GetApprovalId()})
 	cancel()
 	if err != nil && unavailable(err) && status.Code(err) != codes.DeadlineExceeded {
 		a.enrich(req)

@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -289,7 +290,7 @@ func (c *Client) WaitForApproval(ctx context.Context, err error) (*Decision, err
 	req.ApprovalId = e.ApprovalID()
 	if c.cc != nil {
 		// Wait for the human, then present the approval with the action.
-		if _, err := c.approvals.WaitApproval(ctx, &v1.GetApprovalRequest{Id: req.ApprovalId}); err != nil && status.Code(err) != codes.DeadlineExceeded {
+		if _, err := c.approvals.WaitApproval(c.withToken(ctx), &v1.GetApprovalRequest{Id: req.ApprovalId}); err != nil && status.Code(err) != codes.DeadlineExceeded {
 			return nil, grpcErr(err)
 		}
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.opts.Timeout)
@@ -396,7 +397,7 @@ func (c *Client) Report(ctx context.Context, events ...*v1.RuntimeEvent) error {
 				Action: a, DecisionId: ev.GetDecisionId(), Reason: ev.GetOutcome(), RuleId: "sdk/event",
 			})
 		}
-		_, err := c.audit.ReportEvents(ctx, req)
+		_, err := c.audit.ReportEvents(c.withToken(ctx), req)
 		if err != nil {
 			return grpcErr(err)
 		}
@@ -459,6 +460,20 @@ func (c *Client) Register(ctx context.Context, key ed25519.PrivateKey, labels ma
 	}
 	c.opts.Token = resp.GetCredentialToken()
 	return resp, nil
+}
+
+// tokenHeader is the metadata key of the agent's credential token on calls
+// whose request has no credential_token field (gateway.CredentialTokenHeader).
+const tokenHeader = "x-aa-credential-token"
+
+// withToken adds the credential token, when the client has one, to the
+// metadata of a call that has no credential_token field (ReportEvents,
+// WaitApproval); the gateway refuses those calls without it.
+func (c *Client) withToken(ctx context.Context) context.Context {
+	if c.opts.Token == "" {
+		return ctx
+	}
+	return metadata.AppendToOutgoingContext(ctx, tokenHeader, c.opts.Token)
 }
 
 // WrapTool returns fn guarded by policy: each call checks tool name with its

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/jackc/pgx/v5"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -27,6 +28,7 @@ import (
 
 	"github.com/agent-assembly/agent-assembly/action"
 	v1 "github.com/agent-assembly/agent-assembly/api/agentassembly/v1"
+	"github.com/agent-assembly/agent-assembly/extauthz"
 	"github.com/agent-assembly/agent-assembly/gateway"
 	"github.com/agent-assembly/agent-assembly/identity"
 	"github.com/agent-assembly/agent-assembly/storage"
@@ -496,4 +498,113 @@ func TestAgentClientCertificate(t *testing.T) {
 		_, err := dial(nil).CheckAction(ctx, toolCall(coder, ""))
 		return err
 	}(), codes.Unauthenticated)
+}
+
+// extCheck sends an ext_authz Check for en.wikipedia.org (allowed for
+// researcher-1 by the example policy) with the given request headers.
+func extCheck(t *testing.T, ctx context.Context, client authv3.AuthorizationClient, hdr map[string]string, principal string) *authv3.CheckResponse {
+	t.Helper()
+	resp, err := client.Check(ctx, &authv3.CheckRequest{Attributes: &authv3.AttributeContext{
+		Source: &authv3.AttributeContext_Peer{Principal: principal},
+		Request: &authv3.AttributeContext_Request{Http: &authv3.AttributeContext_HttpRequest{
+			Method: "GET", Scheme: "https", Host: "en.wikipedia.org", Path: "/wiki/Go", Headers: hdr,
+		}},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp
+}
+
+func wantExtDenied(t *testing.T, what string, r *authv3.CheckResponse, reason string) {
+	t.Helper()
+	d := r.GetDeniedResponse()
+	if d == nil || d.GetStatus().GetCode() != 403 || !strings.Contains(d.GetBody(), reason) {
+		t.Fatalf("%s: %v, want 403 %q", what, r, reason)
+	}
+}
+
+func wantExtAllowed(t *testing.T, what string, r *authv3.CheckResponse) {
+	t.Helper()
+	ok := r.GetOkResponse()
+	if ok == nil {
+		t.Fatalf("%s: %v, want allowed", what, r)
+	}
+	removed := false
+	for _, h := range ok.GetHeadersToRemove() {
+		removed = removed || h == gateway.CredentialTokenHeader
+	}
+	if !removed {
+		t.Fatalf("%s: the token header is not removed before the request goes upstream: %v", what, ok.GetHeadersToRemove())
+	}
+	for _, h := range ok.GetHeaders() {
+		if h.GetHeader().GetKey() == "x-aa-agent" && h.GetHeader().GetValue() != "acme/research/researcher-1" {
+			t.Fatalf("%s: agent %q", what, h.GetHeader().GetValue())
+		}
+	}
+}
+
+func TestExtAuthzRequiresAgentCredential(t *testing.T) {
+	g := startGateway(t, examplesDir(t), tokenMode)
+	ctx := context.Background()
+	client := authv3.NewAuthorizationClient(g.conn)
+	researcher := agent("acme", "research", "researcher-1")
+	r := register(t, g, researcher, nil)
+	other := register(t, g, coder, nil)
+	named := map[string]string{"x-aa-agent-id": "acme/research/researcher-1"}
+
+	before := countGovernance(t, g.srv.Store(), "agent.auth.unauthenticated")
+	wantExtDenied(t, "bare x-aa-agent-id", extCheck(t, ctx, client, named, ""), "agent not authenticated")
+	wantExtDenied(t, "no identity at all", extCheck(t, ctx, client, nil, ""), "agent not authenticated")
+	wantExtDenied(t, "principal over an unverified connection", extCheck(t, ctx, client, nil, "spiffe://cluster.local/org/acme/team/research/agent/researcher-1"), "agent not authenticated")
+	wantExtDenied(t, "garbled header token", extCheck(t, ctx, client, map[string]string{gateway.CredentialTokenHeader: r.token + "x"}, ""), "agent not authenticated")
+	if got := countGovernance(t, g.srv.Store(), "agent.auth.unauthenticated") - before; got != 4 {
+		t.Fatalf("%d refusals audited, want 4", got)
+	}
+	wantExtDenied(t, "another agent's token", extCheck(t, ctx, client, map[string]string{"x-aa-agent-id": "acme/research/researcher-1", gateway.CredentialTokenHeader: other.token}, ""), "does not match")
+
+	wantExtAllowed(t, "header token", extCheck(t, ctx, client, map[string]string{gateway.CredentialTokenHeader: r.token}, ""))
+	wantExtAllowed(t, "header token and matching agent header", extCheck(t, ctx, client, map[string]string{"x-aa-agent-id": "acme/research/researcher-1", gateway.CredentialTokenHeader: r.token}, ""))
+	// Envoy's grpc_service initial_metadata (set by the gateway's xDS for an
+	// authenticated node) carries the token on the Check call itself.
+	wantExtAllowed(t, "metadata token", extCheck(t, withToken(ctx, r.token), client, named, ""))
+}
+
+// TestExtAuthzClientCertificate: Envoy's connection to the gateway presents
+// an agent certificate (its own identity), or a mesh proxy certificate that
+// vouches for the request's source principal.
+func TestExtAuthzClientCertificate(t *testing.T) {
+	g := startGateway(t, examplesDir(t), tokenMode)
+	register(t, g, agent("acme", "research", "researcher-1"), nil)
+	ca, caKey, pool := testCA(t)
+	srvCert := agentCert(t, ca, caKey, "", true)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tlsSrv := grpc.NewServer(grpc.Creds(credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{srvCert}, ClientCAs: pool,
+		ClientAuth: tls.VerifyClientCertIfGiven, MinVersion: tls.VersionTLS13})))
+	extauthz.New(g.srv.Core(), extauthz.Options{Auth: g.srv.AgentAuth()}).Register(tlsSrv)
+	go tlsSrv.Serve(l)
+	t.Cleanup(tlsSrv.Stop)
+	dial := func(cert *tls.Certificate) authv3.AuthorizationClient {
+		cfg := &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS13}
+		if cert != nil {
+			cfg.Certificates = []tls.Certificate{*cert}
+		}
+		conn, err := grpc.NewClient(l.Addr().String(), grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		return authv3.NewAuthorizationClient(conn)
+	}
+	ctx := context.Background()
+	envoy := agentCert(t, ca, caKey, "spiffe://agent-assembly/agent/acme/research/researcher-1", false)
+	wantExtAllowed(t, "agent certificate", extCheck(t, ctx, dial(&envoy), nil, ""))
+	wantExtDenied(t, "agent certificate naming another agent", extCheck(t, ctx, dial(&envoy), map[string]string{"x-aa-agent-id": "acme/eng/coder-1"}, ""), "does not match")
+	mesh := agentCert(t, ca, caKey, "spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway", false)
+	wantExtAllowed(t, "mesh proxy vouching for the principal", extCheck(t, ctx, dial(&mesh), nil, "spiffe://cluster.local/org/acme/team/research/agent/researcher-1"))
+	wantExtDenied(t, "mesh proxy without a principal", extCheck(t, ctx, dial(&mesh), map[string]string{"x-aa-agent-id": "acme/research/researcher-1"}, ""), "agent not authenticated")
+	wantExtDenied(t, "no certificate", extCheck(t, ctx, dial(nil), nil, "spiffe://cluster.local/org/acme/team/research/agent/researcher-1"), "agent not authenticated")
 }
