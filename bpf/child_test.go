@@ -2,20 +2,17 @@ package bpf_test
 
 import (
 	"bufio"
-	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/netip"
 	"os"
 	"os/exec"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
-	"time"
 
 	"github.com/agent-assembly/agent-assembly/bpf"
+	"github.com/agent-assembly/agent-assembly/bpf/cgrouptest"
 	"golang.org/x/sys/unix"
 )
 
@@ -40,7 +37,7 @@ func child(args []string) int {
 				fmt.Println("bad request")
 				continue
 			}
-			fmt.Println(act(f[0], f[1], f[2]))
+			fmt.Println(cgrouptest.Act(f[0], f[1], f[2]))
 		}
 		return 0
 	}
@@ -75,7 +72,7 @@ func child(args []string) int {
 		ap := netip.MustParseAddrPort(args[2])
 		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 		if err != nil {
-			fmt.Println(describe(err))
+			fmt.Println(cgrouptest.Describe(err))
 			return 1
 		}
 		sa := &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}
@@ -92,95 +89,6 @@ func child(args []string) int {
 		fmt.Println("usage: dial|send network address")
 		return 2
 	}
-	fmt.Println(act(args[0], args[1], args[2]))
+	fmt.Println(cgrouptest.Act(args[0], args[1], args[2]))
 	return 0
-}
-
-// act performs one action and describes its outcome: "ok", "ok:<first
-// bytes the peer sent>" or the errno name.
-func act(verb, network, addr string) string {
-	if network == "raw6" {
-		return raw6(verb, addr)
-	}
-	switch verb {
-	case "dial":
-		c, err := net.DialTimeout(network, addr, 3*time.Second)
-		if err != nil {
-			return describe(err)
-		}
-		defer c.Close()
-		c.SetReadDeadline(time.Now().Add(3 * time.Second))
-		buf := make([]byte, 64)
-		n, _ := c.Read(buf)
-		if n > 0 {
-			return "ok:" + string(buf[:n])
-		}
-		return "ok"
-	case "send":
-		ua, err := net.ResolveUDPAddr(network, addr)
-		if err != nil {
-			return describe(err)
-		}
-		c, err := net.ListenUDP(network, nil)
-		if err != nil {
-			return describe(err)
-		}
-		defer c.Close()
-		if _, err := c.WriteToUDP([]byte("hello"), ua); err != nil {
-			return describe(err)
-		}
-		return "ok"
-	}
-	return "unknown verb " + verb
-}
-
-func describe(err error) string {
-	var errno syscall.Errno
-	if errors.As(err, &errno) {
-		switch errno {
-		case syscall.EPERM:
-			return "EPERM"
-		case syscall.ECONNREFUSED:
-			return "ECONNREFUSED"
-		case syscall.ENETUNREACH:
-			return "ENETUNREACH"
-		}
-		return "errno " + errno.Error()
-	}
-	return "error " + err.Error()
-}
-
-// raw6 dials or sends over an AF_INET6 socket with the address as given:
-// Go's net package refuses v4-mapped addresses for tcp6/udp6.
-func raw6(verb, addr string) string {
-	ap, err := netip.ParseAddrPort(addr)
-	if err != nil {
-		return describe(err)
-	}
-	typ := unix.SOCK_STREAM
-	if verb == "send" {
-		typ = unix.SOCK_DGRAM
-	}
-	fd, err := unix.Socket(unix.AF_INET6, typ|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return describe(err)
-	}
-	defer unix.Close(fd)
-	sa := &unix.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}
-	if verb == "send" {
-		if err := unix.Sendto(fd, []byte("hello"), 0, sa); err != nil {
-			return describe(err)
-		}
-		return "ok"
-	}
-	if err := unix.Connect(fd, sa); err != nil {
-		return describe(err)
-	}
-	unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Sec: 3})
-	buf := make([]byte, 64)
-	n, _ := unix.Read(fd, buf)
-	if n > 0 {
-		return "ok:" + string(buf[:n])
-	}
-	return "ok"
 }

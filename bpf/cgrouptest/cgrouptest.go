@@ -4,7 +4,10 @@ package cgrouptest
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
+	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -98,4 +101,96 @@ func Command(t testing.TB, dir string, name string, args ...string) *exec.Cmd {
 	cmd := exec.Command(name, args...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: fd}
 	return cmd
+}
+
+// Act performs one network action of an agent process, verb "dial" (TCP)
+// or "send" (UDP) over network tcp4/tcp6/udp4/udp6, or "raw6" for an
+// AF_INET6 socket that keeps a v4-mapped address as given, and describes its outcome: "ok", "ok:<first
+// bytes the peer sent>" or the errno name.
+func Act(verb, network, addr string) string {
+	if network == "raw6" {
+		return raw6(verb, addr)
+	}
+	switch verb {
+	case "dial":
+		c, err := net.DialTimeout(network, addr, 3*time.Second)
+		if err != nil {
+			return Describe(err)
+		}
+		defer c.Close()
+		c.SetReadDeadline(time.Now().Add(3 * time.Second))
+		buf := make([]byte, 64)
+		n, _ := c.Read(buf)
+		if n > 0 {
+			return "ok:" + string(buf[:n])
+		}
+		return "ok"
+	case "send":
+		ua, err := net.ResolveUDPAddr(network, addr)
+		if err != nil {
+			return Describe(err)
+		}
+		c, err := net.ListenUDP(network, nil)
+		if err != nil {
+			return Describe(err)
+		}
+		defer c.Close()
+		if _, err := c.WriteToUDP([]byte("hello"), ua); err != nil {
+			return Describe(err)
+		}
+		return "ok"
+	}
+	return "unknown verb " + verb
+}
+
+// Describe names the errno of err ("EPERM", ...) or quotes it.
+func Describe(err error) string {
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
+		switch errno {
+		case syscall.EPERM:
+			return "EPERM"
+		case syscall.ECONNREFUSED:
+			return "ECONNREFUSED"
+		case syscall.ENETUNREACH:
+			return "ENETUNREACH"
+		}
+		return "errno " + errno.Error()
+	}
+	return "error " + err.Error()
+}
+
+// raw6 dials or sends over an AF_INET6 socket with the address as given:
+// Go's net package refuses v4-mapped addresses for tcp6/udp6.
+func raw6(verb, addr string) string {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return Describe(err)
+	}
+	typ := unix.SOCK_STREAM
+	if verb == "send" {
+		typ = unix.SOCK_DGRAM
+	}
+	fd, err := unix.Socket(unix.AF_INET6, typ|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return Describe(err)
+	}
+	defer unix.Close(fd)
+	sa := &unix.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}
+	if verb == "send" {
+		if err := unix.Sendto(fd, []byte("hello"), 0, sa); err != nil {
+			return Describe(err)
+		}
+		return "ok"
+	}
+	if err := unix.Connect(fd, sa); err != nil {
+		return Describe(err)
+	}
+	unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Sec: 3})
+	buf := make([]byte, 64)
+	n, _ := unix.Read(fd, buf)
+	if n > 0 {
+		return "ok:" + string(buf[:n])
+	}
+	return "ok"
 }

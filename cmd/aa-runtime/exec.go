@@ -17,12 +17,11 @@ import (
 	"syscall"
 	"time"
 
-	"google.golang.org/protobuf/types/known/timestamppb"
-
 	v1 "github.com/agent-assembly/agent-assembly/api/agentassembly/v1"
 	"github.com/agent-assembly/agent-assembly/bpf"
 	"github.com/agent-assembly/agent-assembly/runtime"
 	"github.com/agent-assembly/agent-assembly/runtime/cgroup"
+	"github.com/agent-assembly/agent-assembly/runtime/verdicts"
 )
 
 type listFlag []string
@@ -307,29 +306,15 @@ func attachKernel(rt *runtime.Runtime, g *cgroup.Group, a runtime.Agent, cfg bpf
 			_ = gov.Close()
 		}
 	}
-	pid := &v1.AgentId{OrgId: a.ID.Org, TeamId: a.ID.Team, AgentId: a.ID.Agent}
-	pumped := make(chan struct{})
-	go func() {
-		defer close(pumped)
-		var ev bpf.Event
-		for {
-			if err := rd.Read(&ev); err != nil {
-				return // closed, or the drain deadline passed
-			}
-			if err := rt.Record(kernelEvent(pid, &ev)); err != nil {
-				log.Warn("kernel event not buffered", "err", err)
-			}
-		}
-	}()
+	opts := verdicts.Options{Agent: &v1.AgentId{OrgId: a.ID.Org, TeamId: a.ID.Team, AgentId: a.ID.Agent}, Logger: log}
+	if pk != nil {
+		opts.Hosts = verdicts.HostIndex(pk.ea.Resolved) // network verdicts name the policy hosts their address came from
+	}
+	pump := verdicts.Start(rd, rt, opts)
 	return func() {
 		// Drain what the programs wrote before the agent exited (the pump
 		// takes it into the buffer), then stop the pump and detach.
-		deadline := time.Now().Add(time.Second)
-		for rd.Pending() > 0 && time.Now().Before(deadline) {
-			time.Sleep(5 * time.Millisecond)
-		}
-		_ = rd.Close() // Read returns ErrClosed; an event being recorded is finished first
-		<-pumped
+		pump.Stop()
 		kcancel()
 		if pk != nil {
 			pk.close()
@@ -337,40 +322,4 @@ func attachKernel(rt *runtime.Runtime, g *cgroup.Group, a runtime.Agent, cfg bpf
 		_ = gov.Release(g.Path)
 		_ = gov.Close()
 	}
-}
-
-// kernelEvent renders a kernel verdict as an audit event.
-func kernelEvent(agent *v1.AgentId, ev *bpf.Event) *v1.ReportedEvent {
-	req := &v1.CheckActionRequest{Agent: agent}
-	if ev.Program == bpf.ProgExec {
-		req.ActionType = v1.ActionType_PROCESS_EXEC
-		req.Context = &v1.CheckActionRequest_ProcessExec{ProcessExec: &v1.ProcessExecContext{Command: ev.Filename, Args: ev.Args}}
-	} else {
-		proto := "tcp"
-		if ev.Program == bpf.ProgSendmsg4 || ev.Program == bpf.ProgSendmsg6 {
-			proto = "udp"
-		}
-		req.ActionType = v1.ActionType_NETWORK_CALL
-		req.Context = &v1.CheckActionRequest_NetworkCall{NetworkCall: &v1.NetworkCallContext{
-			Host: ev.Destination.Addr().String(), Port: uint32(ev.Destination.Port()), Protocol: proto}}
-	}
-	d := v1.Decision_ALLOW
-	if ev.Verdict == bpf.VerdictDeny || ev.Verdict == bpf.VerdictKill {
-		d = v1.Decision_DENY
-	}
-	reason := ev.Verdict.String()
-	if r := ev.Reason.String(); r != "" {
-		reason += ": " + r
-	}
-	return &v1.ReportedEvent{
-		Layer: v1.Layer_LAYER_KERNEL, Time: timestamppb.New(ev.Time), Action: req, Decision: d,
-		RuleId: "kernel/" + ev.Program.String(), Reason: reason + " " + procInfo(ev),
-	}
-}
-
-func procInfo(ev *bpf.Event) string {
-	if ev.Comm == "" {
-		return fmt.Sprintf("(pid %d, uid %d)", ev.PID, ev.UID)
-	}
-	return fmt.Sprintf("(pid %d, uid %d, comm %s)", ev.PID, ev.UID, ev.Comm)
 }
