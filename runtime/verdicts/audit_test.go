@@ -58,11 +58,17 @@ func TestNetworkVerdictsAudited(t *testing.T) {
 	}
 	cases := []tc{
 		{"tcp4 allowed", cg, []string{"dial", "tcp4", allowed.String()}, "ok:hello",
-			func(pid int) want { return netWant("kernel/connect4", v1.Decision_ALLOW, "127.0.0.1", allowed.Port, "tcp", pid) }},
+			func(pid int) want {
+				return netWant("kernel/connect4", v1.Decision_ALLOW, "127.0.0.1", allowed.Port, "tcp", pid)
+			}},
 		{"tcp4 denied", cg, []string{"dial", "tcp4", other.String()}, "EPERM",
-			func(pid int) want { return netWant("kernel/connect4", v1.Decision_DENY, "127.0.0.1", other.Port, "tcp", pid) }},
+			func(pid int) want {
+				return netWant("kernel/connect4", v1.Decision_DENY, "127.0.0.1", other.Port, "tcp", pid)
+			}},
 		{"v4-mapped v6 denied", cg, []string{"dial", "raw6", "[::ffff:192.0.2.2]:80"}, "EPERM",
-			func(pid int) want { return netWant("kernel/connect6", v1.Decision_DENY, "::ffff:192.0.2.2", 80, "tcp", pid) }},
+			func(pid int) want {
+				return netWant("kernel/connect6", v1.Decision_DENY, "::ffff:192.0.2.2", 80, "tcp", pid)
+			}},
 		{"udp4 denied", cg, []string{"send", "udp4", "192.0.2.1:53"}, "EPERM",
 			func(pid int) want { return netWant("kernel/sendmsg4", v1.Decision_DENY, "192.0.2.1", 53, "udp", pid) }},
 		{"forked child denied", cg, []string{"fork", "dial", "tcp4", "192.0.2.3:80"}, "EPERM",
