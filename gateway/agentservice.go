@@ -483,6 +483,7 @@ func (s *AgentService) setStatus(ctx context.Context, req *v1.AgentControlReques
 		s.log.Error("publish agent status change", "agent", id.String(), "status", string(st), "err", err)
 	}
 	s.auditAgent(ctx, id, rule, fmt.Sprintf("agent %s: %s", st, reason), map[string]any{"previous": string(cur.Status)})
+	s.opts.Core.AlertAgentStatus(ctx, id, st, cur.Status, reason)
 	a, err := s.reg.GetAgent(ctx, id)
 	if err != nil {
 		return nil, agentStatus(id, err)

@@ -134,6 +134,9 @@ func (s *AuditService) VerifyAudit(ctx context.Context, req *v1.VerifyAuditReque
 			Problem: rep.Problem, HeadHash: hex.EncodeToString(rep.Head),
 		})
 		resp.Ok = resp.Ok && rep.OK
+		if s.reports != nil {
+			s.reports.core.alertChainBreak(rep)
+		}
 	}
 	return resp, nil
 }

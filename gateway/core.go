@@ -82,6 +82,7 @@ type Core struct {
 	limitTO   time.Duration
 	holds     *holdTable
 	approvals ApprovalStore
+	hooks     alertHooks // see alerting.go
 }
 
 // NewCore builds a Core. It serves no checks (every check is denied with the
@@ -225,6 +226,7 @@ func (c *Core) Decide(ctx context.Context, a *action.Action, start time.Time, op
 		out.Reason = "audit log unavailable, failing closed: " + err.Error()
 	}
 	out.Latency = c.now().Sub(start)
+	c.alertDecision(a, &out)
 	layer := opts.Layer
 	if layer == "" {
 		layer = LayerSDK

@@ -55,13 +55,17 @@ func (c *Core) applyLimits(ctx context.Context, av *agentView, a *action.Action,
 		out.Decision, out.Limited, out.RetryAfter = action.Deny, true, ex.RetryAfter
 		out.RuleID = ex.Policy + "/budget"
 		out.Reason = "budget: " + ex.String()
+		suspended := false
 		if ex.Action == policy.BudgetSuspend && registered {
 			reason := "budget exceeded: " + ex.String()
 			if err := c.agents.SetAgentStatus(lctx, a.Agent, storage.AgentSuspended, reason); err != nil && !errors.Is(err, storage.ErrNotFound) {
 				c.log.Error("suspend agent over budget", "agent", a.Agent.String(), "err", err)
+			} else if err == nil {
+				suspended = true
 			}
 			out.Reason += "; agent suspended"
 		}
+		c.alertExhausted(a, ex, out, suspended)
 		return
 	}
 	c.holds.put(out.DecisionID, r)
@@ -78,6 +82,7 @@ func (c *Core) onThreshold(e budget.Event) {
 	c.log.Warn("budget threshold crossed", "threshold_percent", e.Threshold, "scope", e.Scope.String(),
 		"window", string(e.Window), "spent", e.Spent.String(), "limit", e.Limit.String(), "policy", e.Policy)
 	c.metrics.BudgetThresholds.WithLabelValues(fmt.Sprint(e.Threshold), string(e.Window)).Inc()
+	c.alertThreshold(e)
 }
 
 // holdTable remembers budget reservations by decision id so RecordUsage can

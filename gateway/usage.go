@@ -68,6 +68,7 @@ func (c *Core) ReconcileUsage(ctx context.Context, decisionID string, agent *act
 		return Usage{}, fmt.Errorf("reconcile budget of decision %s: %w", decisionID, err)
 	}
 	c.metrics.UsageReconciled.WithLabelValues("ok").Inc()
+	c.recordCost(lctx, r.Agent, cost)
 	u := Usage{Agent: r.Agent, Cost: cost}
 	if sc, err := budget.ScopeOf(r.Agent, policy.BudgetPerAgent); err == nil {
 		if st, err := c.meter.Status(lctx, sc.String(), c.Settings(r.Agent).Budgets); err == nil {
