@@ -19,6 +19,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	v1 "github.com/agent-assembly/agent-assembly/api/agentassembly/v1"
+	"github.com/agent-assembly/agent-assembly/gateway/server"
 	"github.com/agent-assembly/agent-assembly/gateway/server/servertest"
 )
 
@@ -88,7 +89,10 @@ func summarise(t *testing.T, r *authv3.CheckResponse) (answer, string) {
 // compares what Envoy would act on with testdata/answers. Every decision id
 // it answers with must be in the audit log with the same decision.
 func TestEnvoyContract(t *testing.T) {
-	addr := servertest.Start(t, "testdata/policies", nil)
+	// The fixtures are about mapping, with identity from the principal and
+	// headers as Envoy sends them; agent authentication has its own tests
+	// (gateway/server/agentauth_test.go).
+	addr := servertest.Start(t, "testdata/policies", func(c *server.Config) { c.AgentAuth = "off" })
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)

@@ -20,6 +20,7 @@ import (
 
 	"github.com/agent-assembly/agent-assembly/action"
 	v1 "github.com/agent-assembly/agent-assembly/api/agentassembly/v1"
+	"github.com/agent-assembly/agent-assembly/gateway/server"
 	"github.com/agent-assembly/agent-assembly/gateway/server/servertest"
 	"github.com/agent-assembly/agent-assembly/runtime"
 	"github.com/agent-assembly/agent-assembly/sdkclient"
@@ -27,13 +28,18 @@ import (
 
 const policies = "../runtime/testdata/policies"
 
+// authOff runs a gateway without agent authentication, for tests about
+// decisions whose runtime does not register its agent; TestRegisterDirect
+// runs the default, token.
+func authOff(c *server.Config) { c.AgentAuth = "off" }
+
 var fakeGitHub = "ghp" + "_" + strings.Repeat("FAKE", 9)
 
 // viaRuntime starts a gateway and a runtime for agent acme/eng/a1 and
 // returns a client on the runtime's socket and the gateway address.
 func viaRuntime(t *testing.T) (*sdkclient.Client, string) {
 	t.Helper()
-	gw := servertest.Start(t, policies, nil)
+	gw := servertest.Start(t, policies, authOff)
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "a1.sock")
 	rt, err := runtime.New(runtime.Options{
@@ -169,7 +175,7 @@ func proxy(t *testing.T, target string) (string, *recorder) {
 // not hold it) and the caller is told to redact it; with the preflight off
 // the same bytes do hold it, which shows the wire check can fail.
 func TestPreflightKeepsSecretsInProcess(t *testing.T) {
-	gw := servertest.Start(t, policies, nil)
+	gw := servertest.Start(t, policies, authOff)
 	for _, tc := range []struct {
 		name        string
 		noPreflight bool
@@ -267,6 +273,19 @@ func TestRegisterDirect(t *testing.T) {
 	}
 	if d, err := c.CheckToolCall(context.Background(), "echo", nil); err != nil || d.Decision != v1.Decision_ALLOW {
 		t.Fatalf("check after register: %+v %v", d, err)
+	}
+	// Calls without a credential_token field carry the token as metadata.
+	if err := c.Report(context.Background(), &v1.RuntimeEvent{Action: &v1.CheckActionRequest{ActionType: v1.ActionType_TOOL_CALL,
+		Context: &v1.CheckActionRequest_ToolCall{ToolCall: &v1.ToolCallContext{Name: "echo"}}}, Outcome: "ok"}); err != nil {
+		t.Fatalf("report after register: %v", err)
+	}
+	other, err := sdkclient.Dial(context.Background(), sdkclient.Options{Gateway: gw, Agent: "acme/eng/a8"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	if d, err := other.CheckToolCall(context.Background(), "echo", nil); err == nil || !strings.Contains(err.Error(), "agent not authenticated") {
+		t.Fatalf("check of an agent without a token: %+v %v, want refused", d, err)
 	}
 	rc, _ := viaRuntime(t)
 	if _, err := rc.Register(context.Background(), key, nil); err == nil {
