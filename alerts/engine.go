@@ -44,7 +44,7 @@ type Options struct {
 	// deliveries waiting to be sent; beyond it new ones are dropped and
 	// counted. Default 1024.
 	QueueSize int
-	// Workers is the number of concurrent webhook senders. Default 2.
+	// Workers is the number of webhook posts in progress at once. Default 4.
 	Workers int
 	// MaxAttempts bounds the tries per delivery. Default 6.
 	MaxAttempts int
@@ -87,7 +87,7 @@ func (o *Options) Validate() error {
 		o.QueueSize = 1024
 	}
 	if o.Workers <= 0 {
-		o.Workers = 2
+		o.Workers = 4
 	}
 	if o.MaxAttempts <= 0 {
 		o.MaxAttempts = 6
@@ -112,6 +112,7 @@ type Engine struct {
 
 	raiseQ   chan *storage.Alert
 	deliverQ chan delivery
+	senders  chan struct{} // Workers slots for posts in progress
 
 	ctx    context.Context // ends when Close gives up flushing
 	cancel context.CancelFunc
@@ -135,7 +136,7 @@ func New(o Options) (*Engine, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	e := &Engine{
 		o: o, log: o.Logger, metrics: newMetrics(o.Registerer),
-		raiseQ: make(chan *storage.Alert, o.QueueSize), deliverQ: make(chan delivery, o.QueueSize),
+		raiseQ: make(chan *storage.Alert, o.QueueSize), deliverQ: make(chan delivery, o.QueueSize), senders: make(chan struct{}, o.Workers),
 		ctx: ctx, cancel: cancel, watchers: map[*watcher]struct{}{}, seen: newRecentSet(4096),
 	}
 	sub, err := o.Store.Subscribe(ctx, storage.TopicAlerts)
@@ -147,10 +148,8 @@ func New(o Options) (*Engine, error) {
 	go e.fanout(sub)
 	e.wg.Add(1)
 	go e.storeLoop()
-	for range o.Workers {
-		e.wg.Add(1)
-		go e.deliverLoop()
-	}
+	e.wg.Add(1)
+	go e.deliverLoop()
 	return e, nil
 }
 
@@ -243,9 +242,16 @@ func (e *Engine) store(a *storage.Alert) {
 	e.metrics.raised.WithLabelValues(a.Kind, string(a.Severity)).Inc()
 	e.log.Info("alert", "kind", a.Kind, "severity", string(a.Severity), "agent", a.Agent.String(), "summary", a.Summary,
 		"id", a.ID, "silence", a.SilenceID)
+	// Deliveries are decided (queued or not) before watchers hear of the
+	// alert, so a watcher that sees it knows its webhook fate is sealed.
+	e.queueDeliveries(a)
 	if err := e.o.Store.Publish(ctx, storage.TopicAlerts, []byte(a.ID)); err != nil {
 		e.log.Warn("announce alert to watchers", "id", a.ID, "err", err)
 	}
+}
+
+// queueDeliveries queues a for every webhook unless a silence matched it.
+func (e *Engine) queueDeliveries(a *storage.Alert) {
 	if len(e.o.Webhooks) == 0 {
 		return
 	}

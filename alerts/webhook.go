@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/url"
+	"sync"
 	"time"
 
 	"github.com/agent-assembly/agent-assembly/storage"
@@ -63,12 +64,22 @@ type delivery struct {
 	body []byte
 }
 
-// deliverLoop sends queued deliveries until the queue is closed and empty.
+// deliverLoop starts a sender per queued delivery until the queue is
+// closed and empty, then waits for them. A delivery waiting to retry holds
+// no sender slot, so one failing receiver does not delay the others; at
+// most QueueSize deliveries are in flight and Workers posts at once.
 func (e *Engine) deliverLoop() {
 	defer e.wg.Done()
+	var jobs sync.WaitGroup
+	inflight := make(chan struct{}, e.o.QueueSize)
 	for d := range e.deliverQ {
-		e.deliver(d)
+		inflight <- struct{}{}
+		jobs.Go(func() {
+			defer func() { <-inflight }()
+			e.deliver(d)
+		})
 	}
+	jobs.Wait()
 }
 
 // deliver POSTs one alert, retrying with backoff until a 2xx answer,
@@ -111,6 +122,12 @@ func (e *Engine) backoff(attempt int) time.Duration {
 }
 
 func (e *Engine) post(d delivery) error {
+	select {
+	case e.senders <- struct{}{}:
+		defer func() { <-e.senders }()
+	case <-e.ctx.Done():
+		return e.ctx.Err()
+	}
 	ctx, cancel := context.WithTimeout(e.ctx, e.o.AttemptTimeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, d.hook.URL, bytes.NewReader(d.body))

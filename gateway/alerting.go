@@ -75,7 +75,7 @@ var skipViolation = map[string]bool{"audit": true, "registry": true, "rate limit
 
 // alertDecision raises the alerts a decided action calls for: a blocked
 // (critical) or redacted (warning) credential, or a policy violation
-// (a DENY by a rule: warning; by the default: info). The common case, an
+// (a DENY by a rule: warning; by a document's default: info). The common case, an
 // allow with nothing found, costs one comparison.
 func (c *Core) alertDecision(a *action.Action, out *Outcome) {
 	if out.Decision == action.Allow || c.hooks.alerter.Load() == nil {
@@ -94,7 +94,7 @@ func (c *Core) alertDecision(a *action.Action, out *Outcome) {
 	case out.Decision == action.Deny && !out.Limited && !skipViolation[out.RuleID] && !strings.HasSuffix(out.RuleID, "/budget"):
 		base.ID, base.Kind = alerts.ID(alerts.KindPolicyViolation, out.DecisionID), alerts.KindPolicyViolation
 		base.Severity = storage.SeverityWarning
-		if out.RuleID == "default" {
+		if out.RuleID == "default" || strings.HasSuffix(out.RuleID, "/default") {
 			base.Severity = storage.SeverityInfo
 		}
 		base.Summary = fmt.Sprintf("denied a %s of %s by rule %s", a.Kind, a.Agent, out.RuleID)
