@@ -208,6 +208,23 @@ func (rt *Runtime) health() *v1.RuntimeHealth {
 // example) for the gateway, with the next buffer write. Events without a
 // time get the current time. It fails before Run has opened the buffer.
 func (rt *Runtime) Record(ev *v1.ReportedEvent) error {
+	if err := rt.prepare(ev); err != nil {
+		return err
+	}
+	return rt.buf.Enqueue(ev)
+}
+
+// RecordWait is Record for a steady source (the kernel's verdicts): when
+// the buffer's queue is full it waits for room until ctx ends, so a burst
+// is held back (in the kernel's ring buffer) instead of lost here.
+func (rt *Runtime) RecordWait(ctx context.Context, ev *v1.ReportedEvent) error {
+	if err := rt.prepare(ev); err != nil {
+		return err
+	}
+	return rt.buf.EnqueueWait(ctx, ev)
+}
+
+func (rt *Runtime) prepare(ev *v1.ReportedEvent) error {
 	if rt.buf == nil {
 		return errors.New("record event: the runtime is not running")
 	}
@@ -218,7 +235,7 @@ func (rt *Runtime) Record(ev *v1.ReportedEvent) error {
 		_, ev.Action = rescan(rt.scanner, ev.GetAction())
 		ev.Action = withoutToken(ev.Action)
 	}
-	return rt.buf.Enqueue(ev)
+	return nil
 }
 
 // Flush waits until every buffered event has been acknowledged by the
@@ -228,8 +245,9 @@ func (rt *Runtime) Flush(ctx context.Context) error {
 	t := time.NewTicker(10 * time.Millisecond)
 	defer t.Stop()
 	for {
+		idle := rt.buf.Idle() // first: an event written after this is counted by Len
 		n := rt.buf.Len()
-		if n == 0 && rt.buf.Idle() {
+		if idle && n == 0 {
 			return nil
 		}
 		select {

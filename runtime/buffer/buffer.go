@@ -28,15 +28,15 @@ var ErrClosed = errors.New("buffer closed")
 // Buffer is a durable FIFO of events. It is safe for concurrent use.
 // Appends from concurrent callers share one transaction and one fsync.
 type Buffer struct {
-	db       *sql.DB
-	reporter string
-	queue    chan *pending
-	done     chan struct{}
-	mu       sync.Mutex // guards closed
-	closed   bool
-	count    chan struct{}
-	n        atomic.Int64 // events on disk
-	writing  atomic.Int32 // batches taken from the queue and not yet written
+	db        *sql.DB
+	reporter  string
+	queue     chan *pending
+	done      chan struct{}
+	mu        sync.Mutex // guards closed
+	closed    bool
+	count     chan struct{}
+	n         atomic.Int64 // events on disk
+	unwritten atomic.Int64 // writes queued or in progress, not yet on disk
 }
 
 type pending struct {
@@ -119,12 +119,20 @@ func (b *Buffer) Enqueue(evs ...*v1.ReportedEvent) error {
 	if b.closed {
 		return ErrClosed
 	}
+	b.unwritten.Add(1)
 	select {
 	case b.queue <- p:
 		return nil
 	default:
+		b.unwritten.Add(-1)
 		return errors.New("enqueue buffered events: queue full")
 	}
+}
+
+// EnqueueWait is Enqueue that, when the queue is full, waits for room
+// (the writer drains it) until ctx ends, instead of failing.
+func (b *Buffer) EnqueueWait(ctx context.Context, evs ...*v1.ReportedEvent) error {
+	return b.enqueue(ctx, &pending{evs: evs})
 }
 
 func (b *Buffer) enqueue(ctx context.Context, p *pending) error {
@@ -135,16 +143,18 @@ func (b *Buffer) enqueue(ctx context.Context, p *pending) error {
 	if b.closed {
 		return ErrClosed
 	}
+	b.unwritten.Add(1)
 	select {
 	case b.queue <- p:
 		return nil
 	case <-ctx.Done():
+		b.unwritten.Add(-1)
 		return fmt.Errorf("append buffered events: %w", ctx.Err())
 	}
 }
 
 // Idle reports whether nothing is queued for writing.
-func (b *Buffer) Idle() bool { return len(b.queue) == 0 && b.writing.Load() == 0 }
+func (b *Buffer) Idle() bool { return b.unwritten.Load() == 0 }
 
 // Written is signalled (without blocking) after each write, so a forwarder
 // can wake up.
@@ -153,7 +163,6 @@ func (b *Buffer) Written() <-chan struct{} { return b.count }
 func (b *Buffer) run() {
 	defer close(b.done)
 	for p := range b.queue {
-		b.writing.Add(1)
 		batch := []*pending{p}
 	fill:
 		for len(batch) < 256 {
@@ -168,7 +177,7 @@ func (b *Buffer) run() {
 			}
 		}
 		err := b.write(batch)
-		b.writing.Add(-1)
+		b.unwritten.Add(-int64(len(batch)))
 		for _, q := range batch {
 			if q.done != nil {
 				q.done <- err

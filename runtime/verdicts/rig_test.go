@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
@@ -81,14 +83,42 @@ func do(args []string) string {
 			return fmt.Sprintf("%d killed", cmd.ProcessState.Pid())
 		}
 		return fmt.Sprintf("%d exited %d", cmd.ProcessState.Pid(), cmd.ProcessState.ExitCode())
+	case len(args) == 3 && args[0] == "connects":
+		return fmt.Sprintf("%d %s", os.Getpid(), connects(args[1], args[2]))
 	case len(args) == 3:
 		return fmt.Sprintf("%d %s", os.Getpid(), cgrouptest.Act(args[0], args[1], args[2]))
 	}
 	return fmt.Sprintf("%d usage: dial|send NETWORK ADDR, fork ..., exec PATH", os.Getpid())
 }
 
+// connects makes n TCP connects to the IPv4 addr in a tight loop and
+// returns how many failed with EPERM.
+func connects(n, addr string) string {
+	count, err := strconv.Atoi(n)
+	if err != nil {
+		return "bad count " + n
+	}
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return cgrouptest.Describe(err)
+	}
+	sa := &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}
+	denied := 0
+	for range count {
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return cgrouptest.Describe(err)
+		}
+		if unix.Connect(fd, sa) == unix.EPERM {
+			denied++
+		}
+		unix.Close(fd)
+	}
+	return strconv.Itoa(denied)
+}
+
 // outcome splits a child's "<pid> <outcome>" line.
-func outcome(t *testing.T, line string) (int, string) {
+func outcome(t testing.TB, line string) (int, string) {
 	t.Helper()
 	p, rest, _ := strings.Cut(strings.TrimSpace(line), " ")
 	pid, err := strconv.Atoi(p)
@@ -100,7 +130,7 @@ func outcome(t *testing.T, line string) (int, string) {
 
 // act runs one action in the cgroup at cg ("" for outside any governed
 // cgroup) and returns the acting pid and the outcome.
-func act(t *testing.T, cg string, args ...string) (int, string) {
+func act(t testing.TB, cg string, args ...string) (int, string) {
 	t.Helper()
 	var cmd *exec.Cmd
 	if cg == "" {
@@ -159,7 +189,7 @@ func (a *agentProc) do(line string) (int, string) {
 // bpffs directory of its own, and the pump from its ring buffer into the
 // runtime.
 type rig struct {
-	t     *testing.T
+	t     testing.TB
 	log   *slog.Logger
 	gw    string
 	agent action.AgentID
@@ -174,7 +204,7 @@ type rig struct {
 
 // newRig starts gateway and runtime and opens the governor; it skips when
 // not root or when the kernel cannot enforce network egress.
-func newRig(t *testing.T, mod func(*server.Config)) *rig {
+func newRig(t testing.TB, mod func(*server.Config)) *rig {
 	t.Helper()
 	cgrouptest.Root(t)
 	r := &rig{t: t, log: testLogger(t), agent: action.AgentID{Org: "acme", Team: "eng", Agent: "a1"}}
@@ -399,11 +429,15 @@ func listen(t *testing.T, network, addr, banner string) *net.TCPAddr {
 }
 
 // testLogger writes to t.Logf.
-func testLogger(t *testing.T) *slog.Logger {
-	return slog.New(slog.NewTextHandler(tWriter{t: t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+func testLogger(t testing.TB) *slog.Logger {
+	level := slog.LevelInfo
+	if _, ok := t.(*testing.B); ok {
+		level = slog.LevelWarn
+	}
+	return slog.New(slog.NewTextHandler(tWriter{t: t}, &slog.HandlerOptions{Level: level}))
 }
 
-type tWriter struct{ t *testing.T }
+type tWriter struct{ t testing.TB }
 
 func (w tWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimRight(string(p), "\n"))

@@ -3,10 +3,12 @@
 package verdicts
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -17,9 +19,10 @@ import (
 	"github.com/agent-assembly/agent-assembly/bpf/egress"
 )
 
-// Recorder takes events for the gateway; *runtime.Runtime is one.
+// Recorder takes events for the gateway, waiting for room when it is busy;
+// *runtime.Runtime is one.
 type Recorder interface {
-	Record(ev *v1.ReportedEvent) error
+	RecordWait(ctx context.Context, ev *v1.ReportedEvent) error
 }
 
 // Reader yields kernel verdicts; *bpf.EventReader is one.
@@ -55,6 +58,8 @@ type Pump struct {
 	rd       Reader
 	opts     Options
 	done     chan struct{}
+	cancel   context.CancelFunc
+	stop     sync.Once
 	recorded atomic.Int64
 	failed   atomic.Int64
 }
@@ -67,7 +72,8 @@ func Start(rd Reader, rec Recorder, opts Options) *Pump {
 	if opts.Drain <= 0 {
 		opts.Drain = time.Second
 	}
-	p := &Pump{rd: rd, opts: opts, done: make(chan struct{})}
+	ctx, cancel := context.WithCancel(context.Background())
+	p := &Pump{rd: rd, opts: opts, done: make(chan struct{}), cancel: cancel}
 	go func() {
 		defer close(p.done)
 		var ev bpf.Event
@@ -82,7 +88,7 @@ func Start(rd Reader, rec Recorder, opts Options) *Pump {
 			if opts.Hosts != nil && ev.Program != bpf.ProgExec {
 				hosts = opts.Hosts(ev.Destination.Addr().Unmap())
 			}
-			if err := rec.Record(Event(opts.Agent, &ev, hosts)); err != nil {
+			if err := rec.RecordWait(ctx, Event(opts.Agent, &ev, hosts)); err != nil {
 				p.failed.Add(1)
 				opts.Logger.Warn("kernel event not buffered", "err", err)
 				continue
@@ -100,14 +106,23 @@ func (p *Pump) Recorded() int64 { return p.recorded.Load() }
 func (p *Pump) Failed() int64 { return p.failed.Load() }
 
 // Stop drains what the programs wrote so far (bounded by Options.Drain),
-// closes the reader and waits for the event being recorded.
+// closes the reader and waits for the event being recorded (bounded by
+// Options.Drain too). It may be called more than once.
 func (p *Pump) Stop() {
-	deadline := time.Now().Add(p.opts.Drain)
-	for p.rd.Pending() > 0 && time.Now().Before(deadline) {
-		time.Sleep(5 * time.Millisecond)
-	}
-	_ = p.rd.Close() // Read returns ErrClosed; an event being recorded is finished first
-	<-p.done
+	p.stop.Do(func() {
+		deadline := time.Now().Add(p.opts.Drain)
+		for p.rd.Pending() > 0 && time.Now().Before(deadline) {
+			time.Sleep(5 * time.Millisecond)
+		}
+		_ = p.rd.Close() // Read returns ErrClosed; an event being recorded is finished first
+		select {
+		case <-p.done:
+		case <-time.After(time.Until(deadline) + p.opts.Drain):
+			p.cancel() // the recorder is stuck: give up on the event in hand
+			<-p.done
+		}
+		p.cancel()
+	})
 }
 
 // Event renders a kernel verdict as an audit event of agent. hosts are the
