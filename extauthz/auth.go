@@ -41,9 +41,11 @@ const (
 // agent is trusted only when corroborated, in this order:
 //
 //   - a credential token: the x-aa-credential-token metadata of the Check
-//     call (Envoy's grpc_service initial_metadata, which the gateway's xDS
-//     sets for an authenticated node) or the x-aa-credential-token request
-//     header (removed before the request goes upstream); it must belong to
+//     call (Envoy's grpc_service initial_metadata), the aa_credential_token
+//     context extension (ExtToken: the gateway's xDS writes the token the
+//     node's ADS stream presented into the node's route), or the
+//     x-aa-credential-token request header (removed before the request
+//     goes upstream); it must belong to
 //     the agent the principal, context extensions or x-aa-agent-id name,
 //     when one does, and names the agent otherwise;
 //   - a verified client certificate on the Envoy-to-gateway connection whose
@@ -62,6 +64,9 @@ func (s *Server) authenticate(ctx context.Context, m *mapped) (action.AgentID, e
 		named = action.AgentID{}
 	}
 	tok := gateway.TokenFromMetadata(ctx)
+	if tok == "" {
+		tok = m.extToken
+	}
 	if tok == "" {
 		tok = m.token
 	}

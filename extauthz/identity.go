@@ -12,6 +12,10 @@ const (
 	ExtOrg   = "aa_org"
 	ExtTeam  = "aa_team"
 	ExtAgent = "aa_agent"
+	// ExtToken carries the node's credential token; the gateway's xDS
+	// writes it (xds.ContextExtToken) for a node whose ADS stream
+	// presented one. It corroborates the agent like the token header.
+	ExtToken = "aa_credential_token"
 )
 
 // Unattributed is the agent name given to requests no source identifies; the

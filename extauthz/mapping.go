@@ -39,6 +39,8 @@ type mapped struct {
 	note    string // set when the body was not inspected
 	source  string // what named the agent: principal, context_extensions, header or none
 	token   string // the x-aa-credential-token request header
+	// extToken is the ExtToken context extension the gateway's xDS set.
+	extToken string
 }
 
 // headers reads request headers from either the map or the HeaderMap form.
@@ -106,7 +108,7 @@ func (s *Server) mapRequest(req *authv3.CheckRequest, now time.Time) (*mapped, e
 		SessionID: h.get(HeaderSessionID),
 	}
 	m := &mapped{opts: gateway.CheckOptions{ApprovalID: h.get(HeaderApprovalID), Layer: gateway.LayerEnvoy},
-		source: source, token: h.get(gateway.CredentialTokenHeader)}
+		source: source, token: h.get(gateway.CredentialTokenHeader), extToken: attrs.GetContextExtensions()[ExtToken]}
 	m.actions = make([]action.Action, 1, 2)
 	m.actions[0] = base
 	m.actions[0].Kind = action.KindNetworkCall

@@ -259,6 +259,20 @@ func (a *AgentAuth) AuthenticateAll(ctx context.Context, surface string) (map[ac
 	return out, nil
 }
 
+// AuthenticateStream proves the agent of a stream that names its agent
+// later (an ADS stream's node id), from the first x-aa-credential-token
+// metadata value or the agent client certificate, and returns the token
+// presented ("" for a certificate). surface names the stream in metrics and
+// audit. With authentication off it returns a zero agent and no error.
+func (a *AgentAuth) AuthenticateStream(ctx context.Context, surface string) (action.AgentID, string, error) {
+	if !a.Enabled() {
+		return action.AgentID{}, "", nil
+	}
+	tok := TokenFromMetadata(ctx)
+	id, err := a.Authenticate(ctx, surface, tok, action.AgentID{})
+	return id, tok, err
+}
+
 // RefuseMismatch counts and audits a call that speaks for named without its
 // credential, and returns PERMISSION_DENIED.
 func (a *AgentAuth) RefuseMismatch(ctx context.Context, surface string, named action.AgentID) error {

@@ -218,15 +218,26 @@ func hashInto(h hash.Hash, m proto.Message) error {
 	return nil
 }
 
+// ContextExtToken is the ext_authz context extension that carries the
+// node's credential token (see routeConfig); extauthz reads it.
+const ContextExtToken = "aa_credential_token"
+
 // routeConfig is the agent's route configuration: the group's virtual hosts
 // and the agent's identity as ext_authz context extensions, so the gateway
 // knows who asks from the route the request took, not from anything the
 // agent sends.
-func (g *envoyGroup) routeConfig(agent action.AgentID) (*routev3.RouteConfiguration, error) {
+//
+// With token (the credential the node's ADS stream presented), the context
+// extensions carry it as ContextExtToken: the gateway trusts the identity
+// of a check only when a credential corroborates it, and the route is where
+// Envoy can add one the agent never sees.
+func (g *envoyGroup) routeConfig(agent action.AgentID, token string) (*routev3.RouteConfiguration, error) {
+	ext := map[string]string{"aa_org": agent.Org, "aa_team": agent.Team, "aa_agent": agent.Agent}
+	if token != "" {
+		ext[ContextExtToken] = token
+	}
 	per, err := anypb.New(&extauthzv3.ExtAuthzPerRoute{Override: &extauthzv3.ExtAuthzPerRoute_CheckSettings{
-		CheckSettings: &extauthzv3.CheckSettings{ContextExtensions: map[string]string{
-			"aa_org": agent.Org, "aa_team": agent.Team, "aa_agent": agent.Agent,
-		}},
+		CheckSettings: &extauthzv3.CheckSettings{ContextExtensions: ext},
 	}})
 	if err != nil {
 		return nil, fmt.Errorf("marshal ext_authz per-route config: %w", err)

@@ -77,6 +77,13 @@ type Options struct {
 	// NodeTTL is how long a node without a stream, not listed by Agents,
 	// keeps its snapshot and status.
 	NodeTTL time.Duration
+	// Authenticate, when set, proves the agent of every ADS stream as it
+	// opens (from the stream's x-aa-credential-token metadata or client
+	// certificate; *gateway.AgentAuth via AuthenticateStream). A stream
+	// whose node id names another agent is refused. The credential token,
+	// when one was presented, is written into the node's ext_authz context
+	// extensions (ContextExtToken), so the node's checks carry it.
+	Authenticate func(ctx context.Context) (agent action.AgentID, token string, err error)
 
 	now    func() time.Time                                  // tests: the clock
 	after  timerFunc                                         // tests: replaces time.AfterFunc

@@ -91,6 +91,7 @@ type nodeState struct {
 	key      string
 	id       string
 	agent    action.AgentID
+	token    string // the credential the node's last authenticated stream presented
 	flavour  Flavour
 	version  string
 	updated  time.Time
@@ -111,6 +112,11 @@ type nodeState struct {
 type streamState struct {
 	key  string
 	sent map[string][2]string // type URL -> {nonce, version} of the last response
+	// authed, agent and token are what Options.Authenticate proved when
+	// the stream opened.
+	authed bool
+	agent  action.AgentID
+	token  string
 }
 
 // TypeStatus is what one node did with one resource type.
@@ -420,8 +426,9 @@ func (s *Server) publish(ctx context.Context, snap *policy.Snapshot, n *nodeStat
 		h.Write(g.hash)
 		h.Write([]byte(n.agent.String()))
 		s.mu.Lock()
-		egress := n.egressAddr
+		egress, token := n.egressAddr, n.token
 		s.mu.Unlock()
+		h.Write([]byte(token))
 		listener := g.listener
 		if egress != "" && egress != s.opts.EgressAddr {
 			h.Write([]byte(egress))
@@ -433,7 +440,7 @@ func (s *Server) publish(ctx context.Context, snap *policy.Snapshot, n *nodeStat
 		if version == n.currentVersion(s) {
 			return false, nil
 		}
-		rc, err := g.routeConfig(n.agent)
+		rc, err := g.routeConfig(n.agent, token)
 		if err != nil {
 			return false, err
 		}
@@ -614,9 +621,17 @@ func (s *Server) nodeLocked(key, id string, agent action.AgentID, f Flavour) *no
 	return n
 }
 
-func (s *Server) onStreamOpen(_ context.Context, id int64, typeURL string) error {
+func (s *Server) onStreamOpen(ctx context.Context, id int64, typeURL string) error {
+	st := &streamState{sent: map[string][2]string{}}
+	if s.opts.Authenticate != nil {
+		agent, tok, err := s.opts.Authenticate(ctx)
+		if err != nil {
+			return err // counted and audited by the authenticator
+		}
+		st.authed, st.agent, st.token = true, agent, tok
+	}
 	s.mu.Lock()
-	s.streams[id] = &streamState{sent: map[string][2]string{}}
+	s.streams[id] = st
 	s.mu.Unlock()
 	s.m.streams.Inc()
 	return nil
@@ -647,6 +662,13 @@ func (s *Server) onStreamRequest(id int64, req *discoverygrpc.DiscoveryRequest) 
 		s.streams[id] = st
 	}
 	n, known := s.nodes[key]
+	if s.opts.Authenticate != nil {
+		if err := st.authorize(node.GetId()); err != nil {
+			s.mu.Unlock()
+			s.log.Warn("xds: refusing node", "node", node.GetId(), "err", err)
+			return err
+		}
+	}
 	egress, egressErr := egressOf(node)
 	if egressErr != nil {
 		s.mu.Unlock()
@@ -659,6 +681,9 @@ func (s *Server) onStreamRequest(id int64, req *discoverygrpc.DiscoveryRequest) 
 	}
 	if known && req.GetNode() != nil && n.egressAddr != egress {
 		n.egressAddr, changed = egress, true
+	}
+	if known && st.authed && n.token != st.token {
+		n.token, changed = st.token, true
 	}
 	s.mu.Unlock()
 	if !known || n.currentVersion(s) == "" || changed {
@@ -674,6 +699,9 @@ func (s *Server) onStreamRequest(id int64, req *discoverygrpc.DiscoveryRequest) 
 		}
 		if req.GetNode() != nil {
 			n.egressAddr = egress
+		}
+		if st.authed {
+			n.token = st.token
 		}
 		s.mu.Unlock()
 		s.updateMu.Lock()
@@ -800,3 +828,18 @@ func (c cacheLogger) Debugf(format string, args ...any) { c.l.Debug(fmt.Sprintf(
 func (c cacheLogger) Infof(format string, args ...any)  { c.l.Debug(fmt.Sprintf(format, args...)) }
 func (c cacheLogger) Warnf(format string, args ...any)  { c.l.Warn(fmt.Sprintf(format, args...)) }
 func (c cacheLogger) Errorf(format string, args ...any) { c.l.Error(fmt.Sprintf(format, args...)) }
+
+// authorize checks that a stream proved the agent its node id names.
+func (st *streamState) authorize(nodeID string) error {
+	if !st.authed {
+		return status.Error(codes.Unauthenticated, "agent not authenticated: present the agent's credential token as x-aa-credential-token metadata or an agent client certificate")
+	}
+	agent, err := parseAgent(nodeID)
+	if err != nil {
+		return status.Error(codes.InvalidArgument, err.Error())
+	}
+	if agent != st.agent {
+		return status.Error(codes.PermissionDenied, "the node id names another agent than the stream's credential")
+	}
+	return nil
+}

@@ -1,11 +1,13 @@
 package server
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
 	"strings"
 
+	"github.com/agent-assembly/agent-assembly/action"
 	"github.com/agent-assembly/agent-assembly/gateway"
 )
 
@@ -50,3 +52,14 @@ func localAddr(addr string) bool {
 
 // AgentAuth returns the agent authenticator (nil before New finishes).
 func (s *Server) AgentAuth() *gateway.AgentAuth { return s.agentAuth }
+
+// adsAuth proves the agent of each ADS stream (nil with agent
+// authentication off: every node is served).
+func (s *Server) adsAuth() func(context.Context) (action.AgentID, string, error) {
+	if !s.agentAuth.Enabled() {
+		return nil
+	}
+	return func(ctx context.Context) (action.AgentID, string, error) {
+		return s.agentAuth.AuthenticateStream(ctx, "ADS")
+	}
+}

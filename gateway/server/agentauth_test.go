@@ -17,7 +17,11 @@ import (
 	"testing"
 	"time"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	extauthzv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_authz/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/jackc/pgx/v5"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -607,4 +611,67 @@ func TestExtAuthzClientCertificate(t *testing.T) {
 	wantExtAllowed(t, "mesh proxy vouching for the principal", extCheck(t, ctx, dial(&mesh), nil, "spiffe://cluster.local/org/acme/team/research/agent/researcher-1"))
 	wantExtDenied(t, "mesh proxy without a principal", extCheck(t, ctx, dial(&mesh), map[string]string{"x-aa-agent-id": "acme/research/researcher-1"}, ""), "agent not authenticated")
 	wantExtDenied(t, "no certificate", extCheck(t, ctx, dial(nil), nil, "spiffe://cluster.local/org/acme/team/research/agent/researcher-1"), "agent not authenticated")
+}
+
+// adsStream opens an ADS stream with token and asks for node's listeners.
+func adsStream(t *testing.T, g *testGateway, token, node string) (*discoverygrpc.DiscoveryResponse, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(withToken(context.Background(), token), 10*time.Second)
+	defer cancel()
+	st, err := discoverygrpc.NewAggregatedDiscoveryServiceClient(g.conn).StreamAggregatedResources(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := st.Send(&discoverygrpc.DiscoveryRequest{Node: &corev3.Node{Id: node}, TypeUrl: "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"}); err != nil {
+		return nil, err
+	}
+	return st.Recv()
+}
+
+func TestADSRequiresTheNodesCredential(t *testing.T) {
+	g := startGateway(t, examplesDir(t), tokenMode)
+	researcher := agent("acme", "research", "researcher-1")
+	r := register(t, g, researcher, nil)
+	other := register(t, g, coder, nil)
+
+	_, err := adsStream(t, g, "", "acme/research/researcher-1")
+	wantRefused(t, "ADS without a credential", err, codes.Unauthenticated)
+	_, err = adsStream(t, g, r.token+"x", "acme/research/researcher-1")
+	wantRefused(t, "ADS with a garbled token", err, codes.Unauthenticated)
+	_, err = adsStream(t, g, other.token, "acme/research/researcher-1")
+	wantRefused(t, "ADS for another agent's node", err, codes.PermissionDenied)
+
+	resp, err := adsStream(t, g, r.token, "acme/research/researcher-1")
+	if err != nil {
+		t.Fatalf("ADS with the node's token: %v", err)
+	}
+	// The node's route carries its token for ext_authz, so its checks are
+	// corroborated without the agent sending anything.
+	var rc routev3.RouteConfiguration
+	if len(resp.GetResources()) != 1 || resp.GetResources()[0].UnmarshalTo(&rc) != nil {
+		t.Fatalf("route response: %v", resp)
+	}
+	var per extauthzv3.ExtAuthzPerRoute
+	if err := rc.GetTypedPerFilterConfig()["envoy.filters.http.ext_authz"].UnmarshalTo(&per); err != nil {
+		t.Fatalf("per-route ext_authz config: %v (%v)", err, rc.GetTypedPerFilterConfig())
+	}
+	ext := per.GetCheckSettings().GetContextExtensions()
+	if ext[extauthz.ExtToken] != r.token {
+		t.Fatalf("context extensions %v do not carry the node's token", ext)
+	}
+	client := authv3.NewAuthorizationClient(g.conn)
+	req := &authv3.CheckRequest{Attributes: &authv3.AttributeContext{ContextExtensions: ext,
+		Request: &authv3.AttributeContext_Request{Http: &authv3.AttributeContext_HttpRequest{
+			Method: "GET", Scheme: "https", Host: "en.wikipedia.org", Path: "/wiki/Go"}}}}
+	resp2, err := client.Check(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantExtAllowed(t, "check with the route's context extensions", resp2)
+	delete(ext, extauthz.ExtToken)
+	resp2, err = client.Check(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantExtDenied(t, "context extensions without the token", resp2, "agent not authenticated")
 }

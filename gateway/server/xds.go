@@ -42,6 +42,7 @@ func (s *Server) buildXDS() error {
 		EgressAddr:     s.cfg.XDSEgressAddr,
 		DisableExtProc: !s.cfg.XDSExtProc,
 		Agents:         registeredAgents(s.store),
+		Authenticate:   s.adsAuth(),
 		Logger:         s.log,
 		Registry:       s.reg,
 	})

@@ -53,7 +53,10 @@ spec:
 		}
 	}
 	write("")
-	addr := servertest.Start(t, dir, nil)
+	// grpc-go's xDS client here has no agent credential (in token mode it
+	// would present an agent certificate); agentauth_test.go covers ADS
+	// authentication.
+	addr := servertest.Start(t, dir, func(c *server.Config) { c.AgentAuth = "off" })
 
 	bootstrap := fmt.Sprintf(`{"xds_servers": [{"server_uri": %q, "channel_creds": [{"type": "insecure"}], "server_features": ["xds_v3"]}], "node": {"id": "acme/team-a/agent-1"}}`, addr)
 	rb, err := grpcxds.NewXDSResolverWithConfigForTesting([]byte(bootstrap))
