@@ -36,9 +36,18 @@ type Vars struct {
 	// 15001): the static config binds it, the xDS bootstrap asks the
 	// gateway for it in node metadata aa_egress_addr.
 	EgressPort int
+	// Token is the agent's credential token, presented on the ADS stream
+	// (bootstrap) or on ext_authz and ext_proc calls (static config) as
+	// x-aa-credential-token; empty when Envoy presents an agent client
+	// certificate instead.
+	Token string
 }
 
 var placeholder = regexp.MustCompile(`\$\{([A-Z_]+)\}`)
+
+// tokenChars are the characters of a credential token (base64url and dots),
+// so one can be put in YAML and a sed expression as is.
+var tokenChars = regexp.MustCompile(`^[A-Za-z0-9._-]*$`)
 
 // Render fills the ${...} placeholders of template from v. An unknown
 // placeholder or a bad value is an error naming it.
@@ -63,6 +72,10 @@ func Render(template []byte, v Vars) ([]byte, error) {
 		"AA_AGENT_ID": v.Agent.String(), "AA_ORG": v.Agent.Org, "AA_TEAM": v.Agent.Team, "AA_AGENT": v.Agent.Agent,
 		"AA_GATEWAY_HOST": host, "AA_GATEWAY_PORT": port,
 		"AA_ENVOY_ADMIN_PORT": strconv.Itoa(v.AdminPort), "AA_EGRESS_PORT": strconv.Itoa(v.EgressPort),
+		"AA_CREDENTIAL_TOKEN": v.Token,
+	}
+	if !tokenChars.MatchString(v.Token) {
+		return nil, errors.New("render envoy config: the credential token has characters a token never has (want the aa1. token Register returned)")
 	}
 	var errs []error
 	out := placeholder.ReplaceAllFunc(template, func(m []byte) []byte {

@@ -48,7 +48,7 @@ func decode(t *testing.T, y []byte) *bootstrapv3.Bootstrap {
 }
 
 func TestBootstrap(t *testing.T) {
-	y, err := Render(BootstrapYAML, Vars{Agent: agent, Gateway: "aa-gateway.aa-system.svc:50051"})
+	y, err := Render(BootstrapYAML, Vars{Agent: agent, Gateway: "aa-gateway.aa-system.svc:50051", Token: "aa1.eyJqdGkiOiJ4In0.c2ln-_"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -62,6 +62,10 @@ func TestBootstrap(t *testing.T) {
 	ads := b.GetDynamicResources().GetAdsConfig().GetGrpcServices()
 	if len(ads) != 1 || ads[0].GetEnvoyGrpc().GetClusterName() != "aa_xds" {
 		t.Fatalf("ADS config %v", b.GetDynamicResources().GetAdsConfig())
+	}
+	// The ADS stream presents the agent's credential token.
+	if md := ads[0].GetInitialMetadata(); len(md) != 1 || md[0].GetKey() != "x-aa-credential-token" || md[0].GetValue() != "aa1.eyJqdGkiOiJ4In0.c2ln-_" {
+		t.Errorf("ADS initial metadata %v, want the credential token", md)
 	}
 	for _, c := range b.GetStaticResources().GetClusters() {
 		if c.GetName() == xds.GatewayCluster {
@@ -111,6 +115,9 @@ func TestRenderRejects(t *testing.T) {
 	if _, err := Render(BootstrapYAML, Vars{Agent: agent, Gateway: "nohost"}); err == nil || !strings.Contains(err.Error(), `gateway "nohost" is not host:port`) {
 		t.Errorf("bad gateway: %v", err)
 	}
+	if _, err := Render(BootstrapYAML, Vars{Agent: agent, Token: "aa1.x\"\n"}); err == nil || !strings.Contains(err.Error(), "credential token has characters") {
+		t.Errorf("Render accepted a token that breaks the YAML: %v", err)
+	}
 	if _, err := Render([]byte("x: ${AA_NOPE}"), Vars{Agent: agent}); err == nil || !strings.Contains(err.Error(), "${AA_NOPE}") {
 		t.Errorf("unknown placeholder: %v", err)
 	}
@@ -128,7 +135,7 @@ func TestSidecarScript(t *testing.T) {
 		out := filepath.Join(t.TempDir(), "envoy.yaml")
 		cmd := exec.Command("./sidecar.sh", tc.args...)
 		cmd.Env = append(os.Environ(), "AA_AGENT_ID="+agent.String(), "AA_GATEWAY_HOST=gw.example", "AA_GATEWAY_PORT=6000",
-			"ENVOY_BIN=true", "AA_ENVOY_CONFIG="+out)
+			"AA_CREDENTIAL_TOKEN=aa1.abc.d-_", "ENVOY_BIN=true", "AA_ENVOY_CONFIG="+out)
 		if b, err := cmd.CombinedOutput(); err != nil {
 			t.Fatalf("sidecar.sh %v: %v\n%s", tc.args, err, b)
 		}
@@ -136,7 +143,7 @@ func TestSidecarScript(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		want, err := Render(tc.tmpl, Vars{Agent: agent, Gateway: "gw.example:6000"})
+		want, err := Render(tc.tmpl, Vars{Agent: agent, Gateway: "gw.example:6000", Token: "aa1.abc.d-_"})
 		if err != nil {
 			t.Fatal(err)
 		}

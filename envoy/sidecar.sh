@@ -23,10 +23,15 @@ rest=${AA_AGENT_ID#*/}
 AA_TEAM=${rest%%/*}
 AA_AGENT=${rest#*/}
 : "${AA_GATEWAY_HOST:=127.0.0.1}" "${AA_GATEWAY_PORT:=50051}" "${AA_ENVOY_ADMIN_PORT:=9901}" "${AA_EGRESS_PORT:=15001}"
+: "${AA_CREDENTIAL_TOKEN:=}"
+case $AA_CREDENTIAL_TOKEN in
+  *[!A-Za-z0-9._-]*) echo "sidecar.sh: AA_CREDENTIAL_TOKEN has characters a credential token never has" >&2; exit 2 ;;
+esac
 out=${AA_ENVOY_CONFIG:-${TMPDIR:-/tmp}/aa-envoy-$$.yaml}
 sed -e "s|\${AA_AGENT_ID}|$AA_AGENT_ID|g" \
     -e "s|\${AA_ORG}|$AA_ORG|g" -e "s|\${AA_TEAM}|$AA_TEAM|g" -e "s|\${AA_AGENT}|$AA_AGENT|g" \
     -e "s|\${AA_GATEWAY_HOST}|$AA_GATEWAY_HOST|g" -e "s|\${AA_GATEWAY_PORT}|$AA_GATEWAY_PORT|g" \
     -e "s|\${AA_ENVOY_ADMIN_PORT}|$AA_ENVOY_ADMIN_PORT|g" -e "s|\${AA_EGRESS_PORT}|$AA_EGRESS_PORT|g" \
+    -e "s|\${AA_CREDENTIAL_TOKEN}|$AA_CREDENTIAL_TOKEN|g" \
     "$template" > "$out"
 exec "${ENVOY_BIN:-envoy}" -c "$out" "$@"
