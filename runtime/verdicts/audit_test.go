@@ -1,15 +1,20 @@
 package verdicts_test
 
 import (
+	"context"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
+	"time"
 
 	v1 "github.com/agent-assembly/agent-assembly/api/agentassembly/v1"
 	"github.com/agent-assembly/agent-assembly/bpf"
 	"github.com/agent-assembly/agent-assembly/bpf/cgrouptest"
+	"github.com/agent-assembly/agent-assembly/bpf/egress"
+	"github.com/agent-assembly/agent-assembly/runtime/verdicts"
 )
 
 // These privileged tests follow every kernel verdict end to end: the
@@ -234,4 +239,46 @@ func TestRedirectAudited(t *testing.T) {
 	w.reason = "redirect"
 	rec := r.expect(w)
 	t.Logf("redirect: %s %q", rec.GetPayloadJson(), rec.GetReason())
+}
+
+// fixedResolver resolves every host to the same addresses.
+type fixedResolver []netip.Addr
+
+func (f fixedResolver) Resolve(context.Context, string) ([]netip.Addr, time.Duration, error) {
+	return f, time.Minute, nil
+}
+
+// TestResolvedHostCorrelates: the SDK checked a connection by host name;
+// the kernel saw the address the runtime's resolver gave for that name.
+// The kernel's record carries the name and is linked to the SDK decision
+// (its reason names it, it joins the SDK's trace).
+func TestResolvedHostCorrelates(t *testing.T) {
+	r := newRig(t, nil)
+	target := listen(t, "tcp4", "127.0.0.1:0", "hello")
+	cg := cgrouptest.New(t, "")
+	ea := egress.NewAgent(r.gov, cg, egress.Config{Base: bpf.AgentConfig{ID: 1}, Logger: r.log,
+		Resolver: fixedResolver{netip.MustParseAddr("127.0.0.1")}})
+	plan := egress.Plan{Network: bpf.NetworkDeny, Sets: [][]egress.Entry{{{Source: "test/network.allowlist[0]", Host: "api.example.test", Ports: []uint16{uint16(target.Port)}}}}}
+	if err := ea.Apply(context.Background(), plan); err != nil {
+		t.Fatalf("apply plan: %v", err)
+	}
+	r.hosts = verdicts.HostIndex(ea.Resolved)
+	r.startPump()
+
+	sdk, err := v1.NewPolicyServiceClient(r.cc).CheckAction(context.Background(), &v1.CheckActionRequest{
+		Agent: &v1.AgentId{OrgId: "acme", TeamId: "eng", AgentId: "a1"}, TraceId: "trace-host-1",
+		Context: &v1.CheckActionRequest_NetworkCall{NetworkCall: &v1.NetworkCallContext{Host: "api.example.test", Port: uint32(target.Port), Protocol: "https"}}})
+	if err != nil {
+		t.Fatalf("SDK check: %v", err)
+	}
+	pid, got := act(t, cg, "dial", "tcp4", target.String())
+	if got != "ok:hello" {
+		t.Fatalf("dial the resolved address: %q, want ok:hello", got)
+	}
+	w := netWant("kernel/connect4", v1.Decision_ALLOW, "127.0.0.1", target.Port, "tcp", pid)
+	w.reason = "address resolved from api.example.test"
+	rec := r.expect(w)
+	if !strings.Contains(rec.GetReason(), "for host api.example.test") || !strings.Contains(rec.GetReason(), "decision "+sdk.GetDecisionId()) || rec.GetTraceId() != "trace-host-1" {
+		t.Errorf("kernel record not linked to the SDK decision %s: reason %q trace %q", sdk.GetDecisionId(), rec.GetReason(), rec.GetTraceId())
+	}
 }

@@ -199,6 +199,8 @@ type rig struct {
 	rt    *runtime.Runtime
 	stop  func() // stops rt
 	pump  *verdicts.Pump
+	hosts verdicts.Hosts // annotates network verdicts, when set
+	cc    *grpc.ClientConn
 	audit v1.AuditServiceClient
 }
 
@@ -219,6 +221,7 @@ func newRig(t testing.TB, mod func(*server.Config)) *rig {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cc.Close() })
+	r.cc = cc
 	r.audit = v1.NewAuditServiceClient(cc)
 	r.buf = filepath.Join(t.TempDir(), "events.db")
 	r.startRuntime()
@@ -311,7 +314,7 @@ func (r *rig) startPump() {
 		r.t.Fatalf("events: %v", err)
 	}
 	r.pump = verdicts.Start(rd, r.rt, verdicts.Options{
-		Agent: &v1.AgentId{OrgId: r.agent.Org, TeamId: r.agent.Team, AgentId: r.agent.Agent}, Logger: r.log})
+		Agent: &v1.AgentId{OrgId: r.agent.Org, TeamId: r.agent.Team, AgentId: r.agent.Agent}, Hosts: r.hosts, Logger: r.log})
 }
 
 // want describes the audit record a kernel verdict must become.
