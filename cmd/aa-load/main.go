@@ -9,6 +9,7 @@ package main
 
 import (
 	"context"
+	"crypto/ed25519"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -17,6 +18,7 @@ import (
 	"os"
 	"os/signal"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -39,6 +41,7 @@ type options struct {
 	conns       int
 	json        bool
 	target      string
+	token       string
 }
 
 // Report is the result of one run.
@@ -67,6 +70,7 @@ func main() {
 	flag.IntVar(&o.conns, "conns", 4, "gRPC connections the clients share")
 	flag.BoolVar(&o.json, "json", false, "print the report as JSON")
 	flag.StringVar(&o.target, "target", "checkaction", "what to call: checkaction (PolicyService.CheckAction, a coding agent's git_status) or extauthz (ext_authz Check of a research agent's GET https://en.wikipedia.org/wiki/Envoy, identified by SPIFFE id)")
+	flag.StringVar(&o.token, "token", "", "credential token of the synthetic agent (default: register acme/eng/coder-1 or acme/research/researcher-1 through the challenge, and deregister it at the end)")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -83,6 +87,24 @@ func run(ctx context.Context, o options, out io.Writer) error {
 	if o.target != "checkaction" && o.target != "extauthz" {
 		return fmt.Errorf("-target must be checkaction or extauthz, not %q", o.target)
 	}
+	agent := checkAgent
+	if o.target == "extauthz" {
+		agent = extauthzAgent
+	}
+	token := o.token
+	if token == "" {
+		// The gateway authenticates agents (--agent-auth token): register
+		// the synthetic agent through the challenge, and deregister it at
+		// the end so the next run can register it again with a new key.
+		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		tok, deregister, err := registerAgent(rctx, o.addr, agent)
+		cancel()
+		if err != nil {
+			return err
+		}
+		defer deregister()
+		token = tok
+	}
 	calls := make([]checkFunc, o.conns)
 	for i := range calls {
 		conn, err := grpc.NewClient(o.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
@@ -90,9 +112,9 @@ func run(ctx context.Context, o options, out io.Writer) error {
 			return fmt.Errorf("connect %s: %w", o.addr, err)
 		}
 		defer conn.Close()
-		calls[i] = newCheck(o.target, conn)
+		calls[i] = newCheck(o.target, conn, token)
 	}
-	// Fail fast when the gateway is not there.
+	// Fail fast when the gateway is not there, or refuses the agent.
 	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	err := calls[0](pctx, grpc.WaitForReady(true))
 	cancel()
@@ -209,27 +231,76 @@ func measure(ctx context.Context, o options, calls []checkFunc) Report {
 // (a denial is an answer, not an error).
 type checkFunc func(ctx context.Context, opts ...grpc.CallOption) error
 
-// newCheck returns the call the target makes over conn.
-func newCheck(target string, conn *grpc.ClientConn) checkFunc {
+// The synthetic agents: a coding agent for checkaction, a research agent
+// for extauthz (both governed by examples/policies).
+var (
+	checkAgent    = &v1.AgentId{OrgId: "acme", TeamId: "eng", AgentId: "coder-1"}
+	extauthzAgent = &v1.AgentId{OrgId: "acme", TeamId: "research", AgentId: "researcher-1"}
+)
+
+// registerAgent registers agent through the Ed25519 challenge with a fresh
+// key and returns its credential token and a function that deregisters it.
+func registerAgent(ctx context.Context, addr string, agent *v1.AgentId) (string, func(), error) {
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return "", nil, fmt.Errorf("connect %s: %w", addr, err)
+	}
+	life := v1.NewAgentLifecycleServiceClient(conn)
+	name := agent.GetOrgId() + "/" + agent.GetTeamId() + "/" + agent.GetAgentId()
+	pub, key, err := ed25519.GenerateKey(nil)
+	if err != nil {
+		conn.Close()
+		return "", nil, fmt.Errorf("register %s: %w", name, err)
+	}
+	ch, err := life.RequestChallenge(ctx, &v1.RequestChallengeRequest{Agent: agent}, grpc.WaitForReady(true))
+	if err != nil {
+		conn.Close()
+		return "", nil, fmt.Errorf("register %s: request challenge from %s: %w", name, addr, err)
+	}
+	resp, err := life.Register(ctx, &v1.RegisterRequest{Agent: agent, PublicKey: pub, Nonce: ch.GetNonce(),
+		Signature: ed25519.Sign(key, ch.GetNonce()), Labels: map[string]string{"tool": "aa-load"}})
+	if err != nil {
+		conn.Close()
+		return "", nil, fmt.Errorf("register %s: %w (an earlier aa-load that did not finish leaves it registered with its key: deregister it, or pass -token)", name, err)
+	}
+	tok := resp.GetCredentialToken()
+	return tok, func() {
+		dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_, _ = life.Deregister(dctx, &v1.DeregisterRequest{Agent: agent, CredentialToken: tok})
+		conn.Close()
+	}, nil
+}
+
+// newCheck returns the call the target makes over conn as the agent whose
+// credential token is token.
+func newCheck(target string, conn *grpc.ClientConn, token string) checkFunc {
 	if target == "extauthz" {
 		c := authv3.NewAuthorizationClient(conn)
 		req := &authv3.CheckRequest{Attributes: &authv3.AttributeContext{
-			Source: &authv3.AttributeContext_Peer{Principal: "spiffe://cluster.local/org/acme/team/research/agent/researcher-1"},
+			// As the gateway's xDS configures a sidecar: the agent in the
+			// route's context extensions, corroborated by its token.
+			ContextExtensions: map[string]string{"aa_org": "acme", "aa_team": "research", "aa_agent": "researcher-1",
+				"aa_credential_token": token},
 			Request: &authv3.AttributeContext_Request{Http: &authv3.AttributeContext_HttpRequest{
 				Method: "GET", Host: "en.wikipedia.org", Path: "/wiki/Envoy", Scheme: "https", Protocol: "HTTP/1.1",
 				Headers: map[string]string{":authority": "en.wikipedia.org", ":method": "GET", ":path": "/wiki/Envoy", "user-agent": "aa-load"},
 			}},
 		}}
 		return func(ctx context.Context, opts ...grpc.CallOption) error {
-			_, err := c.Check(ctx, req, opts...)
+			resp, err := c.Check(ctx, req, opts...)
+			if err == nil && resp.GetDeniedResponse() != nil && strings.Contains(resp.GetDeniedResponse().GetBody(), `"rule":"agent-auth"`) {
+				return errors.New("ext_authz refused the agent: " + resp.GetDeniedResponse().GetBody())
+			}
 			return err
 		}
 	}
 	c := v1.NewPolicyServiceClient(conn)
 	req := &v1.CheckActionRequest{
-		Agent:   &v1.AgentId{OrgId: "acme", TeamId: "eng", AgentId: "coder-1"},
-		TraceId: "aa-load",
-		Context: &v1.CheckActionRequest_ToolCall{ToolCall: &v1.ToolCallContext{Name: "git_status", ArgsJson: `{"short":true}`}},
+		Agent:           checkAgent,
+		CredentialToken: token,
+		TraceId:         "aa-load",
+		Context:         &v1.CheckActionRequest_ToolCall{ToolCall: &v1.ToolCallContext{Name: "git_status", ArgsJson: `{"short":true}`}},
 	}
 	return func(ctx context.Context, opts ...grpc.CallOption) error {
 		_, err := c.CheckAction(ctx, req, opts...)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"strings"
 	"testing"
 	"time"
 
@@ -39,6 +40,14 @@ func TestLoadClosedAndOpenLoop(t *testing.T) {
 	}
 	if err := run(context.Background(), options{addr: "127.0.0.1:1", duration: time.Second, concurrency: 1, conns: 1, target: "checkaction"}, &bytes.Buffer{}); err == nil {
 		t.Fatal("no error against a closed port")
+	}
+	// The gateway authenticates agents: a token that is not one fails fast,
+	// for both targets (ext_authz answers with a denial, not an error).
+	for _, target := range []string{"checkaction", "extauthz"} {
+		err := run(context.Background(), options{addr: addr, duration: time.Second, concurrency: 1, conns: 1, target: target, token: "aa1.bogus.token"}, &bytes.Buffer{})
+		if err == nil || !strings.Contains(err.Error(), "first check") {
+			t.Fatalf("%s with a bogus token: %v, want the first check to fail", target, err)
+		}
 	}
 	if err := run(context.Background(), options{addr: addr, duration: time.Second, concurrency: 1, conns: 1, target: "opa"}, &bytes.Buffer{}); err == nil {
 		t.Fatal("no error for an unknown target")
