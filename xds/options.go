@@ -77,6 +77,10 @@ type Options struct {
 	// NodeTTL is how long a node without a stream, not listed by Agents,
 	// keeps its snapshot and status.
 	NodeTTL time.Duration
+	// OnNack, when set, is called each time a node rejects a resource
+	// type (node id, type URL, rejected version, Envoy's error). It runs
+	// under the server's lock and must not block.
+	OnNack func(node, typeURL, version, detail string)
 	// Authenticate, when set, proves the agent of every ADS stream as it
 	// opens (from the stream's x-aa-credential-token metadata or client
 	// certificate; *gateway.AgentAuth via AuthenticateStream). A stream

@@ -738,6 +738,9 @@ func (s *Server) onStreamRequest(id int64, req *discoverygrpc.DiscoveryRequest) 
 	if d := req.GetErrorDetail(); d != nil {
 		ts.NackVersion, ts.NackAt, ts.NackError = version, now, d.GetMessage()
 		s.m.nacks.WithLabelValues(short(t)).Inc()
+		if s.opts.OnNack != nil {
+			s.opts.OnNack(key, t, version, d.GetMessage())
+		}
 		s.log.Warn("xds: node rejected configuration", "node", key, "type", short(t), "version", version,
 			"serving", req.GetVersionInfo(), "error", d.GetMessage())
 		return nil

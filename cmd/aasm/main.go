@@ -95,7 +95,7 @@ address saved by aasm login.`,
 	root.PersistentFlags().StringVar(&g.addr, "addr", def, "gateway gRPC address, host:port or unix:/path (env AA_ADDR, else saved by aasm login)")
 	root.PersistentFlags().DurationVar(&g.timeout, "timeout", 10*time.Second, "deadline for each call to the gateway")
 	root.PersistentFlags().StringVarP(&g.output, "output", "o", "table", "output format: table, json or yaml")
-	root.AddCommand(newCheckCmd(g), newPolicyCmd(g), newAuditCmd(g), newApprovalsCmd(g), newBudgetCmd(g), newSecretCmd(g), newTopologyCmd(g), newAgentCmd(g), newXDSCmd(g), newStatusCmd(g), newLogsCmd(g), newLoginCmd(g), newLogoutCmd(g), newVersionCmd(g))
+	root.AddCommand(newCheckCmd(g), newPolicyCmd(g), newAuditCmd(g), newApprovalsCmd(g), withCosts(newBudgetCmd(g), g), newAlertsCmd(g), newSecretCmd(g), newTopologyCmd(g), newAgentCmd(g), newXDSCmd(g), newStatusCmd(g), newLogsCmd(g), newLoginCmd(g), newLogoutCmd(g), newVersionCmd(g))
 	return root
 }
 

@@ -46,6 +46,10 @@ type Config struct {
 	// agent authentication on the agent-facing surfaces (agentauth.go).
 	AgentAuth              string
 	AgentSPIFFETrustDomain string
+	// AlertWebhooks receive alerts signed with the secret in
+	// AlertWebhookSecretFile (alerts.go).
+	AlertWebhooks          []string
+	AlertWebhookSecretFile string
 }
 
 // Setting describes one configuration knob: its flag, environment variable,
@@ -145,6 +149,8 @@ func Settings() []Setting {
 			c.TraceSampleRatio = f
 			return nil
 		}},
+		{"alert-webhook", "AA_ALERT_WEBHOOK", "", "comma-separated http(s) URLs that receive each alert as a signed JSON POST (X-AA-Signature, retried with backoff; see docs/alerts.md)", parseWebhooks},
+		{"alert-webhook-secret-file", "AA_ALERT_WEBHOOK_SECRET_FILE", "", "file holding the HMAC-SHA256 secret (at least 16 bytes) that signs alert webhooks; required with --alert-webhook", str(func(c *Config) *string { return &c.AlertWebhookSecretFile })},
 	}
 }
 
@@ -219,6 +225,7 @@ func (c *Config) Validate() error {
 		}
 	}
 	errs = append(errs, c.validateAgentAuth()...)
+	errs = append(errs, c.validateAlerts()...)
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":
 	default:

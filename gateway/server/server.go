@@ -32,6 +32,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/agent-assembly/agent-assembly/action"
+	"github.com/agent-assembly/agent-assembly/alerts"
 	v1 "github.com/agent-assembly/agent-assembly/api/agentassembly/v1"
 	"github.com/agent-assembly/agent-assembly/api/openapi"
 	"github.com/agent-assembly/agent-assembly/budget"
@@ -75,6 +76,7 @@ type Server struct {
 	// watch, control, invalidation, xDS) end so graceful stop can finish.
 	draining chan struct{}
 	runtimes runtimeStreams // open runtime streams, for GetStatus (status.go)
+	alerts   *alerts.Engine // alert feed and webhook delivery (alerts.go)
 
 	// agentAuth proves agents on the agent-facing surfaces (agentauth.go).
 	agentAuth *gateway.AgentAuth
@@ -156,6 +158,10 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 		s.closeStore()
 		return nil, err
 	}
+	if err := s.buildAlerts(); err != nil {
+		s.closeStore()
+		return nil, err
+	}
 	s.buildGRPC()
 	if err := s.buildXDS(); err != nil {
 		s.closeStore()
@@ -197,6 +203,7 @@ func (s *Server) buildGRPC() {
 	v1.RegisterAgentLifecycleServiceServer(s.grpc, s.agents)
 	v1.RegisterInvalidationServiceServer(s.grpc, gateway.NewInvalidationService(s.events).WithAgentAuth(s.agentAuth))
 	v1.RegisterAdminServiceServer(s.grpc, gateway.NewAdminService(s))
+	s.registerAlertServices()
 	s.health = health.NewServer()
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
@@ -237,6 +244,9 @@ func (s *Server) buildHTTP(ctx context.Context) error {
 		return err
 	}
 	if err := s.registerAdminREST(ctx, gw); err != nil {
+		return err
+	}
+	if err := s.registerAlertREST(ctx, gw); err != nil {
 		return err
 	}
 	mux := http.NewServeMux()
@@ -352,6 +362,9 @@ func (s *Server) shutdown() error {
 	if err := s.writer.Close(fctx); err != nil {
 		errs = append(errs, fmt.Errorf("flush audit log: %w", err))
 	}
+	if err := s.closeAlerts(fctx); err != nil {
+		s.log.Warn("alerts not flushed", "err", err)
+	}
 	if err := s.tracing.Shutdown(fctx); err != nil {
 		s.log.Warn("traces not flushed", "err", err)
 	}
@@ -368,6 +381,11 @@ func (s *Server) shutdown() error {
 func (s *Server) Close() { s.closeStore() }
 
 func (s *Server) closeStore() {
+	if s.alerts != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_ = s.closeAlerts(ctx)
+		cancel()
+	}
 	if s.writer != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		_ = s.writer.Close(ctx)

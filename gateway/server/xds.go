@@ -45,6 +45,7 @@ func (s *Server) buildXDS() error {
 		Authenticate:   s.adsAuth(),
 		Logger:         s.log,
 		Registry:       s.reg,
+		OnNack:         s.core.AlertXDSNack,
 	})
 	if err != nil {
 		return fmt.Errorf("xDS control plane: %w", err)
