@@ -76,14 +76,29 @@ type Options struct {
 	Logger *slog.Logger
 	// Metrics receives the counters; nil keeps them unregistered.
 	Metrics *Metrics
+	// Auth, when set and enabled, requires every Process stream to prove
+	// its agent (x-aa-credential-token metadata, which Envoy's
+	// grpc_initial_metadata carries, or an agent client certificate), and
+	// the agent ext_authz resolved (x-aa-agent) to be that agent.
+	Auth Authenticator
 }
+
+// Authenticator proves the agent of a stream. *gateway.AgentAuth
+// satisfies it.
+type Authenticator interface {
+	Enabled() bool
+	AuthenticateStream(ctx context.Context, surface string) (action.AgentID, string, error)
+}
+
+var _ Authenticator = (*gateway.AgentAuth)(nil)
 
 // Server implements envoy.service.ext_proc.v3.ExternalProcessor.
 type Server struct {
 	procv3.UnimplementedExternalProcessorServer
-	g   Gateway
-	log *slog.Logger
-	m   *Metrics
+	g    Gateway
+	log  *slog.Logger
+	m    *Metrics
+	auth Authenticator
 }
 
 var _ procv3.ExternalProcessorServer = (*Server)(nil)
@@ -96,7 +111,7 @@ func New(g Gateway, o Options) *Server {
 	if o.Metrics == nil {
 		o.Metrics = NewMetrics(nil)
 	}
-	return &Server{g: g, log: o.Logger, m: o.Metrics}
+	return &Server{g: g, log: o.Logger, m: o.Metrics, auth: o.Auth}
 }
 
 // Register adds the ExternalProcessor service to r.
@@ -106,7 +121,8 @@ func (s *Server) Register(r grpc.ServiceRegistrar) {
 
 // exchange is what one HTTP request's stream has learnt so far.
 type exchange struct {
-	checked     bool // ext_authz decided the request
+	proven      *action.AgentID // the stream's authenticated agent (Options.Auth)
+	checked     bool            // ext_authz decided the request
 	decision    string
 	decisionID  string
 	usageID     string
@@ -122,6 +138,13 @@ type exchange struct {
 func (s *Server) Process(stream procv3.ExternalProcessor_ProcessServer) error {
 	ctx := stream.Context()
 	var x exchange
+	if s.auth != nil && s.auth.Enabled() {
+		id, _, err := s.auth.AuthenticateStream(ctx, "ext_proc")
+		if err != nil {
+			return err
+		}
+		x.proven = &id
+	}
 	for {
 		req, err := stream.Recv()
 		if errors.Is(err, io.EOF) {
@@ -186,6 +209,10 @@ func (s *Server) requestHeaders(x *exchange, h *procv3.HttpHeaders) *procv3.Proc
 	if !x.checked {
 		s.m.Requests.WithLabelValues("unchecked").Inc()
 		return deny(403, "extproc", "request reached the external processor without an ext_authz decision: failing closed (put the ext_authz filter before ext_proc)", "")
+	}
+	if x.proven != nil && x.agent != *x.proven {
+		s.m.Requests.WithLabelValues("unauthenticated").Inc()
+		return deny(403, "agent-auth", "agent credential does not match the request's agent", "")
 	}
 	s.m.Requests.WithLabelValues(x.decision).Inc()
 	return &procv3.ProcessingResponse{Response: &procv3.ProcessingResponse_RequestHeaders{RequestHeaders: &procv3.HeadersResponse{

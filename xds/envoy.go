@@ -231,7 +231,7 @@ const ContextExtToken = "aa_credential_token"
 // extensions carry it as ContextExtToken: the gateway trusts the identity
 // of a check only when a credential corroborates it, and the route is where
 // Envoy can add one the agent never sees.
-func (g *envoyGroup) routeConfig(agent action.AgentID, token string) (*routev3.RouteConfiguration, error) {
+func (g *envoyGroup) routeConfig(agent action.AgentID, token string, extProc bool) (*routev3.RouteConfiguration, error) {
 	ext := map[string]string{"aa_org": agent.Org, "aa_team": agent.Team, "aa_agent": agent.Agent}
 	if token != "" {
 		ext[ContextExtToken] = token
@@ -242,13 +242,28 @@ func (g *envoyGroup) routeConfig(agent action.AgentID, token string) (*routev3.R
 	if err != nil {
 		return nil, fmt.Errorf("marshal ext_authz per-route config: %w", err)
 	}
+	filters := map[string]*anypb.Any{filterExtAuthz: per}
+	if token != "" && extProc {
+		// The external processor's stream presents the token too.
+		proc, err := anypb.New(&extprocv3.ExtProcPerRoute{Override: &extprocv3.ExtProcPerRoute_Overrides{
+			Overrides: &extprocv3.ExtProcOverrides{GrpcInitialMetadata: []*corev3.HeaderValue{{Key: TokenMetadata, Value: token}}},
+		}})
+		if err != nil {
+			return nil, fmt.Errorf("marshal ext_proc per-route config: %w", err)
+		}
+		filters[filterExtProc] = proc
+	}
 	return &routev3.RouteConfiguration{
 		Name:                 EgressListener,
 		VirtualHosts:         g.vhosts,
-		TypedPerFilterConfig: map[string]*anypb.Any{filterExtAuthz: per},
+		TypedPerFilterConfig: filters,
 		ValidateClusters:     wrapperspb.Bool(false),
 	}, nil
 }
+
+// TokenMetadata is the gRPC metadata key of an agent's credential token
+// (gateway.CredentialTokenHeader).
+const TokenMetadata = "x-aa-credential-token"
 
 // domains are the Host/:authority values a destination's virtual host
 // matches: host:port always, and the bare host on the port a client means by

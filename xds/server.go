@@ -440,7 +440,7 @@ func (s *Server) publish(ctx context.Context, snap *policy.Snapshot, n *nodeStat
 		if version == n.currentVersion(s) {
 			return false, nil
 		}
-		rc, err := g.routeConfig(n.agent, token)
+		rc, err := g.routeConfig(n.agent, token, !s.opts.DisableExtProc)
 		if err != nil {
 			return false, err
 		}

@@ -20,8 +20,10 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	extauthzv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_authz/v3"
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	procv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"github.com/jackc/pgx/v5"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -659,6 +661,13 @@ func TestADSRequiresTheNodesCredential(t *testing.T) {
 	if ext[extauthz.ExtToken] != r.token {
 		t.Fatalf("context extensions %v do not carry the node's token", ext)
 	}
+	var proc extprocv3.ExtProcPerRoute
+	if err := rc.GetTypedPerFilterConfig()["envoy.filters.http.ext_proc"].UnmarshalTo(&proc); err != nil {
+		t.Fatalf("per-route ext_proc config: %v", err)
+	}
+	if md := proc.GetOverrides().GetGrpcInitialMetadata(); len(md) != 1 || md[0].GetValue() != r.token {
+		t.Fatalf("ext_proc stream metadata %v does not carry the node's token", md)
+	}
 	client := authv3.NewAuthorizationClient(g.conn)
 	req := &authv3.CheckRequest{Attributes: &authv3.AttributeContext{ContextExtensions: ext,
 		Request: &authv3.AttributeContext_Request{Http: &authv3.AttributeContext_HttpRequest{
@@ -674,4 +683,39 @@ func TestADSRequiresTheNodesCredential(t *testing.T) {
 		t.Fatal(err)
 	}
 	wantExtDenied(t, "context extensions without the token", resp2, "agent not authenticated")
+}
+
+// procHeaders opens an ext_proc stream with token and sends request
+// headers as ext_authz leaves them for agent; it returns the stream's
+// error or the answer.
+func procHeaders(t *testing.T, g *testGateway, token, agent string) (*procv3.ProcessingResponse, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(withToken(context.Background(), token), 10*time.Second)
+	defer cancel()
+	st, err := procv3.NewExternalProcessorClient(g.conn).Process(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer st.CloseSend()
+	hm := &corev3.HeaderMap{Headers: []*corev3.HeaderValue{{Key: "x-aa-decision", RawValue: []byte("allow")},
+		{Key: "x-aa-decision-id", RawValue: []byte("d1")}, {Key: "x-aa-agent", RawValue: []byte(agent)}}}
+	if err := st.Send(&procv3.ProcessingRequest{Request: &procv3.ProcessingRequest_RequestHeaders{RequestHeaders: &procv3.HttpHeaders{Headers: hm}}}); err != nil {
+		return nil, err
+	}
+	return st.Recv()
+}
+
+func TestExtProcRequiresTheAgentsCredential(t *testing.T) {
+	g := startGateway(t, examplesDir(t), tokenMode)
+	r := register(t, g, agent("acme", "research", "researcher-1"), nil)
+	_, err := procHeaders(t, g, "", "acme/research/researcher-1")
+	wantRefused(t, "ext_proc without a credential", err, codes.Unauthenticated)
+	resp, err := procHeaders(t, g, r.token, "acme/eng/coder-1")
+	if err != nil || resp.GetImmediateResponse() == nil || resp.GetImmediateResponse().GetStatus().GetCode() != 403 {
+		t.Fatalf("ext_proc for another agent than the token's: %v %v, want 403", resp, err)
+	}
+	resp, err = procHeaders(t, g, r.token, "acme/research/researcher-1")
+	if err != nil || resp.GetRequestHeaders() == nil {
+		t.Fatalf("ext_proc with the agent's token: %v %v", resp, err)
+	}
 }
