@@ -2,6 +2,7 @@ package verdicts_test
 
 import (
 	"context"
+	"errors"
 	"net"
 	"net/netip"
 	"os"
@@ -15,6 +16,7 @@ import (
 	"github.com/agent-assembly/agent-assembly/bpf/cgrouptest"
 	"github.com/agent-assembly/agent-assembly/bpf/egress"
 	"github.com/agent-assembly/agent-assembly/runtime/verdicts"
+	"github.com/agent-assembly/agent-assembly/sdkclient"
 )
 
 // These privileged tests follow every kernel verdict end to end: the
@@ -265,11 +267,23 @@ func TestResolvedHostCorrelates(t *testing.T) {
 	r.hosts = verdicts.HostIndex(ea.Resolved)
 	r.startPump()
 
-	sdk, err := v1.NewPolicyServiceClient(r.cc).CheckAction(context.Background(), &v1.CheckActionRequest{
-		Agent: &v1.AgentId{OrgId: "acme", TeamId: "eng", AgentId: "a1"}, TraceId: "trace-host-1",
+	// The agent's SDK checks the connection by name, through its runtime.
+	c, err := sdkclient.Dial(context.Background(), sdkclient.Options{Socket: r.sock, Agent: "acme/eng/a1"})
+	if err != nil {
+		t.Fatalf("dial the runtime: %v", err)
+	}
+	defer c.Close()
+	sdk, err := c.Check(context.Background(), &v1.CheckActionRequest{TraceId: "trace-host-1",
 		Context: &v1.CheckActionRequest_NetworkCall{NetworkCall: &v1.NetworkCallContext{Host: "api.example.test", Port: uint32(target.Port), Protocol: "https"}}})
+	var se *sdkclient.Error
+	if errors.As(err, &se) && se.Decision != nil {
+		sdk, err = se.Decision, nil // the test policy denies it: a decision all the same
+	}
 	if err != nil {
 		t.Fatalf("SDK check: %v", err)
+	}
+	if sdk.DecisionID == "" {
+		t.Fatalf("SDK check has no gateway decision id: %+v", sdk)
 	}
 	pid, got := act(t, cg, "dial", "tcp4", target.String())
 	if got != "ok:hello" {
@@ -278,7 +292,7 @@ func TestResolvedHostCorrelates(t *testing.T) {
 	w := netWant("kernel/connect4", v1.Decision_ALLOW, "127.0.0.1", target.Port, "tcp", pid)
 	w.reason = "address resolved from api.example.test"
 	rec := r.expect(w)
-	if !strings.Contains(rec.GetReason(), "for host api.example.test") || !strings.Contains(rec.GetReason(), "decision "+sdk.GetDecisionId()) || rec.GetTraceId() != "trace-host-1" {
-		t.Errorf("kernel record not linked to the SDK decision %s: reason %q trace %q", sdk.GetDecisionId(), rec.GetReason(), rec.GetTraceId())
+	if !strings.Contains(rec.GetReason(), "for host api.example.test") || !strings.Contains(rec.GetReason(), "decision "+sdk.DecisionID) || rec.GetTraceId() != "trace-host-1" {
+		t.Errorf("kernel record not linked to the SDK decision %s: reason %q trace %q", sdk.DecisionID, rec.GetReason(), rec.GetTraceId())
 	}
 }

@@ -195,6 +195,7 @@ type rig struct {
 	agent action.AgentID
 	pin   string
 	buf   string
+	sock  string // the agent's runtime socket
 	gov   *bpf.Governor
 	rt    *runtime.Runtime
 	stop  func() // stops rt
@@ -242,16 +243,16 @@ func newRig(t testing.TB, mod func(*server.Config)) *rig {
 	return r
 }
 
-// agentAuth is the gateway's agent authentication in these tests, whose
-// subject is the kernel path, not auth: "off" until the runtime's
-// forwarder presents its agents' credential tokens on ReportEvents (the
-// agent-auth change to runtime/forward.go); then "token".
-const agentAuth = "off"
+// agentAuth is the gateway's agent authentication in these tests: the
+// product's default; the runtime registers its agent and presents the
+// token it got on ReportEvents.
+const agentAuth = "token"
 
 func (r *rig) startRuntime() {
 	r.t.Helper()
+	r.sock = filepath.Join(r.t.TempDir(), "a1.sock")
 	rt, err := runtime.New(runtime.Options{
-		Agents:  []runtime.Agent{{ID: r.agent, Socket: filepath.Join(r.t.TempDir(), "a1.sock"), UID: os.Getuid()}},
+		Agents:  []runtime.Agent{{ID: r.agent, Socket: r.sock, UID: os.Getuid()}},
 		Gateway: r.gw, BufferPath: r.buf, Logger: r.log, Register: true,
 	})
 	if err != nil {
