@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math/bits"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -180,15 +181,16 @@ func (c *Core) AlertXDSNack(node, typeURL, version, detail string) {
 }
 
 // AlertKernelDrops raises an alert when a runtime reports that its eBPF
-// ring buffer lost events (total is the runtime's running count); each new
-// total raises one alert.
+// ring buffer lost events (total is the runtime's running count). The id
+// covers the reporter and the count's power of two, so a runtime that keeps
+// dropping raises one alert each time its count doubles, not one per report.
 func (c *Core) AlertKernelDrops(reporter string, total uint64) {
 	if total == 0 {
 		return
 	}
 	n := strconv.FormatUint(total, 10)
 	c.raise(storage.Alert{
-		ID: alerts.ID(alerts.KindEBPFDrops, reporter, n), Kind: alerts.KindEBPFDrops, Severity: storage.SeverityWarning,
+		ID: alerts.ID(alerts.KindEBPFDrops, reporter, strconv.Itoa(bits.Len64(total))), Kind: alerts.KindEBPFDrops, Severity: storage.SeverityWarning,
 		Summary: fmt.Sprintf("runtime %s lost %s kernel events from its ring buffer: those actions were enforced but not audited", reporter, n),
 		Details: details(map[string]any{"reporter": reporter, "dropped_total": total}),
 		Source:  "runtime:" + reporter,

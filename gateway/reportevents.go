@@ -113,6 +113,7 @@ func (s *AuditService) ReportEvents(ctx context.Context, req *v1.ReportEventsReq
 			return nil, r.auth.RefuseMismatch(ctx, "ReportEvents", rec.Agent)
 		}
 	}
+	r.core.AlertKernelDrops(req.GetReporter(), req.GetKernelDrops())
 	layers := make([]string, len(recs))
 	hosts := make([][]string, len(recs))
 	timed := make([]bool, len(recs))

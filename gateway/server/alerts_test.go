@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"database/sql"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -13,7 +14,15 @@ import (
 	"testing"
 	"time"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/structpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+	_ "modernc.org/sqlite"
 
 	"github.com/agent-assembly/agent-assembly/alerts"
 	v1 "github.com/agent-assembly/agent-assembly/api/agentassembly/v1"
@@ -301,4 +310,108 @@ func checkTool(t *testing.T, g *testGateway, a *v1.AgentId, name, args string) *
 		t.Fatal(err)
 	}
 	return r
+}
+
+// waitAlerts lists alerts of kind until n are stored (they are stored
+// asynchronously, off the request path), failing after 10 s.
+func waitAlerts(t *testing.T, c v1.AlertServiceClient, kind string, n int) []*v1.Alert {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, err := c.ListAlerts(context.Background(), &v1.ListAlertsRequest{Kind: kind})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(resp.GetAlerts()) >= n || time.Now().After(deadline) {
+			if len(resp.GetAlerts()) != n {
+				t.Fatalf("%d %s alerts stored, want %d: %v", len(resp.GetAlerts()), kind, n, resp.GetAlerts())
+			}
+			return resp.GetAlerts()
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestAlertsFromRuntimeXDSAndAudit checks the other sources on a real
+// gateway: kernel ring-buffer drops reported by a runtime (one alert per
+// doubling of its count), an Envoy node's NACK (one per rejected version),
+// and an audit chain that fails verification.
+func TestAlertsFromRuntimeXDSAndAudit(t *testing.T) {
+	g := startGateway(t, examplesDir(t), nil)
+	ctx := context.Background()
+	ac := v1.NewAlertServiceClient(g.conn)
+	audit := v1.NewAuditServiceClient(g.conn)
+	report := func(id string, drops uint64) {
+		t.Helper()
+		_, err := audit.ReportEvents(ctx, &v1.ReportEventsRequest{Reporter: "host-1/runtime", KernelDrops: drops, Events: []*v1.ReportedEvent{{
+			EventId: id, Layer: v1.Layer_LAYER_KERNEL, Time: timestamppb.Now(), Action: netReq(coder, "evil.example.com", 443),
+			Decision: v1.Decision_DENY, RuleId: "kernel", Reason: "connect denied in the kernel"}}})
+		if err != nil {
+			t.Fatalf("ReportEvents: %v", err)
+		}
+	}
+	report("e1", 0)
+	report("e2", 3)
+	report("e3", 3) // same count: nothing new
+	report("e4", 4) // 3 -> 4 crosses a power of two
+	drops := waitAlerts(t, ac, alerts.KindEBPFDrops, 2)
+	if !strings.Contains(drops[0].GetSummary(), "host-1/runtime lost 4 kernel events") || drops[0].GetSeverity() != "warning" {
+		t.Fatalf("newest drops alert = %v", drops[0])
+	}
+
+	adsNACK(t, g.conn, "acme/eng/coder-1", "Proto constraint validation failed: test rejection")
+	nack := waitAlerts(t, ac, alerts.KindXDSNack, 1)[0]
+	if nack.GetAgent().GetAgentId() != "coder-1" || !strings.Contains(nack.GetSummary(), "test rejection") {
+		t.Fatalf("NACK alert = %v", nack)
+	}
+
+	// Tamper with a stored audit record of this replica's chain, then verify.
+	if _, err := g.client.CheckAction(ctx, netReq(coder, "github.com", 443)); err != nil {
+		t.Fatal(err)
+	}
+	db, err := sql.Open("sqlite", strings.TrimPrefix(g.cfg.Store, "sqlite:"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if _, err := db.Exec(`DROP TRIGGER audit_no_update`); err != nil { // what an attacker with file access does
+		t.Fatalf("tamper: %v", err)
+	}
+	if _, err := db.Exec(`UPDATE audit SET reason = reason || ' (edited)' WHERE chain = ? AND seq = 1`, g.cfg.ReplicaName()); err != nil {
+		t.Fatalf("tamper: %v", err)
+	}
+	v, err := audit.VerifyAudit(ctx, &v1.VerifyAuditRequest{Chain: g.cfg.ReplicaName()})
+	if err != nil || v.GetOk() {
+		t.Fatalf("VerifyAudit after tampering = %v, %v; want a broken chain", v, err)
+	}
+	brk := waitAlerts(t, ac, alerts.KindAuditChainBreak, 1)[0]
+	if brk.GetSeverity() != "critical" || brk.GetSource() != "audit:"+g.cfg.ReplicaName()+":1" {
+		t.Fatalf("chain break alert = %v", brk)
+	}
+	if _, err := audit.VerifyAudit(ctx, &v1.VerifyAuditRequest{Chain: g.cfg.ReplicaName()}); err != nil {
+		t.Fatal(err)
+	}
+	waitAlerts(t, ac, alerts.KindAuditChainBreak, 1) // verifying again raises no second alert
+}
+
+// adsNACK opens an ADS stream as the Envoy node id and rejects the first
+// listener configuration with msg.
+func adsNACK(t *testing.T, conn *grpc.ClientConn, id, msg string) {
+	t.Helper()
+	stream, err := discoverygrpc.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	node := &corev3.Node{Id: id, UserAgentName: "envoy", Metadata: &structpb.Struct{}}
+	if err := stream.Send(&discoverygrpc.DiscoveryRequest{Node: node, TypeUrl: resource.ListenerType}); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := stream.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(&discoverygrpc.DiscoveryRequest{TypeUrl: resource.ListenerType, ResponseNonce: resp.GetNonce(),
+		ErrorDetail: &rpcstatus.Status{Code: 3, Message: msg}}); err != nil {
+		t.Fatal(err)
+	}
 }

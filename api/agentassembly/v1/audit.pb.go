@@ -925,8 +925,12 @@ func (x *ReportedEvent) GetResolvedHosts() []string {
 type ReportEventsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// reporter names the runtime or node (at most 128 bytes); event ids are unique per reporter.
-	Reporter      string           `protobuf:"bytes,1,opt,name=reporter,proto3" json:"reporter,omitempty"`
-	Events        []*ReportedEvent `protobuf:"bytes,2,rep,name=events,proto3" json:"events,omitempty"`
+	Reporter string           `protobuf:"bytes,1,opt,name=reporter,proto3" json:"reporter,omitempty"`
+	Events   []*ReportedEvent `protobuf:"bytes,2,rep,name=events,proto3" json:"events,omitempty"`
+	// kernel_drops is how many kernel verdict events the reporter's eBPF ring
+	// buffer has lost since it started (a running count, 0 when none or no
+	// eBPF); the gateway raises an ebpf_drops alert as it grows.
+	KernelDrops   uint64 `protobuf:"varint,3,opt,name=kernel_drops,json=kernelDrops,proto3" json:"kernel_drops,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -973,6 +977,13 @@ func (x *ReportEventsRequest) GetEvents() []*ReportedEvent {
 		return x.Events
 	}
 	return nil
+}
+
+func (x *ReportEventsRequest) GetKernelDrops() uint64 {
+	if x != nil {
+		return x.KernelDrops
+	}
+	return 0
 }
 
 // ReportEventsResponse counts the events appended and those already seen.
@@ -1109,10 +1120,11 @@ const file_agentassembly_v1_audit_proto_rawDesc = "" +
 	"\vdecision_id\x18\t \x01(\tR\n" +
 	"decisionId\x12%\n" +
 	"\x0eresolved_hosts\x18\n" +
-	" \x03(\tR\rresolvedHosts\"j\n" +
+	" \x03(\tR\rresolvedHosts\"\x8d\x01\n" +
 	"\x13ReportEventsRequest\x12\x1a\n" +
 	"\breporter\x18\x01 \x01(\tR\breporter\x127\n" +
-	"\x06events\x18\x02 \x03(\v2\x1f.agentassembly.v1.ReportedEventR\x06events\"R\n" +
+	"\x06events\x18\x02 \x03(\v2\x1f.agentassembly.v1.ReportedEventR\x06events\x12!\n" +
+	"\fkernel_drops\x18\x03 \x01(\x04R\vkernelDrops\"R\n" +
 	"\x14ReportEventsResponse\x12\x1a\n" +
 	"\bappended\x18\x01 \x01(\x05R\bappended\x12\x1e\n" +
 	"\n" +
