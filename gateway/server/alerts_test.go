@@ -365,6 +365,21 @@ func TestAlertsFromRuntimeXDSAndAudit(t *testing.T) {
 		t.Fatalf("NACK alert = %v", nack)
 	}
 
+	// An operator suspends an agent, then kills it: two alerts, the kill critical.
+	register(t, g, coder, nil)
+	life := v1.NewAgentLifecycleServiceClient(g.conn)
+	if _, err := life.SuspendAgent(ctx, &v1.AgentControlRequest{Id: "acme/eng/coder-1", Reason: "investigating"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := life.KillAgent(ctx, &v1.AgentControlRequest{Id: "acme/eng/coder-1", Reason: "compromised"}); err != nil {
+		t.Fatal(err)
+	}
+	sus := waitAlerts(t, ac, alerts.KindAgentSuspended, 2)
+	if sus[0].GetSeverity() != "critical" || !strings.Contains(sus[0].GetSummary(), "killed: compromised") ||
+		sus[1].GetSeverity() != "warning" || !strings.Contains(sus[1].GetDetailsJson(), `"previous":"active"`) {
+		t.Fatalf("suspension alerts = %v", sus)
+	}
+
 	// Tamper with a stored audit record of this replica's chain, then verify.
 	if _, err := g.client.CheckAction(ctx, netReq(coder, "github.com", 443)); err != nil {
 		t.Fatal(err)
