@@ -148,3 +148,19 @@ func TestGetCostsGroupsAndValidates(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkAlertDecisionAllow is the alert hook's cost on the common path:
+// an allowed action with alerts enabled.
+func BenchmarkAlertDecisionAllow(b *testing.B) {
+	c, err := NewCore(Options{Audit: nopAuditor{}, Chain: "unit"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	c.SetAlerts(&alertLog{}, nil)
+	a := &action.Action{Kind: action.KindToolCall}
+	out := &Outcome{Decision: action.Allow, RuleID: "r"}
+	b.ReportAllocs()
+	for b.Loop() {
+		c.alertDecision(a, out)
+	}
+}
