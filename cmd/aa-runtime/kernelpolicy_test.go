@@ -1,0 +1,163 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	v1 "github.com/agent-assembly/agent-assembly/api/agentassembly/v1"
+	"github.com/agent-assembly/agent-assembly/gateway/server/servertest"
+)
+
+// agentPolicy is the agent's own document: one allowlisted host and port.
+const agentPolicy = `apiVersion: agent-assembly/v1
+kind: Policy
+metadata: {name: a1-egress}
+spec:
+  scope: {level: agent, agent: a1}
+  network:
+    allowlist:
+      - host: localhost
+        ports: [%d]
+`
+
+// TestExecPolicyChangeFlipsKernelVerdict runs the product path: aa-runtime
+// exec derives the kernel rules from the gateway's active policy (the
+// allowlist host "localhost" resolved by the runtime's resolver), the
+// agent's connects to it work; a new policy version applied at the gateway
+// while the agent runs makes the same connect fail with EPERM. The audit
+// log shows the agent's connect ALLOW, annotated with the host name the
+// address came from, then DENY, same pid.
+func TestExecPolicyChangeFlipsKernelVerdict(t *testing.T) {
+	cgRoot := needCgroups(t)
+	if _, err := exec.LookPath("bash"); err != nil {
+		t.Skip("needs bash for /dev/tcp")
+	}
+	l, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	port := l.Addr().(*net.TCPAddr).Port
+	pol := t.TempDir()
+	team, err := os.ReadFile("../../runtime/testdata/policies/runtime-test.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	agentDoc := fmt.Sprintf(agentPolicy, port)
+	for name, body := range map[string]string{"runtime-test.yaml": string(team), "a1.yaml": agentDoc} {
+		if err := os.WriteFile(filepath.Join(pol, name), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bin := build(t, t.TempDir(), "github.com/agent-assembly/agent-assembly/cmd/aa-runtime")
+	gw := servertest.Start(t, pol, nil)
+
+	// The agent connects every 100 ms until it has been refused after
+	// having connected (or 600 tries, a hang guard), printing each outcome
+	// with its pid. Bash builtins only: the policy's process allowlist
+	// (derived by the runtime) lets nothing but the agent's command run.
+	script := fmt.Sprintf(`exec {nap}<> <(:); seen=0; for ((i = 0; i < 600; i++)); do
+  if { exec 3<>/dev/tcp/127.0.0.1/%d; } 2>/dev/null; then exec 3>&-; echo "$$ ok"; seen=1; else echo "$$ refused"; [ $seen = 1 ] && exit 0; fi
+  read -t 0.1 -u $nap; done; exit 3`, port)
+	dir := t.TempDir()
+	cmd := exec.Command(bin, "exec", "--agent", "acme/eng/a1", "--gateway", gw, "--buffer", filepath.Join(dir, "events.db"),
+		"--socket-dir", dir, "--cgroup-root", cgRoot, "--ebpf", "enforce", "--", "bash", "-c", script)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(out)
+	var okPID string
+	for sc.Scan() {
+		pid, res, _ := strings.Cut(sc.Text(), " ")
+		if res == "ok" {
+			okPID = pid
+			break
+		}
+	}
+	if okPID == "" {
+		cmd.Wait()
+		if strings.Contains(stderr.String(), "eBPF UNAVAILABLE") || strings.Contains(stderr.String(), "eBPF attach FAILED") {
+			t.Skipf("eBPF not available here:\n%s", stderr.String())
+		}
+		t.Fatalf("the agent never reached the allowlisted host\nstderr:\n%s", stderr.String())
+	}
+	cc, err := grpc.NewClient(gw, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	if _, err := v1.NewPolicyServiceClient(cc).ApplyPolicy(context.Background(), &v1.ApplyPolicyRequest{Message: "move a1's port", Documents: []*v1.PolicyDocumentSource{
+		{Name: "runtime-test.yaml", Yaml: string(team)}, {Name: "a1.yaml", Yaml: fmt.Sprintf(agentPolicy, port+1)},
+	}}); err != nil {
+		t.Fatalf("apply policy: %v", err)
+	}
+	var refusedPID string
+	for sc.Scan() {
+		pid, res, _ := strings.Cut(sc.Text(), " ")
+		if res == "refused" {
+			refusedPID = pid
+			break
+		}
+	}
+	if err := cmd.Wait(); err != nil || refusedPID != okPID {
+		t.Fatalf("the agent (pid %s) was not refused after the policy change (%q): %v\nstderr:\n%s", okPID, refusedPID, err, stderr.String())
+	}
+	if !strings.Contains(stderr.String(), "kernel rules follow the new policy") {
+		t.Errorf("the runtime did not log the policy follow:\n%s", stderr.String())
+	}
+
+	audit := v1.NewAuditServiceClient(cc)
+	find := func(d v1.Decision, pid string, extra string) *v1.AuditRecord {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second) // hang guard, not a timing check
+		for {
+			resp, err := audit.ListAuditRecords(context.Background(), &v1.ListAuditRecordsRequest{Filter: &v1.AuditFilter{AgentId: "a1"}, Limit: 1000})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, rec := range resp.GetRecords() {
+				if rec.GetRuleId() == "kernel/connect4" && rec.GetDecision() == d && rec.GetActionType() == v1.ActionType_NETWORK_CALL &&
+					strings.Contains(rec.GetPayloadJson(), fmt.Sprintf(`"host":"127.0.0.1","port":%d`, port)) &&
+					strings.Contains(rec.GetReason(), "(pid "+pid+",") && strings.Contains(rec.GetReason(), extra) {
+					return rec
+				}
+			}
+			if time.Now().After(deadline) {
+				for _, rec := range resp.GetRecords() {
+					t.Logf("audit: %s %s %s %q", rec.GetRuleId(), rec.GetDecision(), rec.GetPayloadJson(), rec.GetReason())
+				}
+				t.Fatalf("no kernel/connect4 %s record for pid %s\nstderr:\n%s", d, pid, stderr.String())
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	allow := find(v1.Decision_ALLOW, okPID, "address resolved from localhost")
+	deny := find(v1.Decision_DENY, refusedPID, "")
+	t.Logf("before: %q\nafter: %q", allow.GetReason(), deny.GetReason())
+}
