@@ -131,15 +131,21 @@ func BenchmarkCheckGRPC(b *testing.B) {
 			name string
 			addr func(b *testing.B) string
 		}{"sqlite-" + d, func(b *testing.B) string {
-			return servertest.Start(b, dir, func(c *server.Config) {
+			// Agent authentication is on (the default): the agent is
+			// registered and its token rides in the route's context
+			// extensions, as the gateway's xDS configures a sidecar.
+			addr := servertest.Start(b, dir, func(c *server.Config) {
 				c.Store = "sqlite:" + filepath.Join(b.TempDir(), "aa.db")
 				c.AuditDurability = d
 			})
+			benchToken = servertest.RegisterAgent(b, addr, "acme/research/researcher-1")
+			return addr
 		}})
 	}
 	for _, par := range []int{1, 32} {
 		for _, tg := range targets {
 			b.Run(fmt.Sprintf("%s/clients=%d", tg.name, par*runtime.GOMAXPROCS(0)), func(b *testing.B) {
+				benchToken = "" // set by targets that authenticate agents
 				conn, err := grpc.NewClient(tg.addr(b), grpc.WithTransportCredentials(insecure.NewCredentials()))
 				if err != nil {
 					b.Fatal(err)
@@ -151,8 +157,16 @@ func BenchmarkCheckGRPC(b *testing.B) {
 	}
 }
 
+// benchToken is the credential token of the agent, when the target
+// authenticates agents.
+var benchToken string
+
 func benchAuthz(b *testing.B, c authv3.AuthorizationClient, par int) {
 	req := benchRequest()
+	if benchToken != "" {
+		req.Attributes.ContextExtensions = map[string]string{extauthz.ExtOrg: "acme", extauthz.ExtTeam: "research",
+			extauthz.ExtAgent: "researcher-1", extauthz.ExtToken: benchToken}
+	}
 	ctx := context.Background()
 	if r, err := c.Check(ctx, req); err != nil || r.GetOkResponse() == nil {
 		b.Fatalf("the benchmark request is not allowed: %v %v", err, r)

@@ -719,3 +719,23 @@ func TestExtProcRequiresTheAgentsCredential(t *testing.T) {
 		t.Fatalf("ext_proc with the agent's token: %v %v", resp, err)
 	}
 }
+
+// registerTB registers id with a fresh key and returns its token (for
+// benchmarks, which register() does not serve).
+func registerTB(tb testing.TB, g *testGateway, id *v1.AgentId) string {
+	tb.Helper()
+	pub, key, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ctx := context.Background()
+	ch, err := lifecycle(g).RequestChallenge(ctx, &v1.RequestChallengeRequest{Agent: id})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	resp, err := lifecycle(g).Register(ctx, &v1.RegisterRequest{Agent: id, PublicKey: pub, Nonce: ch.GetNonce(), Signature: ed25519.Sign(key, ch.GetNonce())})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return resp.GetCredentialToken()
+}

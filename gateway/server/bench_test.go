@@ -35,7 +35,13 @@ func reportLatency(b *testing.B, lat []time.Duration) {
 // benchCheck runs CheckAction over loopback gRPC, closed loop, from
 // parallelism×GOMAXPROCS concurrent clients, and reports throughput and latency.
 func benchCheck(b *testing.B, client v1.PolicyServiceClient, parallelism int) {
+	benchCheckAs(b, client, parallelism, "")
+}
+
+// benchCheckAs is benchCheck presenting token as the agent's credential.
+func benchCheckAs(b *testing.B, client v1.PolicyServiceClient, parallelism int, token string) {
 	req := toolReq(coder, "git_status", `{"short":true}`)
+	req.CredentialToken = token
 	ctx := context.Background()
 	var mu sync.Mutex
 	var all []time.Duration
@@ -130,6 +136,13 @@ func BenchmarkCheckActionGRPC(b *testing.B) {
 				benchCheck(b, g.client, par)
 			})
 		}
+		// The same in-memory gateway with agent authentication on (the
+		// default; the variants above run with it off): each check carries
+		// a credential token, verified once and then served from the cache.
+		b.Run("memory-agent-auth/clients="+strconv.Itoa(clients), func(b *testing.B) {
+			g := startGateway(b, examplesDir(b), func(c *Config) { c.Store, c.AgentAuth = "memory:", "token" })
+			benchCheckAs(b, g.client, par, registerTB(b, g, coder))
+		})
 	}
 }
 
