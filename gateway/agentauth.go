@@ -13,6 +13,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc/codes"
@@ -124,9 +125,10 @@ type authEntry struct {
 }
 
 type authMetrics struct {
-	refusals   *prometheus.CounterVec
-	suppressed prometheus.Counter
-	cache      *prometheus.CounterVec
+	refusals     *prometheus.CounterVec
+	suppressed   prometheus.Counter
+	cache        *prometheus.CounterVec
+	hits, misses prometheus.Counter // cache's two series, resolved once
 }
 
 // NewAgentAuth returns an AgentAuth with defaults applied.
@@ -177,6 +179,7 @@ func NewAgentAuth(o AgentAuthOptions) (*AgentAuth, error) {
 			Help: "Credential token lookups by result (hit: verified earlier, miss: verified now).",
 		}, []string{"result"}),
 	}
+	a.m.hits, a.m.misses = a.m.cache.WithLabelValues("hit"), a.m.cache.WithLabelValues("miss")
 	if o.Registry != nil {
 		for _, c := range []prometheus.Collector{a.m.refusals, a.m.suppressed, a.m.cache} {
 			if err := o.Registry.Register(c); err != nil {
@@ -302,16 +305,18 @@ func TokenFromMetadata(ctx context.Context) string {
 // verify returns the claims of a token, from the cache when it was verified
 // recently, and the cause of a refusal.
 func (a *AgentAuth) verify(ctx context.Context, token string) (identity.Claims, string, error) {
-	key := sha256.Sum256([]byte(token))
+	// Sum256 reads the bytes and keeps nothing: hash the string in place
+	// rather than copying the token on every check.
+	key := sha256.Sum256(unsafe.Slice(unsafe.StringData(token), len(token)))
 	now := a.o.Now()
 	a.mu.RLock()
 	e, ok := a.cache[key]
 	a.mu.RUnlock()
 	if ok && now.Before(e.until) {
-		a.m.cache.WithLabelValues("hit").Inc()
+		a.m.hits.Inc()
 		return e.claims, "", nil
 	}
-	a.m.cache.WithLabelValues("miss").Inc()
+	a.m.misses.Inc()
 	epoch := a.epoch.Load()
 	c, err := a.o.Issuer.Verify(ctx, token)
 	if err != nil {
