@@ -90,7 +90,9 @@ func (l *lockedBuffer) String() string {
 func startProc(t *testing.T, args ...string) *gatewayProc {
 	t.Helper()
 	p := &gatewayProc{grpc: freeAddr(t), http: freeAddr(t), log: &lockedBuffer{}}
-	args = append([]string{"-grpc-addr", p.grpc, "-api-addr", p.http, "-policy", "../../examples/policies", "-log-level", "warn"}, args...)
+	// These tests are about crashes, outages, signals and replicas, and
+	// check for agents they do not register: agent authentication is off.
+	args = append([]string{"-grpc-addr", p.grpc, "-api-addr", p.http, "-policy", "../../examples/policies", "-log-level", "warn", "-agent-auth", "off"}, args...)
 	p.cmd = exec.Command(gatewayBinary(t), args...)
 	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
 	if err := p.cmd.Start(); err != nil {
