@@ -60,6 +60,12 @@ type Options struct {
 	SilenceCacheTTL time.Duration
 	// HTTPClient sends webhooks (a client with no redirects when nil).
 	HTTPClient *http.Client
+	// Retention is how long alerts (and ended silences) are kept; every
+	// TrimEvery the engine deletes older ones. Default 30 days; negative
+	// keeps everything.
+	Retention time.Duration
+	// TrimEvery is how often old alerts are deleted. Default 1 hour.
+	TrimEvery time.Duration
 }
 
 // Validate applies defaults and rejects bad values.
@@ -83,6 +89,10 @@ func (o *Options) Validate() error {
 	def(&o.AttemptTimeout, 5*time.Second)
 	def(&o.StoreTimeout, 2*time.Second)
 	def(&o.SilenceCacheTTL, 2*time.Second)
+	def(&o.TrimEvery, time.Hour)
+	if o.Retention == 0 {
+		o.Retention = DefaultRetention
+	}
 	if o.QueueSize <= 0 {
 		o.QueueSize = 1024
 	}
@@ -102,6 +112,9 @@ func (o *Options) Validate() error {
 	}
 	return nil
 }
+
+// DefaultRetention is how long alerts are kept unless Options.Retention says otherwise.
+const DefaultRetention = 30 * 24 * time.Hour
 
 // Engine raises, stores, streams and delivers alerts. It is safe for
 // concurrent use. Close it to flush.
@@ -148,6 +161,10 @@ func New(o Options) (*Engine, error) {
 	go e.fanout(sub)
 	e.wg.Add(1)
 	go e.storeLoop()
+	if o.Retention > 0 {
+		e.subWG.Add(1)
+		go e.trimLoop()
+	}
 	e.wg.Add(1)
 	go e.deliverLoop()
 	return e, nil
@@ -333,4 +350,27 @@ func (r *recentSet) add(id string) {
 	r.ring[r.next] = id
 	r.m[id] = struct{}{}
 	r.next = (r.next + 1) % len(r.ring)
+}
+
+// trimLoop deletes alerts older than Retention now and every TrimEvery.
+// Every replica trims; the deletes are idempotent.
+func (e *Engine) trimLoop() {
+	defer e.subWG.Done()
+	t := time.NewTicker(e.o.TrimEvery)
+	defer t.Stop()
+	for {
+		ctx, cancel := context.WithTimeout(e.ctx, 30*time.Second)
+		n, err := e.o.Store.TrimAlerts(ctx, e.o.Now().Add(-e.o.Retention))
+		cancel()
+		if err != nil && e.ctx.Err() == nil {
+			e.log.Warn("trim old alerts", "err", err)
+		} else if n > 0 {
+			e.log.Info("trimmed old alerts", "deleted", n, "retention", e.o.Retention)
+		}
+		select {
+		case <-e.ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }

@@ -353,3 +353,32 @@ func value(c prometheus.Collector) float64 {
 	}
 	return m.GetCounter().GetValue()
 }
+
+func TestOldAlertsAreTrimmed(t *testing.T) {
+	st := memory.New(memory.Options{})
+	old := leak("old")
+	old.Time = time.Now().Add(-48 * time.Hour)
+	if _, err := st.InsertAlert(t.Context(), &old); err != nil {
+		t.Fatal(err)
+	}
+	e, err := New(Options{Store: st, Retention: 24 * time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close(context.Background())
+	e.Raise(leak("new"))
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		p, err := st.QueryAlerts(t.Context(), storage.AlertQuery{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(p.Alerts) == 1 && p.Alerts[0].ID == "new" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("alerts after trimming at start: %v, want only new", p.Alerts)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}

@@ -242,6 +242,9 @@ type Alerts interface {
 	// ExpireSilence ends a silence at the given instant (if it ends later)
 	// and returns it; ErrNotFound for an unknown id.
 	ExpireSilence(ctx context.Context, id string, at time.Time) (*Silence, error)
+	// TrimAlerts deletes alerts older than before and silences that ended
+	// before it, and returns how many alerts it deleted.
+	TrimAlerts(ctx context.Context, before time.Time) (int64, error)
 }
 
 // CostEntry is the cost of LLM usage of one agent and model on one UTC day.

@@ -150,6 +150,26 @@ func (s *Store) ExpireSilence(ctx context.Context, id string, at time.Time) (*st
 	return &c, nil
 }
 
+// TrimAlerts deletes old alerts and ended silences.
+func (s *Store) TrimAlerts(ctx context.Context, before time.Time) (int64, error) {
+	f := &s.feed
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var n int64
+	for id, a := range f.alerts {
+		if a.Time.Before(before) {
+			delete(f.alerts, id)
+			n++
+		}
+	}
+	for id, si := range f.silences {
+		if si.EndsAt.Before(before) {
+			delete(f.silences, id)
+		}
+	}
+	return n, nil
+}
+
 // RecordCost adds e to its daily row.
 func (s *Store) RecordCost(ctx context.Context, e storage.CostEntry) error {
 	if err := storage.ValidateCost(e); err != nil {

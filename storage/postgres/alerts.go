@@ -223,6 +223,21 @@ func (s *Store) ExpireSilence(ctx context.Context, id string, at time.Time) (*st
 	return si, err
 }
 
+// TrimAlerts deletes old alerts and ended silences.
+func (s *Store) TrimAlerts(ctx context.Context, before time.Time) (int64, error) {
+	var n int64
+	err := s.tx(ctx, "trim alerts", func(tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, `DELETE FROM alerts WHERE time_ns < $1`, before.UnixNano())
+		if err != nil {
+			return err
+		}
+		n = tag.RowsAffected()
+		_, err = tx.Exec(ctx, `DELETE FROM alert_silences WHERE ends_ns < $1`, before.UnixNano())
+		return err
+	})
+	return n, err
+}
+
 // RecordCost adds e to its daily row in one atomic upsert, so concurrent
 // replicas never lose an addition.
 func (s *Store) RecordCost(ctx context.Context, e storage.CostEntry) error {

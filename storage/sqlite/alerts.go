@@ -217,6 +217,26 @@ func (s *Store) ExpireSilence(ctx context.Context, id string, at time.Time) (*st
 	return si, nil
 }
 
+// TrimAlerts deletes old alerts and ended silences.
+func (s *Store) TrimAlerts(ctx context.Context, before time.Time) (int64, error) {
+	var n int64
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `DELETE FROM alerts WHERE time_ns < ?`, before.UnixNano())
+		if err != nil {
+			return err
+		}
+		if n, err = res.RowsAffected(); err != nil {
+			return err
+		}
+		_, err = tx.ExecContext(ctx, `DELETE FROM alert_silences WHERE ends_ns < ?`, before.UnixNano())
+		return err
+	})
+	if err != nil {
+		return 0, fmt.Errorf("trim alerts: %w", wrapErr(err))
+	}
+	return n, nil
+}
+
 // RecordCost adds e to its daily row in one upsert.
 func (s *Store) RecordCost(ctx context.Context, e storage.CostEntry) error {
 	if err := storage.ValidateCost(e); err != nil {

@@ -25,6 +25,7 @@ func RunAlerts[S AlertStore](t *testing.T, newStore func(t *testing.T) S, opts .
 	t.Run("QueryAndPage", func(t *testing.T) { testAlertQuery(t, newStore(t)) })
 	t.Run("Silences", func(t *testing.T) { testSilences(t, newStore(t)) })
 	t.Run("Costs", func(t *testing.T) { testCosts(t, newStore(t), newStore(t), false) })
+	t.Run("Trim", func(t *testing.T) { testAlertTrim(t, newStore(t)) })
 	t.Run("SharedBackend", func(t *testing.T) {
 		a := newStore(t)
 		b := second(t, c, a)
@@ -261,4 +262,30 @@ func testCosts(t *testing.T, a, b AlertStore, shared bool) {
 	checkIs(t, "QueryCosts(over limit)", err, storage.ErrInvalid)
 	checkIs(t, "RecordCost(bad day)", a.RecordCost(ctx, storage.CostEntry{Agent: bot, Day: "25/11/2026"}), storage.ErrInvalid)
 	checkIs(t, "RecordCost(negative)", a.RecordCost(ctx, storage.CostEntry{Agent: bot, Day: "2026-11-25", MicroUSD: -1}), storage.ErrInvalid)
+}
+
+func testAlertTrim(t *testing.T, s AlertStore) {
+	ctx := testContext(t)
+	for i := range 5 {
+		_, err := s.InsertAlert(ctx, &storage.Alert{ID: fmt.Sprint("t-", i), Time: base.Add(time.Duration(i) * time.Hour),
+			Kind: "policy_violation", Severity: storage.SeverityInfo})
+		check(t, "InsertAlert", err)
+	}
+	check(t, "PutSilence", s.PutSilence(ctx, &storage.Silence{ID: "ended", Kind: "x", StartsAt: base, EndsAt: base.Add(time.Hour), CreatedAt: base}))
+	check(t, "PutSilence", s.PutSilence(ctx, &storage.Silence{ID: "open", Kind: "x", StartsAt: base, EndsAt: base.Add(9 * time.Hour), CreatedAt: base}))
+	n, err := s.TrimAlerts(ctx, base.Add(2*time.Hour))
+	check(t, "TrimAlerts", err)
+	if n != 2 {
+		t.Fatalf("TrimAlerts deleted %d alerts, want 2 (those before +2h)", n)
+	}
+	p, err := s.QueryAlerts(ctx, storage.AlertQuery{})
+	check(t, "QueryAlerts", err)
+	if len(p.Alerts) != 3 || p.Alerts[2].ID != "t-2" {
+		t.Fatalf("after trim %d alerts remain (oldest %v), want t-2..t-4", len(p.Alerts), p.Alerts)
+	}
+	ss, err := s.ListSilences(ctx, time.Time{})
+	check(t, "ListSilences", err)
+	if len(ss) != 1 || ss[0].ID != "open" {
+		t.Fatalf("after trim silences = %v, want only the one still running", ss)
+	}
 }
