@@ -430,3 +430,36 @@ func adsNACK(t *testing.T, conn *grpc.ClientConn, id, msg string) {
 		t.Fatal(err)
 	}
 }
+
+func TestAlertWebhookConfig(t *testing.T) {
+	dir := t.TempDir()
+	short := filepath.Join(dir, "short")
+	if err := os.WriteFile(short, []byte("tooshort\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		hooks, secret, want string
+	}{
+		{"ftp://hooks.example.com/x", "", "--alert-webhook: alert webhook \"ftp://hooks.example.com/x\": want an absolute http:// or https:// URL"},
+		{"https://hooks.example.com/x", "", "--alert-webhook-secret-file: is required with --alert-webhook"},
+	} {
+		c := DefaultConfig()
+		if err := parseWebhooks(&c, tc.hooks); err != nil {
+			t.Fatal(err)
+		}
+		c.AlertWebhookSecretFile = tc.secret
+		if err := c.Validate(); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("hooks %q secret %q: Validate = %v, want %q", tc.hooks, tc.secret, err, tc.want)
+		}
+	}
+	c := DefaultConfig()
+	if err := parseWebhooks(&c, " https://a.example/x , http://127.0.0.1:9/y,"); err != nil || len(c.AlertWebhooks) != 2 || c.AlertWebhooks[1] != "http://127.0.0.1:9/y" {
+		t.Fatalf("parseWebhooks = %v, %v", c.AlertWebhooks, err)
+	}
+	if _, err := webhookSecret(short); err == nil || !strings.Contains(err.Error(), "at least 16 bytes") {
+		t.Fatalf("short secret: %v", err)
+	}
+	if _, err := webhookSecret(filepath.Join(dir, "missing")); err == nil || !strings.Contains(err.Error(), "read alert webhook secret") {
+		t.Fatalf("missing secret: %v", err)
+	}
+}
