@@ -34,7 +34,7 @@ type envoy struct {
 
 func newEnvoy(t *testing.T) *envoy {
 	t.Helper()
-	addr := servertest.Start(t, "testdata/policies", nil)
+	addr := servertest.Start(t, "testdata/policies", servertest.AgentAuthOff)
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)

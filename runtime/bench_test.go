@@ -24,7 +24,7 @@ import (
 // SDK client on the runtime's socket.
 func benchSetup(b *testing.B, cacheTTL time.Duration) (*sdkclient.Client, string, string) {
 	b.Helper()
-	gw := servertest.Start(b, "testdata/policies", nil)
+	gw := servertest.Start(b, "testdata/policies", servertest.AgentAuthOff)
 	dir := b.TempDir()
 	sock := filepath.Join(dir, "a1.sock")
 	startRuntime(b, runtime.Options{
@@ -75,7 +75,7 @@ func BenchmarkCheckThroughRuntime(b *testing.B) {
 // BenchmarkCheckDirectGateway is the same check from the SDK straight to the
 // gateway over gRPC, the baseline for the runtime's added cost.
 func BenchmarkCheckDirectGateway(b *testing.B) {
-	gw := servertest.Start(b, "testdata/policies", nil)
+	gw := servertest.Start(b, "testdata/policies", servertest.AgentAuthOff)
 	c, err := sdkclient.Dial(context.Background(), sdkclient.Options{Gateway: gw, Agent: agentA.String()})
 	if err != nil {
 		b.Fatal(err)

@@ -26,7 +26,7 @@ func activeVersion(t *testing.T, addr string) string {
 
 func TestPolicyLifecycleCLI(t *testing.T) {
 	dir := copyDir(t, "../../examples/policies")
-	addr := servertest.Start(t, dir, nil)
+	addr := servertest.Start(t, dir, servertest.AgentAuthOff)
 	lit := map[string]string{dir: "<POLICY_DIR>"}
 	a := func(args ...string) []string { return append([]string{"--addr", addr}, args...) }
 
@@ -71,7 +71,7 @@ func TestPolicyLifecycleCLI(t *testing.T) {
 }
 
 func TestPolicyApplyRejectsInvalid(t *testing.T) {
-	addr := servertest.Start(t, "../../examples/policies", nil)
+	addr := servertest.Start(t, "../../examples/policies", servertest.AgentAuthOff)
 	bad := t.TempDir()
 	doc := "apiVersion: agent-assembly/v1\nkind: Policy\nmetadata: {name: b}\nspec:\n  default: allow\n  network:\n    allowlist:\n      - cidr: 10.0.0/8\n"
 	if err := os.WriteFile(filepath.Join(bad, "bad.yaml"), []byte(doc), 0o644); err != nil {
@@ -103,7 +103,7 @@ func TestPolicyApplyRejectsInvalid(t *testing.T) {
 }
 
 func TestPolicySimulateCLI(t *testing.T) {
-	addr := servertest.Start(t, "../../examples/policies", nil)
+	addr := servertest.Start(t, "../../examples/policies", servertest.AgentAuthOff)
 	a := func(args ...string) []string { return append([]string{"--addr", addr}, args...) }
 	// Record some traffic in the gateway's audit log.
 	mustBin(t, exitAllow, a("check", "--agent", "acme/research/researcher-1", "--host", "en.wikipedia.org")...)

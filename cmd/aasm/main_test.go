@@ -14,7 +14,7 @@ import (
 
 // startGateway runs a real gateway (memory store, example policies) on loopback.
 func startGateway(t *testing.T) string {
-	return servertest.Start(t, "../../examples/policies", nil)
+	return servertest.Start(t, "../../examples/policies", servertest.AgentAuthOff)
 }
 
 func run(t *testing.T, args ...string) (int, string, string) {

@@ -18,7 +18,7 @@ import (
 // startNamedGateway starts a gateway whose replica id is gw-test.
 func startNamedGateway(t *testing.T) string {
 	t.Helper()
-	return servertest.Start(t, "../../examples/policies", func(c *server.Config) { c.ReplicaID = "gw-test" })
+	return servertest.Start(t, "../../examples/policies", func(c *server.Config) { c.ReplicaID, c.AgentAuth = "gw-test", "off" })
 }
 
 // TestStatus runs aasm status against a real gateway: the table (golden),

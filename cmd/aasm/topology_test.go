@@ -9,7 +9,7 @@ import (
 )
 
 func TestTopologyCLI(t *testing.T) {
-	addr := servertest.Start(t, "../../examples/policies", nil)
+	addr := servertest.Start(t, "../../examples/policies", servertest.AgentAuthOff)
 	a := func(args ...string) []string { return append([]string{"--addr", addr}, args...) }
 	if out := mustBin(t, 0, a("topology")...); !strings.Contains(out, "(none)") {
 		t.Fatalf("empty topology:\n%s", out)

@@ -71,6 +71,7 @@ func TestTracesReachCollector(t *testing.T) {
 
 	addr := servertest.Start(t, "../../examples/policies", func(c *server.Config) {
 		c.OTLPEndpoint, c.OTLPInsecure = l.Addr().String(), true
+		c.AgentAuth = "off"
 	})
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
