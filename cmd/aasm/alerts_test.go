@@ -14,7 +14,6 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	v1 "github.com/agent-assembly/agent-assembly/api/agentassembly/v1"
-	"github.com/agent-assembly/agent-assembly/gateway/server"
 	"github.com/agent-assembly/agent-assembly/gateway/server/servertest"
 )
 
@@ -43,7 +42,7 @@ var reResets = regexp.MustCompile(`resets in [0-9hms.]+`)
 // credential through a real gateway and reads them back with aasm alerts
 // list/watch, silences and aasm budget costs.
 func TestAlertsAndCosts(t *testing.T) {
-	addr := servertest.Start(t, "testdata/alerts-policy", func(c *server.Config) { c.AgentAuth = "off" })
+	addr := servertest.Start(t, "testdata/alerts-policy", servertest.AgentAuthOff)
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
