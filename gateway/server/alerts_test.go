@@ -365,6 +365,24 @@ func TestAlertsFromRuntimeXDSAndAudit(t *testing.T) {
 		t.Fatalf("NACK alert = %v", nack)
 	}
 
+	// Silences over REST.
+	code, created := restCall(t, "POST", g.base+"/v1/alerts/silences", `{"severity":"info","duration":"600s","comment":"rest"}`)
+	if code != 200 || created["active"] != true || created["severity"] != "info" {
+		t.Fatalf("POST /v1/alerts/silences: %d %v", code, created)
+	}
+	code, listed := restCall(t, "GET", g.base+"/v1/alerts/silences", "")
+	if ss, _ := listed["silences"].([]any); code != 200 || len(ss) != 1 || ss[0].(map[string]any)["id"] != created["id"] {
+		t.Fatalf("GET /v1/alerts/silences: %d %v", code, listed)
+	}
+	for _, bad := range []string{`{"duration":"600s"}`, `{"kind":"nope","duration":"600s"}`, `{"kind":"xds_nack"}`, `{"kind":"xds_nack","duration":"-5s"}`} {
+		if code, body := restCall(t, "POST", g.base+"/v1/alerts/silences", bad); code != 400 {
+			t.Errorf("POST /v1/alerts/silences %s: %d %v, want 400", bad, code, body)
+		}
+	}
+	if code, body := restCall(t, "DELETE", g.base+"/v1/alerts/silences/not-a-uuid", ""); code != 400 {
+		t.Errorf("DELETE a malformed silence id: %d %v, want 400", code, body)
+	}
+
 	// An operator suspends an agent, then kills it: two alerts, the kill critical.
 	register(t, g, coder, nil)
 	life := v1.NewAgentLifecycleServiceClient(g.conn)
