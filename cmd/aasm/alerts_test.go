@@ -74,7 +74,9 @@ func TestAlertsAndCosts(t *testing.T) {
 	wctx, wcancel := context.WithCancel(ctx)
 	var wout, werr syncBuffer
 	wdone := make(chan int, 1)
-	go func() { wdone <- execute(wctx, []string{"--addr", addr, "-o", "json", "alerts", "watch"}, &wout, &werr) }()
+	go func() {
+		wdone <- execute(wctx, []string{"--addr", addr, "-o", "json", "alerts", "watch"}, &wout, &werr)
+	}()
 	for deadline := time.Now().Add(20 * time.Second); !strings.Contains(wout.String(), "policy_violation"); {
 		if time.Now().After(deadline) {
 			t.Fatalf("alerts watch showed nothing: %s", werr.String())
