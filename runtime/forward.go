@@ -73,6 +73,9 @@ func (rt *Runtime) send(ctx context.Context, entries []buffer.Entry) error {
 	for i, e := range entries {
 		req.Events[i] = e.Event
 	}
+	if drops := rt.drops.Load(); drops != nil {
+		req.KernelDrops = (*drops)()
+	}
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	cctx, _ = rt.withTokens(cctx)
@@ -121,6 +124,8 @@ func (rt *Runtime) follow(ctx context.Context, last *int64, agents []*v1.AgentId
 		// With credentials, the subscription is for the agents they prove
 		// (the gateway refuses agents without one).
 		sctx, agents = tctx, proven
+	} else if rt.opts.Register {
+		return errors.New("no agent has registered yet: subscribing once one has a credential")
 	}
 	stream, err := rt.inval.Subscribe(sctx, &v1.SubscribeRequest{Subscriber: rt.buf.Reporter(), LastSeqSeen: *last, Agents: agents})
 	if err != nil {

@@ -38,6 +38,7 @@ type Runtime struct {
 	life      v1.AgentLifecycleServiceClient
 
 	reachable atomic.Bool
+	drops     atomic.Pointer[func() uint64] // kernel ring buffer losses, see ReportKernelDrops
 	conns     sync.WaitGroup
 	ready     chan struct{}
 }
@@ -236,6 +237,18 @@ func (rt *Runtime) prepare(ev *v1.ReportedEvent) error {
 		ev.Action = withoutToken(ev.Action)
 	}
 	return nil
+}
+
+// ReportKernelDrops makes every ReportEvents call carry drops(): the
+// running count of kernel verdicts the eBPF ring buffer lost (enforced but
+// not audited), from which the gateway raises an ebpf_drops alert. Nil
+// stops it.
+func (rt *Runtime) ReportKernelDrops(drops func() uint64) {
+	if drops == nil {
+		rt.drops.Store(nil)
+		return
+	}
+	rt.drops.Store(&drops)
 }
 
 // Flush waits until every buffered event has been acknowledged by the

@@ -311,6 +311,7 @@ func attachKernel(rt *runtime.Runtime, g *cgroup.Group, a runtime.Agent, cfg bpf
 		opts.Hosts = verdicts.HostIndex(pk.ea.Resolved) // network verdicts name the policy hosts their address came from
 	}
 	pump := verdicts.Start(rd, rt, opts)
+	rt.ReportKernelDrops(verdicts.Drops(gov, log))
 	return func() {
 		// Drain what the programs wrote before the agent exited (the pump
 		// takes it into the buffer), then stop the pump and detach.

@@ -3,14 +3,17 @@ package verdicts_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/agent-assembly/agent-assembly/alerts"
 	v1 "github.com/agent-assembly/agent-assembly/api/agentassembly/v1"
 	"github.com/agent-assembly/agent-assembly/bpf"
 	"github.com/agent-assembly/agent-assembly/bpf/cgrouptest"
@@ -294,5 +297,47 @@ func TestResolvedHostCorrelates(t *testing.T) {
 	rec := r.expect(w)
 	if !strings.Contains(rec.GetReason(), "for host api.example.test") || !strings.Contains(rec.GetReason(), "decision "+sdk.DecisionID) || rec.GetTraceId() != "trace-host-1" {
 		t.Errorf("kernel record not linked to the SDK decision %s: reason %q trace %q", sdk.DecisionID, rec.GetReason(), rec.GetTraceId())
+	}
+}
+
+// TestKernelDropsAlerted: verdicts made while nobody reads the ring buffer
+// overflow it; the kernel counts the loss, the runtime reports the count
+// with its next ReportEvents, and the gateway raises an ebpf_drops alert
+// naming the runtime.
+func TestKernelDropsAlerted(t *testing.T) {
+	r := newRig(t, nil)
+	cg := cgrouptest.New(t, "")
+	if err := r.gov.Govern(cg, bpf.AgentConfig{ID: 1}); err != nil {
+		t.Fatalf("govern: %v", err)
+	}
+	const n = 80000 // the 4 MiB ring buffer holds about 52,000 network verdicts
+	if _, got := act(t, cg, "connects", strconv.Itoa(n), "192.0.2.1:80"); got != strconv.Itoa(n) {
+		t.Fatalf("%d connects: %s denied, want all", n, got)
+	}
+	st, err := r.gov.Stats()
+	if err != nil || st.Drops == 0 {
+		t.Fatalf("no drops counted after %d verdicts with no reader: %+v %v", n, st, err)
+	}
+	r.rt.ReportKernelDrops(verdicts.Drops(r.gov, r.log))
+	r.startPump()
+	ac := v1.NewAlertServiceClient(r.cc)
+	deadline := time.Now().Add(30 * time.Second) // hang guard
+	for {
+		resp, err := ac.ListAlerts(context.Background(), &v1.ListAlertsRequest{Kind: alerts.KindEBPFDrops})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(resp.GetAlerts()) > 0 {
+			a := resp.GetAlerts()[0]
+			if !strings.Contains(a.GetSummary(), fmt.Sprintf("lost %d kernel events", st.Drops)) || !strings.Contains(a.GetSummary(), "runtime/") {
+				t.Fatalf("alert %q, want the runtime and its %d drops", a.GetSummary(), st.Drops)
+			}
+			t.Logf("alert: %s", a.GetSummary())
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no ebpf_drops alert after %d drops", st.Drops)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }

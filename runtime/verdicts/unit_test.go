@@ -97,3 +97,28 @@ func TestHostIndex(t *testing.T) {
 }
 
 var errTest = errors.New("no such host")
+
+type fakeStats struct {
+	st  bpf.Stats
+	err error
+}
+
+func (f *fakeStats) Stats() (bpf.Stats, error) { return f.st, f.err }
+
+// TestDrops: the count follows the kernel's; an unreadable counter keeps
+// the last count instead of reporting zero.
+func TestDrops(t *testing.T) {
+	f := &fakeStats{st: bpf.Stats{Drops: 5}}
+	drops := verdicts.Drops(f, nil)
+	if got := drops(); got != 5 {
+		t.Fatalf("drops = %d, want 5", got)
+	}
+	f.err = errors.New("map gone")
+	if got := drops(); got != 5 {
+		t.Fatalf("drops while unreadable = %d, want the last count 5", got)
+	}
+	f.err, f.st.Drops = nil, 9
+	if got := drops(); got != 9 {
+		t.Fatalf("drops = %d, want 9", got)
+	}
+}

@@ -174,6 +174,40 @@ func ProcInfo(ev *bpf.Event) string {
 	return fmt.Sprintf("(pid %d, uid %d, comm %s)", ev.PID, ev.UID, ev.Comm)
 }
 
+// Stater reports the kernel-side counters; *bpf.Governor is one.
+type Stater interface {
+	Stats() (bpf.Stats, error)
+}
+
+var _ Stater = (*bpf.Governor)(nil)
+
+// Drops returns the running count of verdicts g's ring buffer lost, for
+// (*runtime.Runtime).ReportKernelDrops. A failure to read the counters is
+// logged (once per failure streak) and reported as the last count read.
+func Drops(g Stater, log *slog.Logger) func() uint64 {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	var mu sync.Mutex
+	var last uint64
+	failing := false
+	return func() uint64 {
+		mu.Lock()
+		defer mu.Unlock()
+		st, err := g.Stats()
+		if err != nil {
+			if !failing {
+				log.Warn("eBPF counters unreadable: ring buffer drops are not reported", "err", err)
+			}
+			failing = true
+			return last
+		}
+		failing = false
+		last = max(last, st.Drops)
+		return last
+	}
+}
+
 // HostIndex returns a Hosts that looks an address up in what resolved
 // returns now ((*egress.Agent).Resolved): every host whose current
 // addresses include it, in host order. Names the gateway would refuse (not
