@@ -285,21 +285,34 @@ func TestAlertsEndToEnd(t *testing.T) {
 		t.Fatalf("CreateSilence without matchers = %v, want an error asking for a matcher", err)
 	}
 
-	// Metrics: three deliveries, three retries, one silenced.
-	resp, err := http.Get(g.base + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	for _, line := range []string{
+	// Metrics: three deliveries, three retries, one silenced. A delivery is
+	// counted when the receiver's answer arrives, just after it handed over
+	// the payload, so the scrape is repeated until then.
+	want := []string{
 		`aa_alert_webhook_deliveries_total{result="delivered"} 3`,
 		`aa_alert_webhook_deliveries_total{result="retried"} 3`,
 		`aa_alert_webhook_deliveries_total{result="silenced"} 1`,
-	} {
-		if !strings.Contains(string(b), line) {
-			t.Errorf("/metrics lacks %q", line)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		resp, err := http.Get(g.base + "/metrics")
+		if err != nil {
+			t.Fatal(err)
 		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		var missing []string
+		for _, line := range want {
+			if !strings.Contains(string(b), line) {
+				missing = append(missing, line)
+			}
+		}
+		if len(missing) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/metrics lacks %q", missing)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 
