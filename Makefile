@@ -13,8 +13,8 @@ help: ## list targets
 build: ## build aa-gateway and aasm into bin/
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/ ./cmd/...
 
-run: build ## start the gateway: SQLite under ./data, examples/policies, gRPC :50051, REST :7700
-	./bin/aa-gateway
+run: build ## start the gateway for development: SQLite under ./data, examples/policies, gRPC :50051, REST :7700, agents trusted by name (--agent-auth off, loopback only)
+	./bin/aa-gateway --agent-auth off
 
 test: ## the full suite: starts throwaway PostgreSQL/Redis when available, vet, race tests, bounded fuzzing
 	scripts/test.sh
