@@ -44,8 +44,12 @@ func (s identityStream) Context() context.Context { return s.ctx }
 func grpcRequest(ctx context.Context, method string) Request {
 	r := Request{Method: method, Surface: "grpc"}
 	if md, ok := metadata.FromIncomingContext(ctx); ok {
-		if v := md.Get("authorization"); len(v) > 0 {
+		switch v := md.Get("authorization"); len(v) {
+		case 0:
+		case 1:
 			r.Authorization = v[0]
+		default:
+			r.Authorization = "ambiguous" // several credentials: refused as malformed
 		}
 	}
 	if p, ok := peer.FromContext(ctx); ok {

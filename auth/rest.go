@@ -66,6 +66,9 @@ func (a *Authenticator) Middleware(routes Routes) runtime.Middleware {
 	return func(next runtime.HandlerFunc) runtime.HandlerFunc {
 		return func(w http.ResponseWriter, r *http.Request, params map[string]string) {
 			req := Request{Surface: "rest", Authorization: r.Header.Get("Authorization"), Source: hostOf(r.RemoteAddr)}
+			if len(r.Header.Values("Authorization")) > 1 {
+				req.Authorization = "ambiguous" // several credentials: refused as malformed
+			}
 			if r.TLS != nil {
 				req.PeerCert = verifiedLeaf(r.TLS.VerifiedChains)
 			}

@@ -7,6 +7,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	v1 "github.com/agent-assembly/agent-assembly/api/agentassembly/v1"
+	"github.com/agent-assembly/agent-assembly/storage"
 )
 
 // ReplicaStatus is what one gateway replica reports about itself.
@@ -45,12 +46,13 @@ type StatusSource interface {
 	ReplicaStatus(ctx context.Context) (ReplicaStatus, error)
 }
 
-// AdminService serves agentassembly.v1.AdminService. Only GetStatus is
-// implemented; the API-key calls answer Unimplemented until operator
-// authentication lands.
+// AdminService serves agentassembly.v1.AdminService: GetStatus, and the
+// API-key calls once WithKeys gives it a key store (adminkeys.go).
 type AdminService struct {
 	v1.UnimplementedAdminServiceServer
-	src StatusSource
+	src   StatusSource
+	keys  storage.APIKeys
+	audit governanceAuditor
 }
 
 var _ v1.AdminServiceServer = (*AdminService)(nil)

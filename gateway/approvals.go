@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/agent-assembly/agent-assembly/action"
+	"github.com/agent-assembly/agent-assembly/auth"
 	"github.com/agent-assembly/agent-assembly/storage"
 )
 
@@ -202,6 +203,9 @@ func (c *Core) auditApproval(ctx context.Context, ap *storage.Approval) {
 	reason := fmt.Sprintf("approval %s %s by %s", ap.ID, ap.Status, ap.DecidedBy)
 	if ap.Comment != "" {
 		reason += ": " + ap.Comment
+	}
+	if p := auth.Principal(ctx); p != "" && p != ap.DecidedBy {
+		reason += " [key " + p + "]"
 	}
 	rec := &storage.AuditRecord{
 		Chain: c.chain, ID: newID(), Time: c.now(), Event: storage.EventGovernance, Agent: ap.Agent,

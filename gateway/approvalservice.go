@@ -11,6 +11,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	v1 "github.com/agent-assembly/agent-assembly/api/agentassembly/v1"
+	"github.com/agent-assembly/agent-assembly/auth"
 	"github.com/agent-assembly/agent-assembly/storage"
 )
 
@@ -93,16 +94,19 @@ func (s *ApprovalService) Decide(ctx context.Context, req *v1.DecideRequest) (*v
 	if req.GetId() == "" {
 		return nil, requestStatus(badField("id", "is required"))
 	}
-	if req.GetDecidedBy() == "" {
+	if req.GetDecidedBy() == "" && auth.Principal(ctx) == "" {
 		return nil, requestStatus(badField("decided_by", "is required: who decides (recorded in the audit log)"))
 	}
-	if err := checkID("decided_by", req.GetDecidedBy(), true); err != nil {
+	if err := checkID("decided_by", req.GetDecidedBy(), false); err != nil {
 		return nil, requestStatus(err)
 	}
+	// decided_by defaults to the authenticated operator's key name; the
+	// audit record names the key either way (auditApproval).
+	by := authorOf(ctx, req.GetDecidedBy())
 	if len(req.GetComment()) > 4096 {
 		return nil, requestStatus(badField("comment", "is over 4096 bytes"))
 	}
-	a, err := s.core.DecideApproval(ctx, req.GetId(), req.GetApprove(), req.GetDecidedBy(), req.GetComment())
+	a, err := s.core.DecideApproval(ctx, req.GetId(), req.GetApprove(), by, req.GetComment())
 	if err != nil {
 		if errors.Is(err, storage.ErrConflict) {
 			return nil, status.Errorf(codes.FailedPrecondition, "decide approval %s: %v (it was already decided or has expired)", req.GetId(), err)

@@ -377,6 +377,7 @@ func (c *Core) AuditGovernance(ctx context.Context, agent action.AgentID, ruleID
 	if payload == nil {
 		payload = []byte(`{}`)
 	}
+	payload = withActor(ctx, payload)
 	rec := &storage.AuditRecord{
 		Chain: c.chain, ID: newID(), Time: c.now(), Event: storage.EventGovernance, Agent: agent,
 		Payload: payload, Decision: action.Allow, RuleID: ruleID, Mode: action.ModeEnforce, Reason: reason,

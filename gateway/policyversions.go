@@ -17,6 +17,7 @@ import (
 
 	"github.com/agent-assembly/agent-assembly/action"
 	v1 "github.com/agent-assembly/agent-assembly/api/agentassembly/v1"
+	"github.com/agent-assembly/agent-assembly/auth"
 	"github.com/agent-assembly/agent-assembly/policy"
 	"github.com/agent-assembly/agent-assembly/storage"
 )
@@ -278,7 +279,9 @@ func lifecycleStatus(op string, err error) error {
 }
 
 // authorOf names the caller: the request's author, else the aa-author
-// metadata, else the peer address.
+// metadata, else the authenticated operator (the API key's name, see
+// auth.Principal), else the peer address. The governance record of the
+// change names the key in any case ("by", see withActor).
 func authorOf(ctx context.Context, given string) string {
 	clean := func(a string) string {
 		a = strings.Join(strings.Fields(a), " ")
@@ -287,13 +290,17 @@ func authorOf(ctx context.Context, given string) string {
 		}
 		return a
 	}
-	if a := clean(given); a != "" {
-		return a
-	}
-	if md, ok := metadata.FromIncomingContext(ctx); ok {
-		if v := md.Get(AuthorHeader); len(v) > 0 && clean(v[0]) != "" {
-			return clean(v[0])
+	claimed := clean(given)
+	if md, ok := metadata.FromIncomingContext(ctx); ok && claimed == "" {
+		if v := md.Get(AuthorHeader); len(v) > 0 {
+			claimed = clean(v[0])
 		}
+	}
+	if claimed != "" {
+		return claimed
+	}
+	if p := auth.Principal(ctx); p != "" {
+		return p
 	}
 	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
 		return "api:" + p.Addr.String()

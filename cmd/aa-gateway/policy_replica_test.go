@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/metadata"
 
 	v1 "github.com/agent-assembly/agent-assembly/api/agentassembly/v1"
+	"github.com/agent-assembly/agent-assembly/gateway/server/servertest"
 )
 
 const blockWiki = `apiVersion: agent-assembly/v1
@@ -73,7 +74,7 @@ func waitDecision(t *testing.T, c v1.PolicyServiceClient, want v1.Decision, vers
 }
 
 func lifecycleClients(t *testing.T, p *gatewayProc) v1.PolicyServiceClient {
-	conn, err := grpc.NewClient(p.grpc, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(p.grpc, grpc.WithTransportCredentials(insecure.NewCredentials()), servertest.AdminCreds())
 	if err != nil {
 		t.Fatal(err)
 	}

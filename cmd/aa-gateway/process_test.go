@@ -19,6 +19,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	v1 "github.com/agent-assembly/agent-assembly/api/agentassembly/v1"
+	"github.com/agent-assembly/agent-assembly/gateway/server"
+	"github.com/agent-assembly/agent-assembly/gateway/server/servertest"
 )
 
 var httpClient = &http.Client{Timeout: 10 * time.Second}
@@ -94,6 +96,7 @@ func startProc(t *testing.T, args ...string) *gatewayProc {
 	// check for agents they do not register: agent authentication is off.
 	args = append([]string{"-grpc-addr", p.grpc, "-api-addr", p.http, "-policy", "../../examples/policies", "-log-level", "warn", "-agent-auth", "off"}, args...)
 	p.cmd = exec.Command(gatewayBinary(t), args...)
+	p.cmd.Env = append(os.Environ(), server.BootstrapKeyEnv+"="+servertest.AdminKey) // operator calls below present it
 	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -121,7 +124,7 @@ func startProc(t *testing.T, args ...string) *gatewayProc {
 }
 
 func (p *gatewayProc) client(t *testing.T) (v1.PolicyServiceClient, v1.AuditServiceClient) {
-	conn, err := grpc.NewClient(p.grpc, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(p.grpc, grpc.WithTransportCredentials(insecure.NewCredentials()), servertest.AdminCreds())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,13 +14,17 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	v1 "github.com/agent-assembly/agent-assembly/api/agentassembly/v1"
+	"github.com/agent-assembly/agent-assembly/auth"
 )
 
-// loginConfig is what aasm login saves: the gateway to talk to and the
-// operator API key to present once the gateway checks keys.
+// loginConfig is what aasm login saves: the gateway to talk to, how (TLS,
+// the CA that signs its certificate) and the operator API key to present.
+// The key is sent only to this address.
 type loginConfig struct {
 	Addr    string    `yaml:"addr"`
 	Key     string    `yaml:"key,omitempty"`
+	TLS     bool      `yaml:"tls,omitempty"`
+	CAFile  string    `yaml:"ca_file,omitempty"`
 	SavedAt time.Time `yaml:"saved_at"`
 }
 
@@ -154,29 +158,47 @@ func newLoginCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "login",
 		Short: "Save the gateway address (and an API key) for later commands",
-		Long: `login checks that the gateway at --addr answers, then saves its address and
-an operator API key to $XDG_CONFIG_HOME/agent-assembly/config.yaml (or
+		Long: `login checks that the gateway at --addr accepts the operator API key, then
+saves the address, the key and the TLS settings to
+$XDG_CONFIG_HOME/agent-assembly/config.yaml (or
 ~/.config/agent-assembly/config.yaml), readable by you only (mode 0600).
-Later commands use the saved address when neither --addr nor $AA_ADDR is set.
+Later commands use the saved address when neither --addr nor $AA_ADDR is set,
+and present the saved key to that address only (--api-key and $AA_API_KEY
+take precedence).
 
-The key is read from --key-file, or from stdin when it is piped. It is stored
-for operator authentication, which the gateway does not check yet: today the
-key is saved but not sent, and any client that reaches the gateway's port can
-operate it. Protect that port.
+The key (aak_<id>_<secret>) is read from --key-file, or from stdin when it is
+piped. On a fresh gateway use the bootstrap admin key it printed once and
+wrote to ./data/admin.key; then create named keys with aasm admin key create.
+An address https://host:port, --ca-file or --insecure-skip-tls-verify turns
+TLS on, and is remembered.
 
 Exit status: 0 saved, 3 error (nothing saved).`,
-		Example: `  aasm login --addr gw.internal:50051
-  aasm login --addr gw.internal:50051 --key-file ~/.aa-key
+		Example: `  aasm login --key-file ./data/admin.key
+  aasm login --addr https://gw.internal:50051 --ca-file ca.pem --key-file ~/.aa-key
   pass show aa/key | aasm login --addr gw.internal:50051`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if !cmd.Flags().Changed("addr") && os.Getenv("AA_ADDR") == "" {
-				return errors.New("login needs the gateway address: aasm login --addr HOST:PORT")
+			if !cmd.Flags().Changed("addr") && os.Getenv("AA_ADDR") == "" && keyFile == "" {
+				return errors.New("login needs the gateway address or a key: aasm login --addr HOST:PORT --key-file FILE")
 			}
 			key, err := readKey(keyFile, cmd.InOrStdin())
 			if err != nil {
 				return err
 			}
+			if key != "" {
+				if _, err := auth.ParseKey(key); err != nil {
+					return fmt.Errorf("read key: %w; nothing saved", err)
+				}
+				g.conn.apiKey = key // check this key, not a saved one
+			}
+			_, useTLS := g.target()
+			caFile := g.conn.caFile
+			if caFile != "" {
+				if caFile, err = filepath.Abs(caFile); err != nil {
+					return fmt.Errorf("--ca-file: %w", err)
+				}
+			}
+			useTLS = useTLS || caFile != "" || g.conn.skipVerify
 			path, err := configPath()
 			if err != nil {
 				return err
@@ -189,7 +211,7 @@ Exit status: 0 saved, 3 error (nothing saved).`,
 			if err != nil {
 				return fmt.Errorf("%s\n  nothing saved", describe(err, g.addr))
 			}
-			if err := saveLoginConfig(path, loginConfig{Addr: g.addr, Key: key, SavedAt: time.Now().UTC()}); err != nil {
+			if err := saveLoginConfig(path, loginConfig{Addr: g.addr, Key: key, TLS: useTLS, CAFile: caFile, SavedAt: time.Now().UTC()}); err != nil {
 				return err
 			}
 			fmt.Fprintf(g.out, "Logged in to %s (gateway %s, replica %s).\nSaved to %s", g.addr, st.GetVersion(), st.GetReplicaId(), path)

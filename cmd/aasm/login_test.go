@@ -9,15 +9,17 @@ import (
 	"testing"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/agent-assembly/agent-assembly/gateway/server/servertest"
 )
 
 // loginEnv is an environment with its own HOME and XDG_CONFIG_HOME, no
-// AA_ADDR, plus extra.
+// AA_ADDR and no AA_API_KEY (the key comes from the login), plus extra.
 func loginEnv(t *testing.T, extra ...string) (env []string, cfgDir string) {
 	t.Helper()
 	cfgDir = t.TempDir()
 	for _, kv := range os.Environ() {
-		if k, _, _ := strings.Cut(kv, "="); k != "AA_ADDR" && k != "HOME" && k != "XDG_CONFIG_HOME" {
+		if k, _, _ := strings.Cut(kv, "="); k != "AA_ADDR" && k != "AA_API_KEY" && k != "HOME" && k != "XDG_CONFIG_HOME" {
 			env = append(env, kv)
 		}
 	}
@@ -62,7 +64,7 @@ func TestLoginStatusLogout(t *testing.T) {
 	if code != exitError || !strings.Contains(errOut, "aasm login --addr HOST:PORT") {
 		t.Fatalf("login without an address: exit %d\n%s", code, errOut)
 	}
-	code, _, errOut = runEnv(t, env, "k-1", "login", "--addr", "127.0.0.1:1", "--timeout", "2s")
+	code, _, errOut = runEnv(t, env, servertest.AdminKey, "login", "--addr", "127.0.0.1:1", "--timeout", "2s")
 	if code != exitError || !strings.Contains(errOut, "cannot reach the gateway at 127.0.0.1:1") || !strings.Contains(errOut, "nothing saved") {
 		t.Fatalf("login to nothing: exit %d\n%s", code, errOut)
 	}
@@ -72,8 +74,13 @@ func TestLoginStatusLogout(t *testing.T) {
 		t.Fatalf("login with a bad key: exit %d\n%s", code, errOut)
 	}
 	noFile("login with a bad key")
+	code, _, errOut = runEnv(t, env, "aak_0123456789abcdef_dGVzdC1vbmx5LWFkbWluLWtleS1kby1ub3QtdXNlISE\n", "login", "--addr", addr)
+	if code != exitError || !strings.Contains(errOut, "did not accept the credentials") || !strings.Contains(errOut, "nothing saved") {
+		t.Fatalf("login with an unknown key: exit %d\n%s", code, errOut)
+	}
+	noFile("login with an unknown key")
 
-	code, out, errOut := runEnv(t, env, "aa-key-123\n", "login", "--addr", addr)
+	code, out, errOut := runEnv(t, env, servertest.AdminKey+"\n", "login", "--addr", addr)
 	if code != 0 || !strings.Contains(out, "Logged in to "+addr) || !strings.Contains(out, "replica gw-test") || !strings.Contains(out, path) {
 		t.Fatalf("login: exit %d\n%s\n%s", code, out, errOut)
 	}
@@ -86,7 +93,7 @@ func TestLoginStatusLogout(t *testing.T) {
 	}
 	var saved loginConfig
 	b, _ := os.ReadFile(path)
-	if err := yaml.Unmarshal(b, &saved); err != nil || saved.Addr != addr || saved.Key != "aa-key-123" || saved.SavedAt.IsZero() {
+	if err := yaml.Unmarshal(b, &saved); err != nil || saved.Addr != addr || saved.Key != servertest.AdminKey || saved.SavedAt.IsZero() {
 		t.Fatalf("saved config %v: %q", err, b)
 	}
 
@@ -107,14 +114,15 @@ func TestLoginStatusLogout(t *testing.T) {
 
 	// A key file replaces the saved key.
 	keyFile := filepath.Join(t.TempDir(), "key")
-	if err := os.WriteFile(keyFile, []byte("aa-key-456\n"), 0o600); err != nil {
+	viewer := servertest.CreateKey(t, addr, "login-viewer", "viewer")
+	if err := os.WriteFile(keyFile, []byte(viewer+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	if code, out, errOut := runEnv(t, env, "", "login", "--addr", addr, "--key-file", keyFile); code != 0 {
 		t.Fatalf("login --key-file: exit %d\n%s\n%s", code, out, errOut)
 	}
 	b, _ = os.ReadFile(path)
-	if !strings.Contains(string(b), "key: aa-key-456") {
+	if !strings.Contains(string(b), "key: "+viewer) {
 		t.Fatalf("key file not saved: %q", b)
 	}
 
@@ -122,7 +130,7 @@ func TestLoginStatusLogout(t *testing.T) {
 	if err := os.WriteFile(path, []byte("addr: [unclosed"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	code, _, errOut = runEnv(t, env, "", "--addr", addr, "status")
+	code, _, errOut = runEnv(t, env, "", "--addr", addr, "--api-key", servertest.AdminKey, "status")
 	if code != 0 || !strings.Contains(errOut, "ignoring the saved login") || !strings.Contains(errOut, "run aasm login again") {
 		t.Fatalf("status with a broken config: exit %d\n%s", code, errOut)
 	}

@@ -9,12 +9,12 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	"github.com/agent-assembly/agent-assembly/gateway/server"
@@ -41,6 +41,7 @@ type globals struct {
 	output  string
 	out     io.Writer
 	errOut  io.Writer
+	conn    connFlags // how to reach and authenticate (conn.go)
 }
 
 func main() {
@@ -95,7 +96,8 @@ address saved by aasm login.`,
 	root.PersistentFlags().StringVar(&g.addr, "addr", def, "gateway gRPC address, host:port or unix:/path (env AA_ADDR, else saved by aasm login)")
 	root.PersistentFlags().DurationVar(&g.timeout, "timeout", 10*time.Second, "deadline for each call to the gateway")
 	root.PersistentFlags().StringVarP(&g.output, "output", "o", "table", "output format: table, json or yaml")
-	root.AddCommand(newCheckCmd(g), newPolicyCmd(g), newAuditCmd(g), newApprovalsCmd(g), withCosts(newBudgetCmd(g), g), newAlertsCmd(g), newSecretCmd(g), newTopologyCmd(g), newAgentCmd(g), newXDSCmd(g), newStatusCmd(g), newLogsCmd(g), newLoginCmd(g), newLogoutCmd(g), newVersionCmd(g))
+	addConnFlags(root, &g.conn)
+	root.AddCommand(newCheckCmd(g), newPolicyCmd(g), newAuditCmd(g), newApprovalsCmd(g), withCosts(newBudgetCmd(g), g), newAlertsCmd(g), newSecretCmd(g), newTopologyCmd(g), newAgentCmd(g), newXDSCmd(g), newStatusCmd(g), newLogsCmd(g), newLoginCmd(g), newLogoutCmd(g), newAdminCmd(g), newVersionCmd(g))
 	return root
 }
 
@@ -112,19 +114,8 @@ func newVersionCmd(g *globals) *cobra.Command {
 	}
 }
 
-// dial connects to the gateway. gRPC connects lazily, so errors surface on
-// the first call and are explained by describe.
-func (g *globals) dial() (*grpc.ClientConn, error) {
-	target := g.addr
-	if len(target) > 5 && target[:5] == "unix:" {
-		target = "unix:" + trimSlashes(target[5:])
-	}
-	conn, err := grpc.NewClient(target, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		return nil, fmt.Errorf("connect to %s: %w", g.addr, err)
-	}
-	return conn, nil
-}
+// dial connects to the gateway (see dialGateway in conn.go).
+func (g *globals) dial() (*grpc.ClientConn, error) { return g.dialGateway() }
 
 func trimSlashes(s string) string {
 	if len(s) > 2 && s[:2] == "//" {
@@ -148,6 +139,13 @@ func describe(err error, addr string) string {
 		return "the gateway rejected the request: " + st.Message()
 	case "Unimplemented":
 		return fmt.Sprintf("the gateway at %s does not support this call yet: %s", addr, st.Message())
+	case "Unauthenticated":
+		if !strings.Contains(st.Message(), "API key") {
+			return fmt.Sprintf("the gateway at %s did not accept the credentials: %s", addr, st.Message())
+		}
+		return fmt.Sprintf("the gateway at %s did not accept the credentials: %s\n  log in with a key: aasm login --addr %s --key-file FILE (or set $AA_API_KEY)", addr, st.Message(), addr)
+	case "PermissionDenied":
+		return fmt.Sprintf("the gateway at %s refused: %s\n  ask an admin for a key with that role (aasm admin key create --role ROLE)", addr, st.Message())
 	}
 	return fmt.Sprintf("%s: %s", st.Code(), st.Message())
 }

@@ -82,8 +82,8 @@ func TestApprovalRejectOverGRPC(t *testing.T) {
 	if err != nil || resp.GetDecision() != v1.Decision_PENDING {
 		t.Fatalf("%v %v", resp, err)
 	}
-	if _, err := approvalClient(g).Decide(ctx, &v1.DecideRequest{Id: resp.GetApprovalId(), Approve: false}); err == nil || !strings.Contains(err.Error(), "decided_by") {
-		t.Fatalf("decide without decided_by: %v", err)
+	if _, err := approvalClient(g).Decide(ctx, &v1.DecideRequest{Id: resp.GetApprovalId(), Approve: false, DecidedBy: "b\x07b"}); err == nil || !strings.Contains(err.Error(), "decided_by") {
+		t.Fatalf("decide with a control character in decided_by: %v", err)
 	}
 	a, err := approvalClient(g).Decide(ctx, &v1.DecideRequest{Id: resp.GetApprovalId(), Approve: false, DecidedBy: "bob", Comment: "never on /"})
 	if err != nil || a.GetStatus() != v1.ApprovalStatus_APPROVAL_STATUS_REJECTED {

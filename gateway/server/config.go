@@ -4,6 +4,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"strconv"
@@ -46,6 +47,21 @@ type Config struct {
 	// agent authentication on the agent-facing surfaces (agentauth.go).
 	AgentAuth              string
 	AgentSPIFFETrustDomain string
+	// Auth ("on" or "off") turns operator authentication on; the
+	// bootstrap key settings and AdminKeyFile configure the first admin key
+	// (auth.go). BootstrapAdminKey comes only from $AA_BOOTSTRAP_ADMIN_KEY.
+	Auth                  string
+	BootstrapAdminKeyFile string
+	BootstrapAdminKey     string
+	AdminKeyFile          string
+	// KeyOut is where a generated bootstrap admin key is shown (os.Stderr
+	// when nil). It is not a setting: tests capture the key with it.
+	KeyOut io.Writer
+	// TLSCertFile, TLSKeyFile and TLSClientCAFile configure TLS on both
+	// listeners (tls.go).
+	TLSCertFile     string
+	TLSKeyFile      string
+	TLSClientCAFile string
 	// AlertWebhooks receive alerts signed with the secret in
 	// AlertWebhookSecretFile (alerts.go).
 	AlertWebhooks          []string
@@ -120,6 +136,12 @@ func Settings() []Setting {
 			c.AllowRemote = b
 			return nil
 		}},
+		{"auth", "AA_AUTH", "on", "on: every operator call (gRPC and REST) needs an API key (Authorization: Bearer aak_...) or an operator client certificate with the method's role (viewer, operator, admin); off: no operator authentication (development only, refused on a non-loopback listener)", str(func(c *Config) *string { return &c.Auth })},
+		{"bootstrap-admin-key-file", "AA_BOOTSTRAP_ADMIN_KEY_FILE", "", "file holding the admin key (aak_<id>_<secret>) to store when no admin key exists; the key itself may instead be in $AA_BOOTSTRAP_ADMIN_KEY; with neither, one is generated and shown once", str(func(c *Config) *string { return &c.BootstrapAdminKeyFile })},
+		{"admin-key-file", "AA_ADMIN_KEY_FILE", "", "where a generated bootstrap admin key is also written (0600), for aasm login --key-file (default: admin.key beside --secrets-key-file, so ./data/admin.key); none: only shown on stderr", str(func(c *Config) *string { return &c.AdminKeyFile })},
+		{"tls-cert", "AA_TLS_CERT", "", "PEM certificate (chain) served on both listeners; with --tls-key turns TLS on (re-read when the file changes)", str(func(c *Config) *string { return &c.TLSCertFile })},
+		{"tls-key", "AA_TLS_KEY", "", "PEM private key of --tls-cert", str(func(c *Config) *string { return &c.TLSKeyFile })},
+		{"tls-client-ca", "AA_TLS_CLIENT_CA", "", "PEM CA bundle that client certificates are verified against when a client offers one (operator certificates: URI SAN aasm://role/<role>/<name>; agents: spiffe://...)", str(func(c *Config) *string { return &c.TLSClientCAFile })},
 		{"agent-auth", "AA_AGENT_AUTH", "token", "token: every agent-facing call (CheckAction, ext_authz, ADS, ReportEvents, ...) must prove the agent it names with its credential token or an agent client certificate; off: trust the named agent (development only, refused on a non-loopback listener)", str(func(c *Config) *string { return &c.AgentAuth })},
 		{"agent-spiffe-trust-domain", "AA_AGENT_SPIFFE_TRUST_DOMAIN", "agent-assembly", "trust domain of agent client certificates: a verified certificate with URI SAN spiffe://<domain>/agent/<org>/<team>/<agent> authenticates that agent", str(func(c *Config) *string { return &c.AgentSPIFFETrustDomain })},
 		{"xds-advertise-addr", "AA_XDS_ADVERTISE_ADDR", "", "host:port at which Envoy sidecars reach this gateway's gRPC listener, written into the resources served over xDS (default: --grpc-addr)", str(func(c *Config) *string { return &c.XDSAdvertiseAddr })},
@@ -170,6 +192,7 @@ func Bind(fs *flag.FlagSet, c *Config, getenv func(string) string) error {
 			return s.set(c, v)
 		})
 	}
+	c.BootstrapAdminKey = getenv(BootstrapKeyEnv) // no flag: a key must not show in a process list
 	return errors.Join(errs...)
 }
 
@@ -225,6 +248,8 @@ func (c *Config) Validate() error {
 		}
 	}
 	errs = append(errs, c.validateAgentAuth()...)
+	errs = append(errs, c.validateAuth()...)
+	errs = append(errs, c.validateTLS()...)
 	errs = append(errs, c.validateAlerts()...)
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":
@@ -240,7 +265,7 @@ func (c *Config) Validate() error {
 }
 
 // checkAddr parses a listen address and refuses non-loopback hosts unless
-// AllowRemote is set (TLS arrives with operator authentication).
+// TLS is on or AllowRemote is set.
 func (c *Config) checkAddr(addr string) error {
 	if strings.HasPrefix(addr, "unix:") {
 		if strings.TrimPrefix(strings.TrimPrefix(addr, "unix:"), "//") == "" {
@@ -255,7 +280,7 @@ func (c *Config) checkAddr(addr string) error {
 	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
 		return fmt.Errorf("%q has a bad port", addr)
 	}
-	if c.AllowRemote {
+	if c.AllowRemote || c.TLSEnabled() {
 		return nil
 	}
 	if host == "localhost" {
@@ -263,7 +288,7 @@ func (c *Config) checkAddr(addr string) error {
 	}
 	ip := net.ParseIP(host)
 	if ip == nil || !ip.IsLoopback() {
-		return fmt.Errorf("%q is not a loopback address; plaintext listeners stay on loopback unless --allow-remote is set", addr)
+		return fmt.Errorf("%q is not a loopback address; plaintext listeners stay on loopback: serve TLS (--tls-cert, --tls-key) or set --allow-remote", addr)
 	}
 	return nil
 }

@@ -11,6 +11,7 @@ import (
 
 	v1 "github.com/agent-assembly/agent-assembly/api/agentassembly/v1"
 	"github.com/agent-assembly/agent-assembly/gateway/server"
+	"github.com/agent-assembly/agent-assembly/gateway/server/servertest"
 	"github.com/agent-assembly/agent-assembly/storage"
 )
 
@@ -27,6 +28,7 @@ func TestShutdownEndsStreams(t *testing.T) {
 	cfg.SecretsKeyFile = dir + "/secrets.key"
 	cfg.APIAddr = ""
 	cfg.ShutdownTimeout = 3 * time.Second
+	cfg.BootstrapAdminKey = servertest.AdminKey
 	ctx, cancel := context.WithCancel(context.Background())
 	srv, err := server.New(ctx, cfg, nil)
 	if err != nil {
@@ -39,7 +41,7 @@ func TestShutdownEndsStreams(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ctx, l, nil) }()
 
-	conn, err := grpc.NewClient(l.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(l.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()), servertest.AdminCreds())
 	if err != nil {
 		t.Fatal(err)
 	}

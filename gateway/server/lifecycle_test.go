@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -91,7 +90,7 @@ func TestRegisterHappyPath(t *testing.T) {
 		t.Fatalf("Heartbeat: %v %v", hb, err)
 	}
 	// REST: list and inspect.
-	resp, err := http.Get(g.base + "/v1/agents/acme/eng/coder-1")
+	resp, err := adminGet(g.base + "/v1/agents/acme/eng/coder-1")
 	if err != nil {
 		t.Fatal(err)
 	}

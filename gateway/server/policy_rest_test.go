@@ -20,7 +20,7 @@ func restCall(t *testing.T, method, url, body string) (int, map[string]any) {
 		t.Fatal(err)
 	}
 	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := adminDo(req)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,6 +5,7 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -24,6 +25,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
@@ -35,6 +37,7 @@ import (
 	"github.com/agent-assembly/agent-assembly/alerts"
 	v1 "github.com/agent-assembly/agent-assembly/api/agentassembly/v1"
 	"github.com/agent-assembly/agent-assembly/api/openapi"
+	"github.com/agent-assembly/agent-assembly/auth"
 	"github.com/agent-assembly/agent-assembly/budget"
 	"github.com/agent-assembly/agent-assembly/extauthz"
 	"github.com/agent-assembly/agent-assembly/extproc"
@@ -80,6 +83,12 @@ type Server struct {
 
 	// agentAuth proves agents on the agent-facing surfaces (agentauth.go).
 	agentAuth *gateway.AgentAuth
+	// auth authorizes operator calls; routes maps REST routes to methods;
+	// tls is the listeners' TLS configuration (nil: plaintext). See auth.go
+	// and tls.go.
+	auth   *auth.Authenticator
+	routes auth.Routes
+	tls    *tls.Config
 }
 
 // New opens the store and loads the policy. It fails if either is unusable:
@@ -158,6 +167,14 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 		s.closeStore()
 		return nil, err
 	}
+	if s.tls, err = serverTLS(cfg); err != nil {
+		s.closeStore()
+		return nil, err
+	}
+	if err := s.buildAuth(ctx); err != nil {
+		s.closeStore()
+		return nil, fmt.Errorf("operator authentication: %w", err)
+	}
 	if err := s.buildAlerts(); err != nil {
 		s.closeStore()
 		return nil, err
@@ -184,15 +201,19 @@ func (s *Server) Reloader() *gateway.Reloader { return s.reloader }
 func (s *Server) Store() storage.Store { return s.store }
 
 func (s *Server) buildGRPC() {
-	s.grpc = grpc.NewServer(
+	opts := []grpc.ServerOption{
 		// The transport cap sits well above the per-action limit so that the
 		// decision core, not the transport, rejects (and audits) oversized actions.
-		grpc.MaxRecvMsgSize(4*s.cfg.MaxRequestBytes+(64<<10)),
+		grpc.MaxRecvMsgSize(4*s.cfg.MaxRequestBytes + (64 << 10)),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		s.tracing.ServerOption(),
-		grpc.ChainUnaryInterceptor(recoverUnary(s.log)),
-		grpc.ChainStreamInterceptor(recoverStream(s.log), drainStream(s.draining), s.runtimes.interceptor()),
-	)
+		grpc.ChainUnaryInterceptor(recoverUnary(s.log), s.auth.UnaryInterceptor()),
+		grpc.ChainStreamInterceptor(recoverStream(s.log), s.auth.StreamInterceptor(), drainStream(s.draining), s.runtimes.interceptor()),
+	}
+	if s.tls != nil {
+		opts = append(opts, grpc.Creds(credentials.NewTLS(s.tls)))
+	}
+	s.grpc = grpc.NewServer(opts...)
 	v1.RegisterPolicyServiceServer(s.grpc, gateway.NewPolicyService(s.core).WithVersions(s.reloader).WithAudit(s.store).WithAgentAuth(s.agentAuth))
 	v1.RegisterTopologyServiceServer(s.grpc, gateway.NewTopologyService(s.store))
 	v1.RegisterAuditServiceServer(s.grpc, gateway.NewAuditService(s.store).WithReports(s.core, s.store).WithAgentAuth(s.agentAuth))
@@ -202,7 +223,7 @@ func (s *Server) buildGRPC() {
 	extproc.New(s.core, extproc.Options{Logger: s.log, Metrics: extproc.NewMetrics(s.reg), Auth: s.agentAuth}).Register(s.grpc)
 	v1.RegisterAgentLifecycleServiceServer(s.grpc, s.agents)
 	v1.RegisterInvalidationServiceServer(s.grpc, gateway.NewInvalidationService(s.events).WithAgentAuth(s.agentAuth))
-	v1.RegisterAdminServiceServer(s.grpc, gateway.NewAdminService(s))
+	v1.RegisterAdminServiceServer(s.grpc, gateway.NewAdminService(s).WithKeys(s.store, s.core))
 	s.registerAlertServices()
 	s.health = health.NewServer()
 	healthpb.RegisterHealthServer(s.grpc, s.health)
@@ -221,6 +242,7 @@ func (s *Server) buildHTTP(ctx context.Context) error {
 			MarshalOptions:   protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: false},
 			UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: false},
 		}),
+		runtime.WithMiddlewares(s.auth.Middleware(s.routes)),
 	)
 	if err := v1.RegisterPolicyServiceHandlerServer(ctx, gw, gateway.NewPolicyService(s.core).WithVersions(s.reloader).WithAudit(s.store).WithAgentAuth(s.agentAuth)); err != nil {
 		return fmt.Errorf("register REST handlers: %w", err)
@@ -305,6 +327,9 @@ func (s *Server) Serve(ctx context.Context, grpcL, httpL net.Listener) error {
 			errc <- fmt.Errorf("serve gRPC on %s: %w", grpcL.Addr(), err)
 		}
 	}()
+	if httpL != nil && s.tls != nil {
+		httpL = tls.NewListener(httpL, s.tls)
+	}
 	if httpL != nil {
 		go func() {
 			if err := s.http.Serve(httpL); err != nil && !errors.Is(err, http.ErrServerClosed) {

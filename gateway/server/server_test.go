@@ -59,6 +59,8 @@ func startGateway(t testing.TB, policyPath string, mod func(*Config)) *testGatew
 	// These tests are about decisions, audit and lifecycle, and name their
 	// agents freely; agentauth_test.go runs the default (token) mode.
 	cfg.AgentAuth = "off"
+	cfg.BootstrapAdminKey = testAdminKey // operator calls below carry it (auth_test.go)
+	cfg.AdminKeyFile = "none"
 	if mod != nil {
 		mod(&cfg)
 	}
@@ -97,7 +99,7 @@ func startGateway(t testing.TB, policyPath string, mod func(*Config)) *testGatew
 			t.Errorf("stop gateway: %v", err)
 		}
 	})
-	conn, err := grpc.NewClient(gl.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(gl.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()), keyCreds(testAdminKey))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -302,7 +304,7 @@ func countEvents(t *testing.T, st storage.Store, ev storage.RecordEvent) int {
 
 func postJSON(t *testing.T, url, body string) (int, map[string]any) {
 	t.Helper()
-	resp, err := http.Post(url, "application/json", strings.NewReader(body))
+	resp, err := adminPost(url, "application/json", strings.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -349,7 +351,7 @@ func TestRESTCheckExplainBatch(t *testing.T) {
 func TestRESTServiceEndpoints(t *testing.T) {
 	g := startGateway(t, examplesDir(t), nil)
 	get := func(path string) (int, string) {
-		resp, err := http.Get(g.base + path)
+		resp, err := adminGet(g.base + path)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -377,7 +379,7 @@ func TestRESTServiceEndpoints(t *testing.T) {
 	}
 	// Oversized bodies are refused before they are read.
 	big := bytes.Repeat([]byte("a"), 5<<20)
-	resp, err := http.Post(g.base+"/v1/actions:check", "application/json", bytes.NewReader(big))
+	resp, err := adminPost(g.base+"/v1/actions:check", "application/json", bytes.NewReader(big))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -567,6 +569,7 @@ func TestUnixSocketListener(t *testing.T) {
 	cfg.PolicyPath = examplesDir(t)
 	cfg.Store = "memory:"
 	cfg.SecretsKeyFile = filepath.Join(t.TempDir(), "k")
+	cfg.BootstrapAdminKey = testAdminKey
 	ctx, cancel := context.WithCancel(context.Background())
 	srv, err := New(ctx, cfg, nil)
 	if err != nil {
@@ -609,7 +612,7 @@ func TestRESTAuditAndTrace(t *testing.T) {
 		}
 	}
 	get := func(path string) (int, map[string]any) {
-		resp, err := http.Get(g.base + path)
+		resp, err := adminGet(g.base + path)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -640,7 +643,7 @@ func TestRESTAuditAndTrace(t *testing.T) {
 	if code, m = get("/v1/audit?filter.event=nonsense"); code != 400 || !strings.Contains(fmt.Sprint(m["message"]), "filter.event") {
 		t.Fatalf("bad event filter: %d %v", code, m)
 	}
-	resp, err := http.Post(g.base+"/v1/audit:verify", "application/json", strings.NewReader("{}"))
+	resp, err := adminPost(g.base+"/v1/audit:verify", "application/json", strings.NewReader("{}"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -73,7 +73,7 @@ func TestTracesReachCollector(t *testing.T) {
 		c.OTLPEndpoint, c.OTLPInsecure = l.Addr().String(), true
 		c.AgentAuth = "off"
 	})
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()), servertest.AdminCreds())
 	if err != nil {
 		t.Fatal(err)
 	}

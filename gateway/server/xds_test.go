@@ -74,7 +74,7 @@ spec:
 		t.Fatalf("RPC through the gateway's xDS: %v", err)
 	}
 
-	admin, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	admin, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()), servertest.AdminCreds())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -30,6 +30,8 @@ func Start(t testing.TB, policyPath string, mod func(*server.Config)) string {
 	cfg.Store = "memory:"
 	cfg.SecretsKeyFile = filepath.Join(t.TempDir(), "secrets.key")
 	cfg.APIAddr = ""
+	cfg.BootstrapAdminKey = AdminKey
+	cfg.AdminKeyFile = "none"
 	if mod != nil {
 		mod(&cfg)
 	}
@@ -100,6 +102,50 @@ func RegisterAgent(t testing.TB, addr, agent string) string {
 // (ReportEvents, Subscribe, WaitApproval, ADS streams).
 func WithToken(ctx context.Context, token string) context.Context {
 	return metadata.AppendToOutgoingContext(ctx, "x-aa-credential-token", token)
+}
+
+// AdminKey is the bootstrap admin API key of every gateway Start serves. It
+// is public (it is in this file): for tests only.
+const AdminKey = "aak_00000000000000ad_dGVzdC1vbmx5LWFkbWluLWtleS1kby1ub3QtdXNlISE"
+
+// WithKey returns ctx carrying key as the operator credential
+// (authorization: Bearer <key> metadata).
+func WithKey(ctx context.Context, key string) context.Context {
+	return metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+key)
+}
+
+// AdminCreds returns a dial option that sends AdminKey on every call made
+// on the connection (over plaintext loopback).
+func AdminCreds() grpc.DialOption { return KeyCreds(AdminKey) }
+
+// KeyCreds returns a dial option that sends key on every call made on the
+// connection (over plaintext loopback).
+func KeyCreds(key string) grpc.DialOption { return grpc.WithPerRPCCredentials(bearer(key)) }
+
+type bearer string
+
+func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return map[string]string{"authorization": "Bearer " + string(b)}, nil
+}
+
+func (bearer) RequireTransportSecurity() bool { return false }
+
+// CreateKey creates an API key named name with role (viewer, operator or
+// admin) on the gateway at addr, using AdminKey, and returns the key.
+func CreateKey(t testing.TB, addr, name, role string) string {
+	t.Helper()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()), AdminCreds())
+	if err != nil {
+		t.Fatalf("create key %s: %v", name, err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	k, err := v1.NewAdminServiceClient(conn).CreateApiKey(ctx, &v1.CreateApiKeyRequest{Name: name, Role: role})
+	if err != nil {
+		t.Fatalf("create key %s: %v", name, err)
+	}
+	return k.GetSecret()
 }
 
 // AgentAuthOff is a Start mod for tests that are about something else than
