@@ -61,6 +61,11 @@ func (rt *Runtime) lifecycle(ctx context.Context, a *agentState) {
 		if ctx.Err() != nil || errors.Is(err, errRefused) {
 			return
 		}
+		if errors.Is(err, errRenew) {
+			rt.log.Info("renewing the agent's credential token before it expires", "agent", a.ID.String())
+			backoff = 200 * time.Millisecond
+			continue
+		}
 		rt.log.Warn("agent registration ended; registering again", "agent", a.ID.String(), "err", err)
 		sleep(ctx, backoff)
 		backoff = min(2*backoff, 10*time.Second)
@@ -98,10 +103,32 @@ func (rt *Runtime) registerOnce(ctx context.Context, a *agentState, key ed25519.
 
 	sctx, stop := context.WithCancel(ctx)
 	defer stop()
-	errc := make(chan error, 2)
+	errc := make(chan error, 3)
 	go func() { errc <- rt.control(sctx, a, token) }()
 	go func() { errc <- rt.heartbeat(sctx, a, token, reg.GetHeartbeatInterval().AsDuration()) }()
+	if exp := reg.GetExpiresAt(); exp != nil {
+		go func() { errc <- renewBefore(sctx, exp.AsTime()) }()
+	}
 	return <-errc
+}
+
+// errRenew ends a registration whose token is about to expire: the agent
+// registers again (same key) while the old token still works, so its
+// checks never carry an expired credential.
+var errRenew = errors.New("credential token renewal due")
+
+// renewBefore returns errRenew when four fifths of the time until exp have
+// passed (at least a second from now), or ctx's error.
+func renewBefore(ctx context.Context, exp time.Time) error {
+	d := max(time.Until(exp)*4/5, time.Second)
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return errRenew
+	}
 }
 
 // heartbeat reports liveness until the gateway refuses the token.
