@@ -739,3 +739,75 @@ func registerTB(tb testing.TB, g *testGateway, id *v1.AgentId) string {
 	}
 	return resp.GetCredentialToken()
 }
+
+// TestAgentCertificateOnTheGatewayListener: with --tls-client-ca, an agent
+// certificate verified by the gateway's own gRPC listener authenticates its
+// agent on CheckAction, ext_authz and ADS without a token, and only that
+// agent.
+func TestAgentCertificateOnTheGatewayListener(t *testing.T) {
+	dir := t.TempDir()
+	ca := newPEMCA(t, "test ca")
+	scert, skey := ca.issue(t, true)
+	acert, akey := ca.issue(t, false, "spiffe://agent-assembly/agent/acme/research/researcher-1")
+	grpcAddr, _, _ := startTLSGateway(t, func(c *Config) {
+		c.TLSCertFile = writeFile(t, dir, "server.pem", scert)
+		c.TLSKeyFile = writeFile(t, dir, "server.key", skey)
+		c.TLSClientCAFile = writeFile(t, dir, "ca.pem", ca.pem)
+		c.AgentAuth = "token"
+	})
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(ca.pem)
+	kp, err := tls.X509KeyPair(acert, akey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dial := func(cert []tls.Certificate) *grpc.ClientConn {
+		conn, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: roots, Certificates: cert, MinVersion: tls.VersionTLS12})))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		return conn
+	}
+	agentConn, anonConn := dial([]tls.Certificate{kp}), dial(nil)
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	researcher := agent("acme", "research", "researcher-1")
+	req := &v1.CheckActionRequest{Agent: researcher, ActionType: v1.ActionType_NETWORK_CALL,
+		Context: &v1.CheckActionRequest_NetworkCall{NetworkCall: &v1.NetworkCallContext{Host: "en.wikipedia.org", Port: 443, Protocol: "https"}}}
+	if resp, err := v1.NewPolicyServiceClient(agentConn).CheckAction(ctx, req); err != nil || resp.GetDecision() != v1.Decision_ALLOW {
+		t.Fatalf("check with the agent certificate: %v %v", resp, err)
+	}
+	_, err = v1.NewPolicyServiceClient(anonConn).CheckAction(ctx, req)
+	wantRefused(t, "TLS without a certificate or token", err, codes.Unauthenticated)
+	req.Agent = coder
+	_, err = v1.NewPolicyServiceClient(agentConn).CheckAction(ctx, req)
+	wantRefused(t, "certificate of another agent", err, codes.PermissionDenied)
+
+	// ext_authz over the agent's connection: the certificate is Envoy's
+	// own identity for its node.
+	ext, err := authv3.NewAuthorizationClient(agentConn).Check(ctx, &authv3.CheckRequest{Attributes: &authv3.AttributeContext{
+		Request: &authv3.AttributeContext_Request{Http: &authv3.AttributeContext_HttpRequest{Method: "GET", Scheme: "https", Host: "en.wikipedia.org", Path: "/"}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantExtAllowed(t, "ext_authz over an agent certificate", ext)
+
+	// ADS for the certificate's node, and not for another.
+	ads := func(conn *grpc.ClientConn, node string) error {
+		st, err := discoverygrpc.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
+		if err != nil {
+			return err
+		}
+		if err := st.Send(&discoverygrpc.DiscoveryRequest{Node: &corev3.Node{Id: node}, TypeUrl: "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"}); err != nil {
+			return err
+		}
+		_, err = st.Recv()
+		return err
+	}
+	if err := ads(agentConn, "acme/research/researcher-1"); err != nil {
+		t.Fatalf("ADS with the agent certificate: %v", err)
+	}
+	wantRefused(t, "ADS for another node", ads(agentConn, "acme/eng/coder-1"), codes.PermissionDenied)
+	wantRefused(t, "ADS without a credential", ads(anonConn, "acme/research/researcher-1"), codes.Unauthenticated)
+}
