@@ -31,6 +31,7 @@ func usage() {
 	fmt.Fprint(os.Stderr, `Usage:
   aa-runtime serve --gateway HOST:PORT --agent org/team/agent[,uid=N][,socket=PATH][,token=T] ...
   aa-runtime exec  --gateway HOST:PORT --agent org/team/agent [flags] -- CMD [ARGS...]
+  aa-runtime token --gateway HOST:PORT --agent org/team/agent [--key FILE]   (register; print the credential token)
   aa-runtime version
 `)
 }
@@ -45,6 +46,8 @@ func run(args []string) int {
 		return serve(args[1:])
 	case "exec":
 		return execCmd(args[1:])
+	case "token":
+		return tokenCmd(args[1:], os.Stdout)
 	case "version", "-version", "--version":
 		fmt.Println("aa-runtime", Version)
 		return 0
