@@ -374,7 +374,7 @@ func TestPendingAndRedact(t *testing.T) {
 		t.Fatalf("headers %v", h)
 	}
 	rm := strings.Join(resp.GetOkResponse().GetHeadersToRemove(), ",")
-	if rm != "x-aa-agent-id,authorization,x-api-key,x-aa-usage-id" {
+	if rm != "x-aa-agent-id,x-aa-credential-token,authorization,x-api-key,x-aa-usage-id" {
 		t.Fatalf("headers to remove %q (the gateway's own x-aa-usage-id must never pass as the agent sent it)", rm)
 	}
 }
