@@ -274,7 +274,7 @@ func TestEnsureAdminConcurrent(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			results[i], errs[i] = EnsureAdmin(t.Context(), st, "", nil)
+			results[i], errs[i] = EnsureAdmin(t.Context(), st, nil, nil)
 		}()
 	}
 	wg.Wait()
@@ -296,18 +296,19 @@ func TestEnsureAdminConcurrent(t *testing.T) {
 	}
 	// A later start with a given key does nothing: an admin exists.
 	given, _ := NewKey()
-	if b, err := EnsureAdmin(t.Context(), st, given.String(), nil); err != nil || b.Created {
-		t.Fatalf("second start: %+v %v", b, err)
+	read := false
+	if b, err := EnsureAdmin(t.Context(), st, func() (string, error) { read = true; return given.String(), nil }, nil); err != nil || b.Created || read {
+		t.Fatalf("second start: %+v %v (key source read: %v; it must not be once an admin exists)", b, err, read)
 	}
 }
 
 func TestEnsureAdminGivenKey(t *testing.T) {
 	st := memory.New(memory.Options{})
-	if _, err := EnsureAdmin(t.Context(), st, "aak_not-a-key", nil); !errors.Is(err, ErrMalformedKey) {
+	if _, err := EnsureAdmin(t.Context(), st, fixed("aak_not-a-key"), nil); !errors.Is(err, ErrMalformedKey) {
 		t.Fatalf("malformed given key: %v", err)
 	}
 	given, _ := NewKey()
-	b, err := EnsureAdmin(t.Context(), st, given.String(), nil)
+	b, err := EnsureAdmin(t.Context(), st, fixed(given.String()), nil)
 	if err != nil || !b.Created || b.Generated.ID != "" || b.ID != given.ID {
 		t.Fatalf("given key: %+v %v", b, err)
 	}
@@ -319,7 +320,9 @@ func TestEnsureAdminGivenKey(t *testing.T) {
 	if _, err := st.RevokeAPIKey(t.Context(), given.ID, time.Now()); err != nil {
 		t.Fatal(err)
 	}
-	if b, err := EnsureAdmin(t.Context(), st, given.String(), nil); err == nil || b.Created {
+	if b, err := EnsureAdmin(t.Context(), st, fixed(given.String()), nil); err == nil || b.Created {
 		t.Fatalf("re-using a revoked key's id: %+v %v", b, err)
 	}
 }
+
+func fixed(s string) func() (string, error) { return func() (string, error) { return s, nil } }

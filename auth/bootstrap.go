@@ -37,20 +37,31 @@ type Bootstrap struct {
 }
 
 // EnsureAdmin makes sure the store holds an active admin key. When one
-// exists it does nothing. Otherwise it stores given (aak_<id>_<secret>,
-// from a file or the environment) when not empty, else a generated key,
-// which it returns for the caller to show once. Replicas starting together
-// create exactly one: the one that wins a lease (a nonce) creates it, the
-// others wait until it appears.
-func EnsureAdmin(ctx context.Context, st BootstrapStore, given string, now func() time.Time) (Bootstrap, error) {
+// exists it does nothing (and does not call given). Otherwise it stores the
+// key given returns (aak_<id>_<secret>, from a file or the environment)
+// when not empty, else a generated key, which it returns for the caller to
+// show once. given may be nil. Replicas starting together create exactly
+// one: the one that wins a lease (a nonce) creates it, the others wait
+// until it appears.
+func EnsureAdmin(ctx context.Context, st BootstrapStore, given func() (string, error), now func() time.Time) (Bootstrap, error) {
 	if now == nil {
 		now = time.Now
 	}
+	if ok, err := hasActiveAdmin(ctx, st); err != nil || ok {
+		return Bootstrap{}, err
+	}
 	var key Key
-	if given != "" {
-		var err error
-		if key, err = ParseKey(given); err != nil {
+	supplied := false
+	if given != nil {
+		s, err := given()
+		if err != nil {
 			return Bootstrap{}, fmt.Errorf("bootstrap admin key: %w", err)
+		}
+		if s != "" {
+			if key, err = ParseKey(s); err != nil {
+				return Bootstrap{}, fmt.Errorf("bootstrap admin key: %w", err)
+			}
+			supplied = true
 		}
 	}
 	for {
@@ -68,7 +79,7 @@ func EnsureAdmin(ctx context.Context, st BootstrapStore, given string, now func(
 				return Bootstrap{}, err
 			}
 			b := Bootstrap{Created: true}
-			if given == "" {
+			if !supplied {
 				if key, err = NewKey(); err != nil {
 					return Bootstrap{}, err
 				}

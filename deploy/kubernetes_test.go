@@ -20,6 +20,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation"
 	"sigs.k8s.io/yaml"
 
+	"github.com/agent-assembly/agent-assembly/auth"
 	"github.com/agent-assembly/agent-assembly/policy"
 	"github.com/agent-assembly/agent-assembly/storage/secretbox"
 )
@@ -568,6 +569,39 @@ func TestKubernetesGateway(t *testing.T) {
 	placeholder, _ := secretValue(objs, ns, v.SecretName, key)
 	if _, err := secretbox.ParseKey(placeholder); err == nil {
 		t.Errorf("Secret %s key %s holds a usable key: committed manifests must carry a placeholder that fails closed", v.SecretName, key)
+	}
+
+	// AA_BOOTSTRAP_ADMIN_KEY_FILE is a key of a mounted Secret too (optional,
+	// so it may be deleted once named admin keys exist); the committed
+	// placeholder is not an API key, so a first start fails closed.
+	adminFile := env["AA_BOOTSTRAP_ADMIN_KEY_FILE"]
+	am, ok := mountOf(adminFile)
+	if !ok || volume(am.Name).Secret == nil {
+		t.Fatalf("aa-gateway: AA_BOOTSTRAP_ADMIN_KEY_FILE %q is not in a mounted Secret", adminFile)
+	}
+	av := volume(am.Name).Secret
+	arel := strings.TrimPrefix(adminFile, strings.TrimSuffix(am.MountPath, "/")+"/")
+	akey := ""
+	for _, it := range av.Items {
+		if it.Path == arel {
+			akey = it.Key
+		}
+	}
+	if akey == "" {
+		t.Fatalf("aa-gateway: Secret volume %s has no item at %s", am.Name, arel)
+	}
+	if av.Optional == nil || !*av.Optional {
+		t.Errorf("aa-gateway: the admin key Secret volume %s must be optional: the Secret is deleted after bootstrap", am.Name)
+	}
+	adminPlaceholder, found := secretValue(objs, ns, av.SecretName, akey)
+	if !found {
+		t.Fatalf("Secret %s key %s not in the manifests", av.SecretName, akey)
+	}
+	if _, err := auth.ParseKey(adminPlaceholder); err == nil {
+		t.Errorf("Secret %s key %s holds a usable API key: committed manifests must carry a placeholder that fails closed", av.SecretName, akey)
+	}
+	if am.Name == m.Name {
+		t.Errorf("aa-gateway: the admin key must be its own Secret volume, not %s", m.Name)
 	}
 }
 

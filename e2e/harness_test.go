@@ -18,7 +18,19 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/agent-assembly/agent-assembly/auth"
 )
+
+// adminKey is the bootstrap admin API key of the story's gateways, fresh
+// for each run.
+var adminKey = func() string {
+	k, err := auth.NewKey()
+	if err != nil {
+		panic(err)
+	}
+	return k.String()
+}()
 
 // The binaries under test, built once per run from this checkout.
 var (
@@ -170,6 +182,9 @@ func startGateway(t *testing.T, replica, store, counters, policyDir, keyFile str
 		// it never registers; agent authentication has its own tests
 		// (gateway/server/agentauth_test.go, runtime/agentauth_test.go).
 		"-agent-auth", "off")
+	// Every replica starts with the same bootstrap admin key (the first to
+	// start stores it); the story's operator presents it (aasm, conn).
+	cmd.Env = append(os.Environ(), "AA_BOOTSTRAP_ADMIN_KEY="+adminKey)
 	g.proc = start(t, replica, cmd)
 	deadline := time.Now().Add(30 * time.Second)
 	for {
@@ -215,7 +230,7 @@ func run(t *testing.T, env []string, name string, args ...string) (string, int) 
 // aasm runs the CLI against a replica, as an operator would.
 func aasm(t *testing.T, g *gateway, args ...string) (string, int) {
 	t.Helper()
-	out, code := run(t, nil, bin(t, "aasm"), append([]string{"--addr", g.grpc}, args...)...)
+	out, code := run(t, []string{"AA_API_KEY=" + adminKey}, bin(t, "aasm"), append([]string{"--addr", g.grpc}, args...)...)
 	t.Logf("$ aasm %s  (exit %d)\n%s", strings.Join(args, " "), code, indent(out))
 	return out, code
 }

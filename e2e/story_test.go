@@ -26,6 +26,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	v1 "github.com/agent-assembly/agent-assembly/api/agentassembly/v1"
+	"github.com/agent-assembly/agent-assembly/gateway/server/servertest"
 	"github.com/agent-assembly/agent-assembly/sdkclient"
 )
 
@@ -419,7 +420,7 @@ func authzClient(t *testing.T, g *gateway) authv3.AuthorizationClient {
 
 func conn(t *testing.T, g *gateway) *grpc.ClientConn {
 	t.Helper()
-	cc, err := grpc.NewClient(g.grpc, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	cc, err := grpc.NewClient(g.grpc, grpc.WithTransportCredentials(insecure.NewCredentials()), servertest.KeyCreds(adminKey))
 	if err != nil {
 		t.Fatal(err)
 	}

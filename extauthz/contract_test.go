@@ -93,7 +93,7 @@ func TestEnvoyContract(t *testing.T) {
 	// headers as Envoy sends them; agent authentication has its own tests
 	// (gateway/server/agentauth_test.go).
 	addr := servertest.Start(t, "testdata/policies", func(c *server.Config) { c.AgentAuth = "off" })
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()), servertest.AdminCreds())
 	if err != nil {
 		t.Fatal(err)
 	}

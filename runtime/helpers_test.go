@@ -23,6 +23,7 @@ import (
 	"github.com/agent-assembly/agent-assembly/action"
 	v1 "github.com/agent-assembly/agent-assembly/api/agentassembly/v1"
 	"github.com/agent-assembly/agent-assembly/gateway/server"
+	"github.com/agent-assembly/agent-assembly/gateway/server/servertest"
 	"github.com/agent-assembly/agent-assembly/runtime"
 	"github.com/agent-assembly/agent-assembly/runtime/frame"
 )
@@ -150,6 +151,7 @@ func startGatewayAuth(t *testing.T, dir, addr, mode string) *gatewayProc {
 	cfg.SecretsKeyFile = filepath.Join(dir, "secrets.key")
 	cfg.APIAddr = ""
 	cfg.ShutdownTimeout = 2 * time.Second
+	cfg.BootstrapAdminKey = servertest.AdminKey // conn presents it for operator calls
 	ctx, cancel := context.WithCancel(context.Background())
 	srv, err := server.New(ctx, cfg, nil)
 	if err != nil {
@@ -200,7 +202,7 @@ func (g *gatewayProc) stop() {
 // conn dials the gateway for assertions.
 func (g *gatewayProc) conn(t *testing.T) *grpc.ClientConn {
 	t.Helper()
-	cc, err := grpc.NewClient(g.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	cc, err := grpc.NewClient(g.addr, grpc.WithTransportCredentials(insecure.NewCredentials()), servertest.AdminCreds())
 	if err != nil {
 		t.Fatal(err)
 	}

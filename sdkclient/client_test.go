@@ -227,7 +227,7 @@ func TestWaitForApproval(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer gc.Close()
-	cc, err := grpc.NewClient(gw, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	cc, err := grpc.NewClient(gw, grpc.WithTransportCredentials(insecure.NewCredentials()), servertest.AdminCreds())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -179,7 +179,7 @@ func TestExecKilledByGateway(t *testing.T) {
 	cgRoot := needCgroups(t)
 	bin := build(t, t.TempDir(), "github.com/agent-assembly/agent-assembly/cmd/aa-runtime")
 	gw := servertest.Start(t, "../../runtime/testdata/policies", nil)
-	cc, err := grpc.NewClient(gw, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	cc, err := grpc.NewClient(gw, grpc.WithTransportCredentials(insecure.NewCredentials()), servertest.AdminCreds())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -229,7 +229,7 @@ func TestExecKernelDenialAudited(t *testing.T) {
 	if r.code != 0 || !strings.Contains(r.out, "refused") {
 		t.Fatalf("exit %d, out %q: want the connect refused\nstderr:\n%s", r.code, r.out, r.log)
 	}
-	cc, err := grpc.NewClient(gw, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	cc, err := grpc.NewClient(gw, grpc.WithTransportCredentials(insecure.NewCredentials()), servertest.AdminCreds())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -107,7 +107,7 @@ func TestExecPolicyChangeFlipsKernelVerdict(t *testing.T) {
 		}
 		t.Fatalf("the agent never reached the allowlisted host\nstderr:\n%s", stderr.String())
 	}
-	cc, err := grpc.NewClient(gw, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	cc, err := grpc.NewClient(gw, grpc.WithTransportCredentials(insecure.NewCredentials()), servertest.AdminCreds())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -21,6 +21,7 @@ import (
 // gateway.
 type connFlags struct {
 	apiKey     string
+	apiKeyFile string
 	caFile     string
 	skipVerify bool
 	clientCert string
@@ -30,19 +31,32 @@ type connFlags struct {
 // addConnFlags registers the connection flags on the root command.
 func addConnFlags(root *cobra.Command, c *connFlags) {
 	f := root.PersistentFlags()
-	f.StringVar(&c.apiKey, "api-key", "", "operator API key to present (prefer $AA_API_KEY or aasm login: a flag shows in the process list)")
+	f.StringVar(&c.apiKey, "api-key", "", "operator API key to present (prefer $AA_API_KEY, --api-key-file or aasm login: a flag shows in the process list)")
+	f.StringVar(&c.apiKeyFile, "api-key-file", "", "file holding the operator API key (env AA_API_KEY_FILE), e.g. a mounted Secret or the gateway's ./data/admin.key")
 	f.StringVar(&c.caFile, "ca-file", "", "PEM CA bundle to verify the gateway's TLS certificate (turns TLS on; env AA_CA_FILE)")
 	f.BoolVar(&c.skipVerify, "insecure-skip-tls-verify", false, "use TLS but do not verify the gateway's certificate (testing only)")
 	f.StringVar(&c.clientCert, "client-cert", "", "PEM client certificate for mutual TLS (an operator certificate: URI SAN aasm://role/<role>/<name>)")
 	f.StringVar(&c.clientKey, "client-key", "", "PEM private key of --client-cert")
 }
 
-// apiKey returns the key to present: --api-key, else $AA_API_KEY, else the
-// key saved by aasm login for this very address (never another gateway's).
+// apiKey returns the key to present: --api-key, else --api-key-file, else
+// $AA_API_KEY, else $AA_API_KEY_FILE, else the key saved by aasm login for
+// this very address (never another gateway's).
 func (g *globals) apiKey() (string, error) {
 	key := g.conn.apiKey
-	if key == "" {
+	file := g.conn.apiKeyFile
+	if key == "" && file == "" {
 		key = os.Getenv("AA_API_KEY")
+		if key == "" {
+			file = os.Getenv("AA_API_KEY_FILE")
+		}
+	}
+	if key == "" && file != "" {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return "", fmt.Errorf("read the API key file: %w", err)
+		}
+		key = strings.TrimSpace(string(b))
 	}
 	if key == "" {
 		if cfg, _, ok, err := loadLoginConfig(); err == nil && ok && cfg.Addr == g.addr {

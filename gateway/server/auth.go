@@ -77,16 +77,22 @@ func (s *Server) buildAuth(ctx context.Context) error {
 // $AA_BOOTSTRAP_ADMIN_KEY, else a generated one, shown once on stderr and
 // written (0600) to --admin-key-file.
 func (s *Server) bootstrapAdmin(ctx context.Context) error {
-	given := s.cfg.BootstrapAdminKey
-	if f := s.cfg.BootstrapAdminKeyFile; f != "" {
+	// The given key is read only when no admin key exists: once named
+	// admin keys are made, the bootstrap Secret or file may be removed.
+	given := func() (string, error) {
+		f := s.cfg.BootstrapAdminKeyFile
+		if f == "" {
+			return s.cfg.BootstrapAdminKey, nil
+		}
 		b, err := os.ReadFile(f)
 		if err != nil {
-			return fmt.Errorf("--bootstrap-admin-key-file: %w", err)
+			return "", fmt.Errorf("--bootstrap-admin-key-file: %w", err)
 		}
-		given = strings.TrimSpace(string(b))
-		if given == "" {
-			return fmt.Errorf("--bootstrap-admin-key-file: %s is empty; put a key from `aasm admin key generate` in it, or drop the setting to have one generated", f)
+		k := strings.TrimSpace(string(b))
+		if k == "" {
+			return "", fmt.Errorf("--bootstrap-admin-key-file: %s is empty; put a key from `aasm admin key generate` in it, or drop the setting to have one generated", f)
 		}
+		return k, nil
 	}
 	b, err := auth.EnsureAdmin(ctx, s.store, given, nil)
 	if err != nil {

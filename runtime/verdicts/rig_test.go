@@ -217,7 +217,7 @@ func newRig(t testing.TB, mod func(*server.Config)) *rig {
 			mod(c)
 		}
 	})
-	cc, err := grpc.NewClient(r.gw, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	cc, err := grpc.NewClient(r.gw, grpc.WithTransportCredentials(insecure.NewCredentials()), servertest.AdminCreds())
 	if err != nil {
 		t.Fatal(err)
 	}
