@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/agent-assembly/agent-assembly/gateway/server"
 	"github.com/agent-assembly/agent-assembly/gateway/server/servertest"
 )
 
@@ -126,5 +127,40 @@ func TestAdminKeyHelp(t *testing.T) {
 		if code != 0 || !strings.Contains(out, "Examples:") || !strings.Contains(out, "aasm admin key "+sub) {
 			t.Fatalf("admin key %s --help: exit %d\n%s", sub, code, out)
 		}
+	}
+}
+
+// TestTLS: aasm reaches a TLS gateway at https://host:port with --ca-file,
+// refuses an unverified certificate without it, presents an operator
+// client certificate, and aasm login remembers the CA.
+func TestTLS(t *testing.T) {
+	ca := servertest.NewCA(t)
+	cert, key := ca.Server(t)
+	addr := servertest.Start(t, "../../examples/policies", func(c *server.Config) {
+		c.TLSCertFile, c.TLSKeyFile, c.TLSClientCAFile = cert, key, ca.File
+	})
+	https := "https://" + addr
+	if code, out, errOut := run(t, "--addr", https, "--ca-file", ca.File, "status"); code != 0 {
+		t.Fatalf("status over TLS: exit %d\n%s\n%s", code, out, errOut)
+	}
+	if code, _, errOut := run(t, "--addr", https, "--timeout", "3s", "status"); code != exitError || !strings.Contains(errOut, "certificate") {
+		t.Fatalf("TLS without the CA: exit %d\n%s", code, errOut)
+	}
+	if code, _, errOut := run(t, "--addr", addr, "--timeout", "3s", "status"); code != exitError {
+		t.Fatalf("plaintext to a TLS gateway: exit %d\n%s", code, errOut)
+	}
+	ccert, ckey := ca.Client(t, "alice", "aasm://role/viewer/alice")
+	env, _ := loginEnv(t)
+	if code, out, errOut := runEnv(t, env, "", "--addr", https, "--ca-file", ca.File, "--client-cert", ccert, "--client-key", ckey, "status"); code != 0 {
+		t.Fatalf("status with a viewer client certificate and no key: exit %d\n%s\n%s", code, out, errOut)
+	}
+	if code, _, errOut := runEnv(t, env, "", "--addr", https, "--ca-file", ca.File, "--client-cert", ccert, "--client-key", ckey, "admin", "key", "list"); code != exitError || !strings.Contains(errOut, "needs the admin role") {
+		t.Fatalf("admin call with a viewer certificate: exit %d\n%s", code, errOut)
+	}
+	if code, out, errOut := runEnv(t, env, servertest.AdminKey, "login", "--addr", https, "--ca-file", ca.File); code != 0 {
+		t.Fatalf("login over TLS: exit %d\n%s\n%s", code, out, errOut)
+	}
+	if code, out, errOut := runEnv(t, env, "", "status"); code != 0 {
+		t.Fatalf("status with the saved TLS login: exit %d\n%s\n%s", code, out, errOut)
 	}
 }
