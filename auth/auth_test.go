@@ -110,7 +110,7 @@ type auditLog struct {
 	recs []string
 }
 
-func (a *auditLog) AuditGovernance(_ context.Context, _ action.AgentID, rule, reason string, payload []byte) error {
+func (a *auditLog) AuditRefusal(_ context.Context, _ action.AgentID, rule, reason string, payload []byte) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.recs = append(a.recs, rule+" "+reason+" "+string(payload))

@@ -41,9 +41,10 @@ type KeyStore interface {
 	TouchAPIKey(ctx context.Context, id string, at time.Time) error
 }
 
-// Auditor writes governance records (gateway.Core implements it).
+// Auditor writes governance records of refused calls, with decision DENY
+// (gateway.Core implements it).
 type Auditor interface {
-	AuditGovernance(ctx context.Context, agent action.AgentID, ruleID, reason string, payload []byte) error
+	AuditRefusal(ctx context.Context, agent action.AgentID, ruleID, reason string, payload []byte) error
 }
 
 // Options configures an Authenticator.
@@ -273,7 +274,7 @@ func (a *Authenticator) refuse(ctx context.Context, req Request, cause, detail s
 	if cause == "role" || cause == "unclassified" {
 		rule, what = RuleForbidden, "permission denied"
 	}
-	_ = a.o.Audit.AuditGovernance(context.WithoutCancel(ctx), action.AgentID{}, rule,
+	_ = a.o.Audit.AuditRefusal(context.WithoutCancel(ctx), action.AgentID{}, rule,
 		fmt.Sprintf("%s %s refused: %s (%s)", req.Surface, req.Method, what, cause), payload)
 }
 

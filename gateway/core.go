@@ -374,13 +374,23 @@ func (o Outcome) String() string {
 // zero for actions that concern no agent. payload must already be free of
 // secret values; nil records an empty object.
 func (c *Core) AuditGovernance(ctx context.Context, agent action.AgentID, ruleID, reason string, payload []byte) error {
+	return c.auditGovernance(ctx, agent, ruleID, reason, payload, action.Allow)
+}
+
+// AuditRefusal is AuditGovernance for a call that was refused (an operator
+// without a valid key or the role): the record's decision is DENY.
+func (c *Core) AuditRefusal(ctx context.Context, agent action.AgentID, ruleID, reason string, payload []byte) error {
+	return c.auditGovernance(ctx, agent, ruleID, reason, payload, action.Deny)
+}
+
+func (c *Core) auditGovernance(ctx context.Context, agent action.AgentID, ruleID, reason string, payload []byte, d action.Decision) error {
 	if payload == nil {
 		payload = []byte(`{}`)
 	}
 	payload = withActor(ctx, payload)
 	rec := &storage.AuditRecord{
 		Chain: c.chain, ID: newID(), Time: c.now(), Event: storage.EventGovernance, Agent: agent,
-		Payload: payload, Decision: action.Allow, RuleID: ruleID, Mode: action.ModeEnforce, Reason: reason,
+		Payload: payload, Decision: d, RuleID: ruleID, Mode: action.ModeEnforce, Reason: reason,
 	}
 	if err := c.append(ctx, rec); err != nil {
 		c.metrics.AuditErrors.Inc()

@@ -21,6 +21,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/emptypb"
 
+	"github.com/agent-assembly/agent-assembly/action"
 	v1 "github.com/agent-assembly/agent-assembly/api/agentassembly/v1"
 	"github.com/agent-assembly/agent-assembly/api/openapi"
 	"github.com/agent-assembly/agent-assembly/auth"
@@ -267,8 +268,8 @@ func secretOf(key string) string {
 	return secret
 }
 
-// auditedRefusals returns the surfaces ("grpc", "rest") of the audited
-// refusals with rule.
+// auditedRefusals counts by surface ("grpc", "rest") the audited refusals
+// with rule (governance records with decision DENY).
 func auditedRefusals(t *testing.T, st storage.Store, rule string) map[string]int {
 	t.Helper()
 	page, err := st.QueryAudit(t.Context(), storage.AuditQuery{Event: storage.EventGovernance, Limit: 1000})
@@ -277,7 +278,7 @@ func auditedRefusals(t *testing.T, st storage.Store, rule string) map[string]int
 	}
 	out := map[string]int{}
 	for _, r := range page.Records {
-		if r.RuleID != rule {
+		if r.RuleID != rule || r.Decision != action.Deny {
 			continue
 		}
 		var p struct{ Surface string }
