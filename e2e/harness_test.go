@@ -23,12 +23,14 @@ import (
 )
 
 // adminKey is the bootstrap admin API key of the story's gateways, fresh
-// for each run.
+// for each run. Every aasm the story runs presents it ($AA_API_KEY, set
+// for the whole test process), as an operator who ran aasm login would.
 var adminKey = func() string {
 	k, err := auth.NewKey()
 	if err != nil {
 		panic(err)
 	}
+	os.Setenv("AA_API_KEY", k.String())
 	return k.String()
 }()
 
@@ -230,7 +232,7 @@ func run(t *testing.T, env []string, name string, args ...string) (string, int) 
 // aasm runs the CLI against a replica, as an operator would.
 func aasm(t *testing.T, g *gateway, args ...string) (string, int) {
 	t.Helper()
-	out, code := run(t, []string{"AA_API_KEY=" + adminKey}, bin(t, "aasm"), append([]string{"--addr", g.grpc}, args...)...)
+	out, code := run(t, nil, bin(t, "aasm"), append([]string{"--addr", g.grpc}, args...)...)
 	t.Logf("$ aasm %s  (exit %d)\n%s", strings.Join(args, " "), code, indent(out))
 	return out, code
 }
