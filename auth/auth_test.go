@@ -123,7 +123,7 @@ func (a *auditLog) all() []string {
 	return append([]string(nil), a.recs...)
 }
 
-func addKey(t *testing.T, st storage.APIKeys, name string, role Role) Key {
+func addKey(t testing.TB, st storage.APIKeys, name string, role Role) Key {
 	t.Helper()
 	k, err := NewKey()
 	if err != nil {
