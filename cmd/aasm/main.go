@@ -84,7 +84,9 @@ func newRoot(g *globals) *cobra.Command {
 
 It checks actions against the live policy, explains decisions, and validates
 policy documents. The gateway address comes from --addr, $AA_ADDR or the
-address saved by aasm login.`,
+address saved by aasm login; the operator API key from --api-key,
+--api-key-file, $AA_API_KEY, $AA_API_KEY_FILE or aasm login (sent only to the
+address it was saved for). Roles and keys: docs/security.md.`,
 		Example:       "  aasm check --agent acme/eng/coder-1 --tool git_status\n  aasm policy validate examples/policies",
 		SilenceUsage:  true,
 		SilenceErrors: true,
