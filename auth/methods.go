@@ -11,6 +11,7 @@ var methods = map[string]Class{
 	v1 + "PolicyService/CheckAction":                       ClassAgent,
 	v1 + "PolicyService/BatchCheck":                        ClassAgent,
 	v1 + "PolicyService/RecordUsage":                       ClassAgent,
+	v1 + "PolicyService/GetAgentPolicy":                    ClassAgent,
 	v1 + "SecretsService/DispatchTool":                     ClassAgent,
 	v1 + "AgentLifecycleService/RequestChallenge":          ClassAgent,
 	v1 + "AgentLifecycleService/Register":                  ClassAgent,

@@ -35,7 +35,7 @@ type envoy struct {
 func newEnvoy(t *testing.T) *envoy {
 	t.Helper()
 	addr := servertest.Start(t, "testdata/policies", servertest.AgentAuthOff)
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()), servertest.AdminCreds())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -260,4 +260,3 @@ func BenchmarkAgentAuthenticate(b *testing.B) {
 		}
 	})
 }
-

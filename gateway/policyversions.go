@@ -131,6 +131,21 @@ func (s *PolicyService) GetPolicy(ctx context.Context, req *v1.GetPolicyRequest)
 	return versionInfo(pv, true), nil
 }
 
+// GetAgentPolicy implements PolicyService.GetAgentPolicy: the active version,
+// for the runtime of the agent the credential proves (it compiles the agent's
+// kernel rules from it). The documents are the whole policy, as an operator
+// with the viewer role would read them: they name secrets, never hold them.
+func (s *PolicyService) GetAgentPolicy(ctx context.Context, req *v1.GetAgentPolicyRequest) (*v1.PolicyVersionInfo, error) {
+	if s.auth.Enabled() {
+		if _, err := s.auth.AuthenticateProto(ctx, "get_agent_policy", req.GetCredentialToken(), req.GetAgent()); err != nil {
+			return nil, err
+		}
+	} else if req.GetAgent() == nil {
+		return nil, requestStatus(badField("agent", "is required: the agent whose runtime reads the policy"))
+	}
+	return s.GetPolicy(ctx, &v1.GetPolicyRequest{})
+}
+
 // ListPolicyVersions implements PolicyService.ListPolicyVersions: versions
 // newest first, without their documents.
 func (s *PolicyService) ListPolicyVersions(ctx context.Context, req *v1.ListPolicyVersionsRequest) (*v1.ListPolicyVersionsResponse, error) {

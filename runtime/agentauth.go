@@ -5,6 +5,7 @@ import (
 
 	"google.golang.org/grpc/metadata"
 
+	"github.com/agent-assembly/agent-assembly/action"
 	v1 "github.com/agent-assembly/agent-assembly/api/agentassembly/v1"
 )
 
@@ -37,4 +38,18 @@ func (rt *Runtime) withTokens(ctx context.Context) (context.Context, []*v1.Agent
 		return ctx, nil
 	}
 	return metadata.AppendToOutgoingContext(ctx, kv...), ids
+}
+
+// Token returns the current credential token of the agent id the runtime
+// serves, or "" while it is not registered (or id is not one of its agents).
+// The token changes when the runtime renews it; read it for every call.
+func (rt *Runtime) Token(id action.AgentID) string {
+	for _, a := range rt.agents {
+		if a.ID == id {
+			if t := a.token.Load(); t != nil {
+				return *t
+			}
+		}
+	}
+	return ""
 }

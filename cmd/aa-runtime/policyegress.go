@@ -30,6 +30,7 @@ type policyKernel struct {
 	conn    *grpc.ClientConn
 	policy  v1.PolicyServiceClient
 	agent   action.AgentID
+	token   func() string // the agent's current credential token ("" until registered)
 	command string // the agent's own executable, always allowed to exec
 	log     *slog.Logger
 	ea      *egress.Agent
@@ -37,20 +38,24 @@ type policyKernel struct {
 	observe bool
 }
 
-// newPolicyKernel connects to the gateway for policy reads.
-func newPolicyKernel(gateway string, agent action.AgentID, command string, log *slog.Logger) (*policyKernel, error) {
+// newPolicyKernel connects to the gateway for policy reads, made as the
+// agent (GetAgentPolicy with token's current value).
+func newPolicyKernel(gateway string, agent action.AgentID, token func() string, command string, log *slog.Logger) (*policyKernel, error) {
 	conn, err := grpc.NewClient(gateway, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		return nil, fmt.Errorf("dial gateway %s for the policy: %w", gateway, err)
 	}
-	return &policyKernel{conn: conn, policy: v1.NewPolicyServiceClient(conn), agent: agent, command: filepath.Base(command), log: log}, nil
+	return &policyKernel{conn: conn, policy: v1.NewPolicyServiceClient(conn), agent: agent, token: token, command: filepath.Base(command), log: log}, nil
 }
 
 // plan fetches the active policy and compiles the agent's kernel plan.
 func (k *policyKernel) plan(ctx context.Context) (string, egress.Plan, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	info, err := k.policy.GetPolicy(ctx, &v1.GetPolicyRequest{})
+	info, err := k.policy.GetAgentPolicy(ctx, &v1.GetAgentPolicyRequest{
+		Agent:           &v1.AgentId{OrgId: k.agent.Org, TeamId: k.agent.Team, AgentId: k.agent.Agent},
+		CredentialToken: k.token(),
+	})
 	if err != nil {
 		return "", egress.Plan{}, fmt.Errorf("read the active policy: %w", err)
 	}
@@ -87,6 +92,7 @@ func (k *policyKernel) attach(ctx context.Context, gov *bpf.Governor, path strin
 	k.observe = base.Network == bpf.NetworkObserve
 	k.ea = egress.NewAgent(gov, path, egress.Config{
 		Base: base, Resolver: egress.NetResolver{Resolver: net.DefaultResolver, TTL: 30 * time.Second}, Logger: k.log})
+	k.awaitToken(ctx, 10*time.Second)
 	version, plan, err := k.plan(ctx)
 	if err != nil {
 		k.log.Error("eBPF egress from policy unavailable: the kernel denies all but the always-allowed destinations until the policy can be read", "err", err)
@@ -98,6 +104,16 @@ func (k *policyKernel) attach(ctx context.Context, gov *bpf.Governor, path strin
 	k.version = version
 	k.log.Info("kernel rules from policy", "version", version, "sets", len(plan.Sets), "exec_allow", plan.ExecAllow, "exec_deny", plan.ExecDeny, "unenforced", len(plan.Unenforced))
 	return nil
+}
+
+// awaitToken waits up to max for the runtime to register the agent, so that
+// the first policy read carries its credential (the gateway refuses it
+// otherwise, and the agent would start on the always-allowed rules alone).
+func (k *policyKernel) awaitToken(ctx context.Context, max time.Duration) {
+	deadline := time.Now().Add(max)
+	for k.token() == "" && time.Now().Before(deadline) && ctx.Err() == nil {
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // run refreshes DNS and follows policy versions until ctx ends.

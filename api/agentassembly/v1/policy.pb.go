@@ -933,6 +933,60 @@ func (x *GetPolicyRequest) GetVersion() string {
 	return ""
 }
 
+// GetAgentPolicyRequest names the agent whose runtime reads the policy.
+type GetAgentPolicyRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Agent *AgentId               `protobuf:"bytes,1,opt,name=agent,proto3" json:"agent,omitempty"`
+	// credential_token is the token issued at registration.
+	CredentialToken string `protobuf:"bytes,2,opt,name=credential_token,json=credentialToken,proto3" json:"credential_token,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *GetAgentPolicyRequest) Reset() {
+	*x = GetAgentPolicyRequest{}
+	mi := &file_agentassembly_v1_policy_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetAgentPolicyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetAgentPolicyRequest) ProtoMessage() {}
+
+func (x *GetAgentPolicyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agentassembly_v1_policy_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetAgentPolicyRequest.ProtoReflect.Descriptor instead.
+func (*GetAgentPolicyRequest) Descriptor() ([]byte, []int) {
+	return file_agentassembly_v1_policy_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *GetAgentPolicyRequest) GetAgent() *AgentId {
+	if x != nil {
+		return x.Agent
+	}
+	return nil
+}
+
+func (x *GetAgentPolicyRequest) GetCredentialToken() string {
+	if x != nil {
+		return x.CredentialToken
+	}
+	return ""
+}
+
 // PolicyVersionInfo describes a stored version.
 type PolicyVersionInfo struct {
 	state         protoimpl.MessageState  `protogen:"open.v1"`
@@ -949,7 +1003,7 @@ type PolicyVersionInfo struct {
 
 func (x *PolicyVersionInfo) Reset() {
 	*x = PolicyVersionInfo{}
-	mi := &file_agentassembly_v1_policy_proto_msgTypes[15]
+	mi := &file_agentassembly_v1_policy_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -961,7 +1015,7 @@ func (x *PolicyVersionInfo) String() string {
 func (*PolicyVersionInfo) ProtoMessage() {}
 
 func (x *PolicyVersionInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_agentassembly_v1_policy_proto_msgTypes[15]
+	mi := &file_agentassembly_v1_policy_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -974,7 +1028,7 @@ func (x *PolicyVersionInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyVersionInfo.ProtoReflect.Descriptor instead.
 func (*PolicyVersionInfo) Descriptor() ([]byte, []int) {
-	return file_agentassembly_v1_policy_proto_rawDescGZIP(), []int{15}
+	return file_agentassembly_v1_policy_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *PolicyVersionInfo) GetVersion() string {
@@ -1036,7 +1090,7 @@ type ListPolicyVersionsRequest struct {
 
 func (x *ListPolicyVersionsRequest) Reset() {
 	*x = ListPolicyVersionsRequest{}
-	mi := &file_agentassembly_v1_policy_proto_msgTypes[16]
+	mi := &file_agentassembly_v1_policy_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1048,7 +1102,7 @@ func (x *ListPolicyVersionsRequest) String() string {
 func (*ListPolicyVersionsRequest) ProtoMessage() {}
 
 func (x *ListPolicyVersionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentassembly_v1_policy_proto_msgTypes[16]
+	mi := &file_agentassembly_v1_policy_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1061,7 +1115,7 @@ func (x *ListPolicyVersionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPolicyVersionsRequest.ProtoReflect.Descriptor instead.
 func (*ListPolicyVersionsRequest) Descriptor() ([]byte, []int) {
-	return file_agentassembly_v1_policy_proto_rawDescGZIP(), []int{16}
+	return file_agentassembly_v1_policy_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListPolicyVersionsRequest) GetLimit() int32 {
@@ -1081,7 +1135,7 @@ type ListPolicyVersionsResponse struct {
 
 func (x *ListPolicyVersionsResponse) Reset() {
 	*x = ListPolicyVersionsResponse{}
-	mi := &file_agentassembly_v1_policy_proto_msgTypes[17]
+	mi := &file_agentassembly_v1_policy_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1093,7 +1147,7 @@ func (x *ListPolicyVersionsResponse) String() string {
 func (*ListPolicyVersionsResponse) ProtoMessage() {}
 
 func (x *ListPolicyVersionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentassembly_v1_policy_proto_msgTypes[17]
+	mi := &file_agentassembly_v1_policy_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1106,7 +1160,7 @@ func (x *ListPolicyVersionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPolicyVersionsResponse.ProtoReflect.Descriptor instead.
 func (*ListPolicyVersionsResponse) Descriptor() ([]byte, []int) {
-	return file_agentassembly_v1_policy_proto_rawDescGZIP(), []int{17}
+	return file_agentassembly_v1_policy_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ListPolicyVersionsResponse) GetVersions() []*PolicyVersionInfo {
@@ -1129,7 +1183,7 @@ type RollbackPolicyRequest struct {
 
 func (x *RollbackPolicyRequest) Reset() {
 	*x = RollbackPolicyRequest{}
-	mi := &file_agentassembly_v1_policy_proto_msgTypes[18]
+	mi := &file_agentassembly_v1_policy_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1141,7 +1195,7 @@ func (x *RollbackPolicyRequest) String() string {
 func (*RollbackPolicyRequest) ProtoMessage() {}
 
 func (x *RollbackPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentassembly_v1_policy_proto_msgTypes[18]
+	mi := &file_agentassembly_v1_policy_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1154,7 +1208,7 @@ func (x *RollbackPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RollbackPolicyRequest.ProtoReflect.Descriptor instead.
 func (*RollbackPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_agentassembly_v1_policy_proto_rawDescGZIP(), []int{18}
+	return file_agentassembly_v1_policy_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *RollbackPolicyRequest) GetVersion() string {
@@ -1192,7 +1246,7 @@ type SimulatePolicyRequest struct {
 
 func (x *SimulatePolicyRequest) Reset() {
 	*x = SimulatePolicyRequest{}
-	mi := &file_agentassembly_v1_policy_proto_msgTypes[19]
+	mi := &file_agentassembly_v1_policy_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1204,7 +1258,7 @@ func (x *SimulatePolicyRequest) String() string {
 func (*SimulatePolicyRequest) ProtoMessage() {}
 
 func (x *SimulatePolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentassembly_v1_policy_proto_msgTypes[19]
+	mi := &file_agentassembly_v1_policy_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1217,7 +1271,7 @@ func (x *SimulatePolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SimulatePolicyRequest.ProtoReflect.Descriptor instead.
 func (*SimulatePolicyRequest) Descriptor() ([]byte, []int) {
-	return file_agentassembly_v1_policy_proto_rawDescGZIP(), []int{19}
+	return file_agentassembly_v1_policy_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *SimulatePolicyRequest) GetDocuments() []*PolicyDocumentSource {
@@ -1257,7 +1311,7 @@ type SimulatedChange struct {
 
 func (x *SimulatedChange) Reset() {
 	*x = SimulatedChange{}
-	mi := &file_agentassembly_v1_policy_proto_msgTypes[20]
+	mi := &file_agentassembly_v1_policy_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1269,7 +1323,7 @@ func (x *SimulatedChange) String() string {
 func (*SimulatedChange) ProtoMessage() {}
 
 func (x *SimulatedChange) ProtoReflect() protoreflect.Message {
-	mi := &file_agentassembly_v1_policy_proto_msgTypes[20]
+	mi := &file_agentassembly_v1_policy_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1282,7 +1336,7 @@ func (x *SimulatedChange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SimulatedChange.ProtoReflect.Descriptor instead.
 func (*SimulatedChange) Descriptor() ([]byte, []int) {
-	return file_agentassembly_v1_policy_proto_rawDescGZIP(), []int{20}
+	return file_agentassembly_v1_policy_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *SimulatedChange) GetDecisionId() string {
@@ -1351,7 +1405,7 @@ type SimulatePolicyResponse struct {
 
 func (x *SimulatePolicyResponse) Reset() {
 	*x = SimulatePolicyResponse{}
-	mi := &file_agentassembly_v1_policy_proto_msgTypes[21]
+	mi := &file_agentassembly_v1_policy_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1363,7 +1417,7 @@ func (x *SimulatePolicyResponse) String() string {
 func (*SimulatePolicyResponse) ProtoMessage() {}
 
 func (x *SimulatePolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentassembly_v1_policy_proto_msgTypes[21]
+	mi := &file_agentassembly_v1_policy_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1376,7 +1430,7 @@ func (x *SimulatePolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SimulatePolicyResponse.ProtoReflect.Descriptor instead.
 func (*SimulatePolicyResponse) Descriptor() ([]byte, []int) {
-	return file_agentassembly_v1_policy_proto_rawDescGZIP(), []int{21}
+	return file_agentassembly_v1_policy_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *SimulatePolicyResponse) GetReplayed() int64 {
@@ -1484,7 +1538,10 @@ const file_agentassembly_v1_policy_proto_rawDesc = "" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x12\x16\n" +
 	"\x06author\x18\x03 \x01(\tR\x06author\",\n" +
 	"\x10GetPolicyRequest\x12\x18\n" +
-	"\aversion\x18\x01 \x01(\tR\aversion\"\xb7\x02\n" +
+	"\aversion\x18\x01 \x01(\tR\aversion\"s\n" +
+	"\x15GetAgentPolicyRequest\x12/\n" +
+	"\x05agent\x18\x01 \x01(\v2\x19.agentassembly.v1.AgentIdR\x05agent\x12)\n" +
+	"\x10credential_token\x18\x02 \x01(\tR\x0fcredentialToken\"\xb7\x02\n" +
 	"\x11PolicyVersionInfo\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12D\n" +
 	"\tdocuments\x18\x02 \x03(\v2&.agentassembly.v1.PolicyDocumentSourceR\tdocuments\x12\x16\n" +
@@ -1528,8 +1585,7 @@ const file_agentassembly_v1_policy_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\x1aB\n" +
 	"\x14SimulatedCountsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x012\xf7\n" +
-	"\n" +
+	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x012\xd7\v\n" +
 	"\rPolicyService\x12x\n" +
 	"\vCheckAction\x12$.agentassembly.v1.CheckActionRequest\x1a%.agentassembly.v1.CheckActionResponse\"\x1c\x82\xd3\xe4\x93\x02\x16:\x01*\"\x11/v1/actions:check\x12z\n" +
 	"\n" +
@@ -1539,7 +1595,8 @@ const file_agentassembly_v1_policy_proto_rawDesc = "" +
 	"\tGetBudget\x12\".agentassembly.v1.GetBudgetRequest\x1a#.agentassembly.v1.GetBudgetResponse\"\x1e\x82\xd3\xe4\x93\x02\x18\x12\x16/v1/budgets/{scope=**}\x12\x85\x01\n" +
 	"\x0eValidatePolicy\x12'.agentassembly.v1.ValidatePolicyRequest\x1a(.agentassembly.v1.ValidatePolicyResponse\" \x82\xd3\xe4\x93\x02\x1a:\x01*\"\x15/v1/policies:validate\x12w\n" +
 	"\vApplyPolicy\x12$.agentassembly.v1.ApplyPolicyRequest\x1a#.agentassembly.v1.PolicyVersionInfo\"\x1d\x82\xd3\xe4\x93\x02\x17:\x01*\"\x12/v1/policies:apply\x12t\n" +
-	"\tGetPolicy\x12\".agentassembly.v1.GetPolicyRequest\x1a#.agentassembly.v1.PolicyVersionInfo\"\x1e\x82\xd3\xe4\x93\x02\x18\x12\x16/v1/policies/{version}\x12\x85\x01\n" +
+	"\tGetPolicy\x12\".agentassembly.v1.GetPolicyRequest\x1a#.agentassembly.v1.PolicyVersionInfo\"\x1e\x82\xd3\xe4\x93\x02\x18\x12\x16/v1/policies/{version}\x12^\n" +
+	"\x0eGetAgentPolicy\x12'.agentassembly.v1.GetAgentPolicyRequest\x1a#.agentassembly.v1.PolicyVersionInfo\x12\x85\x01\n" +
 	"\x12ListPolicyVersions\x12+.agentassembly.v1.ListPolicyVersionsRequest\x1a,.agentassembly.v1.ListPolicyVersionsResponse\"\x14\x82\xd3\xe4\x93\x02\x0e\x12\f/v1/policies\x12\x80\x01\n" +
 	"\x0eRollbackPolicy\x12'.agentassembly.v1.RollbackPolicyRequest\x1a#.agentassembly.v1.PolicyVersionInfo\" \x82\xd3\xe4\x93\x02\x1a:\x01*\"\x15/v1/policies:rollback\x12\x85\x01\n" +
 	"\x0eSimulatePolicy\x12'.agentassembly.v1.SimulatePolicyRequest\x1a(.agentassembly.v1.SimulatePolicyResponse\" \x82\xd3\xe4\x93\x02\x1a:\x01*\"\x15/v1/policies:simulateBOZMgithub.com/agent-assembly/agent-assembly/api/agentassembly/v1;agentassemblyv1b\x06proto3"
@@ -1556,7 +1613,7 @@ func file_agentassembly_v1_policy_proto_rawDescGZIP() []byte {
 	return file_agentassembly_v1_policy_proto_rawDescData
 }
 
-var file_agentassembly_v1_policy_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_agentassembly_v1_policy_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_agentassembly_v1_policy_proto_goTypes = []any{
 	(*BatchCheckRequest)(nil),          // 0: agentassembly.v1.BatchCheckRequest
 	(*BatchCheckResponse)(nil),         // 1: agentassembly.v1.BatchCheckResponse
@@ -1573,75 +1630,79 @@ var file_agentassembly_v1_policy_proto_goTypes = []any{
 	(*ValidatePolicyResponse)(nil),     // 12: agentassembly.v1.ValidatePolicyResponse
 	(*ApplyPolicyRequest)(nil),         // 13: agentassembly.v1.ApplyPolicyRequest
 	(*GetPolicyRequest)(nil),           // 14: agentassembly.v1.GetPolicyRequest
-	(*PolicyVersionInfo)(nil),          // 15: agentassembly.v1.PolicyVersionInfo
-	(*ListPolicyVersionsRequest)(nil),  // 16: agentassembly.v1.ListPolicyVersionsRequest
-	(*ListPolicyVersionsResponse)(nil), // 17: agentassembly.v1.ListPolicyVersionsResponse
-	(*RollbackPolicyRequest)(nil),      // 18: agentassembly.v1.RollbackPolicyRequest
-	(*SimulatePolicyRequest)(nil),      // 19: agentassembly.v1.SimulatePolicyRequest
-	(*SimulatedChange)(nil),            // 20: agentassembly.v1.SimulatedChange
-	(*SimulatePolicyResponse)(nil),     // 21: agentassembly.v1.SimulatePolicyResponse
-	nil,                                // 22: agentassembly.v1.SimulatePolicyResponse.RecordedCountsEntry
-	nil,                                // 23: agentassembly.v1.SimulatePolicyResponse.SimulatedCountsEntry
-	(*CheckActionRequest)(nil),         // 24: agentassembly.v1.CheckActionRequest
-	(*CheckActionResponse)(nil),        // 25: agentassembly.v1.CheckActionResponse
-	(Decision)(0),                      // 26: agentassembly.v1.Decision
-	(EnforcementMode)(0),               // 27: agentassembly.v1.EnforcementMode
-	(*AgentId)(nil),                    // 28: agentassembly.v1.AgentId
-	(*timestamppb.Timestamp)(nil),      // 29: google.protobuf.Timestamp
-	(ActionType)(0),                    // 30: agentassembly.v1.ActionType
+	(*GetAgentPolicyRequest)(nil),      // 15: agentassembly.v1.GetAgentPolicyRequest
+	(*PolicyVersionInfo)(nil),          // 16: agentassembly.v1.PolicyVersionInfo
+	(*ListPolicyVersionsRequest)(nil),  // 17: agentassembly.v1.ListPolicyVersionsRequest
+	(*ListPolicyVersionsResponse)(nil), // 18: agentassembly.v1.ListPolicyVersionsResponse
+	(*RollbackPolicyRequest)(nil),      // 19: agentassembly.v1.RollbackPolicyRequest
+	(*SimulatePolicyRequest)(nil),      // 20: agentassembly.v1.SimulatePolicyRequest
+	(*SimulatedChange)(nil),            // 21: agentassembly.v1.SimulatedChange
+	(*SimulatePolicyResponse)(nil),     // 22: agentassembly.v1.SimulatePolicyResponse
+	nil,                                // 23: agentassembly.v1.SimulatePolicyResponse.RecordedCountsEntry
+	nil,                                // 24: agentassembly.v1.SimulatePolicyResponse.SimulatedCountsEntry
+	(*CheckActionRequest)(nil),         // 25: agentassembly.v1.CheckActionRequest
+	(*CheckActionResponse)(nil),        // 26: agentassembly.v1.CheckActionResponse
+	(Decision)(0),                      // 27: agentassembly.v1.Decision
+	(EnforcementMode)(0),               // 28: agentassembly.v1.EnforcementMode
+	(*AgentId)(nil),                    // 29: agentassembly.v1.AgentId
+	(*timestamppb.Timestamp)(nil),      // 30: google.protobuf.Timestamp
+	(ActionType)(0),                    // 31: agentassembly.v1.ActionType
 }
 var file_agentassembly_v1_policy_proto_depIdxs = []int32{
-	24, // 0: agentassembly.v1.BatchCheckRequest.requests:type_name -> agentassembly.v1.CheckActionRequest
-	25, // 1: agentassembly.v1.BatchCheckResponse.responses:type_name -> agentassembly.v1.CheckActionResponse
-	26, // 2: agentassembly.v1.TraceStep.decision:type_name -> agentassembly.v1.Decision
-	27, // 3: agentassembly.v1.TraceStep.enforcement_mode:type_name -> agentassembly.v1.EnforcementMode
-	25, // 4: agentassembly.v1.ExplainActionResponse.result:type_name -> agentassembly.v1.CheckActionResponse
+	25, // 0: agentassembly.v1.BatchCheckRequest.requests:type_name -> agentassembly.v1.CheckActionRequest
+	26, // 1: agentassembly.v1.BatchCheckResponse.responses:type_name -> agentassembly.v1.CheckActionResponse
+	27, // 2: agentassembly.v1.TraceStep.decision:type_name -> agentassembly.v1.Decision
+	28, // 3: agentassembly.v1.TraceStep.enforcement_mode:type_name -> agentassembly.v1.EnforcementMode
+	26, // 4: agentassembly.v1.ExplainActionResponse.result:type_name -> agentassembly.v1.CheckActionResponse
 	2,  // 5: agentassembly.v1.ExplainActionResponse.trace:type_name -> agentassembly.v1.TraceStep
-	28, // 6: agentassembly.v1.RecordUsageRequest.agent:type_name -> agentassembly.v1.AgentId
+	29, // 6: agentassembly.v1.RecordUsageRequest.agent:type_name -> agentassembly.v1.AgentId
 	7,  // 7: agentassembly.v1.RecordUsageResponse.budgets:type_name -> agentassembly.v1.BudgetStatus
 	7,  // 8: agentassembly.v1.GetBudgetResponse.budgets:type_name -> agentassembly.v1.BudgetStatus
 	9,  // 9: agentassembly.v1.ValidatePolicyRequest.documents:type_name -> agentassembly.v1.PolicyDocumentSource
 	10, // 10: agentassembly.v1.ValidatePolicyResponse.problems:type_name -> agentassembly.v1.PolicyProblem
 	9,  // 11: agentassembly.v1.ApplyPolicyRequest.documents:type_name -> agentassembly.v1.PolicyDocumentSource
-	9,  // 12: agentassembly.v1.PolicyVersionInfo.documents:type_name -> agentassembly.v1.PolicyDocumentSource
-	29, // 13: agentassembly.v1.PolicyVersionInfo.created_at:type_name -> google.protobuf.Timestamp
-	29, // 14: agentassembly.v1.PolicyVersionInfo.activated_at:type_name -> google.protobuf.Timestamp
-	15, // 15: agentassembly.v1.ListPolicyVersionsResponse.versions:type_name -> agentassembly.v1.PolicyVersionInfo
-	9,  // 16: agentassembly.v1.SimulatePolicyRequest.documents:type_name -> agentassembly.v1.PolicyDocumentSource
-	28, // 17: agentassembly.v1.SimulatedChange.agent:type_name -> agentassembly.v1.AgentId
-	30, // 18: agentassembly.v1.SimulatedChange.action_type:type_name -> agentassembly.v1.ActionType
-	26, // 19: agentassembly.v1.SimulatedChange.recorded:type_name -> agentassembly.v1.Decision
-	26, // 20: agentassembly.v1.SimulatedChange.simulated:type_name -> agentassembly.v1.Decision
-	22, // 21: agentassembly.v1.SimulatePolicyResponse.recorded_counts:type_name -> agentassembly.v1.SimulatePolicyResponse.RecordedCountsEntry
-	23, // 22: agentassembly.v1.SimulatePolicyResponse.simulated_counts:type_name -> agentassembly.v1.SimulatePolicyResponse.SimulatedCountsEntry
-	20, // 23: agentassembly.v1.SimulatePolicyResponse.changes:type_name -> agentassembly.v1.SimulatedChange
-	24, // 24: agentassembly.v1.PolicyService.CheckAction:input_type -> agentassembly.v1.CheckActionRequest
-	0,  // 25: agentassembly.v1.PolicyService.BatchCheck:input_type -> agentassembly.v1.BatchCheckRequest
-	24, // 26: agentassembly.v1.PolicyService.ExplainAction:input_type -> agentassembly.v1.CheckActionRequest
-	4,  // 27: agentassembly.v1.PolicyService.RecordUsage:input_type -> agentassembly.v1.RecordUsageRequest
-	6,  // 28: agentassembly.v1.PolicyService.GetBudget:input_type -> agentassembly.v1.GetBudgetRequest
-	11, // 29: agentassembly.v1.PolicyService.ValidatePolicy:input_type -> agentassembly.v1.ValidatePolicyRequest
-	13, // 30: agentassembly.v1.PolicyService.ApplyPolicy:input_type -> agentassembly.v1.ApplyPolicyRequest
-	14, // 31: agentassembly.v1.PolicyService.GetPolicy:input_type -> agentassembly.v1.GetPolicyRequest
-	16, // 32: agentassembly.v1.PolicyService.ListPolicyVersions:input_type -> agentassembly.v1.ListPolicyVersionsRequest
-	18, // 33: agentassembly.v1.PolicyService.RollbackPolicy:input_type -> agentassembly.v1.RollbackPolicyRequest
-	19, // 34: agentassembly.v1.PolicyService.SimulatePolicy:input_type -> agentassembly.v1.SimulatePolicyRequest
-	25, // 35: agentassembly.v1.PolicyService.CheckAction:output_type -> agentassembly.v1.CheckActionResponse
-	1,  // 36: agentassembly.v1.PolicyService.BatchCheck:output_type -> agentassembly.v1.BatchCheckResponse
-	3,  // 37: agentassembly.v1.PolicyService.ExplainAction:output_type -> agentassembly.v1.ExplainActionResponse
-	5,  // 38: agentassembly.v1.PolicyService.RecordUsage:output_type -> agentassembly.v1.RecordUsageResponse
-	8,  // 39: agentassembly.v1.PolicyService.GetBudget:output_type -> agentassembly.v1.GetBudgetResponse
-	12, // 40: agentassembly.v1.PolicyService.ValidatePolicy:output_type -> agentassembly.v1.ValidatePolicyResponse
-	15, // 41: agentassembly.v1.PolicyService.ApplyPolicy:output_type -> agentassembly.v1.PolicyVersionInfo
-	15, // 42: agentassembly.v1.PolicyService.GetPolicy:output_type -> agentassembly.v1.PolicyVersionInfo
-	17, // 43: agentassembly.v1.PolicyService.ListPolicyVersions:output_type -> agentassembly.v1.ListPolicyVersionsResponse
-	15, // 44: agentassembly.v1.PolicyService.RollbackPolicy:output_type -> agentassembly.v1.PolicyVersionInfo
-	21, // 45: agentassembly.v1.PolicyService.SimulatePolicy:output_type -> agentassembly.v1.SimulatePolicyResponse
-	35, // [35:46] is the sub-list for method output_type
-	24, // [24:35] is the sub-list for method input_type
-	24, // [24:24] is the sub-list for extension type_name
-	24, // [24:24] is the sub-list for extension extendee
-	0,  // [0:24] is the sub-list for field type_name
+	29, // 12: agentassembly.v1.GetAgentPolicyRequest.agent:type_name -> agentassembly.v1.AgentId
+	9,  // 13: agentassembly.v1.PolicyVersionInfo.documents:type_name -> agentassembly.v1.PolicyDocumentSource
+	30, // 14: agentassembly.v1.PolicyVersionInfo.created_at:type_name -> google.protobuf.Timestamp
+	30, // 15: agentassembly.v1.PolicyVersionInfo.activated_at:type_name -> google.protobuf.Timestamp
+	16, // 16: agentassembly.v1.ListPolicyVersionsResponse.versions:type_name -> agentassembly.v1.PolicyVersionInfo
+	9,  // 17: agentassembly.v1.SimulatePolicyRequest.documents:type_name -> agentassembly.v1.PolicyDocumentSource
+	29, // 18: agentassembly.v1.SimulatedChange.agent:type_name -> agentassembly.v1.AgentId
+	31, // 19: agentassembly.v1.SimulatedChange.action_type:type_name -> agentassembly.v1.ActionType
+	27, // 20: agentassembly.v1.SimulatedChange.recorded:type_name -> agentassembly.v1.Decision
+	27, // 21: agentassembly.v1.SimulatedChange.simulated:type_name -> agentassembly.v1.Decision
+	23, // 22: agentassembly.v1.SimulatePolicyResponse.recorded_counts:type_name -> agentassembly.v1.SimulatePolicyResponse.RecordedCountsEntry
+	24, // 23: agentassembly.v1.SimulatePolicyResponse.simulated_counts:type_name -> agentassembly.v1.SimulatePolicyResponse.SimulatedCountsEntry
+	21, // 24: agentassembly.v1.SimulatePolicyResponse.changes:type_name -> agentassembly.v1.SimulatedChange
+	25, // 25: agentassembly.v1.PolicyService.CheckAction:input_type -> agentassembly.v1.CheckActionRequest
+	0,  // 26: agentassembly.v1.PolicyService.BatchCheck:input_type -> agentassembly.v1.BatchCheckRequest
+	25, // 27: agentassembly.v1.PolicyService.ExplainAction:input_type -> agentassembly.v1.CheckActionRequest
+	4,  // 28: agentassembly.v1.PolicyService.RecordUsage:input_type -> agentassembly.v1.RecordUsageRequest
+	6,  // 29: agentassembly.v1.PolicyService.GetBudget:input_type -> agentassembly.v1.GetBudgetRequest
+	11, // 30: agentassembly.v1.PolicyService.ValidatePolicy:input_type -> agentassembly.v1.ValidatePolicyRequest
+	13, // 31: agentassembly.v1.PolicyService.ApplyPolicy:input_type -> agentassembly.v1.ApplyPolicyRequest
+	14, // 32: agentassembly.v1.PolicyService.GetPolicy:input_type -> agentassembly.v1.GetPolicyRequest
+	15, // 33: agentassembly.v1.PolicyService.GetAgentPolicy:input_type -> agentassembly.v1.GetAgentPolicyRequest
+	17, // 34: agentassembly.v1.PolicyService.ListPolicyVersions:input_type -> agentassembly.v1.ListPolicyVersionsRequest
+	19, // 35: agentassembly.v1.PolicyService.RollbackPolicy:input_type -> agentassembly.v1.RollbackPolicyRequest
+	20, // 36: agentassembly.v1.PolicyService.SimulatePolicy:input_type -> agentassembly.v1.SimulatePolicyRequest
+	26, // 37: agentassembly.v1.PolicyService.CheckAction:output_type -> agentassembly.v1.CheckActionResponse
+	1,  // 38: agentassembly.v1.PolicyService.BatchCheck:output_type -> agentassembly.v1.BatchCheckResponse
+	3,  // 39: agentassembly.v1.PolicyService.ExplainAction:output_type -> agentassembly.v1.ExplainActionResponse
+	5,  // 40: agentassembly.v1.PolicyService.RecordUsage:output_type -> agentassembly.v1.RecordUsageResponse
+	8,  // 41: agentassembly.v1.PolicyService.GetBudget:output_type -> agentassembly.v1.GetBudgetResponse
+	12, // 42: agentassembly.v1.PolicyService.ValidatePolicy:output_type -> agentassembly.v1.ValidatePolicyResponse
+	16, // 43: agentassembly.v1.PolicyService.ApplyPolicy:output_type -> agentassembly.v1.PolicyVersionInfo
+	16, // 44: agentassembly.v1.PolicyService.GetPolicy:output_type -> agentassembly.v1.PolicyVersionInfo
+	16, // 45: agentassembly.v1.PolicyService.GetAgentPolicy:output_type -> agentassembly.v1.PolicyVersionInfo
+	18, // 46: agentassembly.v1.PolicyService.ListPolicyVersions:output_type -> agentassembly.v1.ListPolicyVersionsResponse
+	16, // 47: agentassembly.v1.PolicyService.RollbackPolicy:output_type -> agentassembly.v1.PolicyVersionInfo
+	22, // 48: agentassembly.v1.PolicyService.SimulatePolicy:output_type -> agentassembly.v1.SimulatePolicyResponse
+	37, // [37:49] is the sub-list for method output_type
+	25, // [25:37] is the sub-list for method input_type
+	25, // [25:25] is the sub-list for extension type_name
+	25, // [25:25] is the sub-list for extension extendee
+	0,  // [0:25] is the sub-list for field type_name
 }
 
 func init() { file_agentassembly_v1_policy_proto_init() }
@@ -1656,7 +1717,7 @@ func file_agentassembly_v1_policy_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agentassembly_v1_policy_proto_rawDesc), len(file_agentassembly_v1_policy_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   24,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -27,6 +27,7 @@ const (
 	PolicyService_ValidatePolicy_FullMethodName     = "/agentassembly.v1.PolicyService/ValidatePolicy"
 	PolicyService_ApplyPolicy_FullMethodName        = "/agentassembly.v1.PolicyService/ApplyPolicy"
 	PolicyService_GetPolicy_FullMethodName          = "/agentassembly.v1.PolicyService/GetPolicy"
+	PolicyService_GetAgentPolicy_FullMethodName     = "/agentassembly.v1.PolicyService/GetAgentPolicy"
 	PolicyService_ListPolicyVersions_FullMethodName = "/agentassembly.v1.PolicyService/ListPolicyVersions"
 	PolicyService_RollbackPolicy_FullMethodName     = "/agentassembly.v1.PolicyService/RollbackPolicy"
 	PolicyService_SimulatePolicy_FullMethodName     = "/agentassembly.v1.PolicyService/SimulatePolicy"
@@ -55,6 +56,11 @@ type PolicyServiceClient interface {
 	ApplyPolicy(ctx context.Context, in *ApplyPolicyRequest, opts ...grpc.CallOption) (*PolicyVersionInfo, error)
 	// GetPolicy returns the active version, or the one named.
 	GetPolicy(ctx context.Context, in *GetPolicyRequest, opts ...grpc.CallOption) (*PolicyVersionInfo, error)
+	// GetAgentPolicy returns the active version to an agent's runtime, which
+	// compiles the agent's kernel (eBPF) rules from it. It is agent-facing:
+	// the caller proves the agent with its credential token, never an
+	// operator key. gRPC only.
+	GetAgentPolicy(ctx context.Context, in *GetAgentPolicyRequest, opts ...grpc.CallOption) (*PolicyVersionInfo, error)
 	// ListPolicyVersions lists stored versions, newest first.
 	ListPolicyVersions(ctx context.Context, in *ListPolicyVersionsRequest, opts ...grpc.CallOption) (*ListPolicyVersionsResponse, error)
 	// RollbackPolicy activates an earlier version.
@@ -151,6 +157,16 @@ func (c *policyServiceClient) GetPolicy(ctx context.Context, in *GetPolicyReques
 	return out, nil
 }
 
+func (c *policyServiceClient) GetAgentPolicy(ctx context.Context, in *GetAgentPolicyRequest, opts ...grpc.CallOption) (*PolicyVersionInfo, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PolicyVersionInfo)
+	err := c.cc.Invoke(ctx, PolicyService_GetAgentPolicy_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *policyServiceClient) ListPolicyVersions(ctx context.Context, in *ListPolicyVersionsRequest, opts ...grpc.CallOption) (*ListPolicyVersionsResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ListPolicyVersionsResponse)
@@ -204,6 +220,11 @@ type PolicyServiceServer interface {
 	ApplyPolicy(context.Context, *ApplyPolicyRequest) (*PolicyVersionInfo, error)
 	// GetPolicy returns the active version, or the one named.
 	GetPolicy(context.Context, *GetPolicyRequest) (*PolicyVersionInfo, error)
+	// GetAgentPolicy returns the active version to an agent's runtime, which
+	// compiles the agent's kernel (eBPF) rules from it. It is agent-facing:
+	// the caller proves the agent with its credential token, never an
+	// operator key. gRPC only.
+	GetAgentPolicy(context.Context, *GetAgentPolicyRequest) (*PolicyVersionInfo, error)
 	// ListPolicyVersions lists stored versions, newest first.
 	ListPolicyVersions(context.Context, *ListPolicyVersionsRequest) (*ListPolicyVersionsResponse, error)
 	// RollbackPolicy activates an earlier version.
@@ -243,6 +264,9 @@ func (UnimplementedPolicyServiceServer) ApplyPolicy(context.Context, *ApplyPolic
 }
 func (UnimplementedPolicyServiceServer) GetPolicy(context.Context, *GetPolicyRequest) (*PolicyVersionInfo, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetPolicy not implemented")
+}
+func (UnimplementedPolicyServiceServer) GetAgentPolicy(context.Context, *GetAgentPolicyRequest) (*PolicyVersionInfo, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetAgentPolicy not implemented")
 }
 func (UnimplementedPolicyServiceServer) ListPolicyVersions(context.Context, *ListPolicyVersionsRequest) (*ListPolicyVersionsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListPolicyVersions not implemented")
@@ -418,6 +442,24 @@ func _PolicyService_GetPolicy_Handler(srv interface{}, ctx context.Context, dec 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _PolicyService_GetAgentPolicy_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetAgentPolicyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PolicyServiceServer).GetAgentPolicy(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: PolicyService_GetAgentPolicy_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PolicyServiceServer).GetAgentPolicy(ctx, req.(*GetAgentPolicyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _PolicyService_ListPolicyVersions_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ListPolicyVersionsRequest)
 	if err := dec(in); err != nil {
@@ -510,6 +552,10 @@ var PolicyService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetPolicy",
 			Handler:    _PolicyService_GetPolicy_Handler,
+		},
+		{
+			MethodName: "GetAgentPolicy",
+			Handler:    _PolicyService_GetAgentPolicy_Handler,
 		},
 		{
 			MethodName: "ListPolicyVersions",
