@@ -31,7 +31,7 @@ type policyKernel struct {
 	policy  v1.PolicyServiceClient
 	agent   action.AgentID
 	token   func() string // the agent's current credential token ("" until registered)
-	command string // the agent's own executable, always allowed to exec
+	command string        // the agent's own executable, always allowed to exec
 	log     *slog.Logger
 	ea      *egress.Agent
 	version string
