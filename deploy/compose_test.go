@@ -274,7 +274,7 @@ func TestComposeCheckCatches(t *testing.T) {
 		{"same replica id", "AA_REPLICA_ID: gateway-2", "AA_REPLICA_ID: gateway-1", "share AA_REPLICA_ID"},
 		{"missing dockerfile", "deploy/docker/agent.Dockerfile", "deploy/docker/agnet.Dockerfile", "agnet.Dockerfile does not exist"},
 		{"undeclared volume", "- redis-data:/data", "- redis-dta:/data", "named volume \"redis-dta\""},
-		{"bad depends_on", "depends_on: [gateway-1, gateway-2, envoy]", "depends_on: [gateway-1, gateway-3, envoy]", "no service \"gateway-3\""},
+		{"bad depends_on", "envoy: {condition: service_started}", "envoyy: {condition: service_started}", "no service \"envoyy\""},
 		{"bad network_mode", "network_mode: service:envoy", "network_mode: service:envoyy", "network_mode names no service \"envoyy\""},
 	} {
 		t.Run(c.name, func(t *testing.T) {

@@ -140,6 +140,14 @@ func renderSidecar(t *testing.T, dir string, env map[string]string, static bool)
 	cmd := exec.Command("/bin/sh", args...)
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "ENVOY_BIN=true", "AA_ENVOY_CONFIG=" + out}
 	for k, v := range env {
+		if k == "AA_CREDENTIAL_TOKEN_FILE" {
+			// The file an init step (aa-runtime token --out) leaves in the
+			// running container; here a stand-in token.
+			v = filepath.Join(t.TempDir(), "token")
+			if err := os.WriteFile(v, []byte("tok.en-1\n"), 0o640); err != nil {
+				t.Fatal(err)
+			}
+		}
 		cmd.Env = append(cmd.Env, k+"="+v)
 	}
 	if b, err := cmd.CombinedOutput(); err != nil {

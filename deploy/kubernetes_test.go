@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -637,6 +638,13 @@ func TestKubernetesAgent(t *testing.T) {
 				}
 			}
 		}
+		for _, c := range spec.Containers {
+			for _, ev := range c.Env {
+				if ev.Name == "AA_CREDENTIAL_TOKEN_FILE" && !registers(spec.InitContainers, ev.Value) {
+					t.Errorf("example-agent: container %s reads its token from %s, which no init container writes (aa-runtime token --out)", c.Name, ev.Value)
+				}
+			}
+		}
 		sidecar := false
 		for _, ic := range spec.InitContainers {
 			if ic.RestartPolicy != nil && *ic.RestartPolicy == corev1.ContainerRestartPolicyAlways && strings.Contains(ic.Image, "envoy") {
@@ -661,6 +669,11 @@ func TestKubernetesAgent(t *testing.T) {
 			}
 			delete(env, "AA_ENVOY_CONFIG")
 			dir := t.TempDir()
+			if f := env["AA_CREDENTIAL_TOKEN_FILE"]; f != "" {
+				if !registers(spec.InitContainers, f) {
+					t.Errorf("example-agent: the sidecar reads its token from %s, which no init container before it writes (aa-runtime token --out)", f)
+				}
+			}
 			cm := configMap(t, objs, o.meta.Namespace, "aa-envoy-sidecar")
 			for name, body := range cm.Data {
 				if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
@@ -680,6 +693,21 @@ func TestKubernetesAgent(t *testing.T) {
 	if !found {
 		t.Fatal("no Job example-agent")
 	}
+}
+
+// registers reports whether an init container that runs to completion
+// before the sidecars (no restartPolicy) writes the token file path with
+// `aa-runtime token --out path`.
+func registers(inits []corev1.Container, path string) bool {
+	for _, ic := range inits {
+		if ic.RestartPolicy != nil {
+			return false // sidecars start in order: the register step must come first
+		}
+		if len(ic.Args) > 0 && ic.Args[0] == "token" && slices.Contains(ic.Args, "--out") && slices.Contains(ic.Args, path) {
+			return true
+		}
+	}
+	return false
 }
 
 // TestKubernetesCheckCatches shows the manifest checks fail on the mistakes

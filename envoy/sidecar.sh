@@ -23,6 +23,10 @@ rest=${AA_AGENT_ID#*/}
 AA_TEAM=${rest%%/*}
 AA_AGENT=${rest#*/}
 : "${AA_GATEWAY_HOST:=127.0.0.1}" "${AA_GATEWAY_PORT:=50051}" "${AA_ENVOY_ADMIN_PORT:=9901}" "${AA_EGRESS_PORT:=15001}"
+if [ -z "${AA_CREDENTIAL_TOKEN:-}" ] && [ -n "${AA_CREDENTIAL_TOKEN_FILE:-}" ]; then
+  # The token written by `aa-runtime token --out` (e.g. a Kubernetes init container).
+  AA_CREDENTIAL_TOKEN=$(cat "$AA_CREDENTIAL_TOKEN_FILE") || { echo "sidecar.sh: cannot read AA_CREDENTIAL_TOKEN_FILE=$AA_CREDENTIAL_TOKEN_FILE" >&2; exit 2; }
+fi
 : "${AA_CREDENTIAL_TOKEN:=}"
 case $AA_CREDENTIAL_TOKEN in
   *[!A-Za-z0-9._-]*) echo "sidecar.sh: AA_CREDENTIAL_TOKEN has characters a credential token never has" >&2; exit 2 ;;

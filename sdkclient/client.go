@@ -38,6 +38,9 @@ const (
 	EnvAgent   = "AA_AGENT_ID"
 	EnvGateway = "AA_GATEWAY_ADDR"
 	EnvToken   = "AA_CREDENTIAL_TOKEN"
+	// EnvTokenFile names a file holding the credential token (written by
+	// `aa-runtime token --out`), read when AA_CREDENTIAL_TOKEN is unset.
+	EnvTokenFile = "AA_CREDENTIAL_TOKEN_FILE"
 )
 
 // DefaultTimeout bounds a call whose context has no deadline.
@@ -98,6 +101,15 @@ func Dial(ctx context.Context, opts Options) (*Client, error) {
 	env(&opts.Socket, EnvSocket)
 	env(&opts.Gateway, EnvGateway)
 	env(&opts.Token, EnvToken)
+	if opts.Token == "" {
+		if f := os.Getenv(EnvTokenFile); f != "" {
+			b, err := os.ReadFile(f)
+			if err != nil {
+				return nil, fmt.Errorf("dial: read the credential token ($%s): %w", EnvTokenFile, err)
+			}
+			opts.Token = strings.TrimSpace(string(b))
+		}
+	}
 	env(&opts.Agent, EnvAgent)
 	if opts.Timeout <= 0 {
 		opts.Timeout = DefaultTimeout

@@ -279,6 +279,27 @@ func TestRegisterDirect(t *testing.T) {
 		Context: &v1.CheckActionRequest_ToolCall{ToolCall: &v1.ToolCallContext{Name: "echo"}}}, Outcome: "ok"}); err != nil {
 		t.Fatalf("report after register: %v", err)
 	}
+	// A token written to a file ($AA_CREDENTIAL_TOKEN_FILE, as `aa-runtime
+	// token --out` leaves it) is read when $AA_CREDENTIAL_TOKEN is unset.
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(tokenFile, []byte(resp.GetCredentialToken()+"\n"), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv(sdkclient.EnvToken, "")
+	t.Setenv(sdkclient.EnvTokenFile, tokenFile)
+	fc, err := sdkclient.Dial(context.Background(), sdkclient.Options{Gateway: gw, Agent: "acme/eng/a9"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fc.Close()
+	if d, err := fc.CheckToolCall(context.Background(), "echo", nil); err != nil || d.Decision != v1.Decision_ALLOW {
+		t.Fatalf("check with the token from $AA_CREDENTIAL_TOKEN_FILE: %+v %v", d, err)
+	}
+	t.Setenv(sdkclient.EnvTokenFile, filepath.Join(t.TempDir(), "missing"))
+	if _, err := sdkclient.Dial(context.Background(), sdkclient.Options{Gateway: gw, Agent: "acme/eng/a9"}); err == nil || !strings.Contains(err.Error(), sdkclient.EnvTokenFile) {
+		t.Fatalf("dial with a missing token file: %v, want an error naming %s", err, sdkclient.EnvTokenFile)
+	}
+	t.Setenv(sdkclient.EnvTokenFile, "")
 	other, err := sdkclient.Dial(context.Background(), sdkclient.Options{Gateway: gw, Agent: "acme/eng/a8"})
 	if err != nil {
 		t.Fatal(err)

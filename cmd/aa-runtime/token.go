@@ -27,6 +27,7 @@ func tokenCmd(args []string, out io.Writer) int {
 	agent := fs.String("agent", os.Getenv("AA_AGENT_ID"), "the agent: org/team/agent ($AA_AGENT_ID)")
 	keyFile := fs.String("key", "", "the agent's Ed25519 key seed (32 bytes, created 0600 when missing; default ./<org>.<team>.<agent>.key); register with the same key every time, or the gateway refuses the agent")
 	timeout := fs.Duration("timeout", 10*time.Second, "bound on the registration")
+	outFile := fs.String("out", "", "write the token to this file (mode 0640, replaced atomically) instead of stdout; a sidecar or SDK reads it through $AA_CREDENTIAL_TOKEN_FILE")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -50,8 +51,41 @@ func tokenCmd(args []string, out io.Writer) int {
 		fmt.Fprintf(os.Stderr, "aa-runtime token: %v\n", err)
 		return 1
 	}
+	if *outFile != "" {
+		if err := writeToken(*outFile, tok); err != nil {
+			fmt.Fprintf(os.Stderr, "aa-runtime token: %v\n", err)
+			return 1
+		}
+		return 0
+	}
 	fmt.Fprintln(out, tok)
 	return 0
+}
+
+// writeToken writes tok to path through a temporary file in the same
+// directory, so a reader never sees a partial token. The mode is 0640: the
+// pod's other containers read it through their shared group (fsGroup).
+func writeToken(path, tok string) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".token-*")
+	if err != nil {
+		return fmt.Errorf("write token %s: %w", path, err)
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.WriteString(tok + "\n"); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write token %s: %w", path, err)
+	}
+	if err := tmp.Chmod(0o640); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write token %s: %w", path, err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("write token %s: %w", path, err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return fmt.Errorf("write token %s: %w", path, err)
+	}
+	return nil
 }
 
 // agentKey reads the key seed at path, creating it (0600) when missing.

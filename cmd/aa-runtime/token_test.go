@@ -47,6 +47,28 @@ func TestTokenCommand(t *testing.T) {
 	if _, err := v1.NewPolicyServiceClient(cc).CheckAction(context.Background(), req); err != nil {
 		t.Fatalf("check with the printed token: %v", err)
 	}
+	// --out writes the token to a file (0640) and nothing to stdout; the
+	// file's token is accepted too.
+	outFile := filepath.Join(t.TempDir(), "token")
+	var stdout bytes.Buffer
+	if code := tokenCmd([]string{"--gateway", gw, "--agent", "acme/eng/a1", "--key", key, "--out", outFile}, &stdout); code != 0 || stdout.Len() != 0 {
+		t.Fatalf("aa-runtime token --out: exit %d, stdout %q", code, stdout.String())
+	}
+	st, err := os.Stat(outFile)
+	if err != nil || st.Mode().Perm() != 0o640 {
+		t.Fatalf("token file: %v %v, want a 0640 file", st, err)
+	}
+	fromFile, err := os.ReadFile(outFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.CredentialToken = strings.TrimSpace(string(fromFile))
+	if _, err := v1.NewPolicyServiceClient(cc).CheckAction(context.Background(), req); err != nil {
+		t.Fatalf("check with the token from --out: %v", err)
+	}
+	if code := tokenCmd([]string{"--gateway", gw, "--agent", "acme/eng/a1", "--key", key, "--out", filepath.Join(t.TempDir(), "missing", "token")}, &bytes.Buffer{}); code != 1 {
+		t.Fatalf("--out into a missing directory: exit %d, want 1", code)
+	}
 	if code := tokenCmd([]string{"--gateway", gw, "--agent", "acme/eng"}, &bytes.Buffer{}); code != 2 {
 		t.Fatalf("bad agent id: exit %d, want 2", code)
 	}
