@@ -7,6 +7,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -166,6 +167,11 @@ func (s *ApprovalService) WatchApprovals(req *v1.WatchApprovalsRequest, stream g
 	ch, err := st.Subscribe(stream.Context(), TopicApprovalEvents)
 	if err != nil {
 		return storeStatus("watch approvals", err)
+	}
+	// Headers go out once the subscription is in place: a client that waits
+	// for them (stream.Header()) misses no approval created afterwards.
+	if err := stream.SendHeader(metadata.MD{}); err != nil {
+		return err
 	}
 	for {
 		select {

@@ -93,6 +93,11 @@ func (s *AuditService) TailAudit(req *v1.TailAuditRequest, stream grpc.ServerStr
 	if err != nil {
 		return storeStatus("tail audit log", err)
 	}
+	// Headers go out once the tail is registered: a client that waits for
+	// them (stream.Header()) misses no record appended afterwards.
+	if err := stream.SendHeader(nil); err != nil {
+		return err
+	}
 	for {
 		select {
 		case <-stream.Context().Done():

@@ -104,6 +104,11 @@ func TestApprovalWaitIsAnswered(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The headers arrive once the gateway has subscribed the watcher; only
+	// then is the approval below sure to reach it.
+	if _, err := watch.Header(); err != nil {
+		t.Fatal(err)
+	}
 	done := make(chan *v1.CheckActionResponse, 1)
 	go func() {
 		req := rmReq(`{"command":"rm -rf tmp"}`)
