@@ -51,6 +51,11 @@ type AgentServiceOptions struct {
 	MaxDepth int
 	// Now is the clock (time.Now when nil).
 	Now func() time.Time
+	// Auth, when set, words, counts and audits every refused lifecycle
+	// credential as AgentAuth does for the other agent surfaces (a generic
+	// message; the cause only in metrics and the audit record). Lifecycle
+	// calls verify their token whatever Auth's mode.
+	Auth *AgentAuth
 }
 
 // AgentService implements agentassembly.v1.AgentLifecycleService: Ed25519
@@ -232,9 +237,15 @@ func (s *AgentService) delegate(ctx context.Context, ag *storage.Agent, req *v1.
 	}
 	got, err := s.opts.Issuer.VerifyToken(ctx, req.GetParentCredentialToken())
 	if err != nil {
+		if s.opts.Auth != nil {
+			return s.opts.Auth.refuse(ctx, "register_parent", tokenCause(err), pid, err)
+		}
 		return tokenStatus("parent_credential_token", err)
 	}
 	if got != pid {
+		if s.opts.Auth != nil {
+			return s.opts.Auth.refuse(ctx, "register_parent", "mismatch", pid, fmt.Errorf("credential of %s", got))
+		}
 		return status.Errorf(codes.PermissionDenied, "register: parent_credential_token belongs to %s, not parent %s", got, pid)
 	}
 	parent, err := s.reg.GetAgent(ctx, pid)
@@ -257,19 +268,26 @@ const reasonDeregistered = "deregistered"
 
 // authenticate verifies token and that it belongs to the agent the request
 // names (when it names one).
-func (s *AgentService) authenticate(ctx context.Context, token string, named *v1.AgentId) (identity.Claims, error) {
+func (s *AgentService) authenticate(ctx context.Context, surface, token string, named *v1.AgentId) (identity.Claims, error) {
+	id := action.AgentID{Org: named.GetOrgId(), Team: named.GetTeamId(), Agent: named.GetAgentId()}
 	if token == "" {
+		if s.opts.Auth != nil {
+			return identity.Claims{}, s.opts.Auth.refuse(ctx, surface, "missing", id, nil)
+		}
 		return identity.Claims{}, status.Error(codes.Unauthenticated, "credential_token is required: the token Register returned")
 	}
 	c, err := s.opts.Issuer.Verify(ctx, token)
 	if err != nil {
+		if s.opts.Auth != nil {
+			return identity.Claims{}, s.opts.Auth.refuse(ctx, surface, tokenCause(err), id, err)
+		}
 		return identity.Claims{}, tokenStatus("credential_token", err)
 	}
-	if named != nil && (named.GetOrgId() != "" || named.GetTeamId() != "" || named.GetAgentId() != "") {
-		id := action.AgentID{Org: named.GetOrgId(), Team: named.GetTeamId(), Agent: named.GetAgentId()}
-		if id != c.Agent {
-			return identity.Claims{}, status.Errorf(codes.PermissionDenied, "credential_token was issued to %s, not %s", c.Agent, id)
+	if !id.IsZero() && id != c.Agent {
+		if s.opts.Auth != nil {
+			return identity.Claims{}, s.opts.Auth.refuse(ctx, surface, "mismatch", id, fmt.Errorf("credential of %s", c.Agent))
 		}
+		return identity.Claims{}, status.Errorf(codes.PermissionDenied, "credential_token was issued to %s, not %s", c.Agent, id)
 	}
 	return c, nil
 }
@@ -290,7 +308,7 @@ func tokenStatus(field string, err error) error {
 
 // Heartbeat implements AgentLifecycleService.Heartbeat.
 func (s *AgentService) Heartbeat(ctx context.Context, req *v1.HeartbeatRequest) (*v1.HeartbeatResponse, error) {
-	c, err := s.authenticate(ctx, req.GetCredentialToken(), req.GetAgent())
+	c, err := s.authenticate(ctx, "heartbeat", req.GetCredentialToken(), req.GetAgent())
 	if err != nil {
 		return nil, err
 	}
@@ -313,7 +331,7 @@ func (s *AgentService) Heartbeat(ctx context.Context, req *v1.HeartbeatRequest) 
 
 // Deregister implements AgentLifecycleService.Deregister.
 func (s *AgentService) Deregister(ctx context.Context, req *v1.DeregisterRequest) (*v1.DeregisterResponse, error) {
-	c, err := s.authenticate(ctx, req.GetCredentialToken(), req.GetAgent())
+	c, err := s.authenticate(ctx, "deregister", req.GetCredentialToken(), req.GetAgent())
 	if err != nil {
 		return nil, err
 	}
@@ -336,7 +354,7 @@ func (s *AgentService) Deregister(ctx context.Context, req *v1.DeregisterRequest
 // the agent's deregistration ends the stream.
 func (s *AgentService) ControlStream(req *v1.ControlStreamRequest, stream grpc.ServerStreamingServer[v1.ControlCommand]) error {
 	ctx := stream.Context()
-	c, err := s.authenticate(ctx, req.GetCredentialToken(), req.GetAgent())
+	c, err := s.authenticate(ctx, "control_stream", req.GetCredentialToken(), req.GetAgent())
 	if err != nil {
 		return err
 	}

@@ -49,6 +49,7 @@ func (s *Server) startLifecycle(ctx context.Context) error {
 	}
 	s.agents, err = gateway.NewAgentService(gateway.AgentServiceOptions{
 		Registry: s.agentAuth.Registry(s.cached), Issuer: issuer, Events: s.events, Core: s.core, Logger: s.log,
+		Auth: s.agentAuth,
 	})
 	if err != nil {
 		return err

@@ -72,6 +72,22 @@ func wantCode(t *testing.T, what string, err error, code codes.Code, text string
 	}
 }
 
+// refusalAudited finds the governance record of a refused lifecycle
+// credential: the cause the caller is not told is in the audit log.
+func refusalAudited(t *testing.T, g *testGateway, reason string) {
+	t.Helper()
+	page, err := g.srv.Store().QueryAudit(context.Background(), storage.AuditQuery{Limit: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range page.Records {
+		if r.Reason == reason {
+			return
+		}
+	}
+	t.Fatalf("no audit record with reason %q", reason)
+}
+
 func TestRegisterHappyPath(t *testing.T) {
 	g := startGateway(t, examplesDir(t), nil)
 	ctx := context.Background()
@@ -183,23 +199,30 @@ func TestExpiredAndRevokedTokensRejected(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err = lifecycle(g).Heartbeat(ctx, &v1.HeartbeatRequest{Agent: coder, CredentialToken: expired})
-	wantCode(t, "expired token", err, codes.Unauthenticated, "expired")
+	wantCode(t, "expired token", err, codes.Unauthenticated, "agent not authenticated")
+	refusalAudited(t, g, "heartbeat refused: agent not authenticated (expired)")
 	if _, err := g.srv.Agents().VerifyToken(ctx, expired); !errors.Is(err, identity.ErrExpired) {
 		t.Fatalf("VerifyToken(expired) = %v", err)
 	}
 	// A token for another agent than the one named.
 	_, err = lifecycle(g).Heartbeat(ctx, &v1.HeartbeatRequest{Agent: agent("acme", "eng", "other"), CredentialToken: r.token})
-	wantCode(t, "token of another agent", err, codes.PermissionDenied, "issued to acme/eng/coder-1")
+	wantCode(t, "token of another agent", err, codes.PermissionDenied, "does not belong")
+	if strings.Contains(err.Error(), "coder-1") {
+		t.Fatalf("the refusal names the token's agent: %v", err)
+	}
+	refusalAudited(t, g, "heartbeat refused: agent not authenticated (mismatch)")
 	// A forged token.
 	_, err = lifecycle(g).Heartbeat(ctx, &v1.HeartbeatRequest{Agent: coder, CredentialToken: r.token[:len(r.token)-4] + "AAAA"})
-	wantCode(t, "forged token", err, codes.Unauthenticated, "credential_token")
+	wantCode(t, "forged token", err, codes.Unauthenticated, "agent not authenticated")
+	refusalAudited(t, g, "heartbeat refused: agent not authenticated (bad_signature)")
 
 	// Deregistration revokes the token.
 	if _, err := lifecycle(g).Deregister(ctx, &v1.DeregisterRequest{Agent: coder, CredentialToken: r.token}); err != nil {
 		t.Fatal(err)
 	}
 	_, err = lifecycle(g).Heartbeat(ctx, &v1.HeartbeatRequest{Agent: coder, CredentialToken: r.token})
-	wantCode(t, "revoked token", err, codes.Unauthenticated, "revoked")
+	wantCode(t, "revoked token", err, codes.Unauthenticated, "agent not authenticated")
+	refusalAudited(t, g, "heartbeat refused: agent not authenticated (revoked)")
 	if _, err := g.srv.Agents().VerifyToken(ctx, r.token); !errors.Is(err, identity.ErrRevoked) {
 		t.Fatalf("VerifyToken(revoked) = %v", err)
 	}
@@ -329,7 +352,8 @@ func TestSuspendViaControlStreamDeniesTheNextCheck(t *testing.T) {
 		t.Fatalf("check of a killed agent: %v", resp)
 	}
 	_, err := lifecycle(g).Heartbeat(ctx, &v1.HeartbeatRequest{Agent: coder, CredentialToken: r.token})
-	wantCode(t, "token of a killed agent", err, codes.Unauthenticated, "killed")
+	wantCode(t, "token of a killed agent", err, codes.Unauthenticated, "agent not authenticated")
+	refusalAudited(t, g, "heartbeat refused: agent not authenticated (revoked)")
 	code, m = postJSON(t, g.base+"/v1/agents/acme/eng/coder-1:resume", `{}`)
 	if code != 400 || !strings.Contains(fmt.Sprint(m["message"]), "killed") {
 		t.Fatalf("resume a killed agent: %d %v", code, m)
