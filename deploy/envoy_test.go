@@ -110,6 +110,9 @@ func checkEnvoyBootstrap(b []byte) errs {
 						if ep.GetFailureModeAllow() {
 							e.add("listener %s: ext_proc failure_mode_allow is true: bodies would pass unredacted when the gateway is down", l.GetName())
 						}
+						if ep.GetProcessingMode().GetRequestHeaderMode() != extprocv3.ProcessingMode_SEND {
+							e.add("listener %s: ext_proc request_header_mode is not SEND: the gateway's ext_proc reads ext_authz's decision from the request headers and refuses every request without them", l.GetName())
+						}
 						if c := ep.GetGrpcService().GetEnvoyGrpc().GetClusterName(); !clusters[c] {
 							e.add("listener %s: ext_proc calls undefined cluster %q", l.GetName(), c)
 						}

@@ -344,7 +344,7 @@ func egressListener(o *Options) (*listenerv3.Listener, error) {
 			GrpcService:      gatewayGRPC(o.AuthzTimeout),
 			FailureModeAllow: false,
 			ProcessingMode: &extprocv3.ProcessingMode{
-				RequestHeaderMode:  extprocv3.ProcessingMode_SKIP,
+				RequestHeaderMode:  extprocv3.ProcessingMode_SEND, // ext_proc reads ext_authz's decision from them
 				RequestBodyMode:    extprocv3.ProcessingMode_BUFFERED,
 				ResponseHeaderMode: extprocv3.ProcessingMode_SEND,
 				ResponseBodyMode:   extprocv3.ProcessingMode_BUFFERED,

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	"net"
 	"net/netip"
 	"os"
@@ -455,6 +456,17 @@ func TestExtProcOption(t *testing.T) {
 		for _, h := range listenerHCMs(f.listener) {
 			for _, fl := range h.hcm.GetHttpFilters() {
 				names = append(names, fl.GetName())
+				var ep extprocv3.ExternalProcessor
+				if fl.GetName() == filterExtProc {
+					if err := fl.GetTypedConfig().UnmarshalTo(&ep); err != nil {
+						t.Fatal(err)
+					}
+					// The gateway's ext_proc reads ext_authz's decision from the
+					// request headers; without them it refuses every request.
+					if m := ep.GetProcessingMode().GetRequestHeaderMode(); m != extprocv3.ProcessingMode_SEND {
+						t.Errorf("ext_proc request_header_mode %v, want SEND", m)
+					}
+				}
 			}
 		}
 		want := []string{filterExtAuthz, filterExtProc, filterDFP, filterRouter}
