@@ -159,7 +159,7 @@ func TestAuditVerifyDetectsTamperingSQLite(t *testing.T) {
 	addr := startGatewayOn(t, "sqlite:"+db)
 	makeDecisions(t, addr, 10)
 	// An attacker with write access to the file flips one byte of record 4's payload.
-	conn, err := sql.Open("sqlite", db)
+	conn, err := sql.Open("sqlite", "file:"+db+"?_pragma=busy_timeout(10000)")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -415,7 +415,7 @@ func TestAlertsFromRuntimeXDSAndAudit(t *testing.T) {
 	if _, err := g.client.CheckAction(ctx, netReq(coder, "github.com", 443)); err != nil {
 		t.Fatal(err)
 	}
-	db, err := sql.Open("sqlite", strings.TrimPrefix(g.cfg.Store, "sqlite:"))
+	db, err := sql.Open("sqlite", "file:"+strings.TrimPrefix(g.cfg.Store, "sqlite:")+"?_pragma=busy_timeout(10000)")
 	if err != nil {
 		t.Fatal(err)
 	}
