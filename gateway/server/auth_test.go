@@ -68,13 +68,16 @@ func adminPost(url, contentType string, body io.Reader) (*http.Response, error) 
 
 // credential is one way a caller presents itself in the matrix.
 type credential struct {
-	name string
-	key  string // "" sends no Authorization
-	role auth.Role
+	name  string
+	key   string // "" sends no Authorization
+	role  auth.Role
+	agent bool // key is an agent's credential token, also sent as x-aa-credential-token over gRPC
 }
 
 // matrixCredentials creates viewer, operator and admin keys and a revoked
-// key on g, and returns them with no key and a garbled one.
+// key on g, registers an agent, and returns them with no key and a garbled
+// one. The agent's credential token is presented as a bearer key too: an
+// agent credential never opens an operator method.
 func matrixCredentials(t *testing.T, g *testGateway) []credential {
 	t.Helper()
 	admin := v1.NewAdminServiceClient(g.conn)
@@ -91,12 +94,13 @@ func matrixCredentials(t *testing.T, g *testGateway) []credential {
 		t.Fatal(err)
 	}
 	return []credential{
-		{"no key", "", auth.RoleNone},
-		{"garbled", "aak_garbled", auth.RoleNone},
-		{"revoked", revoked, auth.RoleNone},
-		{"viewer", mk("matrix-viewer", "viewer"), auth.RoleViewer},
-		{"operator", mk("matrix-operator", "operator"), auth.RoleOperator},
-		{"admin", mk("matrix-admin", "admin"), auth.RoleAdmin},
+		{"no key", "", auth.RoleNone, false},
+		{"garbled", "aak_garbled", auth.RoleNone, false},
+		{"revoked", revoked, auth.RoleNone, false},
+		{"viewer", mk("matrix-viewer", "viewer"), auth.RoleViewer, false},
+		{"operator", mk("matrix-operator", "operator"), auth.RoleOperator, false},
+		{"admin", mk("matrix-admin", "admin"), auth.RoleAdmin, false},
+		{name: "agent token", key: register(t, g, agent("acme", "eng", "matrix-agent"), nil).token, role: auth.RoleNone, agent: true},
 	}
 }
 
@@ -149,7 +153,7 @@ func TestAuthorizationMatrixGRPC(t *testing.T) {
 			}
 		}
 	}
-	if len(calls) < 6*50 {
+	if len(calls) < 7*50 {
 		t.Fatalf("only %d calls: services missing from GetServiceInfo?", len(calls))
 	}
 	// Calls run in parallel: an authorized stream may wait for events
@@ -163,6 +167,9 @@ func TestAuthorizationMatrixGRPC(t *testing.T) {
 			defer cancel()
 			if c.cred.key != "" {
 				ctx = withKey(ctx, c.cred.key)
+			}
+			if c.cred.agent {
+				ctx = metadata.AppendToOutgoingContext(ctx, "x-aa-credential-token", c.cred.key)
 			}
 			var err error
 			switch desc, stream := streams[c.method]; {
@@ -193,7 +200,7 @@ func TestAuthorizationMatrixGRPC(t *testing.T) {
 				t.Errorf("%s: a public method was refused", what)
 			}
 		case auth.ClassAgent:
-			if c.code == codes.OK && !c.denied {
+			if c.code == codes.OK && !c.denied && !c.cred.agent {
 				t.Errorf("%s: an agent method succeeded without an agent credential", what)
 			}
 		default:
@@ -212,8 +219,12 @@ func TestAuthorizationMatrixGRPC(t *testing.T) {
 			}
 		}
 	}
-	// An operator key is never taken for an agent credential.
+	// An operator key is never taken for an agent credential; the agent's
+	// own token is.
 	for _, c := range calls {
+		if c.method == "/agentassembly.v1.PolicyService/CheckAction" && c.cred.agent && (c.code == codes.Unauthenticated || c.code == codes.PermissionDenied) {
+			t.Errorf("CheckAction with the agent's token: %s %q, want it past authentication", c.code, c.msg)
+		}
 		if c.method == "/agentassembly.v1.PolicyService/CheckAction" && c.cred.name == "admin" && c.code != codes.Unauthenticated {
 			t.Errorf("CheckAction with an admin key and no agent token: %s %q, want Unauthenticated", c.code, c.msg)
 		}
