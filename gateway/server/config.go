@@ -29,6 +29,9 @@ type Config struct {
 	SecretsKeyFile  string
 	PricingFile     string
 	AuditTimeout    time.Duration
+	// ExtAuthzTimeout bounds one ext_authz Check; keep it under the Envoy
+	// filter's own timeout (200ms by default).
+	ExtAuthzTimeout time.Duration
 	ShutdownTimeout time.Duration
 	LogLevel        string
 	LogFormat       string
@@ -125,6 +128,7 @@ func Settings() []Setting {
 		{"secrets-key-file", "AA_SECRETS_KEY_FILE", "./data/secrets.key", "32-byte key that encrypts stored secrets; created (0600) on first start", str(func(c *Config) *string { return &c.SecretsKeyFile })},
 		{"pricing", "AA_PRICING", "", "YAML file of LLM prices (USD per 1k tokens) merged over the built-in table; see docs/budgets.md", str(func(c *Config) *string { return &c.PricingFile })},
 		{"audit-timeout", "AA_AUDIT_TIMEOUT", "2s", "longest a check waits for its audit record to become durable before it is denied (fail closed)", dur(func(c *Config) *time.Duration { return &c.AuditTimeout })},
+		{"extauthz-timeout", "AA_EXTAUTHZ_TIMEOUT", "150ms", "longest an Envoy ext_authz Check waits for its decision before it is denied with 503 (fail closed); keep it under the ext_authz filter's timeout in Envoy (200ms by default)", dur(func(c *Config) *time.Duration { return &c.ExtAuthzTimeout })},
 		{"shutdown-timeout", "AA_SHUTDOWN_TIMEOUT", "10s", "grace period for in-flight requests and the final audit flush on SIGINT/SIGTERM", dur(func(c *Config) *time.Duration { return &c.ShutdownTimeout })},
 		{"log-level", "AA_LOG_LEVEL", "info", "debug, info, warn or error", str(func(c *Config) *string { return &c.LogLevel })},
 		{"log-format", "AA_LOG_FORMAT", "text", "text or json", str(func(c *Config) *string { return &c.LogFormat })},
@@ -233,6 +237,9 @@ func (c *Config) Validate() error {
 	}
 	if c.AuditTimeout <= 0 {
 		bad("audit-timeout", "must be positive")
+	}
+	if c.ExtAuthzTimeout <= 0 {
+		bad("extauthz-timeout", "must be positive")
 	}
 	if c.ShutdownTimeout <= 0 {
 		bad("shutdown-timeout", "must be positive")

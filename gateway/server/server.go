@@ -219,7 +219,7 @@ func (s *Server) buildGRPC() {
 	v1.RegisterAuditServiceServer(s.grpc, gateway.NewAuditService(s.store).WithReports(s.core, s.store).WithAgentAuth(s.agentAuth))
 	v1.RegisterApprovalServiceServer(s.grpc, gateway.NewApprovalService(s.core).WithAgentAuth(s.agentAuth))
 	v1.RegisterSecretsServiceServer(s.grpc, gateway.NewSecretsService(s.core, s.store).WithAgentAuth(s.agentAuth))
-	extauthz.New(s.core, extauthz.Options{Logger: s.log, Secrets: s.store, Injections: s.injections, Metrics: extauthz.NewMetrics(s.reg), Auth: s.agentAuth}).Register(s.grpc)
+	extauthz.New(s.core, extauthz.Options{Logger: s.log, Timeout: s.cfg.ExtAuthzTimeout, Secrets: s.store, Injections: s.injections, Metrics: extauthz.NewMetrics(s.reg), Auth: s.agentAuth}).Register(s.grpc)
 	extproc.New(s.core, extproc.Options{Logger: s.log, Metrics: extproc.NewMetrics(s.reg), Auth: s.agentAuth}).Register(s.grpc)
 	v1.RegisterAgentLifecycleServiceServer(s.grpc, s.agents)
 	v1.RegisterInvalidationServiceServer(s.grpc, gateway.NewInvalidationService(s.events).WithAgentAuth(s.agentAuth))

@@ -659,7 +659,9 @@ func TestRESTAuditAndTrace(t *testing.T) {
 // TestExtAuthzOnGatewayListener calls the gateway's gRPC port as Envoy's
 // ext_authz filter would.
 func TestExtAuthzOnGatewayListener(t *testing.T) {
-	g := startGateway(t, examplesDir(t), nil)
+	// A loaded CI machine can take longer than the 150ms default for the
+	// first durable decision; the timeout itself is tested in extauthz.
+	g := startGateway(t, examplesDir(t), func(c *Config) { c.ExtAuthzTimeout = 10 * time.Second })
 	client := authv3.NewAuthorizationClient(g.conn)
 	check := func(host string) *authv3.CheckResponse {
 		resp, err := client.Check(context.Background(), &authv3.CheckRequest{Attributes: &authv3.AttributeContext{
