@@ -175,7 +175,12 @@ func execCmd(args []string) int {
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
 	cmd.Env = append(os.Environ(), "AA_RUNTIME_SOCKET="+a.Socket, "AA_AGENT_ID="+a.ID.String())
-	cmd.SysProcAttr = &syscall.SysProcAttr{}
+	// The agent dies with its runtime (fail closed): a runtime killed with
+	// SIGKILL cannot detach cleanly, and its unpinned eBPF programs go with
+	// it, so the agent must not outlive it ungoverned. (The signal follows
+	// the OS thread that starts the agent; Go ends threads only when a
+	// goroutine exits locked to one, which this code never does.)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if a.UID != os.Getuid() {
 		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: uint32(a.UID), Gid: uint32(a.UID)}
 	}

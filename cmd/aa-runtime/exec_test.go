@@ -3,10 +3,12 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -254,4 +256,65 @@ func TestExecKernelDenialAudited(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// TestExecAgentDiesWithRuntime: an agent must not outlive a runtime killed
+// with SIGKILL (its unpinned eBPF programs are gone with it): the agent's
+// process is killed too.
+func TestExecAgentDiesWithRuntime(t *testing.T) {
+	cgRoot := needCgroups(t)
+	bin := build(t, t.TempDir(), "github.com/agent-assembly/agent-assembly/cmd/aa-runtime")
+	gw := servertest.Start(t, "../../runtime/testdata/policies", nil)
+	dir := t.TempDir()
+	pidFile := filepath.Join(dir, "agent.pid")
+	cmd := exec.Command(bin, "exec", "--agent", "acme/eng/a1", "--gateway", gw, "--buffer", filepath.Join(dir, "events.db"),
+		"--socket-dir", dir, "--cgroup-root", cgRoot, "--", "sh", "-c", "echo $$ > "+pidFile+"; exec sleep 300")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		for _, d := range mustGlob(t, filepath.Join(cgRoot, "acme.eng.a1-*")) {
+			_ = os.Remove(d) // the runtime died before removing its cgroup
+		}
+	})
+	var pid int
+	deadline := time.Now().Add(30 * time.Second)
+	for pid == 0 {
+		if b, err := os.ReadFile(pidFile); err == nil && strings.HasSuffix(string(b), "\n") {
+			fmt.Sscan(string(b), &pid)
+		}
+		if time.Now().After(deadline) {
+			_ = cmd.Process.Kill()
+			t.Fatal("the agent never started")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	_ = cmd.Wait()
+	for {
+		// Signal 0 probes; a zombie (no parent reaps it once init adopts it
+		// and reaps it) also ends the loop through ESRCH.
+		if err := syscall.Kill(pid, 0); err != nil {
+			break
+		}
+		if st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil && strings.Contains(string(st), ") Z ") {
+			break
+		}
+		if time.Now().After(deadline.Add(30 * time.Second)) {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+			t.Fatalf("agent %d outlived its runtime", pid)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func mustGlob(t *testing.T, pattern string) []string {
+	t.Helper()
+	m, err := filepath.Glob(pattern)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
 }
