@@ -41,7 +41,9 @@ func needCgroups(t *testing.T) string {
 	if err != nil {
 		t.Skipf("no cgroup v2 here: %v", err)
 	}
-	root := filepath.Join(mount, "agent-assembly-test")
+	// One root per test: runs of this package side by side (or a leftover
+	// of a crashed run) never see each other's agent cgroups.
+	root := filepath.Join(mount, fmt.Sprintf("agent-assembly-test-%d-%s", os.Getpid(), strings.ReplaceAll(t.Name(), "/", "_")))
 	if err := cgroup.Available(root); err != nil {
 		t.Skipf("cgroup v2 not writable here: %v", err)
 	}
