@@ -59,7 +59,8 @@ func startGateway(t testing.TB, policyPath string, mod func(*Config)) *testGatew
 	// These tests are about decisions, audit and lifecycle, and name their
 	// agents freely; agentauth_test.go runs the default (token) mode.
 	cfg.AgentAuth = "off"
-	cfg.BootstrapAdminKey = testAdminKey // operator calls below carry it (auth_test.go)
+	cfg.BootstrapAdminKey = testAdminKey   // operator calls below carry it (auth_test.go)
+	cfg.ExtAuthzTimeout = 10 * time.Second // loaded machines; the budget itself is tested in extauthz
 	cfg.AdminKeyFile = "none"
 	if mod != nil {
 		mod(&cfg)

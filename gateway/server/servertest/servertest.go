@@ -32,6 +32,9 @@ func Start(t testing.TB, policyPath string, mod func(*server.Config)) string {
 	cfg.APIAddr = ""
 	cfg.BootstrapAdminKey = AdminKey
 	cfg.AdminKeyFile = "none"
+	// Tests run on loaded machines; the 150ms ext_authz budget is tested
+	// in extauthz, not by every test that goes through ext_authz.
+	cfg.ExtAuthzTimeout = 10 * time.Second
 	if mod != nil {
 		mod(&cfg)
 	}
