@@ -276,7 +276,23 @@ func parseDestination(s string) (bpf.Destination, error) {
 // With pk, the rules come from the gateway's active policy (and follow it);
 // without, cfg holds them (--egress, --exec-deny).
 func attachKernel(rt *runtime.Runtime, g *cgroup.Group, a runtime.Agent, cfg bpf.AgentConfig, pk *policyKernel, log *slog.Logger) func() {
-	gov, err := bpf.Open(bpf.Options{Logger: log, NoPin: true})
+	// Pinned per cgroup, so the kernel keeps governing what is left in the
+	// agent's cgroup if this process dies; unpinned when bpffs is missing.
+	sweepExecPins(filepath.Dir(g.Path), log)
+	pin, err := execPinDir(g.Path)
+	var gov *bpf.Governor
+	if err == nil {
+		// The cgroup was just created: pins under its id are a dead
+		// runtime's, left for an earlier cgroup whose id was reused. Loading
+		// them would resume that runtime's rules.
+		if err = os.RemoveAll(pin); err == nil {
+			gov, err = bpf.Open(bpf.Options{Logger: log, PinPath: pin})
+		}
+	}
+	if err != nil {
+		log.Warn("eBPF pinning unavailable: enforcement ends if aa-runtime dies (the agent is killed with it)", "err", err)
+		gov, err = bpf.Open(bpf.Options{Logger: log, NoPin: true})
+	}
 	if err != nil {
 		log.Error("eBPF UNAVAILABLE: the agent runs WITHOUT kernel enforcement", "err", err)
 		return nil
@@ -290,7 +306,7 @@ func attachKernel(rt *runtime.Runtime, g *cgroup.Group, a runtime.Agent, cfg bpf
 	if err != nil {
 		log.Error("eBPF attach FAILED: the agent runs WITHOUT kernel enforcement", "cgroup", g.Path, "err", err)
 		kcancel()
-		_ = gov.Close()
+		_ = gov.Teardown()
 		return nil
 	}
 	if pk != nil {
@@ -307,8 +323,7 @@ func attachKernel(rt *runtime.Runtime, g *cgroup.Group, a runtime.Agent, cfg bpf
 			if pk != nil {
 				pk.close()
 			}
-			_ = gov.Release(g.Path)
-			_ = gov.Close()
+			_ = gov.Teardown() // detach, unpin, remove the pin directory
 		}
 	}
 	opts := verdicts.Options{Agent: &v1.AgentId{OrgId: a.ID.Org, TeamId: a.ID.Team, AgentId: a.ID.Agent}, Logger: log}
@@ -325,7 +340,6 @@ func attachKernel(rt *runtime.Runtime, g *cgroup.Group, a runtime.Agent, cfg bpf
 		if pk != nil {
 			pk.close()
 		}
-		_ = gov.Release(g.Path)
-		_ = gov.Close()
+		_ = gov.Teardown() // detach, unpin, remove the pin directory
 	}
 }

@@ -320,3 +320,106 @@ func mustGlob(t *testing.T, pattern string) []string {
 	}
 	return m
 }
+
+// TestExecPinnedAfterRuntimeKill: aa-runtime exec pins its programs per
+// cgroup, so when the runtime is killed with SIGKILL (and the agent with
+// it), a process the agent left in its cgroup is still denied in the
+// kernel. The next exec removes the pins and the empty cgroup.
+func TestExecPinnedAfterRuntimeKill(t *testing.T) {
+	cgRoot := needCgroups(t)
+	if _, err := exec.LookPath("bash"); err != nil {
+		t.Skip("needs bash for /dev/tcp")
+	}
+	bin := build(t, t.TempDir(), "github.com/agent-assembly/agent-assembly/cmd/aa-runtime")
+	gw := servertest.Start(t, "../../runtime/testdata/policies", nil)
+	dir := t.TempDir()
+	pidFile := filepath.Join(dir, "left.pid")
+	fifo := filepath.Join(dir, "fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// stderr goes to a file, not a pipe: the process left behind keeps its
+	// copy open, and Wait would wait for it.
+	stderr, err := os.Create(filepath.Join(dir, "runtime.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stderr.Close()
+	// The process left behind is a subshell (a fork of bash, which the
+	// policy's process.allow permits; an exec of sleep would be killed)
+	// blocked reading a FIFO nobody writes; the agent waits for it, so the
+	// runtime is still running (not tearing down) when it is killed.
+	cmd := exec.Command(bin, "exec", "--agent", "acme/eng/a1", "--gateway", gw, "--buffer", filepath.Join(dir, "events.db"),
+		"--socket-dir", dir, "--cgroup-root", cgRoot, "--ebpf", "enforce", "--",
+		"bash", "-c", "( read -r line <> "+fifo+" ) & echo $! > "+pidFile+"; wait")
+	cmd.Stderr = stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	readLog := func() string { b, _ := os.ReadFile(stderr.Name()); return string(b) }
+	var left int
+	t.Cleanup(func() {
+		if left > 0 {
+			_ = syscall.Kill(left, syscall.SIGKILL)
+		}
+	})
+	deadline := time.Now().Add(30 * time.Second)
+	for left == 0 {
+		if b, err := os.ReadFile(pidFile); err == nil && strings.HasSuffix(string(b), "\n") {
+			fmt.Sscan(string(b), &left)
+		}
+		if time.Now().After(deadline) {
+			_ = cmd.Process.Kill()
+			t.Fatalf("the agent never started\nstderr:\n%s", readLog())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	_ = cmd.Wait()
+	log := readLog()
+	if strings.Contains(log, "eBPF UNAVAILABLE") || strings.Contains(log, "eBPF attach FAILED") {
+		t.Skipf("eBPF not available here:\n%s", log)
+	}
+	if strings.Contains(log, "eBPF pinning unavailable") {
+		t.Skipf("bpffs pinning not available here:\n%s", log)
+	}
+	groups := mustGlob(t, filepath.Join(cgRoot, "acme.eng.a1-*"))
+	if len(groups) != 1 {
+		t.Fatalf("agent cgroups %v, want the one the dead runtime left", groups)
+	}
+	cg := groups[0]
+	pin, err := execPinDir(cg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A process joins the dead runtime's cgroup and connects: the pinned
+	// programs still judge it (EPERM, not a network error).
+	probe := exec.Command("bash", "-c", "echo $$ > "+filepath.Join(cg, "cgroup.procs")+" && exec 3<>/dev/tcp/203.0.113.7/443")
+	out, err := probe.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "Operation not permitted") {
+		t.Fatalf("connect from the dead runtime's cgroup: %v %s, want Operation not permitted\nruntime stderr:\n%s", err, out, log)
+	}
+	if _, err := os.Stat(pin); err != nil {
+		t.Fatalf("pin directory %s: %v", pin, err)
+	}
+	// Once the cgroup is empty, the next exec under the same root sweeps.
+	_ = syscall.Kill(left, syscall.SIGKILL)
+	for !cgroupEmpty(cg) {
+		if time.Now().After(deadline.Add(30 * time.Second)) {
+			t.Fatalf("cgroup %s never emptied", cg)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	r := runExec(t, bin, gw, cgRoot, []string{"--ebpf", "enforce", "--agent", "acme/eng/a2"}, "true") // another agent: a1 is registered with the first runtime's key
+	if r.code != 0 {
+		t.Fatalf("second exec: exit %d\nstderr:\n%s", r.code, r.log)
+	}
+	if _, err := os.Stat(pin); !os.IsNotExist(err) {
+		t.Errorf("pins of the dead runtime still at %s (%v)\nstderr:\n%s", pin, err, r.log)
+	}
+	if _, err := os.Stat(cg); !os.IsNotExist(err) {
+		t.Errorf("empty cgroup of the dead runtime still at %s (%v)", cg, err)
+	}
+}
