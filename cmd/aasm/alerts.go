@@ -404,19 +404,3 @@ func costRows(t *table, groups []string, resp *v1.GetCostsResponse) {
 	}
 	t.row(append(total, sums(resp.GetTotal())...)...)
 }
-
-// withConn dials the gateway and runs fn with the connection and a context
-// bounded by --timeout (0 means no bound).
-func (g *globals) withConn(ctx context.Context, fn func(ctx context.Context, conn *grpc.ClientConn) error) error {
-	conn, err := g.dial()
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	if g.timeout > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, g.timeout)
-		defer cancel()
-	}
-	return fn(ctx, conn)
-}
