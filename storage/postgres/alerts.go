@@ -119,20 +119,12 @@ func (s *Store) QueryAlerts(ctx context.Context, q storage.AlertQuery) (storage.
 	query += ` ORDER BY time_ns DESC, id COLLATE "C" DESC LIMIT ` + p.add(q.PageSize()+1)
 	var out []*storage.Alert
 	err = s.do(ctx, "query alerts", func(c *pgx.Conn) error {
-		out = out[:0]
 		rows, err := c.Query(ctx, query, p...)
 		if err != nil {
 			return err
 		}
-		defer rows.Close()
-		for rows.Next() {
-			a, err := scanAlert(rows)
-			if err != nil {
-				return err
-			}
-			out = append(out, a)
-		}
-		return rows.Err()
+		out, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (*storage.Alert, error) { return scanAlert(r) })
+		return err
 	})
 	if err != nil {
 		return storage.AlertPage{}, err
@@ -188,20 +180,12 @@ func (s *Store) ListSilences(ctx context.Context, activeAt time.Time) ([]*storag
 	query += ` ORDER BY created_ns DESC, id COLLATE "C" DESC`
 	var out []*storage.Silence
 	err := s.do(ctx, "list silences", func(c *pgx.Conn) error {
-		out = out[:0]
 		rows, err := c.Query(ctx, query, p...)
 		if err != nil {
 			return err
 		}
-		defer rows.Close()
-		for rows.Next() {
-			si, err := scanSilence(rows)
-			if err != nil {
-				return err
-			}
-			out = append(out, si)
-		}
-		return rows.Err()
+		out, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (*storage.Silence, error) { return scanSilence(r) })
+		return err
 	})
 	return out, err
 }
@@ -278,20 +262,15 @@ func (s *Store) QueryCosts(ctx context.Context, q storage.CostQuery) ([]storage.
 	query += ` ORDER BY day COLLATE "C", org COLLATE "C", team COLLATE "C", agent COLLATE "C", model COLLATE "C" LIMIT ` + p.add(limit+1)
 	var out []storage.CostEntry
 	err := s.do(ctx, "query costs", func(c *pgx.Conn) error {
-		out = out[:0]
 		rows, err := c.Query(ctx, query, p...)
 		if err != nil {
 			return err
 		}
-		defer rows.Close()
-		for rows.Next() {
-			var e storage.CostEntry
-			if err := rows.Scan(&e.Day, &e.Agent.Org, &e.Agent.Team, &e.Agent.Agent, &e.Model, &e.MicroUSD, &e.PromptTokens, &e.CompletionTokens, &e.Requests); err != nil {
-				return err
-			}
-			out = append(out, e)
-		}
-		return rows.Err()
+		out, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (e storage.CostEntry, err error) {
+			err = r.Scan(&e.Day, &e.Agent.Org, &e.Agent.Team, &e.Agent.Agent, &e.Model, &e.MicroUSD, &e.PromptTokens, &e.CompletionTokens, &e.Requests)
+			return e, err
+		})
+		return err
 	})
 	if err != nil {
 		return nil, err

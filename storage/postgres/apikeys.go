@@ -58,15 +58,8 @@ func (s *Store) ListAPIKeys(ctx context.Context) ([]*storage.APIKey, error) {
 		if err != nil {
 			return err
 		}
-		defer rows.Close()
-		for rows.Next() {
-			k, err := scanAPIKey(rows)
-			if err != nil {
-				return err
-			}
-			out = append(out, k)
-		}
-		return rows.Err()
+		out, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (*storage.APIKey, error) { return scanAPIKey(r) })
+		return err
 	})
 	return out, err
 }
