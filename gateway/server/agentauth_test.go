@@ -7,7 +7,9 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"errors"
 	"fmt"
+	"io"
 	"math/big"
 	"net"
 	"net/url"
@@ -615,6 +617,20 @@ func TestExtAuthzClientCertificate(t *testing.T) {
 	wantExtDenied(t, "no certificate", extCheck(t, ctx, dial(nil), nil, "spiffe://cluster.local/org/acme/team/research/agent/researcher-1"), "agent not authenticated")
 }
 
+// sendRecv sends req on a client stream and returns the first answer. A
+// server that refuses the stream at once may end it before the send lands;
+// gRPC then reports io.EOF from Send and the real status from Recv.
+func sendRecv[Req, Resp any](st interface {
+	Send(Req) error
+	Recv() (Resp, error)
+}, req Req) (Resp, error) {
+	if err := st.Send(req); err != nil && !errors.Is(err, io.EOF) {
+		var zero Resp
+		return zero, err
+	}
+	return st.Recv()
+}
+
 // adsStream opens an ADS stream with token and asks for node's listeners.
 func adsStream(t *testing.T, g *testGateway, token, node string) (*discoverygrpc.DiscoveryResponse, error) {
 	t.Helper()
@@ -624,10 +640,7 @@ func adsStream(t *testing.T, g *testGateway, token, node string) (*discoverygrpc
 	if err != nil {
 		return nil, err
 	}
-	if err := st.Send(&discoverygrpc.DiscoveryRequest{Node: &corev3.Node{Id: node}, TypeUrl: "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"}); err != nil {
-		return nil, err
-	}
-	return st.Recv()
+	return sendRecv(st, &discoverygrpc.DiscoveryRequest{Node: &corev3.Node{Id: node}, TypeUrl: "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"})
 }
 
 func TestADSRequiresTheNodesCredential(t *testing.T) {
@@ -699,10 +712,7 @@ func procHeaders(t *testing.T, g *testGateway, token, agent string) (*procv3.Pro
 	defer st.CloseSend()
 	hm := &corev3.HeaderMap{Headers: []*corev3.HeaderValue{{Key: "x-aa-decision", RawValue: []byte("allow")},
 		{Key: "x-aa-decision-id", RawValue: []byte("d1")}, {Key: "x-aa-agent", RawValue: []byte(agent)}}}
-	if err := st.Send(&procv3.ProcessingRequest{Request: &procv3.ProcessingRequest_RequestHeaders{RequestHeaders: &procv3.HttpHeaders{Headers: hm}}}); err != nil {
-		return nil, err
-	}
-	return st.Recv()
+	return sendRecv(st, &procv3.ProcessingRequest{Request: &procv3.ProcessingRequest_RequestHeaders{RequestHeaders: &procv3.HttpHeaders{Headers: hm}}})
 }
 
 func TestExtProcRequiresTheAgentsCredential(t *testing.T) {
@@ -799,10 +809,7 @@ func TestAgentCertificateOnTheGatewayListener(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		if err := st.Send(&discoverygrpc.DiscoveryRequest{Node: &corev3.Node{Id: node}, TypeUrl: "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"}); err != nil {
-			return err
-		}
-		_, err = st.Recv()
+		_, err = sendRecv(st, &discoverygrpc.DiscoveryRequest{Node: &corev3.Node{Id: node}, TypeUrl: "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"})
 		return err
 	}
 	if err := ads(agentConn, "acme/research/researcher-1"); err != nil {
