@@ -7,6 +7,9 @@ import (
 	"encoding/hex"
 	"fmt"
 	"math"
+	"time"
+
+	"github.com/agent-assembly/agent-assembly/action"
 )
 
 // HashSize is the length of an audit record hash (SHA-256).
@@ -294,4 +297,111 @@ func shortHex(b []byte) string {
 		return hex.EncodeToString(b[:8]) + "…"
 	}
 	return hex.EncodeToString(b)
+}
+
+// DecodeRecordEncoding parses a canonical encoding made by
+// AppendRecordEncoding back into a record (Hash is not part of it and stays
+// nil). It accepts exactly what AppendRecordEncoding produces: the magic, then
+// known tags in increasing order with well-formed lengths, so a damaged
+// encoding is an error wrapping ErrInvalid rather than a different record.
+// Drivers that store records in this form verify them by hashing the stored
+// bytes and compare with the stored hash; a record that decodes but was
+// altered still fails that comparison.
+func DecodeRecordEncoding(b []byte) (*AuditRecord, error) {
+	bad := func(format string, args ...any) (*AuditRecord, error) {
+		return nil, fmt.Errorf("decode audit record: "+format+": %w", append(args, ErrInvalid)...)
+	}
+	if !bytes.HasPrefix(b, []byte(recordEncodingMagic)) {
+		return bad("missing format marker")
+	}
+	b = b[len(recordEncodingMagic):]
+	r := &AuditRecord{}
+	var last uint64
+	for len(b) > 0 {
+		tag, n := binary.Uvarint(b)
+		if n <= 0 {
+			return bad("malformed field tag")
+		}
+		b = b[n:]
+		size, n := binary.Uvarint(b)
+		if n <= 0 || size > uint64(len(b)-n) {
+			return bad("field %d: malformed or overlong length", tag)
+		}
+		v := b[n : n+int(size)]
+		b = b[n+int(size):]
+		if tag <= last {
+			return bad("field %d out of order", tag)
+		}
+		last = tag
+		fixed := func() (int64, bool) {
+			if len(v) != 8 {
+				return 0, false
+			}
+			return int64(binary.BigEndian.Uint64(v)), true
+		}
+		switch tag {
+		case tagChain:
+			r.Chain = string(v)
+		case tagID:
+			r.ID = string(v)
+		case tagEvent:
+			r.Event = RecordEvent(v)
+		case tagAgentOrg:
+			r.Agent.Org = string(v)
+		case tagAgentTeam:
+			r.Agent.Team = string(v)
+		case tagAgentName:
+			r.Agent.Agent = string(v)
+		case tagSessionID:
+			r.SessionID = string(v)
+		case tagTraceID:
+			r.TraceID = string(v)
+		case tagSpanID:
+			r.SpanID = string(v)
+		case tagPayload:
+			r.Payload = bytes.Clone(v)
+		case tagRuleID:
+			r.RuleID = string(v)
+		case tagPolicyVersion:
+			r.PolicyVersion = string(v)
+		case tagReason:
+			r.Reason = string(v)
+		case tagPrevHash:
+			r.PrevHash = bytes.Clone(v)
+		case tagSeq, tagTime, tagKind, tagDecision, tagMode, tagShadowDecision, tagLatency:
+			x, ok := fixed()
+			if !ok {
+				return bad("field %d: want 8 bytes, have %d", tag, len(v))
+			}
+			switch tag {
+			case tagSeq:
+				r.Seq = x
+			case tagTime:
+				r.Time = FromUnixNanos(x)
+			case tagKind:
+				r.Kind = action.Kind(x)
+			case tagDecision:
+				r.Decision = action.Decision(x)
+			case tagMode:
+				r.Mode = action.Mode(x)
+			case tagShadowDecision:
+				r.ShadowDecision = action.Decision(x)
+			case tagLatency:
+				r.Latency = time.Duration(x)
+			}
+		default:
+			return bad("unknown field %d", tag)
+		}
+	}
+	return r, nil
+}
+
+// Unreadable records that the record at seq could not be read back at all
+// (its stored form is damaged), which ends verification like any other
+// problem.
+func (v *ChainVerifier) Unreadable(seq int64, err error) {
+	if v.done {
+		return
+	}
+	v.fail(seq, fmt.Sprintf("%s: record %d cannot be read: %v", ProblemHashMismatch, seq, err))
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"flag"
 	"os"
 	"path/filepath"
@@ -203,5 +204,40 @@ func BenchmarkHashRecord(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		storage.HashRecord(r)
+	}
+}
+
+// TestDecodeRecordEncodingRoundTrip: every golden record decodes back to an
+// equal record that hashes the same, and damaged encodings are refused.
+func TestDecodeRecordEncodingRoundTrip(t *testing.T) {
+	for name, r := range goldenRecords() {
+		enc := storage.AppendRecordEncoding(nil, r)
+		got, err := storage.DecodeRecordEncoding(enc)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if !bytes.Equal(storage.AppendRecordEncoding(nil, got), enc) || !bytes.Equal(storage.HashRecord(got), storage.HashRecord(r)) {
+			t.Errorf("%s: decoded %+v, which encodes differently from %+v", name, got, r)
+		}
+		if !got.Time.Equal(r.Time) || got.Reason != r.Reason || got.Latency != r.Latency || got.Agent != r.Agent {
+			t.Errorf("%s: decoded %+v, want %+v", name, got, r)
+		}
+		for cut := 1; cut < len(enc); cut += 7 {
+			if d, err := storage.DecodeRecordEncoding(enc[:cut]); err == nil && bytes.Equal(storage.AppendRecordEncoding(nil, d), enc) {
+				t.Errorf("%s: truncated at %d decoded to the whole record", name, cut)
+			}
+		}
+	}
+	full := storage.AppendRecordEncoding(nil, goldenRecords()["full"])
+	for label, b := range map[string][]byte{
+		"no magic":     full[1:],
+		"empty":        nil,
+		"unknown tag":  append(bytes.Clone(full), 99, 1, 'x'),
+		"out of order": append(bytes.Clone(full), 1, 1, 'x'),
+		"overlong":     append(bytes.Clone(full), 30, 200, 'x'),
+	} {
+		if _, err := storage.DecodeRecordEncoding(b); !errors.Is(err, storage.ErrInvalid) {
+			t.Errorf("%s: got %v, want ErrInvalid", label, err)
+		}
 	}
 }

@@ -2,9 +2,9 @@ package main
 
 import (
 	"context"
-	"database/sql"
 	"encoding/json"
 	"fmt"
+	"github.com/agent-assembly/agent-assembly/storage/sqlite/sqlitetest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -158,46 +158,11 @@ func TestAuditVerifyDetectsTamperingSQLite(t *testing.T) {
 	db := filepath.Join(t.TempDir(), "aa.db")
 	addr := startGatewayOn(t, "sqlite:"+db)
 	makeDecisions(t, addr, 10)
-	// An attacker with write access to the file flips one byte of record 4's payload.
-	conn, err := sql.Open("sqlite", "file:"+db+"?_pragma=busy_timeout(10000)")
-	if err != nil {
+	// An attacker with write access to the file changes one byte of record 4's payload.
+	if err := sqlitetest.TamperRecord(t.Context(), db, "gw-test", 4, []byte("network_call"), []byte("network_cell")); err != nil {
 		t.Fatal(err)
-	}
-	defer conn.Close()
-	trig, err := triggerNames(conn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, name := range trig {
-		if _, err := conn.Exec("DROP TRIGGER " + name); err != nil {
-			t.Fatal(err)
-		}
-	}
-	res, err := conn.Exec(`UPDATE audit SET payload = CAST(replace(CAST(payload AS TEXT), 'network_call', 'network_cell') AS BLOB) WHERE chain = 'gw-test' AND seq = 4`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if n, _ := res.RowsAffected(); n != 1 {
-		t.Fatalf("tampered %d rows", n)
 	}
 	verifyNames(t, addr, 4)
-}
-
-func triggerNames(db *sql.DB) ([]string, error) {
-	rows, err := db.Query(`SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'audit'`)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var out []string
-	for rows.Next() {
-		var n string
-		if err := rows.Scan(&n); err != nil {
-			return nil, err
-		}
-		out = append(out, n)
-	}
-	return out, rows.Err()
 }
 
 func TestAuditVerifyDetectsTamperingPostgres(t *testing.T) {

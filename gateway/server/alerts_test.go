@@ -2,8 +2,8 @@ package server
 
 import (
 	"context"
-	"database/sql"
 	"encoding/json"
+	"github.com/agent-assembly/agent-assembly/storage/sqlite/sqlitetest"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -415,15 +415,8 @@ func TestAlertsFromRuntimeXDSAndAudit(t *testing.T) {
 	if _, err := g.client.CheckAction(ctx, netReq(coder, "github.com", 443)); err != nil {
 		t.Fatal(err)
 	}
-	db, err := sql.Open("sqlite", "file:"+strings.TrimPrefix(g.cfg.Store, "sqlite:")+"?_pragma=busy_timeout(10000)")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	if _, err := db.Exec(`DROP TRIGGER audit_no_update`); err != nil { // what an attacker with file access does
-		t.Fatalf("tamper: %v", err)
-	}
-	if _, err := db.Exec(`UPDATE audit SET reason = reason || ' (edited)' WHERE chain = ? AND seq = 1`, g.cfg.ReplicaName()); err != nil {
+	// What an attacker with file access does: change record 1 in the file.
+	if err := sqlitetest.TamperRecord(ctx, strings.TrimPrefix(g.cfg.Store, "sqlite:"), g.cfg.ReplicaName(), 1, nil, nil); err != nil {
 		t.Fatalf("tamper: %v", err)
 	}
 	v, err := audit.VerifyAudit(ctx, &v1.VerifyAuditRequest{Chain: g.cfg.ReplicaName()})

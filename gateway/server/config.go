@@ -17,6 +17,11 @@ import (
 // Config is everything aa-gateway can be told. Start from DefaultConfig,
 // apply flags and environment with Bind, then call Validate.
 type Config struct {
+	// auditOff, set only by benchmarks in this package, drops every audit
+	// record instead of writing it: the "same gateway, audit off" baseline
+	// the audit path is measured against. No flag or setting reaches it.
+	auditOff bool
+
 	GRPCAddr        string
 	APIAddr         string
 	PolicyPath      string

@@ -136,8 +136,12 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	}
 	metrics := gateway.NewMetrics(s.reg)
 	s.writer = groupcommit.New(st, groupcommit.Options{Chain: replica, Logger: log, Metrics: metrics})
+	var auditor gateway.Auditor = s.writer
+	if cfg.auditOff {
+		auditor = dropAudit{}
+	}
 	core, err := gateway.NewCore(gateway.Options{
-		Audit: s.writer, Chain: replica, Logger: log, Metrics: metrics,
+		Audit: auditor, Chain: replica, Logger: log, Metrics: metrics,
 		Limits:       gateway.Limits{MaxPayloadBytes: cfg.MaxRequestBytes},
 		AuditTimeout: cfg.AuditTimeout,
 		Counters:     st,
@@ -576,3 +580,8 @@ func recoverStream(log *slog.Logger) grpc.StreamServerInterceptor {
 		return h(srv, ss)
 	}
 }
+
+// dropAudit discards audit records: Config.auditOff, for benchmarks only.
+type dropAudit struct{}
+
+func (dropAudit) Append(context.Context, *storage.AuditRecord) error { return nil }

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -12,19 +13,9 @@ import (
 	"github.com/agent-assembly/agent-assembly/storage"
 )
 
-const auditColumns = `chain, seq, id, time_ns, event, org, team, agent, session_id, trace_id, span_id,
-	kind, payload, decision, rule_id, policy_version, mode, shadow_decision, reason, latency_ns, prev_hash, hash`
-
-const (
-	selectHeadSQL = `SELECT seq, hash FROM audit_chains WHERE chain = ?`
-	upsertHeadSQL = `INSERT INTO audit_chains (chain, seq, hash) VALUES (?, ?, ?)
-		ON CONFLICT (chain) DO UPDATE SET seq = excluded.seq, hash = excluded.hash`
-)
-
-const insertAuditSQL = `INSERT INTO audit (` + auditColumns + `)
-	VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
-
-// AppendAudit links recs to their chains and stores them in one transaction.
+// AppendAudit links recs to their chains and journals them (see journal.go):
+// durable on return as the Store's durability says, in audit_blocks shortly
+// after, and visible to queries at once.
 func (s *Store) AppendAudit(ctx context.Context, recs []*storage.AuditRecord) error {
 	if len(recs) == 0 {
 		return nil
@@ -34,39 +25,13 @@ func (s *Store) AppendAudit(ctx context.Context, recs []*storage.AuditRecord) er
 			return fmt.Errorf("append audit: %w", err)
 		}
 	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("append audit: %w", err)
+	}
 	s.hub.appendMu.Lock()
 	defer s.hub.appendMu.Unlock()
-	err := s.write(ctx, func(tx *sql.Tx) error {
-		heads, err := storage.LinkRecords(recs, func(chain string) (storage.ChainHead, error) {
-			var h storage.ChainHead
-			err := tx.StmtContext(ctx, s.selectHead).QueryRowContext(ctx, chain).Scan(&h.Seq, &h.Hash)
-			if errors.Is(err, sql.ErrNoRows) {
-				return storage.ChainHead{}, nil
-			}
-			return h, err
-		})
-		if err != nil {
-			return err
-		}
-		ins := tx.StmtContext(ctx, s.insertAudit)
-		for _, r := range recs {
-			_, err := ins.ExecContext(ctx, r.Chain, r.Seq, r.ID, r.Time.UnixNano(), string(r.Event),
-				r.Agent.Org, r.Agent.Team, r.Agent.Agent, r.SessionID, r.TraceID, r.SpanID,
-				int64(r.Kind), r.Payload, int64(r.Decision), r.RuleID, r.PolicyVersion, int64(r.Mode),
-				int64(r.ShadowDecision), r.Reason, int64(r.Latency), r.PrevHash, r.Hash)
-			if err != nil {
-				return err
-			}
-		}
-		for chain, h := range heads {
-			if _, err := tx.StmtContext(ctx, s.upsertHead).ExecContext(ctx, chain, h.Seq, h.Hash); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("append audit: %w", wrapErr(err))
+	if err := s.hub.audit.append(recs, s.opts.Durability == storage.DurabilitySync); err != nil {
+		return fmt.Errorf("append audit: %w", err)
 	}
 	for _, r := range recs {
 		s.hub.tail.Publish(r.Clone())
@@ -74,103 +39,108 @@ func (s *Store) AppendAudit(ctx context.Context, recs []*storage.AuditRecord) er
 	return nil
 }
 
-type scanner interface{ Scan(dest ...any) error }
-
-func scanRecord(row scanner) (*storage.AuditRecord, error) {
-	var (
-		r                                     storage.AuditRecord
-		timeNS, kind, dec, mode, shadow, latN int64
-		event                                 string
-	)
-	err := row.Scan(&r.Chain, &r.Seq, &r.ID, &timeNS, &event, &r.Agent.Org, &r.Agent.Team, &r.Agent.Agent,
-		&r.SessionID, &r.TraceID, &r.SpanID, &kind, &r.Payload, &dec, &r.RuleID, &r.PolicyVersion, &mode,
-		&shadow, &r.Reason, &latN, &r.PrevHash, &r.Hash)
-	if err != nil {
-		return nil, err
-	}
-	r.Time = storage.FromUnixNanos(timeNS)
-	r.Event = storage.RecordEvent(event)
-	r.Kind, r.Decision, r.Mode, r.ShadowDecision = action.Kind(kind), action.Decision(dec), action.Mode(mode), action.Decision(shadow)
-	r.Latency = time.Duration(latN)
-	return &r, nil
+// indexed makes every record journaled so far visible to the read
+// connections.
+func (s *Store) indexed(ctx context.Context) error {
+	return s.hub.audit.index(ctx)
 }
 
-// QueryAudit returns one page of matching records.
+// QueryAudit returns one page of matching records. Blocks are read in the
+// page's order of their time range and decoded; the scan stops once no
+// remaining block can hold a record that sorts into the page.
 func (s *Store) QueryAudit(ctx context.Context, q storage.AuditQuery) (storage.AuditPage, error) {
 	cur, hasCur, err := storage.ParseAuditCursor(q.Cursor)
 	if err != nil {
 		return storage.AuditPage{}, fmt.Errorf("query audit: %w", err)
 	}
+	if err := s.indexed(ctx); err != nil {
+		return storage.AuditPage{}, fmt.Errorf("query audit: %w", err)
+	}
 	var where []string
 	var args []any
-	eq := func(col string, v any) {
-		where = append(where, col+" = ?")
-		args = append(args, v)
-	}
-	if q.Org != "" {
-		eq("org", q.Org)
-	}
-	if q.Team != "" {
-		eq("team", q.Team)
-	}
-	if q.Agent != "" {
-		eq("agent", q.Agent)
-	}
-	if q.SessionID != "" {
-		eq("session_id", q.SessionID)
-	}
-	if q.TraceID != "" {
-		eq("trace_id", q.TraceID)
-	}
-	if q.Kind != 0 {
-		eq("kind", int64(q.Kind))
-	}
-	if q.Decision != 0 {
-		eq("decision", int64(q.Decision))
-	}
-	if q.Event != "" {
-		eq("event", string(q.Event))
-	}
 	if !q.Since.IsZero() {
-		where = append(where, "time_ns >= ?")
+		where = append(where, "max_time_ns >= ?")
 		args = append(args, q.Since.UnixNano())
 	}
 	if !q.Until.IsZero() {
-		where = append(where, "time_ns < ?")
+		where = append(where, "min_time_ns < ?")
 		args = append(args, q.Until.UnixNano())
 	}
-	order, cmp := "DESC", "<"
+	order := "max_time_ns DESC"
 	if q.Ascending {
-		order, cmp = "ASC", ">"
-	}
-	if hasCur {
-		where = append(where, "(time_ns, chain, seq) "+cmp+" (?, ?, ?)")
-		args = append(args, cur.TimeNanos, cur.Chain, cur.Seq)
+		order = "min_time_ns ASC"
+		if hasCur {
+			where = append(where, "max_time_ns >= ?")
+			args = append(args, cur.TimeNanos)
+		}
+	} else if hasCur {
+		where = append(where, "min_time_ns <= ?")
+		args = append(args, cur.TimeNanos)
 	}
 	var b strings.Builder
-	b.WriteString("SELECT " + auditColumns + " FROM audit")
+	b.WriteString("SELECT min_time_ns, max_time_ns, first_seq, data FROM audit_blocks")
 	if len(where) > 0 {
 		b.WriteString(" WHERE " + strings.Join(where, " AND "))
 	}
-	fmt.Fprintf(&b, " ORDER BY time_ns %[1]s, chain %[1]s, seq %[1]s LIMIT ?", order)
-	args = append(args, q.PageSize()+1)
+	b.WriteString(" ORDER BY " + order)
 	rows, err := s.reader.QueryContext(ctx, b.String(), args...)
 	if err != nil {
 		return storage.AuditPage{}, fmt.Errorf("query audit: %w", wrapErr(err))
 	}
 	defer rows.Close()
-	out := make([]*storage.AuditRecord, 0, min(q.PageSize()+1, 128))
+
+	n := q.PageSize() + 1
+	// before reports whether a sorts before b in the page's order.
+	before := func(a, b storage.AuditPosition) bool {
+		if q.Ascending {
+			return a.Compare(b) < 0
+		}
+		return a.Compare(b) > 0
+	}
+	var page []*storage.AuditRecord
 	for rows.Next() {
-		r, err := scanRecord(rows)
-		if err != nil {
+		var lo, hi, first int64
+		var data []byte
+		if err := rows.Scan(&lo, &hi, &first, &data); err != nil {
 			return storage.AuditPage{}, fmt.Errorf("query audit: %w", wrapErr(err))
 		}
-		out = append(out, r)
+		if len(page) == n {
+			worst := page[n-1].Time.UnixNano()
+			if (q.Ascending && lo > worst) || (!q.Ascending && hi < worst) {
+				break // every later block sorts after the page's last record
+			}
+		}
+		_, err := decodeEntries(data, func(r *storage.AuditRecord, _ []byte) error {
+			if !q.Matches(r) {
+				return nil
+			}
+			pos := storage.PositionOf(r)
+			if hasCur && !before(cur, pos) {
+				return nil
+			}
+			if len(page) == n && !before(pos, storage.PositionOf(page[n-1])) {
+				return nil
+			}
+			i, _ := slices.BinarySearchFunc(page, pos, func(e *storage.AuditRecord, p storage.AuditPosition) int {
+				if before(storage.PositionOf(e), p) {
+					return -1
+				}
+				return 1
+			})
+			page = slices.Insert(page, i, r)
+			if len(page) > n {
+				page = page[:n]
+			}
+			return nil
+		})
+		if err != nil {
+			return storage.AuditPage{}, fmt.Errorf("query audit: audit block of chain starting at record %d is damaged (run audit verify): %w", first, err)
+		}
 	}
 	if err := rows.Err(); err != nil {
 		return storage.AuditPage{}, fmt.Errorf("query audit: %w", wrapErr(err))
 	}
-	return q.NextPage(out), nil
+	return q.NextPage(page), nil
 }
 
 // TailAudit delivers records appended after the call by any Store on this
@@ -181,7 +151,10 @@ func (s *Store) TailAudit(ctx context.Context) (<-chan *storage.AuditRecord, err
 
 // AuditChains lists the chains, sorted.
 func (s *Store) AuditChains(ctx context.Context) ([]string, error) {
-	rows, err := s.reader.QueryContext(ctx, `SELECT chain FROM audit_chains UNION SELECT DISTINCT chain FROM audit ORDER BY 1`)
+	if err := s.indexed(ctx); err != nil {
+		return nil, fmt.Errorf("list audit chains: %w", err)
+	}
+	rows, err := s.reader.QueryContext(ctx, `SELECT chain FROM audit_chains UNION SELECT DISTINCT chain FROM audit_blocks ORDER BY 1`)
 	if err != nil {
 		return nil, fmt.Errorf("list audit chains: %w", wrapErr(err))
 	}
@@ -198,8 +171,12 @@ func (s *Store) AuditChains(ctx context.Context) ([]string, error) {
 }
 
 // VerifyAudit streams one chain through storage.ChainVerifier inside one
-// read transaction, then checks the stored head.
+// read transaction, then checks the stored head. A record whose stored form
+// cannot be decoded is reported as the first bad record.
 func (s *Store) VerifyAudit(ctx context.Context, chain string) (storage.VerifyReport, error) {
+	if err := s.indexed(ctx); err != nil {
+		return storage.VerifyReport{}, fmt.Errorf("verify audit chain %q: %w", chain, err)
+	}
 	tx, err := s.reader.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
 	if err != nil {
 		return storage.VerifyReport{}, fmt.Errorf("verify audit chain %q: %w", chain, wrapErr(err))
@@ -211,31 +188,69 @@ func (s *Store) VerifyAudit(ctx context.Context, chain string) (storage.VerifyRe
 	if err != nil && !errors.Is(err, sql.ErrNoRows) {
 		return storage.VerifyReport{}, fmt.Errorf("verify audit chain %q: %w", chain, wrapErr(err))
 	}
-	rows, err := tx.QueryContext(ctx, `SELECT `+auditColumns+` FROM audit WHERE chain = ? ORDER BY seq`, chain)
+	rows, err := tx.QueryContext(ctx, `SELECT first_seq, data FROM audit_blocks WHERE chain = ? ORDER BY first_seq`, chain)
 	if err != nil {
 		return storage.VerifyReport{}, fmt.Errorf("verify audit chain %q: %w", chain, wrapErr(err))
 	}
 	defer rows.Close()
 	v := storage.NewChainVerifier(chain, storage.ChainHead{})
-	n := 0
+	blocks := 0
+	stop := errors.New("stop")
 	for rows.Next() {
-		r, err := scanRecord(rows)
-		if err != nil {
+		var first int64
+		var data []byte
+		if err := rows.Scan(&first, &data); err != nil {
 			return storage.VerifyReport{}, fmt.Errorf("verify audit chain %q: %w", chain, wrapErr(err))
 		}
-		n++
-		if !v.Add(r) {
+		blocks++
+		i, err := decodeEntries(data, func(r *storage.AuditRecord, _ []byte) error {
+			if !v.Add(r) {
+				return stop
+			}
+			return nil
+		})
+		if errors.Is(err, stop) {
+			break
+		}
+		if err != nil {
+			v.Unreadable(first+int64(i), err)
 			break
 		}
 	}
 	if err := rows.Err(); err != nil {
 		return storage.VerifyReport{}, fmt.Errorf("verify audit chain %q: %w", chain, wrapErr(err))
 	}
-	if n == 0 && !hasHead {
+	if blocks == 0 && !hasHead {
 		return storage.VerifyReport{}, fmt.Errorf("verify audit chain %q: %w", chain, storage.ErrNotFound)
 	}
 	if hasHead {
 		v.CheckHead(head)
 	}
 	return v.Report(), nil
+}
+
+// legacyAuditColumns are the columns of the audit table before migration
+// 0005, read once to convert its rows into blocks.
+const legacyAuditColumns = `chain, seq, id, time_ns, event, org, team, agent, session_id, trace_id, span_id,
+	kind, payload, decision, rule_id, policy_version, mode, shadow_decision, reason, latency_ns, prev_hash, hash`
+
+type scanner interface{ Scan(dest ...any) error }
+
+func scanLegacyRecord(row scanner) (*storage.AuditRecord, error) {
+	var (
+		r                                     storage.AuditRecord
+		timeNS, kind, dec, mode, shadow, latN int64
+		event                                 string
+	)
+	err := row.Scan(&r.Chain, &r.Seq, &r.ID, &timeNS, &event, &r.Agent.Org, &r.Agent.Team, &r.Agent.Agent,
+		&r.SessionID, &r.TraceID, &r.SpanID, &kind, &r.Payload, &dec, &r.RuleID, &r.PolicyVersion, &mode,
+		&shadow, &r.Reason, &latN, &r.PrevHash, &r.Hash)
+	if err != nil {
+		return nil, err
+	}
+	r.Time = storage.FromUnixNanos(timeNS)
+	r.Event = storage.RecordEvent(event)
+	r.Kind, r.Decision, r.Mode, r.ShadowDecision = action.Kind(kind), action.Decision(dec), action.Mode(mode), action.Decision(shadow)
+	r.Latency = time.Duration(latN)
+	return &r, nil
 }

@@ -10,17 +10,21 @@
 //
 // # Durability
 //
-// With DurabilitySync the database runs synchronous=FULL: every commit
-// fsyncs the WAL before it returns, so an acknowledged audit record survives
-// power loss. With DurabilityOS it runs synchronous=NORMAL: a commit returns
-// once the WAL frames are written to the OS (they survive a crash of the
-// gateway process), and a background flusher fsyncs the WAL file after every
-// commit, waiting at most FlushInterval (default 5 ms) after the previous
-// fsync began, so a commit reaches the disk within FlushInterval plus the
-// time of at most two fsyncs. SQLite itself fsyncs the WAL before and the
-// database after every checkpoint in this mode, so checkpointed data is
-// durable too. Both modes batch well: groupcommit turns many concurrent
-// appends into one transaction and one fsync.
+// Audit records are made durable in an append-only journal next to the
+// database (journal.go): with DurabilitySync every batch is fdatasynced
+// before AppendAudit returns, so an acknowledged record survives power loss;
+// with DurabilityOS the batch is written to the OS (it survives a crash of the
+// gateway process) and a background flusher fdatasyncs the journal at most
+// FlushInterval (default 5 ms) after the write. An indexer moves journaled
+// records into the audit_blocks table a few times a second; queries index
+// what is pending first, so they always see every acknowledged record.
+//
+// Everything else is written straight to SQLite. With DurabilitySync the
+// database runs synchronous=FULL: every commit fsyncs the WAL before it
+// returns. With DurabilityOS it runs synchronous=NORMAL and a background
+// flusher fsyncs the WAL after commits, within FlushInterval. SQLite itself
+// fsyncs the WAL before and the database after every checkpoint, so
+// checkpointed data is durable in both modes.
 //
 // # Several instances
 //
@@ -28,7 +32,10 @@
 // audit tails, approval wake-ups and counters, so they behave as replicas.
 // Stores in different processes share the data; approval waits notice a
 // decision by polling, but tails and Notifier do not cross processes and each
-// process keeps its own counters: use Redis (--counters) for that.
+// process keeps its own counters: use Redis (--counters) for that. Each
+// process must write its own audit chains (a chain is locked by the first
+// process that appends to it), and a process sees another's audit records
+// once that process has indexed them (within about 20 ms).
 package sqlite
 
 import (
@@ -152,10 +159,6 @@ type Store struct {
 	ckpt   *sql.DB // one connection for background checkpoints
 	hub    *hub
 
-	insertAudit *sql.Stmt // prepared once on the writer connection
-	selectHead  *sql.Stmt
-	upsertHead  *sql.Stmt
-
 	dirty    chan struct{} // a commit awaits its fsync (DurabilityOS)
 	walSyncs atomic.Int64  // background WAL fsyncs done, for tests
 	stop     chan struct{}
@@ -234,12 +237,6 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("open sqlite store %s: %w", opts.Path, err)
 	}
 	s.ckpt.SetMaxOpenConns(1)
-	if err = s.prepare(ctx); err != nil {
-		s.ckpt.Close()
-		s.reader.Close()
-		s.writer.Close()
-		return nil, fmt.Errorf("open sqlite store %s: %w", opts.Path, err)
-	}
 	// Stores reaching one file through different paths share one hub.
 	hubKey := abs
 	if real, err := filepath.EvalSymlinks(abs); err == nil {
@@ -260,17 +257,9 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 	return s, nil
 }
 
-func (s *Store) prepare(ctx context.Context) error {
-	for _, p := range []struct {
-		stmt  **sql.Stmt
-		query string
-	}{{&s.insertAudit, insertAuditSQL}, {&s.selectHead, selectHeadSQL}, {&s.upsertHead, upsertHeadSQL}} {
-		var err error
-		if *p.stmt, err = s.writer.PrepareContext(ctx, p.query); err != nil {
-			return err
-		}
-	}
-	return nil
+// goMigrations run after the SQL of their migration, in its transaction.
+var goMigrations = map[int]func(context.Context, *sql.Tx) error{
+	5: convertAuditRows,
 }
 
 // migrate applies the embedded migrations that schema_migrations does not
@@ -323,6 +312,11 @@ func (s *Store) migrate(ctx context.Context) error {
 			}
 			if _, err := tx.ExecContext(ctx, string(body)); err != nil {
 				return err
+			}
+			if hook := goMigrations[m.version]; hook != nil {
+				if err := hook(ctx, tx); err != nil {
+					return err
+				}
 			}
 			_, err := tx.ExecContext(ctx, `INSERT INTO schema_migrations (version, name, applied_ns) VALUES (?, ?, ?)`, m.version, m.name, time.Now().UnixNano())
 			return err
@@ -510,9 +504,7 @@ func (s *Store) Close() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		err := s.hub.flushCounters(ctx, s)
-		s.hub.release(s)
-		s.closeErr = errors.Join(err, s.insertAudit.Close(), s.selectHead.Close(), s.upsertHead.Close(),
-			s.ckpt.Close(), s.reader.Close(), s.writer.Close())
+		s.closeErr = errors.Join(err, s.hub.release(ctx, s), s.ckpt.Close(), s.reader.Close(), s.writer.Close())
 	})
 	return s.closeErr
 }
@@ -529,6 +521,8 @@ type hub struct {
 	counters *memory.Counters
 	// appendMu orders tail delivery with commit order across the Stores.
 	appendMu sync.Mutex
+	// audit is the audit journal and its indexer (journal.go).
+	audit *auditLog
 
 	dirtyMu sync.Mutex
 	dirty   map[string]struct{}
@@ -557,17 +551,28 @@ func acquireHub(ctx context.Context, path string, s *Store) (*hub, error) {
 	if err := h.loadCounters(ctx, s); err != nil {
 		return nil, err
 	}
+	var err error
+	if h.audit, err = openAuditLog(ctx, s.path, s.log, s.opts.FlushInterval); err != nil {
+		return nil, err
+	}
 	hubs.m[path] = h
 	return h, nil
 }
 
-func (h *hub) release(s *Store) {
+// release drops s's reference; the last one closes the audit journal
+// (indexing what is left) and the notifications.
+func (h *hub) release(ctx context.Context, s *Store) error {
 	hubs.Lock()
 	defer hubs.Unlock()
 	h.refs--
-	if h.refs == 0 {
-		delete(hubs.m, h.path)
-		h.tail.Close()
-		h.notifier.Close()
+	if h.refs > 0 {
+		return nil
 	}
+	delete(hubs.m, h.path)
+	h.tail.Close()
+	h.notifier.Close()
+	if err := h.audit.close(ctx); err != nil {
+		return fmt.Errorf("close audit journal: %w", err)
+	}
+	return nil
 }

@@ -2,8 +2,8 @@ package sqlite
 
 import (
 	"bytes"
-	"context"
 	"database/sql"
+	"github.com/agent-assembly/agent-assembly/storage/sqlite/sqlitetest"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -58,24 +58,22 @@ func rawDB(t *testing.T, s *Store) *sql.DB {
 
 func tamper(t *testing.T, st storage.Store, chain string, seq int64) {
 	t.Helper()
-	db := rawDB(t, st.(*Store))
-	ctx := context.Background()
-	var payload []byte
-	if err := db.QueryRowContext(ctx, `SELECT payload FROM audit WHERE chain = ? AND seq = ?`, chain, seq).Scan(&payload); err != nil {
+	s := st.(*Store)
+	page, err := s.QueryAudit(t.Context(), storage.AuditQuery{Limit: 1000})
+	if err != nil {
 		t.Fatal(err)
 	}
-	payload[len(payload)/2] ^= 0x01 // one bit of one byte
-	if _, err := db.ExecContext(ctx, `UPDATE audit SET payload = ? WHERE chain = ? AND seq = ?`, payload, chain, seq); err == nil {
-		t.Fatal("the append-only trigger let an UPDATE of the audit log through")
-	}
-	for _, q := range []string{`DROP TRIGGER audit_no_update`} {
-		if _, err := db.ExecContext(ctx, q); err != nil {
-			t.Fatal(err)
+	for _, r := range page.Records {
+		if r.Chain == chain && r.Seq == seq {
+			changed := bytes.Clone(r.Payload)
+			changed[len(changed)/2] ^= 0x01 // one bit of one byte of the payload
+			if err := sqlitetest.TamperRecord(t.Context(), s.path, chain, seq, r.Payload, changed); err != nil {
+				t.Fatal(err)
+			}
+			return
 		}
 	}
-	if _, err := db.ExecContext(ctx, `UPDATE audit SET payload = ? WHERE chain = ? AND seq = ?`, payload, chain, seq); err != nil {
-		t.Fatal(err)
-	}
+	t.Fatalf("record %d of %q not found", seq, chain)
 }
 
 func rawSecrets(t *testing.T, st storage.Store) [][]byte {
@@ -128,8 +126,8 @@ func TestMigrationsIdempotent(t *testing.T) {
 			t.Fatal(err)
 		}
 		v, err := s.SchemaVersion(t.Context())
-		if err != nil || v != 4 {
-			t.Fatalf("SchemaVersion = %d, %v; want 4", v, err)
+		if err != nil || v != 5 {
+			t.Fatalf("SchemaVersion = %d, %v; want 5", v, err)
 		}
 		if err := s.Close(); err != nil {
 			t.Fatal(err)

@@ -1,0 +1,141 @@
+package sqlite
+
+import (
+	"bytes"
+	"context"
+	"database/sql"
+	"encoding/binary"
+	"fmt"
+
+	"github.com/agent-assembly/agent-assembly/storage"
+)
+
+// blockMaxRecords caps the records stored in one audit_blocks row.
+const blockMaxRecords = 1024
+
+// entry is one audit record in its stored form, as it sits in a journal frame
+// and in a block: uvarint(len(encoding)), the canonical encoding
+// (storage.AppendRecordEncoding), then the record's hash.
+type entry struct {
+	chain  string
+	seq    int64
+	timeNS int64
+	data   []byte
+}
+
+// appendEntry appends r's stored form to dst. r must be linked (Seq, Hash).
+func appendEntry(dst []byte, r *storage.AuditRecord) []byte {
+	var buf [1024]byte
+	enc := storage.AppendRecordEncoding(buf[:0], r)
+	dst = binary.AppendUvarint(dst, uint64(len(enc)))
+	dst = append(dst, enc...)
+	return append(dst, r.Hash...)
+}
+
+// decodeEntries calls fn with every record stored in data (a block or a
+// journal frame), in order. index counts the entries before the one that
+// failed, when decoding fails.
+func decodeEntries(data []byte, fn func(r *storage.AuditRecord, raw []byte) error) (index int, err error) {
+	for len(data) > 0 {
+		n, k := binary.Uvarint(data)
+		if k <= 0 || n > uint64(len(data)-k) || uint64(len(data)-k)-n < storage.HashSize {
+			return index, fmt.Errorf("malformed entry length: %w", storage.ErrInvalid)
+		}
+		end := k + int(n) + storage.HashSize
+		r, err := storage.DecodeRecordEncoding(data[k : k+int(n)])
+		if err != nil {
+			return index, err
+		}
+		r.Hash = bytes.Clone(data[k+int(n) : end])
+		if err := fn(r, data[:end]); err != nil {
+			return index, err
+		}
+		data = data[end:]
+		index++
+	}
+	return index, nil
+}
+
+// insertBlocks stores entries (in append order; each chain's in Seq order) as
+// blocks of at most blockMaxRecords per chain and moves each chain's head
+// forward, inside tx.
+func insertBlocks(ctx context.Context, tx *sql.Tx, entries []entry) error {
+	byChain := make(map[string][]entry, 1)
+	var order []string
+	for _, e := range entries {
+		if _, ok := byChain[e.chain]; !ok {
+			order = append(order, e.chain)
+		}
+		byChain[e.chain] = append(byChain[e.chain], e)
+	}
+	ins, err := tx.PrepareContext(ctx, `INSERT INTO audit_blocks
+		(chain, first_seq, last_seq, min_time_ns, max_time_ns, records, data) VALUES (?, ?, ?, ?, ?, ?, ?)`)
+	if err != nil {
+		return err
+	}
+	defer ins.Close()
+	for _, chain := range order {
+		es := byChain[chain]
+		for len(es) > 0 {
+			block := es[:min(len(es), blockMaxRecords)]
+			es = es[len(block):]
+			size := 0
+			for _, e := range block {
+				size += len(e.data)
+			}
+			data := make([]byte, 0, size)
+			lo, hi := block[0].timeNS, block[0].timeNS
+			for _, e := range block {
+				data = append(data, e.data...)
+				lo, hi = min(lo, e.timeNS), max(hi, e.timeNS)
+			}
+			last := block[len(block)-1]
+			if _, err := ins.ExecContext(ctx, chain, block[0].seq, last.seq, lo, hi, len(block), data); err != nil {
+				return fmt.Errorf("store audit records %d..%d of chain %q: %w", block[0].seq, last.seq, chain, err)
+			}
+			hash := last.data[len(last.data)-storage.HashSize:]
+			if _, err := tx.ExecContext(ctx, `INSERT INTO audit_chains (chain, seq, hash) VALUES (?, ?, ?)
+				ON CONFLICT (chain) DO UPDATE SET seq = excluded.seq, hash = excluded.hash
+				WHERE excluded.seq > audit_chains.seq`, chain, last.seq, hash); err != nil {
+				return fmt.Errorf("move head of audit chain %q: %w", chain, err)
+			}
+		}
+	}
+	return nil
+}
+
+// entryOf returns r's stored form as an entry.
+func entryOf(r *storage.AuditRecord) entry {
+	return entry{chain: r.Chain, seq: r.Seq, timeNS: r.Time.UnixNano(), data: appendEntry(nil, r)}
+}
+
+// convertAuditRows moves the records of the pre-0005 audit table into blocks
+// and drops the table (migration 0005, inside its transaction).
+func convertAuditRows(ctx context.Context, tx *sql.Tx) error {
+	var n int
+	if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'audit'`).Scan(&n); err != nil || n == 0 {
+		return err
+	}
+	rows, err := tx.QueryContext(ctx, `SELECT `+legacyAuditColumns+` FROM audit ORDER BY chain, seq`)
+	if err != nil {
+		return err
+	}
+	var entries []entry
+	for rows.Next() {
+		r, err := scanLegacyRecord(rows)
+		if err != nil {
+			rows.Close()
+			return err
+		}
+		entries = append(entries, entryOf(r))
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	if err := insertBlocks(ctx, tx, entries); err != nil {
+		return err
+	}
+	_, err = tx.ExecContext(ctx, `DROP TABLE audit`)
+	return err
+}

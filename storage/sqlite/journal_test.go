@@ -1,0 +1,239 @@
+package sqlite
+
+import (
+	"database/sql"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/agent-assembly/agent-assembly/action"
+	"github.com/agent-assembly/agent-assembly/storage"
+	"github.com/agent-assembly/agent-assembly/storage/memory"
+)
+
+func testRecord(chain string, i int, t0 time.Time) *storage.AuditRecord {
+	return &storage.AuditRecord{
+		Chain: chain, ID: fmt.Sprintf("%s-%d", chain, i), Time: t0.Add(time.Duration(i) * time.Millisecond),
+		Event: storage.EventDecision, Agent: action.AgentID{Org: "acme", Team: "eng", Agent: fmt.Sprintf("a%d", i%3)},
+		Kind: action.KindToolCall, Decision: action.Allow, Payload: []byte(fmt.Sprintf(`{"n":%d}`, i)), Reason: "ok",
+	}
+}
+
+// TestLegacyAuditRowsConverted: a database written before migration 0005
+// (one row per record in the audit table) opens with its records moved into
+// blocks, verifiable and queryable, and the old table gone.
+func TestLegacyAuditRowsConverted(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "aa.db")
+	raw, err := sql.Open("sqlite", "file:"+path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := raw.Exec(`CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_ns INTEGER NOT NULL)`); err != nil {
+		t.Fatal(err)
+	}
+	for v, name := range []string{"0001_init.sql", "0002_agent_mode_invalidations.sql", "0003_api_keys.sql", "0004_alerts_costs.sql"} {
+		body, err := migrations.ReadFile("migrations/" + name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := raw.Exec(string(body)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := raw.Exec(`INSERT INTO schema_migrations VALUES (?, ?, 0)`, v+1, name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t0 := time.Unix(1_800_000_000, 0)
+	var recs []*storage.AuditRecord
+	for i := range 1500 { // more than one block
+		recs = append(recs, testRecord("old", i, t0))
+	}
+	heads, err := storage.LinkRecords(recs, func(string) (storage.ChainHead, error) { return storage.ChainHead{}, nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	tx, err := raw.Begin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range recs {
+		if _, err := tx.Exec(`INSERT INTO audit (`+legacyAuditColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+			r.Chain, r.Seq, r.ID, r.Time.UnixNano(), string(r.Event), r.Agent.Org, r.Agent.Team, r.Agent.Agent, r.SessionID, r.TraceID, r.SpanID,
+			int64(r.Kind), r.Payload, int64(r.Decision), r.RuleID, r.PolicyVersion, int64(r.Mode), int64(r.ShadowDecision), r.Reason, int64(r.Latency), r.PrevHash, r.Hash); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := tx.Exec(`INSERT INTO audit_chains VALUES ('old', ?, ?)`, heads["old"].Seq, heads["old"].Hash); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	raw.Close()
+
+	s := openTest(t, Options{Path: path})
+	rep, err := s.VerifyAudit(t.Context(), "old")
+	if err != nil || !rep.OK || rep.Records != 1500 {
+		t.Fatalf("VerifyAudit after conversion = %+v, %v", rep, err)
+	}
+	page, err := s.QueryAudit(t.Context(), storage.AuditQuery{Limit: 2, Ascending: true})
+	if err != nil || len(page.Records) != 2 || page.Records[0].ID != "old-0" || page.Records[1].Seq != 2 {
+		t.Fatalf("QueryAudit after conversion = %+v, %v", page, err)
+	}
+	// Appends continue the converted chain.
+	if err := s.AppendAudit(t.Context(), []*storage.AuditRecord{testRecord("old", 1500, t0)}); err != nil {
+		t.Fatal(err)
+	}
+	if rep, err := s.VerifyAudit(t.Context(), "old"); err != nil || !rep.OK || rep.Records != 1501 {
+		t.Fatalf("VerifyAudit after an append = %+v, %v", rep, err)
+	}
+	var n int
+	if err := rawDB(t, s).QueryRow(`SELECT COUNT(*) FROM sqlite_master WHERE name = 'audit'`).Scan(&n); err != nil || n != 0 {
+		t.Fatalf("the old audit table is still there (%d, %v)", n, err)
+	}
+}
+
+// journalFrame is one frame as auditLog.write lays it out.
+func journalFrame(recs []*storage.AuditRecord) []byte {
+	payload := []byte{}
+	for _, r := range recs {
+		payload = appendEntry(payload, r)
+	}
+	out := binary.BigEndian.AppendUint32(nil, uint32(len(payload)))
+	out = binary.BigEndian.AppendUint32(out, crc32.Checksum(payload, crcTable))
+	return append(out, payload...)
+}
+
+// TestJournalLeftByADeadProcessIsIndexed: a journal file nobody holds (its
+// process died before indexing it) is indexed at open, up to a torn last
+// frame, and removed.
+func TestJournalLeftByADeadProcessIsIndexed(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "aa.db")
+	t0 := time.Unix(1_800_000_000, 0)
+	var recs []*storage.AuditRecord
+	for i := range 9 {
+		recs = append(recs, testRecord("dead", i, t0))
+	}
+	if _, err := storage.LinkRecords(recs, func(string) (storage.ChainHead, error) { return storage.ChainHead{}, nil }); err != nil {
+		t.Fatal(err)
+	}
+	data := append(journalFrame(recs[:4]), journalFrame(recs[4:7])...)
+	torn := journalFrame(recs[7:])
+	data = append(data, torn[:len(torn)-5]...) // the process died inside this write
+	if err := os.MkdirAll(path+"-audit", 0o700); err != nil {
+		t.Fatal(err)
+	}
+	jpath := filepath.Join(path+"-audit", "journal-00000000000000000001-1.log")
+	if err := os.WriteFile(jpath, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s := openTest(t, Options{Path: path})
+	rep, err := s.VerifyAudit(t.Context(), "dead")
+	if err != nil || !rep.OK || rep.Records != 7 {
+		t.Fatalf("VerifyAudit = %+v, %v; want the 7 records of the complete frames", rep, err)
+	}
+	if _, err := os.Stat(jpath); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the recovered journal is still there: %v", err)
+	}
+	// The chain continues from record 7: the torn records were never
+	// acknowledged, so their numbers are reused.
+	next := testRecord("dead", 7, t0)
+	if err := s.AppendAudit(t.Context(), []*storage.AuditRecord{next}); err != nil || next.Seq != 8 {
+		t.Fatalf("append after recovery: seq %d, %v", next.Seq, err)
+	}
+}
+
+// TestChainWrittenByAnotherProcessIsRefused: while another process holds a
+// chain's lock, appends to that chain fail with ErrConflict naming it, and
+// other chains are unaffected.
+func TestChainWrittenByAnotherProcessIsRefused(t *testing.T) {
+	s := openTest(t, Options{Path: filepath.Join(t.TempDir(), "aa.db")})
+	// Another open file description stands in for another process.
+	probe := &auditLog{dir: s.hub.audit.dir, db: s.hub.audit.db, heads: map[string]storage.ChainHead{}, locks: map[string]*os.File{}}
+	if err := probe.takeChain("taken"); err != nil {
+		t.Fatal(err)
+	}
+	defer probe.locks["taken"].Close()
+	t0 := time.Now()
+	err := s.AppendAudit(t.Context(), []*storage.AuditRecord{testRecord("taken", 0, t0)})
+	if !errors.Is(err, storage.ErrConflict) {
+		t.Fatalf("append to a chain another process writes: %v, want ErrConflict", err)
+	}
+	if err := s.AppendAudit(t.Context(), []*storage.AuditRecord{testRecord("free", 0, t0)}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestQueryAuditAcrossBlocksMatchesMemory pages through records spread over
+// many overlapping blocks of several chains, with times out of append order,
+// and compares every page with the memory driver's answer.
+func TestQueryAuditAcrossBlocksMatchesMemory(t *testing.T) {
+	s := openTest(t, Options{Path: filepath.Join(t.TempDir(), "aa.db"), Durability: storage.DurabilityOS})
+	m := memory.New(memory.Options{})
+	rng := rand.New(rand.NewPCG(1, 2))
+	t0 := time.Unix(1_800_000_000, 0)
+	for batch := range 40 {
+		var a, b []*storage.AuditRecord
+		for i := range 1 + rng.IntN(30) {
+			chain := []string{"c1", "c2", "c3"}[rng.IntN(3)]
+			r := testRecord(chain, batch*100+i, t0)
+			r.Time = t0.Add(time.Duration(batch*20+rng.IntN(60)) * time.Millisecond) // overlaps neighbours
+			r.Decision = []action.Decision{action.Allow, action.Deny}[rng.IntN(2)]
+			a, b = append(a, r), append(b, r.Clone())
+		}
+		if err := s.AppendAudit(t.Context(), a); err != nil {
+			t.Fatal(err)
+		}
+		if err := m.AppendAudit(t.Context(), b); err != nil {
+			t.Fatal(err)
+		}
+		if batch%3 == 0 {
+			if err := s.indexed(t.Context()); err != nil { // many small blocks
+				t.Fatal(err)
+			}
+		}
+	}
+	keys := func(p storage.AuditPage) []string {
+		var out []string
+		for _, r := range p.Records {
+			out = append(out, fmt.Sprintf("%s/%d@%d", r.Chain, r.Seq, r.Time.UnixNano()))
+		}
+		return out
+	}
+	for name, q := range map[string]storage.AuditQuery{
+		"newest first":  {Limit: 7},
+		"oldest first":  {Limit: 11, Ascending: true},
+		"one agent":     {Limit: 5, Agent: "a1"},
+		"denied, asc":   {Limit: 9, Decision: action.Deny, Ascending: true},
+		"time window":   {Limit: 4, Since: t0.Add(200 * time.Millisecond), Until: t0.Add(500 * time.Millisecond)},
+		"window, asc":   {Limit: 6, Since: t0.Add(300 * time.Millisecond), Until: t0.Add(420 * time.Millisecond), Ascending: true},
+		"one big page":  {Limit: 1000},
+		"nothing found": {Limit: 3, Agent: "nobody"},
+	} {
+		qs, qm := q, q
+		for pages := 0; ; pages++ {
+			ps, err := s.QueryAudit(t.Context(), qs)
+			if err != nil {
+				t.Fatalf("%s: %v", name, err)
+			}
+			pm, err := m.QueryAudit(t.Context(), qm)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(keys(ps), keys(pm)) || ps.NextCursor != pm.NextCursor {
+				t.Fatalf("%s, page %d:\nsqlite %v (next %q)\nmemory %v (next %q)", name, pages, keys(ps), ps.NextCursor, keys(pm), pm.NextCursor)
+			}
+			if ps.NextCursor == "" {
+				break
+			}
+			qs.Cursor, qm.Cursor = ps.NextCursor, pm.NextCursor
+		}
+	}
+}
