@@ -111,8 +111,11 @@ func serveCore(b *testing.B, core *gateway.Core) v1.PolicyServiceClient {
 }
 
 // BenchmarkCheckActionGRPC measures audited CheckAction over loopback gRPC
-// (closed loop) on every store and durability mode, against the same
-// decision core with the audit log switched off, at 1 and 64 clients.
+// (closed loop) on every store and durability mode at 2 and 64 clients,
+// against two baselines with the audit log switched off: the bare decision
+// core on a plain gRPC server ("audit-off") and the whole gateway with its
+// interceptors, metrics and tracing hooks ("gateway-audit-off", the fair
+// comparison for the audit path's cost).
 //
 //	go test ./gateway/server -run '^$' -bench CheckActionGRPC -benchtime 5s
 //
