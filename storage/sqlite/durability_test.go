@@ -3,6 +3,7 @@ package sqlite
 import (
 	"bytes"
 	"context"
+	"database/sql"
 	"fmt"
 	"os"
 	"os/exec"
@@ -47,6 +48,21 @@ func TestOSModeFlushesInBackground(t *testing.T) {
 	time.Sleep(50 * time.Millisecond)
 	if syncs.Load() != n {
 		t.Fatal("the flusher fsyncs while nothing was committed")
+	}
+
+	// Other writes commit to SQLite; the WAL flusher fsyncs them.
+	wal := s.walSyncs.Load()
+	err := s.write(t.Context(), func(tx *sql.Tx) error {
+		_, err := tx.Exec(`CREATE TABLE IF NOT EXISTS flush_probe (x)`)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for start := time.Now(); s.walSyncs.Load() == wal; time.Sleep(time.Millisecond) {
+		if time.Since(start) > 10*time.Second {
+			t.Fatal("no background fsync of the WAL after a commit")
+		}
 	}
 }
 

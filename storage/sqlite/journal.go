@@ -338,22 +338,36 @@ func (a *auditLog) removeIndexedFiles() {
 	a.retired = keep
 }
 
-func (a *auditLog) runIndexer() {
-	var last time.Time
-	for {
+// pacer waits for signals on kick, letting at most one through per
+// interval.
+type pacer struct {
+	kick, stop <-chan struct{}
+	interval   time.Duration
+	last       time.Time
+}
+
+// wait returns true after the next signal, no sooner than interval after the
+// previous return, and false once stop is closed.
+func (p *pacer) wait() bool {
+	select {
+	case <-p.kick:
+	case <-p.stop:
+		return false
+	}
+	if d := time.Until(p.last.Add(p.interval)); d > 0 {
 		select {
-		case <-a.kick:
-		case <-a.stop:
-			return
+		case <-time.After(d):
+		case <-p.stop:
+			return false
 		}
-		if wait := time.Until(last.Add(a.interval)); wait > 0 {
-			select {
-			case <-time.After(wait):
-			case <-a.stop:
-				return
-			}
-		}
-		last = time.Now()
+	}
+	p.last = time.Now()
+	return true
+}
+
+func (a *auditLog) runIndexer() {
+	p := pacer{kick: a.kick, stop: a.stop, interval: a.interval}
+	for p.wait() {
 		if err := a.index(context.Background()); err != nil {
 			a.log.Error("audit records are journaled but not yet indexed; retrying", "err", err)
 			select {
@@ -370,18 +384,10 @@ func (a *auditLog) runIndexer() {
 }
 
 // runSync fdatasyncs what os-mode appends wrote, at most once per interval.
+// On stop, close's retire fdatasyncs what is left.
 func (a *auditLog) runSync(interval time.Duration) {
-	var last time.Time
-	for {
-		select {
-		case <-a.syncKick:
-		case <-a.stop:
-			return
-		}
-		if wait := time.Until(last.Add(interval)); wait > 0 {
-			time.Sleep(wait)
-		}
-		last = time.Now()
+	p := pacer{kick: a.syncKick, stop: a.stop, interval: interval}
+	for p.wait() {
 		a.mu.Lock()
 		j, need := a.cur, a.unsynced
 		a.unsynced = false

@@ -384,18 +384,9 @@ func (s *Store) flushWAL() {
 			f.Close()
 		}
 	}()
-	var last time.Time
-	for {
-		select {
-		case <-s.dirty:
-		case <-s.stop:
-			// Close checkpoints the WAL with fsyncs; nothing left to do.
-			return
-		}
-		if wait := time.Until(last.Add(s.opts.FlushInterval)); wait > 0 {
-			time.Sleep(wait)
-		}
-		last = time.Now()
+	// On stop, Close checkpoints the WAL with fsyncs; nothing left to do.
+	p := pacer{kick: s.dirty, stop: s.stop, interval: s.opts.FlushInterval}
+	for p.wait() {
 		if f != nil {
 			// A checkpoint can restart the WAL in place (same file) but a
 			// truncation or close may replace it: reopen when it changed.
