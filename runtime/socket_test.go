@@ -15,6 +15,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	v1 "github.com/agent-assembly/agent-assembly/api/agentassembly/v1"
+	"github.com/agent-assembly/agent-assembly/internal/syncbuf"
 	"github.com/agent-assembly/agent-assembly/runtime"
 	"github.com/agent-assembly/agent-assembly/runtime/frame"
 )
@@ -25,7 +26,7 @@ import (
 func TestForgedScanClaimIgnored(t *testing.T) {
 	dir := t.TempDir()
 	gw := startGateway(t, dir, "127.0.0.1:0")
-	var logs logBuffer
+	var logs syncbuf.Buffer
 	sock := filepath.Join(dir, "a1.sock")
 	rt := startRuntime(t, runtime.Options{
 		Agents:  []runtime.Agent{{ID: agentA, Socket: sock, UID: os.Getuid()}},
@@ -109,7 +110,7 @@ func waitForRecords(t *testing.T, gw *gatewayProc, agent string, ok func([]*v1.A
 func TestBadFramesCloseOnlyThatConnection(t *testing.T) {
 	dir := t.TempDir()
 	gw := startGateway(t, dir, "127.0.0.1:0")
-	var logs logBuffer
+	var logs syncbuf.Buffer
 	sockA, sockB := filepath.Join(dir, "a1.sock"), filepath.Join(dir, "a2.sock")
 	startRuntime(t, runtime.Options{
 		Agents: []runtime.Agent{
@@ -211,7 +212,7 @@ func TestPeerUIDRefused(t *testing.T) {
 	const agentUID, otherUID = 4242, 4343
 	bin, dir := publicCopy(t)
 	gw := startGateway(t, t.TempDir(), "127.0.0.1:0")
-	var logs logBuffer
+	var logs syncbuf.Buffer
 	sock := filepath.Join(dir, "a1.sock")
 	startRuntime(t, runtime.Options{
 		Agents:  []runtime.Agent{{ID: agentA, Socket: sock, UID: agentUID}},

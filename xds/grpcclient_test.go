@@ -1,7 +1,6 @@
 package xds
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
@@ -27,6 +26,8 @@ import (
 	"google.golang.org/grpc/resolver"
 	grpcxds "google.golang.org/grpc/xds"
 	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/agent-assembly/agent-assembly/internal/syncbuf"
 )
 
 // These tests run grpc-go's own xDS client (the xds:/// resolver, its
@@ -137,11 +138,11 @@ type grpcFixture struct {
 	srv  *Server
 	addr string
 	port int
-	logs *syncBuffer
+	logs *syncbuf.Buffer
 }
 
 func newGRPCFixture(t *testing.T, o Options) *grpcFixture {
-	f := &grpcFixture{dir: t.TempDir(), port: backend(t), logs: &syncBuffer{}}
+	f := &grpcFixture{dir: t.TempDir(), port: backend(t), logs: &syncbuf.Buffer{}}
 	if err := os.WriteFile(filepath.Join(f.dir, "global.yaml"), []byte("apiVersion: agent-assembly/v1\nkind: Policy\nmetadata: {name: global}\nspec:\n  scope: {level: global}\n  default: deny\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -402,23 +403,6 @@ func TestRefusesBadNodeID(t *testing.T) {
 		}
 		return nil
 	})
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func counterValue(c prometheus.Counter) float64 {

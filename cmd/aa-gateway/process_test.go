@@ -21,6 +21,7 @@ import (
 	v1 "github.com/agent-assembly/agent-assembly/api/agentassembly/v1"
 	"github.com/agent-assembly/agent-assembly/gateway/server"
 	"github.com/agent-assembly/agent-assembly/gateway/server/servertest"
+	"github.com/agent-assembly/agent-assembly/internal/syncbuf"
 )
 
 var httpClient = &http.Client{Timeout: 10 * time.Second}
@@ -67,31 +68,12 @@ type gatewayProc struct {
 	cmd  *exec.Cmd
 	grpc string
 	http string
-	log  *lockedBuffer
-}
-
-// lockedBuffer collects a process's output; the test reads it while the
-// process writes.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
+	log  *syncbuf.Buffer
 }
 
 func startProc(t *testing.T, args ...string) *gatewayProc {
 	t.Helper()
-	p := &gatewayProc{grpc: freeAddr(t), http: freeAddr(t), log: &lockedBuffer{}}
+	p := &gatewayProc{grpc: freeAddr(t), http: freeAddr(t), log: &syncbuf.Buffer{}}
 	// These tests are about crashes, outages, signals and replicas, and
 	// check for agents they do not register: agent authentication is off.
 	args = append([]string{"-grpc-addr", p.grpc, "-api-addr", p.http, "-policy", "../../examples/policies", "-log-level", "warn", "-agent-auth", "off"}, args...)

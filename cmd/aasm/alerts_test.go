@@ -1,12 +1,10 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -15,26 +13,8 @@ import (
 
 	v1 "github.com/agent-assembly/agent-assembly/api/agentassembly/v1"
 	"github.com/agent-assembly/agent-assembly/gateway/server/servertest"
+	"github.com/agent-assembly/agent-assembly/internal/syncbuf"
 )
-
-// syncBuffer is a bytes.Buffer that a running command writes while the
-// test reads it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 var reResets = regexp.MustCompile(`resets in [0-9hms.]+`)
 
@@ -72,7 +52,7 @@ func TestAlertsAndCosts(t *testing.T) {
 	// aasm alerts watch runs until cancelled; probes (default denies, info)
 	// are raised until the first shows, so the watch is known to be in place.
 	wctx, wcancel := context.WithCancel(ctx)
-	var wout, werr syncBuffer
+	var wout, werr syncbuf.Buffer
 	wdone := make(chan int, 1)
 	go func() {
 		wdone <- execute(wctx, []string{"--addr", addr, "-o", "json", "alerts", "watch"}, &wout, &werr)

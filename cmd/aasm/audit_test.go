@@ -4,19 +4,18 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"github.com/agent-assembly/agent-assembly/storage/sqlite/sqlitetest"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	_ "modernc.org/sqlite"
 
 	"github.com/agent-assembly/agent-assembly/gateway/server"
 	"github.com/agent-assembly/agent-assembly/gateway/server/servertest"
+	"github.com/agent-assembly/agent-assembly/internal/syncbuf"
+	"github.com/agent-assembly/agent-assembly/storage/sqlite/sqlitetest"
 )
 
 // startGatewayOn runs a real gateway on the given store URL and returns its address.
@@ -81,7 +80,7 @@ func TestAuditTail(t *testing.T) {
 	addr := startGateway(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	var out, errOut syncWriter
+	var out, errOut syncbuf.Buffer
 	done := make(chan int, 1)
 	go func() {
 		done <- execute(ctx, []string{"--addr", addr, "audit", "tail", "--decision", "deny"}, &out, &errOut)
@@ -104,24 +103,6 @@ func TestAuditTail(t *testing.T) {
 	if strings.Contains(out.String(), "ALLOW") {
 		t.Fatalf("tail --decision deny printed an allow:\n%s", out.String())
 	}
-}
-
-// syncWriter lets the test read what the tail goroutine writes.
-type syncWriter struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (w *syncWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.Write(p)
-}
-
-func (w *syncWriter) String() string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.String()
 }
 
 // verifyNames runs aasm audit verify and checks it fails naming seq.

@@ -3,7 +3,6 @@ package server
 import (
 	"context"
 	"encoding/json"
-	"github.com/agent-assembly/agent-assembly/storage/sqlite/sqlitetest"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -22,10 +21,10 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
-	_ "modernc.org/sqlite"
 
 	"github.com/agent-assembly/agent-assembly/alerts"
 	v1 "github.com/agent-assembly/agent-assembly/api/agentassembly/v1"
+	"github.com/agent-assembly/agent-assembly/storage/sqlite/sqlitetest"
 )
 
 const alertsPolicy = `apiVersion: agent-assembly/v1

@@ -1,7 +1,6 @@
 package server
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -19,25 +18,8 @@ import (
 
 	v1 "github.com/agent-assembly/agent-assembly/api/agentassembly/v1"
 	"github.com/agent-assembly/agent-assembly/auth"
+	"github.com/agent-assembly/agent-assembly/internal/syncbuf"
 )
-
-// syncBuffer is a bytes.Buffer safe for concurrent writers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // TestBootstrapGeneratesAdminKeyOnce starts a gateway on an empty SQLite
 // store with no key given: it shows a generated admin key once, writes it
@@ -46,7 +28,7 @@ func (s *syncBuffer) String() string {
 func TestBootstrapGeneratesAdminKeyOnce(t *testing.T) {
 	dir := t.TempDir()
 	keyFile := filepath.Join(dir, "data", "admin.key")
-	out := &syncBuffer{}
+	out := &syncbuf.Buffer{}
 	mod := func(c *Config) {
 		c.Store, c.SecretsKeyFile = "sqlite:"+filepath.Join(dir, "aa.db"), filepath.Join(dir, "secrets.key")
 		c.BootstrapAdminKey, c.AdminKeyFile, c.KeyOut = "", keyFile, out
@@ -76,7 +58,7 @@ func TestBootstrapGeneratesAdminKeyOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	out2 := &syncBuffer{}
+	out2 := &syncbuf.Buffer{}
 	g2 := startGateway(t, examplesDir(t), func(c *Config) { mod(c); c.KeyOut = out2 })
 	if out2.String() != "" {
 		t.Fatalf("a restart showed a key again:\n%s", out2.String())
@@ -99,7 +81,7 @@ func TestBootstrapKeyFromFile(t *testing.T) {
 	if err := os.WriteFile(f, []byte(k.String()+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	out := &syncBuffer{}
+	out := &syncbuf.Buffer{}
 	g := startGateway(t, examplesDir(t), func(c *Config) {
 		c.BootstrapAdminKey, c.BootstrapAdminKeyFile, c.KeyOut, c.AdminKeyFile = "", f, out, filepath.Join(dir, "admin.key")
 	})
@@ -157,7 +139,7 @@ func TestBootstrapReplicasCreateOneKey(t *testing.T) {
 	})
 	dir := t.TempDir()
 	secrets := filepath.Join(dir, "secrets.key")
-	outs := []*syncBuffer{{}, {}}
+	outs := []*syncbuf.Buffer{{}, {}}
 	files := []string{filepath.Join(dir, "a", "admin.key"), filepath.Join(dir, "b", "admin.key")}
 	gws := make([]*testGateway, 2)
 	var wg sync.WaitGroup

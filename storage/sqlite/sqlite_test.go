@@ -3,7 +3,6 @@ package sqlite
 import (
 	"bytes"
 	"database/sql"
-	"github.com/agent-assembly/agent-assembly/storage/sqlite/sqlitetest"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -11,6 +10,7 @@ import (
 
 	"github.com/agent-assembly/agent-assembly/storage"
 	"github.com/agent-assembly/agent-assembly/storage/secretbox"
+	"github.com/agent-assembly/agent-assembly/storage/sqlite/sqlitetest"
 	"github.com/agent-assembly/agent-assembly/storage/storagetest"
 )
 
