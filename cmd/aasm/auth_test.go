@@ -9,6 +9,7 @@ import (
 
 	"github.com/agent-assembly/agent-assembly/gateway/server"
 	"github.com/agent-assembly/agent-assembly/gateway/server/servertest"
+	"github.com/agent-assembly/agent-assembly/internal/testca"
 )
 
 // TestMain makes every command the tests run present the test gateways'
@@ -134,7 +135,7 @@ func TestAdminKeyHelp(t *testing.T) {
 // refuses an unverified certificate without it, presents an operator
 // client certificate, and aasm login remembers the CA.
 func TestTLS(t *testing.T) {
-	ca := servertest.NewCA(t)
+	ca := testca.New(t)
 	cert, key := ca.Server(t)
 	addr := servertest.Start(t, "../../examples/policies", func(c *server.Config) {
 		c.TLSCertFile, c.TLSKeyFile, c.TLSClientCAFile = cert, key, ca.File

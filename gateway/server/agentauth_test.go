@@ -5,14 +5,10 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"errors"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -39,6 +35,7 @@ import (
 	"github.com/agent-assembly/agent-assembly/extauthz"
 	"github.com/agent-assembly/agent-assembly/gateway"
 	"github.com/agent-assembly/agent-assembly/identity"
+	"github.com/agent-assembly/agent-assembly/internal/testca"
 	"github.com/agent-assembly/agent-assembly/storage"
 )
 
@@ -407,63 +404,14 @@ func sharedReplicasWith(t *testing.T, mod func(*Config)) (a, b *testGateway) {
 	return startGateway(t, examplesDir(t), replica("gw-a")), startGateway(t, examplesDir(t), replica("gw-b"))
 }
 
-// agentCert returns a TLS client certificate for spiffe URI uri, signed by
-// ca, and a server certificate for 127.0.0.1.
-func agentCert(t *testing.T, ca *x509.Certificate, caKey ed25519.PrivateKey, uri string, server bool) tls.Certificate {
-	t.Helper()
-	pub, key, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: "test"},
-		NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour), KeyUsage: x509.KeyUsageDigitalSignature}
-	if server {
-		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
-		tmpl.IPAddresses = []net.IP{net.ParseIP("127.0.0.1")}
-	} else {
-		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
-		u, err := url.Parse(uri)
-		if err != nil {
-			t.Fatal(err)
-		}
-		tmpl.URIs = []*url.URL{u}
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, pub, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
-}
-
-func testCA(t *testing.T) (*x509.Certificate, ed25519.PrivateKey, *x509.CertPool) {
-	t.Helper()
-	pub, key, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test ca"}, IsCA: true, BasicConstraintsValid: true,
-		NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour), KeyUsage: x509.KeyUsageCertSign}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, pub, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(ca)
-	return ca, key, pool
-}
-
 // TestAgentClientCertificate serves the gateway's gRPC server behind a TLS
 // listener that verifies client certificates, and checks that an agent
 // certificate authenticates its agent without a token, and only that agent.
 func TestAgentClientCertificate(t *testing.T) {
 	g := startGateway(t, examplesDir(t), tokenMode)
 	register(t, g, coder, nil)
-	ca, caKey, pool := testCA(t)
-	srvCert := agentCert(t, ca, caKey, "", true)
+	ca := testca.New(t)
+	pool, srvCert := ca.Pool(), ca.ServerCert(t)
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -489,7 +437,7 @@ func TestAgentClientCertificate(t *testing.T) {
 		return v1.NewPolicyServiceClient(conn)
 	}
 	ctx := context.Background()
-	mine := agentCert(t, ca, caKey, "spiffe://agent-assembly/agent/acme/eng/coder-1", false)
+	mine := ca.ClientCert(t, "agent", "spiffe://agent-assembly/agent/acme/eng/coder-1")
 	if _, err := dial(&mine).CheckAction(ctx, toolCall(coder, "")); err != nil {
 		t.Fatalf("check with the agent's certificate: %v", err)
 	}
@@ -497,7 +445,7 @@ func TestAgentClientCertificate(t *testing.T) {
 		_, err := dial(&mine).CheckAction(ctx, toolCall(agent("acme", "eng", "other-1"), ""))
 		return err
 	}(), codes.PermissionDenied)
-	foreign := agentCert(t, ca, caKey, "spiffe://elsewhere/agent/acme/eng/coder-1", false)
+	foreign := ca.ClientCert(t, "agent", "spiffe://elsewhere/agent/acme/eng/coder-1")
 	wantRefused(t, "certificate of another trust domain", func() error {
 		_, err := dial(&foreign).CheckAction(ctx, toolCall(coder, ""))
 		return err
@@ -584,8 +532,8 @@ func TestExtAuthzRequiresAgentCredential(t *testing.T) {
 func TestExtAuthzClientCertificate(t *testing.T) {
 	g := startGateway(t, examplesDir(t), tokenMode)
 	register(t, g, agent("acme", "research", "researcher-1"), nil)
-	ca, caKey, pool := testCA(t)
-	srvCert := agentCert(t, ca, caKey, "", true)
+	ca := testca.New(t)
+	pool, srvCert := ca.Pool(), ca.ServerCert(t)
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -608,10 +556,10 @@ func TestExtAuthzClientCertificate(t *testing.T) {
 		return authv3.NewAuthorizationClient(conn)
 	}
 	ctx := context.Background()
-	envoy := agentCert(t, ca, caKey, "spiffe://agent-assembly/agent/acme/research/researcher-1", false)
+	envoy := ca.ClientCert(t, "agent", "spiffe://agent-assembly/agent/acme/research/researcher-1")
 	wantExtAllowed(t, "agent certificate", extCheck(t, ctx, dial(&envoy), nil, ""))
 	wantExtDenied(t, "agent certificate naming another agent", extCheck(t, ctx, dial(&envoy), map[string]string{"x-aa-agent-id": "acme/eng/coder-1"}, ""), "does not match")
-	mesh := agentCert(t, ca, caKey, "spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway", false)
+	mesh := ca.ClientCert(t, "agent", "spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway")
 	wantExtAllowed(t, "mesh proxy vouching for the principal", extCheck(t, ctx, dial(&mesh), nil, "spiffe://cluster.local/org/acme/team/research/agent/researcher-1"))
 	wantExtDenied(t, "mesh proxy without a principal", extCheck(t, ctx, dial(&mesh), map[string]string{"x-aa-agent-id": "acme/research/researcher-1"}, ""), "agent not authenticated")
 	wantExtDenied(t, "no certificate", extCheck(t, ctx, dial(nil), nil, "spiffe://cluster.local/org/acme/team/research/agent/researcher-1"), "agent not authenticated")
@@ -755,22 +703,15 @@ func registerTB(tb testing.TB, g *testGateway, id *v1.AgentId) string {
 // agent on CheckAction, ext_authz and ADS without a token, and only that
 // agent.
 func TestAgentCertificateOnTheGatewayListener(t *testing.T) {
-	dir := t.TempDir()
-	ca := newPEMCA(t, "test ca")
-	scert, skey := ca.issue(t, true)
-	acert, akey := ca.issue(t, false, "spiffe://agent-assembly/agent/acme/research/researcher-1")
+	ca := testca.New(t)
+	scert, skey := ca.Server(t)
+
 	grpcAddr, _, _ := startTLSGateway(t, func(c *Config) {
-		c.TLSCertFile = writeFile(t, dir, "server.pem", scert)
-		c.TLSKeyFile = writeFile(t, dir, "server.key", skey)
-		c.TLSClientCAFile = writeFile(t, dir, "ca.pem", ca.pem)
+		c.TLSCertFile, c.TLSKeyFile, c.TLSClientCAFile = scert, skey, ca.File
 		c.AgentAuth = "token"
 	})
-	roots := x509.NewCertPool()
-	roots.AppendCertsFromPEM(ca.pem)
-	kp, err := tls.X509KeyPair(acert, akey)
-	if err != nil {
-		t.Fatal(err)
-	}
+	roots := ca.Pool()
+	kp := ca.ClientCert(t, "researcher-1", "spiffe://agent-assembly/agent/acme/research/researcher-1")
 	dial := func(cert []tls.Certificate) *grpc.ClientConn {
 		conn, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: roots, Certificates: cert, MinVersion: tls.VersionTLS12})))
 		if err != nil {
@@ -788,7 +729,7 @@ func TestAgentCertificateOnTheGatewayListener(t *testing.T) {
 	if resp, err := v1.NewPolicyServiceClient(agentConn).CheckAction(ctx, req); err != nil || resp.GetDecision() != v1.Decision_ALLOW {
 		t.Fatalf("check with the agent certificate: %v %v", resp, err)
 	}
-	_, err = v1.NewPolicyServiceClient(anonConn).CheckAction(ctx, req)
+	_, err := v1.NewPolicyServiceClient(anonConn).CheckAction(ctx, req)
 	wantRefused(t, "TLS without a certificate or token", err, codes.Unauthenticated)
 	req.Agent = coder
 	_, err = v1.NewPolicyServiceClient(agentConn).CheckAction(ctx, req)

@@ -2,18 +2,8 @@ package server
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
-	"net"
 	"net/http"
-	"net/url"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -26,79 +16,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	v1 "github.com/agent-assembly/agent-assembly/api/agentassembly/v1"
+	"github.com/agent-assembly/agent-assembly/internal/testca"
 )
-
-// pemCA issues certificates for one test.
-type pemCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	pem  []byte
-}
-
-func newPEMCA(t *testing.T, name string) *pemCA {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	return &pemCA{cert: cert, key: key, pem: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}
-}
-
-// issue returns a leaf certificate and key in PEM; server certificates are
-// for 127.0.0.1, client ones carry the URI SANs.
-func (ca *pemCA) issue(t *testing.T, server bool, uris ...string) (certPEM, keyPEM []byte) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: "leaf"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature,
-	}
-	if server {
-		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
-		tmpl.IPAddresses = []net.IP{net.ParseIP("127.0.0.1")}
-	} else {
-		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
-	}
-	for _, u := range uris {
-		p, err := url.Parse(u)
-		if err != nil {
-			t.Fatal(err)
-		}
-		tmpl.URIs = append(tmpl.URIs, p)
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder})
-}
-
-func writeFile(t *testing.T, dir, name string, b []byte) string {
-	t.Helper()
-	p := filepath.Join(dir, name)
-	if err := os.WriteFile(p, b, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
 
 // startTLSGateway serves a gateway with TLS on both listeners and returns
 // the gRPC and HTTPS addresses.
@@ -139,28 +58,16 @@ func startTLSGateway(t *testing.T, mod func(*Config)) (grpcAddr, httpsBase strin
 // client certificate (aasm://role/operator/alice) authenticates with its
 // role and no key, and a certificate from another CA is refused.
 func TestTLSListenersAndClientCertificates(t *testing.T) {
-	dir := t.TempDir()
-	ca, other := newPEMCA(t, "test ca"), newPEMCA(t, "other ca")
-	scert, skey := ca.issue(t, true)
-	ocert, okey := ca.issue(t, false, "aasm://role/operator/alice")
-	xcert, xkey := other.issue(t, false, "aasm://role/admin/mallory")
+	ca, other := testca.New(t), testca.New(t)
+	scert, skey := ca.Server(t)
+	operator := ca.ClientCert(t, "alice", "aasm://role/operator/alice")
+	foreignAdmin := other.ClientCert(t, "mallory", "aasm://role/admin/mallory")
 	grpcAddr, base, _ := startTLSGateway(t, func(c *Config) {
-		c.TLSCertFile = writeFile(t, dir, "server.pem", scert)
-		c.TLSKeyFile = writeFile(t, dir, "server.key", skey)
-		c.TLSClientCAFile = writeFile(t, dir, "ca.pem", ca.pem)
+		c.TLSCertFile, c.TLSKeyFile, c.TLSClientCAFile = scert, skey, ca.File
 	})
-	roots := x509.NewCertPool()
-	roots.AppendCertsFromPEM(ca.pem)
-	tlsConf := func(certPEM, keyPEM []byte) *tls.Config {
-		c := &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
-		if certPEM != nil {
-			kp, err := tls.X509KeyPair(certPEM, keyPEM)
-			if err != nil {
-				t.Fatal(err)
-			}
-			c.Certificates = []tls.Certificate{kp}
-		}
-		return c
+	roots := ca.Pool()
+	tlsConf := func(certs ...tls.Certificate) *tls.Config {
+		return &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12, Certificates: certs}
 	}
 	dial := func(opts ...grpc.DialOption) *grpc.ClientConn {
 		conn, err := grpc.NewClient(grpcAddr, opts...)
@@ -177,7 +84,7 @@ func TestTLSListenersAndClientCertificates(t *testing.T) {
 	if _, err := v1.NewAdminServiceClient(plain).GetStatus(withKey(ctx, testAdminKey), &v1.GetStatusRequest{}); status.Code(err) != codes.Unavailable {
 		t.Fatalf("plaintext call to a TLS listener: %v, want Unavailable", err)
 	}
-	withKeyConn := dial(grpc.WithTransportCredentials(credentials.NewTLS(tlsConf(nil, nil))))
+	withKeyConn := dial(grpc.WithTransportCredentials(credentials.NewTLS(tlsConf())))
 	if _, err := v1.NewAdminServiceClient(withKeyConn).GetStatus(withKey(ctx, testAdminKey), &v1.GetStatusRequest{}); err != nil {
 		t.Fatalf("API key over TLS: %v", err)
 	}
@@ -185,7 +92,7 @@ func TestTLSListenersAndClientCertificates(t *testing.T) {
 		t.Fatalf("TLS without a key or certificate: %v, want Unauthenticated", err)
 	}
 
-	opConn := dial(grpc.WithTransportCredentials(credentials.NewTLS(tlsConf(ocert, okey))))
+	opConn := dial(grpc.WithTransportCredentials(credentials.NewTLS(tlsConf(operator))))
 	if _, err := v1.NewAdminServiceClient(opConn).GetStatus(ctx, &v1.GetStatusRequest{}); err != nil {
 		t.Fatalf("operator certificate, viewer method: %v", err)
 	}
@@ -200,7 +107,7 @@ func TestTLSListenersAndClientCertificates(t *testing.T) {
 		t.Fatalf("operator certificate with a garbled key: %v, want Unauthenticated", err)
 	}
 
-	foreign := dial(grpc.WithTransportCredentials(credentials.NewTLS(tlsConf(xcert, xkey))))
+	foreign := dial(grpc.WithTransportCredentials(credentials.NewTLS(tlsConf(foreignAdmin))))
 	// The client does not offer a certificate the server's CA list does
 	// not name (or the handshake fails): either way, no admin.
 	if _, err := v1.NewAdminServiceClient(foreign).GetStatus(ctx, &v1.GetStatusRequest{}); status.Code(err) != codes.Unauthenticated && status.Code(err) != codes.Unavailable {
@@ -221,16 +128,16 @@ func TestTLSListenersAndClientCertificates(t *testing.T) {
 		resp.Body.Close()
 		return resp.StatusCode
 	}
-	if code := get(tlsConf(nil, nil), testAdminKey); code != http.StatusOK {
+	if code := get(tlsConf(), testAdminKey); code != http.StatusOK {
 		t.Fatalf("HTTPS with the admin key: %d", code)
 	}
-	if code := get(tlsConf(nil, nil), ""); code != http.StatusUnauthorized {
+	if code := get(tlsConf(), ""); code != http.StatusUnauthorized {
 		t.Fatalf("HTTPS without credentials: %d, want 401", code)
 	}
-	if code := get(tlsConf(ocert, okey), ""); code != http.StatusOK {
+	if code := get(tlsConf(operator), ""); code != http.StatusOK {
 		t.Fatalf("HTTPS with the operator certificate: %d", code)
 	}
-	if code := get(tlsConf(xcert, xkey), ""); code != -1 && code != http.StatusUnauthorized {
+	if code := get(tlsConf(foreignAdmin), ""); code != -1 && code != http.StatusUnauthorized {
 		t.Fatalf("HTTPS with a foreign certificate: %d, want 401 or a failed handshake", code)
 	}
 	if resp, err := http.Get(strings.Replace(base, "https", "http", 1) + "/healthz"); err == nil {

@@ -1,9 +1,13 @@
-package servertest
+// Package testca is a throwaway certificate authority for TLS tests: server
+// certificates for loopback, client certificates with URI SANs (operator
+// roles, SPIFFE ids), all as files in a temporary directory.
+package testca
 
 import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
@@ -25,14 +29,14 @@ type CA struct {
 	File string
 }
 
-// NewCA creates a CA valid for an hour, with its files in a temp dir.
-func NewCA(t testing.TB) *CA {
+// New creates a CA valid for an hour, with its files in a temp dir.
+func New(t testing.TB) *CA {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
 	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "servertest CA"},
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "testca"},
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
 		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
@@ -102,4 +106,34 @@ func (ca *CA) write(t testing.TB, name, typ string, der []byte) string {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// Pool returns a certificate pool holding only this CA.
+func (ca *CA) Pool() *x509.CertPool {
+	p := x509.NewCertPool()
+	p.AddCert(ca.cert)
+	return p
+}
+
+// ServerCert is Server, loaded for a tls.Config.
+func (ca *CA) ServerCert(t testing.TB) tls.Certificate {
+	t.Helper()
+	c, k := ca.Server(t)
+	return load(t, c, k)
+}
+
+// ClientCert is Client, loaded for a tls.Config.
+func (ca *CA) ClientCert(t testing.TB, name string, uris ...string) tls.Certificate {
+	t.Helper()
+	c, k := ca.Client(t, name, uris...)
+	return load(t, c, k)
+}
+
+func load(t testing.TB, certFile, keyFile string) tls.Certificate {
+	t.Helper()
+	kp, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return kp
 }
