@@ -167,6 +167,7 @@ func LinkRecords(recs []*AuditRecord, head func(chain string) (ChainHead, error)
 		}
 	}
 	heads := make(map[string]ChainHead, 1)
+	var scratch []byte // one encoding buffer for the whole batch
 	for _, r := range recs {
 		h, ok := heads[r.Chain]
 		if !ok {
@@ -174,16 +175,28 @@ func LinkRecords(recs []*AuditRecord, head func(chain string) (ChainHead, error)
 			if h, err = head(r.Chain); err != nil {
 				return nil, fmt.Errorf("read head of audit chain %q: %w", r.Chain, err)
 			}
-			if h.Seq == 0 {
-				h.Hash = GenesisHash()
-			}
 		}
-		r.Seq = h.Seq + 1
-		r.PrevHash = h.Hash
-		r.Hash = HashRecord(r)
-		heads[r.Chain] = ChainHead{Seq: r.Seq, Hash: r.Hash}
+		heads[r.Chain], scratch = LinkRecord(r, h, scratch[:0])
 	}
 	return heads, nil
+}
+
+// LinkRecord makes r the record after head h (the zero ChainHead for the
+// first record of a chain): it sets r's Seq, PrevHash and Hash and returns
+// the chain's new head. It appends r's canonical encoding, which the hash is
+// taken over, to enc and returns it, so a driver that stores the encoding
+// does not build it twice. r must be valid (ValidateRecord).
+func LinkRecord(r *AuditRecord, h ChainHead, enc []byte) (ChainHead, []byte) {
+	if h.Seq == 0 {
+		h.Hash = GenesisHash()
+	}
+	r.Seq = h.Seq + 1
+	r.PrevHash = h.Hash
+	start := len(enc)
+	enc = AppendRecordEncoding(enc, r)
+	sum := sha256.Sum256(enc[start:])
+	r.Hash = sum[:]
+	return ChainHead{Seq: r.Seq, Hash: r.Hash}, enc
 }
 
 // Problems VerifyChain reports, at the start of VerifyReport.Problem.

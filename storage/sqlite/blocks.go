@@ -23,13 +23,12 @@ type entry struct {
 	data   []byte
 }
 
-// appendEntry appends r's stored form to dst. r must be linked (Seq, Hash).
-func appendEntry(dst []byte, r *storage.AuditRecord) []byte {
-	var buf [1024]byte
-	enc := storage.AppendRecordEncoding(buf[:0], r)
+// appendEntry appends a record's stored form, given its canonical encoding
+// and its hash, to dst.
+func appendEntry(dst, enc, hash []byte) []byte {
 	dst = binary.AppendUvarint(dst, uint64(len(enc)))
 	dst = append(dst, enc...)
-	return append(dst, r.Hash...)
+	return append(dst, hash...)
 }
 
 // decodeEntries calls fn with every record stored in data (a block or a
@@ -106,7 +105,7 @@ func insertBlocks(ctx context.Context, tx *sql.Tx, entries []entry) error {
 
 // entryOf returns r's stored form as an entry.
 func entryOf(r *storage.AuditRecord) entry {
-	return entry{chain: r.Chain, seq: r.Seq, timeNS: r.Time.UnixNano(), data: appendEntry(nil, r)}
+	return entry{chain: r.Chain, seq: r.Seq, timeNS: r.Time.UnixNano(), data: appendEntry(nil, storage.AppendRecordEncoding(nil, r), r.Hash)}
 }
 
 // convertAuditRows moves the records of the pre-0005 audit table into blocks

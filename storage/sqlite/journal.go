@@ -144,15 +144,20 @@ func (a *auditLog) append(recs []*storage.AuditRecord, sync bool) error {
 			}
 		}
 	}
-	heads, err := storage.LinkRecords(recs, func(chain string) (storage.ChainHead, error) { return a.heads[chain], nil })
-	if err != nil {
-		return err
-	}
+	// Link and encode in one pass: the encoding the hash is taken over is
+	// the one stored.
+	heads := make(map[string]storage.ChainHead, 1)
 	entries := make([]entry, len(recs))
 	payload := make([]byte, frameHeader, frameHeader+len(recs)*512)
+	var enc []byte
 	for i, r := range recs {
+		h, ok := heads[r.Chain]
+		if !ok {
+			h = a.heads[r.Chain]
+		}
+		heads[r.Chain], enc = storage.LinkRecord(r, h, enc[:0])
 		start := len(payload)
-		payload = appendEntry(payload, r)
+		payload = appendEntry(payload, enc, r.Hash)
 		entries[i] = entry{chain: r.Chain, seq: r.Seq, timeNS: r.Time.UnixNano(), data: payload[start:len(payload):len(payload)]}
 	}
 	if err := a.write(payload, sync); err != nil {

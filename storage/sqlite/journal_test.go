@@ -104,7 +104,7 @@ func TestLegacyAuditRowsConverted(t *testing.T) {
 func journalFrame(recs []*storage.AuditRecord) []byte {
 	payload := []byte{}
 	for _, r := range recs {
-		payload = appendEntry(payload, r)
+		payload = appendEntry(payload, storage.AppendRecordEncoding(nil, r), r.Hash)
 	}
 	out := binary.BigEndian.AppendUint32(nil, uint32(len(payload)))
 	out = binary.BigEndian.AppendUint32(out, crc32.Checksum(payload, crcTable))
