@@ -37,6 +37,11 @@ func TestLoadClosedAndOpenLoop(t *testing.T) {
 		if rate > 0 && (rep.Requests < 150 || rep.Requests > 250) {
 			t.Fatalf("open loop at %v/s for 1s sent %d requests", rate, rep.Requests)
 		}
+		// Each request's latency from the schedule is its send lag plus its
+		// latency from the send, so it bounds the latter at every quantile.
+		if rate > 0 && (rep.LagP50 < 0 || rep.LagP50 > rep.LagP99 || rep.ScheduledP50 < rep.P50 || rep.ScheduledP99 < rep.P99) {
+			t.Fatalf("open loop at %v/s: send lag and latency from the schedule inconsistent: %+v", rate, rep)
+		}
 	}
 	if err := run(context.Background(), options{addr: "127.0.0.1:1", duration: time.Second, concurrency: 1, conns: 1, target: "checkaction"}, &bytes.Buffer{}); err == nil {
 		t.Fatal("no error against a closed port")
