@@ -56,8 +56,10 @@ func TestXDSStatus(t *testing.T) {
 	var code int
 	deadline := time.Now().Add(10 * time.Second)
 	for {
+		// Wait for both answers to be recorded: the NACK and the other
+		// node's ACK arrive on separate streams, in either order.
 		code, out, errOut = run(t, "--addr", addr, "xds", "status")
-		if strings.Contains(out, "test rejection") && strings.Count(out, "Listener") == 2 || time.Now().After(deadline) {
+		if strings.Contains(out, "test rejection") && strings.Count(out, "Listener") == 2 && researcherAcked(t, addr) || time.Now().After(deadline) {
 			break
 		}
 		time.Sleep(50 * time.Millisecond)
@@ -87,4 +89,23 @@ func TestXDSStatus(t *testing.T) {
 	if n.NodeID != "acme/research/researcher-1" || n.Flavour != "envoy" || len(n.Types) != 1 || n.Types[0].AckVersion != n.Version {
 		t.Errorf("node status %+v", n)
 	}
+}
+
+// researcherAcked reports whether the gateway has recorded
+// acme/research/researcher-1's ACK of the version it was sent.
+func researcherAcked(t *testing.T, addr string) bool {
+	t.Helper()
+	code, out, _ := run(t, "--addr", addr, "-o", "json", "xds", "status", "--node", "acme/research/researcher-1")
+	var st struct {
+		Nodes []struct {
+			Version string `json:"version"`
+			Types   []struct {
+				AckVersion string `json:"ack_version"`
+			} `json:"types"`
+		} `json:"nodes"`
+	}
+	if code != 0 || json.Unmarshal([]byte(out), &st) != nil || len(st.Nodes) != 1 || len(st.Nodes[0].Types) != 1 {
+		return false
+	}
+	return st.Nodes[0].Version != "" && st.Nodes[0].Types[0].AckVersion == st.Nodes[0].Version
 }
