@@ -37,8 +37,9 @@ func execCmd(args []string) int {
 	cgRoot := fs.String("cgroup-root", "", "parent of the agent's cgroup (default: <cgroup v2 mount>/agent-assembly)")
 	noCgroup := fs.Bool("no-cgroup", false, "run the agent without its own cgroup (no kernel enforcement possible)")
 	ebpfMode := fs.String("ebpf", "off", `kernel enforcement on the agent's cgroup: "off", "observe" (report, never block) or "enforce" (deny egress the policy does not allow, kill execs it denies)`)
-	var egress, execDeny listFlag
+	var egress, execDeny, dns listFlag
 	fs.Var(&egress, "egress", "allowed destination for --ebpf: CIDR or address, optionally :port (repeatable); when --egress or --exec-deny is given they replace the rules derived from the gateway's active policy")
+	fs.Var(&dns, "dns", "DNS resolver (IP address) the agent always reaches on port 53 under --ebpf (repeatable; default: the nameservers of /etc/resolv.conf); the gateway and --envoy-egress are always reachable too")
 	fs.Var(&execDeny, "exec-deny", "executable (base name or absolute path) the kernel kills for --ebpf (repeatable; see --egress)")
 	envoyEgress := fs.String("envoy-egress", "127.0.0.1:15001", "the local Envoy egress listener that the kernel sends the agent's TCP to when its policy says network.enforcement: redirect")
 	fs.Usage = func() {
@@ -69,6 +70,7 @@ func execCmd(args []string) int {
 	}
 	a.Socket = strings.TrimSuffix(a.Socket, ".sock") + "." + strconv.Itoa(os.Getpid()) + ".sock"
 	kcfg, err := kernelConfig(*ebpfMode, egress, execDeny)
+	var always []bpf.Destination // the gateway, DNS, Envoy: reachable whatever the policy says
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "aa-runtime exec:", err)
 		return 2
@@ -80,6 +82,10 @@ func execCmd(args []string) int {
 			return 2
 		}
 		kcfg.Redirect = ap
+		if always, err = alwaysAllowed(c.gateway, dns, resolvConf, ap); err != nil {
+			fmt.Fprintf(os.Stderr, "aa-runtime exec: always-allowed destinations of --ebpf: %v\n", err)
+			return 2
+		}
 	}
 	if err := os.MkdirAll(filepath.Dir(a.Socket), 0o755); err != nil {
 		fmt.Fprintln(os.Stderr, "aa-runtime exec:", err)
@@ -163,7 +169,7 @@ func execCmd(args []string) int {
 					log.Error("eBPF rules from policy unavailable", "err", err)
 				}
 			}
-			stopKernel = attachKernel(rt, group, a, *kcfg, pk, log)
+			stopKernel = attachKernel(rt, group, a, *kcfg, always, pk, log)
 		}
 	}
 	defer func() {
@@ -275,7 +281,7 @@ func parseDestination(s string) (bpf.Destination, error) {
 //
 // With pk, the rules come from the gateway's active policy (and follow it);
 // without, cfg holds them (--egress, --exec-deny).
-func attachKernel(rt *runtime.Runtime, g *cgroup.Group, a runtime.Agent, cfg bpf.AgentConfig, pk *policyKernel, log *slog.Logger) func() {
+func attachKernel(rt *runtime.Runtime, g *cgroup.Group, a runtime.Agent, cfg bpf.AgentConfig, always []bpf.Destination, pk *policyKernel, log *slog.Logger) func() {
 	// Pinned per cgroup, so the kernel keeps governing what is left in the
 	// agent's cgroup if this process dies; unpinned when bpffs is missing.
 	sweepExecPins(filepath.Dir(g.Path), log)
@@ -286,17 +292,22 @@ func attachKernel(rt *runtime.Runtime, g *cgroup.Group, a runtime.Agent, cfg bpf
 		// runtime's, left for an earlier cgroup whose id was reused. Loading
 		// them would resume that runtime's rules.
 		if err = os.RemoveAll(pin); err == nil {
-			gov, err = bpf.Open(bpf.Options{Logger: log, PinPath: pin})
+			gov, err = bpf.Open(bpf.Options{Logger: log, PinPath: pin, Always: always})
 		}
 	}
 	if err != nil {
 		log.Warn("eBPF pinning unavailable: enforcement ends if aa-runtime dies (the agent is killed with it)", "err", err)
-		gov, err = bpf.Open(bpf.Options{Logger: log, NoPin: true})
+		gov, err = bpf.Open(bpf.Options{Logger: log, NoPin: true, Always: always})
 	}
 	if err != nil {
 		log.Error("eBPF UNAVAILABLE: the agent runs WITHOUT kernel enforcement", "err", err)
 		return nil
 	}
+	names := make([]string, len(always))
+	for i, d := range always {
+		names[i] = d.String()
+	}
+	log.Info("eBPF always-allowed destinations (gateway, DNS resolvers, Envoy egress listener)", "destinations", names)
 	kctx, kcancel := context.WithCancel(context.Background())
 	if pk != nil {
 		err = pk.attach(kctx, gov, g.Path, cfg)

@@ -1,0 +1,95 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/agent-assembly/agent-assembly/bpf"
+)
+
+// resolvConf is where the host's DNS resolvers are listed.
+const resolvConf = "/etc/resolv.conf"
+
+// alwaysAllowed lists the destinations every agent governed by aa-runtime
+// exec reaches whatever its policy says (the kernel's always-allowed set):
+// the gateway (its address or every address its host name resolves to, its
+// port), each DNS resolver on port 53 (dns, or the nameservers of conf when
+// dns is empty) and the Envoy egress listener when valid. The runtime's own
+// socket is a Unix socket, which the cgroup hooks never judge.
+func alwaysAllowed(gateway string, dns []string, conf string, envoy netip.AddrPort) ([]bpf.Destination, error) {
+	var out []bpf.Destination
+	add := func(a netip.Addr, port uint16) {
+		a = a.WithZone("")
+		out = append(out, bpf.Destination{Prefix: netip.PrefixFrom(a, a.BitLen()), Ports: []uint16{port}, ID: uint32(len(out) + 1)})
+	}
+
+	host, portText, err := net.SplitHostPort(gateway)
+	if err != nil {
+		return nil, fmt.Errorf("gateway address %q: %w", gateway, err)
+	}
+	port, err := strconv.ParseUint(portText, 10, 16)
+	if err != nil || port == 0 {
+		return nil, fmt.Errorf("gateway address %q: port %q is not a TCP port", gateway, portText)
+	}
+	if a, err := netip.ParseAddr(host); err == nil {
+		add(a, uint16(port))
+	} else {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		addrs, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+		cancel()
+		if err != nil {
+			return nil, fmt.Errorf("resolve gateway host %q: %w", host, err)
+		}
+		for _, a := range addrs {
+			add(a.Unmap(), uint16(port))
+		}
+	}
+
+	from := "--dns"
+	if len(dns) == 0 {
+		if dns, err = nameservers(conf); err != nil {
+			return nil, err
+		}
+		from = "nameserver in " + conf
+	}
+	for _, s := range dns {
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return nil, fmt.Errorf("%s %q: not an IP address", from, s)
+		}
+		add(a, 53)
+	}
+
+	if envoy.IsValid() {
+		add(envoy.Addr(), envoy.Port())
+	}
+	return out, nil
+}
+
+// nameservers reads the nameserver lines of a resolv.conf(5) file.
+func nameservers(path string) ([]string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("read resolver list: %w (pass --dns ADDR)", err)
+	}
+	defer f.Close()
+	var out []string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) >= 2 && fields[0] == "nameserver" {
+			out = append(out, fields[1])
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("read resolver list %s: %w", path, err)
+	}
+	return out, nil
+}

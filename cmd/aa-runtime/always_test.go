@@ -1,0 +1,128 @@
+package main
+
+import (
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/agent-assembly/agent-assembly/gateway/server/servertest"
+)
+
+// TestExecAlwaysAllowsResolverAndGateway: with --ebpf enforce and an
+// allowlist that names neither, the agent still reaches the DNS resolver
+// on port 53 (UDP and TCP) and the gateway's port, because aa-runtime exec
+// puts them in the kernel's always-allowed set; the same hosts on other
+// ports, and another address on port 53, stay denied (EPERM).
+func TestExecAlwaysAllowsResolverAndGateway(t *testing.T) {
+	cgRoot := needCgroups(t)
+	if _, err := exec.LookPath("bash"); err != nil {
+		t.Skip("needs bash for /dev/tcp and /dev/udp")
+	}
+	bin := build(t, t.TempDir(), "github.com/agent-assembly/agent-assembly/cmd/aa-runtime")
+	gw := servertest.Start(t, "../../runtime/testdata/policies", nil)
+	_, gwPort, _ := net.SplitHostPort(gw)
+
+	// A listener on the gateway's host that is not the gateway: reachable
+	// from outside, and only a kernel deny makes the connect fail with EPERM.
+	other, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	go acceptAndClose(other)
+	otherPort := other.Addr().(*net.TCPAddr).Port
+
+	// The resolver: 127.0.0.77, given by --dns. A TCP listener on its port
+	// 53 stands in for DNS over TCP.
+	dnsTCP, err := net.Listen("tcp4", "127.0.0.77:53")
+	if err != nil {
+		t.Skipf("cannot listen on 127.0.0.77:53 for the stand-in resolver: %v", err)
+	}
+	defer dnsTCP.Close()
+	go acceptAndClose(dnsTCP)
+
+	script := `probe() { if out=$( (exec 3<>"$2") 2>&1 ); then echo "$1=ok"; else case "$out" in *"Operation not permitted"*) echo "$1=eperm";; *) echo "$1=error: $out";; esac; fi; }
+probe dns-udp /dev/udp/127.0.0.77/53
+probe dns-tcp /dev/tcp/127.0.0.77/53
+probe gateway /dev/tcp/127.0.0.1/` + gwPort + `
+probe other-udp /dev/udp/127.0.0.78/53
+probe gateway-host-other-port /dev/tcp/127.0.0.1/` + strconv.Itoa(otherPort) + `
+`
+	r := runExec(t, bin, gw, cgRoot, []string{"--ebpf", "enforce", "--egress", "192.0.2.1/32", "--dns", "127.0.0.77"}, "bash", "-c", script)
+	if strings.Contains(r.log, "eBPF UNAVAILABLE") || strings.Contains(r.log, "eBPF attach FAILED") {
+		t.Skipf("eBPF not available here:\n%s", r.log)
+	}
+	if r.code != 0 {
+		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", r.code, r.out, r.log)
+	}
+	for _, want := range []string{"dns-udp=ok", "dns-tcp=ok", "gateway=ok", "other-udp=eperm", "gateway-host-other-port=eperm"} {
+		if !strings.Contains(r.out, want+"\n") {
+			t.Errorf("want %q in the agent's output:\n%s\nstderr:\n%s", want, r.out, r.log)
+		}
+	}
+}
+
+func acceptAndClose(l net.Listener) {
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		c.Close()
+	}
+}
+
+// TestAlwaysAllowed: the gateway's address and port, each resolver on port
+// 53 and the Envoy egress listener become always-allowed destinations;
+// resolvers come from --dns, else from resolv.conf; bad input is refused.
+func TestAlwaysAllowed(t *testing.T) {
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "resolv.conf")
+	if err := os.WriteFile(conf, []byte("# comment\nsearch example.test\nnameserver 10.0.0.53\nnameserver fe80::1%eth0\nnameserver  ::1 \noptions ndots:2\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	envoy := netip.MustParseAddrPort("127.0.0.1:15001")
+	got, err := alwaysAllowed("127.0.0.1:50051", nil, conf, envoy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var s []string
+	for _, d := range got {
+		s = append(s, d.String())
+	}
+	want := "127.0.0.1/32 ports 50051|10.0.0.53/32 ports 53|fe80::1/128 ports 53|::1/128 ports 53|127.0.0.1/32 ports 15001"
+	if strings.Join(s, "|") != want {
+		t.Errorf("always-allowed:\n got %s\nwant %s", strings.Join(s, "|"), want)
+	}
+
+	got, err = alwaysAllowed("127.0.0.1:50051", []string{"192.0.2.53"}, conf, netip.AddrPort{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 || got[1].String() != "192.0.2.53/32 ports 53" {
+		t.Errorf("--dns must replace resolv.conf: %v", got)
+	}
+
+	for _, tc := range []struct {
+		gateway, dns, conf, want string
+	}{
+		{"127.0.0.1", "", conf, `gateway address "127.0.0.1"`},
+		{"127.0.0.1:50051", "not-an-ip", conf, `--dns "not-an-ip": not an IP address`},
+		{"127.0.0.1:50051", "", filepath.Join(dir, "missing"), "read resolver list"},
+		{"no-such-host.invalid:50051", "", conf, `resolve gateway host "no-such-host.invalid"`},
+	} {
+		var dns []string
+		if tc.dns != "" {
+			dns = []string{tc.dns}
+		}
+		_, err := alwaysAllowed(tc.gateway, dns, tc.conf, netip.AddrPort{})
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("alwaysAllowed(%q, %q, %q): %v, want an error containing %q", tc.gateway, tc.dns, tc.conf, err, tc.want)
+		}
+	}
+}
