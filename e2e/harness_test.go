@@ -213,11 +213,12 @@ func run(t *testing.T, env []string, name string, args ...string) (string, int) 
 	return string(out), code
 }
 
-// aasm runs the CLI against a replica, as an operator would.
+// aasm runs the CLI against a replica, as an operator would, and logs the
+// command (prefixed by the replica's name) and what it printed.
 func aasm(t *testing.T, g *gateway, args ...string) (string, int) {
 	t.Helper()
 	out, code := run(t, nil, bin(t, "aasm"), append([]string{"--addr", g.grpc}, args...)...)
-	t.Logf("$ aasm %s  (exit %d)\n%s", strings.Join(args, " "), code, indent(out))
+	t.Logf("[%s] $ aasm %s  (exit %d)\n%s", g.name, strings.Join(args, " "), code, indent(out))
 	return out, code
 }
 

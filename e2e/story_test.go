@@ -215,15 +215,29 @@ func TestStory(t *testing.T) {
 		})
 	})
 
-	step("06 budget: a call over the research team's $50/day is refused and suspends the agent", func(t *testing.T) {
+	step("06 budget: the research team's $50/day, shared by both replicas, runs out and suspends the agent", func(t *testing.T) {
 		register(t, b, "acme/research/researcher-2")
-		out, code := aasm(t, a, "check", "--agent", "acme/research/researcher-2", "--provider", "openai", "--model", "gpt-4o",
-			"--prompt-tokens", "1000", "--completion-tokens", "10000000")
-		if code != 1 || !strings.Contains(out, "budget") {
-			t.Fatalf("over-budget call: exit %d", code)
+		// 3M completion tokens of gpt-4o reserve $30.0025: inside the team's
+		// $50 on replica a...
+		call := []string{"check", "--agent", "acme/research/researcher-2", "--provider", "openai", "--model", "gpt-4o",
+			"--prompt-tokens", "1000", "--completion-tokens", "3000000"}
+		out, code := aasm(t, a, call...)
+		if code != 0 || !strings.Contains(out, "ALLOW") {
+			t.Fatalf("first $30 call on replica a: exit %d, want ALLOW", code)
 		}
-		eventually(t, 5*time.Second, "the suspension on the other replica", func() error {
-			out, code := run(t, nil, bin(t, "aasm"), "--addr", b.grpc, "check", "--agent", "acme/research/researcher-2", "--host", "en.wikipedia.org", "--port", "443")
+		// ...and the same call on replica b is refused: b counts a's $30
+		// (one Redis counter per team and day).
+		out, code = aasm(t, b, call...)
+		for _, want := range []string{"DENY", "research-agent/budget", "spent $30.0025", "agent suspended"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("second $30 call on replica b: output lacks %q", want)
+			}
+		}
+		if code != 1 {
+			t.Fatalf("second $30 call on replica b: exit %d, want 1 (deny)", code)
+		}
+		eventually(t, 5*time.Second, "the suspension on replica a", func() error {
+			out, code := run(t, nil, bin(t, "aasm"), "--addr", a.grpc, "check", "--agent", "acme/research/researcher-2", "--host", "en.wikipedia.org", "--port", "443")
 			if code != 1 || !strings.Contains(out, "suspended") {
 				return fmt.Errorf("exit %d: %s", code, out)
 			}
@@ -233,7 +247,7 @@ func TestStory(t *testing.T) {
 
 	step("07 approval: the agent waits while an operator grants it with aasm on the other replica", func(t *testing.T) {
 		args := []string{"--addr", a.grpc, "check", "--agent", coder, "--tool", "shell_exec", "--args", `{"command":"rm -rf build"}`, "--wait"}
-		t.Logf("$ aasm %s   (waits for a human)", strings.Join(args, " "))
+		t.Logf("[%s] $ aasm %s   (waits for a human)", a.name, strings.Join(args[2:], " "))
 		waiting := start(t, "aasm check --wait", exec.Command(bin(t, "aasm"), args...))
 		idRE := regexp.MustCompile(`"id":\s*"([^"]+)"`)
 		var id string
@@ -274,16 +288,25 @@ func TestStory(t *testing.T) {
 		if err := os.WriteFile(path, src, 0o644); err != nil {
 			t.Fatal(err)
 		}
-		if _, code := aasm(t, b, "policy", "apply", edited, "-m", "e2e: freeze git_status"); code != 0 {
-			t.Fatalf("apply: exit %d", code)
+		out, code := aasm(t, b, "policy", "apply", edited, "-m", "e2e: freeze git_status")
+		m := regexp.MustCompile(`(?m)^VERSION\s+(\S+)`).FindStringSubmatch(out)
+		if code != 0 || m == nil {
+			t.Fatalf("apply: exit %d, no VERSION in the output", code)
 		}
-		eventually(t, 5*time.Second, "replica a enforcing the new version", func() error {
+		version := m[1]
+		var denied string
+		eventually(t, 5*time.Second, "replica a enforcing version "+version, func() error {
 			out, code := run(t, nil, bin(t, "aasm"), "--addr", a.grpc, "check", "--agent", coder, "--tool", "git_status")
-			if code != 1 {
+			if code != 1 || !regexp.MustCompile(`(?m)^POLICY VERSION\s+`+regexp.QuoteMeta(version)+`$`).MatchString(out) {
 				return fmt.Errorf("exit %d: %s", code, out)
 			}
+			denied = out
 			return nil
 		})
+		t.Logf("[%s] $ aasm check --agent %s --tool git_status  (exit 1)\n%s", a.name, coder, indent(denied))
+		if !strings.Contains(denied, "coding-agent/tools[git_status]") {
+			t.Errorf("the deny on replica a is not the edited tools entry")
+		}
 	})
 
 	step("09 suspend: an operator stops the agent; its next check is denied everywhere", func(t *testing.T) {
