@@ -3,7 +3,9 @@ package deploy
 import (
 	"bufio"
 	"bytes"
+	"debug/elf"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -363,6 +365,9 @@ func TestImageBinariesBuild(t *testing.T) {
 				t.Fatal(err)
 			}
 			bin := buildBinary(t, name, g.pkg, g.ldflags(testVersion))
+			if err := staticELF(bin); err != nil {
+				t.Errorf("%s: %v: the distroless static image has no C library to load it", name, err)
+			}
 			args, stamped := versionArgs[name]
 			if strings.Contains(g.rawLDFlags, "-X ") != stamped {
 				t.Fatalf("%s: -X in ldflags is %v but versionArgs knows it as %v; keep them in step", name, !stamped, stamped)
@@ -379,6 +384,41 @@ func TestImageBinariesBuild(t *testing.T) {
 			}
 		})
 	}
+}
+
+// staticELF returns an error when the ELF file at path needs a dynamic
+// loader (PT_INTERP) or shared libraries (DT_NEEDED).
+func staticELF(path string) error {
+	f, err := elf.Open(path)
+	if err != nil {
+		return fmt.Errorf("open binary: %w", err)
+	}
+	defer f.Close()
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP {
+			return errors.New("dynamically linked (it has an ELF interpreter)")
+		}
+	}
+	libs, err := f.ImportedLibraries()
+	if err != nil {
+		return fmt.Errorf("read imported libraries: %w", err)
+	}
+	if len(libs) > 0 {
+		return fmt.Errorf("needs shared libraries %v", libs)
+	}
+	return nil
+}
+
+// TestStaticELFCatches shows staticELF rejects a dynamically linked binary
+// (the system's shell or env, which link the C library on Debian).
+func TestStaticELFCatches(t *testing.T) {
+	for _, p := range []string{"/bin/sh", "/usr/bin/env"} {
+		err := staticELF(p)
+		if err != nil && (strings.Contains(err.Error(), "dynamically linked") || strings.Contains(err.Error(), "shared libraries")) {
+			return
+		}
+	}
+	t.Skip("neither /bin/sh nor /usr/bin/env is a dynamically linked ELF binary here; nothing to check staticELF against")
 }
 
 // TestDockerignoreKeepsBuildInputs checks that no file a binary embeds, and
