@@ -205,6 +205,8 @@ func printAlertLine(g *globals, a *v1.Alert) error {
 		}
 		_, err = fmt.Fprintln(g.out, string(b))
 		return err
+	case "yaml":
+		return g.printStreamed(a)
 	case "table", "":
 		silenced := ""
 		if a.GetSilenced() {
@@ -213,7 +215,7 @@ func printAlertLine(g *globals, a *v1.Alert) error {
 		_, err := fmt.Fprintf(g.out, "%s  %-8s  %-17s  %s  %s%s\n", stamp(a.GetTime()), a.GetSeverity(), a.GetKind(), alertAgent(a), oneLine(a.GetSummary()), silenced)
 		return err
 	}
-	return fmt.Errorf("unknown --output %q for watch: use table or json", g.output)
+	return fmt.Errorf("unknown --output %q for watch: use table, json or yaml", g.output)
 }
 
 func newSilenceCmd(g *globals) *cobra.Command {

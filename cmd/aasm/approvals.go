@@ -137,7 +137,7 @@ func newApprovalsWatchCmd(g *globals) *cobra.Command {
 					return err
 				}
 				if g.output != "table" {
-					if err := g.print(a, nil); err != nil {
+					if err := g.printStreamed(a); err != nil {
 						return err
 					}
 					continue

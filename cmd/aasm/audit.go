@@ -192,7 +192,7 @@ func (g *globals) printTailRecord(r *v1.AuditRecord) error {
 			agentString(r.GetAgent()), strings.ToLower(r.GetActionType().String()), r.GetDecision(), r.GetRuleId(), r.GetReason())
 		return err
 	}
-	return g.print(r, nil)
+	return g.printStreamed(r)
 }
 
 func newAuditVerifyCmd(g *globals) *cobra.Command {

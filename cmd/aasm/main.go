@@ -100,7 +100,36 @@ address it was saved for). Roles and keys: docs/security.md.`,
 	root.PersistentFlags().StringVarP(&g.output, "output", "o", "table", "output format: table, json or yaml")
 	addConnFlags(root, &g.conn)
 	root.AddCommand(newCheckCmd(g), newPolicyCmd(g), newAuditCmd(g), newApprovalsCmd(g), withCosts(newBudgetCmd(g), g), newAlertsCmd(g), newSecretCmd(g), newTopologyCmd(g), newAgentCmd(g), newXDSCmd(g), newStatusCmd(g), newLogsCmd(g), newLoginCmd(g), newLogoutCmd(g), newAdminCmd(g), newVersionCmd(g))
+	// cobra's completion commands take their writer when created.
+	root.SetOut(g.out)
+	root.SetErr(g.errOut)
+	addCompletionExamples(root)
 	return root
+}
+
+// addCompletionExamples creates cobra's completion command now, rather than
+// at execution, so its help and each shell's carry an example like every
+// other command.
+func addCompletionExamples(root *cobra.Command) {
+	root.InitDefaultCompletionCmd()
+	for _, c := range root.Commands() {
+		if c.Name() != "completion" {
+			continue
+		}
+		c.Example = "  source <(aasm completion bash)\n  aasm completion zsh > \"${fpath[1]}/_aasm\""
+		for _, sh := range c.Commands() {
+			switch sh.Name() {
+			case "bash":
+				sh.Example = "  source <(aasm completion bash)\n  aasm completion bash > /etc/bash_completion.d/aasm"
+			case "zsh":
+				sh.Example = "  aasm completion zsh > \"${fpath[1]}/_aasm\""
+			case "fish":
+				sh.Example = "  aasm completion fish > ~/.config/fish/completions/aasm.fish"
+			case "powershell":
+				sh.Example = "  aasm completion powershell | Out-String | Invoke-Expression"
+			}
+		}
+	}
 }
 
 func newVersionCmd(g *globals) *cobra.Command {
@@ -110,6 +139,12 @@ func newVersionCmd(g *globals) *cobra.Command {
 		Example: "  aasm version",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := g.checkOutput(); err != nil {
+				return err
+			}
+			if g.output == "json" || g.output == "yaml" {
+				return g.printValue(map[string]any{"version": server.Version})
+			}
 			fmt.Fprintln(g.out, "aasm", server.Version)
 			return nil
 		},

@@ -39,8 +39,11 @@ Exit status: 0 valid, 1 invalid, 3 error.`,
 		Example: "  aasm policy validate examples/policies\n  aasm policy validate team.yaml agent.yaml",
 		Args:    cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, paths []string) error {
+			if err := g.checkOutput(); err != nil {
+				return err
+			}
 			var docs []*policy.Document
-			var problems []string
+			var problems, warnings []string
 			for _, p := range paths {
 				d, err := policy.LoadPath(p)
 				if err != nil {
@@ -61,8 +64,18 @@ Exit status: 0 valid, 1 invalid, 3 error.`,
 					problems = append(problems, problemLines(err)...)
 				} else {
 					for _, w := range snap.Warnings() {
+						warnings = append(warnings, w.Error())
 						fmt.Fprintln(g.errOut, "warning: "+w.Error())
 					}
+				}
+			}
+			if g.output == "json" || g.output == "yaml" {
+				v := map[string]any{"valid": len(problems) == 0, "documents": len(docs), "problems": strs(problems), "warnings": strs(warnings)}
+				if len(problems) == 0 {
+					v["version"] = policy.Version(docs)
+				}
+				if err := g.printValue(v); err != nil {
+					return err
 				}
 			}
 			if len(problems) > 0 {
@@ -71,6 +84,9 @@ Exit status: 0 valid, 1 invalid, 3 error.`,
 				}
 				fmt.Fprintf(g.errOut, "%d problem(s); the gateway would reject this policy and keep serving the previous one\n", len(problems))
 				return exitCode(exitDeny)
+			}
+			if g.output == "json" || g.output == "yaml" {
+				return nil
 			}
 			fmt.Fprintf(g.out, "valid: %d document(s), version %s\n", len(docs), policy.Version(docs))
 			return nil
@@ -138,4 +154,13 @@ Exit status follows the decision: 0 allow, 1 deny, 2 pending, 3 error.`,
 	}
 	f.register(cmd)
 	return cmd
+}
+
+// strs converts a string slice for printValue (nil becomes an empty list).
+func strs(ss []string) []any {
+	out := make([]any, 0, len(ss))
+	for _, s := range ss {
+		out = append(out, s)
+	}
+	return out
 }

@@ -45,8 +45,9 @@ Exit status: 0 identical, 1 different, 3 error.`,
 			if err != nil {
 				return err
 			}
-			if !writeDiff(g, from, dest) {
-				return nil
+			changed, err := writeDiff(g, from, dest)
+			if err != nil || !changed {
+				return err
 			}
 			return exitCode(exitDeny)
 		},
@@ -82,9 +83,15 @@ func resolveSide(ctx context.Context, c clients, arg string) (side, error) {
 	return s, nil
 }
 
-// writeDiff prints the unified diff of every document and reports whether
-// anything differs.
-func writeDiff(g *globals, a, b side) bool {
+// docDiff is the change to one document between two policy sets.
+type docDiff struct {
+	name, change string // change: added, removed or modified
+	from, to     string // the unified diff's file labels
+	lines        []string
+}
+
+// diffSides compares a and b document by document, in name order.
+func diffSides(a, b side) []docDiff {
 	names := map[string]bool{}
 	for n := range a.docs {
 		names[n] = true
@@ -97,30 +104,51 @@ func writeDiff(g *globals, a, b side) bool {
 		sorted = append(sorted, n)
 	}
 	sort.Strings(sorted)
-	changed := false
+	var out []docDiff
 	for _, n := range sorted {
 		x, inA := a.docs[n]
 		y, inB := b.docs[n]
 		if inA && inB && x == y {
 			continue
 		}
-		changed = true
-		from, to := a.label+"/"+n, b.label+"/"+n
+		d := docDiff{name: n, change: "modified", from: a.label + "/" + n, to: b.label + "/" + n}
 		if !inA {
-			from = "/dev/null"
+			d.change, d.from = "added", "/dev/null"
 		}
 		if !inB {
-			to = "/dev/null"
+			d.change, d.to = "removed", "/dev/null"
 		}
-		fmt.Fprintf(g.out, "--- %s\n+++ %s\n", from, to)
-		for _, l := range unified(splitLines(x), splitLines(y), 3) {
+		d.lines = unified(splitLines(x), splitLines(y), 3)
+		out = append(out, d)
+	}
+	return out
+}
+
+// writeDiff prints the unified diff of every document (or, with -o json or
+// yaml, one object per changed document) and reports whether anything
+// differs.
+func writeDiff(g *globals, a, b side) (bool, error) {
+	diffs := diffSides(a, b)
+	if g.output == "json" || g.output == "yaml" {
+		docs := []any{}
+		for _, d := range diffs {
+			docs = append(docs, map[string]any{"name": d.name, "change": d.change, "diff": strings.Join(append([]string{"--- " + d.from, "+++ " + d.to}, d.lines...), "\n") + "\n"})
+		}
+		return len(diffs) > 0, g.printValue(map[string]any{"from": a.label, "to": b.label, "changed": len(diffs) > 0, "documents": docs})
+	}
+	if g.output != "table" && g.output != "" {
+		return false, fmt.Errorf("unknown --output %q: use table, json or yaml", g.output)
+	}
+	for _, d := range diffs {
+		fmt.Fprintf(g.out, "--- %s\n+++ %s\n", d.from, d.to)
+		for _, l := range d.lines {
 			fmt.Fprintln(g.out, l)
 		}
 	}
-	if !changed {
+	if len(diffs) == 0 {
 		fmt.Fprintf(g.out, "no differences between %s and %s\n", a.label, b.label)
 	}
-	return changed
+	return len(diffs) > 0, nil
 }
 
 func splitLines(s string) []string {
