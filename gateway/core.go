@@ -316,6 +316,16 @@ func retryAfter(d time.Duration) *durationpb.Duration {
 	return durationpb.New(d)
 }
 
+func init() {
+	// Decision ids must be unique, not secret: their random bits come from
+	// uuid's pool, refilled from crypto/rand 256 ids at a time, instead of
+	// one getrandom per decision (about 3% of an ext_authz check's CPU in
+	// BenchmarkCheckGRPC's profile, stack growth included). Enabled once,
+	// here, because the pool switch is not safe to flip concurrently.
+	uuid.EnableRandPool()
+}
+
+// newID returns a decision id: a UUIDv7, so ids sort by time.
 func newID() string {
 	id, err := uuid.NewV7()
 	if err != nil {

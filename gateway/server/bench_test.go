@@ -98,7 +98,7 @@ func serveCore(b *testing.B, core *gateway.Core) v1.PolicyServiceClient {
 	if err != nil {
 		b.Fatal(err)
 	}
-	s := grpc.NewServer()
+	s := grpc.NewServer(grpc.NumStreamWorkers(streamWorkers)) // served as the gateway serves
 	v1.RegisterPolicyServiceServer(s, gateway.NewPolicyService(core))
 	go s.Serve(l)
 	b.Cleanup(s.Stop)
@@ -203,7 +203,7 @@ func BenchmarkNoopGRPC(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			s := grpc.NewServer()
+			s := grpc.NewServer(grpc.NumStreamWorkers(streamWorkers)) // served as the gateway serves
 			v1.RegisterPolicyServiceServer(s, noopPolicy{})
 			go s.Serve(l)
 			defer s.Stop()

@@ -171,8 +171,10 @@ func (s *Store) AppendAudit(ctx context.Context, recs []*storage.AuditRecord) er
 		}
 		s.audit = slices.Insert(s.audit, i, c)
 	}
-	for _, r := range recs {
-		s.tail.Publish(r.Clone())
+	if s.tail.Subscribers() > 0 { // a copy per record only for live tails
+		for _, r := range recs {
+			s.tail.Publish(r.Clone())
+		}
 	}
 	return nil
 }

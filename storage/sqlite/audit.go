@@ -33,8 +33,10 @@ func (s *Store) AppendAudit(ctx context.Context, recs []*storage.AuditRecord) er
 	if err := s.hub.audit.append(recs, s.opts.Durability == storage.DurabilitySync); err != nil {
 		return fmt.Errorf("append audit: %w", err)
 	}
-	for _, r := range recs {
-		s.hub.tail.Publish(r.Clone())
+	if s.hub.tail.Subscribers() > 0 { // a copy per record only for live tails
+		for _, r := range recs {
+			s.hub.tail.Publish(r.Clone())
+		}
 	}
 	return nil
 }
