@@ -164,7 +164,7 @@ func (a *Authenticator) Authorize(ctx context.Context, req Request) (context.Con
 	case ClassPublic, ClassAgent:
 		return ctx, nil
 	case ClassUnknown:
-		a.log.Error("refused a call to a method missing from the authorization table", "method", req.Method)
+		a.log.ErrorContext(ctx, "refused a call to a method missing from the authorization table", "method", req.Method)
 		a.refuse(ctx, req, "unclassified", "")
 		return ctx, status.Error(codes.PermissionDenied, msgUnclassified)
 	}
@@ -209,7 +209,7 @@ func (a *Authenticator) authenticate(ctx context.Context, req Request) (Identity
 	case errors.Is(err, storage.ErrNotFound):
 		return Identity{}, "unknown", err
 	case err != nil:
-		a.log.Warn("api key lookup failed", "key_id", key.ID, "err", err)
+		a.log.WarnContext(ctx, "api key lookup failed", "key_id", key.ID, "err", err)
 		return Identity{}, "unavailable", err
 	}
 	if !key.Matches(stored.Hash) {
@@ -246,14 +246,14 @@ func (a *Authenticator) touch(ctx context.Context, k *storage.APIKey) {
 	tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 	defer cancel()
 	if err := a.o.Keys.TouchAPIKey(tctx, k.ID, now); err != nil {
-		a.log.Warn("record api key use", "key_id", k.ID, "err", err)
+		a.log.WarnContext(ctx, "record api key use", "key_id", k.ID, "err", err)
 	}
 }
 
 // refuse counts, logs and (within the audit bound) audits a refusal.
 func (a *Authenticator) refuse(ctx context.Context, req Request, cause, detail string) {
 	a.refusals.WithLabelValues(req.Surface, cause).Inc()
-	a.log.Debug("operator call refused", "method", req.Method, "surface", req.Surface, "cause", cause, "source", req.Source)
+	a.log.DebugContext(ctx, "operator call refused", "method", req.Method, "surface", req.Surface, "cause", cause, "source", req.Source)
 	skipped, ok := a.allowAudit(req.Source)
 	if !ok {
 		a.unaudited.Inc()

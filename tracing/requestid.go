@@ -1,0 +1,125 @@
+package tracing
+
+import (
+	"context"
+	"log/slog"
+	"net/http"
+
+	"github.com/google/uuid"
+	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
+)
+
+// RequestIDHeader is the HTTP header and gRPC metadata key that carries a
+// request id: taken from the caller when it is a plausible id, otherwise
+// made here, and always echoed back in the response headers.
+const RequestIDHeader = "x-request-id"
+
+type requestIDKey struct{}
+
+// WithRequestID returns ctx carrying id.
+func WithRequestID(ctx context.Context, id string) context.Context {
+	return context.WithValue(ctx, requestIDKey{}, id)
+}
+
+// RequestID returns the request id in ctx, or "".
+func RequestID(ctx context.Context) string {
+	id, _ := ctx.Value(requestIDKey{}).(string)
+	return id
+}
+
+// acceptRequestID reports whether a caller's id may be used as is: 1 to 64
+// characters of letters, digits and . _ : -, so that it cannot forge log
+// fields or fill the logs.
+func acceptRequestID(id string) bool {
+	if id == "" || len(id) > 64 {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '.' || c == '_' || c == ':' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// requestIDFrom picks the caller's id when acceptable, else a new one.
+func requestIDFrom(caller string) string {
+	if acceptRequestID(caller) {
+		return caller
+	}
+	return uuid.NewString()
+}
+
+func incomingRequestID(ctx context.Context) string {
+	md, _ := metadata.FromIncomingContext(ctx)
+	if v := md.Get(RequestIDHeader); len(v) > 0 {
+		return v[0]
+	}
+	return ""
+}
+
+// UnaryRequestID gives every unary call a request id in its context and
+// returns it in the response header.
+func UnaryRequestID() grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+		id := requestIDFrom(incomingRequestID(ctx))
+		_ = grpc.SetHeader(ctx, metadata.Pairs(RequestIDHeader, id))
+		return h(WithRequestID(ctx, id), req)
+	}
+}
+
+// StreamRequestID gives every stream a request id in its context and
+// returns it in the response header.
+func StreamRequestID() grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+		id := requestIDFrom(incomingRequestID(ss.Context()))
+		_ = ss.SetHeader(metadata.Pairs(RequestIDHeader, id))
+		return h(srv, idStream{ss, WithRequestID(ss.Context(), id)})
+	}
+}
+
+type idStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (s idStream) Context() context.Context { return s.ctx }
+
+// HTTPRequestID gives every HTTP request a request id in its context (which
+// grpc-gateway hands on to the service) and sets it on the response.
+func HTTPRequestID(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		id := requestIDFrom(r.Header.Get(RequestIDHeader))
+		w.Header().Set(RequestIDHeader, id)
+		next.ServeHTTP(w, r.WithContext(WithRequestID(r.Context(), id)))
+	})
+}
+
+// LogHandler wraps h so that every record logged with a context (the
+// slog ...Context methods) carries the context's request_id and, when the
+// call is traced, its trace_id and span_id.
+func LogHandler(h slog.Handler) slog.Handler { return logHandler{h} }
+
+type logHandler struct{ slog.Handler }
+
+// Handle adds the request's ids to r.
+func (l logHandler) Handle(ctx context.Context, r slog.Record) error {
+	if id := RequestID(ctx); id != "" {
+		r.AddAttrs(slog.String("request_id", id))
+	}
+	if sc := trace.SpanContextFromContext(ctx); sc.IsValid() {
+		r.AddAttrs(slog.String("trace_id", sc.TraceID().String()), slog.String("span_id", sc.SpanID().String()))
+	}
+	return l.Handler.Handle(ctx, r)
+}
+
+// WithAttrs keeps the wrapper around the derived handler.
+func (l logHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	return logHandler{l.Handler.WithAttrs(as)}
+}
+
+// WithGroup keeps the wrapper around the derived handler.
+func (l logHandler) WithGroup(name string) slog.Handler { return logHandler{l.Handler.WithGroup(name)} }
