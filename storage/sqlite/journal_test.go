@@ -6,14 +6,17 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"log/slog"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/agent-assembly/agent-assembly/action"
+	"github.com/agent-assembly/agent-assembly/internal/syncbuf"
 	"github.com/agent-assembly/agent-assembly/storage"
 	"github.com/agent-assembly/agent-assembly/storage/memory"
 )
@@ -111,11 +114,12 @@ func journalFrame(recs []*storage.AuditRecord) []byte {
 	return append(out, payload...)
 }
 
-// TestJournalLeftByADeadProcessIsIndexed: a journal file nobody holds (its
-// process died before indexing it) is indexed at open, up to a torn last
-// frame, and removed.
+// TestJournalLeftByADeadProcessIsIndexed: journal files nobody holds (their
+// process died before indexing them) are indexed at open, up to a torn last
+// frame, and removed. Files are zero-filled ahead of their frames, so the
+// dead process left a zero tail after its frames, and possibly a spare file
+// that was never written; neither is mistaken for a torn frame.
 func TestJournalLeftByADeadProcessIsIndexed(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "aa.db")
 	t0 := time.Unix(1_800_000_000, 0)
 	var recs []*storage.AuditRecord
 	for i := range 9 {
@@ -124,29 +128,105 @@ func TestJournalLeftByADeadProcessIsIndexed(t *testing.T) {
 	if _, err := storage.LinkRecords(recs, func(string) (storage.ChainHead, error) { return storage.ChainHead{}, nil }); err != nil {
 		t.Fatal(err)
 	}
-	data := append(journalFrame(recs[:4]), journalFrame(recs[4:7])...)
+	zeroFilled := func(data []byte) []byte { return append(data, make([]byte, journalFirstBytes-len(data))...) }
+	full := append(journalFrame(recs[:4]), journalFrame(recs[4:7])...)
 	torn := journalFrame(recs[7:])
-	data = append(data, torn[:len(torn)-5]...) // the process died inside this write
-	if err := os.MkdirAll(path+"-audit", 0o700); err != nil {
+	torn = append(slices.Clone(full), torn[:len(torn)-5]...) // the process died inside this write
+	for _, tc := range []struct {
+		name      string
+		files     [][]byte
+		records   int64
+		wantTorn  bool
+		wantClean bool
+	}{
+		{"frames then zeros", [][]byte{zeroFilled(slices.Clone(full))}, 7, false, true},
+		{"a torn frame then zeros", [][]byte{zeroFilled(slices.Clone(torn))}, 7, true, false},
+		{"a torn frame at the end of the file", [][]byte{slices.Clone(torn)}, 7, true, false},
+		{"frames, and a spare never written", [][]byte{zeroFilled(slices.Clone(full)), zeroFilled(nil)}, 7, false, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "aa.db")
+			if err := os.MkdirAll(path+"-audit", 0o700); err != nil {
+				t.Fatal(err)
+			}
+			var names []string
+			for i, data := range tc.files {
+				name := filepath.Join(path+"-audit", fmt.Sprintf("journal-%020d-1.log", i+1))
+				if err := os.WriteFile(name, data, 0o600); err != nil {
+					t.Fatal(err)
+				}
+				names = append(names, name)
+			}
+			var logs syncbuf.Buffer
+			s := openTest(t, Options{Path: path, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+			rep, err := s.VerifyAudit(t.Context(), "dead")
+			if err != nil || !rep.OK || rep.Records != tc.records {
+				t.Fatalf("VerifyAudit = %+v, %v; want the %d records of the complete frames", rep, err, tc.records)
+			}
+			for _, name := range names {
+				if _, err := os.Stat(name); !errors.Is(err, os.ErrNotExist) {
+					t.Fatalf("the recovered journal %s is still there: %v", name, err)
+				}
+			}
+			if got := strings.Contains(logs.String(), "torn or damaged frame"); got != tc.wantTorn {
+				t.Fatalf("torn-frame warning logged: %v, want %v; logs:\n%s", got, tc.wantTorn, logs.String())
+			}
+			// The chain continues from record 7: the torn records were never
+			// acknowledged, so their numbers are reused.
+			next := testRecord("dead", 7, t0)
+			if err := s.AppendAudit(t.Context(), []*storage.AuditRecord{next}); err != nil || next.Seq != 8 {
+				t.Fatalf("append after recovery: seq %d, %v", next.Seq, err)
+			}
+		})
+	}
+}
+
+// TestJournalFilesRotate: appends fill zero-filled journal files of growing
+// size, rotating to the prepared spare; every record is indexed, the chain
+// verifies, and closing leaves no journal file behind.
+func TestJournalFilesRotate(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "aa.db")
+	s, err := Open(t.Context(), Options{Path: path, Logger: discard()})
+	if err != nil {
 		t.Fatal(err)
 	}
-	jpath := filepath.Join(path+"-audit", "journal-00000000000000000001-1.log")
-	if err := os.WriteFile(jpath, data, 0o600); err != nil {
+	t0 := time.Unix(1_800_000_000, 0)
+	payload := strings.Repeat("x", 2000)
+	const n = 3000 // about 6 MB of journal: files of 1, 2 and 4 MiB at least
+	caps := map[int64]bool{}
+	for i := 0; i < n; i += 50 {
+		var batch []*storage.AuditRecord
+		for j := i; j < i+50; j++ {
+			r := testRecord("rot", j, t0)
+			r.Payload = []byte(`{"p":"` + payload + `"}`)
+			batch = append(batch, r)
+		}
+		if err := s.AppendAudit(t.Context(), batch); err != nil {
+			t.Fatal(err)
+		}
+		a := s.hub.audit
+		a.mu.Lock()
+		if a.cur.size > a.cur.cap {
+			t.Errorf("journal %s holds %d bytes of frames in %d zero-filled", a.cur.path, a.cur.size, a.cur.cap)
+		}
+		caps[a.cur.cap] = true
+		a.mu.Unlock()
+	}
+	for _, c := range []int64{1 << 20, 2 << 20, 4 << 20} {
+		if !caps[c] {
+			t.Errorf("no journal file of %d bytes was written; sizes seen: %v", c, caps)
+		}
+	}
+	rep, err := s.VerifyAudit(t.Context(), "rot")
+	if err != nil || !rep.OK || rep.Records != n {
+		t.Fatalf("VerifyAudit = %+v, %v; want %d records", rep, err, n)
+	}
+	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
-	s := openTest(t, Options{Path: path})
-	rep, err := s.VerifyAudit(t.Context(), "dead")
-	if err != nil || !rep.OK || rep.Records != 7 {
-		t.Fatalf("VerifyAudit = %+v, %v; want the 7 records of the complete frames", rep, err)
-	}
-	if _, err := os.Stat(jpath); !errors.Is(err, os.ErrNotExist) {
-		t.Fatalf("the recovered journal is still there: %v", err)
-	}
-	// The chain continues from record 7: the torn records were never
-	// acknowledged, so their numbers are reused.
-	next := testRecord("dead", 7, t0)
-	if err := s.AppendAudit(t.Context(), []*storage.AuditRecord{next}); err != nil || next.Seq != 8 {
-		t.Fatalf("append after recovery: seq %d, %v", next.Seq, err)
+	left, err := filepath.Glob(filepath.Join(path+"-audit", "journal-*.log"))
+	if err != nil || len(left) != 0 {
+		t.Fatalf("journal files left after close: %v, %v", left, err)
 	}
 }
 
