@@ -498,7 +498,7 @@ func (a *AgentAuth) refuse(ctx context.Context, surface, cause string, named act
 	if err != nil {
 		detail = err.Error()
 	}
-	a.log.Debug("agent not authenticated", "surface", surface, "cause", cause, "agent", named.String(), "err", detail)
+	a.log.DebugContext(ctx, "agent not authenticated", "surface", surface, "cause", cause, "agent", named.String(), "err", detail)
 	if skipped, ok := a.lim.take(a.o.Now()); ok && a.o.Core != nil {
 		fields := map[string]any{"surface": surface, "cause": cause}
 		if detail != "" {

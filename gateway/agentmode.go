@@ -26,6 +26,7 @@ func (c *Core) checkAgent(ctx context.Context, a *action.Action, out *Outcome) (
 	case errors.Is(err, storage.ErrNotFound):
 		return action.ModeUnspecified, false
 	case err != nil:
+		c.metrics.storeError(storeOpRegistry, err)
 		out.Decision, out.RuleID = action.Deny, "registry"
 		out.Reason = "agent registry unavailable, failing closed: " + err.Error()
 		return action.ModeUnspecified, false

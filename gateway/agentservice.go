@@ -215,7 +215,7 @@ func (s *AgentService) Register(ctx context.Context, req *v1.RegisterRequest) (*
 		return nil, status.Errorf(codes.Internal, "register: %v", err)
 	}
 	if _, err := s.opts.Events.Publish(ctx, AgentEvent(storage.InvalidateRegistered, id, "registered")); err != nil {
-		s.log.Warn("publish registration", "agent", id.String(), "err", err)
+		s.log.WarnContext(ctx, "publish registration", "agent", id.String(), "err", err)
 	}
 	s.auditAgent(ctx, id, "agent.register", "agent registered", map[string]any{"token_id": claims.TokenID,
 		"parent": ag.Parent.String(), "depth": ag.Depth, "public_key": base64.StdEncoding.EncodeToString(ag.PublicKey)})
@@ -342,7 +342,7 @@ func (s *AgentService) Deregister(ctx context.Context, req *v1.DeregisterRequest
 		return nil, storeStatus("deregister agent", err)
 	}
 	if _, err := s.opts.Events.Publish(ctx, AgentEvent(storage.InvalidateRevoked, c.Agent, reasonDeregistered)); err != nil {
-		s.log.Warn("publish deregistration", "agent", c.Agent.String(), "err", err)
+		s.log.WarnContext(ctx, "publish deregistration", "agent", c.Agent.String(), "err", err)
 	}
 	s.auditAgent(ctx, c.Agent, "agent.deregister", "agent deregistered; credential revoked", map[string]any{"token_id": c.TokenID})
 	return &v1.DeregisterResponse{}, nil
@@ -498,7 +498,7 @@ func (s *AgentService) setStatus(ctx context.Context, req *v1.AgentControlReques
 	if _, err := s.opts.Events.Publish(ctx, AgentEvent(ev, id, reason)); err != nil {
 		// The status is stored and every replica's cache was told; only the
 		// push to ControlStreams is late (until the next successful publish).
-		s.log.Error("publish agent status change", "agent", id.String(), "status", string(st), "err", err)
+		s.log.ErrorContext(ctx, "publish agent status change", "agent", id.String(), "status", string(st), "err", err)
 	}
 	s.auditAgent(ctx, id, rule, fmt.Sprintf("agent %s: %s", st, reason), map[string]any{"previous": string(cur.Status)})
 	s.opts.Core.AlertAgentStatus(ctx, id, st, cur.Status, reason)
@@ -534,7 +534,7 @@ func (s *AgentService) SetAgentMode(ctx context.Context, req *v1.SetAgentModeReq
 		name = "policy"
 	}
 	if _, err := s.opts.Events.Publish(ctx, AgentEvent(storage.InvalidateAgentMode, id, name)); err != nil {
-		s.log.Error("publish agent mode change", "agent", id.String(), "err", err)
+		s.log.ErrorContext(ctx, "publish agent mode change", "agent", id.String(), "err", err)
 	}
 	prev := storage.AgentModeName(cur.Mode)
 	if prev == "" {

@@ -222,6 +222,7 @@ func (c *Core) recordCost(ctx context.Context, agent action.AgentID, cost budget
 	e := storage.CostEntry{Agent: agent, Model: cost.Model, Day: c.now().UTC().Format(time.DateOnly),
 		MicroUSD: int64(cost.Amount), PromptTokens: cost.PromptTokens, CompletionTokens: cost.CompletionTokens, Requests: 1}
 	if err := (*p).RecordCost(ctx, e); err != nil {
-		c.log.Error("record cost", "agent", agent.String(), "model", cost.Model, "err", err)
+		c.metrics.storeError(storeOpCosts, err)
+		c.log.ErrorContext(ctx, "record cost", "agent", agent.String(), "model", cost.Model, "err", err)
 	}
 }

@@ -76,12 +76,13 @@ func (c *Core) resolvePending(ctx context.Context, a *action.Action, payload []b
 		CreatedAt: now, ExpiresAt: now.Add(timeout),
 	}
 	if err := c.approvals.CreateApproval(lctx, ap); err != nil {
-		c.denyBackend(out, "approval", err)
+		c.metrics.storeError(storeOpApprovals, err)
+		c.denyBackend(ctx, out, "approval", err)
 		return
 	}
 	c.publishApproval(lctx, ap.ID)
 	out.ApprovalID = ap.ID
-	c.log.Info("approval requested", "approval_id", ap.ID, "agent", a.Agent.String(), "rule", out.RuleID,
+	c.log.InfoContext(ctx, "approval requested", "approval_id", ap.ID, "agent", a.Agent.String(), "rule", out.RuleID,
 		"escalation_role", av.settings.Approval.EscalationRole, "expires", ap.ExpiresAt)
 	if !opts.WaitForApproval {
 		out.Reason += "; approval " + ap.ID + " requested"
@@ -101,7 +102,8 @@ func (c *Core) resolvePending(ctx context.Context, a *action.Action, payload []b
 		// The caller gave up; the request stays open and can be presented later.
 		out.Reason += "; approval " + ap.ID + " still pending (caller stopped waiting)"
 	default:
-		c.denyBackend(out, "approval", err)
+		c.metrics.storeError(storeOpApprovals, err)
+		c.denyBackend(ctx, out, "approval", err)
 	}
 }
 
@@ -113,7 +115,8 @@ func (c *Core) presentApproval(ctx context.Context, a *action.Action, payload []
 		out.Decision, out.RuleID, out.Reason = action.Deny, "approval", "approval "+id+" does not exist"
 		return
 	case err != nil:
-		c.denyBackend(out, "approval", err)
+		c.metrics.storeError(storeOpApprovals, err)
+		c.denyBackend(ctx, out, "approval", err)
 		return
 	}
 	if ap.Agent != a.Agent || ap.Kind != a.Kind || !bytes.Equal(ap.Payload, payload) {
@@ -159,6 +162,7 @@ func (c *Core) expireApproval(ap *storage.Approval) {
 	defer cancel()
 	got, err := c.approvals.DecideApproval(ctx, ap.ID, storage.ApprovalExpired, "gateway", "timed out", c.now())
 	if err != nil {
+		c.metrics.storeError(storeOpApprovals, err)
 		if !errors.Is(err, storage.ErrConflict) {
 			c.log.Error("expire approval", "approval_id", ap.ID, "err", err)
 		}
@@ -175,6 +179,7 @@ func (c *Core) DecideApproval(ctx context.Context, id string, approve bool, by, 
 	}
 	ap, err := c.approvals.GetApproval(ctx, id)
 	if err != nil {
+		c.metrics.storeError(storeOpApprovals, err)
 		return nil, err
 	}
 	if ap.Status == storage.ApprovalPending && c.now().After(ap.ExpiresAt) {
@@ -187,6 +192,7 @@ func (c *Core) DecideApproval(ctx context.Context, id string, approve bool, by, 
 	}
 	got, err := c.approvals.DecideApproval(ctx, id, st, by, comment, c.now())
 	if err != nil {
+		c.metrics.storeError(storeOpApprovals, err)
 		return nil, err
 	}
 	c.auditApproval(ctx, got)
@@ -213,12 +219,13 @@ func (c *Core) auditApproval(ctx context.Context, ap *storage.Approval) {
 	}
 	if err := c.append(ctx, rec); err != nil {
 		c.metrics.AuditErrors.Inc()
-		c.log.Error("audit approval decision", "approval_id", ap.ID, "err", err)
+		c.log.ErrorContext(ctx, "audit approval decision", "approval_id", ap.ID, "err", err)
 	}
 }
 
 func (c *Core) publishApproval(ctx context.Context, id string) {
 	if err := c.approvals.Publish(ctx, TopicApprovalEvents, []byte(id)); err != nil {
-		c.log.Warn("publish approval event", "approval_id", id, "err", err)
+		c.metrics.storeError(storeOpApprovals, err)
+		c.log.WarnContext(ctx, "publish approval event", "approval_id", id, "err", err)
 	}
 }

@@ -220,7 +220,7 @@ func (c *Core) Decide(ctx context.Context, a *action.Action, start time.Time, op
 	}
 	if err := c.append(ctx, rec); err != nil {
 		c.metrics.AuditErrors.Inc()
-		c.log.Error("audit write failed; denying", "decision_id", out.DecisionID, "agent", a.Agent.String(), "err", err)
+		c.log.ErrorContext(ctx, "audit write failed; denying", "decision_id", out.DecisionID, "agent", a.Agent.String(), "err", err)
 		out.Decision = action.Deny
 		out.RuleID = "audit"
 		out.Reason = "audit log unavailable, failing closed: " + err.Error()
@@ -246,7 +246,9 @@ func (c *Core) Decide(ctx context.Context, a *action.Action, start time.Time, op
 func (c *Core) append(ctx context.Context, rec *storage.AuditRecord) error {
 	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.auditTO)
 	defer cancel()
-	return c.audit.Append(actx, rec)
+	err := c.audit.Append(actx, rec)
+	c.metrics.storeError(storeOpAuditAppend, err)
+	return err
 }
 
 // reject audits a malformed request.
@@ -270,7 +272,7 @@ func (c *Core) reject(ctx context.Context, req *v1.CheckActionRequest, err error
 	}
 	if aerr := c.append(ctx, rec); aerr != nil {
 		c.metrics.AuditErrors.Inc()
-		c.log.Error("audit write of rejected request failed", "err", aerr)
+		c.log.ErrorContext(ctx, "audit write of rejected request failed", "err", aerr)
 	}
 }
 
@@ -404,7 +406,7 @@ func (c *Core) auditGovernance(ctx context.Context, agent action.AgentID, ruleID
 	}
 	if err := c.append(ctx, rec); err != nil {
 		c.metrics.AuditErrors.Inc()
-		c.log.Error("audit governance action", "rule", ruleID, "err", err)
+		c.log.ErrorContext(ctx, "audit governance action", "rule", ruleID, "err", err)
 		return fmt.Errorf("audit %s: %w", ruleID, err)
 	}
 	return nil

@@ -68,7 +68,7 @@ func (r *reports) correlate(ctx context.Context, recs []*storage.AuditRecord, ac
 			Since: g.from.Add(-correlateBefore), Until: g.to.Add(correlateAfter), Limit: correlateScan,
 		})
 		if err != nil {
-			r.core.log.Warn("correlate kernel events with other layers' decisions", "agent", g.agent.String(), "err", err)
+			r.core.log.WarnContext(ctx, "correlate kernel events with other layers' decisions", "agent", g.agent.String(), "err", err)
 			continue
 		}
 		for _, i := range g.idx {

@@ -123,7 +123,7 @@ func (s *SecretsService) auditDispatch(ctx context.Context, a action.Action, rea
 		Secret string `json:"secret"`
 	}{a.Tool.Name, secret})
 	if err := s.core.AuditGovernance(ctx, a.Agent, "secrets.dispatch", "dispatch refused: "+reason, payload); err != nil {
-		s.core.log.Error("audit refused dispatch", "tool", a.Tool.Name, "err", err)
+		s.core.log.ErrorContext(ctx, "audit refused dispatch", "tool", a.Tool.Name, "err", err)
 	}
 }
 

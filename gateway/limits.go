@@ -27,7 +27,8 @@ func (c *Core) applyLimits(ctx context.Context, av *agentView, a *action.Action,
 		}
 		r, err := c.limiter.AllowTool(lctx, a.Agent, a.Tool.Name, res.ToolLimitPerHour, c.now())
 		if err != nil {
-			c.denyBackend(out, "rate limit", err)
+			c.metrics.storeError(storeOpCounters, err)
+			c.denyBackend(ctx, out, "rate limit", err)
 			return
 		}
 		if !r.Allowed {
@@ -47,7 +48,8 @@ func (c *Core) applyLimits(ctx context.Context, av *agentView, a *action.Action,
 	}
 	r, err := c.meter.Reserve(lctx, a.Agent, budgets, a.LLM.Provider, a.LLM.Model, a.LLM.PromptTokens, a.LLM.CompletionTokens)
 	if err != nil {
-		c.denyBackend(out, "budget", err)
+		c.metrics.storeError(storeOpCounters, err)
+		c.denyBackend(ctx, out, "budget", err)
 		return
 	}
 	if !r.Allowed {
@@ -59,7 +61,8 @@ func (c *Core) applyLimits(ctx context.Context, av *agentView, a *action.Action,
 		if ex.Action == policy.BudgetSuspend && registered {
 			reason := "budget exceeded: " + ex.String()
 			if err := c.agents.SetAgentStatus(lctx, a.Agent, storage.AgentSuspended, reason); err != nil && !errors.Is(err, storage.ErrNotFound) {
-				c.log.Error("suspend agent over budget", "agent", a.Agent.String(), "err", err)
+				c.metrics.storeError(storeOpRegistry, err)
+				c.log.ErrorContext(ctx, "suspend agent over budget", "agent", a.Agent.String(), "err", err)
 			} else if err == nil {
 				suspended = true
 			}
@@ -68,11 +71,14 @@ func (c *Core) applyLimits(ctx context.Context, av *agentView, a *action.Action,
 		c.alertExhausted(a, ex, out, suspended)
 		return
 	}
+	if len(r.Holds) > 0 {
+		c.metrics.BudgetReserved.WithLabelValues(a.Agent.Org, a.Agent.Team).Add(r.Cost.Amount.USD())
+	}
 	c.holds.put(out.DecisionID, r)
 }
 
-func (c *Core) denyBackend(out *Outcome, what string, err error) {
-	c.log.Error(what+" backend failed; denying", "decision_id", out.DecisionID, "err", err)
+func (c *Core) denyBackend(ctx context.Context, out *Outcome, what string, err error) {
+	c.log.ErrorContext(ctx, what+" backend failed; denying", "decision_id", out.DecisionID, "err", err)
 	out.Decision, out.RuleID = action.Deny, what
 	out.Reason = what + " backend unavailable, failing closed: " + err.Error()
 }

@@ -1,10 +1,28 @@
 package gateway
 
 import (
+	"context"
+	"errors"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/agent-assembly/agent-assembly/budget"
+	"github.com/agent-assembly/agent-assembly/ratelimit"
+	"github.com/agent-assembly/agent-assembly/storage"
 )
+
+// Store operations, the op label of aa_store_errors_total.
+const (
+	storeOpAuditAppend    = "audit_append"    // audit records (decisions, rejections, governance)
+	storeOpRegistry       = "registry"        // agent registry reads and status changes
+	storeOpCounters       = "counters"        // rate limit and budget counters
+	storeOpApprovals      = "approvals"       // approval requests and their events
+	storeOpPolicyVersions = "policy_versions" // stored policy versions and activations
+	storeOpCosts          = "costs"           // the cost ledger
+)
+
+var storeOps = []string{storeOpAuditAppend, storeOpRegistry, storeOpCounters, storeOpApprovals, storeOpPolicyVersions, storeOpCosts}
 
 // Metrics are the decision core's Prometheus collectors.
 type Metrics struct {
@@ -22,6 +40,16 @@ type Metrics struct {
 	AuditWrite       *prometheus.HistogramVec
 	// UsageReconciled counts budget reservations settled with actual usage, by result.
 	UsageReconciled *prometheus.CounterVec
+	// StoreErrors counts errors the decision core got from the store
+	// (other than not found, conflict and a caller's cancellation), by
+	// operation.
+	StoreErrors *prometheus.CounterVec
+	// BudgetReserved counts the estimated cost of LLM calls charged to
+	// budget counters when they were allowed, in US dollars, by org and team.
+	BudgetReserved *prometheus.CounterVec
+	// BudgetSpend counts the actual cost of LLM calls settled with the
+	// tokens they used, in US dollars, by org and team.
+	BudgetSpend *prometheus.CounterVec
 }
 
 // NewMetrics creates the collectors and registers them with reg (which may be nil).
@@ -74,11 +102,85 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Namespace: "aa", Name: "usage_reconciled_total",
 			Help: "LLM budget reservations settled with the tokens actually used, by result (ok, error).",
 		}, []string{"result"}),
+		StoreErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "aa", Name: "store_errors_total",
+			Help: "Errors from the store on the decision path, by operation (audit_append, registry, counters, approvals, policy_versions, costs); not found and conflict answers are not errors. audit_append also counts in aa_audit_append_errors_total.",
+		}, []string{"op"}),
+		BudgetReserved: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "aa", Name: "budget_reserved_usd_total",
+			Help: "Estimated cost of allowed LLM calls charged to budget counters (prompt tokens and the maximum completion), in US dollars, by the agent's org and team.",
+		}, []string{"org", "team"}),
+		BudgetSpend: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "aa", Name: "budget_spend_usd_total",
+			Help: "Actual cost of LLM calls settled with the tokens they used (RecordUsage, ext_proc), in US dollars, by the agent's org and team; the cost ledger's amounts.",
+		}, []string{"org", "team"}),
+	}
+	for _, op := range storeOps {
+		m.StoreErrors.WithLabelValues(op) // present at 0 before the first error
 	}
 	if reg != nil {
-		reg.MustRegister(m.Checks, m.CheckDuration, m.Rejected, m.AuditErrors, m.PolicyReloads, m.PolicyInfo, m.AuditBatch, m.AuditWrite, m.BudgetThresholds, m.CredentialFindings, m.UsageReconciled)
+		reg.MustRegister(m.Checks, m.CheckDuration, m.Rejected, m.AuditErrors, m.PolicyReloads, m.PolicyInfo, m.AuditBatch, m.AuditWrite, m.BudgetThresholds, m.CredentialFindings, m.UsageReconciled,
+			m.StoreErrors, m.BudgetReserved, m.BudgetSpend)
 	}
 	return m
+}
+
+// storeError counts err under op unless it is nil or not a store fault: not
+// found, conflict, the caller's cancellation, or a bad budget scope, token
+// count or rate limit (the request's or the policy's fault).
+func (m *Metrics) storeError(op string, err error) {
+	if err == nil || errors.Is(err, storage.ErrNotFound) || errors.Is(err, storage.ErrConflict) ||
+		errors.Is(err, context.Canceled) || errors.Is(err, budget.ErrInvalidScope) ||
+		errors.Is(err, budget.ErrInvalidUsage) || errors.Is(err, ratelimit.ErrInvalidLimit) {
+		return
+	}
+	m.StoreErrors.WithLabelValues(op).Inc()
+}
+
+// maxPendingApprovals is the most approvals one list call returns (the
+// store's maximum); aa_approvals_pending does not count beyond it.
+const maxPendingApprovals = 1000
+
+// pendingApprovals is the aa_approvals_pending collector: at each scrape it
+// counts the approvals in the store still waiting for a decision.
+type pendingApprovals struct {
+	c    *Core
+	desc *prometheus.Desc
+}
+
+// PendingApprovals returns a collector of aa_approvals_pending, the
+// approvals waiting for a human decision, read from the store (shared by
+// every replica) at each scrape, within a 2 second timeout. A failed read
+// counts in aa_store_errors_total{op="approvals"} and leaves the sample
+// out of that scrape. Without an approval store it collects nothing.
+func (c *Core) PendingApprovals() prometheus.Collector {
+	return pendingApprovals{c: c, desc: prometheus.NewDesc("aa_approvals_pending",
+		"Approval requests waiting for a human decision and not yet expired, across replicas (read from the store at scrape; at most 1000 are counted).", nil, nil)}
+}
+
+// Describe implements prometheus.Collector.
+func (p pendingApprovals) Describe(ch chan<- *prometheus.Desc) { ch <- p.desc }
+
+// Collect implements prometheus.Collector.
+func (p pendingApprovals) Collect(ch chan<- prometheus.Metric) {
+	if p.c.approvals == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	aps, err := p.c.approvals.ListApprovals(ctx, storage.ApprovalFilter{Status: storage.ApprovalPending, Limit: maxPendingApprovals})
+	if err != nil {
+		p.c.metrics.storeError(storeOpApprovals, err)
+		p.c.log.WarnContext(ctx, "count pending approvals", "err", err)
+		return
+	}
+	now, n := p.c.now(), 0
+	for _, ap := range aps {
+		if ap.Status == storage.ApprovalPending && now.Before(ap.ExpiresAt) {
+			n++
+		}
+	}
+	ch <- prometheus.MustNewConstMetric(p.desc, prometheus.GaugeValue, float64(n))
 }
 
 // ObserveBatch records one group commit; it lets Metrics serve as the audit

@@ -129,7 +129,7 @@ func (r *Reloader) Load() error {
 		return r.rejected(fmt.Errorf("compile policy %s: %w", r.path, err))
 	}
 	if r.store == nil {
-		r.install(docs, snap, "files "+r.path)
+		r.install(context.Background(), docs, snap, "files "+r.path)
 		r.lastErr = nil
 		return nil
 	}
@@ -151,6 +151,7 @@ func (r *Reloader) Load() error {
 				r.log.Error("stored active policy unusable; serving the policy files", "err", serr)
 			}
 		case !errors.Is(gerr, storage.ErrNotFound):
+			r.metrics.storeError(storeOpPolicyVersions, gerr)
 			return r.rejected(fmt.Errorf("read policy version %s: %w", version, gerr))
 		}
 	}
@@ -210,6 +211,7 @@ func (r *Reloader) Rollback(ctx context.Context, version string) (*storage.Polic
 	}
 	pv, err := r.store.GetPolicyVersion(ctx, version)
 	if err != nil {
+		r.metrics.storeError(storeOpPolicyVersions, err)
 		return nil, fmt.Errorf("read policy version %s: %w", version, err)
 	}
 	docs, err := parseStored(pv.Documents)
@@ -232,15 +234,18 @@ func (r *Reloader) Rollback(ctx context.Context, version string) (*storage.Polic
 // publishes it. r.mu is held.
 func (r *Reloader) activateLocked(ctx context.Context, pv *storage.PolicyVersion, docs []*policy.Document, snap *policy.Snapshot) error {
 	if err := r.store.SavePolicyVersion(ctx, pv); err != nil && !errors.Is(err, storage.ErrConflict) {
+		r.metrics.storeError(storeOpPolicyVersions, err)
 		return fmt.Errorf("save policy version %s: %w", pv.Version, err)
 	}
 	if err := r.store.ActivatePolicyVersion(ctx, pv.Version, r.now()); err != nil {
+		r.metrics.storeError(storeOpPolicyVersions, err)
 		return fmt.Errorf("activate policy version %s: %w", pv.Version, err)
 	}
-	r.install(docs, snap, pv.Author)
+	r.install(ctx, docs, snap, pv.Author)
 	if err := r.store.Publish(ctx, storage.TopicPolicy, []byte(pv.Version)); err != nil {
 		// Other replicas still pick the version up at their next poll.
-		r.log.Warn("publish policy activation", "version", pv.Version, "err", err)
+		r.metrics.storeError(storeOpPolicyVersions, err)
+		r.log.WarnContext(ctx, "publish policy activation", "version", pv.Version, "err", err)
 	}
 	if r.OnActivate != nil {
 		r.OnActivate(ctx, pv)
@@ -267,6 +272,7 @@ func (r *Reloader) Sync(ctx context.Context) error {
 func (r *Reloader) syncLocked(ctx context.Context) error {
 	pv, err := r.store.ActivePolicyVersion(ctx)
 	if err != nil {
+		r.metrics.storeError(storeOpPolicyVersions, err)
 		return fmt.Errorf("read active policy version: %w", err)
 	}
 	if pv.Version == r.current {
@@ -286,21 +292,22 @@ func (r *Reloader) syncLocked(ctx context.Context) error {
 		r.lastErr = err
 		return err
 	}
-	r.install(docs, snap, pv.Author)
+	r.install(ctx, docs, snap, pv.Author)
 	r.lastErr = nil
 	return nil
 }
 
-// install swaps snap in. r.mu is held.
-func (r *Reloader) install(docs []*policy.Document, snap *policy.Snapshot, source string) {
+// install swaps snap in. r.mu is held. ctx is the call that activated it,
+// for the log records.
+func (r *Reloader) install(ctx context.Context, docs []*policy.Document, snap *policy.Snapshot, source string) {
 	for _, w := range snap.Warnings() {
-		r.log.Warn("policy warning", "version", snap.Version(), "warning", w.Error())
+		r.log.WarnContext(ctx, "policy warning", "version", snap.Version(), "warning", w.Error())
 	}
 	r.core.SetSnapshot(snap)
 	prev := r.current
 	r.current = snap.Version()
 	r.metrics.PolicyReloads.WithLabelValues("applied").Inc()
-	r.log.Info("policy applied", "version", r.current, "previous", prev, "documents", len(docs), "source", source)
+	r.log.InfoContext(ctx, "policy applied", "version", r.current, "previous", prev, "documents", len(docs), "source", source)
 	if r.OnApply != nil {
 		r.OnApply(docs, snap)
 	}

@@ -135,7 +135,7 @@ func (s *AuditService) ReportEvents(ctx context.Context, req *v1.ReportEventsReq
 	release := func() {
 		for _, k := range claimed {
 			if _, err := r.store.Adjust(context.WithoutCancel(ctx), k, -claim, expires); err != nil {
-				r.core.log.Error("release reported event id; a retry waits until the claim is stale", "key", k, "err", err)
+				r.core.log.ErrorContext(ctx, "release reported event id; a retry waits until the claim is stale", "key", k, "err", err)
 			}
 		}
 	}
@@ -184,7 +184,7 @@ func (s *AuditService) ReportEvents(ctx context.Context, req *v1.ReportEventsReq
 			release()
 			return nil, storeStatus("claim reported event id", err)
 		}
-		r.core.log.Warn("reported event claimed by an interrupted call is appended now", "reporter", req.GetReporter(),
+		r.core.log.WarnContext(ctx, "reported event claimed by an interrupted call is appended now", "reporter", req.GetReporter(),
 			"event_id", req.GetEvents()[i].GetEventId(), "claimed_at", since)
 		fresh = append(fresh, rec)
 		claimed = append(claimed, keys[i])
@@ -201,12 +201,12 @@ func (s *AuditService) ReportEvents(ctx context.Context, req *v1.ReportEventsReq
 	mctx := context.WithoutCancel(ctx)
 	for _, k := range claimed {
 		if _, err := r.store.Adjust(mctx, k, reportDone-claim, expires); err != nil {
-			r.core.log.Error("mark reported event appended; a retry finds it in the log once the claim is stale", "key", k, "err", err)
+			r.core.log.ErrorContext(mctx, "mark reported event appended; a retry finds it in the log once the claim is stale", "key", k, "err", err)
 		}
 	}
 	for i, k := range recovered {
 		if _, err := r.store.Adjust(mctx, k, reportDone-recoveredAt[i], expires); err != nil {
-			r.core.log.Error("mark recovered reported event appended", "key", k, "err", err)
+			r.core.log.ErrorContext(mctx, "mark recovered reported event appended", "key", k, "err", err)
 		}
 	}
 	return &v1.ReportEventsResponse{Appended: int32(len(fresh)), Duplicates: int32(len(recs) - len(fresh))}, nil

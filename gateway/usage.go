@@ -64,15 +64,19 @@ func (c *Core) ReconcileUsage(ctx context.Context, decisionID string, agent *act
 	defer cancel()
 	cost, err := c.meter.Reconcile(lctx, r, promptTokens, completionTokens)
 	if err != nil {
+		c.metrics.storeError(storeOpCounters, err)
 		c.metrics.UsageReconciled.WithLabelValues("error").Inc()
 		return Usage{}, fmt.Errorf("reconcile budget of decision %s: %w", decisionID, err)
 	}
 	c.metrics.UsageReconciled.WithLabelValues("ok").Inc()
+	c.metrics.BudgetSpend.WithLabelValues(r.Agent.Org, r.Agent.Team).Add(cost.Amount.USD())
 	c.recordCost(lctx, r.Agent, cost)
 	u := Usage{Agent: r.Agent, Cost: cost}
 	if sc, err := budget.ScopeOf(r.Agent, policy.BudgetPerAgent); err == nil {
 		if st, err := c.meter.Status(lctx, sc.String(), c.Settings(r.Agent).Budgets); err == nil {
 			u.Budgets = st
+		} else {
+			c.metrics.storeError(storeOpCounters, err)
 		}
 	}
 	return u, nil

@@ -61,10 +61,33 @@ func incomingRequestID(ctx context.Context) string {
 	return ""
 }
 
+// skipSet is the set of full method names an interceptor leaves alone.
+type skipSet map[string]struct{}
+
+func newSkipSet(methods []string) skipSet {
+	s := make(skipSet, len(methods))
+	for _, m := range methods {
+		s[m] = struct{}{}
+	}
+	return s
+}
+
+func (s skipSet) has(method string) bool {
+	_, ok := s[method]
+	return ok
+}
+
 // UnaryRequestID gives every unary call a request id in its context and
-// returns it in the response header.
-func UnaryRequestID() grpc.UnaryServerInterceptor {
-	return func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+// returns it in the response header. Calls to the skip methods (full names,
+// "/package.Service/Method") are passed on untouched: hot paths such as a
+// policy check, whose logs carry a decision id instead, pay neither for an
+// id nor for a response header.
+func UnaryRequestID(skip ...string) grpc.UnaryServerInterceptor {
+	skipped := newSkipSet(skip)
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+		if skipped.has(info.FullMethod) {
+			return h(ctx, req)
+		}
 		id := requestIDFrom(incomingRequestID(ctx))
 		_ = grpc.SetHeader(ctx, metadata.Pairs(RequestIDHeader, id))
 		return h(WithRequestID(ctx, id), req)
@@ -72,9 +95,14 @@ func UnaryRequestID() grpc.UnaryServerInterceptor {
 }
 
 // StreamRequestID gives every stream a request id in its context and
-// returns it in the response header.
-func StreamRequestID() grpc.StreamServerInterceptor {
-	return func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+// returns it in the response header. Streams of the skip methods are passed
+// on untouched, as in UnaryRequestID.
+func StreamRequestID(skip ...string) grpc.StreamServerInterceptor {
+	skipped := newSkipSet(skip)
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+		if skipped.has(info.FullMethod) {
+			return h(srv, ss)
+		}
 		id := requestIDFrom(incomingRequestID(ss.Context()))
 		_ = ss.SetHeader(metadata.Pairs(RequestIDHeader, id))
 		return h(srv, idStream{ss, WithRequestID(ss.Context(), id)})

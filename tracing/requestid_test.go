@@ -39,8 +39,9 @@ func logged(t *testing.T, buf *syncbuf.Buffer, msg string) []map[string]any {
 }
 
 // startLogServer serves a unary method and a server stream, each logging
-// one JSON record with its context, behind the request id interceptors.
-func startLogServer(t *testing.T, log *slog.Logger) *grpc.ClientConn {
+// one JSON record with its context, behind the request id interceptors
+// (which skip the methods named in skip).
+func startLogServer(t *testing.T, log *slog.Logger, skip ...string) *grpc.ClientConn {
 	t.Helper()
 	desc := grpc.ServiceDesc{
 		ServiceName: "test.Logs",
@@ -61,7 +62,7 @@ func startLogServer(t *testing.T, log *slog.Logger) *grpc.ClientConn {
 			return nil
 		}}},
 	}
-	srv := grpc.NewServer(grpc.ChainUnaryInterceptor(UnaryRequestID()), grpc.ChainStreamInterceptor(StreamRequestID()))
+	srv := grpc.NewServer(grpc.ChainUnaryInterceptor(UnaryRequestID(skip...)), grpc.ChainStreamInterceptor(StreamRequestID(skip...)))
 	srv.RegisterService(&desc, struct{}{})
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -131,6 +132,40 @@ func TestRequestIDsInGRPCLogs(t *testing.T) {
 	recs := logged(t, buf, "stream handled")
 	if len(id) != 1 || !reUUID.MatchString(id[0]) || len(recs) != 1 || recs[0]["request_id"] != id[0] {
 		t.Fatalf("stream: header %v, log records %v", id, recs)
+	}
+}
+
+// TestRequestIDSkippedMethods calls methods the interceptors skip: no id is
+// made, none is echoed and the log records carry none, even when the caller
+// sends one.
+func TestRequestIDSkippedMethods(t *testing.T) {
+	buf := &syncbuf.Buffer{}
+	log := slog.New(LogHandler(slog.NewJSONHandler(buf, nil)))
+	conn := startLogServer(t, log, "/test.Logs/Unary", "/test.Logs/Stream")
+
+	ctx := metadata.AppendToOutgoingContext(context.Background(), RequestIDHeader, "req-1")
+	var hdr metadata.MD
+	if err := conn.Invoke(ctx, "/test.Logs/Unary", &emptypb.Empty{}, &emptypb.Empty{}, grpc.Header(&hdr)); err != nil {
+		t.Fatal(err)
+	}
+	recs := logged(t, buf, "unary handled")
+	if got := hdr.Get(RequestIDHeader); len(got) != 0 || len(recs) != 1 || recs[0]["request_id"] != nil {
+		t.Fatalf("skipped unary call: header %v, log records %v; want neither to carry a request id", got, recs)
+	}
+	st, err := conn.NewStream(context.Background(), &grpc.StreamDesc{ServerStreams: true}, "/test.Logs/Stream")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.RecvMsg(&emptypb.Empty{}); err == nil {
+		t.Fatal("the stream sent a message")
+	}
+	hdr, _ = st.Header()
+	recs = logged(t, buf, "stream handled")
+	if got := hdr.Get(RequestIDHeader); len(got) != 0 || len(recs) != 1 || recs[0]["request_id"] != nil {
+		t.Fatalf("skipped stream: header %v, log records %v; want neither to carry a request id", got, recs)
 	}
 }
 

@@ -116,7 +116,7 @@ func (a agentStatuses) SetAgentStatus(ctx context.Context, id action.AgentID, st
 	}
 	if a.s.events != nil {
 		if _, err := a.s.events.Publish(ctx, gateway.AgentEvent(typ, id, reason)); err != nil {
-			a.s.log.Warn("publish agent status change", "agent", id.String(), "status", string(st), "err", err)
+			a.s.log.WarnContext(ctx, "publish agent status change", "agent", id.String(), "status", string(st), "err", err)
 		}
 	}
 	return nil

@@ -20,6 +20,8 @@ import (
 	"sync"
 	"time"
 
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	procv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -101,6 +103,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	log = slog.New(tracing.LogHandler(log.Handler())) // records logged with a call's context carry its request_id
 	s := &Server{cfg: cfg, log: log, reg: prometheus.NewRegistry(), started: time.Now(), draining: make(chan struct{})}
 	s.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
@@ -155,6 +158,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 		return nil, err
 	}
 	s.core = core
+	s.reg.MustRegister(core.PendingApprovals())
 	s.reloader = gateway.NewReloader(cfg.PolicyPath, core, log, cfg.PolicyPoll)
 	s.reloader.UseStore(st)
 	if err := s.reloader.Load(); err != nil {
@@ -214,6 +218,15 @@ func (s *Server) Store() storage.Store { return s.store }
 // It is a variable so benchmarks can compare with workers off.
 var streamWorkers = uint32(max(64, 32*goruntime.GOMAXPROCS(0)))
 
+// hotMethods get no request id (no id made, no response header): the
+// checks Envoy and the SDKs make on every action, whose logs carry the
+// decision_id instead.
+var hotMethods = []string{
+	v1.PolicyService_CheckAction_FullMethodName,
+	authv3.Authorization_Check_FullMethodName,
+	procv3.ExternalProcessor_Process_FullMethodName,
+}
+
 func (s *Server) buildGRPC() {
 	opts := []grpc.ServerOption{
 		// The transport cap sits well above the per-action limit so that the
@@ -221,8 +234,8 @@ func (s *Server) buildGRPC() {
 		grpc.MaxRecvMsgSize(4*s.cfg.MaxRequestBytes + (64 << 10)),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		s.tracing.ServerOption(),
-		grpc.ChainUnaryInterceptor(recoverUnary(s.log), s.auth.UnaryInterceptor()),
-		grpc.ChainStreamInterceptor(recoverStream(s.log), s.auth.StreamInterceptor(), drainStream(s.draining), s.runtimes.interceptor()),
+		grpc.ChainUnaryInterceptor(tracing.UnaryRequestID(hotMethods...), recoverUnary(s.log), s.auth.UnaryInterceptor()),
+		grpc.ChainStreamInterceptor(tracing.StreamRequestID(hotMethods...), recoverStream(s.log), s.auth.StreamInterceptor(), drainStream(s.draining), s.runtimes.interceptor()),
 	}
 	if s.tls != nil {
 		opts = append(opts, grpc.Creds(credentials.NewTLS(s.tls)))
@@ -299,7 +312,7 @@ func (s *Server) buildHTTP(ctx context.Context) error {
 	})
 	mux.HandleFunc("GET /readyz", s.readyz)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{Registry: s.reg}))
-	s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)}
+	s.http = &http.Server{Handler: tracing.HTTPRequestID(mux), ReadHeaderTimeout: 5 * time.Second, ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)}
 	return nil
 }
 
@@ -548,7 +561,7 @@ func recoverUnary(log *slog.Logger) grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (resp any, err error) {
 		defer func() {
 			if p := recover(); p != nil {
-				log.Error("panic in handler", "method", info.FullMethod, "panic", p, "stack", string(debug.Stack()))
+				log.ErrorContext(ctx, "panic in handler", "method", info.FullMethod, "panic", p, "stack", string(debug.Stack()))
 				err = status.Errorf(codes.Internal, "internal error in %s", info.FullMethod)
 			}
 		}()
@@ -586,7 +599,7 @@ func recoverStream(log *slog.Logger) grpc.StreamServerInterceptor {
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) (err error) {
 		defer func() {
 			if p := recover(); p != nil {
-				log.Error("panic in stream handler", "method", info.FullMethod, "panic", p, "stack", string(debug.Stack()))
+				log.ErrorContext(ss.Context(), "panic in stream handler", "method", info.FullMethod, "panic", p, "stack", string(debug.Stack()))
 				err = status.Errorf(codes.Internal, "internal error in %s", info.FullMethod)
 			}
 		}()

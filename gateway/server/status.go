@@ -80,7 +80,7 @@ func (s *Server) ReplicaStatus(ctx context.Context) (gateway.ReplicaStatus, erro
 	if storeErr == nil {
 		seen, err := replicasSeen(ctx, s.store, time.Now().Add(-ReplicaWindow))
 		if err != nil {
-			s.log.Warn("status: replicas seen unknown", "err", err)
+			s.log.WarnContext(ctx, "status: replicas seen unknown", "err", err)
 		}
 		st.Replicas = mergeReplicas(st.Replica, seen)
 	}
