@@ -251,7 +251,7 @@ func (s *Server) decide(ctx context.Context, m *mapped, start time.Time) verdict
 	ctx, cancel := context.WithTimeout(ctx, s.o.Timeout)
 	defer cancel()
 	done := make(chan verdict, 1) // buffered: a late decider never blocks
-	go func() {
+	deciders().run(func() {
 		defer func() {
 			if p := recover(); p != nil {
 				s.log.Error("ext_authz decider failed", "panic", fmt.Sprint(p))
@@ -261,7 +261,7 @@ func (s *Server) decide(ctx context.Context, m *mapped, start time.Time) verdict
 			}
 		}()
 		done <- s.decideAll(ctx, m, start)
-	}()
+	})
 	select {
 	case v := <-done:
 		v.note = m.note // the decider has already added it to the reason
