@@ -34,6 +34,20 @@ func TestMetricFamilies(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A pending approval, and an LLM call under research's team budget:
+	// gpt-4o at $0.0025 per 1k prompt and $0.01 per 1k completion tokens
+	// reserves $0.35 and settles at $0.70.
+	if r, err := g.client.CheckAction(ctx, rmReq(`{"command":"rm -rf build"}`)); err != nil || r.GetDecision() != v1.Decision_PENDING {
+		t.Fatalf("check needing approval: %v %v", r, err)
+	}
+	llm, err := g.client.CheckAction(ctx, &v1.CheckActionRequest{Agent: researcher, Context: &v1.CheckActionRequest_LlmCall{
+		LlmCall: &v1.LlmCallContext{Provider: "openai", Model: "gpt-4o", PromptTokens: 100_000, CompletionTokens: 10_000}}})
+	if err != nil || llm.GetDecision() != v1.Decision_ALLOW {
+		t.Fatalf("LLM call: %v %v", llm, err)
+	}
+	if _, err := g.client.RecordUsage(ctx, &v1.RecordUsageRequest{Agent: researcher, DecisionId: llm.GetDecisionId(), PromptTokens: 200_000, CompletionTokens: 20_000}); err != nil {
+		t.Fatalf("RecordUsage: %v", err)
+	}
 	adsACK(t, g, "acme/research/researcher-1")
 	adsNACK(t, g.conn, "acme/eng/coder-1", "Proto constraint validation failed: metrics test")
 
@@ -54,7 +68,14 @@ func TestMetricFamilies(t *testing.T) {
 		// layer's own counters, aa_bpf_*, are served by aa-runtime exec
 		// --metrics: bpf/network_test.go)
 		{"aa_alerts_total", "counter", `aa_alerts_total\{.*kind="ebpf_drops".*\} [1-9]`},
-		// store errors
+		// budget spend: estimates charged when allowed, actual cost settled
+		{"aa_budget_reserved_usd_total", "counter", `aa_budget_reserved_usd_total\{org="acme",team="research"\} 0\.35`},
+		{"aa_budget_spend_usd_total", "counter", `aa_budget_spend_usd_total\{org="acme",team="research"\} 0\.7`},
+		// pending approvals
+		{"aa_approvals_pending", "gauge", `aa_approvals_pending 1`},
+		// store errors (each operation present at 0; metrics_ops8_test.go
+		// makes them move)
+		{"aa_store_errors_total", "counter", `aa_store_errors_total\{op="registry"\} 0`},
 		{"aa_audit_append_errors_total", "counter", `aa_audit_append_errors_total 0`},
 		{"aa_alert_store_errors_total", "counter", `aa_alert_store_errors_total 0`},
 		// operator and agent authentication refusals
