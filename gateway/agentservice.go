@@ -141,7 +141,7 @@ func (s *AgentService) RequestChallenge(ctx context.Context, req *v1.RequestChal
 	}
 	exp := s.opts.Now().Add(s.opts.ChallengeTTL)
 	if err := s.reg.PutNonce(ctx, nonceKey(id, nonce), exp); err != nil {
-		return nil, storeStatus("store challenge", err)
+		return nil, s.opts.Core.metrics.storeStatus(storeOpRegistry, "store challenge", err)
 	}
 	return &v1.RequestChallengeResponse{Nonce: nonce, ExpiresAt: timestamppb.New(exp)}, nil
 }
@@ -177,7 +177,7 @@ func (s *AgentService) Register(ctx context.Context, req *v1.RegisterRequest) (*
 			s.auditAgent(ctx, id, "agent.register.rejected", "registration rejected: nonce unknown, expired or already used", nil)
 			return nil, status.Error(codes.Unauthenticated, "register: the nonce is unknown, expired or already used: call RequestChallenge for this agent and sign the new nonce")
 		}
-		return nil, storeStatus("consume challenge", err)
+		return nil, s.opts.Core.metrics.storeStatus(storeOpRegistry, "consume challenge", err)
 	}
 	if !ed25519.Verify(ed25519.PublicKey(req.GetPublicKey()), req.GetNonce(), req.GetSignature()) {
 		s.auditAgent(ctx, id, "agent.register.rejected", "registration rejected: signature does not verify", nil)
@@ -195,7 +195,7 @@ func (s *AgentService) Register(ctx context.Context, req *v1.RegisterRequest) (*
 	switch {
 	case errors.Is(err, storage.ErrNotFound):
 	case err != nil:
-		return nil, storeStatus("read agent", err)
+		return nil, s.opts.Core.metrics.storeStatus(storeOpRegistry, "read agent", err)
 	case old.Status == storage.AgentKilled:
 		return nil, status.Errorf(codes.PermissionDenied, "register: agent %s was killed (%s); use a new agent id", id, old.StatusReason)
 	case string(old.PublicKey) != string(ag.PublicKey) && old.StatusReason != reasonDeregistered:
@@ -208,7 +208,7 @@ func (s *AgentService) Register(ctx context.Context, req *v1.RegisterRequest) (*
 		}
 	}
 	if err := s.reg.PutAgent(ctx, ag); err != nil {
-		return nil, storeStatus("store agent", err)
+		return nil, s.opts.Core.metrics.storeStatus(storeOpRegistry, "store agent", err)
 	}
 	tok, claims, err := s.opts.Issuer.Issue(id)
 	if err != nil {
@@ -250,7 +250,7 @@ func (s *AgentService) delegate(ctx context.Context, ag *storage.Agent, req *v1.
 	}
 	parent, err := s.reg.GetAgent(ctx, pid)
 	if err != nil {
-		return storeStatus("read parent agent", err)
+		return s.opts.Core.metrics.storeStatus(storeOpRegistry, "read parent agent", err)
 	}
 	if parent.Status != storage.AgentActive && parent.Status != storage.AgentStale {
 		return status.Errorf(codes.FailedPrecondition, "register: parent %s is %s and cannot spawn agents", pid, parent.Status)
@@ -313,15 +313,15 @@ func (s *AgentService) Heartbeat(ctx context.Context, req *v1.HeartbeatRequest) 
 		return nil, err
 	}
 	if err := s.reg.TouchAgent(ctx, c.Agent, s.opts.Now()); err != nil {
-		return nil, storeStatus("record heartbeat", err)
+		return nil, s.opts.Core.metrics.storeStatus(storeOpRegistry, "record heartbeat", err)
 	}
 	ag, err := s.reg.GetAgent(ctx, c.Agent)
 	if err != nil {
-		return nil, storeStatus("read agent", err)
+		return nil, s.opts.Core.metrics.storeStatus(storeOpRegistry, "read agent", err)
 	}
 	if ag.Status == storage.AgentStale && ag.StatusReason != reasonDeregistered {
 		if err := s.reg.SetAgentStatus(ctx, c.Agent, storage.AgentActive, "heartbeat resumed"); err != nil {
-			return nil, storeStatus("reactivate agent", err)
+			return nil, s.opts.Core.metrics.storeStatus(storeOpRegistry, "reactivate agent", err)
 		}
 		ag.Status = storage.AgentActive
 	}
@@ -336,10 +336,10 @@ func (s *AgentService) Deregister(ctx context.Context, req *v1.DeregisterRequest
 		return nil, err
 	}
 	if err := s.reg.RevokeCredential(ctx, c.TokenID, c.ExpiresAt); err != nil {
-		return nil, storeStatus("revoke credential", err)
+		return nil, s.opts.Core.metrics.storeStatus(storeOpRegistry, "revoke credential", err)
 	}
 	if err := s.reg.SetAgentStatus(ctx, c.Agent, storage.AgentStale, reasonDeregistered); err != nil && !errors.Is(err, storage.ErrNotFound) {
-		return nil, storeStatus("deregister agent", err)
+		return nil, s.opts.Core.metrics.storeStatus(storeOpRegistry, "deregister agent", err)
 	}
 	if _, err := s.opts.Events.Publish(ctx, AgentEvent(storage.InvalidateRevoked, c.Agent, reasonDeregistered)); err != nil {
 		s.log.WarnContext(ctx, "publish deregistration", "agent", c.Agent.String(), "err", err)
@@ -368,7 +368,7 @@ func (s *AgentService) ControlStream(req *v1.ControlStreamRequest, stream grpc.S
 	after := s.opts.Events.Head()
 	ag, err := s.reg.GetAgent(ctx, c.Agent)
 	if err != nil {
-		return storeStatus("read agent", err)
+		return s.opts.Core.metrics.storeStatus(storeOpRegistry, "read agent", err)
 	}
 	if ag.Status == storage.AgentSuspended {
 		if err := stream.Send(&v1.ControlCommand{Type: v1.ControlCommand_TYPE_SUSPEND, Agent: agentIDTo(c.Agent),
@@ -382,7 +382,7 @@ func (s *AgentService) ControlStream(req *v1.ControlStreamRequest, stream grpc.S
 			if ctx.Err() != nil {
 				return nil
 			}
-			return storeStatus("read control commands", err)
+			return s.opts.Core.metrics.storeStatus(storeOpRegistry, "read control commands", err)
 		}
 		for _, ev := range evs {
 			after = ev.Seq
@@ -433,7 +433,7 @@ func (s *AgentService) ListAgents(ctx context.Context, req *v1.ListAgentsRequest
 	}
 	list, err := s.reg.ListAgents(ctx, f)
 	if err != nil {
-		return nil, storeStatus("list agents", err)
+		return nil, s.opts.Core.metrics.storeStatus(storeOpRegistry, "list agents", err)
 	}
 	out := &v1.ListAgentsResponse{Agents: make([]*v1.AgentInfo, len(list))}
 	for i, a := range list {
@@ -450,7 +450,7 @@ func (s *AgentService) GetAgent(ctx context.Context, req *v1.GetAgentRequest) (*
 	}
 	a, err := s.reg.GetAgent(ctx, id)
 	if err != nil {
-		return nil, agentStatus(id, err)
+		return nil, s.registryStatus(id, err)
 	}
 	return AgentToProto(a), nil
 }
@@ -483,7 +483,7 @@ func (s *AgentService) setStatus(ctx context.Context, req *v1.AgentControlReques
 	}
 	cur, err := s.reg.GetAgent(ctx, id)
 	if err != nil {
-		return nil, agentStatus(id, err)
+		return nil, s.registryStatus(id, err)
 	}
 	if cur.Status == storage.AgentKilled && st != storage.AgentKilled {
 		return nil, status.Errorf(codes.FailedPrecondition, "agent %s was killed (%s); a killed agent cannot be resumed or suspended", id, cur.StatusReason)
@@ -493,7 +493,7 @@ func (s *AgentService) setStatus(ctx context.Context, req *v1.AgentControlReques
 		reason = "by operator"
 	}
 	if err := s.reg.SetAgentStatus(ctx, id, st, reason); err != nil {
-		return nil, storeStatus("set agent status", err)
+		return nil, s.opts.Core.metrics.storeStatus(storeOpRegistry, "set agent status", err)
 	}
 	if _, err := s.opts.Events.Publish(ctx, AgentEvent(ev, id, reason)); err != nil {
 		// The status is stored and every replica's cache was told; only the
@@ -504,7 +504,7 @@ func (s *AgentService) setStatus(ctx context.Context, req *v1.AgentControlReques
 	s.opts.Core.AlertAgentStatus(ctx, id, st, cur.Status, reason)
 	a, err := s.reg.GetAgent(ctx, id)
 	if err != nil {
-		return nil, agentStatus(id, err)
+		return nil, s.registryStatus(id, err)
 	}
 	return AgentToProto(a), nil
 }
@@ -524,10 +524,10 @@ func (s *AgentService) SetAgentMode(ctx context.Context, req *v1.SetAgentModeReq
 	}
 	cur, err := s.reg.GetAgent(ctx, id)
 	if err != nil {
-		return nil, agentStatus(id, err)
+		return nil, s.registryStatus(id, err)
 	}
 	if err := s.reg.SetAgentMode(ctx, id, m); err != nil {
-		return nil, storeStatus("set agent mode", err)
+		return nil, s.opts.Core.metrics.storeStatus(storeOpRegistry, "set agent mode", err)
 	}
 	name := storage.AgentModeName(m)
 	if name == "" {
@@ -547,7 +547,7 @@ func (s *AgentService) SetAgentMode(ctx context.Context, req *v1.SetAgentModeReq
 	s.auditAgent(ctx, id, "agent.mode", reason, map[string]any{"previous": prev, "mode": name})
 	a, err := s.reg.GetAgent(ctx, id)
 	if err != nil {
-		return nil, agentStatus(id, err)
+		return nil, s.registryStatus(id, err)
 	}
 	return AgentToProto(a), nil
 }
@@ -656,6 +656,13 @@ func agentStatusFrom(s v1.AgentStatus) storage.AgentStatus {
 
 // agentStatus renders an error reading a registered agent; an unknown agent
 // gets a message that says how agents become known.
+// registryStatus is agentStatus counting a store fault in
+// aa_store_errors_total{op="registry"}.
+func (s *AgentService) registryStatus(id action.AgentID, err error) error {
+	s.opts.Core.metrics.storeError(storeOpRegistry, err)
+	return agentStatus(id, err)
+}
+
 func agentStatus(id action.AgentID, err error) error {
 	if errors.Is(err, storage.ErrNotFound) {
 		return status.Errorf(codes.NotFound, "agent %s is not registered: agents register when they start under aa-runtime or call Register (sdkclient); `aasm agent list` shows the registered ones", id)

@@ -62,7 +62,7 @@ func (s *ApprovalService) ListPending(ctx context.Context, req *v1.ListPendingRe
 	}
 	list, err := st.ListApprovals(ctx, f)
 	if err != nil {
-		return nil, storeStatus("list approvals", err)
+		return nil, s.core.metrics.storeStatus(storeOpApprovals, "list approvals", err)
 	}
 	out := &v1.ListApprovalsResponse{Approvals: make([]*v1.Approval, len(list))}
 	for i, a := range list {
@@ -82,7 +82,7 @@ func (s *ApprovalService) GetApproval(ctx context.Context, req *v1.GetApprovalRe
 	}
 	a, err := st.GetApproval(ctx, req.GetId())
 	if err != nil {
-		return nil, storeStatus("get approval "+req.GetId(), err)
+		return nil, s.core.metrics.storeStatus(storeOpApprovals, "get approval "+req.GetId(), err)
 	}
 	return ApprovalToProto(a), nil
 }
@@ -133,7 +133,7 @@ func (s *ApprovalService) WaitApproval(ctx context.Context, req *v1.GetApprovalR
 	}
 	a, err := st.GetApproval(ctx, req.GetId())
 	if err != nil {
-		return nil, storeStatus("get approval "+req.GetId(), err)
+		return nil, s.core.metrics.storeStatus(storeOpApprovals, "get approval "+req.GetId(), err)
 	}
 	if proven != nil && !proven[a.Agent] {
 		return nil, s.auth.RefuseMismatch(ctx, "WaitApproval", a.Agent)
@@ -166,7 +166,7 @@ func (s *ApprovalService) WatchApprovals(req *v1.WatchApprovalsRequest, stream g
 	}
 	ch, err := st.Subscribe(stream.Context(), TopicApprovalEvents)
 	if err != nil {
-		return storeStatus("watch approvals", err)
+		return s.core.metrics.storeStatus(storeOpApprovals, "watch approvals", err)
 	}
 	// Headers go out once the subscription is in place: a client that waits
 	// for them (stream.Header()) misses no approval created afterwards.

@@ -40,8 +40,8 @@ type Metrics struct {
 	AuditWrite       *prometheus.HistogramVec
 	// UsageReconciled counts budget reservations settled with actual usage, by result.
 	UsageReconciled *prometheus.CounterVec
-	// StoreErrors counts errors the decision core got from the store
-	// (other than not found, conflict and a caller's cancellation), by
+	// StoreErrors counts errors the gateway got from the store (other than
+	// not found, conflict, invalid argument and a caller's cancellation), by
 	// operation.
 	StoreErrors *prometheus.CounterVec
 	// BudgetReserved counts the estimated cost of LLM calls charged to
@@ -104,7 +104,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"result"}),
 		StoreErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "aa", Name: "store_errors_total",
-			Help: "Errors from the store on the decision path, by operation (audit_append, registry, counters, approvals, policy_versions, costs); not found and conflict answers are not errors. audit_append also counts in aa_audit_append_errors_total.",
+			Help: "Errors from the store, by operation (audit_append, registry, counters, approvals, policy_versions, costs); not found, conflict and invalid-argument answers are not errors. audit_append errors other than reported events also count in aa_audit_append_errors_total.",
 		}, []string{"op"}),
 		BudgetReserved: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "aa", Name: "budget_reserved_usd_total",
@@ -126,15 +126,23 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 }
 
 // storeError counts err under op unless it is nil or not a store fault: not
-// found, conflict, the caller's cancellation, or a bad budget scope, token
-// count or rate limit (the request's or the policy's fault).
+// found, conflict, an invalid argument (such as a bad cursor), the caller's
+// cancellation, or a bad budget scope, token count or rate limit (the
+// request's or the policy's fault).
 func (m *Metrics) storeError(op string, err error) {
 	if err == nil || errors.Is(err, storage.ErrNotFound) || errors.Is(err, storage.ErrConflict) ||
-		errors.Is(err, context.Canceled) || errors.Is(err, budget.ErrInvalidScope) ||
+		errors.Is(err, storage.ErrInvalid) || errors.Is(err, context.Canceled) || errors.Is(err, budget.ErrInvalidScope) ||
 		errors.Is(err, budget.ErrInvalidUsage) || errors.Is(err, ratelimit.ErrInvalidLimit) {
 		return
 	}
 	m.StoreErrors.WithLabelValues(op).Inc()
+}
+
+// storeStatus counts err under op (see storeError) and maps it to a gRPC
+// status as the package's storeStatus does.
+func (m *Metrics) storeStatus(op, what string, err error) error {
+	m.storeError(op, err)
+	return storeStatus(what, err)
 }
 
 // maxPendingApprovals is the most approvals one list call returns (the

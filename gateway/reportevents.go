@@ -143,7 +143,7 @@ func (s *AuditService) ReportEvents(ctx context.Context, req *v1.ReportEventsReq
 		res, err := r.store.Reserve(ctx, keys[i], claim, claim, expires)
 		if err != nil {
 			release()
-			return nil, storeStatus("claim reported event id", err)
+			return nil, r.core.metrics.storeStatus(storeOpCounters, "claim reported event id", err)
 		}
 		if res.Allowed {
 			fresh = append(fresh, rec)
@@ -164,7 +164,7 @@ func (s *AuditService) ReportEvents(ctx context.Context, req *v1.ReportEventsReq
 		tk, err := r.store.Reserve(ctx, fmt.Sprintf("%s:recover:%d", keys[i], v), 1, 1, expires)
 		if err != nil {
 			release()
-			return nil, storeStatus("claim recovery of reported event id", err)
+			return nil, r.core.metrics.storeStatus(storeOpCounters, "claim recovery of reported event id", err)
 		}
 		if !tk.Allowed {
 			release()
@@ -182,7 +182,7 @@ func (s *AuditService) ReportEvents(ctx context.Context, req *v1.ReportEventsReq
 		}
 		if _, err := r.store.Adjust(ctx, keys[i], claim-v, expires); err != nil {
 			release()
-			return nil, storeStatus("claim reported event id", err)
+			return nil, r.core.metrics.storeStatus(storeOpCounters, "claim reported event id", err)
 		}
 		r.core.log.WarnContext(ctx, "reported event claimed by an interrupted call is appended now", "reporter", req.GetReporter(),
 			"event_id", req.GetEvents()[i].GetEventId(), "claimed_at", since)
@@ -195,7 +195,7 @@ func (s *AuditService) ReportEvents(ctx context.Context, req *v1.ReportEventsReq
 		cancel()
 		if err != nil {
 			release()
-			return nil, storeStatus("append reported events", err)
+			return nil, r.core.metrics.storeStatus(storeOpAuditAppend, "append reported events", err)
 		}
 	}
 	mctx := context.WithoutCancel(ctx)
