@@ -1,7 +1,8 @@
 // Package tracing sets up OpenTelemetry tracing for the gateway: spans for
 // every gRPC call, exported over OTLP/gRPC to a collector. It is off unless
 // an endpoint is configured, and then costs nothing on the hot path beyond
-// the span itself.
+// the span itself. It also gives calls request ids, echoed to the caller and
+// added to the log records made with the call's context (requestid.go).
 package tracing
 
 import (
