@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	v1 "github.com/agent-assembly/agent-assembly/api/agentassembly/v1"
 	"github.com/agent-assembly/agent-assembly/bpf"
 	"github.com/agent-assembly/agent-assembly/runtime"
@@ -41,6 +43,7 @@ func execCmd(args []string) int {
 	fs.Var(&egress, "egress", "allowed destination for --ebpf: CIDR or address, optionally :port (repeatable); when --egress or --exec-deny is given they replace the rules derived from the gateway's active policy")
 	fs.Var(&dns, "dns", "DNS resolver (IP address) the agent always reaches on port 53 under --ebpf (repeatable; default: the nameservers of /etc/resolv.conf); the gateway and --envoy-egress are always reachable too")
 	fs.Var(&execDeny, "exec-deny", "executable (base name or absolute path) the kernel kills for --ebpf (repeatable; see --egress)")
+	metricsAddr := fs.String("metrics", "", "with --ebpf: serve the kernel layer's Prometheus metrics (aa_bpf_events_total, aa_bpf_ringbuf_drops_total, aa_bpf_governed_cgroups) at /metrics on this address, e.g. 127.0.0.1:9464 (default: off)")
 	envoyEgress := fs.String("envoy-egress", "127.0.0.1:15001", "the local Envoy egress listener that the kernel sends the agent's TCP to when its policy says network.enforcement: redirect")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: aa-runtime exec --agent org/team/agent [flags] -- CMD [ARGS...]\n\n")
@@ -86,6 +89,20 @@ func execCmd(args []string) int {
 			fmt.Fprintf(os.Stderr, "aa-runtime exec: always-allowed destinations of --ebpf: %v\n", err)
 			return 2
 		}
+	}
+	var reg *prometheus.Registry // the kernel layer's metrics, with --metrics
+	if *metricsAddr != "" {
+		if kcfg == nil {
+			fmt.Fprintln(os.Stderr, "aa-runtime exec: --metrics needs --ebpf observe or enforce")
+			return 2
+		}
+		reg = prometheus.NewRegistry()
+		stopMetrics, err := serveMetrics(*metricsAddr, reg, log)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "aa-runtime exec:", err)
+			return 2
+		}
+		defer stopMetrics()
 	}
 	if err := os.MkdirAll(filepath.Dir(a.Socket), 0o755); err != nil {
 		fmt.Fprintln(os.Stderr, "aa-runtime exec:", err)
@@ -169,7 +186,7 @@ func execCmd(args []string) int {
 					log.Error("eBPF rules from policy unavailable", "err", err)
 				}
 			}
-			stopKernel = attachKernel(rt, group, a, *kcfg, always, pk, log)
+			stopKernel = attachKernel(rt, group, a, *kcfg, always, reg, pk, log)
 		}
 	}
 	defer func() {
@@ -281,7 +298,7 @@ func parseDestination(s string) (bpf.Destination, error) {
 //
 // With pk, the rules come from the gateway's active policy (and follow it);
 // without, cfg holds them (--egress, --exec-deny).
-func attachKernel(rt *runtime.Runtime, g *cgroup.Group, a runtime.Agent, cfg bpf.AgentConfig, always []bpf.Destination, pk *policyKernel, log *slog.Logger) func() {
+func attachKernel(rt *runtime.Runtime, g *cgroup.Group, a runtime.Agent, cfg bpf.AgentConfig, always []bpf.Destination, reg *prometheus.Registry, pk *policyKernel, log *slog.Logger) func() {
 	// Pinned per cgroup, so the kernel keeps governing what is left in the
 	// agent's cgroup if this process dies; unpinned when bpffs is missing.
 	sweepExecPins(filepath.Dir(g.Path), log)
@@ -326,6 +343,17 @@ func attachKernel(rt *runtime.Runtime, g *cgroup.Group, a runtime.Agent, cfg bpf
 	} else {
 		log.Info("eBPF programs attached", "cgroup", g.Path, "network", cfg.Network.String(), "egress", len(cfg.Egress), "exec_deny", len(cfg.ExecDeny))
 	}
+	var collector *bpf.Collector
+	if reg != nil {
+		collector = bpf.NewCollector(gov)
+		reg.MustRegister(collector)
+	}
+	teardown := func() {
+		if collector != nil {
+			reg.Unregister(collector)
+		}
+		_ = gov.Teardown() // detach, unpin, remove the pin directory
+	}
 	rd, err := gov.Events()
 	if err != nil {
 		log.Error("eBPF events unavailable: kernel verdicts are enforced but not audited", "err", err)
@@ -334,7 +362,7 @@ func attachKernel(rt *runtime.Runtime, g *cgroup.Group, a runtime.Agent, cfg bpf
 			if pk != nil {
 				pk.close()
 			}
-			_ = gov.Teardown() // detach, unpin, remove the pin directory
+			teardown()
 		}
 	}
 	opts := verdicts.Options{Agent: &v1.AgentId{OrgId: a.ID.Org, TeamId: a.ID.Team, AgentId: a.ID.Agent}, Logger: log}
@@ -351,6 +379,6 @@ func attachKernel(rt *runtime.Runtime, g *cgroup.Group, a runtime.Agent, cfg bpf
 		if pk != nil {
 			pk.close()
 		}
-		_ = gov.Teardown() // detach, unpin, remove the pin directory
+		teardown()
 	}
 }
