@@ -370,11 +370,16 @@ func attachKernel(rt *runtime.Runtime, g *cgroup.Group, a runtime.Agent, cfg bpf
 		opts.Hosts = verdicts.HostIndex(pk.ea.Resolved) // network verdicts name the policy hosts their address came from
 	}
 	pump := verdicts.Start(rd, rt, opts)
-	rt.ReportKernelDrops(verdicts.Drops(gov, log))
+	drops := verdicts.Drops(gov, log)
+	rt.ReportKernelDrops(drops)
 	return func() {
 		// Drain what the programs wrote before the agent exited (the pump
 		// takes it into the buffer), then stop the pump and detach.
 		pump.Stop()
+		// The final flush still reports the drop count: freeze it before
+		// the maps it is read from are closed.
+		last := drops()
+		rt.ReportKernelDrops(func() uint64 { return last })
 		kcancel()
 		if pk != nil {
 			pk.close()
