@@ -356,3 +356,21 @@ func validateConfig(cfg *AgentConfig) error {
 	}
 	return nil
 }
+
+// Validate checks cfg as Govern would (modes, destinations, ports, exec
+// names) against limits (zero fields: the defaults), without a kernel:
+// bad input is refused before anything is loaded. The always-allowed
+// destinations of Options are checked by Open.
+func (cfg AgentConfig) Validate(limits Limits) error {
+	l := limits.withDefaults()
+	if err := validateConfig(&cfg); err != nil {
+		return fmt.Errorf("validate agent config: %w", err)
+	}
+	if _, err := compileEgress("egress", cfg.Egress, l.MaxDestinations); err != nil {
+		return fmt.Errorf("validate agent config: %w", err)
+	}
+	if _, err := compileExec(&cfg, 0, l.MaxExecRules); err != nil {
+		return fmt.Errorf("validate agent config: %w", err)
+	}
+	return nil
+}

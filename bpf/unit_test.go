@@ -150,3 +150,40 @@ func TestEventAction(t *testing.T) {
 		t.Errorf("udp action = %+v %v", a, udp.Decision())
 	}
 }
+
+// TestAgentConfigValidate: the kernel-free check refuses what Govern would
+// (too many destinations or exec rules, bad exec names, redirect without a
+// target) and accepts a configuration that fits.
+func TestAgentConfigValidate(t *testing.T) {
+	dests := func(n int) []bpf.Destination {
+		out := make([]bpf.Destination, n)
+		for i := range out {
+			out[i] = bpf.Destination{Prefix: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i >> 8), byte(i), 1}), 32)}
+		}
+		return out
+	}
+	ok := bpf.AgentConfig{Egress: dests(bpf.DefaultMaxDestinations), ExecDeny: []bpf.ExecRule{{Name: "curl"}}}
+	if err := ok.Validate(bpf.Limits{}); err != nil {
+		t.Errorf("a configuration at the default limit: %v", err)
+	}
+	for _, c := range []struct {
+		name   string
+		cfg    bpf.AgentConfig
+		limits bpf.Limits
+		want   string
+	}{
+		{"destinations over the default", bpf.AgentConfig{Egress: dests(bpf.DefaultMaxDestinations + 1)}, bpf.Limits{},
+			"egress: destinations: 1025, over the kernel map capacity of 1024"},
+		{"destinations over a set limit", bpf.AgentConfig{Egress: dests(3)}, bpf.Limits{MaxDestinations: 2},
+			"destinations: 3, over the kernel map capacity of 2"},
+		{"exec rules", bpf.AgentConfig{ExecDeny: []bpf.ExecRule{{Name: "a"}, {Name: "b"}}}, bpf.Limits{MaxExecRules: 1},
+			"exec rules: 2, over the kernel map capacity of 1"},
+		{"relative exec path", bpf.AgentConfig{ExecDeny: []bpf.ExecRule{{Name: "bin/curl"}}}, bpf.Limits{}, "bin/curl"},
+		{"redirect without target", bpf.AgentConfig{Network: bpf.NetworkRedirect}, bpf.Limits{}, "Redirect must be an IPv4 address"},
+	} {
+		err := c.cfg.Validate(c.limits)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v, want an error containing %q", c.name, err, c.want)
+		}
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/agent-assembly/agent-assembly/bpf"
 	"github.com/agent-assembly/agent-assembly/gateway/server/servertest"
 )
 
@@ -129,5 +130,30 @@ func TestAlwaysAllowed(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("alwaysAllowed(%q, %q, %q): %v, want an error containing %q", tc.gateway, tc.dns, tc.conf, err, tc.want)
 		}
+	}
+}
+
+// TestExecRefusesRulesOverCapacity: more --egress destinations than the
+// kernel maps hold is refused (exit 2, naming the limit) before a cgroup is
+// made or anything is loaded, and the agent never starts.
+func TestExecRefusesRulesOverCapacity(t *testing.T) {
+	dir := t.TempDir()
+	ran := filepath.Join(dir, "agent-ran")
+	args := []string{"--agent", "acme/eng/a1", "--gateway", "127.0.0.1:1", "--socket-dir", dir, "--buffer", filepath.Join(dir, "events.db"),
+		"--cgroup-root", filepath.Join(dir, "no-cgroup-here"), "--ebpf", "enforce", "--dns", "127.0.0.53"}
+	for i := range bpf.DefaultMaxDestinations + 1 {
+		args = append(args, "--egress", netip.AddrFrom4([4]byte{10, byte(i >> 8), byte(i), 1}).String())
+	}
+	args = append(args, "--", "touch", ran)
+	stderr := captureStderr(t, func() {
+		if got := execCmd(args); got != 2 {
+			t.Errorf("exit %d, want 2", got)
+		}
+	})
+	if !strings.Contains(stderr, "destinations: 1025, over the kernel map capacity of 1024") {
+		t.Errorf("stderr does not name the limit:\n%s", stderr)
+	}
+	if _, err := os.Stat(ran); err == nil {
+		t.Error("the agent ran")
 	}
 }

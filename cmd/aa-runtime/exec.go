@@ -85,6 +85,13 @@ func execCmd(args []string) int {
 			return 2
 		}
 		kcfg.Redirect = ap
+		// Bad input is refused here, before anything is loaded: later, a
+		// configuration the maps cannot hold would leave the agent running
+		// without kernel enforcement.
+		if err := kcfg.Validate(bpf.Limits{}); err != nil {
+			fmt.Fprintf(os.Stderr, "aa-runtime exec: --egress/--exec-deny: %v\n", err)
+			return 2
+		}
 		if always, err = alwaysAllowed(c.gateway, dns, resolvConf, ap); err != nil {
 			fmt.Fprintf(os.Stderr, "aa-runtime exec: always-allowed destinations of --ebpf: %v\n", err)
 			return 2
