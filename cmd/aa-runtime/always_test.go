@@ -54,6 +54,7 @@ probe gateway /dev/tcp/127.0.0.1/` + gwPort + `
 probe other-udp /dev/udp/127.0.0.78/53
 probe gateway-host-other-port /dev/tcp/127.0.0.1/` + strconv.Itoa(otherPort) + `
 `
+	pinsBefore := pinDirs(t)
 	r := runExec(t, bin, gw, cgRoot, []string{"--ebpf", "enforce", "--egress", "192.0.2.1/32", "--dns", "127.0.0.77"}, "bash", "-c", script)
 	if strings.Contains(r.log, "eBPF UNAVAILABLE") || strings.Contains(r.log, "eBPF attach FAILED") {
 		t.Skipf("eBPF not available here:\n%s", r.log)
@@ -66,11 +67,34 @@ probe gateway-host-other-port /dev/tcp/127.0.0.1/` + strconv.Itoa(otherPort) + `
 	if strings.Contains(r.log, "eBPF counters unreadable") {
 		t.Errorf("the drop counter was read after teardown:\n%s", r.log)
 	}
+	// A normal exit detaches and unpins: no pin directory is left behind.
+	for p := range pinDirs(t) {
+		if !pinsBefore[p] {
+			t.Errorf("pin directory %s left after a normal exit", filepath.Join(execPinRoot, p))
+		}
+	}
+	if !strings.Contains(r.log, "bpffs pinning\",\"status\":\"enforced") {
+		t.Errorf("the runtime did not pin (the unpin check above proves nothing):\n%s", r.log)
+	}
 	for _, want := range []string{"dns-udp=ok", "dns-tcp=ok", "gateway=ok", "other-udp=eperm", "gateway-host-other-port=eperm"} {
 		if !strings.Contains(r.out, want+"\n") {
 			t.Errorf("want %q in the agent's output:\n%s\nstderr:\n%s", want, r.out, r.log)
 		}
 	}
+}
+
+// pinDirs lists the per-cgroup pin directories of aa-runtime exec.
+func pinDirs(t *testing.T) map[string]bool {
+	t.Helper()
+	out := map[string]bool{}
+	ents, err := os.ReadDir(execPinRoot)
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		out[e.Name()] = true
+	}
+	return out
 }
 
 func acceptAndClose(l net.Listener) {
