@@ -161,3 +161,98 @@ func TestExecPolicyChangeFlipsKernelVerdict(t *testing.T) {
 	deny := find(v1.Decision_DENY, refusedPID, "")
 	t.Logf("before: %q\nafter: %q", allow.GetReason(), deny.GetReason())
 }
+
+// TestExecPolicyOverCapacityFailsClosed: a new policy version whose
+// allowlist does not fit the kernel maps (1,025 entries, the listener among
+// them) must not leave the agent on the previous version's rules: the
+// runtime says so and fails the agent closed, so the same process's next
+// connect to the listener is refused.
+func TestExecPolicyOverCapacityFailsClosed(t *testing.T) {
+	cgRoot := needCgroups(t)
+	if _, err := exec.LookPath("bash"); err != nil {
+		t.Skip("needs bash for /dev/tcp")
+	}
+	l, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go acceptAndClose(l)
+	port := l.Addr().(*net.TCPAddr).Port
+	pol := t.TempDir()
+	team, err := os.ReadFile("../../runtime/testdata/policies/runtime-test.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, body := range map[string]string{"runtime-test.yaml": string(team), "a1.yaml": fmt.Sprintf(agentPolicy, port)} {
+		if err := os.WriteFile(filepath.Join(pol, name), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bin := build(t, t.TempDir(), "github.com/agent-assembly/agent-assembly/cmd/aa-runtime")
+	gw := servertest.Start(t, pol, nil)
+
+	script := fmt.Sprintf(`exec {nap}<> <(:); seen=0; for ((i = 0; i < 600; i++)); do
+  if { exec 3<>/dev/tcp/127.0.0.1/%d; } 2>/dev/null; then exec 3>&-; echo "$$ ok"; seen=1; else echo "$$ refused"; [ $seen = 1 ] && exit 0; fi
+  read -t 0.1 -u $nap; done; exit 3`, port)
+	dir := t.TempDir()
+	cmd := exec.Command(bin, "exec", "--agent", "acme/eng/a1", "--gateway", gw, "--buffer", filepath.Join(dir, "events.db"),
+		"--socket-dir", dir, "--cgroup-root", cgRoot, "--ebpf", "enforce", "--", "bash", "-c", script)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(out)
+	var okPID string
+	for sc.Scan() {
+		pid, res, _ := strings.Cut(sc.Text(), " ")
+		if res == "ok" {
+			okPID = pid
+			break
+		}
+	}
+	if okPID == "" {
+		cmd.Wait()
+		if strings.Contains(stderr.String(), "eBPF UNAVAILABLE") || strings.Contains(stderr.String(), "eBPF attach FAILED") {
+			t.Skipf("eBPF not available here:\n%s", stderr.String())
+		}
+		t.Fatalf("the agent never reached the allowlisted host\nstderr:\n%s", stderr.String())
+	}
+
+	var big strings.Builder
+	fmt.Fprintf(&big, "apiVersion: agent-assembly/v1\nkind: Policy\nmetadata: {name: a1-egress}\nspec:\n  scope: {level: agent, agent: a1}\n  network:\n    allowlist:\n      - cidr: 127.0.0.1/32\n        ports: [%d]\n", port)
+	for i := range 1024 {
+		fmt.Fprintf(&big, "      - cidr: 10.%d.%d.1/32\n", i>>8, i&255)
+	}
+	cc, err := grpc.NewClient(gw, grpc.WithTransportCredentials(insecure.NewCredentials()), servertest.AdminCreds())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	if _, err := v1.NewPolicyServiceClient(cc).ApplyPolicy(context.Background(), &v1.ApplyPolicyRequest{Message: "too many destinations", Documents: []*v1.PolicyDocumentSource{
+		{Name: "runtime-test.yaml", Yaml: string(team)}, {Name: "a1.yaml", Yaml: big.String()},
+	}}); err != nil {
+		t.Fatalf("apply policy: %v", err)
+	}
+	var refusedPID string
+	for sc.Scan() {
+		pid, res, _ := strings.Cut(sc.Text(), " ")
+		if res == "refused" {
+			refusedPID = pid
+			break
+		}
+	}
+	if err := cmd.Wait(); err != nil || refusedPID != okPID {
+		t.Fatalf("the agent (pid %s) kept the previous rules after a policy over capacity (%q): %v\nstderr:\n%s", okPID, refusedPID, err, stderr.String())
+	}
+	for _, want := range []string{"do not fit the kernel maps: the agent is failed closed", "over the kernel map capacity of 1024"} {
+		if !strings.Contains(stderr.String(), want) {
+			t.Errorf("the runtime's log lacks %q:\n%s", want, stderr.String())
+		}
+	}
+}

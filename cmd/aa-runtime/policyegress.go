@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -36,6 +37,7 @@ type policyKernel struct {
 	ea      *egress.Agent
 	version string
 	observe bool
+	network bpf.NetworkMode // --ebpf's mode: what a failed-closed agent gets
 }
 
 // newPolicyKernel connects to the gateway for policy reads, made as the
@@ -73,7 +75,9 @@ func (k *policyKernel) plan(ctx context.Context) (string, egress.Plan, error) {
 	}
 	plan, err := egress.Compile(snap, k.agent, egress.Options{})
 	if err != nil {
-		return "", egress.Plan{}, fmt.Errorf("kernel rules of policy %s: %w", info.GetVersion(), err)
+		// The version is returned too: run fails the agent closed on a
+		// version whose rules do not fit (bpf.ErrCapacity).
+		return info.GetVersion(), egress.Plan{}, fmt.Errorf("kernel rules of policy %s: %w", info.GetVersion(), err)
 	}
 	if k.observe {
 		plan.Network = bpf.NetworkObserve // --ebpf observe: report, never block
@@ -90,6 +94,7 @@ func (k *policyKernel) plan(ctx context.Context) (string, egress.Plan, error) {
 // allowed destinations (fail closed), and it says so.
 func (k *policyKernel) attach(ctx context.Context, gov *bpf.Governor, path string, base bpf.AgentConfig) error {
 	k.observe = base.Network == bpf.NetworkObserve
+	k.network = base.Network
 	k.ea = egress.NewAgent(gov, path, egress.Config{
 		Base: base, Resolver: egress.NetResolver{Resolver: net.DefaultResolver, TTL: 30 * time.Second}, Logger: k.log})
 	k.awaitToken(ctx, 10*time.Second)
@@ -128,6 +133,12 @@ func (k *policyKernel) run(ctx context.Context) {
 		case <-t.C:
 		}
 		version, plan, err := k.plan(ctx)
+		if err != nil && errors.Is(err, bpf.ErrCapacity) && version != "" && version != k.version {
+			// Keeping the previous rules would enforce a policy that is no
+			// longer active: fail closed until a version that fits.
+			k.log.Error("kernel rules of the new policy do not fit the kernel maps: the agent is failed closed (always-allowed destinations only) until a policy that fits is active", "version", version, "err", err)
+			plan, err = egress.Plan{Network: k.network, Sets: [][]egress.Entry{{}}}, nil
+		}
 		if err != nil || version == k.version {
 			if err != nil && ctx.Err() == nil {
 				k.log.Warn("policy not re-read for the kernel rules; the current ones stay", "err", err)
