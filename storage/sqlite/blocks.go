@@ -6,6 +6,7 @@ import (
 	"database/sql"
 	"encoding/binary"
 	"fmt"
+	"slices"
 
 	"github.com/agent-assembly/agent-assembly/storage"
 )
@@ -57,8 +58,12 @@ func decodeEntries(data []byte, fn func(r *storage.AuditRecord, raw []byte) erro
 
 // insertBlocks stores entries (in append order; each chain's in Seq order) as
 // blocks of at most blockMaxRecords per chain and moves each chain's head
-// forward, inside tx.
-func insertBlocks(ctx context.Context, tx *sql.Tx, entries []entry) error {
+// forward, inside tx. scratch, when not nil, is reused for the blocks' bytes
+// (the driver copies a bound blob).
+func insertBlocks(ctx context.Context, tx *sql.Tx, entries []entry, scratch *[]byte) error {
+	if scratch == nil {
+		scratch = new([]byte)
+	}
 	byChain := make(map[string][]entry, 1)
 	var order []string
 	for _, e := range entries {
@@ -82,13 +87,14 @@ func insertBlocks(ctx context.Context, tx *sql.Tx, entries []entry) error {
 			for _, e := range block {
 				size += len(e.data)
 			}
-			data := make([]byte, 0, size)
+			data := slices.Grow((*scratch)[:0], size)
 			lo, hi := block[0].timeNS, block[0].timeNS
 			for _, e := range block {
 				data = append(data, e.data...)
 				lo, hi = min(lo, e.timeNS), max(hi, e.timeNS)
 			}
 			last := block[len(block)-1]
+			*scratch = data
 			if _, err := ins.ExecContext(ctx, chain, block[0].seq, last.seq, lo, hi, len(block), data); err != nil {
 				return fmt.Errorf("store audit records %d..%d of chain %q: %w", block[0].seq, last.seq, chain, err)
 			}
@@ -132,7 +138,7 @@ func convertAuditRows(ctx context.Context, tx *sql.Tx) error {
 	if err := rows.Err(); err != nil {
 		return err
 	}
-	if err := insertBlocks(ctx, tx, entries); err != nil {
+	if err := insertBlocks(ctx, tx, entries, nil); err != nil {
 		return err
 	}
 	_, err = tx.ExecContext(ctx, `DROP TABLE audit`)

@@ -63,6 +63,9 @@ const (
 
 var crcTable = crc32.MakeTable(crc32.Castagnoli)
 
+// zeroChunk fills new journal files (read only).
+var zeroChunk = make([]byte, 1<<20)
+
 type pendingBatch struct {
 	file    int64 // journal file number the batch was written to
 	entries []entry
@@ -101,6 +104,11 @@ type auditLog struct {
 	syncs atomic.Int64 // background fdatasyncs done, for tests
 
 	indexMu sync.Mutex
+	// Scratch reused across batches: enc under mu (append), entries and
+	// block under indexMu (index).
+	enc     []byte
+	entries []entry
+	block   []byte
 
 	kick      chan struct{}
 	syncKick  chan struct{}
@@ -164,7 +172,7 @@ func (a *auditLog) append(recs []*storage.AuditRecord, sync bool) error {
 	heads := make(map[string]storage.ChainHead, 1)
 	entries := make([]entry, len(recs))
 	payload := make([]byte, frameHeader, frameHeader+len(recs)*512)
-	var enc []byte
+	enc := a.enc
 	for i, r := range recs {
 		h, ok := heads[r.Chain]
 		if !ok {
@@ -175,6 +183,7 @@ func (a *auditLog) append(recs []*storage.AuditRecord, sync bool) error {
 		payload = appendEntry(payload, enc, r.Hash)
 		entries[i] = entry{chain: r.Chain, seq: r.Seq, timeNS: r.Time.UnixNano(), data: payload[start:len(payload):len(payload)]}
 	}
+	a.enc = enc[:0]
 	if err := a.write(payload, sync); err != nil {
 		for _, r := range recs {
 			r.Seq, r.PrevHash, r.Hash = 0, nil, nil
@@ -278,9 +287,8 @@ func newJournalFile(dir string, size int64) (*journalFile, error) {
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
 		return fail(fmt.Errorf("lock: %w", err))
 	}
-	zeros := make([]byte, 1<<20)
-	for off := int64(0); off < size; off += int64(len(zeros)) {
-		if _, err := f.WriteAt(zeros, off); err != nil {
+	for off := int64(0); off < size; off += int64(len(zeroChunk)) {
+		if _, err := f.WriteAt(zeroChunk, off); err != nil {
 			return fail(err)
 		}
 	}
@@ -381,11 +389,12 @@ func (a *auditLog) index(ctx context.Context) error {
 	a.pending = nil
 	a.mu.Unlock()
 	if len(batches) > 0 {
-		var entries []entry
+		entries := a.entries[:0]
 		for _, b := range batches {
 			entries = append(entries, b.entries...)
 		}
-		err := writeTx(ctx, a.db, func(tx *sql.Tx) error { return insertBlocks(ctx, tx, entries) })
+		defer func() { clear(entries); a.entries = entries[:0] }() // the records' memory goes with their batches
+		err := writeTx(ctx, a.db, func(tx *sql.Tx) error { return insertBlocks(ctx, tx, entries, &a.block) })
 		if err != nil {
 			err = fmt.Errorf("%w: index %d journaled audit records: %w", storage.ErrUnavailable, len(entries), err)
 			a.mu.Lock()
@@ -617,7 +626,7 @@ func (a *auditLog) recoverFile(ctx context.Context, f *os.File, name string) err
 		a.log.Warn("ignoring the end of an audit journal: a torn or damaged frame, never acknowledged", "file", name, "offset", off, "bytes", len(data)-off)
 	}
 	if len(entries) > 0 {
-		if err := writeTx(ctx, a.db, func(tx *sql.Tx) error { return insertBlocks(ctx, tx, entries) }); err != nil {
+		if err := writeTx(ctx, a.db, func(tx *sql.Tx) error { return insertBlocks(ctx, tx, entries, nil) }); err != nil {
 			return fmt.Errorf("audit journal %s: index %d records: %w", name, len(entries), err)
 		}
 		a.log.Info("indexed audit records journaled by a process that stopped", "file", name, "records", len(entries))
