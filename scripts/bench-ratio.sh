@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Throughput ratios of the audited gateway against its baselines, measured so
+# that a shared, noisy machine distorts them as little as possible: every
+# variant runs in its own process, the variants take turns for ROUNDS rounds,
+# and the best and the median round of each are reported (the best is the
+# least disturbed by other work on the machine).
+#
+#   scripts/bench-ratio.sh checkaction   # gateway/server BenchmarkCheckActionGRPC, 64 clients
+#   scripts/bench-ratio.sh extauthz      # extauthz BenchmarkCheckGRPC, 64 clients
+#
+# ROUNDS (default 5) and BENCHTIME (default 3s) tune it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+target=${1:-checkaction}
+rounds=${ROUNDS:-5}
+benchtime=${BENCHTIME:-3s}
+case "$target" in
+checkaction)
+  pkg=./gateway/server bench=CheckActionGRPC
+  variants=(gateway-audit-off memory sqlite-os sqlite-sync)
+  ;;
+extauthz)
+  pkg=./extauthz bench=CheckGRPC
+  variants=(noop audit-off sqlite-os sqlite-sync)
+  ;;
+*)
+  echo "usage: $0 checkaction|extauthz" >&2
+  exit 2
+  ;;
+esac
+bin=$(mktemp -d)
+trap 'rm -rf "$bin"' EXIT
+go test -c -o "$bin/bench.test" "$pkg"
+out="$bin/results"
+for ((r = 1; r <= rounds; r++)); do
+  for v in "${variants[@]}"; do
+    # The test binary runs in the package directory, as go test does.
+    (cd "$pkg" && "$bin/bench.test" -test.run '^$' -test.bench "$bench/^$v\$/clients=64\$" -test.benchtime "$benchtime") |
+      awk -v v="$v" '/^Benchmark/ { for (i = 1; i < NF; i++) { if ($(i+1) == "checks/s") t = $i; if ($(i+1) == "cpu-µs/check") c = $i } print v, t, c }' >>"$out"
+  done
+done
+base=${variants[0]}
+awk -v base="$base" -v list="${variants[*]}" '
+  { n[$1]++; t[$1, n[$1]] = $2; c[$1, n[$1]] = $3 }
+  END {
+    printf "%-18s %10s %10s %12s %12s\n", "variant", "best/s", "median/s", "best/base", "median cpu-µs"
+    k = split(list, order, " ")
+    # best and median per variant
+    for (i = 1; i <= k; i++) {
+      v = order[i]; m = n[v]
+      for (a = 1; a <= m; a++) { s[a] = t[v, a] + 0; u[a] = c[v, a] + 0 }
+      for (a = 1; a <= m; a++) for (b = a + 1; b <= m; b++) { if (s[b] < s[a]) { x = s[a]; s[a] = s[b]; s[b] = x } if (u[b] < u[a]) { x = u[a]; u[a] = u[b]; u[b] = x } }
+      best[v] = s[m]; med[v] = s[int((m + 1) / 2)]; cmed[v] = u[int((m + 1) / 2)]
+    }
+    for (i = 1; i <= k; i++) {
+      v = order[i]
+      printf "%-18s %10.0f %10.0f %11.0f%% %12.1f\n", v, best[v], med[v], 100 * best[v] / best[base], cmed[v]
+    }
+  }' "$out"
