@@ -10,7 +10,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -24,6 +23,7 @@ import (
 	"github.com/agent-assembly/agent-assembly/gateway"
 	"github.com/agent-assembly/agent-assembly/gateway/server"
 	"github.com/agent-assembly/agent-assembly/gateway/server/servertest"
+	"github.com/agent-assembly/agent-assembly/internal/cputime"
 	"github.com/agent-assembly/agent-assembly/policy"
 	"github.com/agent-assembly/agent-assembly/storage"
 )
@@ -180,7 +180,7 @@ func benchAuthz(b *testing.B, c authv3.AuthorizationClient, par int) {
 	b.ReportAllocs()
 	b.ResetTimer()
 	start := time.Now()
-	cpu0 := cpuTime()
+	cpu0 := cputime.Process()
 	b.RunParallel(func(pb *testing.PB) {
 		var lat []time.Duration
 		for pb.Next() {
@@ -200,19 +200,10 @@ func benchAuthz(b *testing.B, c authv3.AuthorizationClient, par int) {
 	if len(all) > 0 {
 		// CPU per check (client and server together) is steadier than
 		// throughput on a shared machine.
-		b.ReportMetric(float64((cpuTime()-cpu0).Microseconds())/float64(len(all)), "cpu-µs/check")
+		b.ReportMetric(float64((cputime.Process()-cpu0).Microseconds())/float64(len(all)), "cpu-µs/check")
 		slices.Sort(all)
 		q := func(p float64) float64 { return float64(all[int(p*float64(len(all)-1))].Microseconds()) }
 		b.ReportMetric(q(0.50), "p50-µs")
 		b.ReportMetric(q(0.99), "p99-µs")
 	}
-}
-
-// cpuTime is the process's user plus system CPU time so far.
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

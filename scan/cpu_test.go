@@ -2,19 +2,10 @@ package scan
 
 import (
 	"os"
-	"syscall"
 	"testing"
-	"time"
-)
 
-// cpuTime returns the CPU time the process has used.
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
+	"github.com/agent-assembly/agent-assembly/internal/cputime"
+)
 
 // TestCPUThroughput reports throughput per second of CPU time rather than of wall time, which
 // stays meaningful on a loaded, shared machine where benchmarks wait for a CPU.
@@ -37,11 +28,11 @@ func TestCPUThroughput(t *testing.T) {
 		{"RedactJSON tool args 4KiB", len(args), func() { sc.RedactJSON(args) }},
 	} {
 		iters := (128 << 20) / in.size
-		start := cpuTime()
+		start := cputime.Process()
 		for range iters {
 			in.scan()
 		}
-		d := cpuTime() - start
+		d := cputime.Process() - start
 		t.Logf("%-28s %5.0f MB per CPU second", in.name, float64(iters*in.size)/d.Seconds()/1e6)
 	}
 }

@@ -9,7 +9,6 @@ import (
 	"slices"
 	"strconv"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -18,6 +17,7 @@ import (
 
 	v1 "github.com/agent-assembly/agent-assembly/api/agentassembly/v1"
 	"github.com/agent-assembly/agent-assembly/gateway"
+	"github.com/agent-assembly/agent-assembly/internal/cputime"
 	"github.com/agent-assembly/agent-assembly/storage"
 )
 
@@ -50,7 +50,7 @@ func benchCheckAs(b *testing.B, client v1.PolicyServiceClient, parallelism int, 
 	b.ReportAllocs()
 	b.ResetTimer()
 	start := time.Now()
-	cpu0 := cpuTime()
+	cpu0 := cputime.Process()
 	b.RunParallel(func(pb *testing.PB) {
 		var lat []time.Duration
 		for pb.Next() {
@@ -72,18 +72,9 @@ func benchCheckAs(b *testing.B, client v1.PolicyServiceClient, parallelism int, 
 	// throughput on a shared machine, and is what bounds throughput once
 	// the cores are saturated.
 	if len(all) > 0 {
-		b.ReportMetric(float64((cpuTime()-cpu0).Microseconds())/float64(len(all)), "cpu-µs/check")
+		b.ReportMetric(float64((cputime.Process()-cpu0).Microseconds())/float64(len(all)), "cpu-µs/check")
 	}
 	reportLatency(b, all)
-}
-
-// cpuTime is the process's user plus system CPU time so far.
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // nopAuditor drops records: the "audit off" baseline. The gateway has no

@@ -3,11 +3,11 @@ package sqlite
 import (
 	"fmt"
 	"path/filepath"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/agent-assembly/agent-assembly/action"
+	"github.com/agent-assembly/agent-assembly/internal/cputime"
 	"github.com/agent-assembly/agent-assembly/storage"
 )
 
@@ -21,15 +21,6 @@ func benchRecord(i int) *storage.AuditRecord {
 	}
 }
 
-// cpuTime is the process's user plus system CPU time so far.
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
-
 // BenchmarkAppendAuditBatch measures one transaction of n records: the cost
 // groupcommit pays per batch.
 func BenchmarkAppendAuditBatch(b *testing.B) {
@@ -39,7 +30,7 @@ func BenchmarkAppendAuditBatch(b *testing.B) {
 				s := openBench(b, d)
 				b.ReportAllocs()
 				i := 0
-				cpu0 := cpuTime()
+				cpu0 := cputime.Process()
 				for b.Loop() {
 					batch := make([]*storage.AuditRecord, n)
 					for j := range batch {
@@ -52,7 +43,7 @@ func BenchmarkAppendAuditBatch(b *testing.B) {
 				}
 				b.ReportMetric(float64(i)/b.Elapsed().Seconds(), "records/s")
 				// CPU time is steadier than wall time on a shared machine.
-				b.ReportMetric(float64((cpuTime()-cpu0).Microseconds())/float64(i), "cpu-µs/record")
+				b.ReportMetric(float64((cputime.Process()-cpu0).Microseconds())/float64(i), "cpu-µs/record")
 			})
 		}
 	}
