@@ -20,7 +20,7 @@ type Resolver interface {
 }
 
 // NetResolver adapts a *net.Resolver, which does not report TTLs, with a
-// fixed TTL.
+// fixed TTL. DNSResolver reports the records' own TTLs.
 type NetResolver struct {
 	Resolver *net.Resolver
 	TTL      time.Duration
@@ -153,6 +153,7 @@ func (a *Agent) refreshLocked(ctx context.Context, force bool) error {
 			slices.SortFunc(addrs, func(x, y netip.Addr) int { return x.Compare(y) })
 			addrs = slices.Compact(addrs)
 			r = Resolution{Host: host, Addrs: addrs, Expires: now.Add(ttl)}
+			a.cfg.Logger.Debug("ebpf: allowlisted host resolved", "host", host, "addrs", addrs, "ttl", ttl.String())
 		}
 		a.resolved[host] = r
 	}

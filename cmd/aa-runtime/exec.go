@@ -189,7 +189,7 @@ func execCmd(args []string) int {
 		} else {
 			var pk *policyKernel
 			if len(egress) == 0 && len(execDeny) == 0 {
-				if pk, err = newPolicyKernel(c.gateway, a.ID, func() string { return rt.Token(a.ID) }, argv[0], log); err != nil {
+				if pk, err = newPolicyKernel(c.gateway, a.ID, func() string { return rt.Token(a.ID) }, argv[0], dns, log); err != nil {
 					log.Error("eBPF rules from policy unavailable", "err", err)
 				}
 			}

@@ -5,7 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
+	"net/netip"
 	"path/filepath"
 	"slices"
 	"time"
@@ -38,16 +38,52 @@ type policyKernel struct {
 	version string
 	observe bool
 	network bpf.NetworkMode // --ebpf's mode: what a failed-closed agent gets
+	dns     *egress.DNSResolver
 }
 
 // newPolicyKernel connects to the gateway for policy reads, made as the
-// agent (GetAgentPolicy with token's current value).
-func newPolicyKernel(gateway string, agent action.AgentID, token func() string, command string, log *slog.Logger) (*policyKernel, error) {
+// agent (GetAgentPolicy with token's current value). Allowlist hosts are
+// resolved by the nameservers of dns (--dns), else of resolvConf, and
+// refreshed when their records' TTL runs out.
+func newPolicyKernel(gateway string, agent action.AgentID, token func() string, command string, dns []string, log *slog.Logger) (*policyKernel, error) {
+	res, err := dnsResolver(dns, resolvConf)
+	if err != nil {
+		return nil, err
+	}
 	conn, err := grpc.NewClient(gateway, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		return nil, fmt.Errorf("dial gateway %s for the policy: %w", gateway, err)
 	}
-	return &policyKernel{conn: conn, policy: v1.NewPolicyServiceClient(conn), agent: agent, token: token, command: filepath.Base(command), log: log}, nil
+	return &policyKernel{conn: conn, policy: v1.NewPolicyServiceClient(conn), agent: agent, token: token, command: filepath.Base(command), log: log, dns: res}, nil
+}
+
+// dnsResolver builds the resolver of allowlist hosts: the search list and
+// options of conf (a resolv.conf(5) file), its nameservers unless dns (the
+// --dns addresses, port 53) replaces them. With --dns given, an unreadable
+// conf only loses the search list.
+func dnsResolver(dns []string, conf string) (*egress.DNSResolver, error) {
+	cfg, err := egress.ReadResolvConf(conf)
+	if err != nil {
+		if len(dns) == 0 {
+			return nil, fmt.Errorf("resolver of allowlist hosts: %w (pass --dns ADDR)", err)
+		}
+		cfg = egress.DNSConfig{Ndots: 1}
+	}
+	if len(dns) > 0 {
+		cfg.Servers = nil
+		for _, s := range dns {
+			a, err := netip.ParseAddr(s)
+			if err != nil {
+				return nil, fmt.Errorf("--dns %q: not an IP address", s)
+			}
+			cfg.Servers = append(cfg.Servers, netip.AddrPortFrom(a, 53))
+		}
+	}
+	r, err := egress.NewDNSResolver(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("resolver of allowlist hosts: %w", err)
+	}
+	return r, nil
 }
 
 // plan fetches the active policy and compiles the agent's kernel plan.
@@ -95,8 +131,10 @@ func (k *policyKernel) plan(ctx context.Context) (string, egress.Plan, error) {
 func (k *policyKernel) attach(ctx context.Context, gov *bpf.Governor, path string, base bpf.AgentConfig) error {
 	k.observe = base.Network == bpf.NetworkObserve
 	k.network = base.Network
-	k.ea = egress.NewAgent(gov, path, egress.Config{
-		Base: base, Resolver: egress.NetResolver{Resolver: net.DefaultResolver, TTL: 30 * time.Second}, Logger: k.log})
+	cfg := k.dns.Config()
+	k.log.Info("allowlist hosts resolved by DNS, refreshed on their records' TTL", "nameservers", cfg.Servers, "search", cfg.Search,
+		"min_ttl", cfg.MinTTL.String(), "max_ttl", cfg.MaxTTL.String(), "hosts_file", cfg.HostsFile)
+	k.ea = egress.NewAgent(gov, path, egress.Config{Base: base, Resolver: k.dns, Logger: k.log, MinTTL: cfg.MinTTL})
 	k.awaitToken(ctx, 10*time.Second)
 	version, plan, err := k.plan(ctx)
 	if err != nil {
