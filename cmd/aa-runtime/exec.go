@@ -41,7 +41,7 @@ func execCmd(args []string) int {
 	ebpfMode := fs.String("ebpf", "off", `kernel enforcement on the agent's cgroup: "off", "observe" (report, never block) or "enforce" (deny egress the policy does not allow, kill execs it denies)`)
 	var egress, execDeny, dns listFlag
 	fs.Var(&egress, "egress", "allowed destination for --ebpf: CIDR or address, optionally :port (repeatable); when --egress or --exec-deny is given they replace the rules derived from the gateway's active policy")
-	fs.Var(&dns, "dns", "DNS resolver (IP address) the agent always reaches on port 53 under --ebpf (repeatable; default: the nameservers of /etc/resolv.conf); the gateway and --envoy-egress are always reachable too")
+	fs.Var(&dns, "dns", "DNS resolver (IP address) the agent always reaches on port 53 under --ebpf (repeatable; default: the nameservers of /etc/resolv.conf), also asked by the runtime for the policy's allowlist hosts; the gateway and --envoy-egress are always reachable too")
 	fs.Var(&execDeny, "exec-deny", "executable (base name or absolute path) the kernel kills for --ebpf (repeatable; see --egress)")
 	metricsAddr := fs.String("metrics", "", "with --ebpf: serve the kernel layer's Prometheus metrics (aa_bpf_events_total, aa_bpf_ringbuf_drops_total, aa_bpf_governed_cgroups) at /metrics on this address, e.g. 127.0.0.1:9464 (default: off)")
 	envoyEgress := fs.String("envoy-egress", "127.0.0.1:15001", "the local Envoy egress listener that the kernel sends the agent's TCP to when its policy says network.enforcement: redirect")
