@@ -525,7 +525,9 @@ func (r *DNSResolver) roundTrip(ctx context.Context, network string, server neti
 	if _, err := conn.Write(query); err != nil {
 		return nil, wrap(err)
 	}
-	b := make([]byte, math.MaxUint16)
+	// Larger than the size announced: a server that ignores it is still
+	// read whole up to 4 KiB; a longer datagram fails to parse.
+	b := make([]byte, 4096)
 	var refused error
 	for {
 		n, err := conn.Read(b)

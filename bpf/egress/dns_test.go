@@ -44,7 +44,7 @@ type dnsServer struct {
 	tcp  map[string]int
 }
 
-func startDNS(t *testing.T, zone map[string]record) *dnsServer {
+func startDNS(t testing.TB, zone map[string]record) *dnsServer {
 	t.Helper()
 	s := &dnsServer{zone: zone, udp: map[string]int{}, tcp: map[string]int{}}
 	var pc net.PacketConn
@@ -186,7 +186,7 @@ func (s *dnsServer) answer(b []byte, tcp bool) []byte {
 
 // newResolver returns a DNSResolver asking servers, with an empty hosts
 // file and short timeouts (a dead server costs 300 ms).
-func newResolver(t *testing.T, cfg egress.DNSConfig, servers ...netip.AddrPort) *egress.DNSResolver {
+func newResolver(t testing.TB, cfg egress.DNSConfig, servers ...netip.AddrPort) *egress.DNSResolver {
 	t.Helper()
 	if cfg.HostsFile == "" {
 		cfg.HostsFile = filepath.Join(t.TempDir(), "hosts")
@@ -500,5 +500,69 @@ func TestAgentFollowsDNSTTL(t *testing.T) {
 	}
 	if res := a.Resolved(); !errors.Is(res[0].Err, egress.ErrNotFound) {
 		t.Errorf("resolution error = %v, want ErrNotFound", res[0].Err)
+	}
+}
+
+// blockingDNS answers only when release is closed, and says when it was
+// asked.
+type blockingDNS struct {
+	asked   chan string
+	release chan struct{}
+}
+
+func (d blockingDNS) Resolve(_ context.Context, host string) ([]netip.Addr, time.Duration, error) {
+	d.asked <- host
+	<-d.release
+	return addrs("192.0.2.99"), time.Minute, nil
+}
+
+// TestAgentReadsDuringResolution: while a refresh waits on DNS, Resolved,
+// RuleFor and NextRefresh (asked for every kernel event) answer from the
+// current state instead of waiting.
+func TestAgentReadsDuringResolution(t *testing.T) {
+	dns := blockingDNS{asked: make(chan string, 1), release: make(chan struct{})}
+	gov := &fakeGov{}
+	now := time.Unix(5000, 0)
+	a := egress.NewAgent(gov, "/cg", egress.Config{Resolver: dns, Now: func() time.Time { return now }})
+	plan := egress.Plan{Network: bpf.NetworkDeny, Sets: [][]egress.Entry{{{Source: "p/network.allowlist[0]", Host: "slow.test"}}}}
+	done := make(chan error, 1)
+	go func() { done <- a.Apply(context.Background(), plan) }()
+	<-dns.asked
+	// Each read returns while the resolver is blocked (a deadlock would
+	// hang here until the test binary's timeout).
+	if res := a.Resolved(); len(res) != 0 {
+		t.Errorf("resolved before the answer: %+v", res)
+	}
+	if _, ok := a.RuleFor(1); ok {
+		t.Errorf("a rule before the first apply")
+	}
+	if next := a.NextRefresh(); !next.IsZero() {
+		t.Errorf("next refresh before any answer: %v", next)
+	}
+	close(dns.release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if got := destStrings(gov.last().Egress); !slices.Equal(got, []string{"192.0.2.99/32"}) {
+		t.Errorf("egress = %q", got)
+	}
+	if r, ok := a.RuleFor(1); !ok || r.Host != "slow.test" {
+		t.Errorf("RuleFor(1) = %+v, %v", r, ok)
+	}
+}
+
+// BenchmarkDNSResolver measures one resolution (A and AAAA in parallel over
+// loopback UDP, CNAME chain of two) against the test server.
+func BenchmarkDNSResolver(b *testing.B) {
+	srv := startDNS(b, map[string]record{
+		"www.test.":    {CNAME: "origin.test.", TTL: 60},
+		"origin.test.": {A: []string{"192.0.2.10"}, AAAA: []string{"2001:db8::10"}, TTL: 300},
+	})
+	r := newResolver(b, egress.DNSConfig{}, srv.addr)
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, _, err := r.Resolve(context.Background(), "www.test"); err != nil {
+			b.Fatal(err)
+		}
 	}
 }

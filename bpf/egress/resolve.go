@@ -80,7 +80,12 @@ type Agent struct {
 	path string
 	cfg  Config
 
-	mu       sync.Mutex
+	// update serializes Apply and Refresh; it is held while hosts are
+	// resolved, mu is not, so that Resolved and RuleFor (asked for every
+	// kernel event) never wait on DNS.
+	update sync.Mutex
+
+	mu       sync.Mutex // guards the fields below
 	plan     Plan
 	resolved map[string]Resolution
 	applied  []bpf.Destination
@@ -114,36 +119,47 @@ func NewAgent(gov Governor, path string, cfg Config) *Agent {
 // expired are reused), the destinations are computed and the governor
 // updates the kernel in one swap.
 func (a *Agent) Apply(ctx context.Context, plan Plan) error {
+	a.update.Lock()
+	defer a.update.Unlock()
 	a.mu.Lock()
-	defer a.mu.Unlock()
 	a.plan = plan
+	a.mu.Unlock()
 	for _, u := range plan.Unenforced {
 		a.cfg.Logger.Warn("ebpf: policy entry not enforced in the kernel", "cgroup", a.path, "entry", u)
 	}
-	return a.refreshLocked(ctx, true)
+	return a.refresh(ctx, true)
 }
 
 // Refresh re-resolves the hosts whose TTL has run out and updates the
 // kernel when an address changed. Run calls it; tests call it directly.
 func (a *Agent) Refresh(ctx context.Context) error {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.refreshLocked(ctx, false)
+	a.update.Lock()
+	defer a.update.Unlock()
+	return a.refresh(ctx, false)
 }
 
-func (a *Agent) refreshLocked(ctx context.Context, force bool) error {
+// refresh runs with a.update held and takes a.mu only around the shared
+// fields, never while resolving.
+func (a *Agent) refresh(ctx context.Context, force bool) error {
 	now := a.cfg.Now()
+	a.mu.Lock()
 	hosts := a.hostsLocked()
 	for h := range a.resolved {
 		if !slices.Contains(hosts, h) {
 			delete(a.resolved, h)
 		}
 	}
+	var due []string
 	for _, host := range hosts {
-		r, ok := a.resolved[host]
-		if ok && now.Before(r.Expires) {
-			continue
+		if r, ok := a.resolved[host]; !ok || !now.Before(r.Expires) {
+			due = append(due, host)
 		}
+	}
+	a.mu.Unlock()
+
+	fresh := make([]Resolution, 0, len(due))
+	for _, host := range due {
+		var r Resolution
 		addrs, ttl, err := a.cfg.Resolver.Resolve(ctx, host)
 		if err != nil {
 			a.cfg.Logger.Warn("ebpf: cannot resolve an allowlisted host; it is unreachable until it resolves", "host", host, "err", err)
@@ -155,24 +171,34 @@ func (a *Agent) refreshLocked(ctx context.Context, force bool) error {
 			r = Resolution{Host: host, Addrs: addrs, Expires: now.Add(ttl)}
 			a.cfg.Logger.Debug("ebpf: allowlisted host resolved", "host", host, "addrs", addrs, "ttl", ttl.String())
 		}
-		a.resolved[host] = r
+		fresh = append(fresh, r)
+	}
+
+	a.mu.Lock()
+	for _, r := range fresh {
+		a.resolved[r.Host] = r
 	}
 	dests, rules := a.destinationsLocked()
-	if !force && slices.EqualFunc(dests, a.applied, equalDest) {
+	unchanged := !force && slices.EqualFunc(dests, a.applied, equalDest)
+	plan := a.plan
+	a.mu.Unlock()
+	if unchanged {
 		return nil
 	}
 	cfg := a.cfg.Base
-	cfg.Network = a.plan.Network
+	cfg.Network = plan.Network
 	cfg.Egress = dests
-	cfg.ExecDeny = names(a.plan.ExecDeny)
-	if a.plan.ExecAllow != nil {
-		cfg.ExecAllow = names(a.plan.ExecAllow)
+	cfg.ExecDeny = names(plan.ExecDeny)
+	if plan.ExecAllow != nil {
+		cfg.ExecAllow = names(plan.ExecAllow)
 	}
 	if err := a.gov.Govern(a.path, cfg); err != nil {
 		return fmt.Errorf("apply egress: %w", err)
 	}
+	a.mu.Lock()
 	a.applied = dests
 	a.rules = rules
+	a.mu.Unlock()
 	return nil
 }
 
