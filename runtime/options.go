@@ -13,6 +13,7 @@ import (
 
 	"github.com/agent-assembly/agent-assembly/action"
 	v1 "github.com/agent-assembly/agent-assembly/api/agentassembly/v1"
+	"github.com/agent-assembly/agent-assembly/internal/gatewaydial"
 	"github.com/agent-assembly/agent-assembly/runtime/cgroup"
 	"github.com/agent-assembly/agent-assembly/runtime/frame"
 )
@@ -51,7 +52,10 @@ type Options struct {
 	// Agents are the agents to serve. At least one is required.
 	Agents []Agent
 	// Gateway is the gateway's gRPC address (host:port or unix:///path),
-	// used when Conn is nil.
+	// used when Conn is nil. Several replicas are given comma-separated
+	// ("10.0.0.1:50051,10.0.0.2:50051"): calls are spread over them, and a
+	// call that fails because its replica died is retried on another (see
+	// internal/gatewaydial).
 	Gateway string
 	// Conn, when set, is used instead of dialling Gateway.
 	Conn grpc.ClientConnInterface
@@ -156,6 +160,11 @@ func (o *Options) Validate() error {
 	}
 	if o.Conn == nil && o.Gateway == "" {
 		return errors.New("runtime options: a gateway address is required (--gateway host:port)")
+	}
+	if o.Conn == nil {
+		if _, err := gatewaydial.Split(o.Gateway); err != nil {
+			return fmt.Errorf("runtime options: --gateway: %w", err)
+		}
 	}
 	if o.BufferPath == "" {
 		return errors.New("runtime options: a buffer path is required (--buffer /var/lib/aa-runtime/events.db)")

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	v1 "github.com/agent-assembly/agent-assembly/api/agentassembly/v1"
+	"github.com/agent-assembly/agent-assembly/internal/gatewaydial"
 	"github.com/agent-assembly/agent-assembly/runtime/buffer"
 	"github.com/agent-assembly/agent-assembly/scan"
 )
@@ -90,7 +91,11 @@ func (rt *Runtime) Run(ctx context.Context) (err error) {
 	}()
 	cc := rt.opts.Conn
 	if cc == nil {
-		conn, err := grpc.NewClient(rt.opts.Gateway, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		target, dialOpts, err := gatewaydial.Target(rt.opts.Gateway)
+		if err != nil {
+			return fmt.Errorf("run runtime: %w", err)
+		}
+		conn, err := grpc.NewClient(target, append(dialOpts, grpc.WithTransportCredentials(insecure.NewCredentials()))...)
 		if err != nil {
 			return fmt.Errorf("run runtime: dial gateway %s: %w", rt.opts.Gateway, err)
 		}

@@ -28,6 +28,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	v1 "github.com/agent-assembly/agent-assembly/api/agentassembly/v1"
+	"github.com/agent-assembly/agent-assembly/internal/gatewaydial"
 	"github.com/agent-assembly/agent-assembly/scan"
 )
 
@@ -151,7 +152,10 @@ func Dial(ctx context.Context, opts Options) (*Client, error) {
 		if c.agent == nil {
 			return nil, fmt.Errorf("dial: the gateway needs the agent's id (Options.Agent or $%s)", EnvAgent)
 		}
-		target, dialOpts := gatewayTarget(opts.Gateway)
+		target, dialOpts, err := gatewaydial.Target(opts.Gateway)
+		if err != nil {
+			return nil, fmt.Errorf("dial gateway: %w", err)
+		}
 		cc, err := grpc.NewClient(target, append(dialOpts, grpc.WithTransportCredentials(insecure.NewCredentials()))...)
 		if err != nil {
 			return nil, fmt.Errorf("dial gateway %s: %w", opts.Gateway, err)

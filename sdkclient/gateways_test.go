@@ -65,12 +65,3 @@ func TestGatewayFailover(t *testing.T) {
 		t.Fatalf("replica b answered %d of the 100 checks after a died", got)
 	}
 }
-
-func TestGatewayTarget(t *testing.T) {
-	if target, opts := gatewayTarget("127.0.0.1:50051"); target != "127.0.0.1:50051" || len(opts) != 1 {
-		t.Fatalf("one address: %q, %d options", target, len(opts))
-	}
-	if target, opts := gatewayTarget("a:1,b:2"); target != "aa-gateways:///gateways" || len(opts) != 2 {
-		t.Fatalf("two addresses: %q, %d options", target, len(opts))
-	}
-}

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/agent-assembly/agent-assembly/bpf"
+	"github.com/agent-assembly/agent-assembly/internal/gatewaydial"
 )
 
 // resolvConf is where the host's DNS resolvers are listed.
@@ -19,8 +20,8 @@ const resolvConf = "/etc/resolv.conf"
 
 // alwaysAllowed lists the destinations every agent governed by aa-runtime
 // exec reaches whatever its policy says (the kernel's always-allowed set):
-// the gateway (its address or every address its host name resolves to, its
-// port), each DNS resolver on port 53 (dns, or the nameservers of conf when
+// the gateway (each replica of a comma-separated list: its address or every
+// address its host name resolves to, its port), each DNS resolver on port 53 (dns, or the nameservers of conf when
 // dns is empty) and the Envoy egress listener when valid. The runtime's own
 // socket is a Unix socket, which the cgroup hooks never judge.
 func alwaysAllowed(gateway string, dns []string, conf string, envoy netip.AddrPort) ([]bpf.Destination, error) {
@@ -30,25 +31,31 @@ func alwaysAllowed(gateway string, dns []string, conf string, envoy netip.AddrPo
 		out = append(out, bpf.Destination{Prefix: netip.PrefixFrom(a, a.BitLen()), Ports: []uint16{port}, ID: uint32(len(out) + 1)})
 	}
 
-	host, portText, err := net.SplitHostPort(gateway)
+	replicas, err := gatewaydial.Split(gateway)
 	if err != nil {
-		return nil, fmt.Errorf("gateway address %q: %w", gateway, err)
+		return nil, err
 	}
-	port, err := strconv.ParseUint(portText, 10, 16)
-	if err != nil || port == 0 {
-		return nil, fmt.Errorf("gateway address %q: port %q is not a TCP port", gateway, portText)
-	}
-	if a, err := netip.ParseAddr(host); err == nil {
-		add(a, uint16(port))
-	} else {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		addrs, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
-		cancel()
+	for _, gateway := range replicas {
+		host, portText, err := net.SplitHostPort(gateway)
 		if err != nil {
-			return nil, fmt.Errorf("resolve gateway host %q: %w", host, err)
+			return nil, fmt.Errorf("gateway address %q: %w", gateway, err)
 		}
-		for _, a := range addrs {
-			add(a.Unmap(), uint16(port))
+		port, err := strconv.ParseUint(portText, 10, 16)
+		if err != nil || port == 0 {
+			return nil, fmt.Errorf("gateway address %q: port %q is not a TCP port", gateway, portText)
+		}
+		if a, err := netip.ParseAddr(host); err == nil {
+			add(a, uint16(port))
+		} else {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			addrs, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+			cancel()
+			if err != nil {
+				return nil, fmt.Errorf("resolve gateway host %q: %w", host, err)
+			}
+			for _, a := range addrs {
+				add(a.Unmap(), uint16(port))
+			}
 		}
 	}
 

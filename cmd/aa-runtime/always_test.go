@@ -138,10 +138,19 @@ func TestAlwaysAllowed(t *testing.T) {
 		t.Errorf("--dns must replace resolv.conf: %v", got)
 	}
 
+	got, err = alwaysAllowed("127.0.0.1:50051, 127.0.0.2:50052", []string{"192.0.2.53"}, conf, netip.AddrPort{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 3 || got[0].String() != "127.0.0.1/32 ports 50051" || got[1].String() != "127.0.0.2/32 ports 50052" {
+		t.Errorf("every gateway replica of the list must be allowed: %v", got)
+	}
+
 	for _, tc := range []struct {
 		gateway, dns, conf, want string
 	}{
 		{"127.0.0.1", "", conf, `gateway address "127.0.0.1"`},
+		{"127.0.0.1:50051,", "", conf, "entry 2 is empty"},
 		{"127.0.0.1:50051", "not-an-ip", conf, `--dns "not-an-ip": not an IP address`},
 		{"127.0.0.1:50051", "", filepath.Join(dir, "missing"), "read resolver list"},
 		{"no-such-host.invalid:50051", "", conf, `resolve gateway host "no-such-host.invalid"`},

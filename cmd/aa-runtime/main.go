@@ -68,7 +68,7 @@ type common struct {
 }
 
 func (c *common) bind(fs *flag.FlagSet) {
-	fs.StringVar(&c.gateway, "gateway", envOr("AA_GATEWAY_ADDR", "127.0.0.1:50051"), "gateway gRPC address ($AA_GATEWAY_ADDR)")
+	fs.StringVar(&c.gateway, "gateway", envOr("AA_GATEWAY_ADDR", "127.0.0.1:50051"), "gateway gRPC address, or several replicas comma-separated (host:port,host:port): checks are spread over them and one in flight when its replica dies is retried on another ($AA_GATEWAY_ADDR)")
 	fs.StringVar(&c.buffer, "buffer", envOr("AA_RUNTIME_BUFFER", "/var/lib/agent-assembly/runtime/events.db"), "SQLite file of the durable audit event buffer ($AA_RUNTIME_BUFFER)")
 	fs.StringVar(&c.socketDir, "socket-dir", envOr("AA_RUNTIME_SOCKET_DIR", "/run/agent-assembly"), "directory for agent sockets without socket= ($AA_RUNTIME_SOCKET_DIR)")
 	fs.StringVar(&c.failMode, "fail-mode", string(runtime.FailClosed), `what checks answer while the gateway is unreachable: "closed", or "observe-open" to allow agents whose policy is observe-only`)

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	v1 "github.com/agent-assembly/agent-assembly/api/agentassembly/v1"
+	"github.com/agent-assembly/agent-assembly/internal/gatewaydial"
 	"github.com/agent-assembly/agent-assembly/runtime"
 )
 
@@ -23,7 +24,7 @@ import (
 // themselves: an Envoy sidecar (AA_CREDENTIAL_TOKEN), aa-runtime's token=.
 func tokenCmd(args []string, out io.Writer) int {
 	fs := flag.NewFlagSet("aa-runtime token", flag.ContinueOnError)
-	gateway := fs.String("gateway", envOr("AA_GATEWAY_ADDR", "127.0.0.1:50051"), "gateway gRPC address ($AA_GATEWAY_ADDR)")
+	gateway := fs.String("gateway", envOr("AA_GATEWAY_ADDR", "127.0.0.1:50051"), "gateway gRPC address, or several replicas comma-separated (host:port,host:port) ($AA_GATEWAY_ADDR)")
 	agent := fs.String("agent", os.Getenv("AA_AGENT_ID"), "the agent: org/team/agent ($AA_AGENT_ID)")
 	keyFile := fs.String("key", "", "the agent's Ed25519 key seed (32 bytes, created 0600 when missing; default ./<org>.<team>.<agent>.key); register with the same key every time, or the gateway refuses the agent")
 	timeout := fs.Duration("timeout", 10*time.Second, "bound on the registration")
@@ -115,7 +116,11 @@ func agentKey(path string) (ed25519.PrivateKey, error) {
 
 // register runs RequestChallenge and Register and returns the token.
 func register(ctx context.Context, gateway string, id *v1.AgentId, key ed25519.PrivateKey) (string, error) {
-	conn, err := grpc.NewClient(gateway, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	target, opts, err := gatewaydial.Target(gateway)
+	if err != nil {
+		return "", err
+	}
+	conn, err := grpc.NewClient(target, append(opts, grpc.WithTransportCredentials(insecure.NewCredentials()))...)
 	if err != nil {
 		return "", fmt.Errorf("dial gateway %s: %w", gateway, err)
 	}
