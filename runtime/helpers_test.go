@@ -49,6 +49,8 @@ func TestMain(m *testing.M) {
 		os.Exit(runChildRuntime())
 	case "dial":
 		os.Exit(runChildDial())
+	case "gateway":
+		os.Exit(runChildGateway())
 	}
 	os.Exit(m.Run())
 }
