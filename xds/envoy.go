@@ -308,10 +308,47 @@ func denyHost() *routev3.VirtualHost {
 // clusterName names the cluster of an exact destination.
 func clusterName(d Destination) string { return "out|" + d.String() }
 
+// gatewayRetryOn lists when Envoy retries a call to the gateway on another
+// host of aa_gateway: the connection failed or was reset (the replica died,
+// with the call in flight or before it), the stream was refused, or the
+// replica answered UNAVAILABLE, CANCELLED or RESOURCE_EXHAUSTED (draining,
+// overloaded). A retried Check may be decided (and audited) twice when the
+// first replica decided it but died before answering; the audit log then
+// shows both.
+const gatewayRetryOn = "connect-failure,reset,refused-stream,unavailable,cancelled,resource-exhausted"
+
+// gatewayGRPC is the ext_authz and ext_proc filters' gRPC service: the
+// aa_gateway cluster, a per-call timeout (retries included) and up to two
+// retries 10-50 ms apart.
 func gatewayGRPC(timeout time.Duration) *corev3.GrpcService {
 	return &corev3.GrpcService{
 		TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{ClusterName: GatewayCluster}},
 		Timeout:         durationpb.New(timeout),
+		RetryPolicy: &corev3.RetryPolicy{
+			RetryOn:    gatewayRetryOn,
+			NumRetries: wrapperspb.UInt32(2),
+			RetryBackOff: &corev3.BackoffStrategy{
+				BaseInterval: durationpb.New(10 * time.Millisecond),
+				MaxInterval:  durationpb.New(50 * time.Millisecond),
+			},
+		},
+	}
+}
+
+// gatewayOutlierDetection ejects a gateway replica from aa_gateway for a
+// while after two connection failures or three 5xx (gRPC UNAVAILABLE is a
+// 503) in a row, so new calls stop going to a replica that died: at most
+// half of the replicas at a time, checked every second, ejected for 5 s at
+// first.
+func gatewayOutlierDetection() *clusterv3.OutlierDetection {
+	return &clusterv3.OutlierDetection{
+		Consecutive_5Xx:                    wrapperspb.UInt32(3),
+		ConsecutiveGatewayFailure:          wrapperspb.UInt32(2),
+		EnforcingConsecutive_5Xx:           wrapperspb.UInt32(100),
+		Interval:                           durationpb.New(time.Second),
+		BaseEjectionTime:                   durationpb.New(5 * time.Second),
+		MaxEjectionPercent:                 wrapperspb.UInt32(50),
+		EnforcingConsecutiveGatewayFailure: wrapperspb.UInt32(100),
 	}
 }
 
@@ -420,7 +457,9 @@ func httpOptions(m proto.Message) (map[string]*anypb.Any, error) {
 	return map[string]*anypb.Any{upstreamHTTP: a}, nil
 }
 
-// gatewayCluster reaches the gateway's gRPC listener over HTTP/2.
+// gatewayCluster reaches the gateway's gRPC listener over HTTP/2: a host per
+// address the gateway's name resolves to, round robin, with outlier
+// detection.
 func gatewayCluster(o *Options) (*clusterv3.Cluster, error) {
 	host, port, err := splitHostPort(o.GatewayAddr)
 	if err != nil {
@@ -440,8 +479,15 @@ func gatewayCluster(o *Options) (*clusterv3.Cluster, error) {
 		LbPolicy:                      clusterv3.Cluster_ROUND_ROBIN,
 		TypedExtensionProtocolOptions: opts,
 		LoadAssignment:                singleEndpoint(GatewayCluster, host, port),
+		OutlierDetection:              gatewayOutlierDetection(),
 	}
 	setDiscovery(c, host)
+	if c.GetType() == clusterv3.Cluster_LOGICAL_DNS {
+		// Every address the name resolves to is a replica (a headless
+		// Service, several A records): STRICT_DNS makes each one a host,
+		// which retries and outlier detection can move away from.
+		c.ClusterDiscoveryType = &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STRICT_DNS}
+	}
 	return c, nil
 }
 
