@@ -102,6 +102,11 @@ func (rt *Runtime) subscribe(ctx context.Context) {
 	}
 	for ctx.Err() == nil {
 		err := rt.follow(ctx, &last, agents)
+		if rt.cache.live.Load() {
+			// It was subscribed: a fresh drop (its replica died, say) is
+			// retried soon, whatever earlier failures did to the backoff.
+			backoff = 100 * time.Millisecond
+		}
 		rt.cache.setLive(false)
 		if ctx.Err() != nil {
 			return
