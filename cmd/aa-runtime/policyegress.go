@@ -17,6 +17,7 @@ import (
 	v1 "github.com/agent-assembly/agent-assembly/api/agentassembly/v1"
 	"github.com/agent-assembly/agent-assembly/bpf"
 	"github.com/agent-assembly/agent-assembly/bpf/egress"
+	"github.com/agent-assembly/agent-assembly/internal/gatewaydial"
 	"github.com/agent-assembly/agent-assembly/policy"
 )
 
@@ -50,7 +51,11 @@ func newPolicyKernel(gateway string, agent action.AgentID, token func() string, 
 	if err != nil {
 		return nil, err
 	}
-	conn, err := grpc.NewClient(gateway, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	target, opts, err := gatewaydial.Target(gateway) // one replica or several: a,b
+	if err != nil {
+		return nil, err
+	}
+	conn, err := grpc.NewClient(target, append(opts, grpc.WithTransportCredentials(insecure.NewCredentials()))...)
 	if err != nil {
 		return nil, fmt.Errorf("dial gateway %s for the policy: %w", gateway, err)
 	}
