@@ -139,13 +139,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 		log.Warn("cache invalidation from other replicas unavailable; cached entries expire by TTL", "err", err)
 	}
 	metrics := gateway.NewMetrics(s.reg)
-	gc := groupcommit.Options{Chain: replica, Logger: log, Metrics: metrics}
-	if storage.Durability(cfg.AuditDurability) == storage.DurabilitySync {
-		// A second batch is written while the first one's fsync runs (the
-		// SQLite journal); drivers that commit under a lock serialize them.
-		gc.Writers = 2
-	}
-	s.writer = groupcommit.New(st, gc)
+	s.writer = groupcommit.New(st, groupcommit.Options{Chain: replica, Logger: log, Metrics: metrics})
 	var auditor gateway.Auditor = s.writer
 	if cfg.auditOff {
 		auditor = dropAudit{}

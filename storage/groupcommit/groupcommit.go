@@ -33,11 +33,6 @@ type Options struct {
 	// first of a batch arrives while no write is in progress (default 0:
 	// batches form only from records that queue during the previous write).
 	MaxDelay time.Duration
-	// Writers is how many batches may be written at once (default 1). With
-	// a backend that writes a batch and then waits for the disk outside its
-	// own lock (SQLite in sync mode), 2 lets the next batch be written while
-	// the previous one's fsync runs, and one fsync then covers both.
-	Writers int
 	// Chain, when set, is assigned to every record whose Chain is empty.
 	Chain string
 	// QueueSize bounds the records waiting for the writer (default 4×MaxBatch);
@@ -85,9 +80,6 @@ func New(log storage.AuditLog, opts Options) *Writer {
 	if opts.WriteTimeout <= 0 {
 		opts.WriteTimeout = 10 * time.Second
 	}
-	if opts.Writers <= 0 {
-		opts.Writers = 1
-	}
 	w := &Writer{
 		log:  log,
 		opts: opts,
@@ -96,14 +88,7 @@ func New(log storage.AuditLog, opts Options) *Writer {
 		done: make(chan struct{}),
 	}
 	w.pool.New = func() any { return &request{done: make(chan struct{}, 1)} }
-	var running sync.WaitGroup
-	for range opts.Writers {
-		running.Go(w.run)
-	}
-	go func() {
-		running.Wait()
-		close(w.done)
-	}()
+	go w.run()
 	return w
 }
 
@@ -157,6 +142,7 @@ func (w *Writer) Append(ctx context.Context, r *storage.AuditRecord) error {
 }
 
 func (w *Writer) run() {
+	defer close(w.done)
 	batch := make([]*request, 0, w.opts.MaxBatch)
 	recs := make([]*storage.AuditRecord, 0, w.opts.MaxBatch)
 	var timer *time.Timer

@@ -29,23 +29,13 @@ func (s *Store) AppendAudit(ctx context.Context, recs []*storage.AuditRecord) er
 		return fmt.Errorf("append audit: %w", err)
 	}
 	s.hub.appendMu.Lock()
-	wait, err := s.hub.audit.append(recs, s.opts.Durability == storage.DurabilitySync)
-	if err != nil {
-		s.hub.appendMu.Unlock()
+	defer s.hub.appendMu.Unlock()
+	if err := s.hub.audit.append(recs, s.opts.Durability == storage.DurabilitySync); err != nil {
 		return fmt.Errorf("append audit: %w", err)
 	}
-	// Tails see records in journal order, as soon as they are written.
 	if s.hub.tail.Subscribers() > 0 { // a copy per record only for live tails
 		for _, r := range recs {
 			s.hub.tail.Publish(r.Clone())
-		}
-	}
-	s.hub.appendMu.Unlock()
-	if wait != nil {
-		// Outside the lock: the next batch is written while this one's
-		// fdatasync runs, and one fdatasync covers both.
-		if err := wait(); err != nil {
-			return fmt.Errorf("append audit: %w", err)
 		}
 	}
 	return nil

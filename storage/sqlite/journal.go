@@ -98,21 +98,10 @@ type auditLog struct {
 	retired  []*journalFile
 	pending  []pendingBatch
 	npending int
-	unsynced bool  // written in os mode, not yet fdatasynced
-	written  int64 // frames written so far (sync mode's tickets)
+	unsynced bool // written in os mode, not yet fdatasynced
 	lastErr  error
 
 	syncs atomic.Int64 // background fdatasyncs done, for tests
-
-	// Sync-mode durability (waitSynced): frames up to synced are on disk;
-	// one caller at a time runs the fdatasync for everyone (syncing), the
-	// others wait on syncCond. A failed fdatasync poisons the journal.
-	syncMu   sync.Mutex
-	syncCond *sync.Cond
-	synced   int64
-	syncing  bool
-	poison   error
-	datasync func(*os.File) error // fdatasync; tests make it fail
 
 	indexMu sync.Mutex
 	// Scratch reused across batches: enc under mu (append), entries and
@@ -137,7 +126,6 @@ func openAuditLog(ctx context.Context, dbPath string, log *slog.Logger, flush ti
 		heads: make(map[string]storage.ChainHead), locks: make(map[string]*os.File),
 		kick: make(chan struct{}, 1), syncKick: make(chan struct{}, 1), spareKick: make(chan struct{}, 1), stop: make(chan struct{}),
 	}
-	a.syncCond, a.datasync = sync.NewCond(&a.syncMu), fdatasync
 	if err := os.MkdirAll(a.dir, 0o700); err != nil {
 		return nil, fmt.Errorf("audit journal: %w", err)
 	}
@@ -163,26 +151,19 @@ func openAuditLog(ctx context.Context, dbPath string, log *slog.Logger, flush ti
 	return a, nil
 }
 
-// append links recs and journals them as one frame. In os mode they are
-// then as durable as the Store promises (the background flush makes them
-// durable within its interval) and the returned wait is nil; in sync mode
-// the caller must call wait, which returns once an fdatasync covers the
-// frame. wait runs outside the journal's lock, so the next batch can be
-// written while this one's fdatasync runs. Nothing is changed when append
-// fails.
-func (a *auditLog) append(recs []*storage.AuditRecord, sync bool) (wait func() error, err error) {
+// append links recs, journals them as one frame and makes them durable as
+// asked (fdatasync when sync; otherwise the background flush within its
+// interval). Nothing is changed when it fails.
+func (a *auditLog) append(recs []*storage.AuditRecord, sync bool) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if err := a.poisoned(); err != nil {
-		return nil, err
-	}
 	if a.npending >= journalMaxPending {
-		return nil, fmt.Errorf("%w: %d audit records are waiting to be indexed into the database (last error: %v)", storage.ErrUnavailable, a.npending, a.lastErr)
+		return fmt.Errorf("%w: %d audit records are waiting to be indexed into the database (last error: %v)", storage.ErrUnavailable, a.npending, a.lastErr)
 	}
 	for _, r := range recs {
 		if _, ok := a.heads[r.Chain]; !ok {
 			if err := a.takeChain(r.Chain); err != nil {
-				return nil, err
+				return err
 			}
 		}
 	}
@@ -207,7 +188,7 @@ func (a *auditLog) append(recs []*storage.AuditRecord, sync bool) (wait func() e
 		for _, r := range recs {
 			r.Seq, r.PrevHash, r.Hash = 0, nil, nil
 		}
-		return nil, fmt.Errorf("%w: write audit journal: %w", storage.ErrUnavailable, err)
+		return fmt.Errorf("%w: write audit journal: %w", storage.ErrUnavailable, err)
 	}
 	for chain, h := range heads {
 		a.heads[chain] = h
@@ -218,85 +199,13 @@ func (a *auditLog) append(recs []*storage.AuditRecord, sync bool) (wait func() e
 	case a.kick <- struct{}{}:
 	default:
 	}
-	if !sync {
-		return nil, nil
-	}
-	a.written++
-	ticket := a.written
-	return func() error { return a.waitSynced(ticket) }, nil
-}
-
-// poisoned returns the error of a failed sync-mode fdatasync: after one,
-// what the file holds is unknown (the kernel may have dropped the pages), so
-// every append fails closed until the gateway restarts and recovery reads
-// back what is really on disk.
-func (a *auditLog) poisoned() error {
-	a.syncMu.Lock()
-	defer a.syncMu.Unlock()
-	return a.poison
-}
-
-// waitSynced returns once frame number ticket is on disk. The first waiter
-// to find no fdatasync running runs one for every frame written so far;
-// waiters whose frame it covers return when it ends, the others run the next.
-func (a *auditLog) waitSynced(ticket int64) error {
-	a.syncMu.Lock()
-	defer a.syncMu.Unlock()
-	for a.synced < ticket {
-		if a.poison != nil {
-			return a.poison
-		}
-		if a.syncing {
-			a.syncCond.Wait()
-			continue
-		}
-		a.syncing = true
-		a.syncMu.Unlock()
-		target, err := a.syncWritten()
-		a.syncMu.Lock()
-		a.syncing = false
-		if err != nil && a.poison == nil {
-			a.poison = fmt.Errorf("%w: fdatasync audit journal: %w; audit appends are refused until the gateway restarts", storage.ErrUnavailable, err)
-			a.log.Error("fdatasync of the audit journal failed; refusing audit appends (every check is denied) until restart", "err", err)
-		}
-		a.synced = max(a.synced, target)
-		a.syncCond.Broadcast()
-	}
 	return nil
 }
 
-// syncWritten fdatasyncs the current journal file and returns how many
-// frames that covers (frames in files retired before were fdatasynced by
-// retire). A duplicate descriptor keeps the file open even if it is retired
-// and its records indexed meanwhile.
-func (a *auditLog) syncWritten() (int64, error) {
-	a.mu.Lock()
-	target, j := a.written, a.cur
-	var fd *os.File
-	if j != nil {
-		nfd, err := syscall.Dup(int(j.f.Fd()))
-		if err != nil {
-			a.mu.Unlock()
-			return 0, err
-		}
-		fd = os.NewFile(uintptr(nfd), j.path)
-	}
-	a.mu.Unlock()
-	if fd == nil {
-		return target, nil
-	}
-	defer fd.Close()
-	if err := a.datasync(fd); err != nil {
-		return 0, err
-	}
-	return target, nil
-}
-
 // write appends one frame (payload starts with room for its header) to the
-// current file, rotating first when it is full, and in os mode asks the
-// background flusher for an fdatasync (sync mode's caller waits for its own,
-// in waitSynced). On failure the file is cut back to its previous length and
-// abandoned, so no torn frame stays in front of later ones.
+// current file, rotating first when it is full. On failure the file is cut
+// back to its previous length and abandoned, so no torn frame stays in front
+// of later ones.
 func (a *auditLog) write(frame []byte, sync bool) error {
 	if len(frame)-frameHeader > maxFrameBytes {
 		return fmt.Errorf("audit batch of %d bytes is too large", len(frame))
@@ -310,6 +219,9 @@ func (a *auditLog) write(frame []byte, sync bool) error {
 	binary.BigEndian.PutUint32(frame[4:8], crc32.Checksum(frame[frameHeader:], crcTable))
 	j := a.cur
 	_, err := j.f.WriteAt(frame, j.size) // a frame larger than the file extends it
+	if err == nil && sync {
+		err = fdatasync(j.f)
+	}
 	if err != nil {
 		if terr := j.f.Truncate(j.size); terr != nil {
 			err = errors.Join(err, fmt.Errorf("cut %s back to %d bytes: %w", j.path, j.size, terr))

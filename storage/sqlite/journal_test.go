@@ -12,9 +12,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
-	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -318,66 +315,5 @@ func TestQueryAuditAcrossBlocksMatchesMemory(t *testing.T) {
 			}
 			qs.Cursor, qm.Cursor = ps.NextCursor, pm.NextCursor
 		}
-	}
-}
-
-// TestSyncAppendsShareFdatasync: in sync mode, appends from several
-// goroutines are each durable on return (their frame covered by an
-// fdatasync that started after it was written), and every record is
-// chained and verifiable.
-func TestSyncAppendsShareFdatasync(t *testing.T) {
-	s := openTest(t, Options{Path: filepath.Join(t.TempDir(), "aa.db"), Durability: storage.DurabilitySync})
-	a := s.hub.audit
-	var calls atomic.Int64
-	a.datasync = func(f *os.File) error { calls.Add(1); return fdatasync(f) }
-	t0 := time.Unix(1_800_000_000, 0)
-	const goroutines, batches = 4, 50
-	var wg sync.WaitGroup
-	for g := range goroutines {
-		wg.Go(func() {
-			for i := range batches {
-				r := testRecord("sync", g*batches+i, t0)
-				if err := s.AppendAudit(t.Context(), []*storage.AuditRecord{r}); err != nil {
-					t.Error(err)
-					return
-				}
-				a.syncMu.Lock()
-				covered := a.synced
-				a.syncMu.Unlock()
-				if covered < 1 {
-					t.Errorf("append returned before any fdatasync")
-				}
-			}
-		})
-	}
-	wg.Wait()
-	if n := calls.Load(); n == 0 || n > goroutines*batches {
-		t.Fatalf("%d fdatasyncs for %d appends", n, goroutines*batches)
-	}
-	rep, err := s.VerifyAudit(t.Context(), "sync")
-	if err != nil || !rep.OK || rep.Records != goroutines*batches {
-		t.Fatalf("VerifyAudit = %+v, %v", rep, err)
-	}
-}
-
-// TestFailedFdatasyncFailsClosed: when the fdatasync of a sync-mode append
-// fails, that append fails with ErrUnavailable naming it, and so does every
-// later append (os mode's too), until the journal is reopened.
-func TestFailedFdatasyncFailsClosed(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "aa.db")
-	s := openTest(t, Options{Path: path, Durability: storage.DurabilitySync})
-	t0 := time.Unix(1_800_000_000, 0)
-	if err := s.AppendAudit(t.Context(), []*storage.AuditRecord{testRecord("fs", 0, t0)}); err != nil {
-		t.Fatal(err)
-	}
-	s.hub.audit.datasync = func(*os.File) error { return syscall.EIO }
-	err := s.AppendAudit(t.Context(), []*storage.AuditRecord{testRecord("fs", 1, t0)})
-	if !errors.Is(err, storage.ErrUnavailable) || !strings.Contains(err.Error(), "fdatasync") {
-		t.Fatalf("append with a failing fdatasync: %v, want ErrUnavailable naming fdatasync", err)
-	}
-	s.hub.audit.datasync = fdatasync // the disk is back, but what it lost is unknown
-	err = s.AppendAudit(t.Context(), []*storage.AuditRecord{testRecord("fs", 2, t0)})
-	if !errors.Is(err, storage.ErrUnavailable) || !strings.Contains(err.Error(), "until the gateway restarts") {
-		t.Fatalf("append after a failed fdatasync: %v, want the journal to refuse", err)
 	}
 }
