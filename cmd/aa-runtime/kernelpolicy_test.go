@@ -43,70 +43,8 @@ func TestExecPolicyChangeFlipsKernelVerdict(t *testing.T) {
 	if _, err := exec.LookPath("bash"); err != nil {
 		t.Skip("needs bash for /dev/tcp")
 	}
-	l, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
-	port := l.Addr().(*net.TCPAddr).Port
-	pol := t.TempDir()
-	team, err := os.ReadFile("../../runtime/testdata/policies/runtime-test.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	agentDoc := fmt.Sprintf(agentPolicy, port)
-	for name, body := range map[string]string{"runtime-test.yaml": string(team), "a1.yaml": agentDoc} {
-		if err := os.WriteFile(filepath.Join(pol, name), []byte(body), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	bin := build(t, t.TempDir(), "github.com/agent-assembly/agent-assembly/cmd/aa-runtime")
-	gw := servertest.Start(t, pol, nil)
-
-	// The agent connects every 100 ms until it has been refused after
-	// having connected (or 600 tries, a hang guard), printing each outcome
-	// with its pid. Bash builtins only: the policy's process allowlist
-	// (derived by the runtime) lets nothing but the agent's command run.
-	script := fmt.Sprintf(`exec {nap}<> <(:); seen=0; for ((i = 0; i < 600; i++)); do
-  if { exec 3<>/dev/tcp/127.0.0.1/%d; } 2>/dev/null; then exec 3>&-; echo "$$ ok"; seen=1; else echo "$$ refused"; [ $seen = 1 ] && exit 0; fi
-  read -t 0.1 -u $nap; done; exit 3`, port)
-	dir := t.TempDir()
-	cmd := exec.Command(bin, "exec", "--agent", "acme/eng/a1", "--gateway", gw, "--buffer", filepath.Join(dir, "events.db"),
-		"--socket-dir", dir, "--cgroup-root", cgRoot, "--ebpf", "enforce", "--", "bash", "-c", script)
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	sc := bufio.NewScanner(out)
-	var okPID string
-	for sc.Scan() {
-		pid, res, _ := strings.Cut(sc.Text(), " ")
-		if res == "ok" {
-			okPID = pid
-			break
-		}
-	}
-	if okPID == "" {
-		cmd.Wait()
-		if strings.Contains(stderr.String(), "eBPF UNAVAILABLE") || strings.Contains(stderr.String(), "eBPF attach FAILED") {
-			t.Skipf("eBPF not available here:\n%s", stderr.String())
-		}
-		t.Fatalf("the agent never reached the allowlisted host\nstderr:\n%s", stderr.String())
-	}
+	bin, gw, team, port := kernelRig(t, func(port int) string { return fmt.Sprintf(agentPolicy, port) })
+	agent, okPID := startProbingAgent(t, bin, gw, cgRoot, port)
 	cc, err := grpc.NewClient(gw, grpc.WithTransportCredentials(insecure.NewCredentials()), servertest.AdminCreds())
 	if err != nil {
 		t.Fatal(err)
@@ -117,19 +55,12 @@ func TestExecPolicyChangeFlipsKernelVerdict(t *testing.T) {
 	}}); err != nil {
 		t.Fatalf("apply policy: %v", err)
 	}
-	var refusedPID string
-	for sc.Scan() {
-		pid, res, _ := strings.Cut(sc.Text(), " ")
-		if res == "refused" {
-			refusedPID = pid
-			break
-		}
+	refusedPID, err := agent.waitRefused()
+	if err != nil || refusedPID != okPID {
+		t.Fatalf("the agent (pid %s) was not refused after the policy change (%q): %v\nstderr:\n%s", okPID, refusedPID, err, agent.stderr.String())
 	}
-	if err := cmd.Wait(); err != nil || refusedPID != okPID {
-		t.Fatalf("the agent (pid %s) was not refused after the policy change (%q): %v\nstderr:\n%s", okPID, refusedPID, err, stderr.String())
-	}
-	if !strings.Contains(stderr.String(), "kernel rules follow the new policy") {
-		t.Errorf("the runtime did not log the policy follow:\n%s", stderr.String())
+	if !strings.Contains(agent.stderr.String(), "kernel rules follow the new policy") {
+		t.Errorf("the runtime did not log the policy follow:\n%s", agent.stderr.String())
 	}
 
 	audit := v1.NewAuditServiceClient(cc)
@@ -152,7 +83,7 @@ func TestExecPolicyChangeFlipsKernelVerdict(t *testing.T) {
 				for _, rec := range resp.GetRecords() {
 					t.Logf("audit: %s %s %s %q", rec.GetRuleId(), rec.GetDecision(), rec.GetPayloadJson(), rec.GetReason())
 				}
-				t.Fatalf("no kernel/connect4 %s record for pid %s\nstderr:\n%s", d, pid, stderr.String())
+				t.Fatalf("no kernel/connect4 %s record for pid %s\nstderr:\n%s", d, pid, agent.stderr.String())
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
@@ -172,57 +103,9 @@ func TestExecPolicyOverCapacityFailsClosed(t *testing.T) {
 	if _, err := exec.LookPath("bash"); err != nil {
 		t.Skip("needs bash for /dev/tcp")
 	}
-	l, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	go acceptAndClose(l)
-	port := l.Addr().(*net.TCPAddr).Port
-	pol := t.TempDir()
-	team, err := os.ReadFile("../../runtime/testdata/policies/runtime-test.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for name, body := range map[string]string{"runtime-test.yaml": string(team), "a1.yaml": fmt.Sprintf(agentPolicy, port)} {
-		if err := os.WriteFile(filepath.Join(pol, name), []byte(body), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	bin := build(t, t.TempDir(), "github.com/agent-assembly/agent-assembly/cmd/aa-runtime")
-	gw := servertest.Start(t, pol, nil)
+	bin, gw, team, port := kernelRig(t, func(port int) string { return fmt.Sprintf(agentPolicy, port) })
 
-	script := fmt.Sprintf(`exec {nap}<> <(:); seen=0; for ((i = 0; i < 600; i++)); do
-  if { exec 3<>/dev/tcp/127.0.0.1/%d; } 2>/dev/null; then exec 3>&-; echo "$$ ok"; seen=1; else echo "$$ refused"; [ $seen = 1 ] && exit 0; fi
-  read -t 0.1 -u $nap; done; exit 3`, port)
-	dir := t.TempDir()
-	cmd := exec.Command(bin, "exec", "--agent", "acme/eng/a1", "--gateway", gw, "--buffer", filepath.Join(dir, "events.db"),
-		"--socket-dir", dir, "--cgroup-root", cgRoot, "--ebpf", "enforce", "--", "bash", "-c", script)
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	sc := bufio.NewScanner(out)
-	var okPID string
-	for sc.Scan() {
-		pid, res, _ := strings.Cut(sc.Text(), " ")
-		if res == "ok" {
-			okPID = pid
-			break
-		}
-	}
-	if okPID == "" {
-		cmd.Wait()
-		if strings.Contains(stderr.String(), "eBPF UNAVAILABLE") || strings.Contains(stderr.String(), "eBPF attach FAILED") {
-			t.Skipf("eBPF not available here:\n%s", stderr.String())
-		}
-		t.Fatalf("the agent never reached the allowlisted host\nstderr:\n%s", stderr.String())
-	}
+	agent, okPID := startProbingAgent(t, bin, gw, cgRoot, port)
 
 	var big strings.Builder
 	fmt.Fprintf(&big, "apiVersion: agent-assembly/v1\nkind: Policy\nmetadata: {name: a1-egress}\nspec:\n  scope: {level: agent, agent: a1}\n  network:\n    allowlist:\n      - cidr: 127.0.0.1/32\n        ports: [%d]\n", port)
@@ -239,20 +122,98 @@ func TestExecPolicyOverCapacityFailsClosed(t *testing.T) {
 	}}); err != nil {
 		t.Fatalf("apply policy: %v", err)
 	}
-	var refusedPID string
-	for sc.Scan() {
-		pid, res, _ := strings.Cut(sc.Text(), " ")
-		if res == "refused" {
-			refusedPID = pid
+	refusedPID, err := agent.waitRefused()
+	if err != nil || refusedPID != okPID {
+		t.Fatalf("the agent (pid %s) kept the previous rules after a policy over capacity (%q): %v\nstderr:\n%s", okPID, refusedPID, err, agent.stderr.String())
+	}
+	for _, want := range []string{"do not fit the kernel maps: the agent is failed closed", "over the kernel map capacity of 1024"} {
+		if !strings.Contains(agent.stderr.String(), want) {
+			t.Errorf("the runtime's log lacks %q:\n%s", want, agent.stderr.String())
+		}
+	}
+}
+
+// probingAgent is an agent under `aa-runtime exec --ebpf enforce` that
+// connects to 127.0.0.1:port every 100 ms and prints "<pid> ok" or
+// "<pid> refused" each time, until it is refused after having connected
+// (or 600 tries: a hang guard, not a timing check). Bash builtins only: the
+// policy's process allowlist (derived by the runtime) lets nothing but the
+// agent's command run.
+type probingAgent struct {
+	cmd    *exec.Cmd
+	out    *bufio.Scanner
+	stderr *strings.Builder
+}
+
+// startProbingAgent starts the agent for acme/eng/a1 with the gateway at gw
+// (extra: more exec flags) and returns once it has connected, with its pid.
+// It skips when eBPF is not available here.
+func startProbingAgent(t *testing.T, bin, gw, cgRoot string, port int, extra ...string) (*probingAgent, string) {
+	t.Helper()
+	script := fmt.Sprintf(`exec {nap}<> <(:); seen=0; for ((i = 0; i < 600; i++)); do
+  if { exec 3<>/dev/tcp/127.0.0.1/%d; } 2>/dev/null; then exec 3>&-; echo "$$ ok"; seen=1; else echo "$$ refused"; [ $seen = 1 ] && exit 0; fi
+  read -t 0.1 -u $nap; done; exit 3`, port)
+	dir := t.TempDir()
+	args := append([]string{"exec", "--agent", "acme/eng/a1", "--gateway", gw, "--buffer", filepath.Join(dir, "events.db"),
+		"--socket-dir", dir, "--cgroup-root", cgRoot, "--ebpf", "enforce"}, extra...)
+	p := &probingAgent{cmd: exec.Command(bin, append(args, "--", "bash", "-c", script)...), stderr: &strings.Builder{}}
+	p.cmd.Stderr = p.stderr
+	out, err := p.cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p.out = bufio.NewScanner(out)
+	for p.out.Scan() {
+		if pid, res, _ := strings.Cut(p.out.Text(), " "); res == "ok" {
+			return p, pid
+		}
+	}
+	p.cmd.Wait()
+	if strings.Contains(p.stderr.String(), "eBPF UNAVAILABLE") || strings.Contains(p.stderr.String(), "eBPF attach FAILED") {
+		t.Skipf("eBPF not available here:\n%s", p.stderr.String())
+	}
+	t.Fatalf("the agent never reached 127.0.0.1:%d\nstderr:\n%s", port, p.stderr.String())
+	return nil, ""
+}
+
+// waitRefused waits for the agent's first refusal and its exit, and returns
+// the refused process's pid and how the runtime exited.
+func (p *probingAgent) waitRefused() (string, error) {
+	var pid string
+	for p.out.Scan() {
+		if id, res, _ := strings.Cut(p.out.Text(), " "); res == "refused" {
+			pid = id
 			break
 		}
 	}
-	if err := cmd.Wait(); err != nil || refusedPID != okPID {
-		t.Fatalf("the agent (pid %s) kept the previous rules after a policy over capacity (%q): %v\nstderr:\n%s", okPID, refusedPID, err, stderr.String())
+	return pid, p.cmd.Wait()
+}
+
+// kernelRig starts what the kernel-policy tests share: a loopback listener
+// the agent may reach, a gateway whose policy is the runtime test team's
+// plus agentDoc(port) for acme/eng/a1, and a built aa-runtime. It returns
+// the binary, the gateway's address, the team document and the port.
+func kernelRig(t *testing.T, agentDoc func(port int) string) (bin, gw string, team []byte, port int) {
+	t.Helper()
+	l, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
 	}
-	for _, want := range []string{"do not fit the kernel maps: the agent is failed closed", "over the kernel map capacity of 1024"} {
-		if !strings.Contains(stderr.String(), want) {
-			t.Errorf("the runtime's log lacks %q:\n%s", want, stderr.String())
+	t.Cleanup(func() { l.Close() })
+	go acceptAndClose(l)
+	port = l.Addr().(*net.TCPAddr).Port
+	pol := t.TempDir()
+	if team, err = os.ReadFile("../../runtime/testdata/policies/runtime-test.yaml"); err != nil {
+		t.Fatal(err)
+	}
+	for name, body := range map[string]string{"runtime-test.yaml": string(team), "a1.yaml": agentDoc(port)} {
+		if err := os.WriteFile(filepath.Join(pol, name), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
 		}
 	}
+	bin = build(t, t.TempDir(), "github.com/agent-assembly/agent-assembly/cmd/aa-runtime")
+	return bin, servertest.Start(t, pol, nil), team, port
 }

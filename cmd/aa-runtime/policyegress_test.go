@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"fmt"
 	"net"
 	"net/netip"
@@ -14,8 +13,6 @@ import (
 	"testing"
 
 	"golang.org/x/net/dns/dnsmessage"
-
-	"github.com/agent-assembly/agent-assembly/gateway/server/servertest"
 )
 
 // TestDNSResolverFromFlags: --dns replaces resolv.conf's nameservers (port
@@ -120,74 +117,17 @@ func TestExecFollowsDNSTTL(t *testing.T) {
 	defer pc.Close()
 	dns := &ttlDNS{name: "svc.ttl.test.", addr: netip.MustParseAddr("127.0.0.1")}
 	go dns.serve(pc)
-	l, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	go acceptAndClose(l)
-	port := l.Addr().(*net.TCPAddr).Port
+	bin, gw, _, port := kernelRig(t, func(port int) string {
+		return strings.Replace(fmt.Sprintf(agentPolicy, port), "host: localhost", "host: svc.ttl.test", 1)
+	})
 
-	pol := t.TempDir()
-	team, err := os.ReadFile("../../runtime/testdata/policies/runtime-test.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	agentDoc := strings.Replace(fmt.Sprintf(agentPolicy, port), "host: localhost", "host: svc.ttl.test", 1)
-	for name, body := range map[string]string{"runtime-test.yaml": string(team), "a1.yaml": agentDoc} {
-		if err := os.WriteFile(filepath.Join(pol, name), []byte(body), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	bin := build(t, t.TempDir(), "github.com/agent-assembly/agent-assembly/cmd/aa-runtime")
-	gw := servertest.Start(t, pol, nil)
-
-	// Connect every 100 ms until refused after having connected (600
-	// tries: a hang guard, not a timing check).
-	script := fmt.Sprintf(`exec {nap}<> <(:); seen=0; for ((i = 0; i < 600; i++)); do
-  if { exec 3<>/dev/tcp/127.0.0.1/%d; } 2>/dev/null; then exec 3>&-; echo "$$ ok"; seen=1; else echo "$$ refused"; [ $seen = 1 ] && exit 0; fi
-  read -t 0.1 -u $nap; done; exit 3`, port)
-	dir := t.TempDir()
-	cmd := exec.Command(bin, "exec", "--agent", "acme/eng/a1", "--gateway", gw, "--buffer", filepath.Join(dir, "events.db"),
-		"--socket-dir", dir, "--cgroup-root", cgRoot, "--ebpf", "enforce", "--dns", "127.0.0.78", "--log-level", "debug", "--", "bash", "-c", script)
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	sc := bufio.NewScanner(out)
-	var okPID string
-	for sc.Scan() {
-		pid, res, _ := strings.Cut(sc.Text(), " ")
-		if res == "ok" {
-			okPID = pid
-			break
-		}
-	}
-	if okPID == "" {
-		cmd.Wait()
-		if strings.Contains(stderr.String(), "eBPF UNAVAILABLE") || strings.Contains(stderr.String(), "eBPF attach FAILED") {
-			t.Skipf("eBPF not available here:\n%s", stderr.String())
-		}
-		t.Fatalf("the agent never reached the address svc.ttl.test resolved to\nstderr:\n%s", stderr.String())
-	}
+	agent, okPID := startProbingAgent(t, bin, gw, cgRoot, port, "--dns", "127.0.0.78", "--log-level", "debug")
 	dns.set(netip.MustParseAddr("127.0.0.2"))
-	var refusedPID string
-	for sc.Scan() {
-		pid, res, _ := strings.Cut(sc.Text(), " ")
-		if res == "refused" {
-			refusedPID = pid
-			break
-		}
+	refusedPID, err := agent.waitRefused()
+	if err != nil || refusedPID != okPID {
+		t.Fatalf("the agent (pid %s) was not refused after the name moved (%q): %v\nstderr:\n%s", okPID, refusedPID, err, agent.stderr.String())
 	}
-	if err := cmd.Wait(); err != nil || refusedPID != okPID {
-		t.Fatalf("the agent (pid %s) was not refused after the name moved (%q): %v\nstderr:\n%s", okPID, refusedPID, err, stderr.String())
-	}
-	log := stderr.String()
+	log := agent.stderr.String()
 	for _, want := range []string{"refreshed on their records' TTL", `"nameservers":["127.0.0.78:53"]`, `"host":"svc.ttl.test","addrs":["127.0.0.1"],"ttl":"5s"`, `"host":"svc.ttl.test","addrs":["127.0.0.2"],"ttl":"5s"`} {
 		if !strings.Contains(log, want) {
 			t.Errorf("the runtime's log lacks %q:\n%s", want, log)
