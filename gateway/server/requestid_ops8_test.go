@@ -5,16 +5,12 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
-	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 
 	v1 "github.com/agent-assembly/agent-assembly/api/agentassembly/v1"
@@ -28,56 +24,7 @@ var reRequestUUID = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-
 // written as JSON records (every level) to buf.
 func startGatewayJSONLogs(t *testing.T, buf *syncbuf.Buffer) *testGateway {
 	t.Helper()
-	dir := t.TempDir()
-	cfg := DefaultConfig()
-	cfg.PolicyPath = examplesDir(t)
-	cfg.Store = "sqlite:" + filepath.Join(dir, "aa.db")
-	cfg.SecretsKeyFile = filepath.Join(dir, "secrets.key")
-	cfg.ReplicaID = "test-replica"
-	cfg.AgentAuth = "off"
-	cfg.BootstrapAdminKey = testAdminKey
-	cfg.AdminKeyFile = "none"
-	log := slog.New(slog.NewJSONHandler(buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	ctx, cancel := context.WithCancel(context.Background())
-	srv, err := New(ctx, cfg, log)
-	if err != nil {
-		cancel()
-		t.Fatalf("start gateway: %v", err)
-	}
-	gl, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	hl, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx, gl, hl) }()
-	stop := func() error { cancel(); return <-done }
-	t.Cleanup(func() {
-		if err := stop(); err != nil {
-			t.Errorf("stop gateway: %v", err)
-		}
-	})
-	conn, err := grpc.NewClient(gl.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()), keyCreds(testAdminKey))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	g := &testGateway{srv: srv, conn: conn, client: v1.NewPolicyServiceClient(conn), base: "http://" + hl.Addr().String(), cfg: cfg, stop: stop}
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		resp, err := http.Get(g.base + "/healthz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return g
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("gateway not healthy: %v", err)
-		}
-	}
+	return startGatewayLogging(t, examplesDir(t), nil, slog.New(slog.NewJSONHandler(buf, &slog.HandlerOptions{Level: slog.LevelDebug})))
 }
 
 // logRecords returns the JSON log records in buf with message msg.

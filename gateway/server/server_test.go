@@ -49,6 +49,12 @@ func (w tlogWriter) Write(p []byte) (int, error) {
 // startGateway serves the given policy path with a SQLite store in a temp dir.
 func startGateway(t testing.TB, policyPath string, mod func(*Config)) *testGateway {
 	t.Helper()
+	return startGatewayLogging(t, policyPath, mod, slog.New(slog.NewTextHandler(tlogWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn})))
+}
+
+// startGatewayLogging is startGateway with the gateway's logs going to log.
+func startGatewayLogging(t testing.TB, policyPath string, mod func(*Config), log *slog.Logger) *testGateway {
+	t.Helper()
 	dir := t.TempDir()
 	cfg := DefaultConfig()
 	cfg.PolicyPath = policyPath
@@ -65,7 +71,6 @@ func startGateway(t testing.TB, policyPath string, mod func(*Config)) *testGatew
 	if mod != nil {
 		mod(&cfg)
 	}
-	log := slog.New(slog.NewTextHandler(tlogWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	ctx, cancel := context.WithCancel(context.Background())
 	srv, err := New(ctx, cfg, log)
 	if err != nil {
