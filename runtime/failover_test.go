@@ -15,12 +15,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"google.golang.org/protobuf/proto"
 
 	v1 "github.com/agent-assembly/agent-assembly/api/agentassembly/v1"
 	"github.com/agent-assembly/agent-assembly/gateway/server"
 	"github.com/agent-assembly/agent-assembly/gateway/server/servertest"
+	"github.com/agent-assembly/agent-assembly/internal/pgtest"
 	"github.com/agent-assembly/agent-assembly/runtime"
 	"github.com/agent-assembly/agent-assembly/runtime/frame"
 )
@@ -114,32 +114,10 @@ func startChildGateway(t *testing.T, c childGateway) (*exec.Cmd, string) {
 // subscribes again on the other (the decision cache comes back), and every
 // decision an agent was answered is in the audit log.
 func TestGatewayReplicaKilled(t *testing.T) {
-	pgURL := os.Getenv("AA_TEST_POSTGRES_URL")
-	if pgURL == "" {
-		t.Skip("AA_TEST_POSTGRES_URL not set: run scripts/testdb.sh start and eval \"$(scripts/testdb.sh env)\"")
-	}
-	schema := fmt.Sprintf("runtime_failover_%d", time.Now().UnixNano())
-	pc, err := pgx.Connect(context.Background(), pgURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := pc.Exec(context.Background(), "CREATE SCHEMA "+schema); err != nil {
-		t.Fatal(err)
-	}
-	pc.Close(context.Background())
-	t.Cleanup(func() {
-		if c, err := pgx.Connect(context.Background(), pgURL); err == nil {
-			_, _ = c.Exec(context.Background(), "DROP SCHEMA "+schema+" CASCADE")
-			_ = c.Close(context.Background())
-		}
-	})
-	sep := "?"
-	if strings.Contains(pgURL, "?") {
-		sep = "&"
-	}
+	_, store := pgtest.Schema(t, "runtime_failover")
 	dir := t.TempDir()
 	gw := func(replica, addr string) childGateway {
-		return childGateway{Store: pgURL + sep + "schema=" + schema, SecretsKey: filepath.Join(dir, "secrets.key"), Addr: addr, Replica: replica}
+		return childGateway{Store: store, SecretsKey: filepath.Join(dir, "secrets.key"), Addr: addr, Replica: replica}
 	}
 
 	// Replica b's port is chosen now and served later, so that the runtime

@@ -14,13 +14,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
 	v1 "github.com/agent-assembly/agent-assembly/api/agentassembly/v1"
 	"github.com/agent-assembly/agent-assembly/gateway/server"
 	"github.com/agent-assembly/agent-assembly/gateway/server/servertest"
+	"github.com/agent-assembly/agent-assembly/internal/pgtest"
 	"github.com/agent-assembly/agent-assembly/internal/syncbuf"
 )
 
@@ -202,25 +202,8 @@ func TestCrashSQLiteOS(t *testing.T) {
 }
 
 func TestCrashPostgres(t *testing.T) {
-	url := os.Getenv("AA_TEST_POSTGRES_URL")
-	if url == "" {
-		t.Skip("AA_TEST_POSTGRES_URL not set: run scripts/testdb.sh start and eval \"$(scripts/testdb.sh env)\"")
-	}
-	schema := fmt.Sprintf("crash_%d", time.Now().UnixNano())
-	conn, err := pgx.Connect(context.Background(), url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(context.Background())
-	if _, err := conn.Exec(context.Background(), "CREATE SCHEMA "+schema); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Exec(context.Background(), "DROP SCHEMA "+schema+" CASCADE") })
-	sep := "?"
-	if strings.Contains(url, "?") {
-		sep = "&"
-	}
-	crashUnderLoad(t, "-store", url+sep+"schema="+schema, "-secrets-key-file", filepath.Join(t.TempDir(), "k"), "-replica-id", "gw-crash")
+	_, store := pgtest.Schema(t, "crash")
+	crashUnderLoad(t, "-store", store, "-secrets-key-file", filepath.Join(t.TempDir(), "k"), "-replica-id", "gw-crash")
 }
 
 // TestSignals checks graceful shutdown on SIGTERM and reload on SIGHUP.

@@ -5,15 +5,13 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	v1 "github.com/agent-assembly/agent-assembly/api/agentassembly/v1"
+	"github.com/agent-assembly/agent-assembly/internal/pgtest"
 )
 
 // replicas starts two aa-gateway processes on one fresh PostgreSQL schema
@@ -24,37 +22,14 @@ func replicas(t *testing.T) [2]*gatewayProc {
 	if pgURL == "" || redisURL == "" {
 		t.Skip("AA_TEST_POSTGRES_URL and AA_TEST_REDIS_URL not set: run scripts/testdb.sh start and eval \"$(scripts/testdb.sh env)\"")
 	}
-	name := fmt.Sprintf("replica_%d", time.Now().UnixNano())
-	conn, err := pgx.Connect(context.Background(), pgURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(context.Background())
-	if _, err := conn.Exec(context.Background(), "CREATE SCHEMA "+name); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		c, err := pgx.Connect(context.Background(), pgURL)
-		if err == nil {
-			c.Exec(context.Background(), "DROP SCHEMA "+name+" CASCADE")
-			c.Close(context.Background())
-		}
-	})
+	name, store := pgtest.Schema(t, "replica")
 	key := filepath.Join(t.TempDir(), "k")
 	var out [2]*gatewayProc
 	for i := range out {
-		out[i] = startProc(t, "-store", withParam(pgURL, "schema", name), "-counters", withParam(redisURL, "prefix", name+":"),
+		out[i] = startProc(t, "-store", store, "-counters", pgtest.WithParam(redisURL, "prefix", name+":"),
 			"-secrets-key-file", key, "-replica-id", fmt.Sprintf("gw-%d", i))
 	}
 	return out
-}
-
-func withParam(u, k, v string) string {
-	sep := "?"
-	if strings.Contains(u, "?") {
-		sep = "&"
-	}
-	return u + sep + k + "=" + v
 }
 
 // hammer sends n concurrent copies of req to each replica and counts the

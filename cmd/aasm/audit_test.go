@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -14,6 +13,7 @@ import (
 
 	"github.com/agent-assembly/agent-assembly/gateway/server"
 	"github.com/agent-assembly/agent-assembly/gateway/server/servertest"
+	"github.com/agent-assembly/agent-assembly/internal/pgtest"
 	"github.com/agent-assembly/agent-assembly/internal/syncbuf"
 	"github.com/agent-assembly/agent-assembly/storage/sqlite/sqlitetest"
 )
@@ -147,26 +147,14 @@ func TestAuditVerifyDetectsTamperingSQLite(t *testing.T) {
 }
 
 func TestAuditVerifyDetectsTamperingPostgres(t *testing.T) {
-	url := os.Getenv("AA_TEST_POSTGRES_URL")
-	if url == "" {
-		t.Skip("AA_TEST_POSTGRES_URL not set: run scripts/testdb.sh start and eval \"$(scripts/testdb.sh env)\"")
-	}
 	ctx := context.Background()
-	schema := fmt.Sprintf("aasm_tamper_%d", time.Now().UnixNano())
-	admin, err := pgx.Connect(ctx, url)
+	schema, store := pgtest.Schema(t, "aasm_tamper")
+	admin, err := pgx.Connect(ctx, pgtest.URL(t))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer admin.Close(ctx)
-	if _, err := admin.Exec(ctx, "CREATE SCHEMA "+schema); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { admin.Exec(context.Background(), "DROP SCHEMA "+schema+" CASCADE") })
-	sep := "?"
-	if strings.Contains(url, "?") {
-		sep = "&"
-	}
-	addr := startGatewayOn(t, url+sep+"schema="+schema)
+	addr := startGatewayOn(t, store)
 	makeDecisions(t, addr, 10)
 	// A database superuser bypasses the append-only trigger and edits record 7.
 	tx, err := admin.Begin(ctx)

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -14,10 +13,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/agent-assembly/agent-assembly/gateway/server"
 	"github.com/agent-assembly/agent-assembly/gateway/server/servertest"
+	"github.com/agent-assembly/agent-assembly/internal/pgtest"
 	"github.com/agent-assembly/agent-assembly/internal/syncbuf"
 )
 
@@ -56,33 +54,13 @@ func startReplicas(t *testing.T) [2]*replica {
 	if gatewayBuild.err != nil {
 		t.Fatal(gatewayBuild.err)
 	}
-	schema := fmt.Sprintf("aasm_replicas_%d", time.Now().UnixNano())
-	conn, err := pgx.Connect(context.Background(), pgURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(context.Background())
-	if _, err := conn.Exec(context.Background(), "CREATE SCHEMA "+schema); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if c, err := pgx.Connect(context.Background(), pgURL); err == nil {
-			c.Exec(context.Background(), "DROP SCHEMA "+schema+" CASCADE")
-			c.Close(context.Background())
-		}
-	})
-	param := func(u, k, v string) string {
-		if strings.Contains(u, "?") {
-			return u + "&" + k + "=" + v
-		}
-		return u + "?" + k + "=" + v
-	}
+	schema, store := pgtest.Schema(t, "aasm_replicas")
 	secrets := filepath.Join(t.TempDir(), "secrets.key")
 	var out [2]*replica
 	for i := range out {
 		r := &replica{grpc: freeAddr(t), http: freeAddr(t), log: &syncbuf.Buffer{}}
 		cmd := exec.Command(gatewayBuild.path, "-grpc-addr", r.grpc, "-api-addr", r.http, "-policy", "../../examples/policies",
-			"-store", param(pgURL, "schema", schema), "-counters", param(redisURL, "prefix", schema+":"),
+			"-store", store, "-counters", pgtest.WithParam(redisURL, "prefix", schema+":"),
 			"-secrets-key-file", secrets, "-admin-key-file", "none", "-replica-id", fmt.Sprintf("gw-%d", i), "-log-level", "warn")
 		cmd.Env = append(os.Environ(), server.BootstrapKeyEnv+"="+servertest.AdminKey)
 		cmd.Stdout, cmd.Stderr = r.log, r.log

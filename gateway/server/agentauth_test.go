@@ -6,7 +6,6 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"errors"
-	"fmt"
 	"io"
 	"net"
 	"os"
@@ -22,7 +21,6 @@ import (
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	procv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
-	"github.com/jackc/pgx/v5"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -35,6 +33,7 @@ import (
 	"github.com/agent-assembly/agent-assembly/extauthz"
 	"github.com/agent-assembly/agent-assembly/gateway"
 	"github.com/agent-assembly/agent-assembly/identity"
+	"github.com/agent-assembly/agent-assembly/internal/pgtest"
 	"github.com/agent-assembly/agent-assembly/internal/testca"
 	"github.com/agent-assembly/agent-assembly/storage"
 )
@@ -376,26 +375,12 @@ func sharedReplicasWith(t *testing.T, mod func(*Config)) (a, b *testGateway) {
 	if pgURL == "" || redisURL == "" {
 		t.Skip("AA_TEST_POSTGRES_URL and AA_TEST_REDIS_URL not set: run scripts/testdb.sh start and eval \"$(scripts/testdb.sh env)\"")
 	}
-	name := fmt.Sprintf("agentauth_%d", time.Now().UnixNano())
-	conn, err := pgx.Connect(context.Background(), pgURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(context.Background())
-	if _, err := conn.Exec(context.Background(), "CREATE SCHEMA "+name); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if c, err := pgx.Connect(context.Background(), pgURL); err == nil {
-			c.Exec(context.Background(), "DROP SCHEMA "+name+" CASCADE")
-			c.Close(context.Background())
-		}
-	})
+	name, store := pgtest.Schema(t, "agentauth")
 	key := filepath.Join(t.TempDir(), "secrets.key")
 	replica := func(id string) func(*Config) {
 		return func(c *Config) {
-			c.Store = withParam(pgURL, "schema", name)
-			c.Counters = withParam(redisURL, "prefix", name+":")
+			c.Store = store
+			c.Counters = pgtest.WithParam(redisURL, "prefix", name+":")
 			c.SecretsKeyFile = key
 			c.ReplicaID = id
 			mod(c)

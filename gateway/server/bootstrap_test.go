@@ -8,9 +8,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
-	"github.com/jackc/pgx/v5"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -18,6 +16,7 @@ import (
 
 	v1 "github.com/agent-assembly/agent-assembly/api/agentassembly/v1"
 	"github.com/agent-assembly/agent-assembly/auth"
+	"github.com/agent-assembly/agent-assembly/internal/pgtest"
 	"github.com/agent-assembly/agent-assembly/internal/syncbuf"
 )
 
@@ -118,25 +117,7 @@ func TestBootstrapKeyFromFile(t *testing.T) {
 // empty PostgreSQL schema with no key given: exactly one generates, shows
 // and writes a key, and that key works on both.
 func TestBootstrapReplicasCreateOneKey(t *testing.T) {
-	pgURL := os.Getenv("AA_TEST_POSTGRES_URL")
-	if pgURL == "" {
-		t.Skip("AA_TEST_POSTGRES_URL not set: run scripts/testdb.sh start and eval \"$(scripts/testdb.sh env)\"")
-	}
-	schema := fmt.Sprintf("bootstrap_%d", time.Now().UnixNano())
-	conn, err := pgx.Connect(t.Context(), pgURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(context.Background())
-	if _, err := conn.Exec(t.Context(), "CREATE SCHEMA "+schema); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if c, err := pgx.Connect(context.Background(), pgURL); err == nil {
-			c.Exec(context.Background(), "DROP SCHEMA "+schema+" CASCADE")
-			c.Close(context.Background())
-		}
-	})
+	_, store := pgtest.Schema(t, "bootstrap")
 	dir := t.TempDir()
 	secrets := filepath.Join(dir, "secrets.key")
 	outs := []*syncbuf.Buffer{{}, {}}
@@ -150,7 +131,7 @@ func TestBootstrapReplicasCreateOneKey(t *testing.T) {
 			defer wg.Done()
 			<-start
 			gws[i] = startGatewayNoFatal(t, examplesDir(t), func(c *Config) {
-				c.Store = withParam(pgURL, "schema", schema)
+				c.Store = store
 				c.SecretsKeyFile, c.ReplicaID = secrets, fmt.Sprintf("gw-%d", i)
 				c.BootstrapAdminKey, c.AdminKeyFile, c.KeyOut = "", files[i], outs[i]
 			})

@@ -14,7 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -22,6 +21,7 @@ import (
 	"github.com/agent-assembly/agent-assembly/action"
 	v1 "github.com/agent-assembly/agent-assembly/api/agentassembly/v1"
 	"github.com/agent-assembly/agent-assembly/identity"
+	"github.com/agent-assembly/agent-assembly/internal/pgtest"
 	"github.com/agent-assembly/agent-assembly/storage"
 )
 
@@ -569,39 +569,17 @@ func sharedReplicas(t *testing.T) (a, b *testGateway) {
 	if pgURL == "" || redisURL == "" {
 		t.Skip("AA_TEST_POSTGRES_URL and AA_TEST_REDIS_URL not set: run scripts/testdb.sh start and eval \"$(scripts/testdb.sh env)\"")
 	}
-	name := fmt.Sprintf("lifecycle_%d", time.Now().UnixNano())
-	conn, err := pgx.Connect(context.Background(), pgURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(context.Background())
-	if _, err := conn.Exec(context.Background(), "CREATE SCHEMA "+name); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if c, err := pgx.Connect(context.Background(), pgURL); err == nil {
-			c.Exec(context.Background(), "DROP SCHEMA "+name+" CASCADE")
-			c.Close(context.Background())
-		}
-	})
+	name, store := pgtest.Schema(t, "lifecycle")
 	key := filepath.Join(t.TempDir(), "secrets.key")
 	mod := func(id string) func(*Config) {
 		return func(c *Config) {
-			c.Store = withParam(pgURL, "schema", name)
-			c.Counters = withParam(redisURL, "prefix", name+":")
+			c.Store = store
+			c.Counters = pgtest.WithParam(redisURL, "prefix", name+":")
 			c.SecretsKeyFile = key
 			c.ReplicaID = id
 		}
 	}
 	return startGateway(t, examplesDir(t), mod("gw-a")), startGateway(t, examplesDir(t), mod("gw-b"))
-}
-
-func withParam(u, k, v string) string {
-	sep := "?"
-	if strings.Contains(u, "?") {
-		sep = "&"
-	}
-	return u + sep + k + "=" + v
 }
 
 func TestLifecycleAcrossReplicas(t *testing.T) {
