@@ -2,7 +2,6 @@ package tracing
 
 import (
 	"context"
-	"encoding/json"
 	"log/slog"
 	"net"
 	"net/http"
@@ -21,22 +20,6 @@ import (
 )
 
 var reUUID = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
-
-// logged returns the JSON log records in buf with message msg.
-func logged(t *testing.T, buf *syncbuf.Buffer, msg string) []map[string]any {
-	t.Helper()
-	var out []map[string]any
-	for _, l := range strings.Split(strings.TrimSpace(buf.String()), "\n") {
-		var rec map[string]any
-		if err := json.Unmarshal([]byte(l), &rec); err != nil {
-			t.Fatalf("log line is not JSON: %q", l)
-		}
-		if rec["msg"] == msg {
-			out = append(out, rec)
-		}
-	}
-	return out
-}
 
 // startLogServer serves a unary method and a server stream, each logging
 // one JSON record with its context, behind the request id interceptors
@@ -108,7 +91,7 @@ func TestRequestIDsInGRPCLogs(t *testing.T) {
 		if len(got) != 1 || !c.want(got[0]) {
 			t.Fatalf("%s: response header %v", c.name, got)
 		}
-		recs := logged(t, buf, "unary handled")
+		recs := buf.JSONRecords(t, "unary handled")
 		if len(recs) != i+1 || recs[i]["request_id"] != got[0] {
 			t.Fatalf("%s: log records %v, want the last with request_id %s", c.name, recs, got[0])
 		}
@@ -129,7 +112,7 @@ func TestRequestIDsInGRPCLogs(t *testing.T) {
 		t.Fatal("the stream sent a message")
 	}
 	id := hdr.Get(RequestIDHeader)
-	recs := logged(t, buf, "stream handled")
+	recs := buf.JSONRecords(t, "stream handled")
 	if len(id) != 1 || !reUUID.MatchString(id[0]) || len(recs) != 1 || recs[0]["request_id"] != id[0] {
 		t.Fatalf("stream: header %v, log records %v", id, recs)
 	}
@@ -148,7 +131,7 @@ func TestRequestIDSkippedMethods(t *testing.T) {
 	if err := conn.Invoke(ctx, "/test.Logs/Unary", &emptypb.Empty{}, &emptypb.Empty{}, grpc.Header(&hdr)); err != nil {
 		t.Fatal(err)
 	}
-	recs := logged(t, buf, "unary handled")
+	recs := buf.JSONRecords(t, "unary handled")
 	if got := hdr.Get(RequestIDHeader); len(got) != 0 || len(recs) != 1 || recs[0]["request_id"] != nil {
 		t.Fatalf("skipped unary call: header %v, log records %v; want neither to carry a request id", got, recs)
 	}
@@ -163,7 +146,7 @@ func TestRequestIDSkippedMethods(t *testing.T) {
 		t.Fatal("the stream sent a message")
 	}
 	hdr, _ = st.Header()
-	recs = logged(t, buf, "stream handled")
+	recs = buf.JSONRecords(t, "stream handled")
 	if got := hdr.Get(RequestIDHeader); len(got) != 0 || len(recs) != 1 || recs[0]["request_id"] != nil {
 		t.Fatalf("skipped stream: header %v, log records %v; want neither to carry a request id", got, recs)
 	}
@@ -191,7 +174,7 @@ func TestRequestIDsInHTTPLogs(t *testing.T) {
 		if sent == "abc-1" && got != sent || sent != "abc-1" && !reUUID.MatchString(got) {
 			t.Fatalf("sent %q, response X-Request-Id %q", sent, got)
 		}
-		recs := logged(t, buf, "http handled")
+		recs := buf.JSONRecords(t, "http handled")
 		if len(recs) != i+1 || recs[i]["request_id"] != got {
 			t.Fatalf("sent %q: log records %v, want the last with request_id %s", sent, recs, got)
 		}
@@ -209,12 +192,12 @@ func TestLogHandlerAddsTraceIDs(t *testing.T) {
 	ctx := WithRequestID(trace.ContextWithSpanContext(context.Background(), sc), "r1")
 	log.InfoContext(ctx, "traced")
 	log.Info("untraced")
-	recs := logged(t, buf, "traced")
+	recs := buf.JSONRecords(t, "traced")
 	if len(recs) != 1 || recs[0]["trace_id"] != "4bf92f3577b34da6a3ce929d0e0e4736" || recs[0]["span_id"] != "00f067aa0ba902b7" ||
 		recs[0]["request_id"] != "r1" || recs[0]["component"] != "test" {
 		t.Fatalf("traced record %v", recs)
 	}
-	if recs := logged(t, buf, "untraced"); len(recs) != 1 || recs[0]["request_id"] != nil || recs[0]["trace_id"] != nil {
+	if recs := buf.JSONRecords(t, "untraced"); len(recs) != 1 || recs[0]["request_id"] != nil || recs[0]["trace_id"] != nil {
 		t.Fatalf("untraced record %v", recs)
 	}
 }

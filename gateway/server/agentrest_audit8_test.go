@@ -2,7 +2,6 @@ package server
 
 import (
 	"encoding/json"
-	"io"
 	"net/http"
 	"strings"
 	"testing"
@@ -19,25 +18,7 @@ func TestAgentTokenOverREST(t *testing.T) {
 	other := register(t, g, agent("acme", "research", "researcher-1"), nil).token
 	post := func(body, bearer string) (int, map[string]any) {
 		t.Helper()
-		req, err := http.NewRequest(http.MethodPost, g.base+"/v1/actions:check", strings.NewReader(body))
-		if err != nil {
-			t.Fatal(err)
-		}
-		req.Header.Set("Content-Type", "application/json")
-		if bearer != "" {
-			req.Header.Set("Authorization", "Bearer "+bearer)
-		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		var m map[string]any
-		if err := json.Unmarshal(b, &m); err != nil {
-			t.Fatalf("response is not JSON (%d): %s", resp.StatusCode, b)
-		}
-		return resp.StatusCode, m
+		return postJSONAs(t, g.base+"/v1/actions:check", body, bearer)
 	}
 	check := func(tok string) string {
 		b, _ := json.Marshal(map[string]any{

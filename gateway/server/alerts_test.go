@@ -371,7 +371,7 @@ func TestAlertsFromRuntimeXDSAndAudit(t *testing.T) {
 		t.Fatalf("newest drops alert = %v", drops[0])
 	}
 
-	adsNACK(t, g.conn, "acme/eng/coder-1", "Proto constraint validation failed: test rejection")
+	adsAnswer(t, g.conn, "acme/eng/coder-1", "Proto constraint validation failed: test rejection")
 	nack := waitAlerts(t, ac, alerts.KindXDSNack, 1)[0]
 	if nack.GetAgent().GetAgentId() != "coder-1" || !strings.Contains(nack.GetSummary(), "test rejection") {
 		t.Fatalf("NACK alert = %v", nack)
@@ -432,9 +432,10 @@ func TestAlertsFromRuntimeXDSAndAudit(t *testing.T) {
 	waitAlerts(t, ac, alerts.KindAuditChainBreak, 1) // verifying again raises no second alert
 }
 
-// adsNACK opens an ADS stream as the Envoy node id and rejects the first
-// listener configuration with msg.
-func adsNACK(t *testing.T, conn *grpc.ClientConn, id, msg string) {
+// adsAnswer opens an ADS stream as the Envoy node id and answers the first
+// listener configuration: an ACK when nack is empty, else a NACK with nack
+// as its error detail.
+func adsAnswer(t *testing.T, conn *grpc.ClientConn, id, nack string) {
 	t.Helper()
 	stream, err := discoverygrpc.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(t.Context())
 	if err != nil {
@@ -448,8 +449,11 @@ func adsNACK(t *testing.T, conn *grpc.ClientConn, id, msg string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := stream.Send(&discoverygrpc.DiscoveryRequest{TypeUrl: resource.ListenerType, ResponseNonce: resp.GetNonce(),
-		ErrorDetail: &rpcstatus.Status{Code: 3, Message: msg}}); err != nil {
+	answer := &discoverygrpc.DiscoveryRequest{TypeUrl: resource.ListenerType, ResponseNonce: resp.GetNonce(), VersionInfo: resp.GetVersionInfo()}
+	if nack != "" { // a NACK keeps the previous version
+		answer.VersionInfo, answer.ErrorDetail = "", &rpcstatus.Status{Code: 3, Message: nack}
+	}
+	if err := stream.Send(answer); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -9,10 +9,6 @@ import (
 	"testing"
 	"time"
 
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
-	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	v1 "github.com/agent-assembly/agent-assembly/api/agentassembly/v1"
@@ -48,8 +44,8 @@ func TestMetricFamilies(t *testing.T) {
 	if _, err := g.client.RecordUsage(ctx, &v1.RecordUsageRequest{Agent: researcher, DecisionId: llm.GetDecisionId(), PromptTokens: 200_000, CompletionTokens: 20_000}); err != nil {
 		t.Fatalf("RecordUsage: %v", err)
 	}
-	adsACK(t, g, "acme/research/researcher-1")
-	adsNACK(t, g.conn, "acme/eng/coder-1", "Proto constraint validation failed: metrics test")
+	adsAnswer(t, g.conn, "acme/research/researcher-1", "")
+	adsAnswer(t, g.conn, "acme/eng/coder-1", "Proto constraint validation failed: metrics test")
 
 	// family: name, type, and a sample that must be present (a regexp on
 	// one exposition line).
@@ -117,25 +113,4 @@ func familyLines(body string) string {
 		}
 	}
 	return strings.Join(out, "\n")
-}
-
-// adsACK opens an ADS stream as the Envoy node id and accepts the first
-// listener configuration.
-func adsACK(t *testing.T, g *testGateway, id string) {
-	t.Helper()
-	stream, err := discoverygrpc.NewAggregatedDiscoveryServiceClient(g.conn).StreamAggregatedResources(t.Context())
-	if err != nil {
-		t.Fatal(err)
-	}
-	node := &corev3.Node{Id: id, UserAgentName: "envoy", Metadata: &structpb.Struct{}}
-	if err := stream.Send(&discoverygrpc.DiscoveryRequest{Node: node, TypeUrl: resource.ListenerType}); err != nil {
-		t.Fatal(err)
-	}
-	resp, err := stream.Recv()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := stream.Send(&discoverygrpc.DiscoveryRequest{TypeUrl: resource.ListenerType, ResponseNonce: resp.GetNonce(), VersionInfo: resp.GetVersionInfo()}); err != nil {
-		t.Fatal(err)
-	}
 }

@@ -27,22 +27,6 @@ func startGatewayJSONLogs(t *testing.T, buf *syncbuf.Buffer) *testGateway {
 	return startGatewayLogging(t, examplesDir(t), nil, slog.New(slog.NewJSONHandler(buf, &slog.HandlerOptions{Level: slog.LevelDebug})))
 }
 
-// logRecords returns the JSON log records in buf with message msg.
-func logRecords(t *testing.T, buf *syncbuf.Buffer, msg string) []map[string]any {
-	t.Helper()
-	var out []map[string]any
-	for _, l := range strings.Split(strings.TrimSpace(buf.String()), "\n") {
-		var rec map[string]any
-		if err := json.Unmarshal([]byte(l), &rec); err != nil {
-			t.Fatalf("log line is not JSON: %q", l)
-		}
-		if rec["msg"] == msg {
-			out = append(out, rec)
-		}
-	}
-	return out
-}
-
 // withRequestID returns the records whose request_id is id.
 func withRequestID(recs []map[string]any, id string) []map[string]any {
 	var out []map[string]any
@@ -84,7 +68,7 @@ func TestRequestIDsInGatewayLogs(t *testing.T) {
 	if got := resp.Header.Get("X-Request-Id"); got != "abc-123" {
 		t.Errorf("REST response header X-Request-Id = %q, want the caller's abc-123", got)
 	}
-	applied := logRecords(t, buf, "policy applied")
+	applied := buf.JSONRecords(t, "policy applied")
 	if recs := withRequestID(applied, "abc-123"); len(recs) != 1 || recs[0]["version"] == v0 {
 		t.Errorf("'policy applied' records %v, want one for the new version with request_id abc-123", applied)
 	}
@@ -98,7 +82,7 @@ func TestRequestIDsInGatewayLogs(t *testing.T) {
 	if len(ids) != 1 || !reRequestUUID.MatchString(ids[0]) {
 		t.Fatalf("gRPC response header %s = %v, want one UUID", tracing.RequestIDHeader, ids)
 	}
-	applied = logRecords(t, buf, "policy applied")
+	applied = buf.JSONRecords(t, "policy applied")
 	if recs := withRequestID(applied, ids[0]); len(recs) != 1 || recs[0]["version"] != v0 {
 		t.Errorf("'policy applied' records %v, want one for %s with request_id %s", applied, v0, ids[0])
 	}

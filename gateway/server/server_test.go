@@ -308,9 +308,25 @@ func countEvents(t *testing.T, st storage.Store, ev storage.RecordEvent) int {
 	return len(page.Records)
 }
 
+// postJSON posts body with the admin key and returns the status and the
+// decoded JSON answer.
 func postJSON(t *testing.T, url, body string) (int, map[string]any) {
 	t.Helper()
-	resp, err := adminPost(url, "application/json", strings.NewReader(body))
+	return postJSONAs(t, url, body, testAdminKey)
+}
+
+// postJSONAs is postJSON presenting bearer ("" sends no Authorization).
+func postJSONAs(t *testing.T, url, body, bearer string) (int, map[string]any) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPost, url, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	if bearer != "" {
+		req.Header.Set("Authorization", "Bearer "+bearer)
+	}
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
