@@ -1,14 +1,11 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/agent-assembly/agent-assembly/bpf"
@@ -21,8 +18,9 @@ const resolvConf = "/etc/resolv.conf"
 // alwaysAllowed lists the destinations every agent governed by aa-runtime
 // exec reaches whatever its policy says (the kernel's always-allowed set):
 // the gateway (each replica of a comma-separated list: its address or every
-// address its host name resolves to, its port), each DNS resolver on port 53 (dns, or the nameservers of conf when
-// dns is empty) and the Envoy egress listener when valid. The runtime's own
+// address its host name resolves to, its port), each nameserver of
+// dnsConfig(dns, conf) on port 53, and the Envoy egress listener when
+// valid. The runtime's own
 // socket is a Unix socket, which the cgroup hooks never judge.
 func alwaysAllowed(gateway string, dns []string, conf string, envoy netip.AddrPort) ([]bpf.Destination, error) {
 	var out []bpf.Destination
@@ -59,44 +57,16 @@ func alwaysAllowed(gateway string, dns []string, conf string, envoy netip.AddrPo
 		}
 	}
 
-	from := "--dns"
-	if len(dns) == 0 {
-		if dns, err = nameservers(conf); err != nil {
-			return nil, err
-		}
-		from = "nameserver in " + conf
+	cfg, err := dnsConfig(dns, conf)
+	if err != nil {
+		return nil, err
 	}
-	for _, s := range dns {
-		a, err := netip.ParseAddr(s)
-		if err != nil {
-			return nil, fmt.Errorf("%s %q: not an IP address", from, s)
-		}
-		add(a, 53)
+	for _, ns := range cfg.Servers {
+		add(ns.Addr(), ns.Port())
 	}
 
 	if envoy.IsValid() {
 		add(envoy.Addr(), envoy.Port())
-	}
-	return out, nil
-}
-
-// nameservers reads the nameserver lines of a resolv.conf(5) file.
-func nameservers(path string) ([]string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, fmt.Errorf("read resolver list: %w (pass --dns ADDR)", err)
-	}
-	defer f.Close()
-	var out []string
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) >= 2 && fields[0] == "nameserver" {
-			out = append(out, fields[1])
-		}
-	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("read resolver list %s: %w", path, err)
 	}
 	return out, nil
 }

@@ -152,7 +152,7 @@ func TestAlwaysAllowed(t *testing.T) {
 		{"127.0.0.1", "", conf, `gateway address "127.0.0.1"`},
 		{"127.0.0.1:50051,", "", conf, "entry 2 is empty"},
 		{"127.0.0.1:50051", "not-an-ip", conf, `--dns "not-an-ip": not an IP address`},
-		{"127.0.0.1:50051", "", filepath.Join(dir, "missing"), "read resolver list"},
+		{"127.0.0.1:50051", "", filepath.Join(dir, "missing"), "read resolver configuration"},
 		{"no-such-host.invalid:50051", "", conf, `resolve gateway host "no-such-host.invalid"`},
 	} {
 		var dns []string

@@ -62,15 +62,16 @@ func newPolicyKernel(gateway string, agent action.AgentID, token func() string, 
 	return &policyKernel{conn: conn, policy: v1.NewPolicyServiceClient(conn), agent: agent, token: token, command: filepath.Base(command), log: log, dns: res}, nil
 }
 
-// dnsResolver builds the resolver of allowlist hosts: the search list and
-// options of conf (a resolv.conf(5) file), its nameservers unless dns (the
-// --dns addresses, port 53) replaces them. With --dns given, an unreadable
-// conf only loses the search list.
-func dnsResolver(dns []string, conf string) (*egress.DNSResolver, error) {
+// dnsConfig is the kernel layer's resolver configuration: the search list
+// and options of conf (a resolv.conf(5) file), and its nameservers unless dns
+// (the --dns addresses, port 53) replaces them. With --dns given, an
+// unreadable conf only loses the search list. The allowlist hosts are
+// resolved with it, and its nameservers are always allowed.
+func dnsConfig(dns []string, conf string) (egress.DNSConfig, error) {
 	cfg, err := egress.ReadResolvConf(conf)
 	if err != nil {
 		if len(dns) == 0 {
-			return nil, fmt.Errorf("resolver of allowlist hosts: %w (pass --dns ADDR)", err)
+			return cfg, fmt.Errorf("%w (pass --dns ADDR)", err)
 		}
 		cfg = egress.DNSConfig{Ndots: 1}
 	}
@@ -79,10 +80,19 @@ func dnsResolver(dns []string, conf string) (*egress.DNSResolver, error) {
 		for _, s := range dns {
 			a, err := netip.ParseAddr(s)
 			if err != nil {
-				return nil, fmt.Errorf("--dns %q: not an IP address", s)
+				return cfg, fmt.Errorf("--dns %q: not an IP address", s)
 			}
 			cfg.Servers = append(cfg.Servers, netip.AddrPortFrom(a, 53))
 		}
+	}
+	return cfg, nil
+}
+
+// dnsResolver builds the resolver of allowlist hosts from dnsConfig.
+func dnsResolver(dns []string, conf string) (*egress.DNSResolver, error) {
+	cfg, err := dnsConfig(dns, conf)
+	if err != nil {
+		return nil, fmt.Errorf("resolver of allowlist hosts: %w", err)
 	}
 	r, err := egress.NewDNSResolver(cfg)
 	if err != nil {
