@@ -1,7 +1,8 @@
 // Command aa-load drives PolicyService.CheckAction (or, with -target
 // extauthz, Envoy's ext_authz Check as a sidecar sends it) against a gateway, closed
 // loop (as fast as N clients can go) or open loop at a fixed rate, and
-// reports throughput and latency percentiles.
+// reports throughput and latency percentiles, with the gateway's own
+// latency histogram over the same run when its /metrics can be scraped.
 //
 // In open loop, a request's latency runs from the moment the generator was
 // ready to send it: after its own timer woke up, but before it waited for
@@ -33,6 +34,7 @@ import (
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	v1 "github.com/agent-assembly/agent-assembly/api/agentassembly/v1"
 )
@@ -48,6 +50,7 @@ type options struct {
 	json        bool
 	target      string
 	token       string
+	metrics     string
 }
 
 // Report is the result of one run.
@@ -71,6 +74,9 @@ type Report struct {
 	ScheduledP50 time.Duration `json:"scheduled_p50_ns,omitempty"`
 	ScheduledP99 time.Duration `json:"scheduled_p99_ns,omitempty"`
 	FirstError   string        `json:"first_error,omitempty"`
+	// Server is the gateway's own latency histogram over the run (see
+	// ServerLatency), when -metrics could be scraped.
+	Server *ServerLatency `json:"server,omitempty"`
 }
 
 func main() {
@@ -82,7 +88,8 @@ func main() {
 	flag.IntVar(&o.concurrency, "concurrency", 64, "closed loop: concurrent clients; open loop: maximum requests in flight")
 	flag.IntVar(&o.conns, "conns", 4, "gRPC connections the clients share")
 	flag.BoolVar(&o.json, "json", false, "print the report as JSON")
-	flag.StringVar(&o.target, "target", "checkaction", "what to call: checkaction (PolicyService.CheckAction, a coding agent's git_status) or extauthz (ext_authz Check of a research agent's GET https://en.wikipedia.org/wiki/Envoy, identified by SPIFFE id)")
+	flag.StringVar(&o.target, "target", "checkaction", "what to call: checkaction (PolicyService.CheckAction, a coding agent's git_status), extauthz (ext_authz Check of a research agent's GET https://en.wikipedia.org/wiki/Envoy, identified by SPIFFE id), or health (the gateway's gRPC health Check, which decides nothing: the floor of a round trip to the gateway on this machine)")
+	flag.StringVar(&o.metrics, "metrics", "http://127.0.0.1:7700/metrics", "the gateway's /metrics, scraped before and after the run to report its own latency histogram beside the client's (empty: do not)")
 	flag.StringVar(&o.token, "token", "", "credential token of the synthetic agent (default: register acme/eng/coder-1 or acme/research/researcher-1 through the challenge, and deregister it at the end)")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -97,15 +104,15 @@ func run(ctx context.Context, o options, out io.Writer) error {
 	if o.concurrency < 1 || o.conns < 1 || o.duration <= 0 || o.rate < 0 {
 		return errors.New("-concurrency and -conns must be at least 1, -duration positive, -rate not negative")
 	}
-	if o.target != "checkaction" && o.target != "extauthz" {
-		return fmt.Errorf("-target must be checkaction or extauthz, not %q", o.target)
+	if o.target != "checkaction" && o.target != "extauthz" && o.target != "health" {
+		return fmt.Errorf("-target must be checkaction, extauthz or health, not %q", o.target)
 	}
 	agent := checkAgent
 	if o.target == "extauthz" {
 		agent = extauthzAgent
 	}
 	token := o.token
-	if token == "" {
+	if token == "" && o.target != "health" {
 		// The gateway authenticates agents (--agent-auth token): register
 		// the synthetic agent through the challenge, and deregister it at
 		// the end so the next run can register it again with a new key.
@@ -139,7 +146,22 @@ func run(ctx context.Context, o options, out io.Writer) error {
 		wo.duration = o.warmup
 		measure(ctx, wo, calls)
 	}
+	metric := serverMetric(o.target)
+	var before histogram
+	var scrapeErr error
+	if o.metrics != "" && metric != "" {
+		before, scrapeErr = scrapeHistogram(ctx, o.metrics, metric)
+	}
 	rep := measure(ctx, o, calls)
+	if o.metrics != "" && metric != "" && scrapeErr == nil {
+		var after histogram
+		if after, scrapeErr = scrapeHistogram(ctx, o.metrics, metric); scrapeErr == nil {
+			rep.Server, scrapeErr = serverLatency(metric, before, after)
+		}
+	}
+	if scrapeErr != nil {
+		fmt.Fprintf(os.Stderr, "aa-load: gateway-side latency not reported: %v (set -metrics to the gateway's /metrics, or -metrics '' to skip it)\n", scrapeErr)
+	}
 	if o.json {
 		return json.NewEncoder(out).Encode(rep)
 	}
@@ -147,6 +169,9 @@ func run(ctx context.Context, o options, out io.Writer) error {
 	fmt.Fprintf(out, "latency p50 %s  p90 %s  p99 %s  p99.9 %s  max %s\n", rep.P50, rep.P90, rep.P99, rep.P999, rep.Max)
 	if rep.LagP99 > 0 {
 		fmt.Fprintf(out, "(latency from the send; generator send lag p50 %s  p99 %s; from the schedule p50 %s  p99 %s)\n", rep.LagP50, rep.LagP99, rep.ScheduledP50, rep.ScheduledP99)
+	}
+	if rep.Server != nil {
+		printServerLatency(out, rep.Server)
 	}
 	if rep.FirstError != "" {
 		fmt.Fprintf(out, "first error: %s\n", rep.FirstError)
@@ -300,6 +325,14 @@ func registerAgent(ctx context.Context, addr string, agent *v1.AgentId) (string,
 // newCheck returns the call the target makes over conn as the agent whose
 // credential token is token.
 func newCheck(target string, conn *grpc.ClientConn, token string) checkFunc {
+	if target == "health" {
+		c := healthpb.NewHealthClient(conn)
+		req := &healthpb.HealthCheckRequest{}
+		return func(ctx context.Context, opts ...grpc.CallOption) error {
+			_, err := c.Check(ctx, req, opts...)
+			return err
+		}
+	}
 	if target == "extauthz" {
 		c := authv3.NewAuthorizationClient(conn)
 		req := &authv3.CheckRequest{Attributes: &authv3.AttributeContext{

@@ -25,6 +25,19 @@ import (
 // stop cleanly, when the test ends.
 func Start(t testing.TB, policyPath string, mod func(*server.Config)) string {
 	t.Helper()
+	addr, _ := start(t, policyPath, mod, false)
+	return addr
+}
+
+// StartHTTP is Start with the HTTP listener too (REST, /metrics, /healthz):
+// it returns the gRPC address and the HTTP one (host:port).
+func StartHTTP(t testing.TB, policyPath string, mod func(*server.Config)) (grpcAddr, httpAddr string) {
+	t.Helper()
+	return start(t, policyPath, mod, true)
+}
+
+func start(t testing.TB, policyPath string, mod func(*server.Config), withHTTP bool) (string, string) {
+	t.Helper()
 	cfg := server.DefaultConfig()
 	cfg.PolicyPath = policyPath
 	cfg.Store = "memory:"
@@ -49,8 +62,18 @@ func Start(t testing.TB, policyPath string, mod func(*server.Config)) string {
 		cancel()
 		t.Fatal(err)
 	}
+	var hl net.Listener
+	httpAddr := ""
+	if withHTTP {
+		if hl, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
+			l.Close()
+			cancel()
+			t.Fatal(err)
+		}
+		httpAddr = hl.Addr().String()
+	}
 	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx, l, nil) }()
+	go func() { done <- srv.Serve(ctx, l, hl) }()
 	t.Cleanup(func() {
 		cancel()
 		select {
@@ -62,7 +85,7 @@ func Start(t testing.TB, policyPath string, mod func(*server.Config)) string {
 			t.Error("gateway did not stop within 15s")
 		}
 	})
-	return l.Addr().String()
+	return l.Addr().String(), httpAddr
 }
 
 // RegisterAgent registers the agent "org/team/agent" with the gateway at
