@@ -160,6 +160,40 @@ func BenchmarkCheckGRPC(b *testing.B) {
 	}
 }
 
+// BenchmarkCheckCore measures one ext_authz Check in process over the
+// decision core with the audit log off and a 1,000-rule policy: the
+// benchmark request of BenchmarkCheckGRPC without gRPC around it, so its
+// ns/op and allocs/op are the decision path's own cost.
+//
+//	go test ./extauthz -run '^$' -bench CheckCore -benchmem
+func BenchmarkCheckCore(b *testing.B) {
+	docs, err := policy.LoadPath(benchPolicy(b, 1000))
+	if err != nil {
+		b.Fatal(err)
+	}
+	snap, err := policy.Compile(docs, policy.Version(docs))
+	if err != nil {
+		b.Fatal(err)
+	}
+	core, err := gateway.NewCore(gateway.Options{Audit: dropAudit{}, Chain: "bench"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	core.SetSnapshot(snap)
+	s := extauthz.New(core, extauthz.Options{})
+	req := benchRequest()
+	ctx := context.Background()
+	if r, err := s.Check(ctx, req); err != nil || r.GetOkResponse() == nil {
+		b.Fatalf("the benchmark request is not allowed: %v %v", err, r)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := s.Check(ctx, req); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
 // benchToken is the credential token of the agent, when the target
 // authenticates agents.
 var benchToken string
