@@ -169,6 +169,8 @@ type Server struct {
 	o    Options
 	log  *slog.Logger
 	gone []string // headers removed from allowed requests
+	// overNote is the note of a body over Options.MaxBodyBytes.
+	overNote string
 }
 
 var _ authv3.AuthorizationServer = (*Server)(nil)
@@ -198,7 +200,8 @@ func New(d Decider, opts Options) *Server {
 	if opts.StripCredentials {
 		gone = append(gone, "authorization", "x-api-key")
 	}
-	return &Server{d: d, o: opts, log: opts.Logger, gone: gone}
+	return &Server{d: d, o: opts, log: opts.Logger, gone: gone,
+		overNote: fmt.Sprintf("body not inspected: over %d bytes", opts.MaxBodyBytes)}
 }
 
 // Register adds the Authorization service to r.

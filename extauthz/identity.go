@@ -60,12 +60,20 @@ func parseSPIFFE(p, team string) (action.AgentID, bool) {
 	if !ok {
 		return action.AgentID{}, false
 	}
-	seg := strings.Split(path, "/")
+	n := strings.Count(path, "/") + 1
+	if n != 4 && n != 6 {
+		return action.AgentID{}, false
+	}
+	var seg [6]string // split by hand: strings.Split allocates per request
+	for i := range n - 1 {
+		seg[i], path, _ = strings.Cut(path, "/")
+	}
+	seg[n-1] = path
 	switch {
-	case len(seg) == 6 && seg[0] == "org" && seg[2] == "team" && seg[4] == "agent" &&
+	case n == 6 && seg[0] == "org" && seg[2] == "team" && seg[4] == "agent" &&
 		seg[1] != "" && seg[3] != "" && seg[5] != "":
 		return action.AgentID{Org: seg[1], Team: seg[3], Agent: seg[5]}, true
-	case len(seg) == 4 && seg[0] == "ns" && seg[2] == "sa" && seg[1] != "" && seg[3] != "":
+	case n == 4 && seg[0] == "ns" && seg[2] == "sa" && seg[1] != "" && seg[3] != "":
 		return action.AgentID{Org: seg[1], Team: team, Agent: seg[3]}, true
 	}
 	return action.AgentID{}, false

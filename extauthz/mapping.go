@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"strconv"
 	"strings"
 	"time"
@@ -35,10 +34,13 @@ const bytesPerToken = 4
 // mapped is a request normalised into actions.
 type mapped struct {
 	actions []action.Action // actions[0] is the NETWORK_CALL
-	opts    gateway.CheckOptions
-	note    string // set when the body was not inspected
-	source  string // what named the agent: principal, context_extensions, header or none
-	token   string // the x-aa-credential-token request header
+	// one holds the actions of a request that maps to a NETWORK_CALL
+	// alone (most requests), so they cost no allocation of their own.
+	one    [1]action.Action
+	opts   gateway.CheckOptions
+	note   string // set when the body was not inspected
+	source string // what named the agent: principal, context_extensions, header or none
+	token  string // the x-aa-credential-token request header
 	// extToken is the ExtToken context extension the gateway's xDS set.
 	extToken string
 }
@@ -109,10 +111,6 @@ func (s *Server) mapRequest(req *authv3.CheckRequest, now time.Time) (*mapped, e
 	}
 	m := &mapped{opts: gateway.CheckOptions{ApprovalID: h.get(HeaderApprovalID), Layer: gateway.LayerEnvoy},
 		source: source, token: h.get(gateway.CredentialTokenHeader), extToken: attrs.GetContextExtensions()[ExtToken]}
-	m.actions = make([]action.Action, 1, 2)
-	m.actions[0] = base
-	m.actions[0].Kind = action.KindNetworkCall
-	m.actions[0].Network = action.NetworkCall{Host: host, Port: port, Protocol: scheme, Method: method, Path: path}
 
 	body, size, note := s.body(hr, h)
 	m.note = note
@@ -121,8 +119,23 @@ func (s *Server) mapRequest(req *authv3.CheckRequest, now time.Time) (*mapped, e
 	if len(body) > 0 && looksJSON(body) {
 		p = parseProbe(body)
 	}
+	prov, llm := providers[host]
+	llm = llm && method == "POST"
 
-	if prov, ok := providers[host]; ok && method == "POST" {
+	n := 1 + len(p.toolCalls())
+	if llm {
+		n++
+	}
+	if n == 1 {
+		m.actions = m.one[:]
+	} else {
+		m.actions = make([]action.Action, 1, n)
+	}
+	m.actions[0] = base
+	m.actions[0].Kind = action.KindNetworkCall
+	m.actions[0].Network = action.NetworkCall{Host: host, Port: port, Protocol: scheme, Method: method, Path: path}
+
+	if llm {
 		a := base
 		a.Kind = action.KindLLMCall
 		a.LLM = action.LLMCall{Provider: prov, PromptTokens: (size + bytesPerToken - 1) / bytesPerToken}
@@ -136,9 +149,9 @@ func (s *Server) mapRequest(req *authv3.CheckRequest, now time.Time) (*mapped, e
 		}
 		m.actions = append(m.actions, a)
 	}
-	if p != nil {
+	if calls := p.toolCalls(); len(calls) > 0 {
 		target := scheme + "://" + authority + path
-		for _, c := range p.calls {
+		for _, c := range calls {
 			a := base
 			a.Kind = action.KindToolCall
 			a.Tool = action.ToolCall{Name: c.Params.Name, Source: "mcp", ArgsJSON: compactJSON(c.Params.Arguments), TargetURL: target}
@@ -157,18 +170,19 @@ func (s *Server) body(hr *authv3.AttributeContext_HttpRequest, h headers) ([]byt
 	}
 	size := hr.GetSize()
 	if size <= 0 {
-		if cl, err := strconv.ParseInt(h.get("content-length"), 10, 64); err == nil && cl > 0 {
-			size = cl
+		if v := h.get("content-length"); v != "" {
+			if cl, err := strconv.ParseInt(v, 10, 64); err == nil && cl > 0 {
+				size = cl
+			}
 		}
 	}
 	if size < int64(len(body)) {
 		size = int64(len(body))
 	}
 	max := s.o.MaxBodyBytes
-	over := fmt.Sprintf("body not inspected: over %d bytes", max)
 	switch {
 	case size > int64(max) || len(body) > max:
-		return nil, size, over
+		return nil, size, s.overNote
 	case h.get("x-envoy-auth-partial-body") == "true" || (len(body) > 0 && size > int64(len(body))):
 		return nil, size, "body not inspected: truncated by the proxy"
 	case len(body) == 0 && size > 0:
@@ -246,6 +260,14 @@ type rpcMessage struct {
 		Name      string          `json:"name"`
 		Arguments json.RawMessage `json:"arguments"`
 	} `json:"params"`
+}
+
+// toolCalls returns the MCP tool calls of the body; none when p is nil.
+func (p *probe) toolCalls() []rpcMessage {
+	if p == nil {
+		return nil
+	}
+	return p.calls
 }
 
 func (m *rpcMessage) isToolCall() bool { return m.Method == "tools/call" && m.Params.Name != "" }
