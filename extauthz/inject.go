@@ -39,28 +39,39 @@ func (e *injectionError) Error() string { return e.reason }
 
 // inject resolves the headers that the agent's allowlist entries matching
 // the request's destination ask for. It returns nil when injection is not
-// configured or nothing matches.
+// configured or nothing matches. The secret lookups share one
+// Options.Timeout, started only when an entry matches (most requests need
+// no lookup, and so no timer).
 func (s *Server) inject(ctx context.Context, n *action.Action) ([]*corev3.HeaderValueOption, error) {
 	if s.o.Secrets == nil || s.o.Injections == nil || n.Kind != action.KindNetworkCall {
 		return nil, nil
 	}
-	var out []*corev3.HeaderValueOption
-	var seen []string
+	var todo []policy.Injection
+	var headers []string
 	for _, inj := range s.o.Injections(n.Agent) {
 		e := inj.Entry
 		if e.Inject == nil || !entryMatches(e, n.Network.Host, n.Network.Port) {
 			continue
 		}
 		header := lower(e.Inject.Header)
-		if slices.Contains(seen, header) {
+		if slices.Contains(headers, header) {
 			continue // the first matching entry wins, in policy order
 		}
-		seen = append(seen, header)
-		value, err := s.expand(ctx, inj.Policy, e.Inject.Value)
+		headers = append(headers, header)
+		todo = append(todo, inj)
+	}
+	if len(todo) == 0 {
+		return nil, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.o.Timeout)
+	defer cancel()
+	out := make([]*corev3.HeaderValueOption, 0, len(todo))
+	for i, inj := range todo {
+		value, err := s.expand(ctx, inj.Policy, inj.Entry.Inject.Value)
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, setHeader(header, value))
+		out = append(out, setHeader(headers[i], value))
 	}
 	return out, nil
 }
@@ -138,9 +149,7 @@ func (s *Server) withInjected(ctx context.Context, m *mapped, v verdict) verdict
 		return v
 	}
 	n := &m.actions[0]
-	ictx, cancel := context.WithTimeout(ctx, s.o.Timeout)
-	defer cancel()
-	hs, err := s.inject(ictx, n)
+	hs, err := s.inject(ctx, n)
 	if err != nil {
 		var ie *injectionError
 		if !errors.As(err, &ie) {
