@@ -19,6 +19,10 @@ func (c *Core) applyLimits(ctx context.Context, av *agentView, a *action.Action,
 	if res.Mode != action.ModeEnforce {
 		return
 	}
+	if (a.Kind != action.KindToolCall || res.ToolLimitPerHour <= 0) &&
+		(a.Kind != action.KindLLMCall || c.meter == nil || len(av.settings.Budgets) == 0) {
+		return // nothing to count, so no backend call and no timer
+	}
 	lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.limitTO)
 	defer cancel()
 	if res.ToolLimitPerHour > 0 && a.Kind == action.KindToolCall {
