@@ -73,6 +73,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"time"
 
@@ -165,10 +166,14 @@ type Options struct {
 // Server implements envoy.service.auth.v3.Authorization.
 type Server struct {
 	authv3.UnimplementedAuthorizationServer
-	d    Decider
-	o    Options
-	log  *slog.Logger
-	gone []string // headers removed from allowed requests
+	d   Decider
+	o   Options
+	log *slog.Logger
+	// gone lists the headers removed from allowed requests, by whether the
+	// answer names no agent and whether it carries no usage id (the
+	// gateway's own headers are then removed too). Built once in New and
+	// shared read-only by every answer.
+	gone [2][2][]string
 	// overNote is the note of a body over Options.MaxBodyBytes.
 	overNote string
 }
@@ -200,8 +205,21 @@ func New(d Decider, opts Options) *Server {
 	if opts.StripCredentials {
 		gone = append(gone, "authorization", "x-api-key")
 	}
-	return &Server{d: d, o: opts, log: opts.Logger, gone: gone,
+	srv := &Server{d: d, o: opts, log: opts.Logger,
 		overNote: fmt.Sprintf("body not inspected: over %d bytes", opts.MaxBodyBytes)}
+	for noAgent := range 2 {
+		for noUsage := range 2 {
+			g := slices.Clip(gone)
+			if noAgent == 1 {
+				g = append(g, HeaderAgent)
+			}
+			if noUsage == 1 {
+				g = append(g, HeaderUsageID)
+			}
+			srv.gone[noAgent][noUsage] = slices.Clip(g)
+		}
+	}
+	return srv
 }
 
 // Register adds the Authorization service to r.
@@ -306,36 +324,34 @@ func (s *Server) decideAll(ctx context.Context, m *mapped, start time.Time) verd
 // answer renders a verdict as an ext_authz response.
 func (s *Server) answer(v verdict) *authv3.CheckResponse {
 	if allowed(v) {
-		headers := []*corev3.HeaderValueOption{
-			setHeader(HeaderDecision, v.Decision.String()),
-			setHeader(HeaderDecisionID, v.DecisionID),
-		}
+		a := new(okAnswer) // one allocation for the whole OK response
+		a.add(HeaderDecision, v.Decision.String())
+		a.add(HeaderDecisionID, v.DecisionID)
 		if v.note != "" {
-			headers = append(headers, setHeader(HeaderNote, v.note))
+			a.add(HeaderNote, v.note)
 		}
-		gone := s.gone
 		// The gateway's own headers are set by the gateway or removed, never
 		// passed on as the agent sent them.
+		noAgent, noUsage := 1, 1
 		if !v.agent.IsZero() {
-			headers = append(headers, setHeader(HeaderAgent, v.agent.String()))
-		} else {
-			gone = append(gone[:len(gone):len(gone)], HeaderAgent)
+			a.add(HeaderAgent, v.agent.String())
+			noAgent = 0
 		}
 		if v.usageID != "" {
-			headers = append(headers, setHeader(HeaderUsageID, v.usageID))
-		} else {
-			gone = append(gone[:len(gone):len(gone)], HeaderUsageID)
+			a.add(HeaderUsageID, v.usageID)
+			noUsage = 0
 		}
+		gone := s.gone[noAgent][noUsage]
+		headers := slices.Clip(a.headers) // an injection appends to a copy
 		if len(v.inject) > 0 {
 			headers = append(headers, v.inject...)
 			gone = withoutInjected(gone, v.inject)
 		}
-		return &authv3.CheckResponse{
-			Status: &rpcstatus.Status{Code: int32(code.Code_OK)},
-			HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: &authv3.OkHttpResponse{
-				Headers: headers, HeadersToRemove: gone,
-			}},
-		}
+		a.status.Code = int32(code.Code_OK)
+		a.ok.Headers, a.ok.HeadersToRemove = headers, gone
+		a.http.OkResponse = &a.ok
+		a.resp.Status, a.resp.HttpResponse = &a.status, &a.http
+		return &a.resp
 	}
 	decision := v.Decision
 	if decision == action.DecisionUnspecified {
@@ -387,6 +403,38 @@ func retryAfter(d time.Duration) string {
 		sec = 1
 	}
 	return strconv.FormatInt(sec, 10)
+}
+
+// okAnswer holds every message of an OK response, so that answering an
+// allowed request allocates once: the response, its status and the first
+// four headers the gateway sets (decision, decision id, agent, and the note
+// or usage id; a fifth is allocated on its own). gRPC marshals the response
+// after Check returns; nothing in it is reused.
+type okAnswer struct {
+	resp    authv3.CheckResponse
+	status  rpcstatus.Status
+	http    authv3.CheckResponse_OkResponse
+	ok      authv3.OkHttpResponse
+	opts    [4]corev3.HeaderValueOption
+	vals    [4]corev3.HeaderValue
+	headers []*corev3.HeaderValueOption
+	list    [5]*corev3.HeaderValueOption
+}
+
+// add sets header k to v, replacing any value the agent sent.
+func (a *okAnswer) add(k, v string) {
+	if a.headers == nil {
+		a.headers = a.list[:0]
+	}
+	n := len(a.headers)
+	if n >= len(a.opts) {
+		a.headers = append(a.headers, setHeader(k, v))
+		return
+	}
+	o, h := &a.opts[n], &a.vals[n]
+	h.Key, h.Value = k, v
+	o.Header, o.AppendAction = h, corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD
+	a.headers = append(a.headers, o)
 }
 
 // setHeader builds a header that replaces any value the agent sent.
