@@ -8,8 +8,11 @@
 #   scripts/bench-ratio.sh checkaction   # gateway/server BenchmarkCheckActionGRPC, 64 clients
 #   scripts/bench-ratio.sh extauthz      # extauthz BenchmarkCheckGRPC, 64 clients
 #
-# ROUNDS (default 5) and BENCHTIME (default 3s) tune it.
+# ROUNDS (default 5) and BENCHTIME (default 3s) tune it. The benchmarks run
+# at GOGC=400, the garbage collector target aa-gateway sets for itself,
+# unless GOGC is set (GOGC=100 gives Go's default, for comparison).
 set -euo pipefail
+export GOGC=${GOGC:-400}
 cd "$(dirname "$0")/.."
 target=${1:-checkaction}
 rounds=${ROUNDS:-5}
@@ -40,6 +43,7 @@ for ((r = 1; r <= rounds; r++)); do
   done
 done
 base=${variants[0]}
+echo "GOGC=$GOGC, $rounds rounds of $benchtime"
 awk -v base="$base" -v list="${variants[*]}" '
   { n[$1]++; t[$1, n[$1]] = $2; c[$1, n[$1]] = $3 }
   END {

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -247,6 +248,42 @@ func TestBadConfigExits(t *testing.T) {
 		out, err := exec.Command(gatewayBinary(t), args...).CombinedOutput()
 		if err == nil || !strings.Contains(string(out), tc.want) {
 			t.Errorf("%v: err %v, output:\n%s\nwant it to mention %q", tc.args, err, out, tc.want)
+		}
+	}
+}
+
+// TestGCDefault checks the garbage collector's target: 400 unless GOGC is
+// set, in which case the environment wins. The gateway's Go collector
+// exports it as go_gc_gogc_percent.
+func TestGCDefault(t *testing.T) {
+	for _, tc := range []struct {
+		env  string // "" = unset
+		want string
+	}{{"", "go_gc_gogc_percent 400\n"}, {"150", "go_gc_gogc_percent 150\n"}} {
+		t.Setenv("GOGC", tc.env) // restores the outer value at the end
+		if tc.env == "" {
+			os.Unsetenv("GOGC")
+		}
+		dir := t.TempDir()
+		p := startProc(t, "-store", "sqlite:"+filepath.Join(dir, "aa.db"), "-secrets-key-file", filepath.Join(dir, "k"))
+		resp, err := http.Get("http://" + p.http + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(string(body), tc.want) {
+			i := strings.Index(string(body), "go_gc_gogc_percent ")
+			t.Fatalf("GOGC=%q: want %q in /metrics, got %q", tc.env, tc.want, string(body)[max(i, 0):min(max(i, 0)+40, len(body))])
+		}
+		if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		if err := p.cmd.Wait(); err != nil {
+			t.Fatalf("gateway exited with %v after SIGTERM:\n%s", err, p.log)
 		}
 	}
 }

@@ -63,8 +63,12 @@ const (
 
 var crcTable = crc32.MakeTable(crc32.Castagnoli)
 
-// zeroChunk fills new journal files (read only).
-var zeroChunk = make([]byte, 1<<20)
+// zeroChunk fills new journal files (read only). It is one page: the page
+// cache keeps the folio size of the write that created a page, and the
+// group-commit writer's small writes cost up to twice as much CPU in large
+// folios (measured on ext4, Linux 6.18: 3 KB pwrites into a file zero-filled
+// with 1 MiB writes 4.2–5.8 µs, with 4 KiB writes 2.4–4.3 µs).
+var zeroChunk = make([]byte, 4096)
 
 type pendingBatch struct {
 	file    int64 // journal file number the batch was written to
