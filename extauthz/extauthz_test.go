@@ -6,6 +6,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -327,6 +328,67 @@ func TestTimeoutFailsClosed(t *testing.T) {
 	}
 	if d.status != 503 || d.body.Decision != "deny" || d.body.Rule != "timeout" || !strings.Contains(d.body.Reason, "failing closed") {
 		t.Fatalf("denial %+v", d)
+	}
+}
+
+// deciderFunc adapts a function to Decider.
+type deciderFunc func(ctx context.Context, a *action.Action) gateway.Outcome
+
+func (f deciderFunc) Decide(ctx context.Context, a *action.Action, _ time.Time, _ gateway.CheckOptions) gateway.Outcome {
+	return f(ctx, a)
+}
+
+// TestLateDecisionCancelled: a decision still running when its Check has
+// answered 503 sees its context cancelled (gRPC cancels the call's context
+// once it is answered), so a store call it is blocked in can give up.
+func TestLateDecisionCancelled(t *testing.T) {
+	cancelled := make(chan error, 1)
+	d := deciderFunc(func(ctx context.Context, _ *action.Action) gateway.Outcome {
+		<-ctx.Done()
+		cancelled <- ctx.Err()
+		return gateway.Outcome{Decision: action.Allow, DecisionID: "late"}
+	})
+	c := serve(t, New(d, Options{Timeout: 20 * time.Millisecond}))
+	if d := denied(t, check(t, c, request("GET", "https://example.com/", nil, ""))); d.status != 503 || d.body.Rule != "timeout" {
+		t.Fatalf("denial %+v", d)
+	}
+	select {
+	case err := <-cancelled:
+		if err == nil {
+			t.Fatal("context done without an error")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the late decision's context was never cancelled")
+	}
+}
+
+// TestLateVerdictNotReused: the verdict of a decision that came too late
+// never answers a later Check (its decision is not handed to another).
+func TestLateVerdictNotReused(t *testing.T) {
+	release, returned := make(chan struct{}), make(chan struct{})
+	var calls atomic.Int32
+	d := deciderFunc(func(context.Context, *action.Action) gateway.Outcome {
+		if calls.Add(1) == 1 {
+			<-release
+			defer close(returned)
+			return gateway.Outcome{Decision: action.Deny, DecisionID: "late", RuleID: "late"}
+		}
+		return gateway.Outcome{Decision: action.Allow, DecisionID: "on-time"}
+	})
+	s := New(d, Options{Timeout: 20 * time.Millisecond})
+	ctx := context.Background()
+	resp, _ := s.Check(ctx, request("GET", "https://example.com/", nil, ""))
+	if d := denied(t, resp); d.status != 503 || d.body.Rule != "timeout" {
+		t.Fatalf("first check: %+v", d)
+	}
+	close(release)
+	<-returned
+	s = New(d, Options{Timeout: 10 * time.Second})
+	for i := range 50 {
+		resp, _ := s.Check(ctx, request("GET", "https://example.com/", nil, ""))
+		if h := okHeaders(t, resp); h[HeaderDecisionID] != "on-time" {
+			t.Fatalf("check %d answered by %v", i, h)
+		}
 	}
 }
 
