@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"encoding/json"
+	"strconv"
 
 	"github.com/agent-assembly/agent-assembly/action"
 )
@@ -54,6 +55,9 @@ func encodePayload(a *action.Action) []byte {
 	case action.KindToolResult:
 		p.Name, p.OutputLen = a.Result.Name, len(a.Result.Output)
 	}
+	if b, ok := encodePlain(a); ok {
+		return b
+	}
 	b, err := json.Marshal(p)
 	if err != nil {
 		// Every field is a plain string, number or validated raw JSON.
@@ -76,4 +80,110 @@ func decodePayload(kind action.Kind, b []byte) (action.Action, error) {
 	a.Exec = action.ProcessExec{Command: p.Command, Args: p.ExecArgs}
 	a.Result = action.ToolResult{Name: p.Name}
 	return a, nil
+}
+
+// plainFields is the payload of an action as encodePlain writes it: the
+// fields auditPayload would marshal, in its order, with omitempty applied.
+type plainFields struct {
+	n  int
+	fs [6]plainField
+}
+
+// plainField is one string (or, when num is set, number) field.
+type plainField struct {
+	key string // the JSON name
+	s   string
+	num bool
+	i   int64
+}
+
+func (p *plainFields) str(key, v string) {
+	if v != "" {
+		p.fs[p.n] = plainField{key: key, s: v}
+		p.n++
+	}
+}
+
+func (p *plainFields) int(key string, v int64) {
+	if v != 0 {
+		p.fs[p.n] = plainField{key: key, num: true, i: v}
+		p.n++
+	}
+}
+
+// encodePlain writes the payload of an action whose strings need no JSON
+// escaping (printable ASCII other than " \ < > &) byte for byte as
+// json.Marshal writes auditPayload, in one allocation and without
+// reflection; it reports false for anything else (tool calls, whose
+// arguments json.Marshal compacts; process execs; strings to escape),
+// which json.Marshal then encodes. TestEncodePlainMatchesMarshal and
+// FuzzEncodePlain hold the two encodings equal.
+func encodePlain(a *action.Action) ([]byte, bool) {
+	p := plainFields{n: 1}
+	p.fs[0] = plainField{key: "kind", s: a.Kind.String()} // never omitted
+	switch a.Kind {
+	case action.KindLLMCall:
+		p.str("provider", a.LLM.Provider)
+		p.str("model", a.LLM.Model)
+		p.int("prompt_tokens", a.LLM.PromptTokens)
+		p.int("completion_tokens", a.LLM.CompletionTokens)
+	case action.KindToolCall, action.KindProcessExec:
+		return nil, false
+	case action.KindFileOperation:
+		p.str("operation", a.File.Operation)
+		p.str("path", a.File.Path)
+	case action.KindNetworkCall:
+		p.str("path", a.Network.Path)
+		p.str("host", a.Network.Host)
+		p.int("port", int64(a.Network.Port))
+		p.str("protocol", a.Network.Protocol)
+		p.str("method", a.Network.Method)
+	case action.KindAgentSpawn:
+		p.str("child", a.Spawn.Child.String())
+	case action.KindToolResult:
+		p.str("name", a.Result.Name)
+		p.int("output_bytes", int64(len(a.Result.Output)))
+	}
+	size := 2 // {}
+	for _, f := range p.fs[:p.n] {
+		size += len(f.key) + 4 // "key":,
+		if f.num {
+			size += 20
+			continue
+		}
+		if !plainJSON(f.s) {
+			return nil, false
+		}
+		size += len(f.s) + 2
+	}
+	b := make([]byte, 0, size)
+	for i, f := range p.fs[:p.n] {
+		if i == 0 {
+			b = append(b, '{')
+		} else {
+			b = append(b, ',')
+		}
+		b = append(b, '"')
+		b = append(b, f.key...)
+		b = append(b, '"', ':')
+		if f.num {
+			b = strconv.AppendInt(b, f.i, 10)
+			continue
+		}
+		b = append(b, '"')
+		b = append(b, f.s...)
+		b = append(b, '"')
+	}
+	return append(b, '}'), true
+}
+
+// plainJSON reports whether json.Marshal writes s as it is, between quotes.
+func plainJSON(s string) bool {
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c < 0x20 || c > 0x7e, c == '"', c == '\\', c == '<', c == '>', c == '&':
+			return false
+		}
+	}
+	return true
 }
