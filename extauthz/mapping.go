@@ -203,8 +203,10 @@ func splitAuthority(authority, scheme string) (string, uint32) {
 		host, portStr = authority[:i], authority[i+1:]
 	}
 	host = strings.TrimSuffix(lower(host), ".")
-	if p, err := strconv.ParseUint(portStr, 10, 16); err == nil && p > 0 {
-		return host, uint32(p)
+	if portStr != "" { // parsing "" would allocate its error
+		if p, err := strconv.ParseUint(portStr, 10, 16); err == nil && p > 0 {
+			return host, uint32(p)
+		}
 	}
 	switch scheme {
 	case "https", "grpcs", "wss":
