@@ -244,9 +244,9 @@ func (c *Core) Decide(ctx context.Context, a *action.Action, start time.Time, op
 
 // append writes one record; a cancelled caller does not cancel the write.
 func (c *Core) append(ctx context.Context, rec *storage.AuditRecord) error {
-	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.auditTO)
-	defer cancel()
+	actx := bound(ctx, c.auditTO)
 	err := c.audit.Append(actx, rec)
+	actx.release()
 	c.metrics.storeError(storeOpAuditAppend, err)
 	return err
 }

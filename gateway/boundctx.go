@@ -1,0 +1,81 @@
+package gateway
+
+import (
+	"context"
+	"sync"
+	"time"
+)
+
+// boundCtx is the context of a store call that a cancelled caller must not
+// cut short but that must end: the values of the caller's context, none of
+// its cancellation, and a deadline of its own. It behaves as
+// context.WithTimeout(context.WithoutCancel(parent), d), but a call that
+// ends before its deadline hands the timer and done channel to the next
+// one: the stdlib pair cost five allocations and about 0.7 µs of every
+// decision (the audit write's bound).
+//
+// Users must not keep the context past release (as for any context passed
+// to a call). Contexts derived from it are cancelled when it expires, as
+// with any context.
+type boundCtx struct {
+	values   context.Context // context.WithoutCancel(parent): values only
+	deadline time.Time
+	timer    *time.Timer   // runs expire at the deadline
+	done     chan struct{} // closed by expire; then never reused
+	mu       sync.Mutex
+	err      error
+}
+
+var boundCtxs = sync.Pool{New: func() any {
+	c := &boundCtx{done: make(chan struct{})}
+	c.timer = time.AfterFunc(time.Hour, c.expire)
+	c.timer.Stop()
+	return c
+}}
+
+// bound returns a context with parent's values, no cancellation from it,
+// and a deadline d from now. Call release when the call has returned.
+func bound(parent context.Context, d time.Duration) *boundCtx {
+	c := boundCtxs.Get().(*boundCtx)
+	c.values = context.WithoutCancel(parent)
+	c.deadline = time.Now().Add(d)
+	c.timer.Reset(d)
+	return c
+}
+
+// release stops the deadline and keeps the context for the next call unless
+// it has expired (or is expiring: its done channel is then closed).
+func (c *boundCtx) release() {
+	if !c.timer.Stop() {
+		return // expire ran or runs: c is spent
+	}
+	c.values = nil
+	boundCtxs.Put(c)
+}
+
+func (c *boundCtx) expire() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.err == nil {
+		c.err = context.DeadlineExceeded
+		close(c.done)
+	}
+}
+
+// Deadline implements context.Context.
+func (c *boundCtx) Deadline() (time.Time, bool) { return c.deadline, true }
+
+// Done implements context.Context.
+func (c *boundCtx) Done() <-chan struct{} { return c.done }
+
+// Err implements context.Context.
+func (c *boundCtx) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err
+}
+
+// Value implements context.Context with the parent's values.
+func (c *boundCtx) Value(key any) any { return c.values.Value(key) }
+
+var _ context.Context = (*boundCtx)(nil)

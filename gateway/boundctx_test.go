@@ -1,0 +1,77 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+)
+
+type ctxKey struct{}
+
+// TestBoundCtx: the bound context keeps the parent's values, ignores its
+// cancellation, and expires at its own deadline; a context released in time
+// is reused without its deadline carrying over.
+func TestBoundCtx(t *testing.T) {
+	parent, cancel := context.WithCancel(context.WithValue(context.Background(), ctxKey{}, "v"))
+	cancel()
+	c := bound(parent, time.Hour)
+	if c.Value(ctxKey{}) != "v" {
+		t.Fatalf("value %v, want the parent's", c.Value(ctxKey{}))
+	}
+	if c.Err() != nil {
+		t.Fatalf("err %v: the parent's cancellation must not reach the bound context", c.Err())
+	}
+	if dl, ok := c.Deadline(); !ok || time.Until(dl) < 59*time.Minute {
+		t.Fatalf("deadline %v %v", dl, ok)
+	}
+	select {
+	case <-c.Done():
+		t.Fatal("done before its deadline")
+	default:
+	}
+	c.release()
+
+	short := bound(context.Background(), time.Millisecond)
+	child, stop := context.WithCancel(short) // derived contexts follow it
+	defer stop()
+	select {
+	case <-child.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the bound context never expired")
+	}
+	if !errors.Is(short.Err(), context.DeadlineExceeded) || !errors.Is(child.Err(), context.DeadlineExceeded) {
+		t.Fatalf("errs %v %v", short.Err(), child.Err())
+	}
+	short.release() // expired: not reused
+
+	for range 100 {
+		c := bound(context.Background(), time.Hour)
+		if c == short || c.Err() != nil {
+			t.Fatal("an expired context was handed out again")
+		}
+		c.release()
+	}
+}
+
+func BenchmarkBoundCtx(b *testing.B) {
+	parent, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	b.ReportAllocs()
+	for b.Loop() {
+		c := bound(parent, 2*time.Second)
+		_ = c.Done()
+		c.release()
+	}
+}
+
+func BenchmarkWithTimeoutWithoutCancel(b *testing.B) {
+	parent, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	b.ReportAllocs()
+	for b.Loop() {
+		c, cancel := context.WithTimeout(context.WithoutCancel(parent), 2*time.Second)
+		_ = c.Done()
+		cancel()
+	}
+}
