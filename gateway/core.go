@@ -72,6 +72,7 @@ type Core struct {
 	chain   string
 	log     *slog.Logger
 	metrics *Metrics
+	series  checkSeries // cached series of metrics.Checks and CheckDuration
 	limits  Limits
 	auditTO time.Duration
 	now     func() time.Time
@@ -231,8 +232,8 @@ func (c *Core) Decide(ctx context.Context, a *action.Action, start time.Time, op
 	if layer == "" {
 		layer = LayerSDK
 	}
-	c.metrics.Checks.WithLabelValues(out.Decision.String(), a.Kind.String(), out.Mode.String(), layer).Inc()
-	c.metrics.CheckDuration.WithLabelValues(out.Decision.String()).Observe(out.Latency.Seconds())
+	c.series.count(c.metrics, out.Decision, a.Kind, out.Mode, layer).Inc()
+	c.series.duration(c.metrics, out.Decision).Observe(out.Latency.Seconds())
 	if span := trace.SpanFromContext(ctx); span.IsRecording() {
 		span.SetAttributes(
 			attribute.String("aa.agent", a.Agent.String()), attribute.String("aa.action", a.Kind.String()),
