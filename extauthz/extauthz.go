@@ -123,6 +123,8 @@ const (
 )
 
 // Decider decides and audits one action. *gateway.Core satisfies it.
+// Decide must not keep a once it has returned: its memory serves a later
+// Check.
 type Decider interface {
 	Decide(ctx context.Context, a *action.Action, start time.Time, opts gateway.CheckOptions) gateway.Outcome
 }
@@ -266,6 +268,9 @@ func (s *Server) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 	}
 	resp := s.answer(v)
 	s.o.Metrics.observe(v, s.o.Now().Sub(start))
+	if m != nil && !m.late {
+		recycle(m) // nothing refers to it any more: resp holds copies
+	}
 	return resp, nil
 }
 
@@ -297,9 +302,10 @@ func (s *Server) decide(ctx context.Context, m *mapped, start time.Time) verdict
 	case <-ctx.Done():
 		j.timer.Stop()
 	}
-	// Given up: the decision may still be running, so j is never reused;
-	// late tells it to decide no further action.
+	// Given up: the decision may still be running, so neither j nor m is
+	// ever reused; j.late tells it to decide no further action.
 	j.late.Store(true)
+	m.late = true
 	reason := fmt.Sprintf("decision not made within %s: failing closed", s.o.Timeout)
 	if ctx.Err() == context.Canceled {
 		reason = "check cancelled by the caller: failing closed"

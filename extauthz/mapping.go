@@ -6,6 +6,7 @@ import (
 	"errors"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
@@ -43,6 +44,20 @@ type mapped struct {
 	token  string // the x-aa-credential-token request header
 	// extToken is the ExtToken context extension the gateway's xDS set.
 	extToken string
+	// late is set when the Check answered without waiting for the
+	// decision, which may still read the actions: m is then not recycled.
+	late bool
+}
+
+// mappeds recycles the mapped requests of answered Checks: a mapped is 624
+// bytes, a quarter of what a Check allocates in BenchmarkCheckCore.
+var mappeds = sync.Pool{New: func() any { return new(mapped) }}
+
+// recycle hands m to a later Check. Only Check calls it, once nothing
+// refers to m or its actions.
+func recycle(m *mapped) {
+	*m = mapped{}
+	mappeds.Put(m)
 }
 
 // headers reads request headers from either the map or the HeaderMap form.
@@ -109,8 +124,9 @@ func (s *Server) mapRequest(req *authv3.CheckRequest, now time.Time) (*mapped, e
 		TraceID:   traceID(h),
 		SessionID: h.get(HeaderSessionID),
 	}
-	m := &mapped{opts: gateway.CheckOptions{ApprovalID: h.get(HeaderApprovalID), Layer: gateway.LayerEnvoy},
-		source: source, token: h.get(gateway.CredentialTokenHeader), extToken: attrs.GetContextExtensions()[ExtToken]}
+	m := mappeds.Get().(*mapped) // zero: recycle clears it
+	m.opts = gateway.CheckOptions{ApprovalID: h.get(HeaderApprovalID), Layer: gateway.LayerEnvoy}
+	m.source, m.token, m.extToken = source, h.get(gateway.CredentialTokenHeader), attrs.GetContextExtensions()[ExtToken]
 
 	body, size, note := s.body(hr, h)
 	m.note = note
