@@ -1,10 +1,14 @@
 package extauthz
 
 import (
+	"slices"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/agent-assembly/agent-assembly/action"
 )
 
 // Metrics are the ext_authz server's Prometheus collectors. The decisions
@@ -23,7 +27,17 @@ type Metrics struct {
 	// InjectionFailures counts allowed requests denied because a credential
 	// could not be injected.
 	InjectionFailures prometheus.Counter
+
+	// answers caches the Answers series by status and decision, looked up
+	// on first use (so /metrics is unchanged): hashing two label values
+	// per Check cost more than the rest of observe.
+	answers [len(answerStatuses)][int(action.Deny) + 1]atomic.Pointer[counterRef]
 }
+
+// answerStatuses are the HTTP statuses whose Answers series are cached.
+var answerStatuses = [...]int{200, 403, 429, 503}
+
+type counterRef struct{ prometheus.Counter }
 
 // NewMetrics creates the collectors and registers them with reg (which may be nil).
 func NewMetrics(reg prometheus.Registerer) *Metrics {
@@ -58,10 +72,25 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 
 // observe counts one answered verdict.
 func (m *Metrics) observe(v verdict, d time.Duration) {
-	st := "200"
-	if !allowed(v) {
-		st = strconv.Itoa(v.status)
-	}
-	m.Answers.WithLabelValues(st, v.Decision.String()).Inc()
+	m.answer(v).Inc()
 	m.Duration.Observe(d.Seconds())
+}
+
+// answer returns the Answers series of v.
+func (m *Metrics) answer(v verdict) prometheus.Counter {
+	st := 200
+	if !allowed(v) {
+		st = v.status
+	}
+	si := slices.Index(answerStatuses[:], st)
+	if si < 0 || int(v.Decision) >= len(m.answers[0]) {
+		return m.Answers.WithLabelValues(strconv.Itoa(st), v.Decision.String())
+	}
+	p := &m.answers[si][v.Decision]
+	if r := p.Load(); r != nil {
+		return r.Counter
+	}
+	c := m.Answers.WithLabelValues(strconv.Itoa(st), v.Decision.String())
+	p.Store(&counterRef{c})
+	return c
 }
