@@ -247,6 +247,17 @@ func TestLLMCall(t *testing.T) {
 		t.Fatalf("llm %+v", llm)
 	}
 
+	// The same body as raw_body (Envoy's pack_as_bytes) is the prompt too.
+	fr := &fakeDecider{}
+	cr := serve(t, New(fr, Options{}))
+	req := request("POST", "https://api.openai.com/v1/chat/completions",
+		map[string]string{"x-aa-agent-id": "acme/eng/coder-1", "content-type": "application/json"}, "")
+	req.Attributes.Request.Http.RawBody, req.Attributes.Request.Http.Size = []byte(body), int64(len(body))
+	check(t, cr, req)
+	if got := fr.recorded(); len(got) != 2 || got[1].LLM.Prompt != body || got[1].LLM.Model != "gpt-4o-mini" {
+		t.Fatalf("raw_body actions %+v", got)
+	}
+
 	f2 := &fakeDecider{}
 	c2 := serve(t, New(f2, Options{}))
 	check(t, c2, request("POST", "https://generativelanguage.googleapis.com/v1beta/models/gemini-1.5-pro:generateContent",

@@ -160,7 +160,10 @@ func (s *Server) mapRequest(req *authv3.CheckRequest, now time.Time) (*mapped, e
 		if p != nil {
 			a.LLM.Model = p.Model
 			a.LLM.CompletionTokens = p.MaxTokens
-			a.LLM.Prompt = string(body) // scanned for credentials, never stored
+			a.LLM.Prompt = hr.GetBody() // scanned for credentials, never stored
+			if len(hr.GetRawBody()) > 0 {
+				a.LLM.Prompt = string(body) // body is raw_body (else it is a copy of Body)
+			}
 		}
 		if a.LLM.Model == "" && prov == "google" {
 			a.LLM.Model = googleModel(path)
