@@ -2,7 +2,9 @@ package gateway
 
 import (
 	"context"
+	"errors"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -212,5 +214,51 @@ func BenchmarkCheckRegisteredAgent(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// ctxAgents is an AgentStatuses that answers one suspended agent and
+// records the context error each lookup saw.
+type ctxAgents struct {
+	mu   sync.Mutex
+	errs []error
+}
+
+func (r *ctxAgents) GetAgent(ctx context.Context, id action.AgentID) (*storage.Agent, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.errs = append(r.errs, ctx.Err())
+	if _, ok := ctx.Deadline(); !ok {
+		return nil, errors.New("registry lookup without a deadline")
+	}
+	return &storage.Agent{ID: id, Status: storage.AgentSuspended, StatusReason: "test"}, nil
+}
+
+func (r *ctxAgents) SetAgentStatus(context.Context, action.AgentID, storage.AgentStatus, string) error {
+	return nil
+}
+
+// TestCancelledCallerStillChecksAgent: a caller that has gone does not cut
+// the registry lookup short (it is bounded by the limit timeout, like the
+// audit write), so a suspended agent is denied as suspended, not as a
+// registry failure.
+func TestCancelledCallerStillChecksAgent(t *testing.T) {
+	reg := &ctxAgents{}
+	c, err := NewCore(Options{Audit: nopAuditor{}, Chain: "unit", Agents: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetSnapshot(exampleSnapshot(t))
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	resp, err := c.Check(ctx, coderTool("git_status", ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.GetPolicyRuleId() != "agent-status" || !strings.Contains(resp.GetReason(), "agent suspended") {
+		t.Fatalf("want the suspension to deny, got %v", resp)
+	}
+	if len(reg.errs) != 1 || reg.errs[0] != nil {
+		t.Fatalf("registry lookups saw %v, want one live context", reg.errs)
 	}
 }
