@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"slices"
 	"sync"
 	"time"
 )
@@ -15,8 +16,10 @@ import (
 // decision (the audit write's bound).
 //
 // Users must not keep the context past release (as for any context passed
-// to a call). Contexts derived from it are cancelled when it expires, as
-// with any context.
+// to a call). Contexts derived from it are cancelled when it expires: they
+// register through AfterFunc (so the context package starts no goroutine
+// for them), and one still registered at release keeps the boundCtx from
+// being reused.
 type boundCtx struct {
 	values   context.Context // context.WithoutCancel(parent): values only
 	deadline time.Time
@@ -24,6 +27,7 @@ type boundCtx struct {
 	done     chan struct{} // closed by expire; then never reused
 	mu       sync.Mutex
 	err      error
+	afters   []*func() // AfterFunc registrations not yet stopped
 }
 
 var boundCtxs = sync.Pool{New: func() any {
@@ -44,21 +48,56 @@ func bound(parent context.Context, d time.Duration) *boundCtx {
 }
 
 // release stops the deadline and keeps the context for the next call unless
-// it has expired (or is expiring: its done channel is then closed).
+// it has expired (or is expiring: its done channel is then closed) or a
+// context derived from it was not cancelled. The parent's values stay
+// until the next use, so a late reader never finds them gone.
 func (c *boundCtx) release() {
 	if !c.timer.Stop() {
 		return // expire ran or runs: c is spent
 	}
-	c.values = nil
-	boundCtxs.Put(c)
+	c.mu.Lock()
+	pending := len(c.afters) > 0
+	c.mu.Unlock()
+	if !pending {
+		boundCtxs.Put(c)
+	}
 }
 
 func (c *boundCtx) expire() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.err == nil {
-		c.err = context.DeadlineExceeded
-		close(c.done)
+	if c.err != nil {
+		return
+	}
+	c.err = context.DeadlineExceeded
+	close(c.done)
+	for _, f := range c.afters {
+		go (*f)()
+	}
+	c.afters = nil
+}
+
+// AfterFunc arranges for f to run in its own goroutine once c expires, as
+// context.AfterFunc does; stop cancels that. The context package uses it
+// for contexts derived from c.
+func (c *boundCtx) AfterFunc(f func()) (stop func() bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.err != nil {
+		go f()
+		return func() bool { return false }
+	}
+	p := &f
+	c.afters = append(c.afters, p)
+	return func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		i := slices.Index(c.afters, p)
+		if i < 0 {
+			return false
+		}
+		c.afters = slices.Delete(c.afters, i, i+1)
+		return true
 	}
 }
 

@@ -54,6 +54,37 @@ func TestBoundCtx(t *testing.T) {
 	}
 }
 
+// TestBoundCtxDerived: contexts derived from a bound context register with
+// it (no watcher goroutine) and unregister when cancelled; one left
+// registered at release keeps the bound context from being reused.
+func TestBoundCtxDerived(t *testing.T) {
+	c := bound(context.Background(), time.Hour)
+	child, cancel := context.WithTimeout(c, time.Minute)
+	if n := len(c.afters); n != 1 {
+		t.Fatalf("%d registrations after deriving a context, want 1", n)
+	}
+	cancel()
+	if n := len(c.afters); n != 0 {
+		t.Fatalf("%d registrations after cancelling it, want 0", n)
+	}
+	if child.Err() == nil {
+		t.Fatal("the derived context is not cancelled")
+	}
+	c.release()
+
+	kept := bound(context.Background(), time.Hour)
+	_, leak := context.WithCancel(kept)
+	defer leak()
+	kept.release()
+	for range 100 {
+		c := bound(context.Background(), time.Hour)
+		if c == kept {
+			t.Fatal("a bound context with a live derived context was reused")
+		}
+		c.release()
+	}
+}
+
 func BenchmarkBoundCtx(b *testing.B) {
 	parent, cancel := context.WithCancel(context.Background())
 	defer cancel()
