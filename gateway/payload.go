@@ -35,6 +35,9 @@ type auditPayload struct {
 // stored as given (the scanner redacts them before this point); tool output is
 // recorded by size only.
 func encodePayload(a *action.Action) []byte {
+	if b, ok := encodePlain(a); ok {
+		return b
+	}
 	p := auditPayload{Kind: a.Kind.String()}
 	switch a.Kind {
 	case action.KindLLMCall:
@@ -54,9 +57,6 @@ func encodePayload(a *action.Action) []byte {
 		p.Child = a.Spawn.Child.String()
 	case action.KindToolResult:
 		p.Name, p.OutputLen = a.Result.Name, len(a.Result.Output)
-	}
-	if b, ok := encodePlain(a); ok {
-		return b
 	}
 	b, err := json.Marshal(p)
 	if err != nil {
