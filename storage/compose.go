@@ -54,6 +54,14 @@ func (c *composed) TakeToken(ctx context.Context, key string, rate float64, burs
 	return c.counters.TakeToken(ctx, key, rate, burst, now)
 }
 
+func (c *composed) PutHold(ctx context.Context, key string, data []byte, expires time.Time) error {
+	return c.counters.PutHold(ctx, key, data, expires)
+}
+
+func (c *composed) TakeHold(ctx context.Context, key string) ([]byte, error) {
+	return c.counters.TakeHold(ctx, key)
+}
+
 func (c *composed) Publish(ctx context.Context, topic string, payload []byte) error {
 	return c.notifier.Publish(ctx, topic, payload)
 }

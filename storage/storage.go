@@ -395,6 +395,14 @@ type Counters interface {
 	// TakeToken takes one token from a bucket refilled at rate tokens per
 	// second up to burst; when empty it returns false and the wait until a token.
 	TakeToken(ctx context.Context, key string, rate float64, burst int64, now time.Time) (bool, time.Duration, error)
+	// PutHold stores data under key until expires, replacing any earlier
+	// value. The gateway keeps each budget reservation here until its usage
+	// is reported, so any replica can settle it.
+	PutHold(ctx context.Context, key string, data []byte, expires time.Time) error
+	// TakeHold returns the data stored under key and removes it in one
+	// atomic step: of several callers, on any replica, exactly one gets it.
+	// It returns ErrNotFound when key holds nothing or has expired.
+	TakeHold(ctx context.Context, key string) ([]byte, error)
 }
 
 // ---------------------------------------------------------------- approvals

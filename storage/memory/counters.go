@@ -1,6 +1,7 @@
 package memory
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"math"
@@ -19,11 +20,17 @@ type Counters struct {
 	mu       sync.Mutex
 	counters map[string]counter
 	buckets  map[string]bucket
+	holds    map[string]hold
 	writes   int
 }
 
 type counter struct {
 	value   int64
+	expires time.Time
+}
+
+type hold struct {
+	data    []byte
 	expires time.Time
 }
 
@@ -42,7 +49,7 @@ func NewCounters(now func() time.Time) *Counters {
 	if now == nil {
 		now = time.Now
 	}
-	return &Counters{now: now, counters: make(map[string]counter), buckets: make(map[string]bucket)}
+	return &Counters{now: now, counters: make(map[string]counter), buckets: make(map[string]bucket), holds: make(map[string]hold)}
 }
 
 func (c *Counters) live(key string, now time.Time) (counter, bool) {
@@ -69,6 +76,11 @@ func (c *Counters) sweep(now time.Time) {
 	for k, b := range c.buckets {
 		if now.After(b.full) {
 			delete(c.buckets, k)
+		}
+	}
+	for k, h := range c.holds {
+		if !now.Before(h.expires) {
+			delete(c.holds, k)
 		}
 	}
 }
@@ -174,4 +186,30 @@ func (c *Counters) Load(key string, value int64, expires time.Time) {
 	if c.now().Before(expires) {
 		c.counters[key] = counter{value: value, expires: expires}
 	}
+}
+
+// PutHold stores a copy of data under key until expires.
+func (c *Counters) PutHold(ctx context.Context, key string, data []byte, expires time.Time) error {
+	if key == "" {
+		return fmt.Errorf("put hold: empty key: %w", storage.ErrInvalid)
+	}
+	now := c.now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.sweep(now)
+	c.holds[key] = hold{data: bytes.Clone(data), expires: expires}
+	return nil
+}
+
+// TakeHold returns and removes what key holds.
+func (c *Counters) TakeHold(ctx context.Context, key string) ([]byte, error) {
+	now := c.now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	h, ok := c.holds[key]
+	delete(c.holds, key)
+	if !ok || !now.Before(h.expires) {
+		return nil, fmt.Errorf("take hold %q: %w", key, storage.ErrNotFound)
+	}
+	return h.data, nil
 }

@@ -128,6 +128,16 @@ func (s *Store) TakeToken(ctx context.Context, key string, rate float64, burst i
 	return s.counters.TakeToken(ctx, key, rate, burst, now)
 }
 
+// PutHold implements storage.Counters.
+func (s *Store) PutHold(ctx context.Context, key string, data []byte, expires time.Time) error {
+	return s.counters.PutHold(ctx, key, data, expires)
+}
+
+// TakeHold implements storage.Counters.
+func (s *Store) TakeHold(ctx context.Context, key string) ([]byte, error) {
+	return s.counters.TakeHold(ctx, key)
+}
+
 // Publish implements storage.Notifier.
 func (s *Store) Publish(ctx context.Context, topic string, payload []byte) error {
 	return s.notifier.Publish(ctx, topic, payload)

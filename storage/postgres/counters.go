@@ -133,3 +133,41 @@ func (s *Store) TakeToken(ctx context.Context, key string, rate float64, burst i
 	})
 	return ok, time.Duration(wait), err
 }
+
+// PutHold stores data under key until expires, in a counter transaction.
+func (s *Store) PutHold(ctx context.Context, key string, data []byte, expires time.Time) error {
+	if key == "" {
+		return fmt.Errorf("put hold: empty key: %w", storage.ErrInvalid)
+	}
+	return s.counterTx(ctx, "put hold", func(b *pgx.Batch) {
+		b.Queue(`INSERT INTO budget_holds (key, data, expires_ns) VALUES ($1, $2, $3)
+			ON CONFLICT (key) DO UPDATE SET data = EXCLUDED.data, expires_ns = EXCLUDED.expires_ns`, key, data, nanos(expires))
+	})
+}
+
+// TakeHold deletes key's row and returns its data, in one statement: the
+// row lock makes exactly one of concurrent callers get it.
+func (s *Store) TakeHold(ctx context.Context, key string) ([]byte, error) {
+	now := nanos(s.opts.Now())
+	var (
+		data  []byte
+		found bool
+	)
+	err := s.counterTx(ctx, "take hold", func(b *pgx.Batch) {
+		b.Queue(`DELETE FROM budget_holds WHERE key = $1 RETURNING data, expires_ns > $2`, key, now).Query(func(rows pgx.Rows) error {
+			for rows.Next() {
+				if err := rows.Scan(&data, &found); err != nil {
+					return err
+				}
+			}
+			return rows.Err()
+		})
+	})
+	if err != nil {
+		return nil, err
+	}
+	if !found {
+		return nil, fmt.Errorf("take hold %q: %w", key, storage.ErrNotFound)
+	}
+	return data, nil
+}

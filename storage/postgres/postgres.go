@@ -463,13 +463,14 @@ func (s *Store) sweepLoop() {
 	}
 }
 
-// Sweep deletes expired counters, nonces and revocations, and token
+// Sweep deletes expired counters, budget holds, nonces and revocations, and token
 // buckets that have refilled completely.
 func (s *Store) Sweep(ctx context.Context) error {
 	now := nanos(s.opts.Now())
 	return s.do(ctx, "sweep expired rows", func(c *pgx.Conn) error {
 		b := &pgx.Batch{}
 		b.Queue(`DELETE FROM counters WHERE expires_ns <= $1`, now)
+		b.Queue(`DELETE FROM budget_holds WHERE expires_ns <= $1`, now)
 		b.Queue(`DELETE FROM nonces WHERE expires_ns <= $1`, now)
 		b.Queue(`DELETE FROM revoked_credentials WHERE expires_ns <> 0 AND expires_ns <= $1`, now)
 		b.Queue(`DELETE FROM token_buckets WHERE full_ns < $1`, now)

@@ -214,6 +214,7 @@ func (s *Store) fail(ctx context.Context, op string, err error) error {
 
 func (s *Store) counterKey(key string) string { return s.opts.Prefix + "c:" + key }
 func (s *Store) bucketKey(key string) string  { return s.opts.Prefix + "tb:" + key }
+func (s *Store) holdKey(key string) string    { return s.opts.Prefix + "h:" + key }
 
 // Counter values travel through Lua numbers (doubles), so they are exact up
 // to 2^53 (9e15 micro-USD, nine billion dollars).
@@ -332,6 +333,29 @@ func (s *Store) TakeToken(ctx context.Context, key string, rate float64, burst i
 		return false, 0, fmt.Errorf("take token: redis script returned %d values, want 2", len(res))
 	}
 	return res[0] == 1, time.Duration(res[1]), nil
+}
+
+// PutHold stores data under key, expiring at expires (SET with PXAT; an
+// expiry already past stores nothing that can be taken).
+func (s *Store) PutHold(ctx context.Context, key string, data []byte, expires time.Time) error {
+	if key == "" {
+		return fmt.Errorf("put hold: empty key: %w", storage.ErrInvalid)
+	}
+	err := s.c.Do(ctx, "SET", s.holdKey(key), data, "PXAT", expiryMillis(expires)).Err()
+	return s.fail(ctx, "put hold", err)
+}
+
+// TakeHold returns and deletes key's value with GETDEL (Redis 6.2 and
+// later), which is atomic.
+func (s *Store) TakeHold(ctx context.Context, key string) ([]byte, error) {
+	data, err := s.c.GetDel(ctx, s.holdKey(key)).Bytes()
+	if errors.Is(err, goredis.Nil) {
+		return nil, fmt.Errorf("take hold %q: %w", key, storage.ErrNotFound)
+	}
+	if err != nil {
+		return nil, s.fail(ctx, "take hold", err)
+	}
+	return data, nil
 }
 
 // ---------------------------------------------------------------- notifier

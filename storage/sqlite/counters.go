@@ -43,6 +43,18 @@ func (s *Store) TakeToken(ctx context.Context, key string, rate float64, burst i
 	return s.hub.counters.TakeToken(ctx, key, rate, burst, now)
 }
 
+// PutHold implements storage.Counters. Holds, like token buckets, live in
+// memory only: after a restart an unsettled reservation stays charged at its
+// estimate.
+func (s *Store) PutHold(ctx context.Context, key string, data []byte, expires time.Time) error {
+	return s.hub.counters.PutHold(ctx, key, data, expires)
+}
+
+// TakeHold implements storage.Counters.
+func (s *Store) TakeHold(ctx context.Context, key string) ([]byte, error) {
+	return s.hub.counters.TakeHold(ctx, key)
+}
+
 func (h *hub) markDirty(key string) {
 	h.dirtyMu.Lock()
 	h.dirty[key] = struct{}{}

@@ -1,7 +1,11 @@
 package storagetest
 
 import (
+	"bytes"
+	"errors"
+	"fmt"
 	"math"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -22,11 +26,17 @@ func RunCounters[C storage.Counters](t *testing.T, newCounters func(t *testing.T
 		testReserveContention(t, []storage.Counters{cs})
 	})
 	t.Run("TokenBucket", func(t *testing.T) { testTokenBucket(t, newCounters(t)) })
+	t.Run("Holds", func(t *testing.T) { testHolds(t, newCounters(t)) })
+	t.Run("HoldTakenOnce", func(t *testing.T) {
+		cs := newCounters(t)
+		testHoldTakenOnce(t, []storage.Counters{cs})
+	})
 	t.Run("SharedBackend", func(t *testing.T) {
 		a := newCounters(t)
 		b := second(t, c, a)
 		testReserveContention(t, []storage.Counters{a, b})
 		testTokenBucketShared(t, a, b)
+		testHoldTakenOnce(t, []storage.Counters{a, b})
 	})
 }
 
@@ -235,5 +245,80 @@ func testTokenBucketShared(t *testing.T, a, b storage.Counters) {
 	wg.Wait()
 	if granted.Load() != 20 {
 		t.Fatalf("80 takes at one instant from a bucket of 20 on two instances granted %d, want 20", granted.Load())
+	}
+}
+
+// testHolds stores, replaces, takes and expires holds.
+func testHolds(t *testing.T, c storage.Counters) {
+	ctx := testContext(t)
+	exp := time.Now().Add(time.Hour)
+	if _, err := c.TakeHold(ctx, "hold:missing"); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("TakeHold(missing) = %v, want ErrNotFound", err)
+	}
+	if err := c.PutHold(ctx, "", []byte("x"), exp); !errors.Is(err, storage.ErrInvalid) {
+		t.Fatalf("PutHold(empty key) = %v, want ErrInvalid", err)
+	}
+	data := []byte{0, 1, 2, 0xff, '{', '}'} // binary-safe
+	check(t, "PutHold", c.PutHold(ctx, "hold:a", data, exp))
+	data[0] = 9 // the store keeps its own copy
+	check(t, "PutHold", c.PutHold(ctx, "hold:b", []byte("first"), exp))
+	check(t, "PutHold", c.PutHold(ctx, "hold:b", []byte("second"), exp))
+	got, err := c.TakeHold(ctx, "hold:a")
+	check(t, "TakeHold", err)
+	if !bytes.Equal(got, []byte{0, 1, 2, 0xff, '{', '}'}) {
+		t.Fatalf("TakeHold(a) = %q", got)
+	}
+	if _, err := c.TakeHold(ctx, "hold:a"); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("second TakeHold(a) = %v, want ErrNotFound", err)
+	}
+	if got, err = c.TakeHold(ctx, "hold:b"); err != nil || string(got) != "second" {
+		t.Fatalf("TakeHold(b) = %q, %v; want the replacing value", got, err)
+	}
+	short := time.Now().Add(300 * time.Millisecond)
+	check(t, "PutHold", c.PutHold(ctx, "hold:exp", []byte("x"), short))
+	check(t, "PutHold", c.PutHold(ctx, "hold:past", []byte("x"), time.Now().Add(-time.Second)))
+	if _, err := c.TakeHold(ctx, "hold:past"); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("TakeHold of a hold stored already expired = %v, want ErrNotFound", err)
+	}
+	time.Sleep(time.Until(short) + 300*time.Millisecond)
+	if _, err := c.TakeHold(ctx, "hold:exp"); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("TakeHold after expiry = %v, want ErrNotFound", err)
+	}
+}
+
+// testHoldTakenOnce races 16 takers per hold, spread over cs, for 20 holds:
+// exactly one taker of each gets its data.
+func testHoldTakenOnce(t *testing.T, cs []storage.Counters) {
+	ctx := testContext(t)
+	const holds, takers = 20, 16
+	exp := time.Now().Add(time.Hour)
+	prefix := fmt.Sprintf("hold:race:%d:", time.Now().UnixNano())
+	for i := range holds {
+		check(t, "PutHold", cs[i%len(cs)].PutHold(ctx, prefix+strconv.Itoa(i), []byte(strconv.Itoa(i)), exp))
+	}
+	var wins [holds]atomic.Int64
+	var wg sync.WaitGroup
+	for w := range takers {
+		c := cs[w%len(cs)]
+		wg.Go(func() {
+			for i := range holds {
+				got, err := c.TakeHold(ctx, prefix+strconv.Itoa(i))
+				switch {
+				case errors.Is(err, storage.ErrNotFound):
+				case err != nil:
+					t.Error(err)
+				case string(got) != strconv.Itoa(i):
+					t.Errorf("hold %d: got %q", i, got)
+				default:
+					wins[i].Add(1)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	for i := range wins {
+		if n := wins[i].Load(); n != 1 {
+			t.Errorf("hold %d taken %d times by %d concurrent takers, want exactly once", i, n, takers)
+		}
 	}
 }
