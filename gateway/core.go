@@ -81,7 +81,7 @@ type Core struct {
 	meter     *budget.Meter
 	agents    AgentStatuses
 	limitTO   time.Duration
-	holds     *holdTable
+	holds     holdStore
 	approvals ApprovalStore
 	hooks     alertHooks // see alerting.go
 }
@@ -112,8 +112,9 @@ func NewCore(o Options) (*Core, error) {
 	}
 	c := &Core{audit: o.Audit, chain: o.Chain, log: o.Logger, metrics: o.Metrics,
 		limits: o.Limits, auditTO: o.AuditTimeout, now: o.Now, agents: o.Agents,
-		limitTO: o.LimitTimeout, holds: newHoldTable(10000, time.Hour), approvals: o.Approvals}
+		limitTO: o.LimitTimeout, approvals: o.Approvals}
 	if o.Counters != nil {
+		c.holds = o.Counters
 		c.limiter = ratelimit.New(o.Counters, ratelimit.Options{})
 		c.meter = budget.NewMeter(o.Counters, o.Pricing, budget.Options{Now: o.Now, OnThreshold: c.onThreshold})
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 
 	"github.com/agent-assembly/agent-assembly/action"
@@ -78,7 +77,7 @@ func (c *Core) applyLimits(ctx context.Context, av *agentView, a *action.Action,
 	if len(r.Holds) > 0 {
 		c.metrics.BudgetReserved.WithLabelValues(a.Agent.Org, a.Agent.Team).Add(r.Cost.Amount.USD())
 	}
-	c.holds.put(out.DecisionID, r)
+	c.putHold(lctx, out.DecisionID, r)
 }
 
 func (c *Core) denyBackend(ctx context.Context, out *Outcome, what string, err error) {
@@ -93,51 +92,4 @@ func (c *Core) onThreshold(e budget.Event) {
 		"window", string(e.Window), "spent", e.Spent.String(), "limit", e.Limit.String(), "policy", e.Policy)
 	c.metrics.BudgetThresholds.WithLabelValues(fmt.Sprint(e.Threshold), string(e.Window)).Inc()
 	c.alertThreshold(e)
-}
-
-// holdTable remembers budget reservations by decision id so RecordUsage can
-// reconcile them. It is bounded and in process: usage reported to another
-// replica, or after a restart, is charged without reconciliation.
-type holdTable struct {
-	mu  sync.Mutex
-	max int
-	ttl time.Duration
-	m   map[string]heldReservation
-}
-
-type heldReservation struct {
-	r  budget.Reservation
-	at time.Time
-}
-
-func newHoldTable(max int, ttl time.Duration) *holdTable {
-	return &holdTable{max: max, ttl: ttl, m: map[string]heldReservation{}}
-}
-
-func (h *holdTable) put(id string, r budget.Reservation) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	now := time.Now()
-	if len(h.m) >= h.max {
-		for k, v := range h.m {
-			if now.Sub(v.at) > h.ttl || len(h.m) >= h.max {
-				delete(h.m, k)
-			}
-			if len(h.m) < h.max/2 {
-				break
-			}
-		}
-	}
-	h.m[id] = heldReservation{r: r, at: now}
-}
-
-func (h *holdTable) take(id string) (budget.Reservation, bool) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	v, ok := h.m[id]
-	delete(h.m, id)
-	if ok && time.Since(v.at) > h.ttl {
-		return budget.Reservation{}, false
-	}
-	return v.r, ok
 }

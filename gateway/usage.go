@@ -15,7 +15,7 @@ import (
 )
 
 // ErrNoReservation reports usage for a decision that has no open budget
-// reservation on this replica.
+// reservation: none was made, it was settled already, or it expired.
 var ErrNoReservation = errors.New("no open budget reservation")
 
 // ErrBudgetsDisabled reports a budget call on a gateway without counters.
@@ -52,16 +52,24 @@ func (c *Core) ReconcileUsage(ctx context.Context, decisionID string, agent *act
 	if c.meter == nil {
 		return Usage{}, ErrBudgetsDisabled
 	}
-	r, ok := c.holds.take(decisionID)
-	if !ok {
-		return Usage{}, fmt.Errorf("decision %s: %w on this replica: it was already reconciled, is over an hour old, had no budget, or was made by another replica", decisionID, ErrNoReservation)
-	}
-	if agent != nil && *agent != r.Agent {
-		c.holds.put(decisionID, r)
-		return Usage{}, badField("agent", "does not match the agent of decision %s", decisionID)
-	}
 	lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.limitTO)
 	defer cancel()
+	h, err := c.takeHold(lctx, decisionID)
+	if err != nil {
+		if !errors.Is(err, ErrNoReservation) {
+			c.metrics.storeError(storeOpCounters, err)
+		}
+		return Usage{}, err
+	}
+	r := h.Reservation
+	if agent != nil && *agent != r.Agent {
+		// Not this agent's to settle: put it back for its own agent.
+		if err := c.storeHold(lctx, decisionID, h); err != nil {
+			c.metrics.storeError(storeOpCounters, err)
+			c.log.WarnContext(ctx, "put back a budget reservation claimed by another agent; the estimate stays charged", "decision_id", decisionID, "err", err)
+		}
+		return Usage{}, badField("agent", "does not match the agent of decision %s", decisionID)
+	}
 	cost, err := c.meter.Reconcile(lctx, r, promptTokens, completionTokens)
 	if err != nil {
 		c.metrics.storeError(storeOpCounters, err)
