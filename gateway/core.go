@@ -223,6 +223,9 @@ func (c *Core) Decide(ctx context.Context, a *action.Action, start time.Time, op
 	if err := c.append(ctx, rec); err != nil {
 		c.metrics.AuditErrors.Inc()
 		c.log.ErrorContext(ctx, "audit write failed; denying", "decision_id", out.DecisionID, "agent", a.Agent.String(), "err", err)
+		if a.Kind == action.KindLLMCall && (out.Decision == action.Allow || out.Decision == action.Redact) {
+			c.releaseHold(ctx, out.DecisionID) // the call will not happen
+		}
 		out.Decision = action.Deny
 		out.RuleID = "audit"
 		out.Reason = "audit log unavailable, failing closed: " + err.Error()

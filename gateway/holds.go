@@ -70,3 +70,26 @@ func (c *Core) takeHold(ctx context.Context, decisionID string) (heldReservation
 	}
 	return h, nil
 }
+
+// releaseHold returns what an allowed LLM call reserved when its decision
+// became a deny afterwards (the audit write failed), so an outage of the
+// audit store does not spend budgets on calls that never ran. A failure
+// leaves the estimate charged, and is logged and counted.
+func (c *Core) releaseHold(ctx context.Context, decisionID string) {
+	if c.meter == nil {
+		return
+	}
+	lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.limitTO)
+	defer cancel()
+	h, err := c.takeHold(lctx, decisionID)
+	if errors.Is(err, ErrNoReservation) {
+		return // no budget applied
+	}
+	if err == nil {
+		err = c.meter.Release(lctx, h.Reservation)
+	}
+	if err != nil {
+		c.metrics.storeError(storeOpCounters, err)
+		c.log.WarnContext(ctx, "release the budget reservation of a call denied after it was reserved; the estimate stays charged", "decision_id", decisionID, "err", err)
+	}
+}
