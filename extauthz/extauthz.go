@@ -291,16 +291,25 @@ func (s *Server) decide(ctx context.Context, m *mapped, start time.Time) verdict
 	j.s, j.ctx, j.m, j.start = s, ctx, m, start
 	j.timer.Reset(s.o.Timeout)
 	deciders().run(j.run)
+	var v verdict
+	got := false
 	select {
-	case v := <-j.done:
+	case v = <-j.done:
+		got = true
 		j.timer.Stop()
-		j.s, j.ctx, j.m = nil, nil, nil
-		decisions.Put(j)
-		v.note = m.note // the decider has already added it to the reason
-		return v
 	case <-j.timer.C:
 	case <-ctx.Done():
 		j.timer.Stop()
+	}
+	if !got && !j.claimed.CompareAndSwap(false, true) {
+		v, got = <-j.done, true // the decider finished as the deadline passed: its verdict is on its way
+	}
+	if got {
+		j.s, j.ctx, j.m = nil, nil, nil
+		j.claimed.Store(false)
+		decisions.Put(j)
+		v.note = m.note // the decider has already added it to the reason
+		return v
 	}
 	// Given up: the decision may still be running, so neither j nor m is
 	// ever reused; j.late tells it to decide no further action.
@@ -325,7 +334,11 @@ type decision struct {
 	done  chan verdict // buffered: a late decider never blocks
 	timer *time.Timer  // the Check's deadline, stopped between uses
 	late  atomic.Bool  // the Check has answered without this decision
-	run   func()       // work, bound once
+	// claimed is set by whichever comes first: the decider with its verdict
+	// (the Check then waits for it) or the Check giving up (the decider then
+	// releases what its verdict reserved, as the request never goes ahead).
+	claimed atomic.Bool
+	run     func() // work, bound once
 }
 
 // decisions pools the decision of Checks answered in time.
@@ -342,12 +355,22 @@ func (j *decision) work() {
 	defer func() {
 		if p := recover(); p != nil {
 			j.s.log.Error("ext_authz decider failed", "panic", fmt.Sprint(p))
-			j.done <- verdict{Outcome: gateway.Outcome{
-				Decision: action.Deny, RuleID: "extauthz", Reason: "decision failed: failing closed",
-			}, status: 503}
+			if j.claimed.CompareAndSwap(false, true) {
+				j.done <- verdict{Outcome: gateway.Outcome{
+					Decision: action.Deny, RuleID: "extauthz", Reason: "decision failed: failing closed",
+				}, status: 503}
+			}
 		}
 	}()
-	j.done <- j.s.decideAll(j.ctx, j.m, j.start, &j.late)
+	v := j.s.decideAll(j.ctx, j.m, j.start, &j.late)
+	if j.claimed.CompareAndSwap(false, true) {
+		j.done <- v
+		return
+	}
+	// The Check answered 503 without this verdict, so the request never
+	// reaches its upstream: an LLM call it allowed must not keep its
+	// budget reservation.
+	j.s.release(j.ctx, j.m, v)
 }
 
 // decideAll decides each action and keeps the most restrictive outcome; the

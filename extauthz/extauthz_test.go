@@ -3,6 +3,7 @@ package extauthz
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net"
 	"strings"
 	"sync"
@@ -378,6 +379,57 @@ func TestLateDecisionCancelled(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("the late decision's context was never cancelled")
+	}
+}
+
+// settlingDecider allows every action, the LLM call after slow, and records
+// the budget settlements asked of it (a gateway.Core does both).
+type settlingDecider struct {
+	slow    time.Duration
+	settled chan string
+}
+
+func (d *settlingDecider) Decide(_ context.Context, a *action.Action, _ time.Time, _ gateway.CheckOptions) gateway.Outcome {
+	if a.Kind == action.KindLLMCall {
+		time.Sleep(d.slow)
+	}
+	return gateway.Outcome{Decision: action.Allow, DecisionID: "d-" + a.Kind.String()}
+}
+
+func (d *settlingDecider) ReconcileUsage(_ context.Context, id string, agent *action.AgentID, prompt, completion int64) (gateway.Usage, error) {
+	d.settled <- fmt.Sprintf("%s %s %d+%d", id, agent, prompt, completion)
+	return gateway.Usage{}, nil
+}
+
+// TestLateAllowReleasesBudget: an LLM call allowed only after its Check has
+// answered 503 never reaches the provider, so its budget reservation is
+// released at zero; one allowed in time keeps it for its usage.
+func TestLateAllowReleasesBudget(t *testing.T) {
+	body := `{"model":"gpt-4o","max_tokens":32,"messages":[{"role":"user","content":"hi"}]}`
+	req := request("POST", "https://api.openai.com/v1/chat/completions", map[string]string{"x-aa-agent-id": "acme/research/researcher-1"}, body)
+
+	d := &settlingDecider{slow: 200 * time.Millisecond, settled: make(chan string, 4)}
+	c := serve(t, New(d, Options{Timeout: 20 * time.Millisecond}))
+	if v := denied(t, check(t, c, req)); v.status != 503 || v.body.Rule != "timeout" {
+		t.Fatalf("denial %+v", v)
+	}
+	select {
+	case got := <-d.settled:
+		if got != "d-llm_call acme/research/researcher-1 0+0" {
+			t.Fatalf("settled %q, want the LLM call's reservation released at zero", got)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the late LLM call's reservation was never released")
+	}
+
+	d = &settlingDecider{settled: make(chan string, 4)}
+	c = serve(t, New(d, Options{Timeout: 5 * time.Second}))
+	if h := okHeaders(t, check(t, c, req)); h[HeaderDecision] != "allow" {
+		t.Fatalf("headers %v", h)
+	}
+	time.Sleep(50 * time.Millisecond)
+	if len(d.settled) != 0 {
+		t.Fatalf("an LLM call allowed in time was settled: %q", <-d.settled)
 	}
 }
 
