@@ -56,6 +56,9 @@ const (
 type Sealer interface {
 	Seal(plaintext, aad []byte) ([]byte, error)
 	Open(ciphertext, aad []byte) ([]byte, error)
+	// NeedsReseal reports whether ciphertext was sealed with another key
+	// than the one Seal uses now (a key kept only to open old values).
+	NeedsReseal(ciphertext []byte) bool
 }
 
 // Store is everything the gateway keeps. A driver may implement only some of
@@ -479,6 +482,13 @@ type Secrets interface {
 	ListSecrets(ctx context.Context) ([]SecretMeta, error)
 	// DeleteSecret removes a secret; ErrNotFound for an unknown name.
 	DeleteSecret(ctx context.Context, name string) error
+	// ResealSecrets seals again, with the Sealer's current key, every secret
+	// sealed with an older key it can still open, keeping its value and
+	// version, and returns how many it rewrote. A secret replaced meanwhile
+	// is left alone (the new value is sealed with the current key already).
+	// A secret that cannot be opened is named in the error; the others are
+	// still resealed.
+	ResealSecrets(ctx context.Context) (int, error)
 }
 
 // ---------------------------------------------------------------- notifications

@@ -4,6 +4,7 @@ package memory
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -619,6 +620,31 @@ func (s *Store) GetSecret(ctx context.Context, name string) ([]byte, error) {
 		return nil, fmt.Errorf("get secret %s: open: %w", name, err)
 	}
 	return v, nil
+}
+
+// ResealSecrets implements storage.Secrets.
+func (s *Store) ResealSecrets(ctx context.Context) (int, error) {
+	if s.opts.Sealer == nil {
+		return 0, nil // nothing is sealed
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	var errs error
+	for name, sec := range s.secrets {
+		if !s.opts.Sealer.NeedsReseal(sec.value) {
+			continue
+		}
+		sealed, err := storage.Reseal(s.opts.Sealer, name, sec.value)
+		if err != nil {
+			errs = errors.Join(errs, err)
+			continue
+		}
+		sec.value = sealed
+		s.secrets[name] = sec
+		n++
+	}
+	return n, errs
 }
 
 // ListSecrets lists secret names and versions, sorted by name.

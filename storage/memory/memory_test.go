@@ -47,3 +47,18 @@ func TestConformanceSealed(t *testing.T) {
 		return out
 	}))
 }
+
+func TestSecretsReseal(t *testing.T) {
+	storagetest.RunSecretsReseal(t, func(t *testing.T, sealer storage.Sealer, on storage.Secrets) storage.Secrets {
+		if on == nil {
+			s := New(Options{Sealer: sealer})
+			t.Cleanup(func() { s.Close() })
+			return s
+		}
+		m := on.(*Store)
+		m.mu.Lock()
+		m.opts.Sealer = sealer // the backend is this Store: a restart with other keys
+		m.mu.Unlock()
+		return m
+	})
+}

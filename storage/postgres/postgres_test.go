@@ -252,3 +252,13 @@ func TestVerifyWhileAppending(t *testing.T) {
 		}
 	}
 }
+
+func TestSecretsReseal(t *testing.T) {
+	storagetest.RunSecretsReseal(t, func(t *testing.T, sealer storage.Sealer, on storage.Secrets) storage.Secrets {
+		schema := ""
+		if on != nil {
+			schema = on.(*Store).opts.Schema
+		}
+		return openTest(t, schema, Options{Sealer: sealer})
+	})
+}

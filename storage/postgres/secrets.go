@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/jackc/pgx/v5"
@@ -99,4 +100,57 @@ func (s *Store) DeleteSecret(ctx context.Context, name string) error {
 		err = fmt.Errorf("delete secret %s: %w", name, storage.ErrNotFound)
 	}
 	return err
+}
+
+// ResealSecrets implements storage.Secrets.
+func (s *Store) ResealSecrets(ctx context.Context) (int, error) {
+	box, err := s.sealer("reseal secrets")
+	if err != nil {
+		return 0, err
+	}
+	type row struct {
+		name    string
+		sealed  []byte
+		version int64
+	}
+	var old []row
+	err = s.do(ctx, "reseal secrets", func(c *pgx.Conn) error {
+		old = old[:0]
+		rows, err := c.Query(ctx, `SELECT name, sealed, version FROM secrets ORDER BY name`)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var r row
+			if err := rows.Scan(&r.name, &r.sealed, &r.version); err != nil {
+				return err
+			}
+			if box.NeedsReseal(r.sealed) {
+				old = append(old, r)
+			}
+		}
+		return rows.Err()
+	})
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	var errs error
+	for _, r := range old {
+		sealed, err := storage.Reseal(box, r.name, r.sealed)
+		if err != nil {
+			errs = errors.Join(errs, err)
+			continue
+		}
+		var done int64
+		err = s.do(ctx, "reseal secret "+r.name, func(c *pgx.Conn) error {
+			tag, err := c.Exec(ctx, `UPDATE secrets SET sealed = $1 WHERE name = $2 AND version = $3`, sealed, r.name, r.version)
+			done = tag.RowsAffected()
+			return err
+		})
+		n += int(done)
+		errs = errors.Join(errs, err)
+	}
+	return n, errs
 }

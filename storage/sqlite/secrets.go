@@ -98,3 +98,57 @@ func (s *Store) DeleteSecret(ctx context.Context, name string) error {
 	}
 	return nil
 }
+
+// ResealSecrets implements storage.Secrets.
+func (s *Store) ResealSecrets(ctx context.Context) (int, error) {
+	if err := s.sealer("reseal", "secrets"); err != nil {
+		return 0, err
+	}
+	type row struct {
+		name    string
+		sealed  []byte
+		version int64
+	}
+	var old []row
+	rows, err := s.reader.QueryContext(ctx, `SELECT name, sealed, version FROM secrets ORDER BY name`)
+	if err != nil {
+		return 0, fmt.Errorf("reseal secrets: %w", wrapErr(err))
+	}
+	for rows.Next() {
+		var r row
+		if err := rows.Scan(&r.name, &r.sealed, &r.version); err != nil {
+			rows.Close()
+			return 0, fmt.Errorf("reseal secrets: %w", wrapErr(err))
+		}
+		if s.opts.Sealer.NeedsReseal(r.sealed) {
+			old = append(old, r)
+		}
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return 0, fmt.Errorf("reseal secrets: %w", wrapErr(err))
+	}
+	n := 0
+	var errs error
+	for _, r := range old {
+		sealed, err := storage.Reseal(s.opts.Sealer, r.name, r.sealed)
+		if err != nil {
+			errs = errors.Join(errs, err)
+			continue
+		}
+		var done int64
+		err = s.write(ctx, func(tx *sql.Tx) error {
+			res, err := tx.ExecContext(ctx, `UPDATE secrets SET sealed = ? WHERE name = ? AND version = ?`, sealed, r.name, r.version)
+			if err != nil {
+				return err
+			}
+			done, err = res.RowsAffected()
+			return err
+		})
+		n += int(done)
+		if err != nil {
+			errs = errors.Join(errs, fmt.Errorf("reseal secret %s: %w", r.name, wrapErr(err)))
+		}
+	}
+	return n, errs
+}

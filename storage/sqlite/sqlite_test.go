@@ -145,3 +145,13 @@ func TestMigrationsIdempotent(t *testing.T) {
 }
 
 func discard() *slog.Logger { return slog.New(slog.DiscardHandler) }
+
+func TestSecretsReseal(t *testing.T) {
+	storagetest.RunSecretsReseal(t, func(t *testing.T, sealer storage.Sealer, on storage.Secrets) storage.Secrets {
+		path := filepath.Join(t.TempDir(), "aa.db")
+		if on != nil {
+			path = on.(*Store).opts.Path
+		}
+		return openTest(t, Options{Path: path, Sealer: sealer})
+	})
+}
