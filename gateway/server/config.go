@@ -32,8 +32,14 @@ type Config struct {
 	MaxRequestBytes int
 	ReplicaID       string
 	SecretsKeyFile  string
-	PricingFile     string
-	AuditTimeout    time.Duration
+	// SecretsExtraKeyFiles hold keys that open stored secrets but never
+	// seal (the key before or after a rotation); with SecretsReseal, the
+	// secrets sealed with one are resealed with SecretsKeyFile's key at
+	// start (secretkeys.go).
+	SecretsExtraKeyFiles []string
+	SecretsReseal        bool
+	PricingFile          string
+	AuditTimeout         time.Duration
 	// ExtAuthzTimeout bounds one ext_authz Check; keep it under the Envoy
 	// filter's own timeout (200ms by default).
 	ExtAuthzTimeout time.Duration
@@ -131,6 +137,15 @@ func Settings() []Setting {
 		}},
 		{"replica-id", "AA_REPLICA_ID", "", "this replica's name and audit chain id (default: the host name)", str(func(c *Config) *string { return &c.ReplicaID })},
 		{"secrets-key-file", "AA_SECRETS_KEY_FILE", "./data/secrets.key", "32-byte key that encrypts stored secrets; created (0600) on first start", str(func(c *Config) *string { return &c.SecretsKeyFile })},
+		{"secrets-extra-key-files", "AA_SECRETS_EXTRA_KEY_FILES", "", "comma-separated key files that open stored secrets but never seal: the key before a rotation (or, while replicas roll over, the one after); see docs/operations.md", parseExtraKeyFiles},
+		{"secrets-reseal", "AA_SECRETS_RESEAL", "true", "at start, reseal with --secrets-key-file every stored secret sealed with a key from --secrets-extra-key-files (false only while replicas learn a new key)", func(c *Config, v string) error {
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				return fmt.Errorf("not a boolean: %q", v)
+			}
+			c.SecretsReseal = b
+			return nil
+		}},
 		{"pricing", "AA_PRICING", "", "YAML file of LLM prices (USD per 1k tokens) merged over the built-in table; see docs/budgets.md", str(func(c *Config) *string { return &c.PricingFile })},
 		{"audit-timeout", "AA_AUDIT_TIMEOUT", "2s", "longest a check waits for its audit record to become durable before it is denied (fail closed)", dur(func(c *Config) *time.Duration { return &c.AuditTimeout })},
 		{"extauthz-timeout", "AA_EXTAUTHZ_TIMEOUT", "150ms", "longest an Envoy ext_authz Check waits for its decision before it is denied with 503 (fail closed); keep it under the ext_authz filter's timeout in Envoy (200ms by default)", dur(func(c *Config) *time.Duration { return &c.ExtAuthzTimeout })},

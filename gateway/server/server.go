@@ -50,7 +50,6 @@ import (
 	"github.com/agent-assembly/agent-assembly/storage/backend"
 	"github.com/agent-assembly/agent-assembly/storage/cache"
 	"github.com/agent-assembly/agent-assembly/storage/groupcommit"
-	"github.com/agent-assembly/agent-assembly/storage/secretbox"
 	"github.com/agent-assembly/agent-assembly/tracing"
 	"github.com/agent-assembly/agent-assembly/xds"
 )
@@ -110,13 +109,9 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	if err := ensureDataDir(cfg); err != nil {
 		return nil, err
 	}
-	key, err := secretbox.LoadOrCreateKeyFile(cfg.SecretsKeyFile)
+	box, extraKeys, err := secretsBox(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("secrets key %s: %w", cfg.SecretsKeyFile, err)
-	}
-	box, err := secretbox.New(key)
-	if err != nil {
-		return nil, fmt.Errorf("secrets key %s: %w", cfg.SecretsKeyFile, err)
+		return nil, err
 	}
 	st, err := backend.Open(ctx, cfg.Store, cfg.Counters, backend.Options{
 		Durability: storage.Durability(cfg.AuditDurability),
@@ -127,6 +122,9 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 		return nil, fmt.Errorf("open store %s: %w", redactURL(cfg.Store), err)
 	}
 	s.store = st
+	if extraKeys > 0 && cfg.SecretsReseal {
+		resealSecrets(ctx, st, log)
+	}
 	replica := cfg.ReplicaName()
 	pricing, err := budget.LoadPricing(cfg.PricingFile)
 	if err != nil {

@@ -142,6 +142,16 @@ func LoadOrCreateKeyFile(path string) (Key, error) {
 	return k, nil
 }
 
+// ReadKeyFile reads the key in path, which must exist (it is never
+// created): for keys kept only to open values sealed before a rotation.
+func ReadKeyFile(path string) (Key, error) {
+	k, err := readKeyFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return Key{}, fmt.Errorf("secret key file %s: %w", path, err)
+	}
+	return k, err
+}
+
 func readKeyFile(path string) (Key, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
