@@ -14,17 +14,6 @@ import (
 	"github.com/agent-assembly/agent-assembly/gateway"
 )
 
-// parseWebhooks reads --alert-webhook: a comma-separated list of URLs.
-func parseWebhooks(c *Config, v string) error {
-	c.AlertWebhooks = nil
-	for _, u := range strings.Split(v, ",") {
-		if u = strings.TrimSpace(u); u != "" {
-			c.AlertWebhooks = append(c.AlertWebhooks, u)
-		}
-	}
-	return nil
-}
-
 // validateAlerts checks the webhook URLs and that they come with a secret.
 func (c *Config) validateAlerts() []error {
 	var errs []error

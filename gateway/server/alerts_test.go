@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"encoding/json"
+	"flag"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -471,17 +472,19 @@ func TestAlertWebhookConfig(t *testing.T) {
 		{"https://hooks.example.com/x", "", "--alert-webhook-secret-file: is required with --alert-webhook"},
 	} {
 		c := DefaultConfig()
-		if err := parseWebhooks(&c, tc.hooks); err != nil {
-			t.Fatal(err)
-		}
+		c.AlertWebhooks = commaList(tc.hooks)
 		c.AlertWebhookSecretFile = tc.secret
 		if err := c.Validate(); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("hooks %q secret %q: Validate = %v, want %q", tc.hooks, tc.secret, err, tc.want)
 		}
 	}
-	c := DefaultConfig()
-	if err := parseWebhooks(&c, " https://a.example/x , http://127.0.0.1:9/y,"); err != nil || len(c.AlertWebhooks) != 2 || c.AlertWebhooks[1] != "http://127.0.0.1:9/y" {
-		t.Fatalf("parseWebhooks = %v, %v", c.AlertWebhooks, err)
+	var c Config
+	fs := flag.NewFlagSet("aa-gateway", flag.ContinueOnError)
+	if err := Bind(fs, &c, func(string) string { return "" }); err != nil {
+		t.Fatal(err)
+	}
+	if err := fs.Parse([]string{"--alert-webhook", " https://a.example/x , http://127.0.0.1:9/y,"}); err != nil || len(c.AlertWebhooks) != 2 || c.AlertWebhooks[1] != "http://127.0.0.1:9/y" {
+		t.Fatalf("--alert-webhook = %q, %v", c.AlertWebhooks, err)
 	}
 	if _, err := webhookSecret(short); err == nil || !strings.Contains(err.Error(), "at least 16 bytes") {
 		t.Fatalf("short secret: %v", err)

@@ -119,6 +119,19 @@ func Settings() []Setting {
 			return nil
 		}
 	}
+	boolean := func(p func(*Config) *bool) func(*Config, string) error {
+		return func(c *Config, v string) error {
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				return fmt.Errorf("not a boolean: %q", v)
+			}
+			*p(c) = b
+			return nil
+		}
+	}
+	list := func(p func(*Config) *[]string) func(*Config, string) error {
+		return func(c *Config, v string) error { *p(c) = commaList(v); return nil }
+	}
 	return []Setting{
 		{"grpc-addr", "AA_GRPC_ADDR", "127.0.0.1:50051", "gRPC listener (PolicyService, ext_authz, health, reflection): host:port or unix:/path", str(func(c *Config) *string { return &c.GRPCAddr })},
 		{"api-addr", "AA_API_ADDR", "127.0.0.1:7700", "HTTP listener: REST API (/v1/...), /openapi.json, /healthz, /readyz, /metrics", str(func(c *Config) *string { return &c.APIAddr })},
@@ -137,29 +150,15 @@ func Settings() []Setting {
 		}},
 		{"replica-id", "AA_REPLICA_ID", "", "this replica's name and audit chain id (default: the host name)", str(func(c *Config) *string { return &c.ReplicaID })},
 		{"secrets-key-file", "AA_SECRETS_KEY_FILE", "./data/secrets.key", "32-byte key that encrypts stored secrets; created (0600) on first start", str(func(c *Config) *string { return &c.SecretsKeyFile })},
-		{"secrets-extra-key-files", "AA_SECRETS_EXTRA_KEY_FILES", "", "comma-separated key files that open stored secrets but never seal: the key before a rotation (or, while replicas roll over, the one after); see docs/operations.md", parseExtraKeyFiles},
-		{"secrets-reseal", "AA_SECRETS_RESEAL", "true", "at start, reseal with --secrets-key-file every stored secret sealed with a key from --secrets-extra-key-files (false only while replicas learn a new key)", func(c *Config, v string) error {
-			b, err := strconv.ParseBool(v)
-			if err != nil {
-				return fmt.Errorf("not a boolean: %q", v)
-			}
-			c.SecretsReseal = b
-			return nil
-		}},
+		{"secrets-extra-key-files", "AA_SECRETS_EXTRA_KEY_FILES", "", "comma-separated key files that open stored secrets but never seal: the key before a rotation (or, while replicas roll over, the one after); see docs/operations.md", list(func(c *Config) *[]string { return &c.SecretsExtraKeyFiles })},
+		{"secrets-reseal", "AA_SECRETS_RESEAL", "true", "at start, reseal with --secrets-key-file every stored secret sealed with a key from --secrets-extra-key-files (false only while replicas learn a new key)", boolean(func(c *Config) *bool { return &c.SecretsReseal })},
 		{"pricing", "AA_PRICING", "", "YAML file of LLM prices (USD per 1k tokens) merged over the built-in table; see docs/budgets.md", str(func(c *Config) *string { return &c.PricingFile })},
 		{"audit-timeout", "AA_AUDIT_TIMEOUT", "2s", "longest a check waits for its audit record to become durable before it is denied (fail closed)", dur(func(c *Config) *time.Duration { return &c.AuditTimeout })},
 		{"extauthz-timeout", "AA_EXTAUTHZ_TIMEOUT", "150ms", "longest an Envoy ext_authz Check waits for its decision before it is denied with 503 (fail closed); keep it under the ext_authz filter's timeout in Envoy (200ms by default)", dur(func(c *Config) *time.Duration { return &c.ExtAuthzTimeout })},
 		{"shutdown-timeout", "AA_SHUTDOWN_TIMEOUT", "10s", "grace period for in-flight requests and the final audit flush on SIGINT/SIGTERM", dur(func(c *Config) *time.Duration { return &c.ShutdownTimeout })},
 		{"log-level", "AA_LOG_LEVEL", "info", "debug, info, warn or error", str(func(c *Config) *string { return &c.LogLevel })},
 		{"log-format", "AA_LOG_FORMAT", "text", "text or json", str(func(c *Config) *string { return &c.LogFormat })},
-		{"allow-remote", "AA_ALLOW_REMOTE", "false", "allow listening on non-loopback addresses without TLS", func(c *Config, v string) error {
-			b, err := strconv.ParseBool(v)
-			if err != nil {
-				return fmt.Errorf("not a boolean: %q", v)
-			}
-			c.AllowRemote = b
-			return nil
-		}},
+		{"allow-remote", "AA_ALLOW_REMOTE", "false", "allow listening on non-loopback addresses without TLS", boolean(func(c *Config) *bool { return &c.AllowRemote })},
 		{"auth", "AA_AUTH", "on", "on: every operator call (gRPC and REST) needs an API key (Authorization: Bearer aak_...) or an operator client certificate with the method's role (viewer, operator, admin); off: no operator authentication (development only, refused on a non-loopback listener)", str(func(c *Config) *string { return &c.Auth })},
 		{"bootstrap-admin-key-file", "AA_BOOTSTRAP_ADMIN_KEY_FILE", "", "file holding the admin key (aak_<id>_<secret>) to store when no admin key exists; the key itself may instead be in $AA_BOOTSTRAP_ADMIN_KEY; with neither, one is generated and shown once", str(func(c *Config) *string { return &c.BootstrapAdminKeyFile })},
 		{"admin-key-file", "AA_ADMIN_KEY_FILE", "", "where a generated bootstrap admin key is also written (0600), for aasm login --key-file (default: admin.key beside --secrets-key-file, so ./data/admin.key); none: only shown on stderr", str(func(c *Config) *string { return &c.AdminKeyFile })},
@@ -170,23 +169,9 @@ func Settings() []Setting {
 		{"agent-spiffe-trust-domain", "AA_AGENT_SPIFFE_TRUST_DOMAIN", "agent-assembly", "trust domain of agent client certificates: a verified certificate with URI SAN spiffe://<domain>/agent/<org>/<team>/<agent> authenticates that agent", str(func(c *Config) *string { return &c.AgentSPIFFETrustDomain })},
 		{"xds-advertise-addr", "AA_XDS_ADVERTISE_ADDR", "", "host:port at which Envoy sidecars reach this gateway's gRPC listener, written into the resources served over xDS (default: --grpc-addr)", str(func(c *Config) *string { return &c.XDSAdvertiseAddr })},
 		{"xds-egress-addr", "AA_XDS_EGRESS_ADDR", "127.0.0.1:15001", "address of the egress listener that xDS gives each Envoy sidecar (agents use it as HTTP_PROXY)", str(func(c *Config) *string { return &c.XDSEgressAddr })},
-		{"xds-ext-proc", "AA_XDS_EXT_PROC", "true", "add the ext_proc filter (request body redaction, LLM usage from responses) after ext_authz in the sidecars' egress listener", func(c *Config, v string) error {
-			b, err := strconv.ParseBool(v)
-			if err != nil {
-				return fmt.Errorf("not a boolean: %q", v)
-			}
-			c.XDSExtProc = b
-			return nil
-		}},
+		{"xds-ext-proc", "AA_XDS_EXT_PROC", "true", "add the ext_proc filter (request body redaction, LLM usage from responses) after ext_authz in the sidecars' egress listener", boolean(func(c *Config) *bool { return &c.XDSExtProc })},
 		{"otlp-endpoint", "AA_OTLP_ENDPOINT", "", "OpenTelemetry collector (OTLP/gRPC host:port) for traces of every gRPC call; empty turns tracing off", str(func(c *Config) *string { return &c.OTLPEndpoint })},
-		{"otlp-insecure", "AA_OTLP_INSECURE", "false", "send traces to the collector without TLS", func(c *Config, v string) error {
-			b, err := strconv.ParseBool(v)
-			if err != nil {
-				return fmt.Errorf("not a boolean: %q", v)
-			}
-			c.OTLPInsecure = b
-			return nil
-		}},
+		{"otlp-insecure", "AA_OTLP_INSECURE", "false", "send traces to the collector without TLS", boolean(func(c *Config) *bool { return &c.OTLPInsecure })},
 		{"trace-sample-ratio", "AA_TRACE_SAMPLE_RATIO", "1", "share of new traces sampled (0..1); calls that arrive with a sampled traceparent are always traced", func(c *Config, v string) error {
 			f, err := strconv.ParseFloat(v, 64)
 			if err != nil || f < 0 || f > 1 {
@@ -195,7 +180,7 @@ func Settings() []Setting {
 			c.TraceSampleRatio = f
 			return nil
 		}},
-		{"alert-webhook", "AA_ALERT_WEBHOOK", "", "comma-separated http(s) URLs that receive each alert as a signed JSON POST (X-AA-Signature, retried with backoff; see docs/alerts.md)", parseWebhooks},
+		{"alert-webhook", "AA_ALERT_WEBHOOK", "", "comma-separated http(s) URLs that receive each alert as a signed JSON POST (X-AA-Signature, retried with backoff; see docs/alerts.md)", list(func(c *Config) *[]string { return &c.AlertWebhooks })},
 		{"alert-webhook-secret-file", "AA_ALERT_WEBHOOK_SECRET_FILE", "", "file holding the HMAC-SHA256 secret (at least 16 bytes) that signs alert webhooks; required with --alert-webhook", str(func(c *Config) *string { return &c.AlertWebhookSecretFile })},
 	}
 }
@@ -344,4 +329,16 @@ func MarkdownTable() string {
 		fmt.Fprintf(&b, "| `--%s` | `%s` | `%s` | %s |\n", s.Flag, s.Env, def, strings.ReplaceAll(s.Help, "|", "\\|"))
 	}
 	return b.String()
+}
+
+// commaList splits a comma-separated setting, dropping empty items and the
+// space around each.
+func commaList(v string) []string {
+	var out []string
+	for _, item := range strings.Split(v, ",") {
+		if item = strings.TrimSpace(item); item != "" {
+			out = append(out, item)
+		}
+	}
+	return out
 }

@@ -4,22 +4,11 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"strings"
 	"time"
 
 	"github.com/agent-assembly/agent-assembly/storage"
 	"github.com/agent-assembly/agent-assembly/storage/secretbox"
 )
-
-func parseExtraKeyFiles(c *Config, v string) error {
-	c.SecretsExtraKeyFiles = nil
-	for _, p := range strings.Split(v, ",") {
-		if p = strings.TrimSpace(p); p != "" {
-			c.SecretsExtraKeyFiles = append(c.SecretsExtraKeyFiles, p)
-		}
-	}
-	return nil
-}
 
 // secretsBox loads the key that seals secrets (created on first start) and
 // the old keys that only open them. It returns the Box and the number of
