@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -226,6 +227,11 @@ func (c *Core) Decide(ctx context.Context, a *action.Action, start time.Time, op
 		if a.Kind == action.KindLLMCall && (out.Decision == action.Allow || out.Decision == action.Redact) {
 			c.releaseHold(ctx, out.DecisionID) // the call will not happen
 		}
+		if out.Decision != action.Deny && (errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled)) {
+			// The record was queued and may still be written, with the
+			// policy's decision: say in the log what was answered instead.
+			go c.appendOverride(c.overrideRecord(rec, err))
+		}
 		out.Decision = action.Deny
 		out.RuleID = "audit"
 		out.Reason = "audit log unavailable, failing closed: " + err.Error()
@@ -415,4 +421,33 @@ func (c *Core) auditGovernance(ctx context.Context, agent action.AgentID, ruleID
 		return fmt.Errorf("audit %s: %w", ruleID, err)
 	}
 	return nil
+}
+
+// overrideRecord is the governance record saying that decision rec, whose
+// audit write did not finish in time, was answered DENY (fail closed)
+// whatever rec says: the writer may still store rec later, and the log must
+// not then show only an ALLOW the client never received. Queued after rec, it
+// follows it in the chain when both are written.
+func (c *Core) overrideRecord(rec *storage.AuditRecord, cause error) *storage.AuditRecord {
+	payload, _ := json.Marshal(struct {
+		DecisionID string `json:"decision_id"`
+		Decision   string `json:"recorded_decision"`
+	}{rec.ID, rec.Decision.String()})
+	return &storage.AuditRecord{
+		Chain: c.chain, ID: newID(), Time: c.now(), Event: storage.EventGovernance,
+		Agent: rec.Agent, SessionID: rec.SessionID, TraceID: rec.TraceID, SpanID: rec.SpanID, Kind: rec.Kind,
+		Payload: payload, Decision: action.Deny, RuleID: "audit", Mode: action.ModeEnforce,
+		Reason: fmt.Sprintf("decision %s was answered DENY, failing closed, because its audit record was not durable in time (%v); that record, if written, shows %s, the policy's decision", rec.ID, cause, rec.Decision),
+	}
+}
+
+// appendOverride writes an overrideRecord, waiting longer than a check
+// would: the store was slow a moment ago.
+func (c *Core) appendOverride(o *storage.AuditRecord) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := c.audit.Append(ctx, o); err != nil {
+		c.metrics.AuditErrors.Inc()
+		c.log.Error("audit the fail-closed answer of a decision whose record was late", "record_id", o.ID, "err", err)
+	}
 }

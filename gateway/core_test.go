@@ -273,3 +273,79 @@ func TestObserveModeAllowsAndRecordsShadow(t *testing.T) {
 		t.Fatalf("audit record: decision %s shadow %s", r.Decision, r.ShadowDecision)
 	}
 }
+
+// lateLog is a store slower than the audit timeout: it keeps every record
+// (as the group-commit writer still writes a queued record whose caller gave
+// up), answering only once ctx ends, except that it answers at once when
+// fast is set.
+type lateLog struct {
+	mu   sync.Mutex
+	recs []*storage.AuditRecord
+	fast bool
+}
+
+func (l *lateLog) Append(ctx context.Context, r *storage.AuditRecord) error {
+	l.mu.Lock()
+	c := *r
+	l.recs = append(l.recs, &c)
+	fast := l.fast
+	l.fast = true // the store recovers after the first record
+	l.mu.Unlock()
+	if fast {
+		return nil
+	}
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+// TestLateAuditRecordOverridden: a decision whose record was not durable
+// within the audit timeout is answered DENY; the record, written anyway,
+// says ALLOW, so a governance record after it says what was answered.
+func TestLateAuditRecordOverridden(t *testing.T) {
+	l := &lateLog{}
+	c, err := NewCore(Options{Audit: l, Chain: "unit", AuditTimeout: 20 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetSnapshot(exampleSnapshot(t))
+	resp, err := c.Check(context.Background(), coderTool("git_status", `{"short":true}`))
+	if err != nil || resp.GetDecision() != v1.Decision_DENY || !strings.Contains(resp.GetReason(), "audit log unavailable") {
+		t.Fatalf("check with a slow audit log: %v %v, want a fail-closed deny", resp, err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		l.mu.Lock()
+		n := len(l.recs)
+		l.mu.Unlock()
+		if n >= 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d records, want the late decision and the override", n)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	d, o := l.recs[0], l.recs[1]
+	if d.ID != resp.GetDecisionId() || d.Decision != action.Allow {
+		t.Fatalf("first record %+v, want the policy's ALLOW of decision %s", d, resp.GetDecisionId())
+	}
+	if o.Event != storage.EventGovernance || o.Decision != action.Deny || o.RuleID != "audit" ||
+		!strings.Contains(o.Reason, d.ID) || !strings.Contains(string(o.Payload), `"decision_id":"`+d.ID+`"`) || o.Agent != d.Agent || o.TraceID != d.TraceID {
+		t.Fatalf("override record %+v", o)
+	}
+
+	// A record that fails outright (not a timeout) was not queued: no override.
+	rec := &recorder{err: errors.New("disk full")}
+	c2 := newTestCore(t, rec)
+	if resp, _ := c2.Check(context.Background(), coderTool("git_status", "")); resp.GetDecision() != v1.Decision_DENY {
+		t.Fatalf("%v", resp)
+	}
+	time.Sleep(50 * time.Millisecond)
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	if len(rec.ctxs) != 1 {
+		t.Fatalf("%d appends after an outright failure, want 1 (no override)", len(rec.ctxs))
+	}
+}
