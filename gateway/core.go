@@ -83,6 +83,7 @@ type Core struct {
 	agents    AgentStatuses
 	limitTO   time.Duration
 	holds     holdStore
+	overrides chan struct{} // bounds the overrideRecord writes in flight
 	approvals ApprovalStore
 	hooks     alertHooks // see alerting.go
 }
@@ -113,7 +114,7 @@ func NewCore(o Options) (*Core, error) {
 	}
 	c := &Core{audit: o.Audit, chain: o.Chain, log: o.Logger, metrics: o.Metrics,
 		limits: o.Limits, auditTO: o.AuditTimeout, now: o.Now, agents: o.Agents,
-		limitTO: o.LimitTimeout, approvals: o.Approvals}
+		limitTO: o.LimitTimeout, approvals: o.Approvals, overrides: make(chan struct{}, maxOverrides)}
 	if o.Counters != nil {
 		c.holds = o.Counters
 		c.limiter = ratelimit.New(o.Counters, ratelimit.Options{})
@@ -230,7 +231,12 @@ func (c *Core) Decide(ctx context.Context, a *action.Action, start time.Time, op
 		if out.Decision != action.Deny && (errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled)) {
 			// The record was queued and may still be written, with the
 			// policy's decision: say in the log what was answered instead.
-			go c.appendOverride(c.overrideRecord(rec, err))
+			select {
+			case c.overrides <- struct{}{}:
+				go c.appendOverride(c.overrideRecord(rec, err))
+			default: // the store is down, not slow: no more waiting goroutines
+				c.metrics.AuditErrors.Inc()
+			}
 		}
 		out.Decision = action.Deny
 		out.RuleID = "audit"
@@ -441,9 +447,15 @@ func (c *Core) overrideRecord(rec *storage.AuditRecord, cause error) *storage.Au
 	}
 }
 
+// maxOverrides bounds the overrideRecord writes waiting for a slow store. A
+// store that stays slow beyond it fails the overrides in excess, which are
+// counted as audit errors.
+const maxOverrides = 256
+
 // appendOverride writes an overrideRecord, waiting longer than a check
 // would: the store was slow a moment ago.
 func (c *Core) appendOverride(o *storage.AuditRecord) {
+	defer func() { <-c.overrides }()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := c.audit.Append(ctx, o); err != nil {
