@@ -188,6 +188,28 @@ func (c *Counters) Load(key string, value int64, expires time.Time) {
 	}
 }
 
+// HoldEntry returns what key holds and its expiry, for drivers that persist
+// holds.
+func (c *Counters) HoldEntry(key string) (data []byte, expires time.Time, ok bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	h, ok := c.holds[key]
+	if !ok || !c.now().Before(h.expires) {
+		return nil, time.Time{}, false
+	}
+	return h.data, h.expires, true
+}
+
+// LoadHold sets key to hold data until expires, for drivers restoring
+// persisted holds at start.
+func (c *Counters) LoadHold(key string, data []byte, expires time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.now().Before(expires) {
+		c.holds[key] = hold{data: bytes.Clone(data), expires: expires}
+	}
+}
+
 // PutHold stores a copy of data under key until expires.
 func (c *Counters) PutHold(ctx context.Context, key string, data []byte, expires time.Time) error {
 	if key == "" {

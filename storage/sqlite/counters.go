@@ -43,16 +43,30 @@ func (s *Store) TakeToken(ctx context.Context, key string, rate float64, burst i
 	return s.hub.counters.TakeToken(ctx, key, rate, burst, now)
 }
 
-// PutHold implements storage.Counters. Holds, like token buckets, live in
-// memory only: after a restart an unsettled reservation stays charged at its
-// estimate.
+// PutHold implements storage.Counters. Holds live in memory with the
+// counters and are persisted behind with them, so a restart keeps the
+// reservations put more than one CounterFlushInterval before it.
 func (s *Store) PutHold(ctx context.Context, key string, data []byte, expires time.Time) error {
-	return s.hub.counters.PutHold(ctx, key, data, expires)
+	err := s.hub.counters.PutHold(ctx, key, data, expires)
+	if err == nil {
+		s.hub.markHoldDirty(key)
+	}
+	return err
 }
 
 // TakeHold implements storage.Counters.
 func (s *Store) TakeHold(ctx context.Context, key string) ([]byte, error) {
-	return s.hub.counters.TakeHold(ctx, key)
+	data, err := s.hub.counters.TakeHold(ctx, key)
+	if err == nil {
+		s.hub.markHoldDirty(key)
+	}
+	return data, err
+}
+
+func (h *hub) markHoldDirty(key string) {
+	h.dirtyMu.Lock()
+	h.dirtyHolds[key] = struct{}{}
+	h.dirtyMu.Unlock()
 }
 
 func (h *hub) markDirty(key string) {
@@ -76,21 +90,52 @@ func (h *hub) loadCounters(ctx context.Context, s *Store) error {
 		}
 		h.counters.Load(key, v, storage.FromUnixNanos(exp))
 	}
-	return rows.Err()
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("load counters: %w", err)
+	}
+	holds, err := s.writer.QueryContext(ctx, `SELECT key, data, expires_ns FROM budget_holds WHERE expires_ns > ?`, s.opts.Now().UnixNano())
+	if err != nil {
+		return fmt.Errorf("load budget holds: %w", err)
+	}
+	defer holds.Close()
+	for holds.Next() {
+		var key string
+		var data []byte
+		var exp int64
+		if err := holds.Scan(&key, &data, &exp); err != nil {
+			return fmt.Errorf("load budget holds: %w", err)
+		}
+		h.counters.LoadHold(key, data, storage.FromUnixNanos(exp))
+	}
+	return holds.Err()
 }
 
-// flushCounters writes the keys changed since the last flush. On failure the
-// keys stay dirty for the next attempt.
+// flushCounters writes the counters and budget holds changed since the last
+// flush. On failure they stay dirty for the next attempt.
 func (h *hub) flushCounters(ctx context.Context, s *Store) error {
 	h.dirtyMu.Lock()
-	if len(h.dirty) == 0 {
+	if len(h.dirty) == 0 && len(h.dirtyHolds) == 0 {
 		h.dirtyMu.Unlock()
 		return nil
 	}
-	keys := h.dirty
+	keys, holds := h.dirty, h.dirtyHolds
 	h.dirty = make(map[string]struct{}, len(keys))
+	h.dirtyHolds = make(map[string]struct{}, len(holds))
 	h.dirtyMu.Unlock()
 	err := s.write(ctx, func(tx *sql.Tx) error {
+		for key := range holds {
+			data, exp, ok := h.counters.HoldEntry(key)
+			var err error
+			if ok {
+				_, err = tx.ExecContext(ctx, `INSERT INTO budget_holds (key, data, expires_ns) VALUES (?, ?, ?)
+					ON CONFLICT (key) DO UPDATE SET data = excluded.data, expires_ns = excluded.expires_ns`, key, data, exp.UnixNano())
+			} else {
+				_, err = tx.ExecContext(ctx, `DELETE FROM budget_holds WHERE key = ?`, key)
+			}
+			if err != nil {
+				return err
+			}
+		}
 		for key := range keys {
 			v, exp, ok := h.counters.Entry(key)
 			var err error
@@ -111,8 +156,11 @@ func (h *hub) flushCounters(ctx context.Context, s *Store) error {
 		for k := range keys {
 			h.dirty[k] = struct{}{}
 		}
+		for k := range holds {
+			h.dirtyHolds[k] = struct{}{}
+		}
 		h.dirtyMu.Unlock()
-		return fmt.Errorf("persist %d counters: %w", len(keys), wrapErr(err))
+		return fmt.Errorf("persist %d counters and %d budget holds: %w", len(keys), len(holds), wrapErr(err))
 	}
 	return nil
 }

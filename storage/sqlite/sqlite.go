@@ -465,6 +465,7 @@ func (s *Store) maintain() {
 					`DELETE FROM nonces WHERE expires_ns <= ?`,
 					`DELETE FROM revoked_credentials WHERE expires_ns <= ?`,
 					`DELETE FROM counters WHERE expires_ns <= ?`,
+					`DELETE FROM budget_holds WHERE expires_ns <= ?`,
 				} {
 					if _, err := tx.ExecContext(ctx, q, now); err != nil {
 						return err
@@ -515,8 +516,9 @@ type hub struct {
 	// audit is the audit journal and its indexer (journal.go).
 	audit *auditLog
 
-	dirtyMu sync.Mutex
-	dirty   map[string]struct{}
+	dirtyMu    sync.Mutex
+	dirty      map[string]struct{} // counters changed since the last flush
+	dirtyHolds map[string]struct{} // budget holds put or taken since then
 }
 
 var hubs = struct {
@@ -538,6 +540,8 @@ func acquireHub(ctx context.Context, path string, s *Store) (*hub, error) {
 		tail:     broadcast.New[*storage.AuditRecord](memory.TailBuffer, broadcast.Disconnect),
 		counters: memory.NewCounters(s.opts.Now),
 		dirty:    make(map[string]struct{}),
+
+		dirtyHolds: make(map[string]struct{}),
 	}
 	if err := h.loadCounters(ctx, s); err != nil {
 		return nil, err

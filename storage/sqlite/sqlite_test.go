@@ -3,10 +3,12 @@ package sqlite
 import (
 	"bytes"
 	"database/sql"
+	"errors"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/agent-assembly/agent-assembly/storage"
 	"github.com/agent-assembly/agent-assembly/storage/secretbox"
@@ -126,8 +128,8 @@ func TestMigrationsIdempotent(t *testing.T) {
 			t.Fatal(err)
 		}
 		v, err := s.SchemaVersion(t.Context())
-		if err != nil || v != 5 {
-			t.Fatalf("SchemaVersion = %d, %v; want 5", v, err)
+		if err != nil || v != 6 {
+			t.Fatalf("SchemaVersion = %d, %v; want 6", v, err)
 		}
 		if err := s.Close(); err != nil {
 			t.Fatal(err)
@@ -154,4 +156,65 @@ func TestSecretsReseal(t *testing.T) {
 		}
 		return openTest(t, Options{Path: path, Sealer: sealer})
 	})
+}
+
+// TestCountersAndHoldsSurviveRestart: counters and budget holds live in
+// memory and are persisted behind, so a reopened file has the counters, the
+// holds not yet taken (and only those), and none that expired.
+func TestCountersAndHoldsSurviveRestart(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "aa.db")
+	ctx := t.Context()
+	exp := time.Now().Add(time.Hour)
+	s, err := Open(ctx, Options{Path: path, Logger: discard()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Reserve(ctx, "budget:a", 40, 100, exp); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"hold:kept", "hold:taken"} {
+		if err := s.PutHold(ctx, k, []byte("data of "+k), exp); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.PutHold(ctx, "hold:short", []byte("x"), time.Now().Add(200*time.Millisecond)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil { // persists
+		t.Fatal(err)
+	}
+
+	s = openTest(t, Options{Path: path})
+	if n, err := s.Counter(ctx, "budget:a"); err != nil || n != 40 {
+		t.Fatalf("counter after restart = %d, %v; want 40", n, err)
+	}
+	if _, err := s.TakeHold(ctx, "hold:taken"); err != nil {
+		t.Fatalf("hold after restart: %v", err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if err := s.hub.flushCounters(ctx, s); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.TakeHold(ctx, "hold:short"); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("expired hold: %v, want ErrNotFound", err)
+	}
+
+	r := openTest(t, Options{Path: path, Now: time.Now}) // a second Store on the file shares the memory
+	if _, err := r.TakeHold(ctx, "hold:taken"); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("hold taken before: %v, want ErrNotFound", err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = openTest(t, Options{Path: path})
+	if _, err := s.TakeHold(ctx, "hold:taken"); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("hold taken before the restart is back: %v", err)
+	}
+	got, err := s.TakeHold(ctx, "hold:kept")
+	if err != nil || string(got) != "data of hold:kept" {
+		t.Fatalf("kept hold after two restarts = %q, %v", got, err)
+	}
 }
