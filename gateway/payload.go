@@ -38,6 +38,16 @@ func encodePayload(a *action.Action) []byte {
 	if b, ok := encodePlain(a); ok {
 		return b
 	}
+	b, err := json.Marshal(payloadOf(a))
+	if err != nil {
+		// Every field is a plain string, number or validated raw JSON.
+		return []byte(`{"kind":"` + a.Kind.String() + `","error":"payload not encodable"}`)
+	}
+	return b
+}
+
+// payloadOf is the audit payload of a, for json.Marshal.
+func payloadOf(a *action.Action) auditPayload {
 	p := auditPayload{Kind: a.Kind.String()}
 	switch a.Kind {
 	case action.KindLLMCall:
@@ -58,12 +68,7 @@ func encodePayload(a *action.Action) []byte {
 	case action.KindToolResult:
 		p.Name, p.OutputLen = a.Result.Name, len(a.Result.Output)
 	}
-	b, err := json.Marshal(p)
-	if err != nil {
-		// Every field is a plain string, number or validated raw JSON.
-		return []byte(`{"kind":"` + a.Kind.String() + `","error":"payload not encodable"}`)
-	}
-	return b
+	return p
 }
 
 // decodePayload reverses encodePayload, for simulation and topology.

@@ -11,20 +11,7 @@ import (
 // marshalPayload is encodePayload without its plain fast path.
 func marshalPayload(t testing.TB, a *action.Action) []byte {
 	t.Helper()
-	p := auditPayload{Kind: a.Kind.String()}
-	switch a.Kind {
-	case action.KindLLMCall:
-		p.Provider, p.Model, p.Prompt, p.Complete = a.LLM.Provider, a.LLM.Model, a.LLM.PromptTokens, a.LLM.CompletionTokens
-	case action.KindFileOperation:
-		p.Operation, p.Path = a.File.Operation, a.File.Path
-	case action.KindNetworkCall:
-		p.Host, p.Port, p.Protocol, p.Method, p.Path = a.Network.Host, a.Network.Port, a.Network.Protocol, a.Network.Method, a.Network.Path
-	case action.KindAgentSpawn:
-		p.Child = a.Spawn.Child.String()
-	case action.KindToolResult:
-		p.Name, p.OutputLen = a.Result.Name, len(a.Result.Output)
-	}
-	b, err := json.Marshal(p)
+	b, err := json.Marshal(payloadOf(a))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -540,7 +540,7 @@ func acquireHub(ctx context.Context, path string, s *Store) (*hub, error) {
 		tail:     broadcast.New[*storage.AuditRecord](memory.TailBuffer, broadcast.Disconnect),
 		counters: memory.NewCounters(s.opts.Now),
 		dirty:    make(map[string]struct{}),
-
+		// budget holds changed since the last flush
 		dirtyHolds: make(map[string]struct{}),
 	}
 	if err := h.loadCounters(ctx, s); err != nil {
