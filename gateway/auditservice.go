@@ -2,6 +2,8 @@ package gateway
 
 import (
 	"context"
+	"crypto/ed25519"
+	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -30,12 +32,22 @@ type AuditService struct {
 	v1.UnimplementedAuditServiceServer
 	log     AuditReader
 	reports *reports // nil until WithReports
+	// ckey is the checkpoint signing key VerifyAudit trusts (nil: any key's
+	// checkpoints are reported but not judged).
+	ckey ed25519.PublicKey
 }
 
 var _ v1.AuditServiceServer = (*AuditService)(nil)
 
 // NewAuditService returns the AuditService over log.
 func NewAuditService(log AuditReader) *AuditService { return &AuditService{log: log} }
+
+// WithCheckpointKey makes VerifyAudit fail a chain at the first checkpoint
+// signed by a key other than pub (see storage.CheckpointRule).
+func (s *AuditService) WithCheckpointKey(pub ed25519.PublicKey) *AuditService {
+	s.ckey = pub
+	return s
+}
 
 // ListAuditRecords implements AuditService.ListAuditRecords.
 func (s *AuditService) ListAuditRecords(ctx context.Context, req *v1.ListAuditRecordsRequest) (*v1.ListAuditRecordsResponse, error) {
@@ -129,15 +141,27 @@ func (s *AuditService) VerifyAudit(ctx context.Context, req *v1.VerifyAuditReque
 		}
 	}
 	resp := &v1.VerifyAuditResponse{Ok: true}
+	if s.ckey != nil {
+		resp.CheckpointKeyId = storage.CheckpointKeyID(s.ckey)
+		resp.CheckpointPublicKey = base64.StdEncoding.EncodeToString(s.ckey)
+	}
 	for _, c := range chains {
 		rep, err := s.log.VerifyAudit(ctx, c)
 		if err != nil {
 			return nil, storeStatus("verify audit chain "+c, err)
 		}
-		resp.Chains = append(resp.Chains, &v1.ChainReport{
+		if s.ckey != nil {
+			rep.TrustCheckpointKeys(s.ckey)
+		}
+		cr := &v1.ChainReport{
 			Chain: rep.Chain, Records: rep.Records, Ok: rep.OK, FirstBadSeq: rep.FirstBadSeq,
 			Problem: rep.Problem, HeadHash: hex.EncodeToString(rep.Head),
-		})
+			Checkpoints: rep.Checkpoints, LastCheckpointSeq: rep.LastCheckpointSeq,
+		}
+		for _, k := range rep.CheckpointKeys {
+			cr.CheckpointKeyIds = append(cr.CheckpointKeyIds, k.ID)
+		}
+		resp.Chains = append(resp.Chains, cr)
 		resp.Ok = resp.Ok && rep.OK
 		if s.reports != nil {
 			s.reports.core.alertChainBreak(rep)

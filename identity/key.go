@@ -28,45 +28,56 @@ type KeyStore interface {
 }
 
 // LoadOrCreateSigningKey returns the shared token-signing key seed, creating
-// it on first start. Replicas starting together agree on one key: the one
-// that wins a lease (a nonce, ErrConflict for the others) generates and
-// stores it, the others wait for it to appear.
+// it on first start (LoadOrCreateSeed).
 func LoadOrCreateSigningKey(ctx context.Context, st KeyStore) ([]byte, error) {
+	return LoadOrCreateSeed(ctx, st, SigningKeySecret, "token signing key")
+}
+
+// LoadOrCreateSeed returns the Ed25519 key seed kept in the secret name,
+// creating it on first start; what names the key in errors. Replicas
+// starting together agree on one key: the one that wins a lease (the nonce
+// name+".lease", ErrConflict for the others) generates and stores it, the
+// others wait for it to appear.
+func LoadOrCreateSeed(ctx context.Context, st KeyStore, name, what string) ([]byte, error) {
+	lease := name + ".lease"
+	if name == SigningKeySecret {
+		lease = signingKeyLease
+	}
 	for {
-		seed, err := st.GetSecret(ctx, SigningKeySecret)
+		seed, err := st.GetSecret(ctx, name)
 		if err == nil {
 			if len(seed) != ed25519.SeedSize {
-				return nil, fmt.Errorf("load token signing key: secret %s is %d bytes, want %d", SigningKeySecret, len(seed), ed25519.SeedSize)
+				return nil, fmt.Errorf("load %s: secret %s is %d bytes, want %d", what, name, len(seed), ed25519.SeedSize)
 			}
 			return seed, nil
 		}
 		if !errors.Is(err, storage.ErrNotFound) {
-			return nil, fmt.Errorf("load token signing key: %w", err)
+			return nil, fmt.Errorf("load %s: %w", what, err)
 		}
-		err = st.PutNonce(ctx, signingKeyLease, time.Now().Add(30*time.Second))
+		err = st.PutNonce(ctx, lease, time.Now().Add(30*time.Second))
 		switch {
 		case err == nil:
 			// Won the lease: check again (a previous holder may have stored
 			// it after our read), then create.
-			if seed, err := st.GetSecret(ctx, SigningKeySecret); err == nil {
+			if seed, err := st.GetSecret(ctx, name); err == nil {
 				return seed, nil
 			}
 			seed, err := NewSeed()
 			if err != nil {
 				return nil, err
 			}
-			if err := st.PutSecret(ctx, SigningKeySecret, seed); err != nil {
-				return nil, fmt.Errorf("store token signing key: %w", err)
+			if err := st.PutSecret(ctx, name, seed); err != nil {
+				return nil, fmt.Errorf("store %s: %w", what, err)
 			}
 			return seed, nil
 		case errors.Is(err, storage.ErrConflict):
 			select { // another replica is creating it
 			case <-ctx.Done():
-				return nil, fmt.Errorf("wait for the token signing key another replica is creating: %w", ctx.Err())
+				return nil, fmt.Errorf("wait for the %s another replica is creating: %w", what, ctx.Err())
 			case <-time.After(50 * time.Millisecond):
 			}
 		default:
-			return nil, fmt.Errorf("create token signing key: %w", err)
+			return nil, fmt.Errorf("create %s: %w", what, err)
 		}
 	}
 }

@@ -196,7 +196,7 @@ func (i *Issuer) Verify(ctx context.Context, token string) (Claims, error) {
 func NewSeed() ([]byte, error) {
 	seed := make([]byte, ed25519.SeedSize)
 	if _, err := rand.Read(seed); err != nil {
-		return nil, fmt.Errorf("generate token signing key: %w", err)
+		return nil, fmt.Errorf("generate signing key: %w", err)
 	}
 	return seed, nil
 }

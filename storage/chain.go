@@ -2,6 +2,7 @@ package storage
 
 import (
 	"bytes"
+	"crypto/ed25519"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
@@ -192,6 +193,9 @@ func LinkRecord(r *AuditRecord, h ChainHead, enc []byte) (ChainHead, []byte) {
 	}
 	r.Seq = h.Seq + 1
 	r.PrevHash = h.Hash
+	if r.Seal != nil {
+		r.Payload = r.Seal(h)
+	}
 	start := len(enc)
 	enc = AppendRecordEncoding(enc, r)
 	sum := sha256.Sum256(enc[start:])
@@ -254,11 +258,29 @@ func (v *ChainVerifier) Add(r *AuditRecord) bool {
 	if !bytes.Equal(r.PrevHash, v.last) {
 		return v.fail(r.Seq, fmt.Sprintf("%s %d: record %d has previous_hash %s, record %d has hash %s", ProblemPrevHash, v.lastSeq, r.Seq, shortHex(r.PrevHash), v.lastSeq, shortHex(v.last)))
 	}
+	if IsCheckpoint(r) {
+		pub, err := verifyCheckpoint(r)
+		if err != nil {
+			return v.fail(r.Seq, fmt.Sprintf("%s: record %d: %v", ProblemCheckpoint, r.Seq, err))
+		}
+		v.addCheckpoint(r.Seq, pub)
+	}
 	v.lastSeq = r.Seq
 	v.last = r.Hash
 	v.report.Records++
 	v.report.Head = r.Hash
 	return true
+}
+
+func (v *ChainVerifier) addCheckpoint(seq int64, pub ed25519.PublicKey) {
+	v.report.Checkpoints++
+	v.report.LastCheckpointSeq = seq
+	for _, k := range v.report.CheckpointKeys {
+		if k.PublicKey.Equal(pub) {
+			return
+		}
+	}
+	v.report.CheckpointKeys = append(v.report.CheckpointKeys, CheckpointKey{ID: CheckpointKeyID(pub), PublicKey: pub, FirstSeq: seq})
 }
 
 func (v *ChainVerifier) fail(seq int64, problem string) bool {

@@ -12,6 +12,7 @@ func (r *AuditRecord) Clone() *AuditRecord {
 	c.Payload = bytes.Clone(r.Payload)
 	c.PrevHash = bytes.Clone(r.PrevHash)
 	c.Hash = bytes.Clone(r.Hash)
+	c.Seal = nil // linked already: the copy is for reading
 	return &c
 }
 

@@ -142,6 +142,11 @@ type AuditRecord struct {
 	PrevHash []byte
 	// Hash is SHA-256 over the canonical encoding of every other field and PrevHash.
 	Hash []byte
+	// Seal, when set, is called by LinkRecord with the head the record is
+	// about to follow, before it is hashed, and its result becomes Payload.
+	// It lets a writer sign the chain position a record lands at (see
+	// CheckpointSigner). It is neither stored nor hashed.
+	Seal func(prev ChainHead) []byte
 }
 
 // AuditQuery filters and pages the audit log. Zero values mean "any".
@@ -181,6 +186,15 @@ type VerifyReport struct {
 	Problem string
 	// Head is the hash of the last record.
 	Head []byte
+	// Checkpoints counts the signed checkpoints verified (CheckpointRule),
+	// and LastCheckpointSeq is the last of them: every record before it is
+	// vouched for by its signature.
+	Checkpoints       int64
+	LastCheckpointSeq int64
+	// CheckpointKeys are the keys whose checkpoints verified, in the order
+	// first met. A checkpoint proves something only if its key is trusted:
+	// the gateway compares them with its own.
+	CheckpointKeys []CheckpointKey
 }
 
 // AuditLog is the append-only, hash-chained decision log.

@@ -201,7 +201,11 @@ func newAuditVerifyCmd(g *globals) *cobra.Command {
 		Use:   "verify",
 		Short: "Recompute every hash of the audit log and report the first broken link",
 		Long: `verify asks the gateway to recompute the hash chain of every writer (or the one
-named by --chain) from the stored records.
+named by --chain) from the stored records, and to check the signed checkpoints in it
+(--audit-checkpoint-interval): each vouches, with the gateway's checkpoint key, for every
+record before it, so a chain rewritten as a whole (every hash recomputed) is caught too.
+SIGNED THROUGH is the last checkpoint; later records are linked but not yet signed.
+-o json also gives the checkpoint key's id and public key, to keep outside the database.
 
 Exit status: 0 intact, 1 a record was changed, removed or inserted, 3 error.`,
 		Example: "  aasm audit verify\n  aasm audit verify --chain gateway-0",
@@ -213,13 +217,16 @@ Exit status: 0 intact, 1 a record was changed, removed or inserted, 3 error.`,
 					return err
 				}
 				err = g.print(resp, func(t *table) {
-					t.row("CHAIN", "RECORDS", "INTACT", "FIRST BAD SEQ", "PROBLEM")
+					t.row("CHAIN", "RECORDS", "INTACT", "SIGNED THROUGH", "FIRST BAD SEQ", "PROBLEM")
 					for _, c := range resp.GetChains() {
-						bad := ""
+						bad, signed := "", "-"
 						if !c.GetOk() {
 							bad = fmt.Sprint(c.GetFirstBadSeq())
 						}
-						t.row(c.GetChain(), fmt.Sprint(c.GetRecords()), fmt.Sprint(c.GetOk()), bad, c.GetProblem())
+						if c.GetCheckpoints() > 0 {
+							signed = fmt.Sprint(c.GetLastCheckpointSeq())
+						}
+						t.row(c.GetChain(), fmt.Sprint(c.GetRecords()), fmt.Sprint(c.GetOk()), signed, bad, c.GetProblem())
 					}
 				})
 				if err != nil {

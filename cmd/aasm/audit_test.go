@@ -120,15 +120,16 @@ func verifyNames(t *testing.T, addr string, seq int) {
 		t.Fatalf("verify -o json after tampering: exit %d, want %d", code, exitDeny)
 	}
 	var resp struct {
-		Ok     bool
-		Chains []struct {
+		Ok              bool
+		CheckpointKeyID string `json:"checkpoint_key_id"`
+		Chains          []struct {
 			Chain       string
 			FirstBadSeq string `json:"first_bad_seq"`
 			Problem     string
 		}
 	}
-	if err := json.Unmarshal([]byte(out), &resp); err != nil || resp.Ok || len(resp.Chains) != 1 {
-		t.Fatalf("verify json: %v\n%s", err, out)
+	if err := json.Unmarshal([]byte(out), &resp); err != nil || resp.Ok || len(resp.Chains) != 1 || len(resp.CheckpointKeyID) != 16 {
+		t.Fatalf("verify json (want the gateway's checkpoint key id too): %v\n%s", err, out)
 	}
 	if c := resp.Chains[0]; c.FirstBadSeq != fmt.Sprint(seq) || c.Problem == "" {
 		t.Fatalf("verify names seq %s (%s), want %d", c.FirstBadSeq, c.Problem, seq)

@@ -40,6 +40,9 @@ type Config struct {
 	SecretsReseal        bool
 	PricingFile          string
 	AuditTimeout         time.Duration
+	// AuditCheckpointInterval is how often this replica appends a signed
+	// checkpoint to its audit chain when records were written (0: never).
+	AuditCheckpointInterval time.Duration
 	// ExtAuthzTimeout bounds one ext_authz Check; keep it under the Envoy
 	// filter's own timeout (200ms by default).
 	ExtAuthzTimeout time.Duration
@@ -154,6 +157,7 @@ func Settings() []Setting {
 		{"secrets-reseal", "AA_SECRETS_RESEAL", "true", "at start, reseal with --secrets-key-file every stored secret sealed with a key from --secrets-extra-key-files (false only while replicas learn a new key)", boolean(func(c *Config) *bool { return &c.SecretsReseal })},
 		{"pricing", "AA_PRICING", "", "YAML file of LLM prices (USD per 1k tokens) merged over the built-in table; see docs/budgets.md", str(func(c *Config) *string { return &c.PricingFile })},
 		{"audit-timeout", "AA_AUDIT_TIMEOUT", "2s", "longest a check waits for its audit record to become durable before it is denied (fail closed)", dur(func(c *Config) *time.Duration { return &c.AuditTimeout })},
+		{"audit-checkpoint-interval", "AA_AUDIT_CHECKPOINT_INTERVAL", "1m", "how often the replica appends a signed checkpoint to its audit chain (when records were written since the last; and one at shutdown), so that a rewrite of the whole database is detected; 0 turns them off", dur(func(c *Config) *time.Duration { return &c.AuditCheckpointInterval })},
 		{"extauthz-timeout", "AA_EXTAUTHZ_TIMEOUT", "150ms", "longest an Envoy ext_authz Check waits for its decision before it is denied with 503 (fail closed); keep it under the ext_authz filter's timeout in Envoy (200ms by default)", dur(func(c *Config) *time.Duration { return &c.ExtAuthzTimeout })},
 		{"shutdown-timeout", "AA_SHUTDOWN_TIMEOUT", "10s", "grace period for in-flight requests and the final audit flush on SIGINT/SIGTERM", dur(func(c *Config) *time.Duration { return &c.ShutdownTimeout })},
 		{"log-level", "AA_LOG_LEVEL", "info", "debug, info, warn or error", str(func(c *Config) *string { return &c.LogLevel })},
@@ -242,6 +246,9 @@ func (c *Config) Validate() error {
 	}
 	if c.AuditTimeout <= 0 {
 		bad("audit-timeout", "must be positive")
+	}
+	if c.AuditCheckpointInterval != 0 && c.AuditCheckpointInterval < 100*time.Millisecond {
+		bad("audit-checkpoint-interval", "must be 0 (off) or at least 100ms, not %s", c.AuditCheckpointInterval)
 	}
 	if c.ExtAuthzTimeout <= 0 {
 		bad("extauthz-timeout", "must be positive")

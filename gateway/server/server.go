@@ -82,6 +82,10 @@ type Server struct {
 	draining chan struct{}
 	runtimes runtimeStreams // open runtime streams, for GetStatus (status.go)
 	alerts   *alerts.Engine // alert feed and webhook delivery (alerts.go)
+	// checkpoints signs the audit chain's checkpoints, which checkpointer
+	// appends (checkpoints.go).
+	checkpoints  *storage.CheckpointSigner
+	checkpointer checkpointer
 
 	// agentAuth proves agents on the agent-facing surfaces (agentauth.go).
 	agentAuth *gateway.AgentAuth
@@ -167,6 +171,11 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 		s.closeStore()
 		return nil, fmt.Errorf("start agent lifecycle: %w", err)
 	}
+	if err := s.loadCheckpointSigner(ctx); err != nil {
+		s.closeStore()
+		return nil, err
+	}
+	s.checkpointer.s = s
 	if s.tracing, err = tracing.New(ctx, tracing.Options{
 		Endpoint: cfg.OTLPEndpoint, Insecure: cfg.OTLPInsecure, SampleRatio: cfg.TraceSampleRatio,
 		ServiceName: "aa-gateway", Version: Version, Replica: replica,
@@ -244,7 +253,7 @@ func (s *Server) buildGRPC() {
 	s.grpc = grpc.NewServer(opts...)
 	v1.RegisterPolicyServiceServer(s.grpc, gateway.NewPolicyService(s.core).WithVersions(s.reloader).WithAudit(s.store).WithAgentAuth(s.agentAuth))
 	v1.RegisterTopologyServiceServer(s.grpc, gateway.NewTopologyService(s.store))
-	v1.RegisterAuditServiceServer(s.grpc, gateway.NewAuditService(s.store).WithReports(s.core, s.store).WithAgentAuth(s.agentAuth))
+	v1.RegisterAuditServiceServer(s.grpc, gateway.NewAuditService(s.store).WithReports(s.core, s.store).WithAgentAuth(s.agentAuth).WithCheckpointKey(s.checkpoints.PublicKey()))
 	v1.RegisterApprovalServiceServer(s.grpc, gateway.NewApprovalService(s.core).WithAgentAuth(s.agentAuth))
 	v1.RegisterSecretsServiceServer(s.grpc, gateway.NewSecretsService(s.core, s.store).WithAgentAuth(s.agentAuth))
 	extauthz.New(s.core, extauthz.Options{Logger: s.log, Timeout: s.cfg.ExtAuthzTimeout, Secrets: s.store, Injections: s.injections, Metrics: extauthz.NewMetrics(s.reg), Auth: s.agentAuth}).Register(s.grpc)
@@ -278,7 +287,7 @@ func (s *Server) buildHTTP(ctx context.Context) error {
 	if err := v1.RegisterTopologyServiceHandlerServer(ctx, gw, gateway.NewTopologyService(s.store)); err != nil {
 		return fmt.Errorf("register REST handlers: %w", err)
 	}
-	if err := v1.RegisterAuditServiceHandlerServer(ctx, gw, gateway.NewAuditService(s.store).WithReports(s.core, s.store).WithAgentAuth(s.agentAuth)); err != nil {
+	if err := v1.RegisterAuditServiceHandlerServer(ctx, gw, gateway.NewAuditService(s.store).WithReports(s.core, s.store).WithAgentAuth(s.agentAuth).WithCheckpointKey(s.checkpoints.PublicKey())); err != nil {
 		return fmt.Errorf("register REST handlers: %w", err)
 	}
 	if err := v1.RegisterApprovalServiceHandlerServer(ctx, gw, gateway.NewApprovalService(s.core).WithAgentAuth(s.agentAuth)); err != nil {
@@ -350,6 +359,7 @@ func (s *Server) Serve(ctx context.Context, grpcL, httpL net.Listener) error {
 		}
 	}()
 	s.runXDS(ctx, &wg)
+	s.runCheckpoints(ctx, &wg)
 	go func() {
 		if err := s.grpc.Serve(grpcL); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 			errc <- fmt.Errorf("serve gRPC on %s: %w", grpcL.Addr(), err)
@@ -412,6 +422,12 @@ func (s *Server) shutdown() error {
 	// by slow callers must not cost the records they were answered with.
 	fctx, fcancel := context.WithTimeout(context.Background(), max(s.cfg.ShutdownTimeout, 5*time.Second))
 	defer fcancel()
+	if s.cfg.AuditCheckpointInterval > 0 {
+		// The last records are vouched for by a checkpoint too.
+		if err := s.checkpointer.checkpoint(fctx); err != nil {
+			s.log.Warn("final audit checkpoint", "err", err)
+		}
+	}
 	if err := s.writer.Close(fctx); err != nil {
 		errs = append(errs, fmt.Errorf("flush audit log: %w", err))
 	}

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/agent-assembly/agent-assembly/storage"
@@ -53,11 +54,12 @@ type Writer struct {
 	opts Options
 	lg   *slog.Logger
 
-	mu     sync.RWMutex // write-held only by Close; guards closed and reqs sends
-	closed bool
-	reqs   chan *request
-	done   chan struct{}
-	pool   sync.Pool
+	mu      sync.RWMutex // write-held only by Close; guards closed and reqs sends
+	closed  bool
+	reqs    chan *request
+	done    chan struct{}
+	pool    sync.Pool
+	written atomic.Uint64 // records written successfully
 }
 
 type request struct {
@@ -222,12 +224,17 @@ func (w *Writer) write(recs []*storage.AuditRecord, batch []*request) {
 	if err != nil {
 		w.lg.Error("audit append failed; failing every check in the batch", "records", len(recs), "err", err)
 		err = fmt.Errorf("append audit batch of %d: %w", len(recs), err)
+	} else {
+		w.written.Add(uint64(len(recs)))
 	}
 	for _, r := range batch {
 		r.err = err
 		r.done <- struct{}{}
 	}
 }
+
+// Written returns how many records the writer has written successfully.
+func (w *Writer) Written() uint64 { return w.written.Load() }
 
 // Close stops accepting records, writes everything queued, and waits for the
 // last write until ctx ends.

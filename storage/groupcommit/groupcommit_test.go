@@ -108,6 +108,9 @@ func TestConcurrentAppendsShareBatches(t *testing.T) {
 	if m.records.Load() != callers*each || m.batches.Load() != log.batches.Load() {
 		t.Fatalf("metrics saw %d records in %d batches", m.records.Load(), m.batches.Load())
 	}
+	if n := w.Written(); n != callers*each {
+		t.Fatalf("Written() = %d, want %d", n, callers*each)
+	}
 	t.Logf("%d records in %d writes", callers*each, log.batches.Load())
 }
 
@@ -127,10 +130,16 @@ func TestBackendErrorReachesEveryWaiter(t *testing.T) {
 			t.Fatalf("Append during a backend failure returned %v, want ErrUnavailable", err)
 		}
 	}
+	if n := w.Written(); n != 0 {
+		t.Fatalf("Written() = %d after failed batches, want 0", n)
+	}
 	log.fail.Store(nil)
 	r := record(99)
 	if err := w.Append(t.Context(), r); err != nil || r.Seq != 1 {
 		t.Fatalf("after recovery Append = %v seq %d; want nil and seq 1 (failed batches leave no trace)", err, r.Seq)
+	}
+	if n := w.Written(); n != 1 {
+		t.Fatalf("Written() = %d, want 1", n)
 	}
 	if err := w.Close(t.Context()); err != nil {
 		t.Fatal(err)

@@ -24,6 +24,7 @@ func RunAudit[L storage.AuditLog](t *testing.T, newLog func(t *testing.T) L, opt
 	t.Run("Query", func(t *testing.T) { testAuditQuery(t, newLog(t)) })
 	t.Run("ConcurrentAppend", func(t *testing.T) { testAuditConcurrent(t, newLog(t)) })
 	t.Run("Verify", func(t *testing.T) { testAuditVerify(t, newLog(t)) })
+	t.Run("Checkpoints", func(t *testing.T) { testAuditCheckpoints(t, newLog(t)) })
 	t.Run("Tamper", func(t *testing.T) {
 		if c.tamper == nil {
 			t.Skip("driver provides no storagetest.TamperAudit hook")
@@ -381,6 +382,45 @@ func testAuditVerify(t *testing.T, l storage.AuditLog) {
 	}
 	_, err = l.VerifyAudit(ctx, "no-such-chain")
 	checkIs(t, "VerifyAudit(unknown chain)", err, storage.ErrNotFound)
+}
+
+// testAuditCheckpoints appends signed checkpoints alone and inside batches:
+// the driver must seal each one over the head it lands after, store the
+// signed payload, and verify it.
+func testAuditCheckpoints(t *testing.T, l storage.AuditLog) {
+	ctx := testContext(t)
+	s, err := storage.NewCheckpointSigner(bytes.Repeat([]byte{7}, 32))
+	check(t, "NewCheckpointSigner", err)
+	appendN(t, l, "cp", 5)
+	first := s.Record("cp", "cp-1", base.Add(time.Hour))
+	check(t, "AppendAudit(checkpoint)", l.AppendAudit(ctx, []*storage.AuditRecord{first}))
+	batch := []*storage.AuditRecord{rec("cp", 100), s.Record("cp", "cp-2", base.Add(2*time.Hour)), rec("cp", 101)}
+	check(t, "AppendAudit(batch with a checkpoint)", l.AppendAudit(ctx, batch))
+	if first.Seq != 6 || batch[1].Seq != 8 {
+		t.Fatalf("checkpoints landed at %d and %d, want 6 and 8", first.Seq, batch[1].Seq)
+	}
+	rep, err := l.VerifyAudit(ctx, "cp")
+	check(t, "VerifyAudit", err)
+	if !rep.OK || rep.Records != 9 || rep.Checkpoints != 2 || rep.LastCheckpointSeq != 8 {
+		t.Fatalf("VerifyAudit = %+v, want OK over 9 records with checkpoints at 6 and 8", rep)
+	}
+	if len(rep.CheckpointKeys) != 1 || rep.CheckpointKeys[0].ID != s.KeyID() || rep.CheckpointKeys[0].FirstSeq != 6 {
+		t.Fatalf("checkpoint keys = %+v, want %s first at 6", rep.CheckpointKeys, s.KeyID())
+	}
+	page, err := l.QueryAudit(ctx, storage.AuditQuery{Event: storage.EventGovernance, Limit: 100})
+	check(t, "QueryAudit", err)
+	var got []string
+	for _, r := range page.Records {
+		if storage.IsCheckpoint(r) {
+			if !bytes.Contains(r.Payload, []byte(`"signature"`)) {
+				t.Errorf("checkpoint %s stored payload %s, want the signed checkpoint", r.ID, r.Payload)
+			}
+			got = append(got, r.ID)
+		}
+	}
+	if len(got) != 2 {
+		t.Fatalf("query found checkpoints %v, want cp-1 and cp-2", got)
+	}
 }
 
 func testAuditTamper(t *testing.T, c *config, l storage.AuditLog) {

@@ -658,15 +658,23 @@ func (x *VerifyAuditRequest) GetChain() string {
 
 // ChainReport is the verification result of one chain.
 type ChainReport struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Chain         string                 `protobuf:"bytes,1,opt,name=chain,proto3" json:"chain,omitempty"`
-	Records       int64                  `protobuf:"varint,2,opt,name=records,proto3" json:"records,omitempty"`
-	Ok            bool                   `protobuf:"varint,3,opt,name=ok,proto3" json:"ok,omitempty"`
-	FirstBadSeq   int64                  `protobuf:"varint,4,opt,name=first_bad_seq,json=firstBadSeq,proto3" json:"first_bad_seq,omitempty"`
-	Problem       string                 `protobuf:"bytes,5,opt,name=problem,proto3" json:"problem,omitempty"`
-	HeadHash      string                 `protobuf:"bytes,6,opt,name=head_hash,json=headHash,proto3" json:"head_hash,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Chain       string                 `protobuf:"bytes,1,opt,name=chain,proto3" json:"chain,omitempty"`
+	Records     int64                  `protobuf:"varint,2,opt,name=records,proto3" json:"records,omitempty"`
+	Ok          bool                   `protobuf:"varint,3,opt,name=ok,proto3" json:"ok,omitempty"`
+	FirstBadSeq int64                  `protobuf:"varint,4,opt,name=first_bad_seq,json=firstBadSeq,proto3" json:"first_bad_seq,omitempty"`
+	Problem     string                 `protobuf:"bytes,5,opt,name=problem,proto3" json:"problem,omitempty"`
+	HeadHash    string                 `protobuf:"bytes,6,opt,name=head_hash,json=headHash,proto3" json:"head_hash,omitempty"`
+	// checkpoints counts the signed checkpoints verified in the chain (governance
+	// records with rule audit-checkpoint, written every
+	// --audit-checkpoint-interval); every record up to last_checkpoint_seq is
+	// vouched for by a signature the database cannot forge.
+	Checkpoints       int64 `protobuf:"varint,7,opt,name=checkpoints,proto3" json:"checkpoints,omitempty"`
+	LastCheckpointSeq int64 `protobuf:"varint,8,opt,name=last_checkpoint_seq,json=lastCheckpointSeq,proto3" json:"last_checkpoint_seq,omitempty"`
+	// checkpoint_key_ids are the keys that signed them, in order of first use.
+	CheckpointKeyIds []string `protobuf:"bytes,9,rep,name=checkpoint_key_ids,json=checkpointKeyIds,proto3" json:"checkpoint_key_ids,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *ChainReport) Reset() {
@@ -741,13 +749,40 @@ func (x *ChainReport) GetHeadHash() string {
 	return ""
 }
 
+func (x *ChainReport) GetCheckpoints() int64 {
+	if x != nil {
+		return x.Checkpoints
+	}
+	return 0
+}
+
+func (x *ChainReport) GetLastCheckpointSeq() int64 {
+	if x != nil {
+		return x.LastCheckpointSeq
+	}
+	return 0
+}
+
+func (x *ChainReport) GetCheckpointKeyIds() []string {
+	if x != nil {
+		return x.CheckpointKeyIds
+	}
+	return nil
+}
+
 // VerifyAuditResponse reports every chain; ok is true when all verify.
 type VerifyAuditResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Ok            bool                   `protobuf:"varint,1,opt,name=ok,proto3" json:"ok,omitempty"`
-	Chains        []*ChainReport         `protobuf:"bytes,2,rep,name=chains,proto3" json:"chains,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Ok     bool                   `protobuf:"varint,1,opt,name=ok,proto3" json:"ok,omitempty"`
+	Chains []*ChainReport         `protobuf:"bytes,2,rep,name=chains,proto3" json:"chains,omitempty"`
+	// checkpoint_key_id and checkpoint_public_key (base64, Ed25519) name the
+	// gateway's checkpoint signing key: a checkpoint signed by any other key
+	// fails verification. Keep the public key outside the database to verify
+	// exported records independently.
+	CheckpointKeyId     string `protobuf:"bytes,3,opt,name=checkpoint_key_id,json=checkpointKeyId,proto3" json:"checkpoint_key_id,omitempty"`
+	CheckpointPublicKey string `protobuf:"bytes,4,opt,name=checkpoint_public_key,json=checkpointPublicKey,proto3" json:"checkpoint_public_key,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *VerifyAuditResponse) Reset() {
@@ -792,6 +827,20 @@ func (x *VerifyAuditResponse) GetChains() []*ChainReport {
 		return x.Chains
 	}
 	return nil
+}
+
+func (x *VerifyAuditResponse) GetCheckpointKeyId() string {
+	if x != nil {
+		return x.CheckpointKeyId
+	}
+	return ""
+}
+
+func (x *VerifyAuditResponse) GetCheckpointPublicKey() string {
+	if x != nil {
+		return x.CheckpointPublicKey
+	}
+	return ""
 }
 
 // ReportedEvent is one event to append to the audit log.
@@ -1097,17 +1146,22 @@ const file_agentassembly_v1_audit_proto_rawDesc = "" +
 	"\x10TailAuditRequest\x125\n" +
 	"\x06filter\x18\x01 \x01(\v2\x1d.agentassembly.v1.AuditFilterR\x06filter\"*\n" +
 	"\x12VerifyAuditRequest\x12\x14\n" +
-	"\x05chain\x18\x01 \x01(\tR\x05chain\"\xa8\x01\n" +
+	"\x05chain\x18\x01 \x01(\tR\x05chain\"\xa8\x02\n" +
 	"\vChainReport\x12\x14\n" +
 	"\x05chain\x18\x01 \x01(\tR\x05chain\x12\x18\n" +
 	"\arecords\x18\x02 \x01(\x03R\arecords\x12\x0e\n" +
 	"\x02ok\x18\x03 \x01(\bR\x02ok\x12\"\n" +
 	"\rfirst_bad_seq\x18\x04 \x01(\x03R\vfirstBadSeq\x12\x18\n" +
 	"\aproblem\x18\x05 \x01(\tR\aproblem\x12\x1b\n" +
-	"\thead_hash\x18\x06 \x01(\tR\bheadHash\"\\\n" +
+	"\thead_hash\x18\x06 \x01(\tR\bheadHash\x12 \n" +
+	"\vcheckpoints\x18\a \x01(\x03R\vcheckpoints\x12.\n" +
+	"\x13last_checkpoint_seq\x18\b \x01(\x03R\x11lastCheckpointSeq\x12,\n" +
+	"\x12checkpoint_key_ids\x18\t \x03(\tR\x10checkpointKeyIds\"\xbc\x01\n" +
 	"\x13VerifyAuditResponse\x12\x0e\n" +
 	"\x02ok\x18\x01 \x01(\bR\x02ok\x125\n" +
-	"\x06chains\x18\x02 \x03(\v2\x1d.agentassembly.v1.ChainReportR\x06chains\"\x9f\x03\n" +
+	"\x06chains\x18\x02 \x03(\v2\x1d.agentassembly.v1.ChainReportR\x06chains\x12*\n" +
+	"\x11checkpoint_key_id\x18\x03 \x01(\tR\x0fcheckpointKeyId\x122\n" +
+	"\x15checkpoint_public_key\x18\x04 \x01(\tR\x13checkpointPublicKey\"\x9f\x03\n" +
 	"\rReportedEvent\x12\x19\n" +
 	"\bevent_id\x18\x01 \x01(\tR\aeventId\x12-\n" +
 	"\x05layer\x18\x02 \x01(\x0e2\x17.agentassembly.v1.LayerR\x05layer\x12.\n" +

@@ -1,0 +1,101 @@
+package server
+
+import (
+	"bytes"
+	"encoding/base64"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	v1 "github.com/agent-assembly/agent-assembly/api/agentassembly/v1"
+	"github.com/agent-assembly/agent-assembly/storage"
+)
+
+// chainReport verifies the test replica's chain through the API.
+func chainReport(t *testing.T, g *testGateway, chain string) (*v1.VerifyAuditResponse, *v1.ChainReport) {
+	t.Helper()
+	resp, err := v1.NewAuditServiceClient(g.conn).VerifyAudit(t.Context(), &v1.VerifyAuditRequest{Chain: chain})
+	if err != nil {
+		t.Fatalf("VerifyAudit: %v", err)
+	}
+	if len(resp.GetChains()) != 1 {
+		t.Fatalf("VerifyAudit reported %d chains, want 1", len(resp.GetChains()))
+	}
+	return resp, resp.GetChains()[0]
+}
+
+// A replica signs its chain while records are written, not while idle, and
+// once more at shutdown; the next start trusts the same key.
+func TestAuditCheckpointsWrittenAndVerified(t *testing.T) {
+	dir := t.TempDir()
+	mod := func(c *Config) {
+		c.Store = "sqlite:" + filepath.Join(dir, "aa.db")
+		c.SecretsKeyFile = filepath.Join(dir, "secrets.key")
+		c.AuditCheckpointInterval = 100 * time.Millisecond
+	}
+	g := startGateway(t, examplesDir(t), mod)
+	checks := func(n int) {
+		for range n {
+			if _, err := g.client.CheckAction(t.Context(), toolReq(coder, "git_status", `{"short":true}`)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	checks(5)
+	var rep *v1.ChainReport
+	waitFor(t, "a checkpoint at the head after 5 checks", func() bool {
+		_, rep = chainReport(t, g, "test-replica")
+		return rep.GetCheckpoints() > 0 && rep.GetLastCheckpointSeq() == rep.GetRecords()
+	})
+	resp, rep := chainReport(t, g, "test-replica")
+	if !rep.GetOk() || len(rep.GetCheckpointKeyIds()) != 1 || rep.GetCheckpointKeyIds()[0] != resp.GetCheckpointKeyId() || resp.GetCheckpointKeyId() == "" {
+		t.Fatalf("report %+v, gateway key %q: want an intact chain signed by the gateway's key", rep, resp.GetCheckpointKeyId())
+	}
+	pub, err := base64.StdEncoding.DecodeString(resp.GetCheckpointPublicKey())
+	if err != nil || storage.CheckpointKeyID(pub) != resp.GetCheckpointKeyId() {
+		t.Fatalf("checkpoint_public_key %q does not match key id %s (%v)", resp.GetCheckpointPublicKey(), resp.GetCheckpointKeyId(), err)
+	}
+
+	// Idle: the checkpoint at the head is not followed by more.
+	idle := rep.GetCheckpoints()
+	time.Sleep(500 * time.Millisecond) // five intervals with nothing written
+	if _, rep = chainReport(t, g, "test-replica"); rep.GetCheckpoints() != idle {
+		t.Fatalf("%d checkpoints became %d while nothing was written", idle, rep.GetCheckpoints())
+	}
+
+	// Records after the last checkpoint are signed at shutdown.
+	checks(3)
+	if err := g.stop(); err != nil {
+		t.Fatal(err)
+	}
+	g2 := startGateway(t, examplesDir(t), func(c *Config) { mod(c); c.AuditCheckpointInterval = 0 })
+	resp2, rep := chainReport(t, g2, "test-replica")
+	if !rep.GetOk() || rep.GetLastCheckpointSeq() != rep.GetRecords() || rep.GetCheckpoints() != idle+1 {
+		t.Fatalf("after restart: %+v, want the last record to be the shutdown checkpoint (%d checkpoints)", rep, idle+1)
+	}
+	if resp2.GetCheckpointKeyId() != resp.GetCheckpointKeyId() {
+		t.Fatalf("the checkpoint key changed across a restart: %s then %s", resp.GetCheckpointKeyId(), resp2.GetCheckpointKeyId())
+	}
+}
+
+// A chain whose checkpoints are signed by another key (as a forger who
+// rewrote it would sign them) fails verification, naming the record.
+func TestAuditCheckpointByUnknownKeyFails(t *testing.T) {
+	g := startGateway(t, examplesDir(t), nil)
+	forger, err := storage.NewCheckpointSigner(bytes.Repeat([]byte{9}, 32))
+	if err != nil {
+		t.Fatal(err)
+	}
+	recs := []*storage.AuditRecord{
+		{Chain: "intruder", ID: "r-1", Time: time.Now(), Event: storage.EventDecision, Reason: "forged"},
+		forger.Record("intruder", "cp-1", time.Now()),
+	}
+	if err := g.srv.store.AppendAudit(t.Context(), recs); err != nil {
+		t.Fatal(err)
+	}
+	resp, rep := chainReport(t, g, "intruder")
+	if resp.GetOk() || rep.GetOk() || rep.GetFirstBadSeq() != 2 || !strings.Contains(rep.GetProblem(), forger.KeyID()) || !strings.HasPrefix(rep.GetProblem(), storage.ProblemCheckpoint) {
+		t.Fatalf("report %+v, want record 2 and key %s named", rep, forger.KeyID())
+	}
+}
