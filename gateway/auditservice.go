@@ -219,6 +219,48 @@ func AuditRecordToProto(r *storage.AuditRecord) *v1.AuditRecord {
 	}
 }
 
+// AuditRecordFromProto is the inverse of AuditRecordToProto, for records read
+// back from an export: every field the hash covers is restored exactly, so
+// storage.HashRecord of the result matches entry_hash when the record is
+// intact. Malformed hashes and unknown enum values are errors.
+func AuditRecordFromProto(p *v1.AuditRecord) (*storage.AuditRecord, error) {
+	prev, err := hex.DecodeString(p.GetPreviousHash())
+	if err != nil {
+		return nil, fmt.Errorf("previous_hash of record %s/%d is not hex: %w", p.GetChain(), p.GetSeq(), err)
+	}
+	hash, err := hex.DecodeString(p.GetEntryHash())
+	if err != nil {
+		return nil, fmt.Errorf("entry_hash of record %s/%d is not hex: %w", p.GetChain(), p.GetSeq(), err)
+	}
+	r := &storage.AuditRecord{
+		Chain: p.GetChain(), Seq: p.GetSeq(), ID: p.GetId(), Event: storage.RecordEvent(p.GetEvent()),
+		Agent:     action.AgentID{Org: p.GetAgent().GetOrgId(), Team: p.GetAgent().GetTeamId(), Agent: p.GetAgent().GetAgentId()},
+		SessionID: p.GetSessionId(), TraceID: p.GetTraceId(), SpanID: p.GetSpanId(), Kind: action.Kind(p.GetActionType()),
+		Decision: decisionFromProto(p.GetDecision()), RuleID: p.GetRuleId(), PolicyVersion: p.GetPolicyVersion(),
+		Mode: modeFromProto(p.GetEnforcementMode()), ShadowDecision: decisionFromProto(p.GetShadowDecision()),
+		Reason: p.GetReason(), PrevHash: prev, Hash: hash,
+	}
+	if p.GetPayloadJson() != "" {
+		r.Payload = []byte(p.GetPayloadJson())
+	}
+	if p.GetTime() != nil {
+		r.Time = p.GetTime().AsTime()
+	}
+	if p.GetLatency() != nil {
+		r.Latency = p.GetLatency().AsDuration()
+	}
+	for name, ok := range map[string]bool{
+		"decision":         decisionToProto(r.Decision) == p.GetDecision(),
+		"shadow_decision":  decisionToProto(r.ShadowDecision) == p.GetShadowDecision(),
+		"enforcement_mode": modeToProto(r.Mode) == p.GetEnforcementMode(),
+	} {
+		if !ok {
+			return nil, fmt.Errorf("record %s/%d has an unknown %s", p.GetChain(), p.GetSeq(), name)
+		}
+	}
+	return r, nil
+}
+
 // storeStatus maps storage errors to gRPC codes; a bad cursor is the caller's fault.
 func storeStatus(what string, err error) error {
 	switch {

@@ -393,6 +393,18 @@ func modeToProto(m action.Mode) v1.EnforcementMode {
 	return v1.EnforcementMode_ENFORCEMENT_MODE_UNSPECIFIED
 }
 
+func modeFromProto(m v1.EnforcementMode) action.Mode {
+	switch m {
+	case v1.EnforcementMode_ENFORCE:
+		return action.ModeEnforce
+	case v1.EnforcementMode_OBSERVE:
+		return action.ModeObserve
+	case v1.EnforcementMode_DISABLED:
+		return action.ModeDisabled
+	}
+	return action.ModeUnspecified
+}
+
 // String summarises the outcome for logs.
 func (o Outcome) String() string {
 	return fmt.Sprintf("%s by %s (%s)", o.Decision, o.RuleID, o.Reason)

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -196,7 +198,7 @@ func (g *globals) printTailRecord(r *v1.AuditRecord) error {
 }
 
 func newAuditVerifyCmd(g *globals) *cobra.Command {
-	var chain string
+	var chain, file, publicKey string
 	cmd := &cobra.Command{
 		Use:   "verify",
 		Short: "Recompute every hash of the audit log and report the first broken link",
@@ -207,40 +209,92 @@ record before it, so a chain rewritten as a whole (every hash recomputed) is cau
 SIGNED THROUGH is the last checkpoint; later records are linked but not yet signed.
 -o json also gives the checkpoint key's id and public key, to keep outside the database.
 
+With --file, verify checks an export (aasm audit export, or - for standard input) on this
+machine instead, without a gateway: give it the public key kept from -o json with
+--public-key, so that checkpoints signed by any other key fail. Export whole chains (no
+--agent, --decision or other record filters; --since is fine): a chain is verified from its
+first exported record, and a record left out is a sequence gap.
+
 Exit status: 0 intact, 1 a record was changed, removed or inserted, 3 error.`,
-		Example: "  aasm audit verify\n  aasm audit verify --chain gateway-0",
-		Args:    cobra.NoArgs,
+		Example: "  aasm audit verify\n  aasm audit verify --chain gateway-0\n" +
+			"  aasm audit verify -o json | jq -r .checkpoint_public_key > checkpoint.pub\n" +
+			"  aasm audit export --since 720h > audit.jsonl\n  aasm audit verify --file audit.jsonl --public-key @checkpoint.pub",
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return g.call(cmd.Context(), func(ctx context.Context, c clients) error {
-				resp, err := c.audit.VerifyAudit(ctx, &v1.VerifyAuditRequest{Chain: chain})
-				if err != nil {
-					return err
+			if file == "" {
+				if publicKey != "" {
+					return fmt.Errorf("--public-key applies to --file; the gateway judges its own log with its key")
 				}
-				err = g.print(resp, func(t *table) {
-					t.row("CHAIN", "RECORDS", "INTACT", "SIGNED THROUGH", "FIRST BAD SEQ", "PROBLEM")
-					for _, c := range resp.GetChains() {
-						bad, signed := "", "-"
-						if !c.GetOk() {
-							bad = fmt.Sprint(c.GetFirstBadSeq())
-						}
-						if c.GetCheckpoints() > 0 {
-							signed = fmt.Sprint(c.GetLastCheckpointSeq())
-						}
-						t.row(c.GetChain(), fmt.Sprint(c.GetRecords()), fmt.Sprint(c.GetOk()), signed, bad, c.GetProblem())
+				return g.call(cmd.Context(), func(ctx context.Context, c clients) error {
+					resp, err := c.audit.VerifyAudit(ctx, &v1.VerifyAuditRequest{Chain: chain})
+					if err != nil {
+						return err
 					}
+					return g.printVerify(resp)
 				})
-				if err != nil {
+			}
+			var pub []byte
+			if publicKey != "" {
+				var err error
+				if pub, err = parsePublicKey(publicKey); err != nil {
 					return err
 				}
-				if !resp.GetOk() {
-					return exitCode(exitDeny)
+			}
+			in := io.Reader(cmd.InOrStdin())
+			if file != "-" {
+				f, err := os.Open(file)
+				if err != nil {
+					return fmt.Errorf("open export: %w", err)
 				}
-				return nil
-			})
+				defer f.Close()
+				in = f
+			}
+			resp, notes, err := verifyExport(in, pub)
+			if err != nil {
+				return err
+			}
+			if chain != "" {
+				resp.Chains = slices.DeleteFunc(resp.Chains, func(c *v1.ChainReport) bool { return c.GetChain() != chain })
+				if len(resp.Chains) == 0 {
+					return fmt.Errorf("the export holds no records of chain %q", chain)
+				}
+				resp.Ok = !slices.ContainsFunc(resp.Chains, func(c *v1.ChainReport) bool { return !c.GetOk() })
+			}
+			for _, n := range notes {
+				fmt.Fprintln(g.errOut, n)
+			}
+			return g.printVerify(resp)
 		},
 	}
 	cmd.Flags().StringVar(&chain, "chain", "", "verify only this chain (default: all)")
+	cmd.Flags().StringVar(&file, "file", "", "verify an export (JSON Lines from aasm audit export; - for standard input) here instead of asking the gateway")
+	cmd.Flags().StringVar(&publicKey, "public-key", "", "with --file: the gateway's checkpoint public key (base64, checkpoint_public_key of verify -o json), or @FILE holding it")
 	return cmd
+}
+
+// printVerify prints a verification result and turns a broken chain into
+// exit status 1.
+func (g *globals) printVerify(resp *v1.VerifyAuditResponse) error {
+	err := g.print(resp, func(t *table) {
+		t.row("CHAIN", "RECORDS", "INTACT", "SIGNED THROUGH", "FIRST BAD SEQ", "PROBLEM")
+		for _, c := range resp.GetChains() {
+			bad, signed := "", "-"
+			if !c.GetOk() {
+				bad = fmt.Sprint(c.GetFirstBadSeq())
+			}
+			if c.GetCheckpoints() > 0 {
+				signed = fmt.Sprint(c.GetLastCheckpointSeq())
+			}
+			t.row(c.GetChain(), fmt.Sprint(c.GetRecords()), fmt.Sprint(c.GetOk()), signed, bad, c.GetProblem())
+		}
+	})
+	if err != nil {
+		return err
+	}
+	if !resp.GetOk() {
+		return exitCode(exitDeny)
+	}
+	return nil
 }
 
 func newAuditExportCmd(g *globals) *cobra.Command {
