@@ -67,6 +67,7 @@ var methods = map[string]Class{
 	v1 + "AdminService/RotateApiKey":    ClassAdmin,
 	v1 + "AdminService/RevokeApiKey":    ClassAdmin,
 	v1 + "AdminService/ListApiKeys":     ClassAdmin,
+	v1 + "AdminService/RotateTokenKey":  ClassAdmin,
 }
 
 // prefixes classifies whole services: health and reflection are public, and

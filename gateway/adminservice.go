@@ -50,9 +50,10 @@ type StatusSource interface {
 // API-key calls once WithKeys gives it a key store (adminkeys.go).
 type AdminService struct {
 	v1.UnimplementedAdminServiceServer
-	src   StatusSource
-	keys  storage.APIKeys
-	audit governanceAuditor
+	src       StatusSource
+	keys      storage.APIKeys
+	audit     governanceAuditor
+	tokenKeys TokenKeyRotator // nil until WithTokenKeys (tokenkeys.go)
 }
 
 var _ v1.AdminServiceServer = (*AdminService)(nil)

@@ -375,6 +375,18 @@ func (a *AgentAuth) Forget(agent action.AgentID) {
 	}
 }
 
+// ForgetAll drops every cached verification, so that every token is
+// verified again: after a token-signing key was revoked.
+func (a *AgentAuth) ForgetAll() {
+	if a == nil {
+		return
+	}
+	a.epoch.Add(1)
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	clear(a.cache)
+}
+
 // OnInvalidation is the hook for Invalidations.OnEvent: revocations, kills
 // and registrations (a re-registered agent may have had its old token
 // revoked) drop the agent's cached tokens.

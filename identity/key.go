@@ -81,3 +81,81 @@ func LoadOrCreateSeed(ctx context.Context, st KeyStore, name, what string) ([]by
 		}
 	}
 }
+
+// PreviousSigningKeySecret holds the token-signing key seed that was current
+// before the last rotation: tokens it signed stay valid until they expire,
+// unless the rotation revoked it.
+const PreviousSigningKeySecret = "aa.token-signing-key.previous"
+
+// rotateLease, followed by the id of the key being replaced, is the nonce
+// that lets a key be rotated away once: of two concurrent rotations, one
+// fails instead of both storing a key and one of them being lost.
+const rotateLease = "aa.token-signing-key.rotate."
+
+// ErrRotationInProgress is returned by RotateSigningKey when another call
+// rotated, or is rotating, the same key.
+var ErrRotationInProgress = errors.New("another call is rotating or has just rotated this token-signing key (a rotation that failed half-way can be retried after a minute)")
+
+// LoadSigningKeys returns the current token-signing key seed (created on
+// first start) and the previous one, or nil when there is none.
+func LoadSigningKeys(ctx context.Context, st KeyStore) (current, previous []byte, err error) {
+	if current, err = LoadOrCreateSigningKey(ctx, st); err != nil {
+		return nil, nil, err
+	}
+	previous, err = st.GetSecret(ctx, PreviousSigningKeySecret)
+	switch {
+	case errors.Is(err, storage.ErrNotFound):
+		return current, nil, nil
+	case err != nil:
+		return nil, nil, fmt.Errorf("load previous token signing key: %w", err)
+	case len(previous) != ed25519.SeedSize:
+		return nil, nil, fmt.Errorf("load previous token signing key: secret %s is %d bytes, want %d", PreviousSigningKeySecret, len(previous), ed25519.SeedSize)
+	}
+	return current, previous, nil
+}
+
+// RotateStore is what RotateSigningKey needs.
+type RotateStore interface {
+	KeyStore
+	DeleteSecret(ctx context.Context, name string) error
+}
+
+// RotateSigningKey makes a new token-signing key current. The key it
+// replaces becomes the previous key, which still verifies the tokens it
+// signed until they expire; with revokePrevious it is dropped instead (and
+// so is an older previous key), so every token signed before the rotation
+// stops verifying: the answer to a leaked key. Replicas pick the new keys up
+// through LoadSigningKeys. It returns the new and previous seeds.
+func RotateSigningKey(ctx context.Context, st RotateStore, revokePrevious bool) (current, previous []byte, err error) {
+	old, err := LoadOrCreateSigningKey(ctx, st)
+	if err != nil {
+		return nil, nil, err
+	}
+	lease := rotateLease + KeyID(ed25519.NewKeyFromSeed(old).Public().(ed25519.PublicKey))
+	switch err := st.PutNonce(ctx, lease, time.Now().Add(time.Minute)); {
+	case errors.Is(err, storage.ErrConflict):
+		return nil, nil, ErrRotationInProgress
+	case err != nil:
+		return nil, nil, fmt.Errorf("rotate token signing key: %w", err)
+	}
+	seed, err := NewSeed()
+	if err != nil {
+		return nil, nil, err
+	}
+	// The old key is kept as previous (or dropped) before the new one is
+	// stored: a failure in between leaves the old key working.
+	if revokePrevious {
+		if err := st.DeleteSecret(ctx, PreviousSigningKeySecret); err != nil && !errors.Is(err, storage.ErrNotFound) {
+			return nil, nil, fmt.Errorf("revoke previous token signing key: %w", err)
+		}
+	} else if err := st.PutSecret(ctx, PreviousSigningKeySecret, old); err != nil {
+		return nil, nil, fmt.Errorf("keep previous token signing key: %w", err)
+	}
+	if err := st.PutSecret(ctx, SigningKeySecret, seed); err != nil {
+		return nil, nil, fmt.Errorf("store new token signing key: %w", err)
+	}
+	if revokePrevious {
+		return seed, nil, nil
+	}
+	return seed, old, nil
+}

@@ -5,11 +5,15 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -23,7 +27,8 @@ import (
 var (
 	// ErrMalformed means the token is not one this gateway issues.
 	ErrMalformed = errors.New("malformed credential token")
-	// ErrBadSignature means the token was not signed with the gateway's key.
+	// ErrBadSignature means the token was not signed with the gateway's
+	// current or previous key.
 	ErrBadSignature = errors.New("credential token signature does not verify")
 	// ErrExpired means the token's expiry has passed.
 	ErrExpired = errors.New("credential token expired")
@@ -70,33 +75,100 @@ type Options struct {
 	Registry Registry
 	// Now is the clock (time.Now when nil).
 	Now func() time.Time
+	// Reload, when set, is called when a token's signature matches none of
+	// the issuer's keys, at most once per reloadEvery, and the token is
+	// checked again: a key rotated on another replica is then accepted at
+	// once. Reload is expected to call SetKeys.
+	Reload func(ctx context.Context) error
 }
 
-// Issuer signs and verifies credential tokens with one Ed25519 key.
+// reloadEvery bounds how often a token with an unknown signature reloads
+// the keys (Options.Reload), so forged tokens cannot load the store.
+const reloadEvery = time.Second
+
+// keySet is what an Issuer signs and verifies with.
+type keySet struct {
+	sign ed25519.PrivateKey
+	// verify holds the signing key's public key first, then the previous
+	// key's, whose tokens stay valid until they expire.
+	verify []ed25519.PublicKey
+}
+
+// Issuer signs credential tokens with its current Ed25519 key and verifies
+// them with the current key or the previous one (see SetKeys).
 type Issuer struct {
-	key  ed25519.PrivateKey
-	pub  ed25519.PublicKey
-	opts Options
+	keys       atomic.Pointer[keySet]
+	opts       Options
+	lastReload atomic.Int64 // unix nanoseconds of the last Options.Reload
 }
 
 // NewIssuer returns an Issuer for the 32-byte Ed25519 seed.
 func NewIssuer(seed []byte, opts Options) (*Issuer, error) {
-	if len(seed) != ed25519.SeedSize {
-		return nil, fmt.Errorf("new token issuer: signing key seed is %d bytes, want %d", len(seed), ed25519.SeedSize)
-	}
 	if opts.TTL <= 0 {
 		opts.TTL = 24 * time.Hour
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	key := ed25519.NewKeyFromSeed(seed)
-	return &Issuer{key: key, pub: key.Public().(ed25519.PublicKey), opts: opts}, nil
+	i := &Issuer{opts: opts}
+	if _, _, err := i.SetKeys(seed, nil); err != nil {
+		return nil, fmt.Errorf("new token issuer: %w", err)
+	}
+	return i, nil
 }
 
-// PublicKey returns the key that verifies this issuer's tokens (for
-// verifiers outside the gateway, e.g. a runtime checking tokens offline).
-func (i *Issuer) PublicKey() ed25519.PublicKey { return bytes.Clone(i.pub) }
+// SetKeys makes current the signing key and previous (nil for none) a key
+// that still verifies the tokens it signed. It reports whether the key set
+// changed, and whether a key that verified tokens before no longer does (a
+// revocation: cached verifications should be dropped).
+func (i *Issuer) SetKeys(current, previous []byte) (changed, removed bool, err error) {
+	ks := &keySet{}
+	for n, seed := range [][]byte{current, previous} {
+		if n == 1 && seed == nil {
+			break
+		}
+		if len(seed) != ed25519.SeedSize {
+			return false, false, fmt.Errorf("signing key seed is %d bytes, want %d", len(seed), ed25519.SeedSize)
+		}
+		key := ed25519.NewKeyFromSeed(seed)
+		if n == 0 {
+			ks.sign = key
+		}
+		ks.verify = append(ks.verify, key.Public().(ed25519.PublicKey))
+	}
+	old := i.keys.Swap(ks)
+	if old == nil {
+		return true, false, nil
+	}
+	changed = !old.sign.Equal(ks.sign) || len(old.verify) != len(ks.verify)
+	for _, p := range old.verify {
+		if !slices.ContainsFunc(ks.verify, func(q ed25519.PublicKey) bool { return q.Equal(p) }) {
+			changed, removed = true, true
+		}
+	}
+	return changed, removed, nil
+}
+
+// KeyIDs names the signing key and then the previous key, if any: the
+// first 8 bytes of the SHA-256 of each public key, in hex.
+func (i *Issuer) KeyIDs() []string {
+	var ids []string
+	for _, p := range i.keys.Load().verify {
+		ids = append(ids, KeyID(p))
+	}
+	return ids
+}
+
+// KeyID names a token-signing public key: the first 8 bytes of its SHA-256,
+// in hex.
+func KeyID(pub ed25519.PublicKey) string {
+	sum := sha256.Sum256(pub)
+	return hex.EncodeToString(sum[:8])
+}
+
+// PublicKey returns the key that verifies the tokens this issuer signs now
+// (for verifiers outside the gateway, e.g. a runtime checking tokens offline).
+func (i *Issuer) PublicKey() ed25519.PublicKey { return bytes.Clone(i.keys.Load().verify[0]) }
 
 // TTL is how long issued tokens live.
 func (i *Issuer) TTL() time.Duration { return i.opts.TTL }
@@ -117,7 +189,7 @@ func (i *Issuer) Issue(agent action.AgentID) (string, Claims, error) {
 	// Expiry has second resolution on the wire; report what a verifier sees.
 	c.ExpiresAt = time.Unix(c.ExpiresAt.Unix(), 0)
 	payload := tokenPrefix + base64.RawURLEncoding.EncodeToString(body)
-	sig := ed25519.Sign(i.key, []byte(payload))
+	sig := ed25519.Sign(i.keys.Load().sign, []byte(payload))
 	return payload + "." + base64.RawURLEncoding.EncodeToString(sig), c, nil
 }
 
@@ -136,7 +208,9 @@ func (i *Issuer) Parse(token string) (Claims, error) {
 	if err != nil || len(sig) != ed25519.SignatureSize {
 		return Claims{}, fmt.Errorf("%w: bad signature encoding", ErrMalformed)
 	}
-	if !ed25519.Verify(i.pub, []byte(tokenPrefix+body64), sig) {
+	if !slices.ContainsFunc(i.keys.Load().verify, func(pub ed25519.PublicKey) bool {
+		return ed25519.Verify(pub, []byte(tokenPrefix+body64), sig)
+	}) {
 		return Claims{}, ErrBadSignature
 	}
 	body, err := base64.RawURLEncoding.DecodeString(body64)
@@ -167,6 +241,9 @@ func (i *Issuer) VerifyToken(ctx context.Context, token string) (action.AgentID,
 // Verify is VerifyToken returning every claim.
 func (i *Issuer) Verify(ctx context.Context, token string) (Claims, error) {
 	c, err := i.Parse(token)
+	if errors.Is(err, ErrBadSignature) && i.reload(ctx) {
+		c, err = i.Parse(token) // signed with a key rotated in on another replica?
+	}
 	if err != nil {
 		return Claims{}, err
 	}
@@ -190,6 +267,19 @@ func (i *Issuer) Verify(ctx context.Context, token string) (Claims, error) {
 		return Claims{}, fmt.Errorf("%w: agent %s was killed", ErrRevoked, c.Agent)
 	}
 	return c, nil
+}
+
+// reload calls Options.Reload unless it ran less than reloadEvery ago, and
+// reports whether it did and succeeded.
+func (i *Issuer) reload(ctx context.Context) bool {
+	if i.opts.Reload == nil {
+		return false
+	}
+	now, last := time.Now().UnixNano(), i.lastReload.Load()
+	if now-last < int64(reloadEvery) || !i.lastReload.CompareAndSwap(last, now) {
+		return false
+	}
+	return i.opts.Reload(ctx) == nil
 }
 
 // NewSeed returns a fresh random signing key seed.

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -13,13 +14,59 @@ import (
 func newAdminCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "admin",
-		Short: "Administer the gateway: operator API keys",
-		Long: `admin manages what only admins may change. Today that is operator API keys:
-aasm admin key create|rotate|revoke|list, and generate for a bootstrap key.`,
+		Short: "Administer the gateway: operator API keys and the agent token-signing key",
+		Long: `admin manages what only admins may change: operator API keys (aasm admin key
+create|rotate|revoke|list, and generate for a bootstrap key) and the key that signs
+agent credential tokens (aasm admin token-key rotate).`,
 		Example: `  aasm admin key create --name ci --role viewer
-  aasm admin key list`,
+  aasm admin key list
+  aasm admin token-key rotate`,
 	}
-	cmd.AddCommand(newAdminKeyCmd(g))
+	cmd.AddCommand(newAdminKeyCmd(g), newAdminTokenKeyCmd(g))
+	return cmd
+}
+
+func newAdminTokenKeyCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:     "token-key",
+		Short:   "Rotate the key that signs agent credential tokens",
+		Example: "  aasm admin token-key rotate",
+	}
+	var revoke bool
+	rotate := &cobra.Command{
+		Use:   "rotate",
+		Short: "Sign new agent tokens with a new key",
+		Long: `rotate makes a new key sign agent credential tokens (from Register). The key it
+replaces keeps verifying the tokens it signed until they expire (24 h), so agents carry
+on; the key before that, if any, is dropped. Every replica follows within 10 seconds,
+and at once when it meets a token signed with the new key.
+
+--revoke-previous is the answer to a leaked key: the replaced key (and any older one) is
+dropped at once, every token signed before the rotation stops verifying on every replica
+within 10 seconds, and agents must register again (aa-runtime does so at the next
+heartbeat, within 30 seconds; SDK callers on an Unauthenticated answer). Needs an admin
+key; audited as token-key.rotate.`,
+		Example: "  aasm admin token-key rotate\n  aasm admin token-key rotate --revoke-previous",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return g.call(cmd.Context(), func(ctx context.Context, c clients) error {
+				r, err := c.admin.RotateTokenKey(ctx, &v1.RotateTokenKeyRequest{RevokePrevious: revoke})
+				if err != nil {
+					return err
+				}
+				return g.print(r, func(t *table) {
+					prev := r.GetPreviousKeyId()
+					if prev == "" {
+						prev = "-"
+					}
+					t.row("KEY", "PREVIOUS (verifies until its tokens expire)", "REVOKED")
+					t.row(r.GetKeyId(), prev, strings.Join(r.GetRevokedKeyIds(), ","))
+				})
+			})
+		},
+	}
+	rotate.Flags().BoolVar(&revoke, "revoke-previous", false, "drop the replaced key at once: tokens signed before the rotation stop working")
+	cmd.AddCommand(rotate)
 	return cmd
 }
 

@@ -165,3 +165,22 @@ func TestTLS(t *testing.T) {
 		t.Fatalf("status with the saved TLS login: exit %d\n%s\n%s", code, out, errOut)
 	}
 }
+
+// TestAdminTokenKeyRotate: rotate names the new key and keeps the old one;
+// --revoke-previous drops both; -o json carries the same.
+func TestAdminTokenKeyRotate(t *testing.T) {
+	addr := startGateway(t)
+	code, out, errOut := run(t, "--addr", addr, "-o", "json", "admin", "token-key", "rotate")
+	var r struct {
+		Key      string   `json:"key_id"`
+		Previous string   `json:"previous_key_id"`
+		Revoked  []string `json:"revoked_key_ids"`
+	}
+	if code != 0 || json.Unmarshal([]byte(out), &r) != nil || len(r.Key) != 16 || len(r.Previous) != 16 || len(r.Revoked) != 0 {
+		t.Fatalf("rotate: exit %d\n%s\n%s", code, out, errOut)
+	}
+	code, out, errOut = run(t, "--addr", addr, "admin", "token-key", "rotate", "--revoke-previous")
+	if code != 0 || !strings.Contains(out, "REVOKED") || !strings.Contains(out, r.Key+","+r.Previous) {
+		t.Fatalf("rotate --revoke-previous: exit %d, want %s and %s revoked\n%s\n%s", code, r.Key, r.Previous, out, errOut)
+	}
+}

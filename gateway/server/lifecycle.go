@@ -7,7 +7,6 @@ import (
 
 	"github.com/agent-assembly/agent-assembly/action"
 	"github.com/agent-assembly/agent-assembly/gateway"
-	"github.com/agent-assembly/agent-assembly/identity"
 	"github.com/agent-assembly/agent-assembly/policy"
 	"github.com/agent-assembly/agent-assembly/storage"
 )
@@ -16,17 +15,12 @@ import (
 // starts their background loops (log follower, approval follower, stale
 // sweeper) for the server's lifetime.
 func (s *Server) startLifecycle(ctx context.Context) error {
-	kctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	seed, err := identity.LoadOrCreateSigningKey(kctx, s.store)
-	if err != nil {
+	if err := s.newIssuer(ctx); err != nil {
 		return err
 	}
-	issuer, err := identity.NewIssuer(seed, identity.Options{Registry: s.cached})
-	if err != nil {
-		return err
-	}
+	issuer := s.issuer
 	mode, _ := gateway.ParseAgentAuthMode(s.cfg.AgentAuth) // validated
+	var err error
 	s.agentAuth, err = gateway.NewAgentAuth(gateway.AgentAuthOptions{Mode: mode, Issuer: issuer,
 		TrustDomain: s.cfg.AgentSPIFFETrustDomain, Core: s.core, Logger: s.log, Registry: s.reg})
 	if err != nil {

@@ -45,6 +45,7 @@ import (
 	"github.com/agent-assembly/agent-assembly/extauthz"
 	"github.com/agent-assembly/agent-assembly/extproc"
 	"github.com/agent-assembly/agent-assembly/gateway"
+	"github.com/agent-assembly/agent-assembly/identity"
 	"github.com/agent-assembly/agent-assembly/policy"
 	"github.com/agent-assembly/agent-assembly/storage"
 	"github.com/agent-assembly/agent-assembly/storage/backend"
@@ -86,6 +87,9 @@ type Server struct {
 	// appends (checkpoints.go).
 	checkpoints  *storage.CheckpointSigner
 	checkpointer checkpointer
+	// issuer signs and verifies agent credential tokens; its keys follow
+	// the store (tokenkeys.go).
+	issuer *identity.Issuer
 
 	// agentAuth proves agents on the agent-facing surfaces (agentauth.go).
 	agentAuth *gateway.AgentAuth
@@ -260,7 +264,7 @@ func (s *Server) buildGRPC() {
 	extproc.New(s.core, extproc.Options{Logger: s.log, Metrics: extproc.NewMetrics(s.reg), Auth: s.agentAuth}).Register(s.grpc)
 	v1.RegisterAgentLifecycleServiceServer(s.grpc, s.agents)
 	v1.RegisterInvalidationServiceServer(s.grpc, gateway.NewInvalidationService(s.events).WithAgentAuth(s.agentAuth))
-	v1.RegisterAdminServiceServer(s.grpc, gateway.NewAdminService(s).WithKeys(s.store, s.core))
+	v1.RegisterAdminServiceServer(s.grpc, gateway.NewAdminService(s).WithKeys(s.store, s.core).WithTokenKeys(s))
 	s.registerAlertServices()
 	s.health = health.NewServer()
 	healthpb.RegisterHealthServer(s.grpc, s.health)
@@ -360,6 +364,7 @@ func (s *Server) Serve(ctx context.Context, grpcL, httpL net.Listener) error {
 	}()
 	s.runXDS(ctx, &wg)
 	s.runCheckpoints(ctx, &wg)
+	s.runTokenKeyRefresh(ctx, &wg)
 	go func() {
 		if err := s.grpc.Serve(grpcL); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 			errc <- fmt.Errorf("serve gRPC on %s: %w", grpcL.Addr(), err)

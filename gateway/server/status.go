@@ -166,7 +166,7 @@ func redactStore(s string) string {
 
 // registerAdminREST serves GET /v1/status.
 func (s *Server) registerAdminREST(ctx context.Context, gw *runtime.ServeMux) error {
-	if err := v1.RegisterAdminServiceHandlerServer(ctx, gw, gateway.NewAdminService(s).WithKeys(s.store, s.core)); err != nil {
+	if err := v1.RegisterAdminServiceHandlerServer(ctx, gw, gateway.NewAdminService(s).WithKeys(s.store, s.core).WithTokenKeys(s)); err != nil {
 		return fmt.Errorf("register REST handlers: %w", err)
 	}
 	return nil

@@ -23,6 +23,119 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// RotateTokenKeyRequest asks for a new token-signing key.
+type RotateTokenKeyRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// revoke_previous drops the replaced key (and any older one) at once: the
+	// answer to a leaked key.
+	RevokePrevious bool `protobuf:"varint,1,opt,name=revoke_previous,json=revokePrevious,proto3" json:"revoke_previous,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *RotateTokenKeyRequest) Reset() {
+	*x = RotateTokenKeyRequest{}
+	mi := &file_agentassembly_v1_admin_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateTokenKeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateTokenKeyRequest) ProtoMessage() {}
+
+func (x *RotateTokenKeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agentassembly_v1_admin_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateTokenKeyRequest.ProtoReflect.Descriptor instead.
+func (*RotateTokenKeyRequest) Descriptor() ([]byte, []int) {
+	return file_agentassembly_v1_admin_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *RotateTokenKeyRequest) GetRevokePrevious() bool {
+	if x != nil {
+		return x.RevokePrevious
+	}
+	return false
+}
+
+// TokenKeyRotation names the keys after a rotation.
+type TokenKeyRotation struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// key_id names the new signing key (first 8 bytes of the SHA-256 of its
+	// public key, hex).
+	KeyId string `protobuf:"bytes,1,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	// previous_key_id names the key that still verifies earlier tokens; empty
+	// when it was revoked.
+	PreviousKeyId string `protobuf:"bytes,2,opt,name=previous_key_id,json=previousKeyId,proto3" json:"previous_key_id,omitempty"`
+	// revoked_key_ids name the keys that no longer verify anything.
+	RevokedKeyIds []string `protobuf:"bytes,3,rep,name=revoked_key_ids,json=revokedKeyIds,proto3" json:"revoked_key_ids,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TokenKeyRotation) Reset() {
+	*x = TokenKeyRotation{}
+	mi := &file_agentassembly_v1_admin_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TokenKeyRotation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TokenKeyRotation) ProtoMessage() {}
+
+func (x *TokenKeyRotation) ProtoReflect() protoreflect.Message {
+	mi := &file_agentassembly_v1_admin_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TokenKeyRotation.ProtoReflect.Descriptor instead.
+func (*TokenKeyRotation) Descriptor() ([]byte, []int) {
+	return file_agentassembly_v1_admin_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *TokenKeyRotation) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
+func (x *TokenKeyRotation) GetPreviousKeyId() string {
+	if x != nil {
+		return x.PreviousKeyId
+	}
+	return ""
+}
+
+func (x *TokenKeyRotation) GetRevokedKeyIds() []string {
+	if x != nil {
+		return x.RevokedKeyIds
+	}
+	return nil
+}
+
 // GetStatusRequest is empty.
 type GetStatusRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -32,7 +145,7 @@ type GetStatusRequest struct {
 
 func (x *GetStatusRequest) Reset() {
 	*x = GetStatusRequest{}
-	mi := &file_agentassembly_v1_admin_proto_msgTypes[0]
+	mi := &file_agentassembly_v1_admin_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -44,7 +157,7 @@ func (x *GetStatusRequest) String() string {
 func (*GetStatusRequest) ProtoMessage() {}
 
 func (x *GetStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentassembly_v1_admin_proto_msgTypes[0]
+	mi := &file_agentassembly_v1_admin_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -57,7 +170,7 @@ func (x *GetStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetStatusRequest.ProtoReflect.Descriptor instead.
 func (*GetStatusRequest) Descriptor() ([]byte, []int) {
-	return file_agentassembly_v1_admin_proto_rawDescGZIP(), []int{0}
+	return file_agentassembly_v1_admin_proto_rawDescGZIP(), []int{2}
 }
 
 // GatewayStatus describes one gateway replica.
@@ -80,7 +193,7 @@ type GatewayStatus struct {
 
 func (x *GatewayStatus) Reset() {
 	*x = GatewayStatus{}
-	mi := &file_agentassembly_v1_admin_proto_msgTypes[1]
+	mi := &file_agentassembly_v1_admin_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -92,7 +205,7 @@ func (x *GatewayStatus) String() string {
 func (*GatewayStatus) ProtoMessage() {}
 
 func (x *GatewayStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_agentassembly_v1_admin_proto_msgTypes[1]
+	mi := &file_agentassembly_v1_admin_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -105,7 +218,7 @@ func (x *GatewayStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GatewayStatus.ProtoReflect.Descriptor instead.
 func (*GatewayStatus) Descriptor() ([]byte, []int) {
-	return file_agentassembly_v1_admin_proto_rawDescGZIP(), []int{1}
+	return file_agentassembly_v1_admin_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *GatewayStatus) GetVersion() string {
@@ -201,7 +314,7 @@ type ApiKey struct {
 
 func (x *ApiKey) Reset() {
 	*x = ApiKey{}
-	mi := &file_agentassembly_v1_admin_proto_msgTypes[2]
+	mi := &file_agentassembly_v1_admin_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -213,7 +326,7 @@ func (x *ApiKey) String() string {
 func (*ApiKey) ProtoMessage() {}
 
 func (x *ApiKey) ProtoReflect() protoreflect.Message {
-	mi := &file_agentassembly_v1_admin_proto_msgTypes[2]
+	mi := &file_agentassembly_v1_admin_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -226,7 +339,7 @@ func (x *ApiKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApiKey.ProtoReflect.Descriptor instead.
 func (*ApiKey) Descriptor() ([]byte, []int) {
-	return file_agentassembly_v1_admin_proto_rawDescGZIP(), []int{2}
+	return file_agentassembly_v1_admin_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ApiKey) GetId() string {
@@ -282,7 +395,7 @@ type ApiKeySecret struct {
 
 func (x *ApiKeySecret) Reset() {
 	*x = ApiKeySecret{}
-	mi := &file_agentassembly_v1_admin_proto_msgTypes[3]
+	mi := &file_agentassembly_v1_admin_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -294,7 +407,7 @@ func (x *ApiKeySecret) String() string {
 func (*ApiKeySecret) ProtoMessage() {}
 
 func (x *ApiKeySecret) ProtoReflect() protoreflect.Message {
-	mi := &file_agentassembly_v1_admin_proto_msgTypes[3]
+	mi := &file_agentassembly_v1_admin_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -307,7 +420,7 @@ func (x *ApiKeySecret) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApiKeySecret.ProtoReflect.Descriptor instead.
 func (*ApiKeySecret) Descriptor() ([]byte, []int) {
-	return file_agentassembly_v1_admin_proto_rawDescGZIP(), []int{3}
+	return file_agentassembly_v1_admin_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ApiKeySecret) GetKey() *ApiKey {
@@ -335,7 +448,7 @@ type CreateApiKeyRequest struct {
 
 func (x *CreateApiKeyRequest) Reset() {
 	*x = CreateApiKeyRequest{}
-	mi := &file_agentassembly_v1_admin_proto_msgTypes[4]
+	mi := &file_agentassembly_v1_admin_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -347,7 +460,7 @@ func (x *CreateApiKeyRequest) String() string {
 func (*CreateApiKeyRequest) ProtoMessage() {}
 
 func (x *CreateApiKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentassembly_v1_admin_proto_msgTypes[4]
+	mi := &file_agentassembly_v1_admin_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -360,7 +473,7 @@ func (x *CreateApiKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateApiKeyRequest.ProtoReflect.Descriptor instead.
 func (*CreateApiKeyRequest) Descriptor() ([]byte, []int) {
-	return file_agentassembly_v1_admin_proto_rawDescGZIP(), []int{4}
+	return file_agentassembly_v1_admin_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *CreateApiKeyRequest) GetName() string {
@@ -387,7 +500,7 @@ type RotateApiKeyRequest struct {
 
 func (x *RotateApiKeyRequest) Reset() {
 	*x = RotateApiKeyRequest{}
-	mi := &file_agentassembly_v1_admin_proto_msgTypes[5]
+	mi := &file_agentassembly_v1_admin_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -399,7 +512,7 @@ func (x *RotateApiKeyRequest) String() string {
 func (*RotateApiKeyRequest) ProtoMessage() {}
 
 func (x *RotateApiKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentassembly_v1_admin_proto_msgTypes[5]
+	mi := &file_agentassembly_v1_admin_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -412,7 +525,7 @@ func (x *RotateApiKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateApiKeyRequest.ProtoReflect.Descriptor instead.
 func (*RotateApiKeyRequest) Descriptor() ([]byte, []int) {
-	return file_agentassembly_v1_admin_proto_rawDescGZIP(), []int{5}
+	return file_agentassembly_v1_admin_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *RotateApiKeyRequest) GetId() string {
@@ -432,7 +545,7 @@ type RevokeApiKeyRequest struct {
 
 func (x *RevokeApiKeyRequest) Reset() {
 	*x = RevokeApiKeyRequest{}
-	mi := &file_agentassembly_v1_admin_proto_msgTypes[6]
+	mi := &file_agentassembly_v1_admin_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -444,7 +557,7 @@ func (x *RevokeApiKeyRequest) String() string {
 func (*RevokeApiKeyRequest) ProtoMessage() {}
 
 func (x *RevokeApiKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentassembly_v1_admin_proto_msgTypes[6]
+	mi := &file_agentassembly_v1_admin_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -457,7 +570,7 @@ func (x *RevokeApiKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeApiKeyRequest.ProtoReflect.Descriptor instead.
 func (*RevokeApiKeyRequest) Descriptor() ([]byte, []int) {
-	return file_agentassembly_v1_admin_proto_rawDescGZIP(), []int{6}
+	return file_agentassembly_v1_admin_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *RevokeApiKeyRequest) GetId() string {
@@ -476,7 +589,7 @@ type ListApiKeysRequest struct {
 
 func (x *ListApiKeysRequest) Reset() {
 	*x = ListApiKeysRequest{}
-	mi := &file_agentassembly_v1_admin_proto_msgTypes[7]
+	mi := &file_agentassembly_v1_admin_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -488,7 +601,7 @@ func (x *ListApiKeysRequest) String() string {
 func (*ListApiKeysRequest) ProtoMessage() {}
 
 func (x *ListApiKeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentassembly_v1_admin_proto_msgTypes[7]
+	mi := &file_agentassembly_v1_admin_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -501,7 +614,7 @@ func (x *ListApiKeysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListApiKeysRequest.ProtoReflect.Descriptor instead.
 func (*ListApiKeysRequest) Descriptor() ([]byte, []int) {
-	return file_agentassembly_v1_admin_proto_rawDescGZIP(), []int{7}
+	return file_agentassembly_v1_admin_proto_rawDescGZIP(), []int{9}
 }
 
 // ListApiKeysResponse lists keys.
@@ -514,7 +627,7 @@ type ListApiKeysResponse struct {
 
 func (x *ListApiKeysResponse) Reset() {
 	*x = ListApiKeysResponse{}
-	mi := &file_agentassembly_v1_admin_proto_msgTypes[8]
+	mi := &file_agentassembly_v1_admin_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -526,7 +639,7 @@ func (x *ListApiKeysResponse) String() string {
 func (*ListApiKeysResponse) ProtoMessage() {}
 
 func (x *ListApiKeysResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentassembly_v1_admin_proto_msgTypes[8]
+	mi := &file_agentassembly_v1_admin_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -539,7 +652,7 @@ func (x *ListApiKeysResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListApiKeysResponse.ProtoReflect.Descriptor instead.
 func (*ListApiKeysResponse) Descriptor() ([]byte, []int) {
-	return file_agentassembly_v1_admin_proto_rawDescGZIP(), []int{8}
+	return file_agentassembly_v1_admin_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ListApiKeysResponse) GetKeys() []*ApiKey {
@@ -560,7 +673,7 @@ type GetXdsStatusRequest struct {
 
 func (x *GetXdsStatusRequest) Reset() {
 	*x = GetXdsStatusRequest{}
-	mi := &file_agentassembly_v1_admin_proto_msgTypes[9]
+	mi := &file_agentassembly_v1_admin_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -572,7 +685,7 @@ func (x *GetXdsStatusRequest) String() string {
 func (*GetXdsStatusRequest) ProtoMessage() {}
 
 func (x *GetXdsStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentassembly_v1_admin_proto_msgTypes[9]
+	mi := &file_agentassembly_v1_admin_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -585,7 +698,7 @@ func (x *GetXdsStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetXdsStatusRequest.ProtoReflect.Descriptor instead.
 func (*GetXdsStatusRequest) Descriptor() ([]byte, []int) {
-	return file_agentassembly_v1_admin_proto_rawDescGZIP(), []int{9}
+	return file_agentassembly_v1_admin_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *GetXdsStatusRequest) GetNodeId() string {
@@ -607,7 +720,7 @@ type XdsStatus struct {
 
 func (x *XdsStatus) Reset() {
 	*x = XdsStatus{}
-	mi := &file_agentassembly_v1_admin_proto_msgTypes[10]
+	mi := &file_agentassembly_v1_admin_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -619,7 +732,7 @@ func (x *XdsStatus) String() string {
 func (*XdsStatus) ProtoMessage() {}
 
 func (x *XdsStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_agentassembly_v1_admin_proto_msgTypes[10]
+	mi := &file_agentassembly_v1_admin_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -632,7 +745,7 @@ func (x *XdsStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use XdsStatus.ProtoReflect.Descriptor instead.
 func (*XdsStatus) Descriptor() ([]byte, []int) {
-	return file_agentassembly_v1_admin_proto_rawDescGZIP(), []int{10}
+	return file_agentassembly_v1_admin_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *XdsStatus) GetPolicyVersion() string {
@@ -672,7 +785,7 @@ type XdsNodeStatus struct {
 
 func (x *XdsNodeStatus) Reset() {
 	*x = XdsNodeStatus{}
-	mi := &file_agentassembly_v1_admin_proto_msgTypes[11]
+	mi := &file_agentassembly_v1_admin_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -684,7 +797,7 @@ func (x *XdsNodeStatus) String() string {
 func (*XdsNodeStatus) ProtoMessage() {}
 
 func (x *XdsNodeStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_agentassembly_v1_admin_proto_msgTypes[11]
+	mi := &file_agentassembly_v1_admin_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -697,7 +810,7 @@ func (x *XdsNodeStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use XdsNodeStatus.ProtoReflect.Descriptor instead.
 func (*XdsNodeStatus) Descriptor() ([]byte, []int) {
-	return file_agentassembly_v1_admin_proto_rawDescGZIP(), []int{11}
+	return file_agentassembly_v1_admin_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *XdsNodeStatus) GetNodeId() string {
@@ -777,7 +890,7 @@ type XdsTypeStatus struct {
 
 func (x *XdsTypeStatus) Reset() {
 	*x = XdsTypeStatus{}
-	mi := &file_agentassembly_v1_admin_proto_msgTypes[12]
+	mi := &file_agentassembly_v1_admin_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -789,7 +902,7 @@ func (x *XdsTypeStatus) String() string {
 func (*XdsTypeStatus) ProtoMessage() {}
 
 func (x *XdsTypeStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_agentassembly_v1_admin_proto_msgTypes[12]
+	mi := &file_agentassembly_v1_admin_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -802,7 +915,7 @@ func (x *XdsTypeStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use XdsTypeStatus.ProtoReflect.Descriptor instead.
 func (*XdsTypeStatus) Descriptor() ([]byte, []int) {
-	return file_agentassembly_v1_admin_proto_rawDescGZIP(), []int{12}
+	return file_agentassembly_v1_admin_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *XdsTypeStatus) GetType() string {
@@ -865,7 +978,13 @@ var File_agentassembly_v1_admin_proto protoreflect.FileDescriptor
 
 const file_agentassembly_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x1cagentassembly/v1/admin.proto\x12\x10agentassembly.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x12\n" +
+	"\x1cagentassembly/v1/admin.proto\x12\x10agentassembly.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"@\n" +
+	"\x15RotateTokenKeyRequest\x12'\n" +
+	"\x0frevoke_previous\x18\x01 \x01(\bR\x0erevokePrevious\"y\n" +
+	"\x10TokenKeyRotation\x12\x15\n" +
+	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12&\n" +
+	"\x0fprevious_key_id\x18\x02 \x01(\tR\rpreviousKeyId\x12&\n" +
+	"\x0frevoked_key_ids\x18\x03 \x03(\tR\rrevokedKeyIds\"\x12\n" +
 	"\x10GetStatusRequest\"\xa0\x03\n" +
 	"\rGatewayStatus\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12\x1d\n" +
@@ -929,14 +1048,15 @@ const file_agentassembly_v1_admin_proto_rawDesc = "" +
 	"\fnack_version\x18\x06 \x01(\tR\vnackVersion\x123\n" +
 	"\anack_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\x06nackAt\x12\x1d\n" +
 	"\n" +
-	"nack_error\x18\b \x01(\tR\tnackError2\xd0\x04\n" +
+	"nack_error\x18\b \x01(\tR\tnackError2\xd7\x05\n" +
 	"\fAdminService\x12d\n" +
 	"\tGetStatus\x12\".agentassembly.v1.GetStatusRequest\x1a\x1f.agentassembly.v1.GatewayStatus\"\x12\x82\xd3\xe4\x93\x02\f\x12\n" +
 	"/v1/status\x12p\n" +
 	"\fCreateApiKey\x12%.agentassembly.v1.CreateApiKeyRequest\x1a\x1e.agentassembly.v1.ApiKeySecret\"\x19\x82\xd3\xe4\x93\x02\x13:\x01*\"\x0e/v1/admin/keys\x12|\n" +
 	"\fRotateApiKey\x12%.agentassembly.v1.RotateApiKeyRequest\x1a\x1e.agentassembly.v1.ApiKeySecret\"%\x82\xd3\xe4\x93\x02\x1f:\x01*\"\x1a/v1/admin/keys/{id}:rotate\x12v\n" +
 	"\fRevokeApiKey\x12%.agentassembly.v1.RevokeApiKeyRequest\x1a\x18.agentassembly.v1.ApiKey\"%\x82\xd3\xe4\x93\x02\x1f:\x01*\"\x1a/v1/admin/keys/{id}:revoke\x12r\n" +
-	"\vListApiKeys\x12$.agentassembly.v1.ListApiKeysRequest\x1a%.agentassembly.v1.ListApiKeysResponse\"\x16\x82\xd3\xe4\x93\x02\x10\x12\x0e/v1/admin/keys2x\n" +
+	"\vListApiKeys\x12$.agentassembly.v1.ListApiKeysRequest\x1a%.agentassembly.v1.ListApiKeysResponse\"\x16\x82\xd3\xe4\x93\x02\x10\x12\x0e/v1/admin/keys\x12\x84\x01\n" +
+	"\x0eRotateTokenKey\x12'.agentassembly.v1.RotateTokenKeyRequest\x1a\".agentassembly.v1.TokenKeyRotation\"%\x82\xd3\xe4\x93\x02\x1f:\x01*\"\x1a/v1/admin/token-key:rotate2x\n" +
 	"\n" +
 	"XdsService\x12j\n" +
 	"\fGetXdsStatus\x12%.agentassembly.v1.GetXdsStatusRequest\x1a\x1b.agentassembly.v1.XdsStatus\"\x16\x82\xd3\xe4\x93\x02\x10\x12\x0e/v1/xds/statusBOZMgithub.com/agent-assembly/agent-assembly/api/agentassembly/v1;agentassemblyv1b\x06proto3"
@@ -953,50 +1073,54 @@ func file_agentassembly_v1_admin_proto_rawDescGZIP() []byte {
 	return file_agentassembly_v1_admin_proto_rawDescData
 }
 
-var file_agentassembly_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_agentassembly_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_agentassembly_v1_admin_proto_goTypes = []any{
-	(*GetStatusRequest)(nil),      // 0: agentassembly.v1.GetStatusRequest
-	(*GatewayStatus)(nil),         // 1: agentassembly.v1.GatewayStatus
-	(*ApiKey)(nil),                // 2: agentassembly.v1.ApiKey
-	(*ApiKeySecret)(nil),          // 3: agentassembly.v1.ApiKeySecret
-	(*CreateApiKeyRequest)(nil),   // 4: agentassembly.v1.CreateApiKeyRequest
-	(*RotateApiKeyRequest)(nil),   // 5: agentassembly.v1.RotateApiKeyRequest
-	(*RevokeApiKeyRequest)(nil),   // 6: agentassembly.v1.RevokeApiKeyRequest
-	(*ListApiKeysRequest)(nil),    // 7: agentassembly.v1.ListApiKeysRequest
-	(*ListApiKeysResponse)(nil),   // 8: agentassembly.v1.ListApiKeysResponse
-	(*GetXdsStatusRequest)(nil),   // 9: agentassembly.v1.GetXdsStatusRequest
-	(*XdsStatus)(nil),             // 10: agentassembly.v1.XdsStatus
-	(*XdsNodeStatus)(nil),         // 11: agentassembly.v1.XdsNodeStatus
-	(*XdsTypeStatus)(nil),         // 12: agentassembly.v1.XdsTypeStatus
-	(*timestamppb.Timestamp)(nil), // 13: google.protobuf.Timestamp
+	(*RotateTokenKeyRequest)(nil), // 0: agentassembly.v1.RotateTokenKeyRequest
+	(*TokenKeyRotation)(nil),      // 1: agentassembly.v1.TokenKeyRotation
+	(*GetStatusRequest)(nil),      // 2: agentassembly.v1.GetStatusRequest
+	(*GatewayStatus)(nil),         // 3: agentassembly.v1.GatewayStatus
+	(*ApiKey)(nil),                // 4: agentassembly.v1.ApiKey
+	(*ApiKeySecret)(nil),          // 5: agentassembly.v1.ApiKeySecret
+	(*CreateApiKeyRequest)(nil),   // 6: agentassembly.v1.CreateApiKeyRequest
+	(*RotateApiKeyRequest)(nil),   // 7: agentassembly.v1.RotateApiKeyRequest
+	(*RevokeApiKeyRequest)(nil),   // 8: agentassembly.v1.RevokeApiKeyRequest
+	(*ListApiKeysRequest)(nil),    // 9: agentassembly.v1.ListApiKeysRequest
+	(*ListApiKeysResponse)(nil),   // 10: agentassembly.v1.ListApiKeysResponse
+	(*GetXdsStatusRequest)(nil),   // 11: agentassembly.v1.GetXdsStatusRequest
+	(*XdsStatus)(nil),             // 12: agentassembly.v1.XdsStatus
+	(*XdsNodeStatus)(nil),         // 13: agentassembly.v1.XdsNodeStatus
+	(*XdsTypeStatus)(nil),         // 14: agentassembly.v1.XdsTypeStatus
+	(*timestamppb.Timestamp)(nil), // 15: google.protobuf.Timestamp
 }
 var file_agentassembly_v1_admin_proto_depIdxs = []int32{
-	13, // 0: agentassembly.v1.GatewayStatus.started_at:type_name -> google.protobuf.Timestamp
-	13, // 1: agentassembly.v1.ApiKey.created_at:type_name -> google.protobuf.Timestamp
-	13, // 2: agentassembly.v1.ApiKey.last_used_at:type_name -> google.protobuf.Timestamp
-	2,  // 3: agentassembly.v1.ApiKeySecret.key:type_name -> agentassembly.v1.ApiKey
-	2,  // 4: agentassembly.v1.ListApiKeysResponse.keys:type_name -> agentassembly.v1.ApiKey
-	11, // 5: agentassembly.v1.XdsStatus.nodes:type_name -> agentassembly.v1.XdsNodeStatus
-	13, // 6: agentassembly.v1.XdsNodeStatus.updated_at:type_name -> google.protobuf.Timestamp
-	13, // 7: agentassembly.v1.XdsNodeStatus.last_seen:type_name -> google.protobuf.Timestamp
-	12, // 8: agentassembly.v1.XdsNodeStatus.types:type_name -> agentassembly.v1.XdsTypeStatus
-	13, // 9: agentassembly.v1.XdsTypeStatus.sent_at:type_name -> google.protobuf.Timestamp
-	13, // 10: agentassembly.v1.XdsTypeStatus.ack_at:type_name -> google.protobuf.Timestamp
-	13, // 11: agentassembly.v1.XdsTypeStatus.nack_at:type_name -> google.protobuf.Timestamp
-	0,  // 12: agentassembly.v1.AdminService.GetStatus:input_type -> agentassembly.v1.GetStatusRequest
-	4,  // 13: agentassembly.v1.AdminService.CreateApiKey:input_type -> agentassembly.v1.CreateApiKeyRequest
-	5,  // 14: agentassembly.v1.AdminService.RotateApiKey:input_type -> agentassembly.v1.RotateApiKeyRequest
-	6,  // 15: agentassembly.v1.AdminService.RevokeApiKey:input_type -> agentassembly.v1.RevokeApiKeyRequest
-	7,  // 16: agentassembly.v1.AdminService.ListApiKeys:input_type -> agentassembly.v1.ListApiKeysRequest
-	9,  // 17: agentassembly.v1.XdsService.GetXdsStatus:input_type -> agentassembly.v1.GetXdsStatusRequest
-	1,  // 18: agentassembly.v1.AdminService.GetStatus:output_type -> agentassembly.v1.GatewayStatus
-	3,  // 19: agentassembly.v1.AdminService.CreateApiKey:output_type -> agentassembly.v1.ApiKeySecret
-	3,  // 20: agentassembly.v1.AdminService.RotateApiKey:output_type -> agentassembly.v1.ApiKeySecret
-	2,  // 21: agentassembly.v1.AdminService.RevokeApiKey:output_type -> agentassembly.v1.ApiKey
-	8,  // 22: agentassembly.v1.AdminService.ListApiKeys:output_type -> agentassembly.v1.ListApiKeysResponse
-	10, // 23: agentassembly.v1.XdsService.GetXdsStatus:output_type -> agentassembly.v1.XdsStatus
-	18, // [18:24] is the sub-list for method output_type
-	12, // [12:18] is the sub-list for method input_type
+	15, // 0: agentassembly.v1.GatewayStatus.started_at:type_name -> google.protobuf.Timestamp
+	15, // 1: agentassembly.v1.ApiKey.created_at:type_name -> google.protobuf.Timestamp
+	15, // 2: agentassembly.v1.ApiKey.last_used_at:type_name -> google.protobuf.Timestamp
+	4,  // 3: agentassembly.v1.ApiKeySecret.key:type_name -> agentassembly.v1.ApiKey
+	4,  // 4: agentassembly.v1.ListApiKeysResponse.keys:type_name -> agentassembly.v1.ApiKey
+	13, // 5: agentassembly.v1.XdsStatus.nodes:type_name -> agentassembly.v1.XdsNodeStatus
+	15, // 6: agentassembly.v1.XdsNodeStatus.updated_at:type_name -> google.protobuf.Timestamp
+	15, // 7: agentassembly.v1.XdsNodeStatus.last_seen:type_name -> google.protobuf.Timestamp
+	14, // 8: agentassembly.v1.XdsNodeStatus.types:type_name -> agentassembly.v1.XdsTypeStatus
+	15, // 9: agentassembly.v1.XdsTypeStatus.sent_at:type_name -> google.protobuf.Timestamp
+	15, // 10: agentassembly.v1.XdsTypeStatus.ack_at:type_name -> google.protobuf.Timestamp
+	15, // 11: agentassembly.v1.XdsTypeStatus.nack_at:type_name -> google.protobuf.Timestamp
+	2,  // 12: agentassembly.v1.AdminService.GetStatus:input_type -> agentassembly.v1.GetStatusRequest
+	6,  // 13: agentassembly.v1.AdminService.CreateApiKey:input_type -> agentassembly.v1.CreateApiKeyRequest
+	7,  // 14: agentassembly.v1.AdminService.RotateApiKey:input_type -> agentassembly.v1.RotateApiKeyRequest
+	8,  // 15: agentassembly.v1.AdminService.RevokeApiKey:input_type -> agentassembly.v1.RevokeApiKeyRequest
+	9,  // 16: agentassembly.v1.AdminService.ListApiKeys:input_type -> agentassembly.v1.ListApiKeysRequest
+	0,  // 17: agentassembly.v1.AdminService.RotateTokenKey:input_type -> agentassembly.v1.RotateTokenKeyRequest
+	11, // 18: agentassembly.v1.XdsService.GetXdsStatus:input_type -> agentassembly.v1.GetXdsStatusRequest
+	3,  // 19: agentassembly.v1.AdminService.GetStatus:output_type -> agentassembly.v1.GatewayStatus
+	5,  // 20: agentassembly.v1.AdminService.CreateApiKey:output_type -> agentassembly.v1.ApiKeySecret
+	5,  // 21: agentassembly.v1.AdminService.RotateApiKey:output_type -> agentassembly.v1.ApiKeySecret
+	4,  // 22: agentassembly.v1.AdminService.RevokeApiKey:output_type -> agentassembly.v1.ApiKey
+	10, // 23: agentassembly.v1.AdminService.ListApiKeys:output_type -> agentassembly.v1.ListApiKeysResponse
+	1,  // 24: agentassembly.v1.AdminService.RotateTokenKey:output_type -> agentassembly.v1.TokenKeyRotation
+	12, // 25: agentassembly.v1.XdsService.GetXdsStatus:output_type -> agentassembly.v1.XdsStatus
+	19, // [19:26] is the sub-list for method output_type
+	12, // [12:19] is the sub-list for method input_type
 	12, // [12:12] is the sub-list for extension type_name
 	12, // [12:12] is the sub-list for extension extendee
 	0,  // [0:12] is the sub-list for field type_name
@@ -1013,7 +1137,7 @@ func file_agentassembly_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agentassembly_v1_admin_proto_rawDesc), len(file_agentassembly_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   13,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -19,11 +19,12 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	AdminService_GetStatus_FullMethodName    = "/agentassembly.v1.AdminService/GetStatus"
-	AdminService_CreateApiKey_FullMethodName = "/agentassembly.v1.AdminService/CreateApiKey"
-	AdminService_RotateApiKey_FullMethodName = "/agentassembly.v1.AdminService/RotateApiKey"
-	AdminService_RevokeApiKey_FullMethodName = "/agentassembly.v1.AdminService/RevokeApiKey"
-	AdminService_ListApiKeys_FullMethodName  = "/agentassembly.v1.AdminService/ListApiKeys"
+	AdminService_GetStatus_FullMethodName      = "/agentassembly.v1.AdminService/GetStatus"
+	AdminService_CreateApiKey_FullMethodName   = "/agentassembly.v1.AdminService/CreateApiKey"
+	AdminService_RotateApiKey_FullMethodName   = "/agentassembly.v1.AdminService/RotateApiKey"
+	AdminService_RevokeApiKey_FullMethodName   = "/agentassembly.v1.AdminService/RevokeApiKey"
+	AdminService_ListApiKeys_FullMethodName    = "/agentassembly.v1.AdminService/ListApiKeys"
+	AdminService_RotateTokenKey_FullMethodName = "/agentassembly.v1.AdminService/RotateTokenKey"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -42,6 +43,12 @@ type AdminServiceClient interface {
 	RevokeApiKey(ctx context.Context, in *RevokeApiKeyRequest, opts ...grpc.CallOption) (*ApiKey, error)
 	// ListApiKeys lists keys without secrets.
 	ListApiKeys(ctx context.Context, in *ListApiKeysRequest, opts ...grpc.CallOption) (*ListApiKeysResponse, error)
+	// RotateTokenKey replaces the key that signs agent credential tokens. The
+	// replaced key keeps verifying the tokens it signed until they expire,
+	// unless revoke_previous drops it (every earlier token stops working and
+	// agents register again). Every replica follows within 10 seconds, and at
+	// once for a token signed with the new key.
+	RotateTokenKey(ctx context.Context, in *RotateTokenKeyRequest, opts ...grpc.CallOption) (*TokenKeyRotation, error)
 }
 
 type adminServiceClient struct {
@@ -102,6 +109,16 @@ func (c *adminServiceClient) ListApiKeys(ctx context.Context, in *ListApiKeysReq
 	return out, nil
 }
 
+func (c *adminServiceClient) RotateTokenKey(ctx context.Context, in *RotateTokenKeyRequest, opts ...grpc.CallOption) (*TokenKeyRotation, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(TokenKeyRotation)
+	err := c.cc.Invoke(ctx, AdminService_RotateTokenKey_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -118,6 +135,12 @@ type AdminServiceServer interface {
 	RevokeApiKey(context.Context, *RevokeApiKeyRequest) (*ApiKey, error)
 	// ListApiKeys lists keys without secrets.
 	ListApiKeys(context.Context, *ListApiKeysRequest) (*ListApiKeysResponse, error)
+	// RotateTokenKey replaces the key that signs agent credential tokens. The
+	// replaced key keeps verifying the tokens it signed until they expire,
+	// unless revoke_previous drops it (every earlier token stops working and
+	// agents register again). Every replica follows within 10 seconds, and at
+	// once for a token signed with the new key.
+	RotateTokenKey(context.Context, *RotateTokenKeyRequest) (*TokenKeyRotation, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -142,6 +165,9 @@ func (UnimplementedAdminServiceServer) RevokeApiKey(context.Context, *RevokeApiK
 }
 func (UnimplementedAdminServiceServer) ListApiKeys(context.Context, *ListApiKeysRequest) (*ListApiKeysResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListApiKeys not implemented")
+}
+func (UnimplementedAdminServiceServer) RotateTokenKey(context.Context, *RotateTokenKeyRequest) (*TokenKeyRotation, error) {
+	return nil, status.Error(codes.Unimplemented, "method RotateTokenKey not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -254,6 +280,24 @@ func _AdminService_ListApiKeys_Handler(srv interface{}, ctx context.Context, dec
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_RotateTokenKey_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RotateTokenKeyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).RotateTokenKey(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_RotateTokenKey_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).RotateTokenKey(ctx, req.(*RotateTokenKeyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -280,6 +324,10 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListApiKeys",
 			Handler:    _AdminService_ListApiKeys_Handler,
+		},
+		{
+			MethodName: "RotateTokenKey",
+			Handler:    _AdminService_RotateTokenKey_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
