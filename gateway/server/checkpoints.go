@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/agent-assembly/agent-assembly/identity"
 	"github.com/agent-assembly/agent-assembly/storage"
@@ -36,6 +37,21 @@ type checkpointer struct {
 	s    *Server
 	mu   sync.Mutex
 	seen uint64 // the writer's Written() covered by the last checkpoint
+	// written counts checkpoint appends by result (ok, error).
+	written *prometheus.CounterVec
+}
+
+// newCheckpointer returns the checkpointer of s, its metrics registered.
+func newCheckpointer(s *Server) *checkpointer {
+	c := &checkpointer{s: s, written: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "aa", Name: "audit_checkpoints_total",
+		Help: "Signed checkpoints appended to this replica's audit chain (--audit-checkpoint-interval), by result (ok, error); a growing error count leaves records unsigned.",
+	}, []string{"result"})}
+	for _, r := range []string{"ok", "error"} {
+		c.written.WithLabelValues(r)
+	}
+	s.reg.MustRegister(c.written)
+	return c
 }
 
 // runCheckpoints appends a checkpoint every AuditCheckpointInterval in which
@@ -73,8 +89,10 @@ func (c *checkpointer) checkpoint(ctx context.Context) error {
 	actx, cancel := context.WithTimeout(ctx, c.s.cfg.AuditTimeout)
 	defer cancel()
 	if err := c.s.writer.Append(actx, rec); err != nil {
+		c.written.WithLabelValues("error").Inc()
 		return fmt.Errorf("checkpoint audit chain %s: %w", c.s.cfg.ReplicaName(), err)
 	}
+	c.written.WithLabelValues("ok").Inc()
 	// Records written meanwhile may have landed after the checkpoint: only
 	// the checkpoint itself is known to be covered.
 	c.seen = before + 1

@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
+
 	v1 "github.com/agent-assembly/agent-assembly/api/agentassembly/v1"
 	"github.com/agent-assembly/agent-assembly/storage"
 )
@@ -62,6 +64,14 @@ func TestAuditCheckpointsWrittenAndVerified(t *testing.T) {
 	time.Sleep(500 * time.Millisecond) // five intervals with nothing written
 	if _, rep = chainReport(t, g, "test-replica"); rep.GetCheckpoints() != idle {
 		t.Fatalf("%d checkpoints became %d while nothing was written", idle, rep.GetCheckpoints())
+	}
+
+	var m dto.Metric
+	if err := g.srv.checkpointer.written.WithLabelValues("ok").Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	if got := m.GetCounter().GetValue(); got != float64(idle) {
+		t.Fatalf("aa_audit_checkpoints_total{result=ok} = %v, want %d", got, idle)
 	}
 
 	// Records after the last checkpoint are signed at shutdown.

@@ -86,7 +86,7 @@ type Server struct {
 	// checkpoints signs the audit chain's checkpoints, which checkpointer
 	// appends (checkpoints.go).
 	checkpoints  *storage.CheckpointSigner
-	checkpointer checkpointer
+	checkpointer *checkpointer
 	// issuer signs and verifies agent credential tokens; its keys follow
 	// the store (tokenkeys.go).
 	issuer *identity.Issuer
@@ -179,7 +179,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 		s.closeStore()
 		return nil, err
 	}
-	s.checkpointer.s = s
+	s.checkpointer = newCheckpointer(s)
 	if s.tracing, err = tracing.New(ctx, tracing.Options{
 		Endpoint: cfg.OTLPEndpoint, Insecure: cfg.OTLPInsecure, SampleRatio: cfg.TraceSampleRatio,
 		ServiceName: "aa-gateway", Version: Version, Replica: replica,
