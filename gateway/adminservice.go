@@ -36,6 +36,10 @@ type ReplicaStatus struct {
 	// EnvoyNodes counts the Envoy sidecars with an open xDS stream to this
 	// replica.
 	EnvoyNodes int
+	// TokenKeys names the keys agent tokens are verified with here, the
+	// signing key first; CheckpointKey the audit checkpoint key.
+	TokenKeys     []string
+	CheckpointKey string
 }
 
 // StatusSource reports the status of the replica it belongs to.
@@ -77,6 +81,7 @@ func StatusToProto(st ReplicaStatus) *v1.GatewayStatus {
 		Store: st.Store, Counters: st.Counters, PolicyVersion: st.PolicyVersion,
 		Replicas: st.Replicas, ConnectedRuntimes: int32(st.Runtimes),
 		ConnectedEnvoyNodes: int32(st.EnvoyNodes), AuditDurability: st.Durability,
+		TokenKeyIds: st.TokenKeys, AuditCheckpointKeyId: st.CheckpointKey,
 	}
 	if !st.StartedAt.IsZero() {
 		out.StartedAt = timestamppb.New(st.StartedAt)

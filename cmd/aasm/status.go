@@ -78,4 +78,14 @@ func statusRows(t *table, addr string, st *v1.GatewayStatus) {
 	t.row("REPLICAS", fmt.Sprintf("%s (this one, and others with audit records in the last hour)", strings.Join(st.GetReplicas(), ", ")))
 	t.row("RUNTIMES", fmt.Sprintf("%d open streams on this replica", st.GetConnectedRuntimes()))
 	t.row("ENVOY NODES", fmt.Sprintf("%d connected to this replica", st.GetConnectedEnvoyNodes()))
+	if ids := st.GetTokenKeyIds(); len(ids) > 0 {
+		keys := ids[0] + " (signs agent tokens)"
+		if len(ids) > 1 {
+			keys += ", " + strings.Join(ids[1:], ", ") + " (previous: verifies until its tokens expire)"
+		}
+		t.row("TOKEN KEYS", keys)
+	}
+	if id := st.GetAuditCheckpointKeyId(); id != "" {
+		t.row("CHECKPOINT KEY", id+" (signs the audit chain)")
+	}
 }

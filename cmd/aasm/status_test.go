@@ -32,17 +32,20 @@ func TestStatus(t *testing.T) {
 		PolicyVersion string   `json:"policy_version"`
 		Replicas      []string `json:"replicas"`
 		Durability    string   `json:"audit_durability"`
+		TokenKeys     []string `json:"token_key_ids"`
+		CheckpointKey string   `json:"audit_checkpoint_key_id"`
 	}
 	out := mustBin(t, exitAllow, "--addr", addr, "-o", "json", "status")
 	if err := json.Unmarshal([]byte(out), &st); err != nil {
 		t.Fatalf("status -o json: %v\n%s", err, out)
 	}
 	if !st.Healthy || st.ReplicaID != "gw-test" || st.Store != "memory:" || st.PolicyVersion == "" ||
-		len(st.Replicas) != 1 || st.Replicas[0] != "gw-test" || st.Durability != "sync" {
+		len(st.Replicas) != 1 || st.Replicas[0] != "gw-test" || st.Durability != "sync" || len(st.TokenKeys) != 1 || len(st.CheckpointKey) != 16 {
 		t.Fatalf("status -o json: %+v", st)
 	}
 	out = mustBin(t, exitAllow, "--addr", addr, "status")
-	golden(t, "status.golden", normalize(out, map[string]string{addr: "<ADDR>", st.PolicyVersion: "<POLICY>", server.Version: "<VERSION>"}))
+	golden(t, "status.golden", normalize(out, map[string]string{addr: "<ADDR>", st.PolicyVersion: "<POLICY>", server.Version: "<VERSION>",
+		st.TokenKeys[0]: "<TOKEN-KEY>", st.CheckpointKey: "<CHECKPOINT-KEY>"}))
 
 	out = mustBin(t, exitAllow, "--addr", addr, "-o", "yaml", "status")
 	if !strings.Contains(out, "replica_id: gw-test") {

@@ -67,6 +67,10 @@ func (s *Server) ReplicaStatus(ctx context.Context) (gateway.ReplicaStatus, erro
 		StartedAt:  s.started,
 		Runtimes:   int(s.runtimes.open.Load()),
 		EnvoyNodes: connectedEnvoys(s.xds),
+		TokenKeys:  s.issuer.KeyIDs(),
+	}
+	if s.checkpoints != nil {
+		st.CheckpointKey = s.checkpoints.KeyID()
 	}
 	snap := s.core.Snapshot()
 	if snap != nil {

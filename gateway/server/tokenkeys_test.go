@@ -32,6 +32,19 @@ func reRegister(t *testing.T, g *testGateway, r *registered) string {
 	return resp.GetCredentialToken()
 }
 
+// statusKeys returns the token keys the replica reports in GetStatus.
+func statusKeys(t *testing.T, g *testGateway) []string {
+	t.Helper()
+	st, err := v1.NewAdminServiceClient(g.conn).GetStatus(context.Background(), &v1.GetStatusRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.GetAuditCheckpointKeyId()) != 16 {
+		t.Fatalf("GetStatus audit_checkpoint_key_id %q", st.GetAuditCheckpointKeyId())
+	}
+	return st.GetTokenKeyIds()
+}
+
 // checkAs runs one check with token and returns its gRPC code.
 func checkAs(g *testGateway, token string) codes.Code {
 	_, err := g.client.CheckAction(context.Background(), toolCall(coder, token))
@@ -51,6 +64,9 @@ func TestTokenKeyRotation(t *testing.T) {
 	if r1.GetKeyId() == "" || r1.GetPreviousKeyId() == "" || r1.GetKeyId() == r1.GetPreviousKeyId() || len(r1.GetRevokedKeyIds()) != 0 {
 		t.Fatalf("rotation: %+v, want a new key and the old one kept", r1)
 	}
+	if ids := statusKeys(t, g); !slices.Equal(ids, []string{r1.GetKeyId(), r1.GetPreviousKeyId()}) {
+		t.Fatalf("GetStatus token keys %v, want %s then %s", ids, r1.GetKeyId(), r1.GetPreviousKeyId())
+	}
 	second := reRegister(t, g, reg)
 	for name, tok := range map[string]string{"first": first, "second": second} {
 		if c := checkAs(g, tok); c != codes.OK {
@@ -66,6 +82,9 @@ func TestTokenKeyRotation(t *testing.T) {
 		if c := checkAs(g, tok); c != codes.Unauthenticated {
 			t.Fatalf("%s token after revocation: %v, want Unauthenticated", name, c)
 		}
+	}
+	if ids := statusKeys(t, g); !slices.Equal(ids, []string{r2.GetKeyId()}) {
+		t.Fatalf("GetStatus token keys after revocation %v, want only %s", ids, r2.GetKeyId())
 	}
 	if c := checkAs(g, reRegister(t, g, reg)); c != codes.OK {
 		t.Fatalf("a token issued after revocation: %v", c)

@@ -187,8 +187,13 @@ type GatewayStatus struct {
 	ConnectedRuntimes   int32                  `protobuf:"varint,9,opt,name=connected_runtimes,json=connectedRuntimes,proto3" json:"connected_runtimes,omitempty"`
 	ConnectedEnvoyNodes int32                  `protobuf:"varint,10,opt,name=connected_envoy_nodes,json=connectedEnvoyNodes,proto3" json:"connected_envoy_nodes,omitempty"`
 	AuditDurability     string                 `protobuf:"bytes,11,opt,name=audit_durability,json=auditDurability,proto3" json:"audit_durability,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// token_key_ids name the keys this replica verifies agent tokens with:
+	// the signing key first, then the previous one (aasm admin token-key rotate).
+	TokenKeyIds []string `protobuf:"bytes,12,rep,name=token_key_ids,json=tokenKeyIds,proto3" json:"token_key_ids,omitempty"`
+	// audit_checkpoint_key_id names the key that signs the audit chain's checkpoints.
+	AuditCheckpointKeyId string `protobuf:"bytes,13,opt,name=audit_checkpoint_key_id,json=auditCheckpointKeyId,proto3" json:"audit_checkpoint_key_id,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
 }
 
 func (x *GatewayStatus) Reset() {
@@ -294,6 +299,20 @@ func (x *GatewayStatus) GetConnectedEnvoyNodes() int32 {
 func (x *GatewayStatus) GetAuditDurability() string {
 	if x != nil {
 		return x.AuditDurability
+	}
+	return ""
+}
+
+func (x *GatewayStatus) GetTokenKeyIds() []string {
+	if x != nil {
+		return x.TokenKeyIds
+	}
+	return nil
+}
+
+func (x *GatewayStatus) GetAuditCheckpointKeyId() string {
+	if x != nil {
+		return x.AuditCheckpointKeyId
 	}
 	return ""
 }
@@ -985,7 +1004,7 @@ const file_agentassembly_v1_admin_proto_rawDesc = "" +
 	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12&\n" +
 	"\x0fprevious_key_id\x18\x02 \x01(\tR\rpreviousKeyId\x12&\n" +
 	"\x0frevoked_key_ids\x18\x03 \x03(\tR\rrevokedKeyIds\"\x12\n" +
-	"\x10GetStatusRequest\"\xa0\x03\n" +
+	"\x10GetStatusRequest\"\xfb\x03\n" +
 	"\rGatewayStatus\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12\x1d\n" +
 	"\n" +
@@ -1000,7 +1019,9 @@ const file_agentassembly_v1_admin_proto_rawDesc = "" +
 	"\x12connected_runtimes\x18\t \x01(\x05R\x11connectedRuntimes\x122\n" +
 	"\x15connected_envoy_nodes\x18\n" +
 	" \x01(\x05R\x13connectedEnvoyNodes\x12)\n" +
-	"\x10audit_durability\x18\v \x01(\tR\x0fauditDurability\"\xd3\x01\n" +
+	"\x10audit_durability\x18\v \x01(\tR\x0fauditDurability\x12\"\n" +
+	"\rtoken_key_ids\x18\f \x03(\tR\vtokenKeyIds\x125\n" +
+	"\x17audit_checkpoint_key_id\x18\r \x01(\tR\x14auditCheckpointKeyId\"\xd3\x01\n" +
 	"\x06ApiKey\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n" +
