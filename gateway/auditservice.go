@@ -1,12 +1,14 @@
 package gateway
 
 import (
+	"cmp"
 	"context"
 	"crypto/ed25519"
 	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -24,7 +26,7 @@ type AuditReader interface {
 	QueryAudit(ctx context.Context, q storage.AuditQuery) (storage.AuditPage, error)
 	TailAudit(ctx context.Context) (<-chan *storage.AuditRecord, error)
 	AuditChains(ctx context.Context) ([]string, error)
-	VerifyAudit(ctx context.Context, chain string) (storage.VerifyReport, error)
+	VerifyAudit(ctx context.Context, chain string, anchors ...storage.ChainHead) (storage.VerifyReport, error)
 }
 
 // AuditService implements agentassembly.v1.AuditService.
@@ -131,14 +133,28 @@ func (s *AuditService) TailAudit(req *v1.TailAuditRequest, stream grpc.ServerStr
 	}
 }
 
-// VerifyAudit implements AuditService.VerifyAudit over one chain or all.
+// maxAnchors bounds VerifyAuditRequest.anchors.
+const maxAnchors = 10000
+
+// VerifyAudit implements AuditService.VerifyAudit over one chain or all,
+// checking the anchors given for them. An anchored chain with no records
+// left fails.
 func (s *AuditService) VerifyAudit(ctx context.Context, req *v1.VerifyAuditRequest) (*v1.VerifyAuditResponse, error) {
+	anchors, err := chainAnchors(req.GetAnchors())
+	if err != nil {
+		return nil, requestStatus(err)
+	}
 	chains := []string{req.GetChain()}
 	if req.GetChain() == "" {
-		var err error
 		if chains, err = s.log.AuditChains(ctx); err != nil {
 			return nil, storeStatus("list audit chains", err)
 		}
+		for c := range anchors {
+			if !slices.Contains(chains, c) {
+				chains = append(chains, c)
+			}
+		}
+		slices.Sort(chains)
 	}
 	resp := &v1.VerifyAuditResponse{Ok: true}
 	if s.ckey != nil {
@@ -146,28 +162,58 @@ func (s *AuditService) VerifyAudit(ctx context.Context, req *v1.VerifyAuditReque
 		resp.CheckpointPublicKey = base64.StdEncoding.EncodeToString(s.ckey)
 	}
 	for _, c := range chains {
-		rep, err := s.log.VerifyAudit(ctx, c)
+		rep, err := s.log.VerifyAudit(ctx, c, anchors[c]...)
+		if errors.Is(err, storage.ErrNotFound) && len(anchors[c]) > 0 {
+			rep = storage.VerifyReport{Chain: c, FirstBadSeq: 1, Problem: fmt.Sprintf("%s: chain %s has no records, but record %d of it is anchored outside the database", storage.ProblemTruncated, c, slices.MinFunc(anchors[c], func(a, b storage.ChainHead) int { return cmp.Compare(a.Seq, b.Seq) }).Seq)}
+			err = nil
+		}
 		if err != nil {
 			return nil, storeStatus("verify audit chain "+c, err)
 		}
 		if s.ckey != nil {
 			rep.TrustCheckpointKeys(s.ckey)
 		}
-		cr := &v1.ChainReport{
-			Chain: rep.Chain, Records: rep.Records, Ok: rep.OK, FirstBadSeq: rep.FirstBadSeq,
-			Problem: rep.Problem, HeadHash: hex.EncodeToString(rep.Head),
-			Checkpoints: rep.Checkpoints, LastCheckpointSeq: rep.LastCheckpointSeq,
-		}
-		for _, k := range rep.CheckpointKeys {
-			cr.CheckpointKeyIds = append(cr.CheckpointKeyIds, k.ID)
-		}
-		resp.Chains = append(resp.Chains, cr)
+		resp.Chains = append(resp.Chains, ChainReportToProto(rep))
 		resp.Ok = resp.Ok && rep.OK
 		if s.reports != nil {
 			s.reports.core.alertChainBreak(rep)
 		}
 	}
 	return resp, nil
+}
+
+// ChainReportToProto converts one chain's verification report.
+func ChainReportToProto(rep storage.VerifyReport) *v1.ChainReport {
+	cr := &v1.ChainReport{
+		Chain: rep.Chain, Records: rep.Records, Ok: rep.OK, FirstBadSeq: rep.FirstBadSeq,
+		Problem: rep.Problem, HeadHash: hex.EncodeToString(rep.Head), HeadSeq: rep.HeadSeq,
+		Checkpoints: rep.Checkpoints, LastCheckpointSeq: rep.LastCheckpointSeq,
+	}
+	for _, k := range rep.CheckpointKeys {
+		cr.CheckpointKeyIds = append(cr.CheckpointKeyIds, k.ID)
+	}
+	return cr
+}
+
+// chainAnchors validates anchors and groups them by chain.
+func chainAnchors(in []*v1.ChainAnchor) (map[string][]storage.ChainHead, error) {
+	if len(in) > maxAnchors {
+		return nil, badField("anchors", "has %d entries, over the limit of %d", len(in), maxAnchors)
+	}
+	out := make(map[string][]storage.ChainHead, len(in))
+	for i, a := range in {
+		hash, err := hex.DecodeString(a.GetHash())
+		switch {
+		case a.GetChain() == "":
+			return nil, badField(fmt.Sprintf("anchors[%d].chain", i), "is required")
+		case a.GetSeq() <= 0:
+			return nil, badField(fmt.Sprintf("anchors[%d].seq", i), "must be positive, not %d", a.GetSeq())
+		case err != nil || len(hash) != storage.HashSize:
+			return nil, badField(fmt.Sprintf("anchors[%d].hash", i), "must be %d bytes of hex (an entry_hash or head_hash)", storage.HashSize)
+		}
+		out[a.GetChain()] = append(out[a.GetChain()], storage.ChainHead{Seq: a.GetSeq(), Hash: hash})
+	}
+	return out, nil
 }
 
 // auditQuery converts a wire filter, validating enum values.

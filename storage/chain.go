@@ -210,6 +210,7 @@ const (
 	ProblemSequenceGap  = "sequence gap"
 	ProblemWrongChain   = "record belongs to another chain"
 	ProblemTruncated    = "chain truncated"
+	ProblemAnchor       = "record does not match its anchor"
 )
 
 // ChainVerifier checks the records of one chain fed to it in Seq order and
@@ -220,6 +221,7 @@ type ChainVerifier struct {
 	lastSeq int64
 	last    []byte
 	done    bool
+	anchors map[int64][]byte // see Anchor
 }
 
 // NewChainVerifier returns a verifier for chain. start is the head before the
@@ -232,6 +234,31 @@ func NewChainVerifier(chain string, start ChainHead) *ChainVerifier {
 		v.last = GenesisHash()
 	}
 	return v
+}
+
+// Anchor makes the verifier check that the chain holds record h.Seq with
+// hash h.Hash for each h: heads kept outside the database (aasm audit verify
+// --anchors), which catch a chain rewritten or cut short, checkpoints and
+// stored head included. A record that differs, or a chain that ends before
+// an anchor, fails the report. Anchors must not precede the start head.
+func (v *ChainVerifier) Anchor(heads ...ChainHead) {
+	for _, h := range heads {
+		if h.Seq == v.lastSeq && !v.done {
+			v.checkAnchor(h.Seq, v.last, h.Hash)
+			continue
+		}
+		if v.anchors == nil {
+			v.anchors = make(map[int64][]byte, len(heads))
+		}
+		v.anchors[h.Seq] = h.Hash
+	}
+}
+
+func (v *ChainVerifier) checkAnchor(seq int64, got, want []byte) bool {
+	if bytes.Equal(got, want) {
+		return true
+	}
+	return v.fail(seq, fmt.Sprintf("%s: record %d has hash %s, the anchor says %s", ProblemAnchor, seq, shortHex(got), shortHex(want)))
 }
 
 // Add checks the next record. It returns false once a problem has been found;
@@ -265,10 +292,14 @@ func (v *ChainVerifier) Add(r *AuditRecord) bool {
 		}
 		v.addCheckpoint(r.Seq, pub)
 	}
+	if want, ok := v.anchors[r.Seq]; ok && !v.checkAnchor(r.Seq, r.Hash, want) {
+		return false
+	}
 	v.lastSeq = r.Seq
 	v.last = r.Hash
 	v.report.Records++
 	v.report.Head = r.Hash
+	v.report.HeadSeq = r.Seq
 	return true
 }
 
@@ -309,8 +340,26 @@ func (v *ChainVerifier) CheckHead(h ChainHead) {
 	}
 }
 
-// Report returns the result so far: OK if every record fed checked out.
-func (v *ChainVerifier) Report() VerifyReport { return v.report }
+// Report returns the result so far: OK if every record fed checked out and
+// no anchor lies beyond the last of them.
+func (v *ChainVerifier) Report() VerifyReport {
+	rep := v.report
+	if v.done {
+		return rep
+	}
+	var missing int64
+	for seq := range v.anchors {
+		if seq > v.lastSeq && (missing == 0 || seq < missing) {
+			missing = seq
+		}
+	}
+	if missing > 0 {
+		rep.OK = false
+		rep.FirstBadSeq = v.lastSeq + 1
+		rep.Problem = fmt.Sprintf("%s: record %d is anchored outside the database, but the chain ends at record %d", ProblemTruncated, missing, v.lastSeq)
+	}
+	return rep
+}
 
 // VerifyChain checks recs, which must be one chain's records in Seq order,
 // continuing from start (the zero ChainHead for a whole chain).

@@ -161,3 +161,39 @@ func TestNewCheckpointSignerRejectsBadSeed(t *testing.T) {
 		t.Fatalf("err = %v, want the seed size named", err)
 	}
 }
+
+// Anchors (heads kept outside the database) catch a chain cut short or
+// rewritten, even one without checkpoints and with its stored head redone.
+func TestAnchors(t *testing.T) {
+	verify := func(recs []*storage.AuditRecord, start storage.ChainHead, anchors ...storage.ChainHead) storage.VerifyReport {
+		v := storage.NewChainVerifier("c", start)
+		v.Anchor(anchors...)
+		for _, r := range recs {
+			if !v.Add(r) {
+				break
+			}
+		}
+		return v.Report()
+	}
+	recs := chainOf(t, 10)
+	at := func(seq int64) storage.ChainHead { return storage.ChainHead{Seq: seq, Hash: recs[seq-1].Hash} }
+	if rep := verify(recs, storage.ChainHead{}, at(4), at(10)); !rep.OK || rep.HeadSeq != 10 {
+		t.Fatalf("intact chain with anchors at 4 and 10: %+v", rep)
+	}
+	if rep := verify(recs[:7], storage.ChainHead{}, at(4), at(10)); rep.OK || rep.FirstBadSeq != 8 || !strings.HasPrefix(rep.Problem, storage.ProblemTruncated) || !strings.Contains(rep.Problem, "record 10 is anchored") {
+		t.Fatalf("chain cut after 7, anchored at 10: %+v", rep)
+	}
+	// Verified from record 5 on (an export), anchored at 4: its hash is the start.
+	if rep := verify(recs[4:], storage.ChainHead{Seq: 4, Hash: recs[3].Hash}, at(4)); !rep.OK {
+		t.Fatalf("export from 5 anchored at 4: %+v", rep)
+	}
+	rewritten := chainOf(t, 10)
+	rewritten[2].Payload = []byte(`{"rewritten":true}`)
+	relink(t, rewritten)
+	if rep := verify(rewritten, storage.ChainHead{}, at(4)); rep.OK || rep.FirstBadSeq != 4 || !strings.HasPrefix(rep.Problem, storage.ProblemAnchor) {
+		t.Fatalf("chain rewritten from 3, anchored at 4: %+v", rep)
+	}
+	if rep := verify(rewritten[4:], storage.ChainHead{Seq: 4, Hash: rewritten[3].Hash}, at(4)); rep.OK || rep.FirstBadSeq != 4 {
+		t.Fatalf("rewritten export anchored at its start: %+v", rep)
+	}
+}

@@ -184,8 +184,9 @@ type VerifyReport struct {
 	FirstBadSeq int64
 	// Problem says what is wrong with FirstBadSeq.
 	Problem string
-	// Head is the hash of the last record.
-	Head []byte
+	// Head is the hash of the last record, and HeadSeq its sequence number.
+	Head    []byte
+	HeadSeq int64
 	// Checkpoints counts the signed checkpoints verified (CheckpointRule),
 	// and LastCheckpointSeq is the last of them: every record before it is
 	// vouched for by its signature.
@@ -214,7 +215,9 @@ type AuditLog interface {
 	// VerifyAudit recomputes every hash of one chain in order.
 	// Problems are reported in the VerifyReport; ErrNotFound means the chain
 	// has no records. Drivers feed their records to a ChainVerifier.
-	VerifyAudit(ctx context.Context, chain string) (VerifyReport, error)
+	// anchors are heads kept outside the database that the chain must
+	// hold (ChainVerifier.Anchor).
+	VerifyAudit(ctx context.Context, chain string, anchors ...ChainHead) (VerifyReport, error)
 }
 
 // ---------------------------------------------------------------- agents

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	v1 "github.com/agent-assembly/agent-assembly/api/agentassembly/v1"
+	"github.com/agent-assembly/agent-assembly/storage"
 )
 
 // auditFilterFlags select audit records.
@@ -198,7 +199,7 @@ func (g *globals) printTailRecord(r *v1.AuditRecord) error {
 }
 
 func newAuditVerifyCmd(g *globals) *cobra.Command {
-	var chain, file, publicKey string
+	var chain, file, publicKey, anchorFile string
 	cmd := &cobra.Command{
 		Use:   "verify",
 		Short: "Recompute every hash of the audit log and report the first broken link",
@@ -215,18 +216,35 @@ machine instead, without a gateway: give it the public key kept from -o json wit
 --agent, --decision or other record filters; --since is fine): a chain is verified from its
 first exported record, and a record left out is a sequence gap.
 
+--anchors FILE takes the output of an earlier verify -o json, kept where the database's
+administrators cannot write, and checks that every chain still holds the head it had
+then: a chain cut short, rewritten as a whole or deleted fails even if it was re-signed.
+
 Exit status: 0 intact, 1 a record was changed, removed or inserted, 3 error.`,
 		Example: "  aasm audit verify\n  aasm audit verify --chain gateway-0\n" +
 			"  aasm audit verify -o json | jq -r .checkpoint_public_key > checkpoint.pub\n" +
-			"  aasm audit export --since 720h > audit.jsonl\n  aasm audit verify --file audit.jsonl --public-key @checkpoint.pub",
+			"  aasm audit export --since 720h > audit.jsonl\n  aasm audit verify --file audit.jsonl --public-key @checkpoint.pub\n" +
+			"  aasm audit verify -o json > /archive/heads-$(date +%F).json\n  aasm audit verify --anchors /archive/heads-2026-11-01.json",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			var anchors map[string][]storage.ChainHead
+			var wire []*v1.ChainAnchor
+			if anchorFile != "" {
+				var notes []string
+				var err error
+				if anchors, wire, notes, err = readAnchors(anchorFile); err != nil {
+					return err
+				}
+				for _, n := range notes {
+					fmt.Fprintln(g.errOut, n)
+				}
+			}
 			if file == "" {
 				if publicKey != "" {
 					return fmt.Errorf("--public-key applies to --file; the gateway judges its own log with its key")
 				}
 				return g.call(cmd.Context(), func(ctx context.Context, c clients) error {
-					resp, err := c.audit.VerifyAudit(ctx, &v1.VerifyAuditRequest{Chain: chain})
+					resp, err := c.audit.VerifyAudit(ctx, &v1.VerifyAuditRequest{Chain: chain, Anchors: wire})
 					if err != nil {
 						return err
 					}
@@ -249,7 +267,7 @@ Exit status: 0 intact, 1 a record was changed, removed or inserted, 3 error.`,
 				defer f.Close()
 				in = f
 			}
-			resp, notes, err := verifyExport(in, pub)
+			resp, notes, err := verifyExport(in, pub, anchors)
 			if err != nil {
 				return err
 			}
@@ -268,6 +286,7 @@ Exit status: 0 intact, 1 a record was changed, removed or inserted, 3 error.`,
 	}
 	cmd.Flags().StringVar(&chain, "chain", "", "verify only this chain (default: all)")
 	cmd.Flags().StringVar(&file, "file", "", "verify an export (JSON Lines from aasm audit export; - for standard input) here instead of asking the gateway")
+	cmd.Flags().StringVar(&anchorFile, "anchors", "", "an earlier aasm audit verify -o json: every chain must still hold the head it had then")
 	cmd.Flags().StringVar(&publicKey, "public-key", "", "with --file: the gateway's checkpoint public key (base64, checkpoint_public_key of verify -o json), or @FILE holding it")
 	return cmd
 }

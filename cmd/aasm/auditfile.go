@@ -47,7 +47,7 @@ func parsePublicKey(s string) (ed25519.PublicKey, error) {
 // and its signed checkpoints, judged against pub when it is not nil. A chain
 // whose export starts after its first record is verified from there, as
 // notes says.
-func verifyExport(r io.Reader, pub ed25519.PublicKey) (resp *v1.VerifyAuditResponse, notes []string, err error) {
+func verifyExport(r io.Reader, pub ed25519.PublicKey, anchors map[string][]storage.ChainHead) (resp *v1.VerifyAuditResponse, notes []string, err error) {
 	chains := map[string][]*storage.AuditRecord{}
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64<<10), maxExportLine)
@@ -87,6 +87,13 @@ func verifyExport(r io.Reader, pub ed25519.PublicKey) (resp *v1.VerifyAuditRespo
 			notes = append(notes, fmt.Sprintf("chain %s: the export starts at record %d, verified from there", name, first.Seq))
 		}
 		v := storage.NewChainVerifier(name, start)
+		for _, a := range anchors[name] {
+			if a.Seq < start.Seq {
+				notes = append(notes, fmt.Sprintf("chain %s: the anchor at record %d precedes the export (from record %d): not checked", name, a.Seq, start.Seq+1))
+				continue
+			}
+			v.Anchor(a)
+		}
 		for _, rec := range recs {
 			if !v.Add(rec) {
 				break
@@ -98,13 +105,46 @@ func verifyExport(r io.Reader, pub ed25519.PublicKey) (resp *v1.VerifyAuditRespo
 		} else if rep.Checkpoints > 0 {
 			notes = append(notes, fmt.Sprintf("chain %s: %d checkpoint signature(s) verify, but not against a trusted key: pass --public-key", name, rep.Checkpoints))
 		}
-		cr := &v1.ChainReport{Chain: name, Records: rep.Records, Ok: rep.OK, FirstBadSeq: rep.FirstBadSeq, Problem: rep.Problem,
-			HeadHash: hex.EncodeToString(rep.Head), Checkpoints: rep.Checkpoints, LastCheckpointSeq: rep.LastCheckpointSeq}
-		for _, k := range rep.CheckpointKeys {
-			cr.CheckpointKeyIds = append(cr.CheckpointKeyIds, k.ID)
-		}
-		resp.Chains = append(resp.Chains, cr)
+		resp.Chains = append(resp.Chains, gateway.ChainReportToProto(rep))
 		resp.Ok = resp.Ok && rep.OK
 	}
+	for _, name := range slices.Sorted(maps.Keys(anchors)) {
+		if _, ok := chains[name]; !ok {
+			notes = append(notes, fmt.Sprintf("chain %s is anchored but has no records in the export: not checked (verify against the gateway to tell a deleted chain)", name))
+		}
+	}
 	return resp, notes, nil
+}
+
+// readAnchors reads the heads of an earlier aasm audit verify -o json
+// (online or --file) as anchors: every intact chain's head_seq and
+// head_hash.
+func readAnchors(path string) (map[string][]storage.ChainHead, []*v1.ChainAnchor, []string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("read --anchors: %w", err)
+	}
+	var prev v1.VerifyAuditResponse
+	if err := protojson.Unmarshal(b, &prev); err != nil {
+		return nil, nil, nil, fmt.Errorf("--anchors %s is not the output of aasm audit verify -o json: %w", path, err)
+	}
+	byChain := map[string][]storage.ChainHead{}
+	var wire []*v1.ChainAnchor
+	var notes []string
+	for _, c := range prev.GetChains() {
+		if !c.GetOk() || c.GetHeadSeq() <= 0 {
+			notes = append(notes, fmt.Sprintf("--anchors: chain %s was not intact (or empty) when anchored: skipped", c.GetChain()))
+			continue
+		}
+		hash, err := hex.DecodeString(c.GetHeadHash())
+		if err != nil || len(hash) != storage.HashSize {
+			return nil, nil, nil, fmt.Errorf("--anchors: chain %s has head_hash %q, not a SHA-256 in hex", c.GetChain(), c.GetHeadHash())
+		}
+		byChain[c.GetChain()] = append(byChain[c.GetChain()], storage.ChainHead{Seq: c.GetHeadSeq(), Hash: hash})
+		wire = append(wire, &v1.ChainAnchor{Chain: c.GetChain(), Seq: c.GetHeadSeq(), Hash: c.GetHeadHash()})
+	}
+	if len(wire) == 0 {
+		return nil, nil, nil, fmt.Errorf("--anchors %s holds no intact chain head", path)
+	}
+	return byChain, wire, notes, nil
 }

@@ -115,3 +115,87 @@ func TestAuditVerifyExportOffline(t *testing.T) {
 		}
 	}
 }
+
+// An earlier verify -o json, kept elsewhere, anchors the chains: intact
+// growth passes, a head that no longer matches, a chain that ends too soon
+// or is gone fails, online and on an export.
+func TestAuditVerifyAnchors(t *testing.T) {
+	addr := startGatewayOn(t, "sqlite:"+filepath.Join(t.TempDir(), "aa.db"))
+	makeDecisions(t, addr, 4)
+	code, heads, errOut := run(t, "--addr", addr, "-o", "json", "audit", "verify")
+	if code != 0 {
+		t.Fatalf("verify: exit %d: %s", code, errOut)
+	}
+	var prev struct {
+		Chains []map[string]any `json:"chains"`
+	}
+	if err := json.Unmarshal([]byte(heads), &prev); err != nil || len(prev.Chains) != 1 || prev.Chains[0]["head_seq"] == nil {
+		t.Fatalf("verify -o json has no head_seq: %v\n%s", err, heads)
+	}
+	dir := t.TempDir()
+	write := func(name string, v any) string {
+		b, err := json.Marshal(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	good := filepath.Join(dir, "heads.json")
+	if err := os.WriteFile(good, []byte(heads), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	makeDecisions(t, addr, 3) // the chain grows past its anchor
+	if code, out, errOut := run(t, "--addr", addr, "audit", "verify", "--anchors", good); code != 0 {
+		t.Fatalf("verify --anchors of a grown chain: exit %d\n%s\n%s", code, out, errOut)
+	}
+	_, export, _ := run(t, "--addr", addr, "audit", "export")
+	exportFile := filepath.Join(dir, "audit.jsonl")
+	if err := os.WriteFile(exportFile, []byte(export), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if code, out, errOut := run(t, "--addr", "127.0.0.1:1", "audit", "verify", "--file", exportFile, "--anchors", good); code != 0 {
+		t.Fatalf("verify --file --anchors: exit %d\n%s\n%s", code, out, errOut)
+	}
+
+	chain := prev.Chains[0]
+	seq := chain["head_seq"].(string)
+	edit := func(name string, f func(c map[string]any)) string {
+		c := map[string]any{}
+		for k, v := range chain {
+			c[k] = v
+		}
+		f(c)
+		return write(name, map[string]any{"ok": true, "chains": []any{c}})
+	}
+	cases := map[string]struct {
+		file string
+		want string
+	}{
+		"other hash": {edit("hash.json", func(c map[string]any) { c["head_hash"] = strings.Repeat("ab", 32) }), "record " + seq + " has hash"},
+		"beyond the end": {edit("beyond.json", func(c map[string]any) { c["head_seq"] = "900" }), "record 900 is anchored"},
+		"chain gone": {edit("gone.json", func(c map[string]any) { c["chain"] = "gw-deleted" }), "has no records"},
+	}
+	for name, c := range cases {
+		code, out, errOut := run(t, "--addr", addr, "audit", "verify", "--anchors", c.file)
+		if code != exitDeny || !strings.Contains(out, c.want) {
+			t.Errorf("%s: exit %d, want 1 and %q\n%s\n%s", name, code, c.want, out, errOut)
+		}
+	}
+	// On the export: a wrong head is named too.
+	if code, out, _ := run(t, "--addr", "127.0.0.1:1", "audit", "verify", "--file", exportFile, "--anchors", cases["other hash"].file); code != exitDeny || !strings.Contains(out, "does not match its anchor") {
+		t.Errorf("verify --file with a wrong anchor: exit %d\n%s", code, out)
+	}
+	for name, c := range map[string]struct{ file, want string }{
+		"not json":  {write("bad.json", "nope"), "not the output of aasm audit verify"},
+		"bad hash":  {edit("badhash.json", func(c map[string]any) { c["head_hash"] = "zz" }), "not a SHA-256"},
+		"no chains": {write("empty.json", map[string]any{"ok": true}), "no intact chain head"},
+	} {
+		if code, _, errOut := run(t, "--addr", addr, "audit", "verify", "--anchors", c.file); code != exitError || !strings.Contains(errOut, c.want) {
+			t.Errorf("%s: exit %d, stderr %q, want %q", name, code, errOut, c.want)
+		}
+	}
+}

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	dto "github.com/prometheus/client_model/go"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	v1 "github.com/agent-assembly/agent-assembly/api/agentassembly/v1"
 	"github.com/agent-assembly/agent-assembly/storage"
@@ -107,5 +109,28 @@ func TestAuditCheckpointByUnknownKeyFails(t *testing.T) {
 	resp, rep := chainReport(t, g, "intruder")
 	if resp.GetOk() || rep.GetOk() || rep.GetFirstBadSeq() != 2 || !strings.Contains(rep.GetProblem(), forger.KeyID()) || !strings.HasPrefix(rep.GetProblem(), storage.ProblemCheckpoint) {
 		t.Fatalf("report %+v, want record 2 and key %s named", rep, forger.KeyID())
+	}
+}
+
+func TestVerifyAuditRejectsBadAnchors(t *testing.T) {
+	g := startGateway(t, examplesDir(t), nil)
+	client := v1.NewAuditServiceClient(g.conn)
+	good := strings.Repeat("ab", 32)
+	for field, a := range map[string]*v1.ChainAnchor{
+		"anchors[0].chain": {Seq: 1, Hash: good},
+		"anchors[0].seq":   {Chain: "c", Hash: good},
+		"anchors[0].hash":  {Chain: "c", Seq: 1, Hash: "abcd"},
+	} {
+		_, err := client.VerifyAudit(t.Context(), &v1.VerifyAuditRequest{Anchors: []*v1.ChainAnchor{a}})
+		if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), field) {
+			t.Errorf("anchor %+v: %v, want InvalidArgument naming %s", a, err, field)
+		}
+	}
+	many := make([]*v1.ChainAnchor, 10001)
+	for i := range many {
+		many[i] = &v1.ChainAnchor{Chain: "c", Seq: 1, Hash: good}
+	}
+	if _, err := client.VerifyAudit(t.Context(), &v1.VerifyAuditRequest{Anchors: many}); status.Code(err) != codes.InvalidArgument {
+		t.Errorf("10,001 anchors: %v, want InvalidArgument", err)
 	}
 }

@@ -247,14 +247,21 @@ func (s *Store) AuditChains(ctx context.Context) ([]string, error) {
 }
 
 // VerifyAudit checks one chain.
-func (s *Store) VerifyAudit(ctx context.Context, chain string) (storage.VerifyReport, error) {
+func (s *Store) VerifyAudit(ctx context.Context, chain string, anchors ...storage.ChainHead) (storage.VerifyReport, error) {
 	s.mu.RLock()
 	recs := slices.Clone(s.chains[chain])
 	s.mu.RUnlock()
 	if len(recs) == 0 {
 		return storage.VerifyReport{}, fmt.Errorf("verify audit chain %q: %w", chain, storage.ErrNotFound)
 	}
-	return storage.VerifyChain(chain, recs, storage.ChainHead{}), nil
+	v := storage.NewChainVerifier(chain, storage.ChainHead{})
+	v.Anchor(anchors...)
+	for _, r := range recs {
+		if !v.Add(r) {
+			break
+		}
+	}
+	return v.Report(), nil
 }
 
 // ---------------------------------------------------------------- agents

@@ -371,7 +371,7 @@ const verifyPage = 5000
 // then compares the last record with the head stored in audit_chains, which
 // catches records deleted from the end. Head and records are read in one
 // repeatable-read snapshot, so appends running meanwhile do not disturb it.
-func (s *Store) VerifyAudit(ctx context.Context, chain string) (storage.VerifyReport, error) {
+func (s *Store) VerifyAudit(ctx context.Context, chain string, anchors ...storage.ChainHead) (storage.VerifyReport, error) {
 	var rep storage.VerifyReport
 	err := s.do(ctx, "verify audit", func(c *pgx.Conn) error {
 		opts := pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}
@@ -382,6 +382,7 @@ func (s *Store) VerifyAudit(ctx context.Context, chain string) (storage.VerifyRe
 				return err
 			}
 			v := storage.NewChainVerifier(chain, storage.ChainHead{})
+			v.Anchor(anchors...)
 			var after int64
 			for more := true; more; {
 				rows, err := tx.Query(ctx, `SELECT `+auditColumns+` FROM audit_records

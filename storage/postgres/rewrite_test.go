@@ -90,3 +90,39 @@ func TestRewrittenChainCaughtByCheckpoint(t *testing.T) {
 		t.Fatalf("VerifyAudit of the rewritten signed chain = %+v, want the checkpoint (record 7) named", rep)
 	}
 }
+
+// Records cut from the end together with the stored head pass as a shorter
+// chain; an anchor kept outside the database names the cut.
+func TestTruncatedChainCaughtByAnchor(t *testing.T) {
+	s := openTest(t, "", Options{})
+	at := time.Unix(1_800_000_000, 0)
+	var recs []*storage.AuditRecord
+	for i := range 8 {
+		recs = append(recs, &storage.AuditRecord{Chain: "cut", ID: fmt.Sprintf("c-%d", i), Time: at.Add(time.Duration(i) * time.Second),
+			Event: storage.EventDecision, Payload: []byte(`{"tool":"rm"}`), Reason: "allowed"})
+	}
+	if err := s.AppendAudit(t.Context(), recs); err != nil {
+		t.Fatal(err)
+	}
+	anchor := storage.ChainHead{Seq: 8, Hash: recs[7].Hash}
+	err := pgx.BeginFunc(t.Context(), rawConn(t, s), func(tx pgx.Tx) error {
+		if _, err := tx.Exec(t.Context(), "SET LOCAL session_replication_role = replica"); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(t.Context(), `DELETE FROM audit_records WHERE chain = 'cut' AND seq > 5`); err != nil {
+			return err
+		}
+		_, err := tx.Exec(t.Context(), `UPDATE audit_chains SET head_seq = 5, head_hash = $1 WHERE chain = 'cut'`, recs[4].Hash)
+		return err
+	})
+	if err != nil {
+		t.Fatalf("truncate: %v", err)
+	}
+	if rep, err := s.VerifyAudit(t.Context(), "cut"); err != nil || !rep.OK {
+		t.Fatalf("control: a chain cut with its head should pass without anchors: %+v %v", rep, err)
+	}
+	rep, err := s.VerifyAudit(t.Context(), "cut", anchor)
+	if err != nil || rep.OK || rep.FirstBadSeq != 6 || !strings.HasPrefix(rep.Problem, storage.ProblemTruncated) {
+		t.Fatalf("VerifyAudit anchored at 8 = %+v %v, want the cut from record 6 named", rep, err)
+	}
+}

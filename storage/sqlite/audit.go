@@ -175,7 +175,7 @@ func (s *Store) AuditChains(ctx context.Context) ([]string, error) {
 // VerifyAudit streams one chain through storage.ChainVerifier inside one
 // read transaction, then checks the stored head. A record whose stored form
 // cannot be decoded is reported as the first bad record.
-func (s *Store) VerifyAudit(ctx context.Context, chain string) (storage.VerifyReport, error) {
+func (s *Store) VerifyAudit(ctx context.Context, chain string, anchors ...storage.ChainHead) (storage.VerifyReport, error) {
 	if err := s.indexed(ctx); err != nil {
 		return storage.VerifyReport{}, fmt.Errorf("verify audit chain %q: %w", chain, err)
 	}
@@ -196,6 +196,7 @@ func (s *Store) VerifyAudit(ctx context.Context, chain string) (storage.VerifyRe
 	}
 	defer rows.Close()
 	v := storage.NewChainVerifier(chain, storage.ChainHead{})
+	v.Anchor(anchors...)
 	blocks := 0
 	stop := errors.New("stop")
 	for rows.Next() {

@@ -25,6 +25,7 @@ func RunAudit[L storage.AuditLog](t *testing.T, newLog func(t *testing.T) L, opt
 	t.Run("ConcurrentAppend", func(t *testing.T) { testAuditConcurrent(t, newLog(t)) })
 	t.Run("Verify", func(t *testing.T) { testAuditVerify(t, newLog(t)) })
 	t.Run("Checkpoints", func(t *testing.T) { testAuditCheckpoints(t, newLog(t)) })
+	t.Run("Anchors", func(t *testing.T) { testAuditAnchors(t, newLog(t)) })
 	t.Run("Tamper", func(t *testing.T) {
 		if c.tamper == nil {
 			t.Skip("driver provides no storagetest.TamperAudit hook")
@@ -420,6 +421,28 @@ func testAuditCheckpoints(t *testing.T, l storage.AuditLog) {
 	}
 	if len(got) != 2 {
 		t.Fatalf("query found checkpoints %v, want cp-1 and cp-2", got)
+	}
+}
+
+// testAuditAnchors passes heads kept outside the database to VerifyAudit:
+// the driver must check them against the records it streams.
+func testAuditAnchors(t *testing.T, l storage.AuditLog) {
+	ctx := testContext(t)
+	recs := appendN(t, l, "anc", 6)
+	rep, err := l.VerifyAudit(ctx, "anc", storage.ChainHead{Seq: 3, Hash: recs[2].Hash}, storage.ChainHead{Seq: 6, Hash: recs[5].Hash})
+	check(t, "VerifyAudit(anchored)", err)
+	if !rep.OK || rep.HeadSeq != 6 {
+		t.Fatalf("VerifyAudit with true anchors = %+v, want OK through 6", rep)
+	}
+	rep, err = l.VerifyAudit(ctx, "anc", storage.ChainHead{Seq: 3, Hash: recs[3].Hash})
+	check(t, "VerifyAudit(wrong anchor)", err)
+	if rep.OK || rep.FirstBadSeq != 3 || !strings.HasPrefix(rep.Problem, storage.ProblemAnchor) {
+		t.Fatalf("VerifyAudit with a wrong anchor at 3 = %+v, want record 3 named", rep)
+	}
+	rep, err = l.VerifyAudit(ctx, "anc", storage.ChainHead{Seq: 9, Hash: recs[5].Hash})
+	check(t, "VerifyAudit(anchor beyond the end)", err)
+	if rep.OK || rep.FirstBadSeq != 7 || !strings.HasPrefix(rep.Problem, storage.ProblemTruncated) {
+		t.Fatalf("VerifyAudit anchored at 9 of 6 records = %+v, want truncation from 7", rep)
 	}
 }
 

@@ -613,8 +613,13 @@ func (x *TailAuditRequest) GetFilter() *AuditFilter {
 
 // VerifyAuditRequest names one chain, or all when empty.
 type VerifyAuditRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Chain         string                 `protobuf:"bytes,1,opt,name=chain,proto3" json:"chain,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Chain string                 `protobuf:"bytes,1,opt,name=chain,proto3" json:"chain,omitempty"`
+	// anchors are chain heads kept outside the database (from an earlier
+	// verify: chain, head_seq, head_hash). Each named chain must still hold
+	// that record with that hash; a chain cut short, rewritten or gone fails.
+	// At most 10,000.
+	Anchors       []*ChainAnchor `protobuf:"bytes,2,rep,name=anchors,proto3" json:"anchors,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -656,6 +661,75 @@ func (x *VerifyAuditRequest) GetChain() string {
 	return ""
 }
 
+func (x *VerifyAuditRequest) GetAnchors() []*ChainAnchor {
+	if x != nil {
+		return x.Anchors
+	}
+	return nil
+}
+
+// ChainAnchor is one record a chain must hold.
+type ChainAnchor struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Chain string                 `protobuf:"bytes,1,opt,name=chain,proto3" json:"chain,omitempty"`
+	Seq   int64                  `protobuf:"varint,2,opt,name=seq,proto3" json:"seq,omitempty"`
+	// hash is the record's entry_hash, hex.
+	Hash          string `protobuf:"bytes,3,opt,name=hash,proto3" json:"hash,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ChainAnchor) Reset() {
+	*x = ChainAnchor{}
+	mi := &file_agentassembly_v1_audit_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ChainAnchor) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ChainAnchor) ProtoMessage() {}
+
+func (x *ChainAnchor) ProtoReflect() protoreflect.Message {
+	mi := &file_agentassembly_v1_audit_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ChainAnchor.ProtoReflect.Descriptor instead.
+func (*ChainAnchor) Descriptor() ([]byte, []int) {
+	return file_agentassembly_v1_audit_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *ChainAnchor) GetChain() string {
+	if x != nil {
+		return x.Chain
+	}
+	return ""
+}
+
+func (x *ChainAnchor) GetSeq() int64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *ChainAnchor) GetHash() string {
+	if x != nil {
+		return x.Hash
+	}
+	return ""
+}
+
 // ChainReport is the verification result of one chain.
 type ChainReport struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
@@ -673,13 +747,15 @@ type ChainReport struct {
 	LastCheckpointSeq int64 `protobuf:"varint,8,opt,name=last_checkpoint_seq,json=lastCheckpointSeq,proto3" json:"last_checkpoint_seq,omitempty"`
 	// checkpoint_key_ids are the keys that signed them, in order of first use.
 	CheckpointKeyIds []string `protobuf:"bytes,9,rep,name=checkpoint_key_ids,json=checkpointKeyIds,proto3" json:"checkpoint_key_ids,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// head_seq is the sequence number of the last record verified (head_hash's).
+	HeadSeq       int64 `protobuf:"varint,10,opt,name=head_seq,json=headSeq,proto3" json:"head_seq,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ChainReport) Reset() {
 	*x = ChainReport{}
-	mi := &file_agentassembly_v1_audit_proto_msgTypes[7]
+	mi := &file_agentassembly_v1_audit_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -691,7 +767,7 @@ func (x *ChainReport) String() string {
 func (*ChainReport) ProtoMessage() {}
 
 func (x *ChainReport) ProtoReflect() protoreflect.Message {
-	mi := &file_agentassembly_v1_audit_proto_msgTypes[7]
+	mi := &file_agentassembly_v1_audit_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -704,7 +780,7 @@ func (x *ChainReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChainReport.ProtoReflect.Descriptor instead.
 func (*ChainReport) Descriptor() ([]byte, []int) {
-	return file_agentassembly_v1_audit_proto_rawDescGZIP(), []int{7}
+	return file_agentassembly_v1_audit_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ChainReport) GetChain() string {
@@ -770,6 +846,13 @@ func (x *ChainReport) GetCheckpointKeyIds() []string {
 	return nil
 }
 
+func (x *ChainReport) GetHeadSeq() int64 {
+	if x != nil {
+		return x.HeadSeq
+	}
+	return 0
+}
+
 // VerifyAuditResponse reports every chain; ok is true when all verify.
 type VerifyAuditResponse struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
@@ -787,7 +870,7 @@ type VerifyAuditResponse struct {
 
 func (x *VerifyAuditResponse) Reset() {
 	*x = VerifyAuditResponse{}
-	mi := &file_agentassembly_v1_audit_proto_msgTypes[8]
+	mi := &file_agentassembly_v1_audit_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -799,7 +882,7 @@ func (x *VerifyAuditResponse) String() string {
 func (*VerifyAuditResponse) ProtoMessage() {}
 
 func (x *VerifyAuditResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentassembly_v1_audit_proto_msgTypes[8]
+	mi := &file_agentassembly_v1_audit_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -812,7 +895,7 @@ func (x *VerifyAuditResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyAuditResponse.ProtoReflect.Descriptor instead.
 func (*VerifyAuditResponse) Descriptor() ([]byte, []int) {
-	return file_agentassembly_v1_audit_proto_rawDescGZIP(), []int{8}
+	return file_agentassembly_v1_audit_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *VerifyAuditResponse) GetOk() bool {
@@ -872,7 +955,7 @@ type ReportedEvent struct {
 
 func (x *ReportedEvent) Reset() {
 	*x = ReportedEvent{}
-	mi := &file_agentassembly_v1_audit_proto_msgTypes[9]
+	mi := &file_agentassembly_v1_audit_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -884,7 +967,7 @@ func (x *ReportedEvent) String() string {
 func (*ReportedEvent) ProtoMessage() {}
 
 func (x *ReportedEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_agentassembly_v1_audit_proto_msgTypes[9]
+	mi := &file_agentassembly_v1_audit_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -897,7 +980,7 @@ func (x *ReportedEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportedEvent.ProtoReflect.Descriptor instead.
 func (*ReportedEvent) Descriptor() ([]byte, []int) {
-	return file_agentassembly_v1_audit_proto_rawDescGZIP(), []int{9}
+	return file_agentassembly_v1_audit_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ReportedEvent) GetEventId() string {
@@ -986,7 +1069,7 @@ type ReportEventsRequest struct {
 
 func (x *ReportEventsRequest) Reset() {
 	*x = ReportEventsRequest{}
-	mi := &file_agentassembly_v1_audit_proto_msgTypes[10]
+	mi := &file_agentassembly_v1_audit_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -998,7 +1081,7 @@ func (x *ReportEventsRequest) String() string {
 func (*ReportEventsRequest) ProtoMessage() {}
 
 func (x *ReportEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentassembly_v1_audit_proto_msgTypes[10]
+	mi := &file_agentassembly_v1_audit_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1011,7 +1094,7 @@ func (x *ReportEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportEventsRequest.ProtoReflect.Descriptor instead.
 func (*ReportEventsRequest) Descriptor() ([]byte, []int) {
-	return file_agentassembly_v1_audit_proto_rawDescGZIP(), []int{10}
+	return file_agentassembly_v1_audit_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ReportEventsRequest) GetReporter() string {
@@ -1046,7 +1129,7 @@ type ReportEventsResponse struct {
 
 func (x *ReportEventsResponse) Reset() {
 	*x = ReportEventsResponse{}
-	mi := &file_agentassembly_v1_audit_proto_msgTypes[11]
+	mi := &file_agentassembly_v1_audit_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1058,7 +1141,7 @@ func (x *ReportEventsResponse) String() string {
 func (*ReportEventsResponse) ProtoMessage() {}
 
 func (x *ReportEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentassembly_v1_audit_proto_msgTypes[11]
+	mi := &file_agentassembly_v1_audit_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1071,7 +1154,7 @@ func (x *ReportEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportEventsResponse.ProtoReflect.Descriptor instead.
 func (*ReportEventsResponse) Descriptor() ([]byte, []int) {
-	return file_agentassembly_v1_audit_proto_rawDescGZIP(), []int{11}
+	return file_agentassembly_v1_audit_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ReportEventsResponse) GetAppended() int32 {
@@ -1144,9 +1227,14 @@ const file_agentassembly_v1_audit_proto_rawDesc = "" +
 	"\x0fGetTraceRequest\x12\x19\n" +
 	"\btrace_id\x18\x01 \x01(\tR\atraceId\"I\n" +
 	"\x10TailAuditRequest\x125\n" +
-	"\x06filter\x18\x01 \x01(\v2\x1d.agentassembly.v1.AuditFilterR\x06filter\"*\n" +
+	"\x06filter\x18\x01 \x01(\v2\x1d.agentassembly.v1.AuditFilterR\x06filter\"c\n" +
 	"\x12VerifyAuditRequest\x12\x14\n" +
-	"\x05chain\x18\x01 \x01(\tR\x05chain\"\xa8\x02\n" +
+	"\x05chain\x18\x01 \x01(\tR\x05chain\x127\n" +
+	"\aanchors\x18\x02 \x03(\v2\x1d.agentassembly.v1.ChainAnchorR\aanchors\"I\n" +
+	"\vChainAnchor\x12\x14\n" +
+	"\x05chain\x18\x01 \x01(\tR\x05chain\x12\x10\n" +
+	"\x03seq\x18\x02 \x01(\x03R\x03seq\x12\x12\n" +
+	"\x04hash\x18\x03 \x01(\tR\x04hash\"\xc3\x02\n" +
 	"\vChainReport\x12\x14\n" +
 	"\x05chain\x18\x01 \x01(\tR\x05chain\x12\x18\n" +
 	"\arecords\x18\x02 \x01(\x03R\arecords\x12\x0e\n" +
@@ -1156,7 +1244,9 @@ const file_agentassembly_v1_audit_proto_rawDesc = "" +
 	"\thead_hash\x18\x06 \x01(\tR\bheadHash\x12 \n" +
 	"\vcheckpoints\x18\a \x01(\x03R\vcheckpoints\x12.\n" +
 	"\x13last_checkpoint_seq\x18\b \x01(\x03R\x11lastCheckpointSeq\x12,\n" +
-	"\x12checkpoint_key_ids\x18\t \x03(\tR\x10checkpointKeyIds\"\xbc\x01\n" +
+	"\x12checkpoint_key_ids\x18\t \x03(\tR\x10checkpointKeyIds\x12\x19\n" +
+	"\bhead_seq\x18\n" +
+	" \x01(\x03R\aheadSeq\"\xbc\x01\n" +
 	"\x13VerifyAuditResponse\x12\x0e\n" +
 	"\x02ok\x18\x01 \x01(\bR\x02ok\x125\n" +
 	"\x06chains\x18\x02 \x03(\v2\x1d.agentassembly.v1.ChainReportR\x06chains\x12*\n" +
@@ -1210,7 +1300,7 @@ func file_agentassembly_v1_audit_proto_rawDescGZIP() []byte {
 }
 
 var file_agentassembly_v1_audit_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_agentassembly_v1_audit_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_agentassembly_v1_audit_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_agentassembly_v1_audit_proto_goTypes = []any{
 	(Layer)(0),                       // 0: agentassembly.v1.Layer
 	(*AuditRecord)(nil),              // 1: agentassembly.v1.AuditRecord
@@ -1220,55 +1310,57 @@ var file_agentassembly_v1_audit_proto_goTypes = []any{
 	(*GetTraceRequest)(nil),          // 5: agentassembly.v1.GetTraceRequest
 	(*TailAuditRequest)(nil),         // 6: agentassembly.v1.TailAuditRequest
 	(*VerifyAuditRequest)(nil),       // 7: agentassembly.v1.VerifyAuditRequest
-	(*ChainReport)(nil),              // 8: agentassembly.v1.ChainReport
-	(*VerifyAuditResponse)(nil),      // 9: agentassembly.v1.VerifyAuditResponse
-	(*ReportedEvent)(nil),            // 10: agentassembly.v1.ReportedEvent
-	(*ReportEventsRequest)(nil),      // 11: agentassembly.v1.ReportEventsRequest
-	(*ReportEventsResponse)(nil),     // 12: agentassembly.v1.ReportEventsResponse
-	(*timestamppb.Timestamp)(nil),    // 13: google.protobuf.Timestamp
-	(*AgentId)(nil),                  // 14: agentassembly.v1.AgentId
-	(ActionType)(0),                  // 15: agentassembly.v1.ActionType
-	(Decision)(0),                    // 16: agentassembly.v1.Decision
-	(EnforcementMode)(0),             // 17: agentassembly.v1.EnforcementMode
-	(*durationpb.Duration)(nil),      // 18: google.protobuf.Duration
-	(*CheckActionRequest)(nil),       // 19: agentassembly.v1.CheckActionRequest
+	(*ChainAnchor)(nil),              // 8: agentassembly.v1.ChainAnchor
+	(*ChainReport)(nil),              // 9: agentassembly.v1.ChainReport
+	(*VerifyAuditResponse)(nil),      // 10: agentassembly.v1.VerifyAuditResponse
+	(*ReportedEvent)(nil),            // 11: agentassembly.v1.ReportedEvent
+	(*ReportEventsRequest)(nil),      // 12: agentassembly.v1.ReportEventsRequest
+	(*ReportEventsResponse)(nil),     // 13: agentassembly.v1.ReportEventsResponse
+	(*timestamppb.Timestamp)(nil),    // 14: google.protobuf.Timestamp
+	(*AgentId)(nil),                  // 15: agentassembly.v1.AgentId
+	(ActionType)(0),                  // 16: agentassembly.v1.ActionType
+	(Decision)(0),                    // 17: agentassembly.v1.Decision
+	(EnforcementMode)(0),             // 18: agentassembly.v1.EnforcementMode
+	(*durationpb.Duration)(nil),      // 19: google.protobuf.Duration
+	(*CheckActionRequest)(nil),       // 20: agentassembly.v1.CheckActionRequest
 }
 var file_agentassembly_v1_audit_proto_depIdxs = []int32{
-	13, // 0: agentassembly.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
-	14, // 1: agentassembly.v1.AuditRecord.agent:type_name -> agentassembly.v1.AgentId
-	15, // 2: agentassembly.v1.AuditRecord.action_type:type_name -> agentassembly.v1.ActionType
-	16, // 3: agentassembly.v1.AuditRecord.decision:type_name -> agentassembly.v1.Decision
-	17, // 4: agentassembly.v1.AuditRecord.enforcement_mode:type_name -> agentassembly.v1.EnforcementMode
-	16, // 5: agentassembly.v1.AuditRecord.shadow_decision:type_name -> agentassembly.v1.Decision
-	18, // 6: agentassembly.v1.AuditRecord.latency:type_name -> google.protobuf.Duration
-	15, // 7: agentassembly.v1.AuditFilter.action_type:type_name -> agentassembly.v1.ActionType
-	16, // 8: agentassembly.v1.AuditFilter.decision:type_name -> agentassembly.v1.Decision
-	13, // 9: agentassembly.v1.AuditFilter.since:type_name -> google.protobuf.Timestamp
-	13, // 10: agentassembly.v1.AuditFilter.until:type_name -> google.protobuf.Timestamp
+	14, // 0: agentassembly.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
+	15, // 1: agentassembly.v1.AuditRecord.agent:type_name -> agentassembly.v1.AgentId
+	16, // 2: agentassembly.v1.AuditRecord.action_type:type_name -> agentassembly.v1.ActionType
+	17, // 3: agentassembly.v1.AuditRecord.decision:type_name -> agentassembly.v1.Decision
+	18, // 4: agentassembly.v1.AuditRecord.enforcement_mode:type_name -> agentassembly.v1.EnforcementMode
+	17, // 5: agentassembly.v1.AuditRecord.shadow_decision:type_name -> agentassembly.v1.Decision
+	19, // 6: agentassembly.v1.AuditRecord.latency:type_name -> google.protobuf.Duration
+	16, // 7: agentassembly.v1.AuditFilter.action_type:type_name -> agentassembly.v1.ActionType
+	17, // 8: agentassembly.v1.AuditFilter.decision:type_name -> agentassembly.v1.Decision
+	14, // 9: agentassembly.v1.AuditFilter.since:type_name -> google.protobuf.Timestamp
+	14, // 10: agentassembly.v1.AuditFilter.until:type_name -> google.protobuf.Timestamp
 	2,  // 11: agentassembly.v1.ListAuditRecordsRequest.filter:type_name -> agentassembly.v1.AuditFilter
 	1,  // 12: agentassembly.v1.ListAuditRecordsResponse.records:type_name -> agentassembly.v1.AuditRecord
 	2,  // 13: agentassembly.v1.TailAuditRequest.filter:type_name -> agentassembly.v1.AuditFilter
-	8,  // 14: agentassembly.v1.VerifyAuditResponse.chains:type_name -> agentassembly.v1.ChainReport
-	0,  // 15: agentassembly.v1.ReportedEvent.layer:type_name -> agentassembly.v1.Layer
-	13, // 16: agentassembly.v1.ReportedEvent.time:type_name -> google.protobuf.Timestamp
-	19, // 17: agentassembly.v1.ReportedEvent.action:type_name -> agentassembly.v1.CheckActionRequest
-	16, // 18: agentassembly.v1.ReportedEvent.decision:type_name -> agentassembly.v1.Decision
-	10, // 19: agentassembly.v1.ReportEventsRequest.events:type_name -> agentassembly.v1.ReportedEvent
-	3,  // 20: agentassembly.v1.AuditService.ListAuditRecords:input_type -> agentassembly.v1.ListAuditRecordsRequest
-	5,  // 21: agentassembly.v1.AuditService.GetTrace:input_type -> agentassembly.v1.GetTraceRequest
-	6,  // 22: agentassembly.v1.AuditService.TailAudit:input_type -> agentassembly.v1.TailAuditRequest
-	7,  // 23: agentassembly.v1.AuditService.VerifyAudit:input_type -> agentassembly.v1.VerifyAuditRequest
-	11, // 24: agentassembly.v1.AuditService.ReportEvents:input_type -> agentassembly.v1.ReportEventsRequest
-	4,  // 25: agentassembly.v1.AuditService.ListAuditRecords:output_type -> agentassembly.v1.ListAuditRecordsResponse
-	4,  // 26: agentassembly.v1.AuditService.GetTrace:output_type -> agentassembly.v1.ListAuditRecordsResponse
-	1,  // 27: agentassembly.v1.AuditService.TailAudit:output_type -> agentassembly.v1.AuditRecord
-	9,  // 28: agentassembly.v1.AuditService.VerifyAudit:output_type -> agentassembly.v1.VerifyAuditResponse
-	12, // 29: agentassembly.v1.AuditService.ReportEvents:output_type -> agentassembly.v1.ReportEventsResponse
-	25, // [25:30] is the sub-list for method output_type
-	20, // [20:25] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	8,  // 14: agentassembly.v1.VerifyAuditRequest.anchors:type_name -> agentassembly.v1.ChainAnchor
+	9,  // 15: agentassembly.v1.VerifyAuditResponse.chains:type_name -> agentassembly.v1.ChainReport
+	0,  // 16: agentassembly.v1.ReportedEvent.layer:type_name -> agentassembly.v1.Layer
+	14, // 17: agentassembly.v1.ReportedEvent.time:type_name -> google.protobuf.Timestamp
+	20, // 18: agentassembly.v1.ReportedEvent.action:type_name -> agentassembly.v1.CheckActionRequest
+	17, // 19: agentassembly.v1.ReportedEvent.decision:type_name -> agentassembly.v1.Decision
+	11, // 20: agentassembly.v1.ReportEventsRequest.events:type_name -> agentassembly.v1.ReportedEvent
+	3,  // 21: agentassembly.v1.AuditService.ListAuditRecords:input_type -> agentassembly.v1.ListAuditRecordsRequest
+	5,  // 22: agentassembly.v1.AuditService.GetTrace:input_type -> agentassembly.v1.GetTraceRequest
+	6,  // 23: agentassembly.v1.AuditService.TailAudit:input_type -> agentassembly.v1.TailAuditRequest
+	7,  // 24: agentassembly.v1.AuditService.VerifyAudit:input_type -> agentassembly.v1.VerifyAuditRequest
+	12, // 25: agentassembly.v1.AuditService.ReportEvents:input_type -> agentassembly.v1.ReportEventsRequest
+	4,  // 26: agentassembly.v1.AuditService.ListAuditRecords:output_type -> agentassembly.v1.ListAuditRecordsResponse
+	4,  // 27: agentassembly.v1.AuditService.GetTrace:output_type -> agentassembly.v1.ListAuditRecordsResponse
+	1,  // 28: agentassembly.v1.AuditService.TailAudit:output_type -> agentassembly.v1.AuditRecord
+	10, // 29: agentassembly.v1.AuditService.VerifyAudit:output_type -> agentassembly.v1.VerifyAuditResponse
+	13, // 30: agentassembly.v1.AuditService.ReportEvents:output_type -> agentassembly.v1.ReportEventsResponse
+	26, // [26:31] is the sub-list for method output_type
+	21, // [21:26] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_agentassembly_v1_audit_proto_init() }
@@ -1283,7 +1375,7 @@ func file_agentassembly_v1_audit_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agentassembly_v1_audit_proto_rawDesc), len(file_agentassembly_v1_audit_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   12,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
