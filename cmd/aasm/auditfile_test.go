@@ -175,9 +175,9 @@ func TestAuditVerifyAnchors(t *testing.T) {
 		file string
 		want string
 	}{
-		"other hash": {edit("hash.json", func(c map[string]any) { c["head_hash"] = strings.Repeat("ab", 32) }), "record " + seq + " has hash"},
+		"other hash":     {edit("hash.json", func(c map[string]any) { c["head_hash"] = strings.Repeat("ab", 32) }), "record " + seq + " has hash"},
 		"beyond the end": {edit("beyond.json", func(c map[string]any) { c["head_seq"] = "900" }), "record 900 is anchored"},
-		"chain gone": {edit("gone.json", func(c map[string]any) { c["chain"] = "gw-deleted" }), "has no records"},
+		"chain gone":     {edit("gone.json", func(c map[string]any) { c["chain"] = "gw-deleted" }), "has no records"},
 	}
 	for name, c := range cases {
 		code, out, errOut := run(t, "--addr", addr, "audit", "verify", "--anchors", c.file)
