@@ -57,20 +57,26 @@ func newCheckpointer(s *Server) *checkpointer {
 // runCheckpoints appends a checkpoint every AuditCheckpointInterval in which
 // records were written, until ctx ends.
 func (s *Server) runCheckpoints(ctx context.Context, wg *sync.WaitGroup) {
-	if s.cfg.AuditCheckpointInterval <= 0 {
-		return
+	if s.cfg.AuditCheckpointInterval > 0 {
+		every(ctx, wg, s.cfg.AuditCheckpointInterval, func() {
+			if err := s.checkpointer.checkpoint(ctx); err != nil {
+				s.log.Warn("append audit checkpoint; retrying at the next interval", "err", err)
+			}
+		})
 	}
+}
+
+// every runs fn every interval on a goroutine of wg until ctx ends.
+func every(ctx context.Context, wg *sync.WaitGroup, interval time.Duration, fn func()) {
 	wg.Go(func() {
-		t := time.NewTicker(s.cfg.AuditCheckpointInterval)
+		t := time.NewTicker(interval)
 		defer t.Stop()
 		for {
 			select {
 			case <-ctx.Done():
 				return
 			case <-t.C:
-				if err := s.checkpointer.checkpoint(ctx); err != nil {
-					s.log.Warn("append audit checkpoint; retrying at the next interval", "err", err)
-				}
+				fn()
 			}
 		}
 	})

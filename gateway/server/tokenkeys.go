@@ -59,18 +59,9 @@ func (s *Server) reloadTokenKeys(ctx context.Context) error {
 // runTokenKeyRefresh reloads the token-signing keys every tokenKeyRefresh
 // until ctx ends.
 func (s *Server) runTokenKeyRefresh(ctx context.Context, wg *sync.WaitGroup) {
-	wg.Go(func() {
-		t := time.NewTicker(tokenKeyRefresh)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				if err := s.reloadTokenKeys(ctx); err != nil {
-					s.log.Warn("reload token-signing keys; keeping the current ones", "err", err)
-				}
-			}
+	every(ctx, wg, tokenKeyRefresh, func() {
+		if err := s.reloadTokenKeys(ctx); err != nil {
+			s.log.Warn("reload token-signing keys; keeping the current ones", "err", err)
 		}
 	})
 }
