@@ -22,6 +22,7 @@ const holdTTL = time.Hour
 type holdStore interface {
 	PutHold(ctx context.Context, key string, data []byte, expires time.Time) error
 	TakeHold(ctx context.Context, key string) ([]byte, error)
+	PeekHold(ctx context.Context, key string) ([]byte, error)
 }
 
 // heldReservation is what the counters backend holds for one decision.
@@ -57,7 +58,16 @@ func (c *Core) storeHold(ctx context.Context, decisionID string, h heldReservati
 // ErrNoReservation when there is none (never made, already settled or
 // expired); any other error is a counters fault.
 func (c *Core) takeHold(ctx context.Context, decisionID string) (heldReservation, error) {
-	data, err := c.holds.TakeHold(ctx, holdKey(decisionID))
+	return c.readHold(ctx, decisionID, c.holds.TakeHold)
+}
+
+// peekHold is takeHold leaving the reservation in place.
+func (c *Core) peekHold(ctx context.Context, decisionID string) (heldReservation, error) {
+	return c.readHold(ctx, decisionID, c.holds.PeekHold)
+}
+
+func (c *Core) readHold(ctx context.Context, decisionID string, read func(context.Context, string) ([]byte, error)) (heldReservation, error) {
+	data, err := read(ctx, holdKey(decisionID))
 	if errors.Is(err, storage.ErrNotFound) {
 		return heldReservation{}, fmt.Errorf("decision %s: %w: it was already reconciled, is over %s old, or had no budget", decisionID, ErrNoReservation, holdTTL)
 	}

@@ -54,6 +54,20 @@ func (c *Core) ReconcileUsage(ctx context.Context, decisionID string, agent *act
 	}
 	lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.limitTO)
 	defer cancel()
+	if agent != nil {
+		// Whose reservation it is, read without taking it: a report by
+		// another agent changes nothing, so it cannot race the owner's.
+		h, err := c.peekHold(lctx, decisionID)
+		if err != nil {
+			if !errors.Is(err, ErrNoReservation) {
+				c.metrics.storeError(storeOpCounters, err)
+			}
+			return Usage{}, err
+		}
+		if *agent != h.Reservation.Agent {
+			return Usage{}, badField("agent", "does not match the agent of decision %s", decisionID)
+		}
+	}
 	h, err := c.takeHold(lctx, decisionID)
 	if err != nil {
 		if !errors.Is(err, ErrNoReservation) {
@@ -62,14 +76,6 @@ func (c *Core) ReconcileUsage(ctx context.Context, decisionID string, agent *act
 		return Usage{}, err
 	}
 	r := h.Reservation
-	if agent != nil && *agent != r.Agent {
-		// Not this agent's to settle: put it back for its own agent.
-		if err := c.storeHold(lctx, decisionID, h); err != nil {
-			c.metrics.storeError(storeOpCounters, err)
-			c.log.WarnContext(ctx, "put back a budget reservation claimed by another agent; the estimate stays charged", "decision_id", decisionID, "err", err)
-		}
-		return Usage{}, badField("agent", "does not match the agent of decision %s", decisionID)
-	}
 	cost, err := c.meter.Reconcile(lctx, r, promptTokens, completionTokens)
 	if err != nil {
 		c.metrics.storeError(storeOpCounters, err)

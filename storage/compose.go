@@ -62,6 +62,10 @@ func (c *composed) TakeHold(ctx context.Context, key string) ([]byte, error) {
 	return c.counters.TakeHold(ctx, key)
 }
 
+func (c *composed) PeekHold(ctx context.Context, key string) ([]byte, error) {
+	return c.counters.PeekHold(ctx, key)
+}
+
 func (c *composed) Publish(ctx context.Context, topic string, payload []byte) error {
 	return c.notifier.Publish(ctx, topic, payload)
 }

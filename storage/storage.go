@@ -423,6 +423,10 @@ type Counters interface {
 	// atomic step: of several callers, on any replica, exactly one gets it.
 	// It returns ErrNotFound when key holds nothing or has expired.
 	TakeHold(ctx context.Context, key string) ([]byte, error)
+	// PeekHold returns the data stored under key without removing it, or
+	// ErrNotFound. The gateway reads whose reservation a usage report names
+	// before it takes it, so a report by the wrong agent changes nothing.
+	PeekHold(ctx context.Context, key string) ([]byte, error)
 }
 
 // ---------------------------------------------------------------- approvals

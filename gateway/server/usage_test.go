@@ -4,6 +4,7 @@ import (
 	"context"
 	"math"
 	"strings"
+	"sync"
 	"testing"
 
 	"google.golang.org/grpc/codes"
@@ -110,4 +111,36 @@ func TestUsageSettlesOnAnyReplica(t *testing.T) {
 		t.Fatalf("%d of two concurrent reports settled the reservation, want 1", ok)
 	}
 	wantSpend(t, a, 0.70) // released at zero
+}
+
+// Reports by another agent, however many and however timed, never make the
+// owner's report miss its reservation: they read it without taking it.
+func TestUsageOfAnotherAgentCannotRaceTheOwner(t *testing.T) {
+	g := startGateway(t, examplesDir(t), nil)
+	for range 20 {
+		id := llmCall(t, g)
+		stop := make(chan struct{})
+		var wg sync.WaitGroup
+		for range 8 {
+			wg.Go(func() {
+				for {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					if err := usage(g, id, 1, 1, coder); status.Code(err) != codes.InvalidArgument && status.Code(err) != codes.FailedPrecondition {
+						t.Errorf("usage by another agent: %v", err)
+						return
+					}
+				}
+			})
+		}
+		err := usage(g, id, 100_000, 10_000, researcher)
+		close(stop)
+		wg.Wait()
+		if err != nil {
+			t.Fatalf("the owner's report while other agents report the same decision: %v", err)
+		}
+	}
 }

@@ -235,3 +235,15 @@ func (c *Counters) TakeHold(ctx context.Context, key string) ([]byte, error) {
 	}
 	return h.data, nil
 }
+
+// PeekHold returns what key holds, leaving it there.
+func (c *Counters) PeekHold(ctx context.Context, key string) ([]byte, error) {
+	now := c.now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	h, ok := c.holds[key]
+	if !ok || !now.Before(h.expires) {
+		return nil, fmt.Errorf("peek hold %q: %w", key, storage.ErrNotFound)
+	}
+	return bytes.Clone(h.data), nil
+}

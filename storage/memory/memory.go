@@ -139,6 +139,11 @@ func (s *Store) TakeHold(ctx context.Context, key string) ([]byte, error) {
 	return s.counters.TakeHold(ctx, key)
 }
 
+// PeekHold implements storage.Counters.
+func (s *Store) PeekHold(ctx context.Context, key string) ([]byte, error) {
+	return s.counters.PeekHold(ctx, key)
+}
+
 // Publish implements storage.Notifier.
 func (s *Store) Publish(ctx context.Context, topic string, payload []byte) error {
 	return s.notifier.Publish(ctx, topic, payload)

@@ -171,3 +171,16 @@ func (s *Store) TakeHold(ctx context.Context, key string) ([]byte, error) {
 	}
 	return data, nil
 }
+
+// PeekHold reads key's unexpired row, leaving it.
+func (s *Store) PeekHold(ctx context.Context, key string) ([]byte, error) {
+	now := nanos(s.opts.Now())
+	var data []byte
+	err := s.do(ctx, "peek hold", func(c *pgx.Conn) error {
+		return c.QueryRow(ctx, `SELECT data FROM budget_holds WHERE key = $1 AND expires_ns > $2`, key, now).Scan(&data)
+	})
+	if errors.Is(err, pgx.ErrNoRows) || errors.Is(err, storage.ErrNotFound) {
+		return nil, fmt.Errorf("peek hold %q: %w", key, storage.ErrNotFound)
+	}
+	return data, err
+}

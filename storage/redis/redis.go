@@ -358,6 +358,18 @@ func (s *Store) TakeHold(ctx context.Context, key string) ([]byte, error) {
 	return data, nil
 }
 
+// PeekHold returns key's value with GET, leaving it.
+func (s *Store) PeekHold(ctx context.Context, key string) ([]byte, error) {
+	data, err := s.c.Get(ctx, s.holdKey(key)).Bytes()
+	if errors.Is(err, goredis.Nil) {
+		return nil, fmt.Errorf("peek hold %q: %w", key, storage.ErrNotFound)
+	}
+	if err != nil {
+		return nil, s.fail(ctx, "peek hold", err)
+	}
+	return data, nil
+}
+
 // ---------------------------------------------------------------- notifier
 
 func (s *Store) channel(topic string) string { return s.opts.Prefix + "n:" + topic }

@@ -63,6 +63,11 @@ func (s *Store) TakeHold(ctx context.Context, key string) ([]byte, error) {
 	return data, err
 }
 
+// PeekHold implements storage.Counters.
+func (s *Store) PeekHold(ctx context.Context, key string) ([]byte, error) {
+	return s.hub.counters.PeekHold(ctx, key)
+}
+
 func (h *hub) markHoldDirty(key string) {
 	h.dirtyMu.Lock()
 	h.dirtyHolds[key] = struct{}{}

@@ -263,8 +263,21 @@ func testHolds(t *testing.T, c storage.Counters) {
 	data[0] = 9 // the store keeps its own copy
 	check(t, "PutHold", c.PutHold(ctx, "hold:b", []byte("first"), exp))
 	check(t, "PutHold", c.PutHold(ctx, "hold:b", []byte("second"), exp))
+	for range 2 { // a peek leaves the hold in place
+		got, err := c.PeekHold(ctx, "hold:a")
+		check(t, "PeekHold", err)
+		if !bytes.Equal(got, []byte{0, 1, 2, 0xff, '{', '}'}) {
+			t.Fatalf("PeekHold(a) = %q", got)
+		}
+	}
+	if _, err := c.PeekHold(ctx, "hold:missing"); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("PeekHold(missing) = %v, want ErrNotFound", err)
+	}
 	got, err := c.TakeHold(ctx, "hold:a")
 	check(t, "TakeHold", err)
+	if _, err := c.PeekHold(ctx, "hold:a"); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("PeekHold after TakeHold = %v, want ErrNotFound", err)
+	}
 	if !bytes.Equal(got, []byte{0, 1, 2, 0xff, '{', '}'}) {
 		t.Fatalf("TakeHold(a) = %q", got)
 	}
@@ -280,7 +293,13 @@ func testHolds(t *testing.T, c storage.Counters) {
 	if _, err := c.TakeHold(ctx, "hold:past"); !errors.Is(err, storage.ErrNotFound) {
 		t.Fatalf("TakeHold of a hold stored already expired = %v, want ErrNotFound", err)
 	}
+	if _, err := c.PeekHold(ctx, "hold:past"); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("PeekHold of an expired hold = %v, want ErrNotFound", err)
+	}
 	time.Sleep(time.Until(short) + 300*time.Millisecond)
+	if _, err := c.PeekHold(ctx, "hold:exp"); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("PeekHold after expiry = %v, want ErrNotFound", err)
+	}
 	if _, err := c.TakeHold(ctx, "hold:exp"); !errors.Is(err, storage.ErrNotFound) {
 		t.Fatalf("TakeHold after expiry = %v, want ErrNotFound", err)
 	}
