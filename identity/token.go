@@ -5,9 +5,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
-	"crypto/sha256"
 	"encoding/base64"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -159,12 +157,9 @@ func (i *Issuer) KeyIDs() []string {
 	return ids
 }
 
-// KeyID names a token-signing public key: the first 8 bytes of its SHA-256,
-// in hex.
-func KeyID(pub ed25519.PublicKey) string {
-	sum := sha256.Sum256(pub)
-	return hex.EncodeToString(sum[:8])
-}
+// KeyID names a token-signing public key the way audit checkpoint keys are
+// named (storage.CheckpointKeyID): the first 8 bytes of its SHA-256, in hex.
+func KeyID(pub ed25519.PublicKey) string { return storage.CheckpointKeyID(pub) }
 
 // PublicKey returns the key that verifies the tokens this issuer signs now
 // (for verifiers outside the gateway, e.g. a runtime checking tokens offline).

@@ -117,6 +117,20 @@ func (h *hub) loadCounters(ctx context.Context, s *Store) error {
 
 // flushCounters writes the counters and budget holds changed since the last
 // flush. On failure they stay dirty for the next attempt.
+// upsertOrDelete writes key's value and expiry into table (whose value
+// column is col) when ok, and deletes key's row otherwise: what flushCounters
+// does for every changed counter and hold.
+func upsertOrDelete(ctx context.Context, tx *sql.Tx, table, col, key string, value any, exp time.Time, ok bool) error {
+	var err error
+	if ok {
+		_, err = tx.ExecContext(ctx, `INSERT INTO `+table+` (key, `+col+`, expires_ns) VALUES (?, ?, ?)
+			ON CONFLICT (key) DO UPDATE SET `+col+` = excluded.`+col+`, expires_ns = excluded.expires_ns`, key, value, exp.UnixNano())
+	} else {
+		_, err = tx.ExecContext(ctx, `DELETE FROM `+table+` WHERE key = ?`, key)
+	}
+	return err
+}
+
 func (h *hub) flushCounters(ctx context.Context, s *Store) error {
 	h.dirtyMu.Lock()
 	if len(h.dirty) == 0 && len(h.dirtyHolds) == 0 {
@@ -130,27 +144,13 @@ func (h *hub) flushCounters(ctx context.Context, s *Store) error {
 	err := s.write(ctx, func(tx *sql.Tx) error {
 		for key := range holds {
 			data, exp, ok := h.counters.HoldEntry(key)
-			var err error
-			if ok {
-				_, err = tx.ExecContext(ctx, `INSERT INTO budget_holds (key, data, expires_ns) VALUES (?, ?, ?)
-					ON CONFLICT (key) DO UPDATE SET data = excluded.data, expires_ns = excluded.expires_ns`, key, data, exp.UnixNano())
-			} else {
-				_, err = tx.ExecContext(ctx, `DELETE FROM budget_holds WHERE key = ?`, key)
-			}
-			if err != nil {
+			if err := upsertOrDelete(ctx, tx, "budget_holds", "data", key, data, exp, ok); err != nil {
 				return err
 			}
 		}
 		for key := range keys {
 			v, exp, ok := h.counters.Entry(key)
-			var err error
-			if ok {
-				_, err = tx.ExecContext(ctx, `INSERT INTO counters (key, value, expires_ns) VALUES (?, ?, ?)
-					ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_ns = excluded.expires_ns`, key, v, exp.UnixNano())
-			} else {
-				_, err = tx.ExecContext(ctx, `DELETE FROM counters WHERE key = ?`, key)
-			}
-			if err != nil {
+			if err := upsertOrDelete(ctx, tx, "counters", "value", key, v, exp, ok); err != nil {
 				return err
 			}
 		}
