@@ -21,6 +21,7 @@ const ComposePoll = time.Second
 // (Ping(context.Context) error, Close() error).
 func Compose(base Store, counters Counters, notifier Notifier) Store {
 	c := &composed{Store: base, counters: base, notifier: base}
+	c.inline, _ = base.(inlineAppender)
 	if counters != nil {
 		c.counters = counters
 	}
@@ -36,6 +37,20 @@ type composed struct {
 	counters Counters
 	notifier Notifier
 	fanout   bool
+	inline   inlineAppender // base, when it can append inline
+}
+
+// inlineAppender is base's optional TryAppendAudit (groupcommit.InlineLog).
+type inlineAppender interface {
+	TryAppendAudit(recs []*AuditRecord) (bool, error)
+}
+
+// TryAppendAudit passes base's through: false when base has none.
+func (c *composed) TryAppendAudit(recs []*AuditRecord) (bool, error) {
+	if c.inline == nil {
+		return false, nil
+	}
+	return c.inline.TryAppendAudit(recs)
 }
 
 func (c *composed) Reserve(ctx context.Context, key string, amount, limit int64, expires time.Time) (Reservation, error) {

@@ -21,6 +21,10 @@ type Config struct {
 	// record instead of writing it: the "same gateway, audit off" baseline
 	// the audit path is measured against. No flag or setting reaches it.
 	auditOff bool
+	// auditSink, set only by benchmarks in this package, replaces the
+	// store under the group-commit writer, to split the audit path's cost
+	// between the hand-over to the writer and the store.
+	auditSink storage.AuditLog
 
 	GRPCAddr        string
 	APIAddr         string

@@ -145,7 +145,11 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 		log.Warn("cache invalidation from other replicas unavailable; cached entries expire by TTL", "err", err)
 	}
 	metrics := gateway.NewMetrics(s.reg)
-	s.writer = groupcommit.New(st, groupcommit.Options{Chain: replica, Logger: log, Metrics: metrics})
+	var sink storage.AuditLog = st
+	if cfg.auditSink != nil {
+		sink = cfg.auditSink
+	}
+	s.writer = groupcommit.New(sink, groupcommit.Options{Chain: replica, Logger: log, Metrics: metrics})
 	var auditor gateway.Auditor = s.writer
 	if cfg.auditOff {
 		auditor = dropAudit{}

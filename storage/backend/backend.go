@@ -209,8 +209,10 @@ func openSQLite(ctx context.Context, raw string, u *url.URL, opts Options) (stor
 		switch k {
 		case "durability":
 			so.Durability = storage.Durability(v[len(v)-1])
+		case "shm":
+			so.SharedMemoryDir = v[len(v)-1]
 		default:
-			return nil, fmt.Errorf("sqlite URL parameter %q is unknown; known: durability=sync|os: %w", k, storage.ErrInvalid)
+			return nil, fmt.Errorf("sqlite URL parameter %q is unknown; known: durability=sync|os, shm=DIR|off: %w", k, storage.ErrInvalid)
 		}
 	}
 	return sqlite.Open(ctx, so)

@@ -66,7 +66,7 @@ func TestOpenErrors(t *testing.T) {
 		{"./data/aa.db", "", "no scheme; write it as scheme:..."},
 		{"sqlite:", "", "sqlite URL has no path; write e.g. sqlite:./data/aa.db"},
 		{"sqlite://host/x.db", "", `sqlite URL has a host "host"`},
-		{"sqlite:./x.db?journal=wal", "", `sqlite URL parameter "journal" is unknown; known: durability=sync|os`},
+		{"sqlite:./x.db?journal=wal", "", `sqlite URL parameter "journal" is unknown; known: durability=sync|os, shm=DIR|off`},
 		{"sqlite:./x.db?durability=fast", "", `durability "fast": want "sync" or "os"`},
 		{"memory:foo", "", "memory takes no path or parameters"},
 		{"memory:", "kafka://x", `--counters kafka://x: unsupported scheme "kafka"; supported: memory, redis, rediss`},

@@ -5,6 +5,11 @@
 // when the write returns it takes everything queued (up to MaxBatch) as the
 // next batch. Under load, batches grow to match the backend's commit latency;
 // when idle, a record is written alone and at once (MaxDelay 0).
+//
+// A log that can sometimes append without waiting (InlineLog: the SQLite
+// store in os durability, which copies a record into shared memory) is
+// given each record directly first, on the caller's goroutine: handing it
+// to the writer and back costs more than such an append.
 package groupcommit
 
 import (
@@ -24,6 +29,15 @@ type Metrics interface {
 	// ObserveBatch is called after each AppendAudit with the number of
 	// records, how long the write took, and its error.
 	ObserveBatch(records int, write time.Duration, err error)
+}
+
+// InlineLog is implemented by audit logs that can sometimes append at once,
+// without waiting for a lock, I/O or another goroutine.
+type InlineLog interface {
+	// TryAppendAudit appends recs as AppendAudit would, if it can do so at
+	// once. It reports false, having changed nothing, when it would have
+	// to wait; the records then go through the writer.
+	TryAppendAudit(recs []*storage.AuditRecord) (bool, error)
 }
 
 // Options configures a Writer.
@@ -50,9 +64,10 @@ type Options struct {
 
 // Writer appends audit records through group commit.
 type Writer struct {
-	log  storage.AuditLog
-	opts Options
-	lg   *slog.Logger
+	log    storage.AuditLog
+	inline InlineLog // log, when it can append inline
+	opts   Options
+	lg     *slog.Logger
 
 	mu      sync.RWMutex // write-held only by Close; guards closed and reqs sends
 	closed  bool
@@ -60,6 +75,7 @@ type Writer struct {
 	done    chan struct{}
 	pool    sync.Pool
 	written atomic.Uint64 // records written successfully
+	inlined atomic.Uint64 // of which appended inline
 }
 
 type request struct {
@@ -89,6 +105,7 @@ func New(log storage.AuditLog, opts Options) *Writer {
 		reqs: make(chan *request, opts.QueueSize),
 		done: make(chan struct{}),
 	}
+	w.inline, _ = log.(InlineLog)
 	w.pool.New = func() any { return &request{done: make(chan struct{}, 1)} }
 	go w.run()
 	return w
@@ -103,9 +120,17 @@ func New(log storage.AuditLog, opts Options) *Writer {
 // returned. If it ends after, r is still written (the write does not depend
 // on any caller's context) but Append returns ctx's error at once without
 // waiting, and r is left unchanged.
+//
+// With an InlineLog, r is first offered to the log directly; only if it
+// cannot take r at once does r go to the writer.
 func (w *Writer) Append(ctx context.Context, r *storage.AuditRecord) error {
 	if err := ctx.Err(); err != nil {
 		return err
+	}
+	if w.inline != nil {
+		if done, err := w.appendInline(r); done {
+			return err
+		}
 	}
 	req := w.pool.Get().(*request)
 	req.rec = *r
@@ -141,6 +166,38 @@ func (w *Writer) Append(ctx context.Context, r *storage.AuditRecord) error {
 	req.rec = storage.AuditRecord{}
 	w.pool.Put(req)
 	return err
+}
+
+// appendInline offers r to the InlineLog, reporting whether it was taken
+// (appended, or failed: a failure is not retried through the writer).
+func (w *Writer) appendInline(r *storage.AuditRecord) (bool, error) {
+	w.mu.RLock()
+	defer w.mu.RUnlock()
+	if w.closed {
+		return true, fmt.Errorf("append audit record: %w", storage.ErrClosed)
+	}
+	chain := r.Chain
+	if chain == "" {
+		r.Chain = w.opts.Chain
+	}
+	one := [1]*storage.AuditRecord{r}
+	start := time.Now()
+	done, err := w.inline.TryAppendAudit(one[:])
+	if !done {
+		r.Chain = chain
+		return false, nil
+	}
+	if w.opts.Metrics != nil {
+		w.opts.Metrics.ObserveBatch(1, time.Since(start), err)
+	}
+	if err != nil {
+		r.Chain = chain
+		w.lg.Error("audit append failed; failing the check", "err", err)
+		return true, fmt.Errorf("append audit record: %w", err)
+	}
+	w.written.Add(1)
+	w.inlined.Add(1)
+	return true, nil
 }
 
 func (w *Writer) run() {
@@ -235,6 +292,9 @@ func (w *Writer) write(recs []*storage.AuditRecord, batch []*request) {
 
 // Written returns how many records the writer has written successfully.
 func (w *Writer) Written() uint64 { return w.written.Load() }
+
+// Inlined returns how many of them were appended inline (InlineLog).
+func (w *Writer) Inlined() uint64 { return w.inlined.Load() }
 
 // Close stops accepting records, writes everything queued, and waits for the
 // last write until ctx ends.

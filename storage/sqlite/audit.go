@@ -33,12 +33,47 @@ func (s *Store) AppendAudit(ctx context.Context, recs []*storage.AuditRecord) er
 	if err := s.hub.audit.append(recs, s.opts.Durability == storage.DurabilitySync); err != nil {
 		return fmt.Errorf("append audit: %w", err)
 	}
-	if s.hub.tail.Subscribers() > 0 { // a copy per record only for live tails
+	s.publish(recs)
+	return nil
+}
+
+// TryAppendAudit is AppendAudit when it can be done at once, without
+// waiting for a lock, a file or the disk: in DurabilityOS with the journal's
+// shared-memory copy (journal.go, shm.go), a copy into memory the kernel
+// keeps. It reports false, having changed nothing, when it cannot; the
+// caller then appends with AppendAudit (groupcommit does).
+func (s *Store) TryAppendAudit(recs []*storage.AuditRecord) (bool, error) {
+	if s.opts.Durability != storage.DurabilityOS || len(recs) == 0 {
+		return false, nil
+	}
+	for _, r := range recs {
+		if err := storage.ValidateRecord(r); err != nil {
+			return true, fmt.Errorf("append audit: %w", err)
+		}
+	}
+	if !s.hub.appendMu.TryLock() {
+		return false, nil
+	}
+	defer s.hub.appendMu.Unlock()
+	ok, err := s.hub.audit.tryAppend(recs)
+	if !ok {
+		return false, nil
+	}
+	if err != nil {
+		return true, fmt.Errorf("append audit: %w", err)
+	}
+	s.publish(recs)
+	return true, nil
+}
+
+// publish hands appended records to live tails (a copy per record, only
+// when a tail listens).
+func (s *Store) publish(recs []*storage.AuditRecord) {
+	if s.hub.tail.Subscribers() > 0 {
 		for _, r := range recs {
 			s.hub.tail.Publish(r.Clone())
 		}
 	}
-	return nil
 }
 
 // indexed makes every record journaled so far visible to the read

@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -71,16 +73,37 @@ const crashEnv = "AA_SQLITE_CRASH_CHILD"
 // TestAppendSurvivesProcessKill appends in a child process that is killed
 // with SIGKILL right after AppendAudit returns, without Close, and checks
 // that every acknowledged record is there and the chain verifies.
+//
+// In "os-unflushed" the child's flusher and indexer are stopped, so its
+// records are nowhere but in the journal's shared-memory copy: recovery must
+// find them there. "os-unflushed-copy-lost" is its control: the copy is
+// deleted before the reopen, and nothing is recovered.
 func TestAppendSurvivesProcessKill(t *testing.T) {
 	if os.Getenv(crashEnv) != "" {
 		crashChild()
 		return
 	}
-	for _, d := range []storage.Durability{storage.DurabilitySync, storage.DurabilityOS} {
-		t.Run(string(d), func(t *testing.T) {
+	cases := []struct {
+		name       string
+		durability storage.Durability
+		unflushed  bool // the child neither flushes nor indexes
+		loseCopy   bool // the shared-memory copy is deleted before the reopen
+	}{
+		{"sync", storage.DurabilitySync, false, false},
+		{"os", storage.DurabilityOS, false, false},
+		{"os-unflushed", storage.DurabilityOS, true, false},
+		{"os-unflushed-copy-lost", storage.DurabilityOS, true, true},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			if c.unflushed {
+				if err := checkTmpfs(DefaultSharedMemoryDir); err != nil {
+					t.Skipf("no shared-memory journal copies here: %v", err)
+				}
+			}
 			path := filepath.Join(t.TempDir(), "aa.db")
 			cmd := exec.Command(os.Args[0], "-test.run=^TestAppendSurvivesProcessKill$")
-			cmd.Env = append(os.Environ(), crashEnv+"="+path+"|"+string(d))
+			cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%s|%s|%v", crashEnv, path, c.durability, c.unflushed))
 			var out bytes.Buffer
 			cmd.Stdout = &out
 			cmd.Stderr = &out
@@ -90,13 +113,36 @@ func TestAppendSurvivesProcessKill(t *testing.T) {
 				t.Fatalf("child did not die by SIGKILL (%v): %s", err, out.String())
 			}
 			acked := bytes.Count(out.Bytes(), []byte("acked\n"))
-			s := openTest(t, Options{Path: path, Durability: d})
+			if acked == 0 {
+				t.Fatalf("the child acknowledged nothing: %s", out.String())
+			}
+			if c.loseCopy {
+				prefix, err := shmPrefix(path + "-audit")
+				if err != nil {
+					t.Fatal(err)
+				}
+				copies, _ := filepath.Glob(filepath.Join(DefaultSharedMemoryDir, prefix+"*"))
+				if len(copies) == 0 {
+					t.Fatal("the child left no shared-memory copy")
+				}
+				for _, p := range copies {
+					os.Remove(p)
+				}
+			}
+			s := openTest(t, Options{Path: path, Durability: c.durability})
 			rep, err := s.VerifyAudit(t.Context(), "crash")
+			if c.loseCopy {
+				// The control: without the copy, the records are gone.
+				if !errors.Is(err, storage.ErrNotFound) {
+					t.Fatalf("with the shared-memory copy deleted: %+v, %v; want no records", rep, err)
+				}
+				return
+			}
 			if err != nil {
 				t.Fatal(err)
 			}
-			if !rep.OK || rep.Records < 2*int64(acked) || acked == 0 {
-				t.Fatalf("after SIGKILL: %+v with %d batches of 2 acknowledged", rep, acked)
+			if !rep.OK || rep.Records < 2*int64(acked) {
+				t.Fatalf("after SIGKILL: %+v with %d batches of 2 acknowledged\n%s", rep, acked, bytes.ReplaceAll(out.Bytes(), []byte("acked\n"), nil))
 			}
 			t.Logf("%d records acknowledged, %d recovered", 2*acked, rep.Records)
 		})
@@ -104,13 +150,12 @@ func TestAppendSurvivesProcessKill(t *testing.T) {
 }
 
 func crashChild() {
-	var path, d string
-	for i, c := range os.Getenv(crashEnv) {
-		if c == '|' {
-			path, d = os.Getenv(crashEnv)[:i], os.Getenv(crashEnv)[i+1:]
-		}
+	f := strings.Split(os.Getenv(crashEnv), "|")
+	path, d := f[0], storage.Durability(f[1])
+	if f[2] == "true" {
+		testHooks.noFlush, testHooks.noIndex = true, true
 	}
-	s, err := Open(context.Background(), Options{Path: path, Durability: storage.Durability(d)})
+	s, err := Open(context.Background(), Options{Path: path, Durability: d})
 	if err != nil {
 		fmt.Println(err)
 		os.Exit(2)

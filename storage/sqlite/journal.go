@@ -10,11 +10,13 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -63,6 +65,11 @@ const (
 
 var crcTable = crc32.MakeTable(crc32.Castagnoli)
 
+// testHooks lets this package's crash test stop the background flusher and
+// indexer, so that acknowledged records are only in the journal's
+// shared-memory copy when the process dies.
+var testHooks struct{ noFlush, noIndex bool }
+
 // zeroChunk fills new journal files (read only). It is small because the
 // page cache keeps the folio size of the write that created a page, and the
 // group-commit writer's small writes cost more CPU in large folios
@@ -82,13 +89,27 @@ type journalFile struct {
 	f    *os.File
 	size int64 // bytes of frames written
 	cap  int64 // bytes zero-filled
+	// shm, in DurabilityOS, is the file's copy in shared memory (shm.go):
+	// frames are written there and copied to f by the flusher. It is set
+	// and cleared holding both mu and shmMu.
+	shm    *shmCopy
+	synced int64 // with shm: bytes copied to f and fdatasynced
 }
 
 // auditLog is the journal and indexer that every Store on one file in this
 // process shares (through the hub).
 type auditLog struct {
-	dir      string
-	db       *sql.DB // the indexer's own connection (synchronous=NORMAL: see removeIndexedFiles)
+	dir string
+	db  *sql.DB // the indexer's own connection (synchronous=NORMAL: see removeIndexedFiles)
+	// shmDir, when set, is where journal files get their shared-memory
+	// copies (DurabilityOS); shmDirs are where recovery looks for copies
+	// left by dead processes; shmPrefix names this directory's copies.
+	shmDir    string
+	shmDirs   []string
+	shmPrefix string
+	// shmMu keeps a copy mapped while the flusher reads it. It may be
+	// taken while holding mu, never the other way round.
+	shmMu    sync.Mutex
 	dbPath   string
 	log      *slog.Logger
 	interval time.Duration
@@ -122,10 +143,19 @@ type auditLog struct {
 	wg        sync.WaitGroup
 }
 
+// journalOptions are the parts of Options the journal uses.
+type journalOptions struct {
+	flush time.Duration // DurabilityOS's flush bound
+	// shm is Options.SharedMemoryDir; useShm says whether appends use it
+	// (DurabilityOS), otherwise it is only searched by recovery.
+	shm    string
+	useShm bool
+}
+
 // openAuditLog opens the journal directory of the database at dbPath,
 // indexes what dead processes left there, and starts the indexer and the
 // background fdatasync (every flush at most).
-func openAuditLog(ctx context.Context, dbPath string, log *slog.Logger, flush time.Duration) (*auditLog, error) {
+func openAuditLog(ctx context.Context, dbPath string, log *slog.Logger, o journalOptions) (*auditLog, error) {
 	a := &auditLog{
 		dir: dbPath + "-audit", dbPath: dbPath, log: log.With("component", "audit-journal"), interval: indexInterval,
 		heads: make(map[string]storage.ChainHead), locks: make(map[string]*os.File),
@@ -133,6 +163,9 @@ func openAuditLog(ctx context.Context, dbPath string, log *slog.Logger, flush ti
 	}
 	if err := os.MkdirAll(a.dir, 0o700); err != nil {
 		return nil, fmt.Errorf("audit journal: %w", err)
+	}
+	if err := a.setupShm(o.shm, o.useShm); err != nil {
+		return nil, err
 	}
 	q := url.Values{"_txlock": {"immediate"}}
 	for _, p := range []string{"busy_timeout(10000)", "journal_mode(WAL)", "synchronous(NORMAL)", "wal_autocheckpoint(0)"} {
@@ -150,8 +183,12 @@ func openAuditLog(ctx context.Context, dbPath string, log *slog.Logger, flush ti
 		db.Close()
 		return nil, err
 	}
-	a.wg.Go(a.runIndexer)
-	a.wg.Go(func() { a.runSync(flush) })
+	if !testHooks.noIndex {
+		a.wg.Go(a.runIndexer)
+	}
+	if !testHooks.noFlush {
+		a.wg.Go(func() { a.runSync(o.flush) })
+	}
 	a.wg.Go(a.runSpare)
 	return a, nil
 }
@@ -162,41 +199,105 @@ func openAuditLog(ctx context.Context, dbPath string, log *slog.Logger, flush ti
 func (a *auditLog) append(recs []*storage.AuditRecord, sync bool) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	_, err := a.appendLocked(recs, sync, false)
+	return err
+}
+
+// tryAppend is append in DurabilityOS when it needs no waiting: the journal
+// is free, the current file has a shared-memory copy with room for the
+// frame, and every chain is already held. Otherwise it reports false, having
+// changed nothing.
+func (a *auditLog) tryAppend(recs []*storage.AuditRecord) (bool, error) {
+	if !a.mu.TryLock() {
+		return false, nil
+	}
+	defer a.mu.Unlock()
+	return a.appendLocked(recs, false, true)
+}
+
+// chainHeads is the heads a batch moves, usually of one chain.
+type chainHeads []struct {
+	chain string
+	head  storage.ChainHead
+}
+
+func (c *chainHeads) get(chain string) (storage.ChainHead, bool) {
+	for _, h := range *c {
+		if h.chain == chain {
+			return h.head, true
+		}
+	}
+	return storage.ChainHead{}, false
+}
+
+func (c *chainHeads) set(chain string, head storage.ChainHead) {
+	for i := range *c {
+		if (*c)[i].chain == chain {
+			(*c)[i].head = head
+			return
+		}
+	}
+	*c = append(*c, struct {
+		chain string
+		head  storage.ChainHead
+	}{chain, head})
+}
+
+// appendLocked is append with a.mu held; inline is tryAppend's: it reports
+// false instead of waiting.
+func (a *auditLog) appendLocked(recs []*storage.AuditRecord, sync, inline bool) (bool, error) {
 	if a.npending >= journalMaxPending {
-		return fmt.Errorf("%w: %d audit records are waiting to be indexed into the database (last error: %v)", storage.ErrUnavailable, a.npending, a.lastErr)
+		return true, fmt.Errorf("%w: %d audit records are waiting to be indexed into the database (last error: %v)", storage.ErrUnavailable, a.npending, a.lastErr)
+	}
+	if inline && (a.cur == nil || a.cur.shm == nil) {
+		return false, nil
 	}
 	for _, r := range recs {
+		if inline && r.Seal != nil {
+			return false, nil // a signed checkpoint: Seal rewrites its payload, which a retry could not undo
+		}
 		if _, ok := a.heads[r.Chain]; !ok {
+			if inline {
+				return false, nil
+			}
 			if err := a.takeChain(r.Chain); err != nil {
-				return err
+				return true, err
 			}
 		}
 	}
 	// Link and encode in one pass: the encoding the hash is taken over is
 	// the one stored.
-	heads := make(map[string]storage.ChainHead, 1)
+	var heads chainHeads
 	entries := make([]entry, len(recs))
 	payload := make([]byte, frameHeader, frameHeader+len(recs)*512)
 	enc := a.enc
 	for i, r := range recs {
-		h, ok := heads[r.Chain]
+		h, ok := heads.get(r.Chain)
 		if !ok {
 			h = a.heads[r.Chain]
 		}
-		heads[r.Chain], enc = storage.LinkRecord(r, h, enc[:0])
+		h, enc = storage.LinkRecord(r, h, enc[:0])
+		heads.set(r.Chain, h)
 		start := len(payload)
 		payload = appendEntry(payload, enc, r.Hash)
 		entries[i] = entry{chain: r.Chain, seq: r.Seq, timeNS: r.Time.UnixNano(), data: payload[start:len(payload):len(payload)]}
 	}
 	a.enc = enc[:0]
-	if err := a.write(payload, sync); err != nil {
+	unlink := func() {
 		for _, r := range recs {
 			r.Seq, r.PrevHash, r.Hash = 0, nil, nil
 		}
-		return fmt.Errorf("%w: write audit journal: %w", storage.ErrUnavailable, err)
 	}
-	for chain, h := range heads {
-		a.heads[chain] = h
+	if inline && a.cur.size+int64(len(payload)) > a.cur.cap {
+		unlink() // the file is full: rotating is the writer's work
+		return false, nil
+	}
+	if err := a.write(payload, sync); err != nil {
+		unlink()
+		return true, fmt.Errorf("%w: write audit journal: %w", storage.ErrUnavailable, err)
+	}
+	for _, h := range heads {
+		a.heads[h.chain] = h.head
 	}
 	a.pending = append(a.pending, pendingBatch{file: a.cur.no, entries: entries})
 	a.npending += len(entries)
@@ -204,7 +305,7 @@ func (a *auditLog) append(recs []*storage.AuditRecord, sync bool) error {
 	case a.kick <- struct{}{}:
 	default:
 	}
-	return nil
+	return true, nil
 }
 
 // write appends one frame (payload starts with room for its header) to the
@@ -223,6 +324,14 @@ func (a *auditLog) write(frame []byte, sync bool) error {
 	binary.BigEndian.PutUint32(frame[0:4], uint32(len(frame)-frameHeader))
 	binary.BigEndian.PutUint32(frame[4:8], crc32.Checksum(frame[frameHeader:], crcTable))
 	j := a.cur
+	if j.shm != nil && j.size+int64(len(frame)) > j.cap {
+		// Only an empty file gets a frame larger than itself: the file
+		// alone holds it, and what follows.
+		a.dropShm(j)
+	}
+	if j.shm != nil {
+		return a.writeShm(j, frame, sync)
+	}
 	_, err := j.f.WriteAt(frame, j.size) // a frame larger than the file extends it
 	if err == nil && sync {
 		err = fdatasync(j.f)
@@ -245,6 +354,64 @@ func (a *auditLog) write(frame []byte, sync bool) error {
 	return nil
 }
 
+// writeShm writes frame to j's shared-memory copy and, when sync, flushes
+// the copy to the file. On failure the frame is erased from the copy, the
+// file is cut back to the frames before it, and the file is abandoned.
+func (a *auditLog) writeShm(j *journalFile, frame []byte, sync bool) error {
+	start := j.size
+	copy(j.shm.mem[start:], frame)
+	j.size += int64(len(frame))
+	if !sync {
+		a.unsynced = true
+		select {
+		case a.syncKick <- struct{}{}:
+		default:
+		}
+		return nil
+	}
+	err := a.flushShm(j)
+	if err != nil {
+		clear(j.shm.mem[start:j.size])
+		j.size = start
+		if terr := j.f.Truncate(start); terr != nil {
+			err = errors.Join(err, fmt.Errorf("cut %s back to %d bytes: %w", j.path, start, terr))
+		}
+		a.retire()
+	}
+	return err
+}
+
+// flushShm copies what j's shared-memory copy holds beyond the file's
+// synced part to the file and fdatasyncs it. a.mu is held.
+func (a *auditLog) flushShm(j *journalFile) error {
+	if j.synced >= j.size {
+		return nil
+	}
+	to := j.size
+	if _, err := j.f.WriteAt(j.shm.mem[j.synced:to], j.synced); err != nil {
+		return err
+	}
+	if err := fdatasync(j.f); err != nil {
+		return err
+	}
+	j.synced = to
+	return nil
+}
+
+// dropShm writes j's shared-memory copy to the file and removes the copy;
+// the file is written directly from then on. a.mu is held.
+func (a *auditLog) dropShm(j *journalFile) {
+	if err := a.flushShm(j); err != nil {
+		a.log.Error("flush the audit journal's shared-memory copy", "file", j.path, "err", err)
+	}
+	a.shmMu.Lock()
+	defer a.shmMu.Unlock()
+	if err := j.shm.remove(); err != nil {
+		a.log.Warn("remove the audit journal's shared-memory copy", "copy", j.shm.path, "err", err)
+	}
+	j.shm = nil
+}
+
 // rotate starts writing the spare journal file, or a new one when no spare
 // is ready (the old one stays until its records are indexed), and asks for
 // the next spare.
@@ -254,7 +421,7 @@ func (a *auditLog) rotate() error {
 	a.spare = nil
 	if j == nil {
 		var err error
-		if j, err = newJournalFile(a.dir, a.growCap()); err != nil {
+		if j, err = a.newJournalFile(a.growCap()); err != nil {
 			return err
 		}
 	}
@@ -274,6 +441,21 @@ func (a *auditLog) growCap() int64 {
 	c := max(a.nextCap, journalFirstBytes)
 	a.nextCap = min(2*c, journalFileBytes)
 	return c
+}
+
+// newJournalFile creates, locks and zero-fills a journal file of size bytes,
+// makes the file and its directory entry durable, and gives it a
+// shared-memory copy when the journal uses them (without one, if that
+// fails: the file is then written directly).
+func (a *auditLog) newJournalFile(size int64) (*journalFile, error) {
+	j, err := newJournalFile(a.dir, size)
+	if err != nil || a.shmDir == "" {
+		return j, err
+	}
+	if j.shm, err = createShm(filepath.Join(a.shmDir, a.shmPrefix+filepath.Base(j.path)), size); err != nil {
+		a.log.Warn("audit journal file without a shared-memory copy: its appends are written to the file, which costs more CPU", "file", j.path, "err", err)
+	}
+	return j, nil
 }
 
 // newJournalFile creates, locks and zero-fills a journal file of size bytes
@@ -325,7 +507,7 @@ func (a *auditLog) runSpare() {
 		if ready {
 			continue
 		}
-		j, err := newJournalFile(a.dir, size)
+		j, err := a.newJournalFile(size)
 		if err != nil {
 			// rotate makes one itself, and reports what fails then.
 			a.log.Warn("prepare the next audit journal file", "err", err)
@@ -337,9 +519,24 @@ func (a *auditLog) runSpare() {
 		}
 		a.mu.Unlock()
 		if j != nil {
-			j.f.Close()
-			os.Remove(j.path)
+			a.discard(j)
 		}
+	}
+}
+
+// discard closes and deletes a journal file and its shared-memory copy,
+// the file first (a copy without a file is removed by recover). Nothing may
+// use the copy any more.
+func (a *auditLog) discard(j *journalFile) {
+	j.f.Close()
+	if err := os.Remove(j.path); err != nil {
+		a.log.Warn("remove audit journal", "file", j.path, "err", err)
+	}
+	if j.shm != nil {
+		if err := j.shm.remove(); err != nil {
+			a.log.Warn("remove the audit journal's shared-memory copy", "copy", j.shm.path, "err", err)
+		}
+		j.shm = nil
 	}
 }
 
@@ -350,7 +547,13 @@ func (a *auditLog) retire() {
 	if a.cur == nil {
 		return
 	}
-	if err := fdatasync(a.cur.f); err != nil {
+	var err error
+	if a.cur.shm != nil {
+		err = a.flushShm(a.cur)
+	} else {
+		err = fdatasync(a.cur.f)
+	}
+	if err != nil {
 		a.log.Error("fdatasync retired audit journal", "file", a.cur.path, "err", err)
 	}
 	a.retired = append(a.retired, a.cur)
@@ -423,14 +626,16 @@ func (a *auditLog) index(ctx context.Context) error {
 // is then on disk in the database.
 func (a *auditLog) removeIndexedFiles() {
 	a.mu.Lock()
-	defer a.mu.Unlock()
 	if len(a.retired) == 0 || (len(a.pending) > 0 && a.pending[0].file <= a.retired[0].no) {
+		a.mu.Unlock()
 		return
 	}
 	if err := syncFile(a.dbPath + "-wal"); err != nil {
+		a.mu.Unlock()
 		a.log.Warn("fsync the database WAL before removing indexed audit journals; keeping them", "err", err)
 		return
 	}
+	var done []*journalFile
 	keep := a.retired[:0]
 	for _, j := range a.retired {
 		waiting := len(a.pending) > 0 && a.pending[0].file <= j.no
@@ -438,13 +643,17 @@ func (a *auditLog) removeIndexedFiles() {
 			keep = append(keep, j)
 			continue
 		}
-		j.f.Close()
-		if err := os.Remove(j.path); err != nil {
-			a.log.Warn("remove indexed audit journal", "file", j.path, "err", err)
-		}
+		done = append(done, j)
 	}
 	clear(a.retired[len(keep):])
 	a.retired = keep
+	a.mu.Unlock()
+	// Not under mu: the flusher may still be reading a copy (shmMu).
+	a.shmMu.Lock()
+	defer a.shmMu.Unlock()
+	for _, j := range done {
+		a.discard(j)
+	}
 }
 
 // pacer waits for signals on kick, letting at most one through per
@@ -500,6 +709,12 @@ func (a *auditLog) runSync(interval time.Duration) {
 		a.mu.Lock()
 		j, need := a.cur, a.unsynced
 		a.unsynced = false
+		if j != nil && need && j.shm != nil {
+			from, to := j.synced, j.size
+			a.mu.Unlock()
+			a.copyShm(j, from, to)
+			continue
+		}
 		var fd *os.File
 		if j != nil && need {
 			// A duplicate descriptor lets the fdatasync run without
@@ -524,6 +739,64 @@ func (a *auditLog) runSync(interval time.Duration) {
 	}
 }
 
+// copyShm copies bytes [from, to) of j's shared-memory copy to the file and
+// fdatasyncs it, without holding mu: appends go on meanwhile, beyond to.
+func (a *auditLog) copyShm(j *journalFile, from, to int64) {
+	a.shmMu.Lock()
+	var err error
+	if j.shm != nil && from < to { // else flushed and dropped meanwhile
+		if _, err = j.f.WriteAt(j.shm.mem[from:to], from); err == nil {
+			err = fdatasync(j.f)
+		}
+	}
+	a.shmMu.Unlock()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if err != nil {
+		a.log.Error("copy the audit journal's shared-memory copy to disk; records written in os mode are not yet on disk", "file", j.path, "err", err)
+		if j == a.cur {
+			a.unsynced = true // retried at the next kick; retire flushes it too
+		}
+		return
+	}
+	j.synced = max(j.synced, to)
+	a.syncs.Add(1)
+}
+
+// setupShm decides where shared-memory copies live (dir: "" for
+// DefaultSharedMemoryDir when it is a tmpfs, SharedMemoryOff for none, else a
+// tmpfs directory that must exist) and whether appends use them.
+func (a *auditLog) setupShm(dir string, use bool) error {
+	prefix, err := shmPrefix(a.dir)
+	if err != nil {
+		return fmt.Errorf("audit journal: %w", err)
+	}
+	a.shmPrefix = prefix
+	explicit := dir != "" && dir != SharedMemoryOff
+	if dir == "" {
+		dir = DefaultSharedMemoryDir
+	}
+	// Recovery also looks in the default place: a crash in os mode must
+	// not be forgotten because the next start was configured otherwise.
+	for _, d := range []string{dir, DefaultSharedMemoryDir} {
+		if d != SharedMemoryOff && !slices.Contains(a.shmDirs, d) {
+			a.shmDirs = append(a.shmDirs, d)
+		}
+	}
+	if !use || dir == SharedMemoryOff {
+		return nil
+	}
+	if err := checkTmpfs(dir); err != nil {
+		if explicit {
+			return fmt.Errorf("audit journal shared memory: %w", err)
+		}
+		a.log.Info("os durability without a shared-memory journal copy: appends are written to the journal file, which costs more CPU", "dir", dir, "reason", err)
+		return nil
+	}
+	a.shmDir = dir
+	return nil
+}
+
 // close indexes what is left, removes the journal files and releases the
 // chain locks.
 func (a *auditLog) close(ctx context.Context) error {
@@ -532,8 +805,7 @@ func (a *auditLog) close(ctx context.Context) error {
 	a.mu.Lock()
 	a.retire()
 	if a.spare != nil { // never written: nothing to index
-		a.spare.f.Close()
-		os.Remove(a.spare.path)
+		a.discard(a.spare)
 		a.spare = nil
 	}
 	a.mu.Unlock()
@@ -545,6 +817,12 @@ func (a *auditLog) close(ctx context.Context) error {
 	clear(a.locks)
 	for _, j := range a.retired {
 		j.f.Close() // left on disk only if indexing failed: the next open indexes them
+		if j.shm != nil {
+			// Flushed by retire; kept with its file for the next open.
+			_ = syscall.Munmap(j.shm.mem)
+			j.shm.f.Close()
+			j.shm = nil
+		}
 	}
 	a.retired = nil
 	a.mu.Unlock()
@@ -572,18 +850,75 @@ func (a *auditLog) recover(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		if err := os.Remove(name); err != nil {
-			return fmt.Errorf("audit journal: %w", err)
-		}
 	}
+	a.removeOrphanCopies()
 	return nil
 }
 
+// recoverFile indexes the records of one journal file left by a dead
+// process, read from its shared-memory copy when that holds more, and
+// removes both.
 func (a *auditLog) recoverFile(ctx context.Context, f *os.File, name string) error {
 	data, err := io.ReadAll(f)
 	if err != nil {
 		return fmt.Errorf("audit journal %s: %w", name, err)
 	}
+	var copyPath string
+	var copyData []byte
+	for _, dir := range a.shmDirs {
+		p := filepath.Join(dir, a.shmPrefix+filepath.Base(name))
+		if b, err := os.ReadFile(p); err == nil {
+			copyPath, copyData = p, b
+			break
+		} else if !errors.Is(err, fs.ErrNotExist) {
+			a.log.Warn("read the shared-memory copy of an audit journal", "file", name, "copy", p, "err", err)
+		}
+	}
+	data, fromCopy, mismatch := pickJournal(data, copyData)
+	switch {
+	case mismatch != nil:
+		a.log.Warn("ignoring the shared-memory copy of an audit journal", "file", name, "copy", copyPath, "reason", mismatch)
+	case fromCopy:
+		a.log.Info("recovering an audit journal from its shared-memory copy", "file", name, "copy", copyPath)
+	}
+	if err := a.indexJournal(ctx, data, name); err != nil {
+		return err
+	}
+	// The indexer commits without fsync: make the records durable in the
+	// database before the journal that holds them goes.
+	if err := syncFile(a.dbPath + "-wal"); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("audit journal %s: fsync the database WAL: %w", name, err)
+	}
+	if err := os.Remove(name); err != nil {
+		return fmt.Errorf("audit journal: %w", err)
+	}
+	if copyPath != "" {
+		if err := os.Remove(copyPath); err != nil {
+			a.log.Warn("remove the shared-memory copy of a recovered audit journal", "copy", copyPath, "err", err)
+		}
+	}
+	return nil
+}
+
+// removeOrphanCopies deletes this directory's shared-memory copies whose
+// journal file is gone (their process died while removing both).
+func (a *auditLog) removeOrphanCopies() {
+	for _, dir := range a.shmDirs {
+		copies, _ := filepath.Glob(filepath.Join(dir, a.shmPrefix+"journal-*.log"))
+		for _, p := range copies {
+			name := filepath.Join(a.dir, strings.TrimPrefix(filepath.Base(p), a.shmPrefix))
+			if _, err := os.Stat(name); errors.Is(err, fs.ErrNotExist) {
+				if err := os.Remove(p); err != nil {
+					a.log.Warn("remove an orphaned shared-memory copy of an audit journal", "copy", p, "err", err)
+				}
+			}
+		}
+	}
+}
+
+// indexJournal indexes the frames of one journal's bytes, from the first
+// record its chain does not yet hold.
+func (a *auditLog) indexJournal(ctx context.Context, data []byte, name string) error {
 	heads := map[string]int64{}
 	headOf := func(chain string) (int64, error) {
 		if h, ok := heads[chain]; ok {
@@ -598,21 +933,8 @@ func (a *auditLog) recoverFile(ctx context.Context, f *os.File, name string) err
 		return h, nil
 	}
 	var entries []entry
-	off := 0
-	for off < len(data) {
-		if len(data)-off < frameHeader {
-			break
-		}
-		n := int(binary.BigEndian.Uint32(data[off:]))
-		sum := binary.BigEndian.Uint32(data[off+4:])
-		if n == 0 && sum == 0 && allZero(data[off:]) {
-			off = len(data) // the unused, zero-filled rest of the file
-			break
-		}
-		if n > len(data)-off-frameHeader || crc32.Checksum(data[off+frameHeader:off+frameHeader+n], crcTable) != sum {
-			break
-		}
-		_, err := decodeEntries(data[off+frameHeader:off+frameHeader+n], func(r *storage.AuditRecord, raw []byte) error {
+	off, clean, err := walkFrames(data, func(payload []byte, at int) error {
+		_, err := decodeEntries(payload, func(r *storage.AuditRecord, raw []byte) error {
 			h, err := headOf(r.Chain)
 			if err != nil {
 				return err
@@ -623,11 +945,14 @@ func (a *auditLog) recoverFile(ctx context.Context, f *os.File, name string) err
 			return nil
 		})
 		if err != nil {
-			return fmt.Errorf("audit journal %s at offset %d: %w", name, off, err)
+			return fmt.Errorf("audit journal %s at offset %d: %w", name, at, err)
 		}
-		off += frameHeader + n
+		return nil
+	})
+	if err != nil {
+		return err
 	}
-	if off < len(data) {
+	if !clean {
 		a.log.Warn("ignoring the end of an audit journal: a torn or damaged frame, never acknowledged", "file", name, "offset", off, "bytes", len(data)-off)
 	}
 	if len(entries) > 0 {
@@ -637,6 +962,34 @@ func (a *auditLog) recoverFile(ctx context.Context, f *os.File, name string) err
 		a.log.Info("indexed audit records journaled by a process that stopped", "file", name, "records", len(entries))
 	}
 	return nil
+}
+
+// walkFrames calls fn with each intact frame's payload and offset, in order,
+// and returns where the intact frames end, and whether the rest is clean:
+// nothing, or the unused, zero-filled end of a file (not a torn or damaged
+// frame). fn may be nil.
+func walkFrames(data []byte, fn func(payload []byte, at int) error) (end int, clean bool, err error) {
+	off := 0
+	for off < len(data) {
+		if len(data)-off < frameHeader {
+			return off, allZero(data[off:]), nil
+		}
+		n := int(binary.BigEndian.Uint32(data[off:]))
+		sum := binary.BigEndian.Uint32(data[off+4:])
+		if n == 0 && sum == 0 && allZero(data[off:]) {
+			return off, true, nil
+		}
+		if n > len(data)-off-frameHeader || crc32.Checksum(data[off+frameHeader:off+frameHeader+n], crcTable) != sum {
+			return off, false, nil
+		}
+		if fn != nil {
+			if err := fn(data[off+frameHeader:off+frameHeader+n], off); err != nil {
+				return off, false, err
+			}
+		}
+		off += frameHeader + n
+	}
+	return off, true, nil
 }
 
 // allZero reports whether b holds only zero bytes.

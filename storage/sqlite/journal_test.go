@@ -185,15 +185,25 @@ func TestJournalLeftByADeadProcessIsIndexed(t *testing.T) {
 // size, rotating to the prepared spare; every record is indexed, the chain
 // verifies, and closing leaves no journal file behind.
 func TestJournalFilesRotate(t *testing.T) {
+	for _, d := range []storage.Durability{storage.DurabilitySync, storage.DurabilityOS} {
+		t.Run(string(d), func(t *testing.T) { testJournalFilesRotate(t, d) })
+	}
+}
+
+// testJournalFilesRotate: in os mode the appends go inline into the files'
+// shared-memory copies, which are gone with the files after close.
+func testJournalFilesRotate(t *testing.T, d storage.Durability) {
 	path := filepath.Join(t.TempDir(), "aa.db")
-	s, err := Open(t.Context(), Options{Path: path, Logger: discard()})
+	s, err := Open(t.Context(), Options{Path: path, Logger: discard(), Durability: d})
 	if err != nil {
 		t.Fatal(err)
 	}
+	prefix := s.hub.audit.shmPrefix
 	t0 := time.Unix(1_800_000_000, 0)
 	payload := strings.Repeat("x", 2000)
 	const n = 3000 // about 6 MB of journal: files of 1, 2 and 4 MiB at least
 	caps := map[int64]bool{}
+	inline := 0
 	for i := 0; i < n; i += 50 {
 		var batch []*storage.AuditRecord
 		for j := i; j < i+50; j++ {
@@ -201,13 +211,22 @@ func TestJournalFilesRotate(t *testing.T) {
 			r.Payload = []byte(`{"p":"` + payload + `"}`)
 			batch = append(batch, r)
 		}
-		if err := s.AppendAudit(t.Context(), batch); err != nil {
+		done, err := s.TryAppendAudit(batch)
+		if done {
+			inline++
+		} else {
+			err = s.AppendAudit(t.Context(), batch)
+		}
+		if err != nil {
 			t.Fatal(err)
 		}
 		a := s.hub.audit
 		a.mu.Lock()
 		if a.cur.size > a.cur.cap {
 			t.Errorf("journal %s holds %d bytes of frames in %d zero-filled", a.cur.path, a.cur.size, a.cur.cap)
+		}
+		if (a.cur.shm != nil) != (d == storage.DurabilityOS) {
+			t.Errorf("%s mode: journal %s has a shared-memory copy: %v", d, a.cur.path, a.cur.shm != nil)
 		}
 		caps[a.cur.cap] = true
 		a.mu.Unlock()
@@ -216,6 +235,13 @@ func TestJournalFilesRotate(t *testing.T) {
 		if !caps[c] {
 			t.Errorf("no journal file of %d bytes was written; sizes seen: %v", c, caps)
 		}
+	}
+	// Only a batch that needs a new file (or the first) waits for the writer.
+	if d == storage.DurabilityOS && inline < n/50-len(caps)-1 {
+		t.Errorf("%d of %d batches appended inline", inline, n/50)
+	}
+	if d == storage.DurabilitySync && inline != 0 {
+		t.Errorf("sync mode appended %d batches inline", inline)
 	}
 	rep, err := s.VerifyAudit(t.Context(), "rot")
 	if err != nil || !rep.OK || rep.Records != n {
@@ -227,6 +253,9 @@ func TestJournalFilesRotate(t *testing.T) {
 	left, err := filepath.Glob(filepath.Join(path+"-audit", "journal-*.log"))
 	if err != nil || len(left) != 0 {
 		t.Fatalf("journal files left after close: %v, %v", left, err)
+	}
+	if left, _ := filepath.Glob(filepath.Join(DefaultSharedMemoryDir, prefix+"*")); len(left) != 0 {
+		t.Fatalf("shared-memory copies left after close: %v", left)
 	}
 }
 

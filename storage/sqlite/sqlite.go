@@ -81,6 +81,12 @@ type Options struct {
 	// FlushInterval bounds how long DurabilityOS lets a commit wait for its
 	// fsync (default 5 ms, at most 10 ms).
 	FlushInterval time.Duration
+	// SharedMemoryDir is where DurabilityOS keeps the audit journal's
+	// shared-memory copies (shm.go): "" for DefaultSharedMemoryDir when it
+	// is a tmpfs (else none), SharedMemoryOff for none, or a tmpfs
+	// directory, which must then exist. Recovery always also looks in
+	// DefaultSharedMemoryDir.
+	SharedMemoryDir string
 	// ReadConns is the size of the read pool (default 4).
 	ReadConns int
 	// CounterFlushInterval is how often changed counters are written to the
@@ -547,7 +553,9 @@ func acquireHub(ctx context.Context, path string, s *Store) (*hub, error) {
 		return nil, err
 	}
 	var err error
-	if h.audit, err = openAuditLog(ctx, s.path, s.log, s.opts.FlushInterval); err != nil {
+	if h.audit, err = openAuditLog(ctx, s.path, s.log, journalOptions{
+		flush: s.opts.FlushInterval, shm: s.opts.SharedMemoryDir, useShm: s.opts.Durability == storage.DurabilityOS,
+	}); err != nil {
 		return nil, err
 	}
 	hubs.m[path] = h

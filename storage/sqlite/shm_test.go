@@ -1,0 +1,246 @@
+package sqlite
+
+import (
+	"bytes"
+	"encoding/binary"
+	"hash/crc32"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/agent-assembly/agent-assembly/storage"
+)
+
+// needShm skips a test where DefaultSharedMemoryDir is not a tmpfs.
+func needShm(t *testing.T) {
+	t.Helper()
+	if err := checkTmpfs(DefaultSharedMemoryDir); err != nil {
+		t.Skipf("no shared-memory journal copies on this machine: %v", err)
+	}
+}
+
+// shmCopies lists the shared-memory copies of the store's journal.
+func shmCopies(t *testing.T, s *Store) []string {
+	t.Helper()
+	copies, err := filepath.Glob(filepath.Join(DefaultSharedMemoryDir, s.hub.audit.shmPrefix+"*"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return copies
+}
+
+// TestOSModeAppendsInlineIntoSharedMemory: in os mode a record is appended
+// inline into the journal file's shared-memory copy, which holds every frame
+// at once; the flusher copies them to the file within its interval. Sync
+// mode, a store with shm=off and a signed checkpoint never go inline.
+func TestOSModeAppendsInlineIntoSharedMemory(t *testing.T) {
+	needShm(t)
+	t0 := time.Now()
+	s := openTest(t, Options{Path: filepath.Join(t.TempDir(), "aa.db"), Durability: storage.DurabilityOS})
+	if done, err := s.TryAppendAudit([]*storage.AuditRecord{testRecord("c", 0, t0)}); done || err != nil {
+		t.Fatalf("first append to a chain went inline (%v, %v): taking the chain must wait", done, err)
+	}
+	if err := s.AppendAudit(t.Context(), []*storage.AuditRecord{testRecord("c", 0, t0)}); err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i < 20; i++ {
+		r := testRecord("c", i, t0)
+		done, err := s.TryAppendAudit([]*storage.AuditRecord{r})
+		if !done || err != nil {
+			t.Fatalf("append %d not inline: %v, %v", i, done, err)
+		}
+		if r.Seq != int64(i+1) || len(r.Hash) != storage.HashSize {
+			t.Fatalf("inline append did not link the record: seq %d, hash %x", r.Seq, r.Hash)
+		}
+	}
+	sealed := testRecord("c", 20, t0)
+	sealed.Seal = func(storage.ChainHead) []byte { return []byte(`{}`) }
+	if done, _ := s.TryAppendAudit([]*storage.AuditRecord{sealed}); done {
+		t.Fatal("a sealed record went inline")
+	}
+
+	copies := shmCopies(t, s)
+	if len(copies) == 0 {
+		t.Fatal("no shared-memory copy of the journal")
+	}
+	a := s.hub.audit
+	a.mu.Lock()
+	cur, size := a.cur, a.cur.size
+	a.mu.Unlock()
+	mem, err := os.ReadFile(filepath.Join(DefaultSharedMemoryDir, a.shmPrefix+filepath.Base(cur.path)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	end, clean, err := walkFrames(mem, func(payload []byte, _ int) error {
+		k, err := decodeEntries(payload, func(*storage.AuditRecord, []byte) error { return nil })
+		n += k
+		return err
+	})
+	if err != nil || !clean || int64(end) != size || n != 20 {
+		t.Fatalf("the copy holds %d records in %d bytes (clean %v, %v); want 20 in %d", n, end, clean, err, size)
+	}
+	// The flusher brings the file up to the copy.
+	for start := time.Now(); ; time.Sleep(time.Millisecond) {
+		file, err := os.ReadFile(cur.path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if bytes.Equal(file[:size], mem[:size]) {
+			break
+		}
+		if time.Since(start) > 10*time.Second {
+			t.Fatal("the journal file never caught up with its shared-memory copy")
+		}
+	}
+	rep, err := s.VerifyAudit(t.Context(), "c")
+	if err != nil || !rep.OK || rep.Records != 20 {
+		t.Fatalf("VerifyAudit = %+v, %v", rep, err)
+	}
+
+	for _, o := range []Options{{Durability: storage.DurabilitySync}, {Durability: storage.DurabilityOS, SharedMemoryDir: SharedMemoryOff}} {
+		o.Path = filepath.Join(t.TempDir(), "aa.db")
+		other := openTest(t, o)
+		if err := other.AppendAudit(t.Context(), []*storage.AuditRecord{testRecord("c", 0, t0)}); err != nil {
+			t.Fatal(err)
+		}
+		if done, _ := other.TryAppendAudit([]*storage.AuditRecord{testRecord("c", 1, t0)}); done {
+			t.Errorf("%+v: appended inline", o)
+		}
+		if c := shmCopies(t, other); len(c) != 0 {
+			t.Errorf("%+v: shared-memory copies %v", o, c)
+		}
+	}
+}
+
+// TestSharedMemoryDirMustBeTmpfs: a configured directory that is not a
+// tmpfs is refused by name; the default falls back to writing the file.
+func TestSharedMemoryDirMustBeTmpfs(t *testing.T) {
+	dir := t.TempDir() // a disk filesystem on the build machines
+	if checkTmpfs(dir) == nil {
+		t.Skipf("%s is a tmpfs here", dir)
+	}
+	_, err := Open(t.Context(), Options{Path: filepath.Join(dir, "aa.db"), Durability: storage.DurabilityOS, SharedMemoryDir: dir, Logger: discard()})
+	if err == nil || !strings.Contains(err.Error(), dir+" is not a tmpfs") {
+		t.Fatalf("Open with shm=%s: %v", dir, err)
+	}
+	if _, err := Open(t.Context(), Options{Path: filepath.Join(dir, "aa.db"), Durability: storage.DurabilityOS, SharedMemoryDir: filepath.Join(dir, "missing"), Logger: discard()}); err == nil {
+		t.Fatal("Open with a missing shared-memory directory succeeded")
+	}
+}
+
+// TestBatchLargerThanJournalFileLeavesSharedMemory: a batch larger than a
+// fresh journal file goes to the file alone, whose copy is dropped; the
+// records after it are appended to the file, and all verify.
+func TestBatchLargerThanJournalFileLeavesSharedMemory(t *testing.T) {
+	needShm(t)
+	s := openTest(t, Options{Path: filepath.Join(t.TempDir(), "aa.db"), Durability: storage.DurabilityOS})
+	t0 := time.Now()
+	var big []*storage.AuditRecord
+	for i := range 800 {
+		r := testRecord("big", i, t0)
+		r.Payload = []byte(`{"p":"` + strings.Repeat("y", 2000) + `"}`) // 1.6 MB in all: more than the first 1 MiB file
+		big = append(big, r)
+	}
+	if err := s.AppendAudit(t.Context(), big); err != nil {
+		t.Fatal(err)
+	}
+	a := s.hub.audit
+	a.mu.Lock()
+	if a.cur.shm != nil || a.cur.size <= a.cur.cap {
+		t.Errorf("journal %s: copy %v, %d bytes in %d", a.cur.path, a.cur.shm != nil, a.cur.size, a.cur.cap)
+	}
+	a.mu.Unlock()
+	if c := shmCopies(t, s); len(c) > 1 { // at most the spare's
+		t.Errorf("copies left: %v", c)
+	}
+	for i := 800; i < 810; i++ {
+		if err := s.AppendAudit(t.Context(), []*storage.AuditRecord{testRecord("big", i, t0)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rep, err := s.VerifyAudit(t.Context(), "big")
+	if err != nil || !rep.OK || rep.Records != 810 {
+		t.Fatalf("VerifyAudit = %+v, %v", rep, err)
+	}
+}
+
+// frame returns a journal frame holding payload.
+func frame(payload string) []byte {
+	f := make([]byte, frameHeader, frameHeader+len(payload))
+	f = append(f, payload...)
+	binary.BigEndian.PutUint32(f[0:4], uint32(len(payload)))
+	binary.BigEndian.PutUint32(f[4:8], crc32.Checksum(f[frameHeader:], crcTable))
+	return f
+}
+
+func TestPickJournal(t *testing.T) {
+	zeros := make([]byte, 64)
+	join := func(parts ...[]byte) []byte { return bytes.Join(parts, nil) }
+	a, b, c := frame("first"), frame("second"), frame("third")
+	file := join(a, b, zeros)
+	cases := []struct {
+		name     string
+		copy     []byte
+		fromCopy bool
+		mismatch bool
+	}{
+		{"no copy", nil, false, false},
+		{"the copy holds more frames", join(a, b, c, zeros), true, false},
+		{"the copy holds the same frames", join(a, b, zeros), true, false},
+		{"the copy holds fewer frames", join(a, zeros), false, true},
+		{"the copy holds other frames", join(a, c, c, zeros), false, true},
+		{"the copy is empty", []byte{}, false, true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			data, fromCopy, mismatch := pickJournal(file, tc.copy)
+			if fromCopy != tc.fromCopy || (mismatch != nil) != tc.mismatch {
+				t.Fatalf("fromCopy %v, mismatch %v; want %v, %v", fromCopy, mismatch, tc.fromCopy, tc.mismatch)
+			}
+			want := file
+			if tc.fromCopy {
+				want = tc.copy
+			}
+			if !bytes.Equal(data, want) {
+				t.Fatal("picked the wrong bytes")
+			}
+		})
+	}
+}
+
+// TestOrphanedSharedMemoryCopiesRemoved: opening the database removes its
+// copies whose journal file is gone, and leaves other databases' alone.
+func TestOrphanedSharedMemoryCopiesRemoved(t *testing.T) {
+	needShm(t)
+	path := filepath.Join(t.TempDir(), "aa.db")
+	if err := os.MkdirAll(path+"-audit", 0o700); err != nil {
+		t.Fatal(err)
+	}
+	prefix, err := shmPrefix(path + "-audit")
+	if err != nil {
+		t.Fatal(err)
+	}
+	otherDir := t.TempDir()
+	otherPrefix, err := shmPrefix(otherDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	orphan := filepath.Join(DefaultSharedMemoryDir, prefix+"journal-00000000000000000001-1.log")
+	foreign := filepath.Join(DefaultSharedMemoryDir, otherPrefix+"journal-00000000000000000001-1.log")
+	for _, p := range []string{orphan, foreign} {
+		if err := os.WriteFile(p, frame("x"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(func() { os.Remove(foreign) })
+	openTest(t, Options{Path: path, Durability: storage.DurabilityOS})
+	if _, err := os.Stat(orphan); !os.IsNotExist(err) {
+		t.Errorf("orphaned copy still there: %v", err)
+	}
+	if _, err := os.Stat(foreign); err != nil {
+		t.Errorf("another database's copy was touched: %v", err)
+	}
+}
