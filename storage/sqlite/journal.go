@@ -109,7 +109,14 @@ type auditLog struct {
 	shmPrefix string
 	// shmMu keeps a copy mapped while the flusher reads it. It may be
 	// taken while holding mu, never the other way round.
-	shmMu    sync.Mutex
+	shmMu sync.Mutex
+	// spareShm is a removed file's copy kept for the next file (shm.go),
+	// under poolMu.
+	poolMu     sync.Mutex
+	spareShm   *shmCopy
+	closing    bool         // under poolMu: copies are removed, not kept
+	shmCreated atomic.Int64 // copies created rather than reused, for tests
+
 	dbPath   string
 	log      *slog.Logger
 	interval time.Duration
@@ -452,7 +459,7 @@ func (a *auditLog) newJournalFile(size int64) (*journalFile, error) {
 	if err != nil || a.shmDir == "" {
 		return j, err
 	}
-	if j.shm, err = createShm(filepath.Join(a.shmDir, a.shmPrefix+filepath.Base(j.path)), size); err != nil {
+	if j.shm, err = a.takeShm(filepath.Join(a.shmDir, a.shmPrefix+filepath.Base(j.path))); err != nil {
 		a.log.Warn("audit journal file without a shared-memory copy: its appends are written to the file, which costs more CPU", "file", j.path, "err", err)
 	}
 	return j, nil
@@ -533,10 +540,50 @@ func (a *auditLog) discard(j *journalFile) {
 		a.log.Warn("remove audit journal", "file", j.path, "err", err)
 	}
 	if j.shm != nil {
-		if err := j.shm.remove(); err != nil {
-			a.log.Warn("remove the audit journal's shared-memory copy", "copy", j.shm.path, "err", err)
-		}
+		j.shm.used = min(j.size, int64(len(j.shm.mem)))
+		a.recycleShm(j.shm)
 		j.shm = nil
+	}
+}
+
+// takeShm returns a zero-filled copy at path: the kept one (cleared, then
+// renamed: a crash in between leaves a copy whose journal is gone, which
+// recover removes), or a new one. Copies are journalFileBytes long whatever
+// their file's size, so that any kept copy fits the next file.
+func (a *auditLog) takeShm(path string) (*shmCopy, error) {
+	a.poolMu.Lock()
+	c := a.spareShm
+	a.spareShm = nil
+	a.poolMu.Unlock()
+	if c == nil {
+		a.shmCreated.Add(1)
+		return createShm(path, journalFileBytes)
+	}
+	clear(c.mem[:c.used])
+	c.used = 0
+	if err := os.Rename(c.path, path); err != nil {
+		a.log.Warn("reuse a shared-memory journal copy", "copy", c.path, "err", err)
+		c.remove()
+		return createShm(path, journalFileBytes)
+	}
+	c.path = path
+	return c, nil
+}
+
+// recycleShm keeps c for the next journal file of its size, or removes it
+// when one is kept already or the journal is closing. Nothing may use c.
+func (a *auditLog) recycleShm(c *shmCopy) {
+	a.poolMu.Lock()
+	keep := a.spareShm == nil && !a.closing
+	if keep {
+		a.spareShm = c
+	}
+	a.poolMu.Unlock()
+	if keep {
+		return
+	}
+	if err := c.remove(); err != nil {
+		a.log.Warn("remove the audit journal's shared-memory copy", "copy", c.path, "err", err)
 	}
 }
 
@@ -802,6 +849,15 @@ func (a *auditLog) setupShm(dir string, use bool) error {
 func (a *auditLog) close(ctx context.Context) error {
 	close(a.stop)
 	a.wg.Wait()
+	a.poolMu.Lock()
+	a.closing = true
+	if c := a.spareShm; c != nil {
+		a.spareShm = nil
+		if err := c.remove(); err != nil {
+			a.log.Warn("remove the audit journal's shared-memory copy", "copy", c.path, "err", err)
+		}
+	}
+	a.poolMu.Unlock()
 	a.mu.Lock()
 	a.retire()
 	if a.spare != nil { // never written: nothing to index

@@ -236,8 +236,10 @@ func testJournalFilesRotate(t *testing.T, d storage.Durability) {
 			t.Errorf("no journal file of %d bytes was written; sizes seen: %v", c, caps)
 		}
 	}
-	// Only a batch that needs a new file (or the first) waits for the writer.
-	if d == storage.DurabilityOS && inline < n/50-len(caps)-1 {
+	// A batch that needs a new file (or the first, or one that meets a
+	// background goroutine holding the journal's lock) declines; most go
+	// inline.
+	if d == storage.DurabilityOS && inline < n/50/2 {
 		t.Errorf("%d of %d batches appended inline", inline, n/50)
 	}
 	if d == storage.DurabilitySync && inline != 0 {

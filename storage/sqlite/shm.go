@@ -32,7 +32,11 @@ import (
 // tmpfs, losing what was not yet flushed: exactly what DurabilityOS promises.
 // A copy is named for the journal file and for the journal directory (its
 // path, device and inode), so databases on different filesystems that share
-// one tmpfs never see each other's copies.
+// one tmpfs never see each other's copies. Every copy is as long as the
+// largest journal file, and a removed file's copy is kept and reused for the
+// next file: the first write to a page new to the process costs about 8 µs
+// on the build machines, so reused pages make the copy cheap (a 450-byte
+// record: 0.9–1.7 µs into fresh pages, 15 ns into reused ones).
 
 // DefaultSharedMemoryDir is where DurabilityOS keeps the journal's
 // shared-memory copies, and where recovery looks for them.
@@ -49,6 +53,7 @@ type shmCopy struct {
 	path string
 	f    *os.File
 	mem  []byte
+	used int64 // bytes that may be non-zero, when kept for reuse
 }
 
 // checkTmpfs reports whether dir is a writable directory on a tmpfs.
