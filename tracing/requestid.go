@@ -105,16 +105,17 @@ func StreamRequestID(skip ...string) grpc.StreamServerInterceptor {
 		}
 		id := requestIDFrom(incomingRequestID(ss.Context()))
 		_ = ss.SetHeader(metadata.Pairs(RequestIDHeader, id))
-		return h(srv, idStream{ss, WithRequestID(ss.Context(), id)})
+		return h(srv, contextStream{ss, WithRequestID(ss.Context(), id)})
 	}
 }
 
-type idStream struct {
+// contextStream is a server stream with a derived context.
+type contextStream struct {
 	grpc.ServerStream
 	ctx context.Context
 }
 
-func (s idStream) Context() context.Context { return s.ctx }
+func (s contextStream) Context() context.Context { return s.ctx }
 
 // HTTPRequestID gives every HTTP request a request id in its context (which
 // grpc-gateway hands on to the service) and sets it on the response.

@@ -248,10 +248,12 @@ func (s *Server) buildGRPC() {
 		// decision core, not the transport, rejects (and audits) oversized actions.
 		grpc.MaxRecvMsgSize(4*s.cfg.MaxRequestBytes + (64 << 10)),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
-		s.tracing.ServerOption(),
 		grpc.ChainUnaryInterceptor(tracing.UnaryRequestID(hotMethods...), recoverUnary(s.log), s.auth.UnaryInterceptor()),
 		grpc.ChainStreamInterceptor(tracing.StreamRequestID(hotMethods...), recoverStream(s.log), s.auth.StreamInterceptor(), drainStream(s.draining), s.runtimes.interceptor()),
 	}
+	// Tracing's options come first, so its interceptors (tracing off) run
+	// before the chain above and every call's context carries the caller's trace.
+	opts = append(s.tracing.ServerOptions(), opts...)
 	if s.tls != nil {
 		opts = append(opts, grpc.Creds(credentials.NewTLS(s.tls)))
 	}

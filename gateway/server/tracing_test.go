@@ -73,12 +73,32 @@ func TestTracesReachCollector(t *testing.T) {
 		c.OTLPEndpoint, c.OTLPInsecure = l.Addr().String(), true
 		c.AgentAuth = "off"
 	})
+	const traceID = "4bf92f3577b34da6a3ce929d0e0e4736"
+	checkNamedByTrace(t, addr, traceID)
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		if dec, ok := col.span(traceID, "agentassembly.v1.PolicyService/CheckAction"); ok {
+			if dec != "allow" {
+				t.Fatalf("span aa.decision = %q, want allow", dec)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no CheckAction span of trace %s reached the collector; got %v", traceID, col.spans)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// checkNamedByTrace makes a CheckAction carrying traceID in a W3C
+// traceparent and checks that its audit record is found by that trace id.
+func checkNamedByTrace(t *testing.T, addr, traceID string) {
+	t.Helper()
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()), servertest.AdminCreds())
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	const traceID = "4bf92f3577b34da6a3ce929d0e0e4736"
 	ctx := metadata.AppendToOutgoingContext(context.Background(), "traceparent", "00-"+traceID+"-00f067aa0ba902b7-01")
 	resp, err := v1.NewPolicyServiceClient(conn).CheckAction(ctx, &v1.CheckActionRequest{
 		Agent:   &v1.AgentId{OrgId: "acme", TeamId: "eng", AgentId: "coder-1"},
@@ -95,17 +115,11 @@ func TestTracesReachCollector(t *testing.T) {
 	if len(recs.GetRecords()) != 1 || recs.GetRecords()[0].GetId() != resp.GetDecisionId() {
 		t.Fatalf("audit records for trace %s: %v (decision %s)", traceID, recs.GetRecords(), resp.GetDecisionId())
 	}
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		if dec, ok := col.span(traceID, "agentassembly.v1.PolicyService/CheckAction"); ok {
-			if dec != "allow" {
-				t.Fatalf("span aa.decision = %q, want allow", dec)
-			}
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no CheckAction span of trace %s reached the collector; got %v", traceID, col.spans)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+}
+
+// TestAuditNamedByCallerTraceWithTracingOff: with no collector configured
+// (the default), the caller's traceparent still names the audit record.
+func TestAuditNamedByCallerTraceWithTracingOff(t *testing.T) {
+	addr := servertest.Start(t, "../../examples/policies", func(c *server.Config) { c.AgentAuth = "off" })
+	checkNamedByTrace(t, addr, "0af7651916cd43dd8448eb211c80319c")
 }
