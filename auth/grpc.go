@@ -14,6 +14,9 @@ import (
 // UnaryInterceptor authorizes unary calls (see Authorize).
 func (a *Authenticator) UnaryInterceptor() grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+		if passes(info.FullMethod) {
+			return h(ctx, req) // as Authorize would, without reading the call's metadata and peer
+		}
 		ctx, err := a.Authorize(ctx, grpcRequest(ctx, info.FullMethod))
 		if err != nil {
 			return nil, err
@@ -25,6 +28,9 @@ func (a *Authenticator) UnaryInterceptor() grpc.UnaryServerInterceptor {
 // StreamInterceptor authorizes streaming calls (see Authorize).
 func (a *Authenticator) StreamInterceptor() grpc.StreamServerInterceptor {
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+		if passes(info.FullMethod) {
+			return h(srv, ss)
+		}
 		ctx, err := a.Authorize(ss.Context(), grpcRequest(ss.Context(), info.FullMethod))
 		if err != nil {
 			return err
@@ -41,16 +47,23 @@ type identityStream struct {
 
 func (s identityStream) Context() context.Context { return s.ctx }
 
+// passes reports whether Authorize lets method through untouched: public
+// and agent methods (the checks Envoy and the SDKs make on every action).
+func passes(method string) bool {
+	c := Classify(method)
+	return c == ClassPublic || c == ClassAgent
+}
+
 func grpcRequest(ctx context.Context, method string) Request {
 	r := Request{Method: method, Surface: "grpc"}
-	if md, ok := metadata.FromIncomingContext(ctx); ok {
-		switch v := md.Get("authorization"); len(v) {
-		case 0:
-		case 1:
-			r.Authorization = v[0]
-		default:
-			r.Authorization = "ambiguous" // several credentials: refused as malformed
-		}
+	// ValueFromIncomingContext copies only this key's values, where
+	// FromIncomingContext copies every header: this runs on every call.
+	switch v := metadata.ValueFromIncomingContext(ctx, "authorization"); len(v) {
+	case 0:
+	case 1:
+		r.Authorization = v[0]
+	default:
+		r.Authorization = "ambiguous" // several credentials: refused as malformed
 	}
 	if p, ok := peer.FromContext(ctx); ok {
 		if p.Addr != nil {

@@ -54,8 +54,7 @@ func requestIDFrom(caller string) string {
 }
 
 func incomingRequestID(ctx context.Context) string {
-	md, _ := metadata.FromIncomingContext(ctx)
-	if v := md.Get(RequestIDHeader); len(v) > 0 {
+	if v := metadata.ValueFromIncomingContext(ctx, RequestIDHeader); len(v) > 0 {
 		return v[0]
 	}
 	return ""

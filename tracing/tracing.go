@@ -101,11 +101,17 @@ func (t *Tracing) ServerOptions() []grpc.ServerOption {
 // callerTrace returns ctx with the remote span context of the call's
 // traceparent metadata, or ctx itself when it has none (or a malformed one).
 func callerTrace(ctx context.Context) context.Context {
-	md, ok := metadata.FromIncomingContext(ctx)
-	if !ok || len(md.Get("traceparent")) == 0 {
+	// Only the two W3C headers are read: FromIncomingContext would copy
+	// every header of every call.
+	tp := metadata.ValueFromIncomingContext(ctx, "traceparent")
+	if len(tp) == 0 {
 		return ctx
 	}
-	return Propagator.Extract(ctx, metadataCarrier(md))
+	carrier := propagation.MapCarrier{"traceparent": tp[0]}
+	if ts := metadata.ValueFromIncomingContext(ctx, "tracestate"); len(ts) > 0 {
+		carrier["tracestate"] = ts[0]
+	}
+	return Propagator.Extract(ctx, carrier)
 }
 
 func unaryCallerTrace(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
@@ -117,26 +123,6 @@ func streamCallerTrace(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, 
 		ss = contextStream{ss, ctx}
 	}
 	return h(srv, ss)
-}
-
-// metadataCarrier reads W3C headers from gRPC metadata.
-type metadataCarrier metadata.MD
-
-func (m metadataCarrier) Get(key string) string {
-	if v := metadata.MD(m).Get(key); len(v) > 0 {
-		return v[0]
-	}
-	return ""
-}
-
-func (m metadataCarrier) Set(key, value string) { metadata.MD(m).Set(key, value) }
-
-func (m metadataCarrier) Keys() []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	return keys
 }
 
 // Shutdown flushes the spans not yet exported, within ctx.
