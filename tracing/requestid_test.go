@@ -26,8 +26,22 @@ var reUUID = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4
 // (which skip the methods named in skip).
 func startLogServer(t *testing.T, log *slog.Logger, skip ...string) *grpc.ClientConn {
 	t.Helper()
-	desc := grpc.ServiceDesc{
-		ServiceName: "test.Logs",
+	desc := testService("test.Logs", func(ctx context.Context) { log.InfoContext(ctx, "unary handled") },
+		func(ss grpc.ServerStream) error {
+			log.InfoContext(ss.Context(), "stream handled")
+			return nil
+		})
+	srv := grpc.NewServer(grpc.ChainUnaryInterceptor(UnaryRequestID(skip...)), grpc.ChainStreamInterceptor(StreamRequestID(skip...)))
+	srv.RegisterService(desc, struct{}{})
+	return serveAndDial(t, srv)
+}
+
+// testService describes a service named name with a unary method "Unary"
+// (Empty in and out) that calls unary with its context, behind the server's
+// interceptors, and a server stream "Stream" served by stream.
+func testService(name string, unary func(context.Context), stream func(grpc.ServerStream) error) *grpc.ServiceDesc {
+	return &grpc.ServiceDesc{
+		ServiceName: name,
 		HandlerType: (*any)(nil),
 		Methods: []grpc.MethodDesc{{MethodName: "Unary", Handler: func(_ any, ctx context.Context, dec func(any) error, ic grpc.UnaryServerInterceptor) (any, error) {
 			in := &emptypb.Empty{}
@@ -35,18 +49,22 @@ func startLogServer(t *testing.T, log *slog.Logger, skip ...string) *grpc.Client
 				return nil, err
 			}
 			h := func(ctx context.Context, _ any) (any, error) {
-				log.InfoContext(ctx, "unary handled")
+				unary(ctx)
 				return &emptypb.Empty{}, nil
 			}
-			return ic(ctx, in, &grpc.UnaryServerInfo{FullMethod: "/test.Logs/Unary"}, h)
+			if ic == nil {
+				return h(ctx, in)
+			}
+			return ic(ctx, in, &grpc.UnaryServerInfo{FullMethod: "/" + name + "/Unary"}, h)
 		}}},
-		Streams: []grpc.StreamDesc{{StreamName: "Stream", ServerStreams: true, Handler: func(_ any, ss grpc.ServerStream) error {
-			log.InfoContext(ss.Context(), "stream handled")
-			return nil
-		}}},
+		Streams: []grpc.StreamDesc{{StreamName: "Stream", ServerStreams: true, Handler: func(_ any, ss grpc.ServerStream) error { return stream(ss) }}},
 	}
-	srv := grpc.NewServer(grpc.ChainUnaryInterceptor(UnaryRequestID(skip...)), grpc.ChainStreamInterceptor(StreamRequestID(skip...)))
-	srv.RegisterService(&desc, struct{}{})
+}
+
+// serveAndDial serves srv on a loopback port until the test ends and
+// returns a client connection to it.
+func serveAndDial(t testing.TB, srv *grpc.Server) *grpc.ClientConn {
+	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

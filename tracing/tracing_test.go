@@ -2,13 +2,11 @@ package tracing
 
 import (
 	"context"
-	"net"
 	"testing"
 
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
@@ -19,52 +17,24 @@ import (
 // carries, behind opts, and returns a client for it.
 func serveTraced(t testing.TB, opts ...grpc.ServerOption) *grpc.ClientConn {
 	t.Helper()
-	desc := grpc.ServiceDesc{
-		ServiceName: "test.Trace",
-		HandlerType: (*any)(nil),
-		Methods: []grpc.MethodDesc{{MethodName: "Unary", Handler: func(_ any, ctx context.Context, dec func(any) error, ic grpc.UnaryServerInterceptor) (any, error) {
-			in := &emptypb.Empty{}
-			if err := dec(in); err != nil {
-				return nil, err
-			}
-			h := func(ctx context.Context, _ any) (any, error) {
-				sc := trace.SpanContextFromContext(ctx)
-				id := ""
-				if sc.HasTraceID() {
-					id = sc.TraceID().String() + "/" + sc.SpanID().String()
-				}
-				grpc.SetHeader(ctx, metadata.Pairs("seen-trace", id))
-				return &emptypb.Empty{}, nil
-			}
-			if ic == nil {
-				return h(ctx, in)
-			}
-			return ic(ctx, in, &grpc.UnaryServerInfo{FullMethod: "/test.Trace/Unary"}, h)
-		}}},
-		Streams: []grpc.StreamDesc{{StreamName: "Stream", ServerStreams: true, Handler: func(_ any, ss grpc.ServerStream) error {
-			sc := trace.SpanContextFromContext(ss.Context())
-			id := ""
-			if sc.HasTraceID() {
-				id = sc.TraceID().String() + "/" + sc.SpanID().String()
-			}
-			return ss.SendHeader(metadata.Pairs("seen-trace", id))
-		}}},
-	}
+	desc := testService("test.Trace",
+		func(ctx context.Context) { grpc.SetHeader(ctx, metadata.Pairs("seen-trace", traceOf(ctx))) },
+		func(ss grpc.ServerStream) error {
+			return ss.SendHeader(metadata.Pairs("seen-trace", traceOf(ss.Context())))
+		})
 	srv := grpc.NewServer(opts...)
-	srv.RegisterService(&desc, struct{}{})
+	srv.RegisterService(desc, struct{}{})
 	healthpb.RegisterHealthServer(srv, health.NewServer())
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	return serveAndDial(t, srv)
+}
+
+// traceOf renders ctx's trace as "traceid/spanid", or "" for none.
+func traceOf(ctx context.Context) string {
+	sc := trace.SpanContextFromContext(ctx)
+	if !sc.HasTraceID() {
+		return ""
 	}
-	go srv.Serve(l)
-	t.Cleanup(srv.Stop)
-	conn, err := grpc.NewClient(l.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	return conn
+	return sc.TraceID().String() + "/" + sc.SpanID().String()
 }
 
 // seenTrace calls the traced method with the given traceparent (none when

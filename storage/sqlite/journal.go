@@ -352,13 +352,19 @@ func (a *auditLog) write(frame []byte, sync bool) error {
 	}
 	j.size += int64(len(frame))
 	if !sync {
-		a.unsynced = true
-		select {
-		case a.syncKick <- struct{}{}:
-		default:
-		}
+		a.kickSync()
 	}
 	return nil
+}
+
+// kickSync marks the current file as holding unsynced bytes and wakes the
+// flusher, without waiting. Called with mu held.
+func (a *auditLog) kickSync() {
+	a.unsynced = true
+	select {
+	case a.syncKick <- struct{}{}:
+	default:
+	}
 }
 
 // writeShm writes frame to j's shared-memory copy and, when sync, flushes
@@ -369,11 +375,7 @@ func (a *auditLog) writeShm(j *journalFile, frame []byte, sync bool) error {
 	copy(j.shm.mem[start:], frame)
 	j.size += int64(len(frame))
 	if !sync {
-		a.unsynced = true
-		select {
-		case a.syncKick <- struct{}{}:
-		default:
-		}
+		a.kickSync()
 		return nil
 	}
 	err := a.flushShm(j)
