@@ -36,7 +36,7 @@ func (s *Server) loadCheckpointSigner(ctx context.Context) error {
 type checkpointer struct {
 	s    *Server
 	mu   sync.Mutex
-	seen uint64 // the writer's Written() covered by the last checkpoint
+	seen int64 // Seq of the last checkpoint this process appended (0: none)
 	// written counts checkpoint appends by result (ok, error).
 	written *prometheus.CounterVec
 }
@@ -87,8 +87,11 @@ func every(ctx context.Context, wg *sync.WaitGroup, interval time.Duration, fn f
 func (c *checkpointer) checkpoint(ctx context.Context) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	before := c.s.writer.Written()
-	if before == c.seen {
+	// The chain's records are ordered by Seq, so a checkpoint is needed
+	// exactly when the last record written is not the last checkpoint:
+	// a record that lands while a checkpoint is appended and before it is
+	// covered by it, one that lands after it is not.
+	if c.s.writer.LastSeq() == c.seen {
 		return nil
 	}
 	rec := c.s.checkpoints.Record(c.s.cfg.ReplicaName(), uuid.NewString(), time.Now())
@@ -99,8 +102,6 @@ func (c *checkpointer) checkpoint(ctx context.Context) error {
 		return fmt.Errorf("checkpoint audit chain %s: %w", c.s.cfg.ReplicaName(), err)
 	}
 	c.written.WithLabelValues("ok").Inc()
-	// Records written meanwhile may have landed after the checkpoint: only
-	// the checkpoint itself is known to be covered.
-	c.seen = before + 1
+	c.seen = rec.Seq
 	return nil
 }

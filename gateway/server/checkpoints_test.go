@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -61,11 +62,8 @@ func TestAuditCheckpointsWrittenAndVerified(t *testing.T) {
 		t.Fatalf("checkpoint_public_key %q does not match key id %s (%v)", resp.GetCheckpointPublicKey(), resp.GetCheckpointKeyId(), err)
 	}
 
-	// Idle: the checkpoint at the head is not followed by more. A check
-	// that lands while a checkpoint is being appended may land before it,
-	// and the checkpointer, which cannot tell, signs once more at the next
-	// tick (it never misses a record, at the price of an extra checkpoint);
-	// so the count is taken once a further tick has passed.
+	// Idle: the checkpoint at the head is not followed by more. The count
+	// is taken a few ticks later, and must not have moved by then either.
 	time.Sleep(250 * time.Millisecond)
 	if _, rep = chainReport(t, g, "test-replica"); rep.GetLastCheckpointSeq() != rep.GetRecords() {
 		t.Fatalf("the head is not a checkpoint after the checks: %+v", rep)
@@ -152,4 +150,49 @@ func TestVerifyAuditRejectsBadAnchors(t *testing.T) {
 	if _, err := client.VerifyAudit(t.Context(), &v1.VerifyAuditRequest{Anchors: many}); status.Code(err) != codes.InvalidArgument {
 		t.Errorf("10,001 anchors: %v, want InvalidArgument", err)
 	}
+}
+
+// A check that lands while a checkpoint is being appended is ordered before
+// or after it by its sequence number: the next checkpoint is written exactly
+// when the chain's last record is not already a checkpoint (no unsigned tail,
+// no checkpoint that signs nothing new), whichever way each race went.
+func TestCheckpointerSignsExactlyWhenNeeded(t *testing.T) {
+	g := startGateway(t, examplesDir(t), func(c *Config) {
+		c.Store = "sqlite:" + filepath.Join(t.TempDir(), "aa.db")
+		c.AuditCheckpointInterval = time.Hour // only this test's calls write checkpoints
+	})
+	before, after := 0, 0 // checks that landed before or after the concurrent checkpoint
+	for i := range 60 {
+		var wg sync.WaitGroup
+		wg.Go(func() {
+			if _, err := g.client.CheckAction(t.Context(), toolReq(coder, "git_status", `{}`)); err != nil {
+				t.Error(err)
+			}
+		})
+		time.Sleep(time.Duration(i%20) * 50 * time.Microsecond) // vary which lands first
+		if err := g.srv.checkpointer.checkpoint(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		wg.Wait()
+		_, rep := chainReport(t, g, "test-replica")
+		signed := rep.GetLastCheckpointSeq() == rep.GetRecords()
+		if signed {
+			before++
+		} else {
+			after++
+		}
+		if err := g.srv.checkpointer.checkpoint(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		_, rep2 := chainReport(t, g, "test-replica")
+		want := rep.GetCheckpoints()
+		if !signed {
+			want++
+		}
+		if rep2.GetCheckpoints() != want || rep2.GetLastCheckpointSeq() != rep2.GetRecords() || !rep2.GetOk() {
+			t.Fatalf("head signed before: %v (%+v); after one more checkpoint call: %+v, want %d checkpoints with the head signed",
+				signed, rep, rep2, want)
+		}
+	}
+	t.Logf("the check landed before the checkpoint %d times, after it %d times", before, after)
 }

@@ -91,6 +91,9 @@ func TestManyCallersExactlyOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkChain(t, mem, "c", ids)
+	if last := w.LastSeq(); last != callers*each {
+		t.Fatalf("LastSeq() = %d after %d records, want %d", last, callers*each, callers*each)
+	}
 	if m.records.Load() != callers*each {
 		t.Fatalf("metrics saw %d records, want %d", m.records.Load(), callers*each)
 	}

@@ -76,6 +76,7 @@ type Writer struct {
 	pool    sync.Pool
 	written atomic.Uint64 // records written successfully
 	inlined atomic.Uint64 // of which appended inline
+	lastSeq atomic.Int64  // highest Seq written in Options.Chain
 }
 
 type request struct {
@@ -195,7 +196,7 @@ func (w *Writer) appendInline(r *storage.AuditRecord) (bool, error) {
 		w.lg.Error("audit append failed; failing the check", "err", err)
 		return true, fmt.Errorf("append audit record: %w", err)
 	}
-	w.written.Add(1)
+	w.noteWritten(one[:])
 	w.inlined.Add(1)
 	return true, nil
 }
@@ -282,7 +283,7 @@ func (w *Writer) write(recs []*storage.AuditRecord, batch []*request) {
 		w.lg.Error("audit append failed; failing every check in the batch", "records", len(recs), "err", err)
 		err = fmt.Errorf("append audit batch of %d: %w", len(recs), err)
 	} else {
-		w.written.Add(uint64(len(recs)))
+		w.noteWritten(recs)
 	}
 	for _, r := range batch {
 		r.err = err
@@ -290,8 +291,32 @@ func (w *Writer) write(recs []*storage.AuditRecord, batch []*request) {
 	}
 }
 
+// noteWritten counts recs, just written, and raises LastSeq to the highest
+// Seq among those of Options.Chain.
+func (w *Writer) noteWritten(recs []*storage.AuditRecord) {
+	w.written.Add(uint64(len(recs)))
+	var hi int64
+	for _, r := range recs {
+		if r.Chain == w.opts.Chain && r.Seq > hi {
+			hi = r.Seq
+		}
+	}
+	for {
+		cur := w.lastSeq.Load()
+		if hi <= cur || w.lastSeq.CompareAndSwap(cur, hi) {
+			return
+		}
+	}
+}
+
 // Written returns how many records the writer has written successfully.
 func (w *Writer) Written() uint64 { return w.written.Load() }
+
+// LastSeq returns the highest sequence number the writer has written in
+// Options.Chain since it started (0 for none). Records that land
+// concurrently are ordered by it: a record with a lower Seq landed before
+// the one holding LastSeq, whatever order their appends returned in.
+func (w *Writer) LastSeq() int64 { return w.lastSeq.Load() }
 
 // Inlined returns how many of them were appended inline (InlineLog).
 func (w *Writer) Inlined() uint64 { return w.inlined.Load() }

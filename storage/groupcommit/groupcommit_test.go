@@ -130,19 +130,41 @@ func TestBackendErrorReachesEveryWaiter(t *testing.T) {
 			t.Fatalf("Append during a backend failure returned %v, want ErrUnavailable", err)
 		}
 	}
-	if n := w.Written(); n != 0 {
-		t.Fatalf("Written() = %d after failed batches, want 0", n)
+	if n, last := w.Written(), w.LastSeq(); n != 0 || last != 0 {
+		t.Fatalf("Written() = %d, LastSeq() = %d after failed batches, want 0 and 0", n, last)
 	}
 	log.fail.Store(nil)
 	r := record(99)
 	if err := w.Append(t.Context(), r); err != nil || r.Seq != 1 {
 		t.Fatalf("after recovery Append = %v seq %d; want nil and seq 1 (failed batches leave no trace)", err, r.Seq)
 	}
-	if n := w.Written(); n != 1 {
-		t.Fatalf("Written() = %d, want 1", n)
+	if n, last := w.Written(), w.LastSeq(); n != 1 || last != 1 {
+		t.Fatalf("Written() = %d, LastSeq() = %d, want 1 and 1", n, last)
 	}
 	if err := w.Close(t.Context()); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// LastSeq follows the writer's own chain only: a record appended to another
+// chain through the same writer does not move it.
+func TestLastSeqFollowsTheWritersChain(t *testing.T) {
+	w := groupcommit.New(memory.New(memory.Options{}), groupcommit.Options{Chain: "c"})
+	defer w.Close(t.Context())
+	for i := range 3 {
+		if err := w.Append(t.Context(), record(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 5 {
+		r := record(10 + i)
+		r.Chain = "other"
+		if err := w.Append(t.Context(), r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if last := w.LastSeq(); last != 3 {
+		t.Fatalf("LastSeq() = %d after 3 records in c and 5 in another chain, want 3", last)
 	}
 }
 

@@ -81,6 +81,9 @@ func TestInlineAppends(t *testing.T) {
 	if got := w.Written(); got != n {
 		t.Errorf("Written() = %d, want %d", got, n)
 	}
+	if got := w.LastSeq(); got != n {
+		t.Errorf("LastSeq() = %d, want %d (inline and queued appends both count)", got, n)
+	}
 	if got := m.records.Load(); got != n {
 		t.Errorf("metrics saw %d records, want %d", got, n)
 	}
