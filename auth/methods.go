@@ -4,6 +4,11 @@ import "strings"
 
 const v1 = "/agentassembly.v1."
 
+// MethodPprof names the runtime profiles the gateway serves over HTTP when
+// --debug-pprof is on (not a gRPC method): admin only, as they show
+// memory contents such as goroutine stacks.
+const MethodPprof = "/agentassembly.debug/Pprof"
+
 // methods classifies every gRPC method the gateway serves by its full name.
 // A method that is not here, and matches no prefix in prefixes, is refused.
 var methods = map[string]Class{
@@ -59,6 +64,7 @@ var methods = map[string]Class{
 	v1 + "AlertService/DeleteSilence":         ClassOperator,
 
 	// Admins: policies, secrets, keys.
+	MethodPprof:                         ClassAdmin,
 	v1 + "PolicyService/ApplyPolicy":    ClassAdmin,
 	v1 + "PolicyService/RollbackPolicy": ClassAdmin,
 	v1 + "SecretsService/PutSecret":     ClassAdmin,

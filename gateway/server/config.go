@@ -64,6 +64,9 @@ type Config struct {
 	OTLPEndpoint     string
 	OTLPInsecure     bool
 	TraceSampleRatio float64
+	// DebugPprof serves Go's runtime profiles (net/http/pprof) under
+	// /debug/pprof/ on the HTTP listener, to admin keys only.
+	DebugPprof bool
 	// AgentAuth ("token" or "off") and AgentSPIFFETrustDomain configure
 	// agent authentication on the agent-facing surfaces (agentauth.go).
 	AgentAuth              string
@@ -180,6 +183,7 @@ func Settings() []Setting {
 		{"xds-ext-proc", "AA_XDS_EXT_PROC", "true", "add the ext_proc filter (request body redaction, LLM usage from responses) after ext_authz in the sidecars' egress listener", boolean(func(c *Config) *bool { return &c.XDSExtProc })},
 		{"otlp-endpoint", "AA_OTLP_ENDPOINT", "", "OpenTelemetry collector (OTLP/gRPC host:port) for traces of every gRPC call; empty turns tracing off", str(func(c *Config) *string { return &c.OTLPEndpoint })},
 		{"otlp-insecure", "AA_OTLP_INSECURE", "false", "send traces to the collector without TLS", boolean(func(c *Config) *bool { return &c.OTLPInsecure })},
+		{"debug-pprof", "AA_DEBUG_PPROF", "false", "serve Go's runtime profiles (CPU, heap, goroutines, execution trace; net/http/pprof) under /debug/pprof/ on the HTTP listener, to admin API keys only", boolean(func(c *Config) *bool { return &c.DebugPprof })},
 		{"trace-sample-ratio", "AA_TRACE_SAMPLE_RATIO", "1", "share of new traces sampled (0..1); calls that arrive with a sampled traceparent are always traced", func(c *Config, v string) error {
 			f, err := strconv.ParseFloat(v, 64)
 			if err != nil || f < 0 || f > 1 {
@@ -205,9 +209,14 @@ func Bind(fs *flag.FlagSet, c *Config, getenv func(string) string) error {
 		if err := s.set(c, def); err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", s.Env, err))
 		}
-		fs.Func(s.Flag, fmt.Sprintf("%s (env %s, default %q)", s.Help, s.Env, s.Default), func(v string) error {
-			return s.set(c, v)
-		})
+		usage := fmt.Sprintf("%s (env %s, default %q)", s.Help, s.Env, s.Default)
+		set := func(v string) error { return s.set(c, v) }
+		if s.Default == "true" || s.Default == "false" {
+			// A switch: --allow-remote alone means true, --xds-ext-proc=false turns one off.
+			fs.BoolFunc(s.Flag, usage, set)
+		} else {
+			fs.Func(s.Flag, usage, set)
+		}
 	}
 	c.BootstrapAdminKey = getenv(BootstrapKeyEnv) // no flag: a key must not show in a process list
 	return errors.Join(errs...)

@@ -64,6 +64,29 @@ func TestBindEnvAndFlags(t *testing.T) {
 	}
 }
 
+// Boolean settings are switches: given alone they turn on, =false turns
+// them off, and the flag after a switch is not taken as its value.
+func TestBindSwitches(t *testing.T) {
+	fs := flag.NewFlagSet("t", flag.ContinueOnError)
+	c := DefaultConfig()
+	if err := Bind(fs, &c, func(string) string { return "" }); err != nil {
+		t.Fatal(err)
+	}
+	if c.AllowRemote || c.DebugPprof || !c.XDSExtProc {
+		t.Fatalf("defaults: allow-remote %v, debug-pprof %v, xds-ext-proc %v", c.AllowRemote, c.DebugPprof, c.XDSExtProc)
+	}
+	if err := fs.Parse([]string{"--allow-remote", "--xds-advertise-addr", "gw.internal:50051", "--debug-pprof", "--xds-ext-proc=false"}); err != nil {
+		t.Fatal(err)
+	}
+	if !c.AllowRemote || !c.DebugPprof || c.XDSExtProc || c.XDSAdvertiseAddr != "gw.internal:50051" {
+		t.Fatalf("switches not applied: allow-remote %v, debug-pprof %v, xds-ext-proc %v, xds-advertise-addr %q",
+			c.AllowRemote, c.DebugPprof, c.XDSExtProc, c.XDSAdvertiseAddr)
+	}
+	if err := fs.Parse([]string{"--debug-pprof=maybe"}); err == nil || !strings.Contains(err.Error(), "debug-pprof") {
+		t.Fatalf("--debug-pprof=maybe: %v, want an error naming the flag", err)
+	}
+}
+
 func TestBindBadEnv(t *testing.T) {
 	fs := flag.NewFlagSet("t", flag.ContinueOnError)
 	c := DefaultConfig()

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"path/filepath"
 	goruntime "runtime"
@@ -329,6 +330,9 @@ func (s *Server) buildHTTP(ctx context.Context) error {
 	})
 	mux.HandleFunc("GET /readyz", s.readyz)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{Registry: s.reg}))
+	if s.cfg.DebugPprof {
+		mux.Handle("/debug/pprof/", s.auth.Handler(auth.MethodPprof, pprofHandler()))
+	}
 	s.http = &http.Server{Handler: tracing.HTTPRequestID(mux), ReadHeaderTimeout: 5 * time.Second, ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)}
 	return nil
 }
@@ -636,3 +640,16 @@ func recoverStream(log *slog.Logger) grpc.StreamServerInterceptor {
 type dropAudit struct{}
 
 func (dropAudit) Append(context.Context, *storage.AuditRecord) error { return nil }
+
+// pprofHandler serves net/http/pprof's pages under /debug/pprof/: the index
+// and every named profile, and the CPU profile, execution trace, command
+// line and symbol lookup, which the index does not route.
+func pprofHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	return mux
+}
