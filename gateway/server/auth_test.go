@@ -429,6 +429,14 @@ func TestAuthorizationMatrixREST(t *testing.T) {
 // the status code.
 func restStatus(t *testing.T, method, url, key string) int {
 	t.Helper()
+	code, _ := restBody(t, method, url, key)
+	return code
+}
+
+// restBody sends a request without a body, with key as a bearer token
+// unless empty, and returns the status code and response body.
+func restBody(t *testing.T, method, url, key string) (int, []byte) {
+	t.Helper()
 	req, err := http.NewRequest(method, url, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -440,8 +448,12 @@ func restStatus(t *testing.T, method, url, key string) int {
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp.Body.Close()
-	return resp.StatusCode
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("%s %s: read the body: %v", method, url, err)
+	}
+	return resp.StatusCode, body
 }
 
 // TestRevokedKeyFailsOnEveryReplica runs two replicas on one PostgreSQL: a

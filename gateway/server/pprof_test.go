@@ -2,7 +2,6 @@ package server
 
 import (
 	"bytes"
-	"io"
 	"net/http"
 	"strings"
 	"testing"
@@ -36,19 +35,9 @@ func TestDebugPprof(t *testing.T) {
 	adminKey := creds[5].key
 	get := func(path string) []byte {
 		t.Helper()
-		req, err := http.NewRequest(http.MethodGet, g.base+path, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		req.Header.Set("Authorization", "Bearer "+adminKey)
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		body, err := io.ReadAll(resp.Body)
-		if err != nil || resp.StatusCode != http.StatusOK {
-			t.Fatalf("GET %s as admin: %d %v\n%s", path, resp.StatusCode, err, body)
+		code, body := restBody(t, http.MethodGet, g.base+path, adminKey)
+		if code != http.StatusOK {
+			t.Fatalf("GET %s as admin: %d\n%s", path, code, body)
 		}
 		return body
 	}
