@@ -8,6 +8,11 @@
 #   scripts/bench-ratio.sh checkaction   # gateway/server BenchmarkCheckActionGRPC, 64 clients
 #   scripts/bench-ratio.sh extauthz      # extauthz BenchmarkCheckGRPC, 64 clients
 #
+# Three ratios against the first variant (the baseline): best round against
+# best round, median against median, and the baseline's median CPU per check
+# against the variant's (CPU time is the steadiest of the three on a shared
+# machine; one unusually fast baseline round moves only the first).
+#
 # ROUNDS (default 5) and BENCHTIME (default 10s) tune it. Runs are long enough
 # to reach the audit journal's steady state: its files grow from 1 to 16 MiB,
 # and os mode reuses the shared-memory copies of earlier files only from about
@@ -50,7 +55,7 @@ echo "GOGC=$GOGC, $rounds rounds of $benchtime"
 awk -v base="$base" -v list="${variants[*]}" '
   { n[$1]++; t[$1, n[$1]] = $2; c[$1, n[$1]] = $3 }
   END {
-    printf "%-18s %10s %10s %12s %12s\n", "variant", "best/s", "median/s", "best/base", "median cpu-µs"
+    printf "%-18s %10s %10s %10s %12s %14s %10s\n", "variant", "best/s", "median/s", "best/base", "median/base", "median cpu-µs", "cpu ratio"
     k = split(list, order, " ")
     # best and median per variant
     for (i = 1; i <= k; i++) {
@@ -61,6 +66,6 @@ awk -v base="$base" -v list="${variants[*]}" '
     }
     for (i = 1; i <= k; i++) {
       v = order[i]
-      printf "%-18s %10.0f %10.0f %11.0f%% %12.1f\n", v, best[v], med[v], 100 * best[v] / best[base], cmed[v]
+      printf "%-18s %10.0f %10.0f %9.0f%% %11.0f%% %14.1f %9.0f%%\n", v, best[v], med[v], 100 * best[v] / best[base], 100 * med[v] / med[base], cmed[v], 100 * cmed[base] / cmed[v]
     }
   }' "$out"

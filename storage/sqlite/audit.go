@@ -115,7 +115,7 @@ func (s *Store) QueryAudit(ctx context.Context, q storage.AuditQuery) (storage.A
 		args = append(args, cur.TimeNanos)
 	}
 	var b strings.Builder
-	b.WriteString("SELECT min_time_ns, max_time_ns, first_seq, data FROM audit_blocks")
+	b.WriteString("SELECT min_time_ns, max_time_ns, first_seq, encoding, data FROM audit_blocks")
 	if len(where) > 0 {
 		b.WriteString(" WHERE " + strings.Join(where, " AND "))
 	}
@@ -135,10 +135,11 @@ func (s *Store) QueryAudit(ctx context.Context, q storage.AuditQuery) (storage.A
 		return a.Compare(b) > 0
 	}
 	var page []*storage.AuditRecord
+	var scratch []byte
 	for rows.Next() {
-		var lo, hi, first int64
-		var data []byte
-		if err := rows.Scan(&lo, &hi, &first, &data); err != nil {
+		var lo, hi, first, encoding int64
+		var stored []byte
+		if err := rows.Scan(&lo, &hi, &first, &encoding, &stored); err != nil {
 			return storage.AuditPage{}, fmt.Errorf("query audit: %w", wrapErr(err))
 		}
 		if len(page) == n {
@@ -147,7 +148,11 @@ func (s *Store) QueryAudit(ctx context.Context, q storage.AuditQuery) (storage.A
 				break // every later block sorts after the page's last record
 			}
 		}
-		_, err := decodeEntries(data, func(r *storage.AuditRecord, _ []byte) error {
+		data, err := blockEntries(encoding, stored, &scratch)
+		if err != nil {
+			return storage.AuditPage{}, fmt.Errorf("query audit: audit block of chain starting at record %d is damaged (run audit verify): %w", first, err)
+		}
+		_, err = decodeEntries(data, func(r *storage.AuditRecord, _ []byte) error {
 			if !q.Matches(r) {
 				return nil
 			}
@@ -225,7 +230,7 @@ func (s *Store) VerifyAudit(ctx context.Context, chain string, anchors ...storag
 	if err != nil && !errors.Is(err, sql.ErrNoRows) {
 		return storage.VerifyReport{}, fmt.Errorf("verify audit chain %q: %w", chain, wrapErr(err))
 	}
-	rows, err := tx.QueryContext(ctx, `SELECT first_seq, data FROM audit_blocks WHERE chain = ? ORDER BY first_seq`, chain)
+	rows, err := tx.QueryContext(ctx, `SELECT first_seq, encoding, data FROM audit_blocks WHERE chain = ? ORDER BY first_seq`, chain)
 	if err != nil {
 		return storage.VerifyReport{}, fmt.Errorf("verify audit chain %q: %w", chain, wrapErr(err))
 	}
@@ -234,13 +239,19 @@ func (s *Store) VerifyAudit(ctx context.Context, chain string, anchors ...storag
 	v.Anchor(anchors...)
 	blocks := 0
 	stop := errors.New("stop")
+	var scratch []byte
 	for rows.Next() {
-		var first int64
-		var data []byte
-		if err := rows.Scan(&first, &data); err != nil {
+		var first, encoding int64
+		var stored []byte
+		if err := rows.Scan(&first, &encoding, &stored); err != nil {
 			return storage.VerifyReport{}, fmt.Errorf("verify audit chain %q: %w", chain, wrapErr(err))
 		}
 		blocks++
+		data, err := blockEntries(encoding, stored, &scratch)
+		if err != nil {
+			v.Unreadable(first, err) // no record of the block can be read
+			break
+		}
 		i, err := decodeEntries(data, func(r *storage.AuditRecord, _ []byte) error {
 			if !v.Add(r) {
 				return stop

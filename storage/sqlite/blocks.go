@@ -8,11 +8,59 @@ import (
 	"fmt"
 	"slices"
 
+	"github.com/klauspost/compress/s2"
+
 	"github.com/agent-assembly/agent-assembly/storage"
 )
 
 // blockMaxRecords caps the records stored in one audit_blocks row.
 const blockMaxRecords = 1024
+
+// How a block's entries are stored (audit_blocks.encoding, migration 0007).
+// Blocks written before 0007 are blockRaw; the indexer writes blockS2.
+// Records of one gateway repeat most of their fields (agent, rule, policy
+// version, payload shape), so S2 stores them in about a fifth of the bytes,
+// and the indexer and WAL checkpoints then write a fifth as much
+// (BenchmarkIndexAudit).
+const (
+	blockRaw = 0 // the entries as they are
+	blockS2  = 1 // the entries compressed with S2 (github.com/klauspost/compress/s2, block format)
+)
+
+// maxBlockBytes bounds the decompressed size a block may claim, so that a
+// damaged length cannot make a reader allocate without limit.
+const maxBlockBytes = maxFrameBytes
+
+// blockScratch is reused from block to block by one writer: the entries of a
+// block and their compressed form.
+type blockScratch struct{ raw, packed []byte }
+
+// blockEntries returns the entries a stored block holds, decompressing them
+// into *scratch when they are compressed; the result is valid until the next
+// call with the same scratch. A block that cannot be decompressed, or of an
+// encoding this binary does not know, is storage.ErrInvalid.
+func blockEntries(encoding int64, data []byte, scratch *[]byte) ([]byte, error) {
+	switch encoding {
+	case blockRaw:
+		return data, nil
+	case blockS2:
+		n, err := s2.DecodedLen(data)
+		if err != nil {
+			return nil, fmt.Errorf("decompress audit block: %w: %w", err, storage.ErrInvalid)
+		}
+		if n > maxBlockBytes {
+			return nil, fmt.Errorf("decompress audit block: it claims %d bytes, more than %d: %w", n, maxBlockBytes, storage.ErrInvalid)
+		}
+		out, err := s2.Decode((*scratch)[:cap(*scratch)], data)
+		if err != nil {
+			return nil, fmt.Errorf("decompress audit block: %w: %w", err, storage.ErrInvalid)
+		}
+		*scratch = out
+		return out, nil
+	default:
+		return nil, fmt.Errorf("audit block encoding %d is unknown to this binary (upgrade agent-assembly): %w", encoding, storage.ErrInvalid)
+	}
+}
 
 // entry is one audit record in its stored form, as it sits in a journal frame
 // and in a block: uvarint(len(encoding)), the canonical encoding
@@ -57,12 +105,14 @@ func decodeEntries(data []byte, fn func(r *storage.AuditRecord, raw []byte) erro
 }
 
 // insertBlocks stores entries (in append order; each chain's in Seq order) as
-// blocks of at most blockMaxRecords per chain and moves each chain's head
-// forward, inside tx. scratch, when not nil, is reused for the blocks' bytes
-// (the driver copies a bound blob).
-func insertBlocks(ctx context.Context, tx *sql.Tx, entries []entry, scratch *[]byte) error {
+// blocks of at most blockMaxRecords per chain, stored in the given encoding
+// (blockS2, or blockRaw for migration 0005, which runs before the encoding
+// column exists), and moves each chain's head forward, inside tx. scratch,
+// when not nil, is reused for the blocks' bytes (the driver copies a bound
+// blob).
+func insertBlocks(ctx context.Context, tx *sql.Tx, entries []entry, scratch *blockScratch, encoding int) error {
 	if scratch == nil {
-		scratch = new([]byte)
+		scratch = new(blockScratch)
 	}
 	byChain := make(map[string][]entry, 1)
 	var order []string
@@ -72,8 +122,13 @@ func insertBlocks(ctx context.Context, tx *sql.Tx, entries []entry, scratch *[]b
 		}
 		byChain[e.chain] = append(byChain[e.chain], e)
 	}
-	ins, err := tx.PrepareContext(ctx, `INSERT INTO audit_blocks
-		(chain, first_seq, last_seq, min_time_ns, max_time_ns, records, data) VALUES (?, ?, ?, ?, ?, ?, ?)`)
+	insert := `INSERT INTO audit_blocks (chain, first_seq, last_seq, min_time_ns, max_time_ns, records, encoding, data)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?)`
+	if encoding == blockRaw {
+		insert = `INSERT INTO audit_blocks (chain, first_seq, last_seq, min_time_ns, max_time_ns, records, data)
+			VALUES (?, ?, ?, ?, ?, ?, ?)`
+	}
+	ins, err := tx.PrepareContext(ctx, insert)
 	if err != nil {
 		return err
 	}
@@ -87,15 +142,20 @@ func insertBlocks(ctx context.Context, tx *sql.Tx, entries []entry, scratch *[]b
 			for _, e := range block {
 				size += len(e.data)
 			}
-			data := slices.Grow((*scratch)[:0], size)
+			data := slices.Grow(scratch.raw[:0], size)
 			lo, hi := block[0].timeNS, block[0].timeNS
 			for _, e := range block {
 				data = append(data, e.data...)
 				lo, hi = min(lo, e.timeNS), max(hi, e.timeNS)
 			}
 			last := block[len(block)-1]
-			*scratch = data
-			if _, err := ins.ExecContext(ctx, chain, block[0].seq, last.seq, lo, hi, len(block), data); err != nil {
+			scratch.raw = data
+			args := []any{chain, block[0].seq, last.seq, lo, hi, len(block), data}
+			if encoding == blockS2 {
+				scratch.packed = s2.Encode(scratch.packed[:cap(scratch.packed)], data)
+				args = append(args[:6], blockS2, scratch.packed)
+			}
+			if _, err := ins.ExecContext(ctx, args...); err != nil {
 				return fmt.Errorf("store audit records %d..%d of chain %q: %w", block[0].seq, last.seq, chain, err)
 			}
 			hash := last.data[len(last.data)-storage.HashSize:]
@@ -138,7 +198,7 @@ func convertAuditRows(ctx context.Context, tx *sql.Tx) error {
 	if err := rows.Err(); err != nil {
 		return err
 	}
-	if err := insertBlocks(ctx, tx, entries, nil); err != nil {
+	if err := insertBlocks(ctx, tx, entries, nil, blockRaw); err != nil {
 		return err
 	}
 	_, err = tx.ExecContext(ctx, `DROP TABLE audit`)

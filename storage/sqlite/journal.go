@@ -141,7 +141,10 @@ type auditLog struct {
 	// block under indexMu (index).
 	enc     []byte
 	entries []entry
-	block   []byte
+	block   blockScratch
+	// encoding is how the indexer stores blocks: blockS2, or blockRaw
+	// where a benchmark compares the two.
+	encoding int
 
 	kick      chan struct{}
 	syncKick  chan struct{}
@@ -165,7 +168,7 @@ type journalOptions struct {
 func openAuditLog(ctx context.Context, dbPath string, log *slog.Logger, o journalOptions) (*auditLog, error) {
 	a := &auditLog{
 		dir: dbPath + "-audit", dbPath: dbPath, log: log.With("component", "audit-journal"), interval: indexInterval,
-		heads: make(map[string]storage.ChainHead), locks: make(map[string]*os.File),
+		heads: make(map[string]storage.ChainHead), locks: make(map[string]*os.File), encoding: blockS2,
 		kick: make(chan struct{}, 1), syncKick: make(chan struct{}, 1), spareKick: make(chan struct{}, 1), stop: make(chan struct{}),
 	}
 	if err := os.MkdirAll(a.dir, 0o700); err != nil {
@@ -651,7 +654,7 @@ func (a *auditLog) index(ctx context.Context) error {
 			entries = append(entries, b.entries...)
 		}
 		defer func() { clear(entries); a.entries = entries[:0] }() // the records' memory goes with their batches
-		err := writeTx(ctx, a.db, func(tx *sql.Tx) error { return insertBlocks(ctx, tx, entries, &a.block) })
+		err := writeTx(ctx, a.db, func(tx *sql.Tx) error { return insertBlocks(ctx, tx, entries, &a.block, a.encoding) })
 		if err != nil {
 			err = fmt.Errorf("%w: index %d journaled audit records: %w", storage.ErrUnavailable, len(entries), err)
 			a.mu.Lock()
@@ -1014,7 +1017,7 @@ func (a *auditLog) indexJournal(ctx context.Context, data []byte, name string) e
 		a.log.Warn("ignoring the end of an audit journal: a torn or damaged frame, never acknowledged", "file", name, "offset", off, "bytes", len(data)-off)
 	}
 	if len(entries) > 0 {
-		if err := writeTx(ctx, a.db, func(tx *sql.Tx) error { return insertBlocks(ctx, tx, entries, nil) }); err != nil {
+		if err := writeTx(ctx, a.db, func(tx *sql.Tx) error { return insertBlocks(ctx, tx, entries, nil, a.encoding) }); err != nil {
 			return fmt.Errorf("audit journal %s: index %d records: %w", name, len(entries), err)
 		}
 		a.log.Info("indexed audit records journaled by a process that stopped", "file", name, "records", len(entries))

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/klauspost/compress/s2"
 	_ "modernc.org/sqlite" // database/sql driver "sqlite"
 
 	"github.com/agent-assembly/agent-assembly/storage"
@@ -21,7 +22,8 @@ import (
 // the block still decodes) inside the stored form of record seq of chain in
 // the database file at path; with old nil it flips one bit of the record's
 // last stored byte (part of its previous_hash) instead. It waits up to 10 s for the record to be indexed
-// into audit_blocks, checks that the append-only trigger refuses the change,
+// into audit_blocks (a compressed block is decompressed, changed and
+// compressed again, so that it still reads), checks that the append-only trigger refuses the change,
 // then drops the trigger and makes it.
 func TamperRecord(ctx context.Context, path, chain string, seq int64, old, new []byte) error {
 	if old != nil && (len(old) == 0 || len(old) != len(new)) {
@@ -32,11 +34,11 @@ func TamperRecord(ctx context.Context, path, chain string, seq int64, old, new [
 		return err
 	}
 	defer db.Close()
-	var first int64
+	var first, encoding int64
 	var data []byte
 	for deadline := time.Now().Add(10 * time.Second); ; {
-		err = db.QueryRowContext(ctx, `SELECT first_seq, data FROM audit_blocks WHERE chain = ? AND first_seq <= ? AND last_seq >= ?`,
-			chain, seq, seq).Scan(&first, &data)
+		err = db.QueryRowContext(ctx, `SELECT first_seq, encoding, data FROM audit_blocks WHERE chain = ? AND first_seq <= ? AND last_seq >= ?`,
+			chain, seq, seq).Scan(&first, &encoding, &data)
 		if err == nil {
 			break
 		}
@@ -44,6 +46,13 @@ func TamperRecord(ctx context.Context, path, chain string, seq int64, old, new [
 			return fmt.Errorf("tamper: record %d of chain %q: %w", seq, chain, err)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+	// A compressed block is changed the way an attacker would: decompressed,
+	// edited and compressed again, so that it still reads.
+	if encoding == 1 {
+		if data, err = s2.Decode(nil, data); err != nil {
+			return fmt.Errorf("tamper: block of chain %q at record %d: %w", chain, first, err)
+		}
 	}
 	for off := 0; off < len(data); {
 		n, k := binary.Uvarint(data[off:])
@@ -62,6 +71,9 @@ func TamperRecord(ctx context.Context, path, chain string, seq int64, old, new [
 				copy(enc[i:], new)
 			} else {
 				return fmt.Errorf("tamper: record %d does not contain %q", seq, old)
+			}
+			if encoding == 1 {
+				data = s2.Encode(nil, data)
 			}
 			update := `UPDATE audit_blocks SET data = ? WHERE chain = ? AND first_seq = ?`
 			if _, err := db.ExecContext(ctx, update, data, chain, first); err == nil {
