@@ -72,7 +72,7 @@ func BenchmarkIndexAudit(b *testing.B) {
 				b.Fatal(err)
 			}
 			defer s.Close()
-			s.hub.audit.encoding = enc.encoding
+			s.hub.audit.w.encoding = enc.encoding
 			const batch = 300
 			var spent time.Duration
 			i := 0

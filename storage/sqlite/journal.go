@@ -141,10 +141,10 @@ type auditLog struct {
 	// block under indexMu (index).
 	enc     []byte
 	entries []entry
-	block   blockScratch
-	// encoding is how the indexer stores blocks: blockS2, or blockRaw
-	// where a benchmark compares the two.
-	encoding int
+	// w is how the indexer stores blocks (blockS2; blockRaw where a
+	// benchmark compares the two), its statements prepared at the first
+	// index.
+	w blockWriter
 
 	kick      chan struct{}
 	syncKick  chan struct{}
@@ -168,7 +168,7 @@ type journalOptions struct {
 func openAuditLog(ctx context.Context, dbPath string, log *slog.Logger, o journalOptions) (*auditLog, error) {
 	a := &auditLog{
 		dir: dbPath + "-audit", dbPath: dbPath, log: log.With("component", "audit-journal"), interval: indexInterval,
-		heads: make(map[string]storage.ChainHead), locks: make(map[string]*os.File), encoding: blockS2,
+		heads: make(map[string]storage.ChainHead), locks: make(map[string]*os.File), w: blockWriter{encoding: blockS2},
 		kick: make(chan struct{}, 1), syncKick: make(chan struct{}, 1), spareKick: make(chan struct{}, 1), stop: make(chan struct{}),
 	}
 	if err := os.MkdirAll(a.dir, 0o700); err != nil {
@@ -654,7 +654,13 @@ func (a *auditLog) index(ctx context.Context) error {
 			entries = append(entries, b.entries...)
 		}
 		defer func() { clear(entries); a.entries = entries[:0] }() // the records' memory goes with their batches
-		err := writeTx(ctx, a.db, func(tx *sql.Tx) error { return insertBlocks(ctx, tx, entries, &a.block, a.encoding) })
+		var err error
+		if a.w.stmts == nil {
+			a.w.stmts, err = prepareBlockStatements(ctx, a.db, a.w.encoding)
+		}
+		if err == nil {
+			err = writeTx(ctx, a.db, func(tx *sql.Tx) error { return insertBlocks(ctx, tx, entries, &a.w) })
+		}
 		if err != nil {
 			err = fmt.Errorf("%w: index %d journaled audit records: %w", storage.ErrUnavailable, len(entries), err)
 			a.mu.Lock()
@@ -887,7 +893,11 @@ func (a *auditLog) close(ctx context.Context) error {
 	}
 	a.retired = nil
 	a.mu.Unlock()
-	return errors.Join(err, a.db.Close())
+	a.indexMu.Lock()
+	serr := a.w.stmts.close()
+	a.w.stmts = nil
+	a.indexMu.Unlock()
+	return errors.Join(err, serr, a.db.Close())
 }
 
 // recover indexes the records of journal files that no live process holds.
@@ -1017,7 +1027,7 @@ func (a *auditLog) indexJournal(ctx context.Context, data []byte, name string) e
 		a.log.Warn("ignoring the end of an audit journal: a torn or damaged frame, never acknowledged", "file", name, "offset", off, "bytes", len(data)-off)
 	}
 	if len(entries) > 0 {
-		if err := writeTx(ctx, a.db, func(tx *sql.Tx) error { return insertBlocks(ctx, tx, entries, nil, a.encoding) }); err != nil {
+		if err := writeTx(ctx, a.db, func(tx *sql.Tx) error { return insertBlocks(ctx, tx, entries, &blockWriter{encoding: a.w.encoding}) }); err != nil {
 			return fmt.Errorf("audit journal %s: index %d records: %w", name, len(entries), err)
 		}
 		a.log.Info("indexed audit records journaled by a process that stopped", "file", name, "records", len(entries))
