@@ -72,7 +72,9 @@ func BenchmarkIndexAudit(b *testing.B) {
 				b.Fatal(err)
 			}
 			defer s.Close()
+			s.hub.audit.indexMu.Lock() // before the first index prepares the statements
 			s.hub.audit.w.encoding = enc.encoding
+			s.hub.audit.indexMu.Unlock()
 			const batch = 300
 			var spent time.Duration
 			i := 0
