@@ -50,6 +50,11 @@ type Metrics struct {
 	// BudgetSpend counts the actual cost of LLM calls settled with the
 	// tokens they used, in US dollars, by org and team.
 	BudgetSpend *prometheus.CounterVec
+
+	// auditWriteOK and auditWriteError are AuditWrite's two series, looked
+	// up once: in os durability every check is a batch of its own, and the
+	// label lookup cost about 0.5 µs of each.
+	auditWriteOK, auditWriteError prometheus.Observer
 }
 
 // NewMetrics creates the collectors and registers them with reg (which may be nil).
@@ -118,6 +123,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	for _, op := range storeOps {
 		m.StoreErrors.WithLabelValues(op) // present at 0 before the first error
 	}
+	m.auditWriteOK, m.auditWriteError = m.AuditWrite.WithLabelValues("ok"), m.AuditWrite.WithLabelValues("error")
 	if reg != nil {
 		reg.MustRegister(m.Checks, m.CheckDuration, m.Rejected, m.AuditErrors, m.PolicyReloads, m.PolicyInfo, m.AuditBatch, m.AuditWrite, m.BudgetThresholds, m.CredentialFindings, m.UsageReconciled,
 			m.StoreErrors, m.BudgetReserved, m.BudgetSpend)
@@ -194,10 +200,13 @@ func (p pendingApprovals) Collect(ch chan<- prometheus.Metric) {
 // ObserveBatch records one group commit; it lets Metrics serve as the audit
 // writer's metrics sink.
 func (m *Metrics) ObserveBatch(records int, write time.Duration, err error) {
-	result := "ok"
-	if err != nil {
-		result = "error"
-	}
 	m.AuditBatch.Observe(float64(records))
-	m.AuditWrite.WithLabelValues(result).Observe(write.Seconds())
+	o, result := m.auditWriteOK, "ok"
+	if err != nil {
+		o, result = m.auditWriteError, "error"
+	}
+	if o == nil { // a Metrics not made by NewMetrics
+		o = m.AuditWrite.WithLabelValues(result)
+	}
+	o.Observe(write.Seconds())
 }

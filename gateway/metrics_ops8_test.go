@@ -87,3 +87,25 @@ func TestPendingApprovalsGauge(t *testing.T) {
 		t.Fatalf("aa_approvals_pending = %v, want 2 (one decided, one expired)", got)
 	}
 }
+
+// TestObserveBatchSeries: a group commit is counted under its result, by
+// the series NewMetrics looked up and by a Metrics built without it.
+func TestObserveBatchSeries(t *testing.T) {
+	count := func(m *Metrics, result string) uint64 {
+		var d dto.Metric
+		if err := m.AuditWrite.WithLabelValues(result).(prometheus.Metric).Write(&d); err != nil {
+			t.Fatal(err)
+		}
+		return d.GetHistogram().GetSampleCount()
+	}
+	built := NewMetrics(prometheus.NewRegistry())
+	bare := &Metrics{AuditBatch: built.AuditBatch, AuditWrite: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "w"}, []string{"result"})}
+	for _, m := range []*Metrics{built, bare} {
+		m.ObserveBatch(3, time.Millisecond, nil)
+		m.ObserveBatch(1, time.Millisecond, nil)
+		m.ObserveBatch(2, time.Millisecond, errors.New("disk full"))
+		if ok, bad := count(m, "ok"), count(m, "error"); ok != 2 || bad != 1 {
+			t.Fatalf("ok %d, error %d; want 2 and 1", ok, bad)
+		}
+	}
+}
