@@ -32,10 +32,6 @@ const (
 // damaged length cannot make a reader allocate without limit.
 const maxBlockBytes = maxFrameBytes
 
-// blockScratch is reused from block to block by one writer: the entries of a
-// block and their compressed form.
-type blockScratch struct{ raw, packed []byte }
-
 // blockEntries returns the entries a stored block holds, decompressing them
 // into *scratch when they are compressed; the result is valid until the next
 // call with the same scratch. A block that cannot be decompressed, or of an
@@ -107,12 +103,13 @@ func decodeEntries(data []byte, fn func(r *storage.AuditRecord, raw []byte) erro
 
 // blockWriter is how insertBlocks stores blocks: their encoding (blockS2,
 // or blockRaw for migration 0005, which runs before the encoding column
-// exists), scratch reused from block to block, and statements prepared once
-// on a connection (nil: prepared in each transaction).
+// exists), a block's entries and their compressed form reused from block to
+// block, and statements prepared once on a connection (nil: prepared in
+// each transaction).
 type blockWriter struct {
-	encoding int
-	scratch  blockScratch
-	stmts    *blockStatements
+	encoding    int
+	raw, packed []byte
+	stmts       *blockStatements
 }
 
 // blockStatements are insertBlocks' statements, prepared once on the
@@ -193,20 +190,22 @@ func insertBlocks(ctx context.Context, tx *sql.Tx, entries []entry, w *blockWrit
 			for _, e := range block {
 				size += len(e.data)
 			}
-			data := slices.Grow(w.scratch.raw[:0], size)
+			data := slices.Grow(w.raw[:0], size)
 			lo, hi := block[0].timeNS, block[0].timeNS
 			for _, e := range block {
 				data = append(data, e.data...)
 				lo, hi = min(lo, e.timeNS), max(hi, e.timeNS)
 			}
 			last := block[len(block)-1]
-			w.scratch.raw = data // the driver copies a bound blob
-			args := []any{chain, block[0].seq, last.seq, lo, hi, len(block), data}
+			w.raw = data // the driver copies a bound blob
+			var err error
 			if w.encoding == blockS2 {
-				w.scratch.packed = s2.Encode(w.scratch.packed[:cap(w.scratch.packed)], data)
-				args = append(args[:6], blockS2, w.scratch.packed)
+				w.packed = s2.Encode(w.packed[:cap(w.packed)], data)
+				_, err = ins.ExecContext(ctx, chain, block[0].seq, last.seq, lo, hi, len(block), blockS2, w.packed)
+			} else {
+				_, err = ins.ExecContext(ctx, chain, block[0].seq, last.seq, lo, hi, len(block), data)
 			}
-			if _, err := ins.ExecContext(ctx, args...); err != nil {
+			if err != nil {
 				return fmt.Errorf("store audit records %d..%d of chain %q: %w", block[0].seq, last.seq, chain, err)
 			}
 			hash := last.data[len(last.data)-storage.HashSize:]

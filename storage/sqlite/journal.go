@@ -137,14 +137,13 @@ type auditLog struct {
 	syncs atomic.Int64 // background fdatasyncs done, for tests
 
 	indexMu sync.Mutex
-	// Scratch reused across batches: enc under mu (append), entries and
-	// block under indexMu (index).
+	// Reused across batches: enc under mu (append); entries and w under
+	// indexMu (index). w is how the indexer stores blocks (blockS2;
+	// blockRaw where a benchmark compares the two), its statements
+	// prepared at the first index.
 	enc     []byte
 	entries []entry
-	// w is how the indexer stores blocks (blockS2; blockRaw where a
-	// benchmark compares the two), its statements prepared at the first
-	// index.
-	w blockWriter
+	w       blockWriter
 
 	kick      chan struct{}
 	syncKick  chan struct{}
