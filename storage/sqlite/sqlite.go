@@ -519,6 +519,11 @@ type hub struct {
 	counters *memory.Counters
 	// appendMu orders tail delivery with commit order across the Stores.
 	appendMu sync.Mutex
+	// slowAppend is set while AppendAudit holds appendMu: it may be doing
+	// I/O, so an inline append does not wait for it (lockInline).
+	slowAppend atomic.Bool
+	// inlineWait is defaultInlineWait; tests change it.
+	inlineWait time.Duration
 	// audit is the audit journal and its indexer (journal.go).
 	audit *auditLog
 
@@ -540,12 +545,13 @@ func acquireHub(ctx context.Context, path string, s *Store) (*hub, error) {
 		return h, nil
 	}
 	h := &hub{
-		path:     path,
-		refs:     1,
-		notifier: memory.NewNotifier(),
-		tail:     broadcast.New[*storage.AuditRecord](memory.TailBuffer, broadcast.Disconnect),
-		counters: memory.NewCounters(s.opts.Now),
-		dirty:    make(map[string]struct{}),
+		path:       path,
+		refs:       1,
+		notifier:   memory.NewNotifier(),
+		tail:       broadcast.New[*storage.AuditRecord](memory.TailBuffer, broadcast.Disconnect),
+		counters:   memory.NewCounters(s.opts.Now),
+		dirty:      make(map[string]struct{}),
+		inlineWait: defaultInlineWait,
 		// budget holds changed since the last flush
 		dirtyHolds: make(map[string]struct{}),
 	}
