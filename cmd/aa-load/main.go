@@ -2,7 +2,8 @@
 // extauthz, Envoy's ext_authz Check as a sidecar sends it) against a gateway, closed
 // loop (as fast as N clients can go) or open loop at a fixed rate, and
 // reports throughput and latency percentiles, with the gateway's own
-// latency histogram over the same run when its /metrics can be scraped.
+// latency histogram over the same run when its /metrics can be scraped, and
+// the machine's CPU load and hypervisor steal over the run (Linux).
 //
 // In open loop, a request's latency runs from the moment the generator was
 // ready to send it: after its own timer woke up, but before it waited for
@@ -77,6 +78,9 @@ type Report struct {
 	// Server is the gateway's own latency histogram over the run (see
 	// ServerLatency), when -metrics could be scraped.
 	Server *ServerLatency `json:"server,omitempty"`
+	// Machine is the machine's CPU load over the run (see MachineCPU), on
+	// Linux.
+	Machine *MachineCPU `json:"machine,omitempty"`
 }
 
 func main() {
@@ -152,7 +156,11 @@ func run(ctx context.Context, o options, out io.Writer) error {
 	if o.metrics != "" && metric != "" {
 		before, scrapeErr = scrapeHistogram(ctx, o.metrics, metric)
 	}
+	cpu0, cpuErr := sampleCPU()
 	rep := measure(ctx, o, calls)
+	if cpu1, err := sampleCPU(); cpuErr == nil && err == nil {
+		rep.Machine = machineCPU(cpu0, cpu1)
+	}
 	if o.metrics != "" && metric != "" && scrapeErr == nil {
 		var after histogram
 		if after, scrapeErr = scrapeHistogram(ctx, o.metrics, metric); scrapeErr == nil {
@@ -172,6 +180,9 @@ func run(ctx context.Context, o options, out io.Writer) error {
 	}
 	if rep.Server != nil {
 		printServerLatency(out, rep.Server)
+	}
+	if rep.Machine != nil {
+		printMachine(out, rep.Machine)
 	}
 	if rep.FirstError != "" {
 		fmt.Fprintf(out, "first error: %s\n", rep.FirstError)
