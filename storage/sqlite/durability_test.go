@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -78,6 +79,10 @@ const crashEnv = "AA_SQLITE_CRASH_CHILD"
 // records are nowhere but in the journal's shared-memory copy: recovery must
 // find them there. "os-unflushed-copy-lost" is its control: the copy is
 // deleted before the reopen, and nothing is recovered.
+//
+// In the "-recycled" cases the child first journals and indexes records
+// until the file it writes is a recycled one (about 80 MB), so that it dies
+// writing a file that holds its earlier life's frames after the new ones.
 func TestAppendSurvivesProcessKill(t *testing.T) {
 	if os.Getenv(crashEnv) != "" {
 		crashChild()
@@ -88,11 +93,15 @@ func TestAppendSurvivesProcessKill(t *testing.T) {
 		durability storage.Durability
 		unflushed  bool // the child neither flushes nor indexes
 		loseCopy   bool // the shared-memory copy is deleted before the reopen
+		recycled   bool // the child dies writing a recycled journal file
 	}{
-		{"sync", storage.DurabilitySync, false, false},
-		{"os", storage.DurabilityOS, false, false},
-		{"os-unflushed", storage.DurabilityOS, true, false},
-		{"os-unflushed-copy-lost", storage.DurabilityOS, true, true},
+		{"sync", storage.DurabilitySync, false, false, false},
+		{"os", storage.DurabilityOS, false, false, false},
+		{"os-unflushed", storage.DurabilityOS, true, false, false},
+		{"os-unflushed-copy-lost", storage.DurabilityOS, true, true, false},
+		{"sync-recycled", storage.DurabilitySync, false, false, true},
+		{"os-recycled", storage.DurabilityOS, false, false, true},
+		{"os-unflushed-recycled", storage.DurabilityOS, true, false, true},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -103,7 +112,7 @@ func TestAppendSurvivesProcessKill(t *testing.T) {
 			}
 			path := filepath.Join(t.TempDir(), "aa.db")
 			cmd := exec.Command(os.Args[0], "-test.run=^TestAppendSurvivesProcessKill$")
-			cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%s|%s|%v", crashEnv, path, c.durability, c.unflushed))
+			cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%s|%s|%v|%v", crashEnv, path, c.durability, c.unflushed, c.recycled))
 			var out bytes.Buffer
 			cmd.Stdout = &out
 			cmd.Stderr = &out
@@ -115,6 +124,14 @@ func TestAppendSurvivesProcessKill(t *testing.T) {
 			acked := bytes.Count(out.Bytes(), []byte("acked\n"))
 			if acked == 0 {
 				t.Fatalf("the child acknowledged nothing: %s", out.String())
+			}
+			var prefilled int64
+			if c.recycled {
+				m := regexp.MustCompile(`(?m)^prefilled (\d+)$`).FindSubmatch(out.Bytes())
+				if m == nil {
+					t.Fatalf("the child wrote no recycled journal file: %s", out.String())
+				}
+				prefilled, _ = strconv.ParseInt(string(m[1]), 10, 64)
 			}
 			if c.loseCopy {
 				prefix, err := shmPrefix(path + "-audit")
@@ -141,7 +158,7 @@ func TestAppendSurvivesProcessKill(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if !rep.OK || rep.Records < 2*int64(acked) {
+			if !rep.OK || rep.Records < 2*int64(acked)+prefilled {
 				t.Fatalf("after SIGKILL: %+v with %d batches of 2 acknowledged\n%s", rep, acked, bytes.ReplaceAll(out.Bytes(), []byte("acked\n"), nil))
 			}
 			t.Logf("%d records acknowledged, %d recovered", 2*acked, rep.Records)
@@ -159,6 +176,37 @@ func crashChild() {
 	if err != nil {
 		fmt.Println(err)
 		os.Exit(2)
+	}
+	if f[3] == "true" {
+		// Fill and index journal files until the current one is recycled
+		// (files grow to 16 MiB; a full one is recycled once its records
+		// are indexed).
+		a := s.hub.audit
+		payload := []byte(`{"p":"` + strings.Repeat("r", 8000) + `"}`)
+		n := 0
+		for recycled := false; !recycled; {
+			if n >= 50_000 {
+				fmt.Println("no recycled journal file after", n, "records")
+				os.Exit(2)
+			}
+			batch := make([]*storage.AuditRecord, 50)
+			for j := range batch {
+				batch[j] = &storage.AuditRecord{Chain: "crash", Time: time.Now(), Payload: payload}
+			}
+			if err := s.AppendAudit(context.Background(), batch); err != nil {
+				fmt.Println(err)
+				os.Exit(2)
+			}
+			n += len(batch)
+			if err := a.index(context.Background()); err != nil {
+				fmt.Println(err)
+				os.Exit(2)
+			}
+			a.mu.Lock()
+			recycled = a.cur.recycled
+			a.mu.Unlock()
+		}
+		fmt.Printf("prefilled %d\n", n)
 	}
 	for i := range 200 {
 		batch := []*storage.AuditRecord{{Chain: "crash", Time: time.Now(), Reason: strconv.Itoa(i)}, {Chain: "crash", Time: time.Now()}}

@@ -36,19 +36,26 @@ import (
 //
 // Files live in <database>-audit/ as journal-<time>-<pid>.log, each locked
 // (flock) by the process writing it. A frame is uint32 length, uint32
-// CRC-32C of the payload, then the payload: the batch's entries (see
-// appendEntry). On open, files whose lock is free were left by a process that
-// died: their records not yet in audit_blocks are indexed and the files
-// removed. A torn last frame (the write was never acknowledged) is ignored.
+// CRC-32C of the file's name followed by the payload (frameSum), then the
+// payload: the batch's entries (see appendEntry). On open, files whose lock
+// is free were left by a process that died: their records not yet in
+// audit_blocks are indexed and the files removed. A torn last frame (the
+// write was never acknowledged) is ignored. Files written before the name
+// was part of the checksum (CRC-32C of the payload alone) are still read:
+// a file's first frame tells which (walkFrames).
 //
-// Each file is zero-filled and made durable before its first frame (a
-// background goroutine keeps one such spare ready; sizes double from
-// journalFirstBytes to journalFileBytes, so a little-used database keeps
-// small files), and frames
-// are written in place. An fdatasync then flushes data only: the file's size
-// and blocks never change, so the filesystem has no metadata to commit,
-// which took a third off fdatasync's latency on the build machines. A frame
-// header of zeros marks the unused rest of a file.
+// Each file is written in place into blocks that are already allocated and
+// made durable before its first frame: a new file is zero-filled, and a
+// full-size file whose records are all indexed is recycled instead (its
+// first frame header zeroed, then renamed; a background goroutine keeps one
+// such spare ready; sizes double from journalFirstBytes to journalFileBytes,
+// so a little-used database keeps small files). An fdatasync then flushes
+// data only: the file's size and blocks never change, so the filesystem has
+// no metadata to commit, which took a third off fdatasync's latency on the
+// build machines. A frame header of zeros ends a file's frames; in a
+// recycled file, each write leaves one after its frame (the frames of the
+// file's earlier life that follow it are checksummed under its earlier name,
+// so they cannot pass for this file's even without it).
 //
 // Each chain is written by one process at a time: the first append to a chain
 // takes chain-<hash>.lock in the same directory, and a second process that
@@ -64,6 +71,23 @@ const (
 )
 
 var crcTable = crc32.MakeTable(crc32.Castagnoli)
+
+// endOfFrames is a zero frame header: it ends a file's frames.
+var endOfFrames [frameHeader]byte
+
+// frameSeed is what the checksums of a journal file's frames start from:
+// the CRC-32C of the file's base name. A recycled file gets a new name, so
+// the frames of its earlier life fail their checksums in its new one.
+func frameSeed(base string) uint32 {
+	return crc32.Checksum([]byte(base), crcTable)
+}
+
+// frameSum is a frame's checksum: the CRC-32C of its file's base name
+// (seed) followed by its payload. Seed 0 gives the CRC-32C of the payload
+// alone, the checksum of files written before names were part of it.
+func frameSum(seed uint32, payload []byte) uint32 {
+	return crc32.Update(seed, crcTable, payload)
+}
 
 // testHooks lets this package's crash test stop the background flusher and
 // indexer, so that acknowledged records are only in the journal's
@@ -86,9 +110,13 @@ type pendingBatch struct {
 type journalFile struct {
 	no   int64
 	path string
+	seed uint32 // frameSeed of the file's name
 	f    *os.File
 	size int64 // bytes of frames written
-	cap  int64 // bytes zero-filled
+	cap  int64 // bytes frames may fill (allocated and durable)
+	// recycled files hold an earlier life's bytes beyond size: each write
+	// ends with a zero frame header, which cap leaves room for.
+	recycled bool
 	// shm, in DurabilityOS, is the file's copy in shared memory (shm.go):
 	// frames are written there and copied to f by the flusher. It is set
 	// and cleared holding both mu and shmMu.
@@ -114,8 +142,10 @@ type auditLog struct {
 	// under poolMu.
 	poolMu     sync.Mutex
 	spareShm   *shmCopy
-	closing    bool         // under poolMu: copies are removed, not kept
+	spareFile  *keptFile    // under poolMu: a full-size file kept for reuse
+	closing    bool         // under poolMu: copies and files are removed, not kept
 	shmCreated atomic.Int64 // copies created rather than reused, for tests
+	recycled   atomic.Int64 // journal files recycled rather than created, for tests
 
 	dbPath   string
 	log      *slog.Logger
@@ -330,9 +360,9 @@ func (a *auditLog) write(frame []byte, sync bool) error {
 			return err
 		}
 	}
-	binary.BigEndian.PutUint32(frame[0:4], uint32(len(frame)-frameHeader))
-	binary.BigEndian.PutUint32(frame[4:8], crc32.Checksum(frame[frameHeader:], crcTable))
 	j := a.cur
+	binary.BigEndian.PutUint32(frame[0:4], uint32(len(frame)-frameHeader))
+	binary.BigEndian.PutUint32(frame[4:8], frameSum(j.seed, frame[frameHeader:]))
 	if j.shm != nil && j.size+int64(len(frame)) > j.cap {
 		// Only an empty file gets a frame larger than itself: the file
 		// alone holds it, and what follows.
@@ -340,6 +370,9 @@ func (a *auditLog) write(frame []byte, sync bool) error {
 	}
 	if j.shm != nil {
 		return a.writeShm(j, frame, sync)
+	}
+	if j.recycled {
+		frame = append(frame, endOfFrames[:]...)
 	}
 	_, err := j.f.WriteAt(frame, j.size) // a frame larger than the file extends it
 	if err == nil && sync {
@@ -353,6 +386,9 @@ func (a *auditLog) write(frame []byte, sync bool) error {
 		return err
 	}
 	j.size += int64(len(frame))
+	if j.recycled {
+		j.size -= frameHeader
+	}
 	if !sync {
 		a.kickSync()
 	}
@@ -399,13 +435,27 @@ func (a *auditLog) flushShm(j *journalFile) error {
 		return nil
 	}
 	to := j.size
-	if _, err := j.f.WriteAt(j.shm.mem[j.synced:to], j.synced); err != nil {
+	if err := writeFrames(j, j.shm.mem[j.synced:to], j.synced); err != nil {
 		return err
 	}
 	if err := fdatasync(j.f); err != nil {
 		return err
 	}
 	j.synced = to
+	return nil
+}
+
+// writeFrames writes frames, copied from j's shared-memory copy, to j's file
+// at off, followed by a zero frame header when j is recycled.
+func writeFrames(j *journalFile, frames []byte, off int64) error {
+	if _, err := j.f.WriteAt(frames, off); err != nil {
+		return err
+	}
+	if j.recycled {
+		if _, err := j.f.WriteAt(endOfFrames[:], off+int64(len(frames))); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -454,12 +504,19 @@ func (a *auditLog) growCap() int64 {
 	return c
 }
 
-// newJournalFile creates, locks and zero-fills a journal file of size bytes,
-// makes the file and its directory entry durable, and gives it a
-// shared-memory copy when the journal uses them (without one, if that
-// fails: the file is then written directly).
+// newJournalFile recycles the kept journal file when it has size bytes, or
+// else creates, locks and zero-fills one; either way the file and its
+// directory entry are durable. It gives the file a shared-memory copy when
+// the journal uses them (without one, if that fails: the file is then
+// written directly).
 func (a *auditLog) newJournalFile(size int64) (*journalFile, error) {
-	j, err := newJournalFile(a.dir, size)
+	j, err := a.reuseFile(size)
+	if err != nil {
+		a.log.Warn("recycle an audit journal file; creating a new one", "err", err)
+	}
+	if j == nil {
+		j, err = newJournalFile(a.dir, size)
+	}
 	if err != nil || a.shmDir == "" {
 		return j, err
 	}
@@ -472,7 +529,7 @@ func (a *auditLog) newJournalFile(size int64) (*journalFile, error) {
 // newJournalFile creates, locks and zero-fills a journal file of size bytes
 // in dir, and makes the file and its directory entry durable.
 func newJournalFile(dir string, size int64) (*journalFile, error) {
-	path := filepath.Join(dir, fmt.Sprintf("journal-%020d-%d.log", time.Now().UnixNano(), os.Getpid()))
+	path := journalPath(dir)
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_RDWR, 0o600)
 	if err != nil {
 		return nil, err
@@ -496,7 +553,76 @@ func newJournalFile(dir string, size int64) (*journalFile, error) {
 	if err := syncFile(dir); err != nil {
 		return fail(err)
 	}
-	return &journalFile{path: path, f: f, cap: size}, nil
+	return &journalFile{path: path, seed: frameSeed(filepath.Base(path)), f: f, cap: size}, nil
+}
+
+// journalPath names a new journal file in dir.
+func journalPath(dir string) string {
+	return filepath.Join(dir, fmt.Sprintf("journal-%020d-%d.log", time.Now().UnixNano(), os.Getpid()))
+}
+
+// keptFile is a journal file whose records are all indexed, kept open and
+// locked to be recycled as the next file of its size.
+type keptFile struct {
+	path string
+	f    *os.File
+	size int64
+}
+
+// keepFile keeps j's file for reuse when it is full-size and none is kept
+// yet, reporting whether it did. Nothing may use j any more.
+func (a *auditLog) keepFile(j *journalFile) bool {
+	size := j.cap
+	if j.recycled {
+		size += frameHeader
+	}
+	if size != journalFileBytes || j.size > j.cap {
+		return false // a smaller file of the first few, or extended by one huge frame
+	}
+	a.poolMu.Lock()
+	defer a.poolMu.Unlock()
+	if a.spareFile != nil || a.closing {
+		return false
+	}
+	a.spareFile = &keptFile{path: j.path, f: j.f, size: size}
+	return true
+}
+
+// reuseFile recycles the kept file as a new journal file of size bytes, or
+// returns nil when none of that size is kept. The file's first frame header
+// is zeroed and on disk before it is renamed: whichever name a crash leaves
+// it under, it holds no frame that recovery could read as this file's (the
+// frames of its earlier life are indexed already, and checksummed under
+// its earlier name).
+func (a *auditLog) reuseFile(size int64) (*journalFile, error) {
+	a.poolMu.Lock()
+	k := a.spareFile
+	if k == nil || k.size != size {
+		a.poolMu.Unlock()
+		return nil, nil
+	}
+	a.spareFile = nil
+	a.poolMu.Unlock()
+	path := journalPath(a.dir)
+	fail := func(at string, err error) (*journalFile, error) {
+		k.f.Close()
+		os.Remove(at)
+		return nil, fmt.Errorf("recycle audit journal %s as %s: %w", k.path, path, err)
+	}
+	if _, err := k.f.WriteAt(endOfFrames[:], 0); err != nil {
+		return fail(k.path, err)
+	}
+	if err := fdatasync(k.f); err != nil {
+		return fail(k.path, err)
+	}
+	if err := os.Rename(k.path, path); err != nil {
+		return fail(k.path, err)
+	}
+	if err := syncFile(a.dir); err != nil {
+		return fail(path, err)
+	}
+	a.recycled.Add(1)
+	return &journalFile{path: path, seed: frameSeed(filepath.Base(path)), f: k.f, cap: size - frameHeader, recycled: true}, nil
 }
 
 // runSpare keeps one zero-filled journal file ready, so that rotating never
@@ -539,9 +665,11 @@ func (a *auditLog) runSpare() {
 // the file first (a copy without a file is removed by recover). Nothing may
 // use the copy any more.
 func (a *auditLog) discard(j *journalFile) {
-	j.f.Close()
-	if err := os.Remove(j.path); err != nil {
-		a.log.Warn("remove audit journal", "file", j.path, "err", err)
+	if !a.keepFile(j) {
+		j.f.Close()
+		if err := os.Remove(j.path); err != nil {
+			a.log.Warn("remove audit journal", "file", j.path, "err", err)
+		}
 	}
 	if j.shm != nil {
 		j.shm.used = min(j.size, int64(len(j.shm.mem)))
@@ -802,7 +930,7 @@ func (a *auditLog) copyShm(j *journalFile, from, to int64) {
 	a.shmMu.Lock()
 	var err error
 	if j.shm != nil && from < to { // else flushed and dropped meanwhile
-		if _, err = j.f.WriteAt(j.shm.mem[from:to], from); err == nil {
+		if err = writeFrames(j, j.shm.mem[from:to], from); err == nil {
 			err = fdatasync(j.f)
 		}
 	}
@@ -865,6 +993,13 @@ func (a *auditLog) close(ctx context.Context) error {
 		a.spareShm = nil
 		if err := c.remove(); err != nil {
 			a.log.Warn("remove the audit journal's shared-memory copy", "copy", c.path, "err", err)
+		}
+	}
+	if k := a.spareFile; k != nil {
+		a.spareFile = nil
+		k.f.Close()
+		if err := os.Remove(k.path); err != nil {
+			a.log.Warn("remove audit journal", "file", k.path, "err", err)
 		}
 	}
 	a.poolMu.Unlock()
@@ -944,7 +1079,7 @@ func (a *auditLog) recoverFile(ctx context.Context, f *os.File, name string) err
 			a.log.Warn("read the shared-memory copy of an audit journal", "file", name, "copy", p, "err", err)
 		}
 	}
-	data, fromCopy, mismatch := pickJournal(data, copyData)
+	data, fromCopy, mismatch := pickJournal(data, copyData, frameSeed(filepath.Base(name)))
 	switch {
 	case mismatch != nil:
 		a.log.Warn("ignoring the shared-memory copy of an audit journal", "file", name, "copy", copyPath, "reason", mismatch)
@@ -1003,7 +1138,7 @@ func (a *auditLog) indexJournal(ctx context.Context, data []byte, name string) e
 		return h, nil
 	}
 	var entries []entry
-	off, clean, err := walkFrames(data, func(payload []byte, at int) error {
+	off, clean, err := walkFrames(data, frameSeed(filepath.Base(name)), func(payload []byte, at int) error {
 		_, err := decodeEntries(payload, func(r *storage.AuditRecord, raw []byte) error {
 			h, err := headOf(r.Chain)
 			if err != nil {
@@ -1036,24 +1171,35 @@ func (a *auditLog) indexJournal(ctx context.Context, data []byte, name string) e
 
 // walkFrames calls fn with each intact frame's payload and offset, in order,
 // and returns where the intact frames end, and whether the rest is clean:
-// nothing, or the unused, zero-filled end of a file (not a torn or damaged
-// frame). fn may be nil.
-func walkFrames(data []byte, fn func(payload []byte, at int) error) (end int, clean bool, err error) {
+// nothing, or a zero frame header, which ends a file's frames (not a torn or
+// damaged frame). seed is the file's frameSeed. A file whose first frame
+// checks with seed 0 instead was written before names were part of the
+// checksum; such a file is clean only when all that follows its frames is
+// zero, as it was zero-filled. fn may be nil.
+func walkFrames(data []byte, seed uint32, fn func(payload []byte, at int) error) (end int, clean bool, err error) {
 	off := 0
+	legacy := false
 	for off < len(data) {
 		if len(data)-off < frameHeader {
 			return off, allZero(data[off:]), nil
 		}
 		n := int(binary.BigEndian.Uint32(data[off:]))
 		sum := binary.BigEndian.Uint32(data[off+4:])
-		if n == 0 && sum == 0 && allZero(data[off:]) {
+		if n == 0 && sum == 0 && (!legacy || allZero(data[off:])) {
 			return off, true, nil
 		}
-		if n > len(data)-off-frameHeader || crc32.Checksum(data[off+frameHeader:off+frameHeader+n], crcTable) != sum {
+		if n > len(data)-off-frameHeader {
 			return off, false, nil
 		}
+		payload := data[off+frameHeader : off+frameHeader+n]
+		if frameSum(seed, payload) != sum {
+			if off != 0 || seed == 0 || frameSum(0, payload) != sum {
+				return off, false, nil
+			}
+			legacy, seed = true, 0
+		}
 		if fn != nil {
-			if err := fn(data[off+frameHeader:off+frameHeader+n], off); err != nil {
+			if err := fn(payload, off); err != nil {
 				return off, false, err
 			}
 		}

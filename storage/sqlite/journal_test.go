@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"log/slog"
 	"math/rand/v2"
 	"os"
@@ -103,23 +102,33 @@ func TestLegacyAuditRowsConverted(t *testing.T) {
 	}
 }
 
-// journalFrame is one frame as auditLog.write lays it out.
-func journalFrame(recs []*storage.AuditRecord) []byte {
+// journalFrame is one frame as auditLog.write lays it out in a file whose
+// frameSeed is seed (0: as written before names were part of the checksum).
+func journalFrame(seed uint32, recs []*storage.AuditRecord) []byte {
 	payload := []byte{}
 	for _, r := range recs {
 		payload = appendEntry(payload, storage.AppendRecordEncoding(nil, r), r.Hash)
 	}
 	out := binary.BigEndian.AppendUint32(nil, uint32(len(payload)))
-	out = binary.BigEndian.AppendUint32(out, crc32.Checksum(payload, crcTable))
+	out = binary.BigEndian.AppendUint32(out, frameSum(seed, payload))
 	return append(out, payload...)
 }
 
 // TestJournalLeftByADeadProcessIsIndexed: journal files nobody holds (their
 // process died before indexing them) are indexed at open, up to a torn last
-// frame, and removed. Files are zero-filled ahead of their frames, so the
-// dead process left a zero tail after its frames, and possibly a spare file
-// that was never written; neither is mistaken for a torn frame.
+// frame, and removed. New files are zero-filled ahead of their frames, so
+// the dead process left a zero tail after its frames, and possibly a spare
+// file that was never written; neither is mistaken for a torn frame. A
+// recycled file holds its earlier life's frames after a zero frame header;
+// they are not read as this file's. Files written before names were part
+// of the frame checksum are read as before.
 func TestJournalLeftByADeadProcessIsIndexed(t *testing.T) {
+	name := func(i int) string { return fmt.Sprintf("journal-%020d-1.log", i) }
+	t.Run("names in checksums", func(t *testing.T) { testJournalLeftByADeadProcess(t, frameSeed(name(1)), name) })
+	t.Run("written before names were in checksums", func(t *testing.T) { testJournalLeftByADeadProcess(t, 0, name) })
+}
+
+func testJournalLeftByADeadProcess(t *testing.T, seed1 uint32, name func(int) string) {
 	t0 := time.Unix(1_800_000_000, 0)
 	var recs []*storage.AuditRecord
 	for i := range 9 {
@@ -129,21 +138,40 @@ func TestJournalLeftByADeadProcessIsIndexed(t *testing.T) {
 		t.Fatal(err)
 	}
 	zeroFilled := func(data []byte) []byte { return append(data, make([]byte, journalFirstBytes-len(data))...) }
-	full := append(journalFrame(recs[:4]), journalFrame(recs[4:7])...)
-	torn := journalFrame(recs[7:])
+	full := append(journalFrame(seed1, recs[:4]), journalFrame(seed1, recs[4:7])...)
+	torn := journalFrame(seed1, recs[7:])
 	torn = append(slices.Clone(full), torn[:len(torn)-5]...) // the process died inside this write
-	for _, tc := range []struct {
-		name      string
-		files     [][]byte
-		records   int64
-		wantTorn  bool
-		wantClean bool
+	// A recycled file's earlier life: frames of the same size and records,
+	// checksummed under another name.
+	earlier := journalFrame(frameSeed(name(0)), recs)
+	earlierLife := func(data []byte) []byte {
+		data = append(data, make([]byte, frameHeader)...) // the zero header each write leaves
+		return append(data, earlier[len(data)%len(earlier):]...)
+	}
+	cases := []struct {
+		name     string
+		files    [][]byte
+		records  int64
+		wantTorn bool
 	}{
-		{"frames then zeros", [][]byte{zeroFilled(slices.Clone(full))}, 7, false, true},
-		{"a torn frame then zeros", [][]byte{zeroFilled(slices.Clone(torn))}, 7, true, false},
-		{"a torn frame at the end of the file", [][]byte{slices.Clone(torn)}, 7, true, false},
-		{"frames, and a spare never written", [][]byte{zeroFilled(slices.Clone(full)), zeroFilled(nil)}, 7, false, true},
-	} {
+		{"frames then zeros", [][]byte{zeroFilled(slices.Clone(full))}, 7, false},
+		{"a torn frame then zeros", [][]byte{zeroFilled(slices.Clone(torn))}, 7, true},
+		{"a torn frame at the end of the file", [][]byte{slices.Clone(torn)}, 7, true},
+		{"frames, and a spare never written", [][]byte{zeroFilled(slices.Clone(full)), zeroFilled(nil)}, 7, false},
+	}
+	if seed1 != 0 {
+		cases = append(cases, []struct {
+			name     string
+			files    [][]byte
+			records  int64
+			wantTorn bool
+		}{
+			{"recycled: frames, then the earlier life's", [][]byte{earlierLife(slices.Clone(full))}, 7, false},
+			{"recycled: a torn frame over the earlier life's", [][]byte{append(slices.Clone(torn), earlier...)}, 7, true},
+			{"frames, and a recycled spare never written", [][]byte{zeroFilled(slices.Clone(full)), earlierLife(nil)}, 7, false},
+		}...)
+	}
+	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "aa.db")
 			if err := os.MkdirAll(path+"-audit", 0o700); err != nil {
@@ -151,7 +179,7 @@ func TestJournalLeftByADeadProcessIsIndexed(t *testing.T) {
 			}
 			var names []string
 			for i, data := range tc.files {
-				name := filepath.Join(path+"-audit", fmt.Sprintf("journal-%020d-1.log", i+1))
+				name := filepath.Join(path+"-audit", name(i+1))
 				if err := os.WriteFile(name, data, 0o600); err != nil {
 					t.Fatal(err)
 				}
@@ -346,5 +374,79 @@ func TestQueryAuditAcrossBlocksMatchesMemory(t *testing.T) {
 			}
 			qs.Cursor, qm.Cursor = ps.NextCursor, pm.NextCursor
 		}
+	}
+}
+
+// TestJournalFilesRecycled: once full-size journal files are indexed, they
+// are recycled as the next files instead of new ones being zero-filled. A
+// recycled file still holds its earlier life's bytes after the new frames,
+// and each write leaves a zero frame header there, so the file's frames end
+// cleanly where its records do. Every record verifies, and closing leaves
+// no journal file behind.
+func TestJournalFilesRecycled(t *testing.T) {
+	for _, d := range []storage.Durability{storage.DurabilitySync, storage.DurabilityOS} {
+		t.Run(string(d), func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "aa.db")
+			s, err := Open(t.Context(), Options{Path: path, Logger: discard(), Durability: d})
+			if err != nil {
+				t.Fatal(err)
+			}
+			a := s.hub.audit
+			t0 := time.Unix(1_800_000_000, 0)
+			payload := []byte(`{"p":"` + strings.Repeat("y", 8000) + `"}`)
+			n, checked := 0, 0
+			for a.recycled.Load() < 2 || checked < 3 {
+				if n > 50_000 {
+					t.Fatalf("%d records journaled, %d files recycled", n, a.recycled.Load())
+				}
+				var batch []*storage.AuditRecord
+				for range 50 {
+					r := testRecord("rec", n, t0)
+					r.Payload = payload
+					batch = append(batch, r)
+					n++
+				}
+				if err := s.AppendAudit(t.Context(), batch); err != nil {
+					t.Fatal(err)
+				}
+				if err := a.index(t.Context()); err != nil {
+					t.Fatal(err)
+				}
+				a.mu.Lock()
+				j := a.cur
+				if j.recycled && j.size > 0 {
+					if j.shm != nil {
+						if err := a.flushShm(j); err != nil {
+							t.Fatal(err)
+						}
+					}
+					data, err := os.ReadFile(j.path)
+					if err != nil {
+						t.Fatal(err)
+					}
+					end, clean, err := walkFrames(data, j.seed, nil)
+					if err != nil || !clean || int64(end) != j.size {
+						t.Errorf("recycled journal %s: frames end at %d (clean %v, %v); want a clean end at %d", j.path, end, clean, err, j.size)
+					}
+					// Its earlier life filled it to within a batch of the end.
+					if j.size < j.cap/2 && allZero(data[j.size+frameHeader:]) {
+						t.Errorf("recycled journal %s holds nothing of its earlier life", j.path)
+					}
+					checked++
+				}
+				a.mu.Unlock()
+			}
+			rep, err := s.VerifyAudit(t.Context(), "rec")
+			if err != nil || !rep.OK || rep.Records != int64(n) {
+				t.Fatalf("VerifyAudit = %+v, %v; want %d records", rep, err, n)
+			}
+			if err := s.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if left, err := filepath.Glob(filepath.Join(path+"-audit", "journal-*.log")); err != nil || len(left) != 0 {
+				t.Fatalf("journal files left after close: %v, %v", left, err)
+			}
+			t.Logf("%d records, %d files recycled", n, a.recycled.Load())
+		})
 	}
 }

@@ -116,13 +116,13 @@ func (c *shmCopy) remove() error {
 // pickJournal chooses what to recover from a journal file's bytes and its
 // shared-memory copy's (nil when there is none): the copy when the file's
 // valid frames are a prefix of it, else the file. It says which, and why when
-// the copy was passed over.
-func pickJournal(file, copy []byte) (data []byte, fromCopy bool, mismatch error) {
+// the copy was passed over. seed is the file's frameSeed (walkFrames).
+func pickJournal(file, copy []byte, seed uint32) (data []byte, fromCopy bool, mismatch error) {
 	if copy == nil {
 		return file, false, nil
 	}
-	fileEnd, _, _ := walkFrames(file, nil)
-	copyEnd, _, _ := walkFrames(copy, nil)
+	fileEnd, _, _ := walkFrames(file, seed, nil)
+	copyEnd, _, _ := walkFrames(copy, seed, nil)
 	if copyEnd < fileEnd || !bytes.Equal(file[:fileEnd], copy[:fileEnd]) {
 		return file, false, fmt.Errorf("its frames (%d bytes) do not extend the file's (%d bytes)", copyEnd, fileEnd)
 	}

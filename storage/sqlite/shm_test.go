@@ -3,7 +3,6 @@ package sqlite
 import (
 	"bytes"
 	"encoding/binary"
-	"hash/crc32"
 	"os"
 	"path/filepath"
 	"strings"
@@ -85,7 +84,7 @@ func TestOSModeAppendsInlineIntoSharedMemory(t *testing.T) {
 		t.Fatal(err)
 	}
 	n := 0
-	end, clean, err := walkFrames(mem, func(payload []byte, _ int) error {
+	end, clean, err := walkFrames(mem, cur.seed, func(payload []byte, _ int) error {
 		k, err := decodeEntries(payload, func(*storage.AuditRecord, []byte) error { return nil })
 		n += k
 		return err
@@ -178,40 +177,56 @@ func TestBatchLargerThanJournalFileLeavesSharedMemory(t *testing.T) {
 	}
 }
 
-// frame returns a journal frame holding payload.
-func frame(payload string) []byte {
+// frame returns a journal frame holding payload, checksummed from seed
+// (frameSum; 0 for a file written before names were part of it).
+func frame(seed uint32, payload string) []byte {
 	f := make([]byte, frameHeader, frameHeader+len(payload))
 	f = append(f, payload...)
 	binary.BigEndian.PutUint32(f[0:4], uint32(len(payload)))
-	binary.BigEndian.PutUint32(f[4:8], crc32.Checksum(f[frameHeader:], crcTable))
+	binary.BigEndian.PutUint32(f[4:8], frameSum(seed, f[frameHeader:]))
 	return f
 }
 
 func TestPickJournal(t *testing.T) {
 	zeros := make([]byte, 64)
 	join := func(parts ...[]byte) []byte { return bytes.Join(parts, nil) }
-	a, b, c := frame("first"), frame("second"), frame("third")
+	seed := frameSeed("journal-00000000000000000001-1.log")
+	a, b, c := frame(seed, "first"), frame(seed, "second"), frame(seed, "third")
 	file := join(a, b, zeros)
+	// A recycled file: its frames end with a zero header, and frames of its
+	// earlier life (checksummed under its earlier name) follow.
+	earlier := frameSeed("journal-00000000000000000000-1.log")
+	recycled := join(a, endOfFrames[:], frame(earlier, "old one"), frame(earlier, "old two"))
+	// The process died between the flusher's two writes: the frames, then
+	// the zero header after them. The earlier life's frame that follows
+	// starts exactly where the header was to go; only its checksum, made
+	// under the earlier name, tells that it is not this file's.
+	unended := join(a, frame(earlier, "old two"))
 	cases := []struct {
 		name     string
+		file     []byte
 		copy     []byte
 		fromCopy bool
 		mismatch bool
 	}{
-		{"no copy", nil, false, false},
-		{"the copy holds more frames", join(a, b, c, zeros), true, false},
-		{"the copy holds the same frames", join(a, b, zeros), true, false},
-		{"the copy holds fewer frames", join(a, zeros), false, true},
-		{"the copy holds other frames", join(a, c, c, zeros), false, true},
-		{"the copy is empty", []byte{}, false, true},
+		{"no copy", file, nil, false, false},
+		{"the copy holds more frames", file, join(a, b, c, zeros), true, false},
+		{"the copy holds the same frames", file, join(a, b, zeros), true, false},
+		{"the copy holds fewer frames", file, join(a, zeros), false, true},
+		{"the copy holds other frames", file, join(a, c, c, zeros), false, true},
+		{"the copy is empty", file, []byte{}, false, true},
+		{"recycled file, the copy holds more frames", recycled, join(a, b, c, zeros), true, false},
+		{"recycled file, the copy holds its frames", recycled, join(a, zeros), true, false},
+		{"recycled file, the copy holds other frames", recycled, join(c, zeros), false, true},
+		{"recycled file without the header after its frames, the copy holds more", unended, join(a, b, c, zeros), true, false},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			data, fromCopy, mismatch := pickJournal(file, tc.copy)
+			data, fromCopy, mismatch := pickJournal(tc.file, tc.copy, seed)
 			if fromCopy != tc.fromCopy || (mismatch != nil) != tc.mismatch {
 				t.Fatalf("fromCopy %v, mismatch %v; want %v, %v", fromCopy, mismatch, tc.fromCopy, tc.mismatch)
 			}
-			want := file
+			want := tc.file
 			if tc.fromCopy {
 				want = tc.copy
 			}
@@ -242,7 +257,7 @@ func TestOrphanedSharedMemoryCopiesRemoved(t *testing.T) {
 	orphan := filepath.Join(DefaultSharedMemoryDir, prefix+"journal-00000000000000000001-1.log")
 	foreign := filepath.Join(DefaultSharedMemoryDir, otherPrefix+"journal-00000000000000000001-1.log")
 	for _, p := range []string{orphan, foreign} {
-		if err := os.WriteFile(p, frame("x"), 0o600); err != nil {
+		if err := os.WriteFile(p, frame(frameSeed(filepath.Base(orphan)), "x"), 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -128,8 +128,8 @@ func TestMigrationsIdempotent(t *testing.T) {
 			t.Fatal(err)
 		}
 		v, err := s.SchemaVersion(t.Context())
-		if err != nil || v != 7 {
-			t.Fatalf("SchemaVersion = %d, %v; want 7", v, err)
+		if err != nil || v != 8 {
+			t.Fatalf("SchemaVersion = %d, %v; want 8", v, err)
 		}
 		if err := s.Close(); err != nil {
 			t.Fatal(err)
