@@ -32,6 +32,23 @@ func tryInline(s *Store, r *storage.AuditRecord) <-chan bool {
 	return res
 }
 
+// declined checks that an inline append of r, started while the lock is
+// held (because why), returns without appending and leaves r unchanged.
+func declined(t *testing.T, s *Store, r *storage.AuditRecord, why string) {
+	t.Helper()
+	select {
+	case done := <-tryInline(s, r):
+		if done {
+			t.Errorf("an inline append went through while %s", why)
+		}
+	case <-time.After(10 * time.Second):
+		t.Errorf("an inline append kept waiting while %s", why)
+	}
+	if r.Seq != 0 || r.Hash != nil {
+		t.Fatalf("a declined append changed the record: %+v", r)
+	}
+}
+
 // TestInlineAppendWaitsForAnotherInlineAppend: an inline append that finds
 // another inline append holding the lock waits for it (a few microseconds)
 // instead of declining, which would send its record through the slower
@@ -58,40 +75,18 @@ func TestInlineAppendWaitsForAnotherInlineAppend(t *testing.T) {
 	}
 
 	// Held by AppendAudit: the inline append declines at once.
+	r := testRecord("c", 2, time.Now())
 	h.appendMu.Lock()
 	h.slowAppend.Store(true)
-	r := testRecord("c", 2, time.Now())
-	res = tryInline(s, r)
-	select {
-	case done := <-res:
-		if done {
-			t.Error("an inline append went through while AppendAudit held the lock")
-		}
-	case <-time.After(10 * time.Second):
-		t.Error("an inline append waited for AppendAudit")
-	}
+	declined(t, s, r, "AppendAudit held the lock")
 	h.slowAppend.Store(false)
 	h.appendMu.Unlock()
-	if r.Seq != 0 || r.Hash != nil {
-		t.Fatalf("a declined append changed the record: %+v", r)
-	}
 
 	// Held and never released within the bound: it gives up.
 	h.inlineWait = time.Millisecond
 	h.appendMu.Lock()
-	res = tryInline(s, r)
-	select {
-	case done := <-res:
-		if done {
-			t.Error("an inline append went through while the lock was held")
-		}
-	case <-time.After(10 * time.Second):
-		t.Error("an inline append waited past its bound")
-	}
+	declined(t, s, r, "the lock stayed held past the bound")
 	h.appendMu.Unlock()
-	if r.Seq != 0 || r.Hash != nil {
-		t.Fatalf("a declined append changed the record: %+v", r)
-	}
 
 	rep, err := s.VerifyAudit(t.Context(), "c")
 	if err != nil || !rep.OK || rep.Records != 2 {
