@@ -50,22 +50,28 @@ func BenchmarkAppendAuditBatch(b *testing.B) {
 	}
 }
 
-// BenchmarkIndexAudit measures the indexer: batches of 300 records shaped
-// like a gateway's ext_authz decisions (one agent, one rule, a network
-// payload, distinct ids and trace ids) are journaled, then indexed into
-// audit_blocks, with a WAL checkpoint every 50 batches as the store's
-// checkpointer would. It reports the CPU time of indexing and checkpointing
-// per record (process-wide, so the journal's background flusher adds a
-// little) and the database's bytes per record, for blocks compressed with
-// S2 (what the gateway stores) and stored as they are.
+// BenchmarkIndexAudit measures the indexer: batches of records shaped like a
+// gateway's ext_authz decisions (one agent, one rule, a network payload,
+// distinct ids and trace ids) are journaled, then indexed into audit_blocks
+// (one index per batch, as the indexer takes what its interval gathered),
+// with a WAL checkpoint every 50 batches as the store's checkpointer would.
+// It reports the CPU time of indexing and checkpointing per record
+// (process-wide, so the journal's background flusher adds a little) and the
+// database's bytes per record, for blocks compressed with S2 (what the
+// gateway stores) at 100, 300 and 1,000 records per index, and stored as
+// they are.
 //
 //	go test ./storage/sqlite -run '^$' -bench IndexAudit -benchtime 300x -count 3
 func BenchmarkIndexAudit(b *testing.B) {
-	for _, enc := range []struct {
-		name     string
-		encoding int
-	}{{"s2", blockS2}, {"raw", blockRaw}} {
-		b.Run(enc.name, func(b *testing.B) {
+	for _, v := range []struct {
+		encoding string
+		batch    int
+	}{{"s2", 100}, {"s2", 300}, {"s2", 1000}, {"raw", 300}} {
+		enc := blockS2
+		if v.encoding == "raw" {
+			enc = blockRaw
+		}
+		b.Run(fmt.Sprintf("%s/batch=%d", v.encoding, v.batch), func(b *testing.B) {
 			dir := b.TempDir()
 			s, err := Open(b.Context(), Options{Path: filepath.Join(dir, "aa.db"), Durability: storage.DurabilityOS, Logger: discard()})
 			if err != nil {
@@ -73,9 +79,9 @@ func BenchmarkIndexAudit(b *testing.B) {
 			}
 			defer s.Close()
 			s.hub.audit.indexMu.Lock() // before the first index prepares the statements
-			s.hub.audit.w.encoding = enc.encoding
+			s.hub.audit.w.encoding = enc
 			s.hub.audit.indexMu.Unlock()
-			const batch = 300
+			batch := v.batch
 			var spent time.Duration
 			i := 0
 			for b.Loop() {

@@ -65,9 +65,16 @@ const (
 	journalFirstBytes = 1 << 20   // the first journal file's size; each next one doubles
 	journalFileBytes  = 16 << 20  // up to this size
 	journalMaxPending = 256 << 10 // records journaled but not indexed before appends are refused
-	indexInterval     = 20 * time.Millisecond
-	frameHeader       = 8
-	maxFrameBytes     = 1 << 30
+	// indexInterval is the indexer's pace under load: larger transactions
+	// and blocks cost less per record (BenchmarkIndexAudit s2 with 100, 300
+	// and 1,000 records per index: 5.4–6.2, 3.2–3.4 and 2.2–2.5 µs of CPU
+	// and 153, 115 and 94 database bytes per record), and at 20,000
+	// checks/s 50 ms makes blocks of about 1,000 records (20 ms: 400).
+	// Queries index what is pending first, so only other processes on the
+	// same file see records this much later.
+	indexInterval = 50 * time.Millisecond
+	frameHeader   = 8
+	maxFrameBytes = 1 << 30
 )
 
 var crcTable = crc32.MakeTable(crc32.Castagnoli)

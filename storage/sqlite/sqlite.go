@@ -35,7 +35,7 @@
 // process keeps its own counters: use Redis (--counters) for that. Each
 // process must write its own audit chains (a chain is locked by the first
 // process that appends to it), and a process sees another's audit records
-// once that process has indexed them (within about 20 ms).
+// once that process has indexed them (within about 50 ms).
 package sqlite
 
 import (
