@@ -586,6 +586,9 @@ func (a *auditLog) keepFile(j *journalFile) bool {
 	if size != journalFileBytes || j.size > j.cap {
 		return false // a smaller file of the first few, or extended by one huge frame
 	}
+	if fi, err := j.f.Stat(); err != nil || fi.Size() != size {
+		return false // cut back after a failed write
+	}
 	a.poolMu.Lock()
 	defer a.poolMu.Unlock()
 	if a.spareFile != nil || a.closing {
