@@ -18,16 +18,7 @@ func appendIndexed(t *testing.T, s *Store, chain string, n int) []*storage.Audit
 	t.Helper()
 	t0 := time.Unix(1_800_000_000, 0)
 	for i := 0; i < n; i += 50 {
-		var batch []*storage.AuditRecord
-		for k := i; k < min(n, i+50); k++ {
-			batch = append(batch, testRecord(chain, k, t0))
-		}
-		if err := s.AppendAudit(t.Context(), batch); err != nil {
-			t.Fatal(err)
-		}
-		if err := s.hub.audit.index(t.Context()); err != nil {
-			t.Fatal(err)
-		}
+		appendBatch(t, s, chain, i, min(50, n-i), t0, nil)
 	}
 	page, err := s.QueryAudit(t.Context(), storage.AuditQuery{Limit: 1000, Ascending: true})
 	if err != nil || len(page.Records) != n {

@@ -378,6 +378,7 @@ func (a *auditLog) write(frame []byte, sync bool) error {
 	if j.shm != nil {
 		return a.writeShm(j, frame, sync)
 	}
+	n := int64(len(frame))
 	if j.recycled {
 		frame = append(frame, endOfFrames[:]...)
 	}
@@ -392,10 +393,7 @@ func (a *auditLog) write(frame []byte, sync bool) error {
 		a.retire()
 		return err
 	}
-	j.size += int64(len(frame))
-	if j.recycled {
-		j.size -= frameHeader
-	}
+	j.size += n
 	if !sync {
 		a.kickSync()
 	}
@@ -568,38 +566,40 @@ func journalPath(dir string) string {
 	return filepath.Join(dir, fmt.Sprintf("journal-%020d-%d.log", time.Now().UnixNano(), os.Getpid()))
 }
 
-// keptFile is a journal file whose records are all indexed, kept open and
-// locked to be recycled as the next file of its size.
+// keptFile is a full-size journal file whose records are all indexed, kept
+// open and locked to be recycled as a later file.
 type keptFile struct {
 	path string
 	f    *os.File
-	size int64
 }
 
-// keepFile keeps j's file for reuse when it is full-size and none is kept
-// yet, reporting whether it did. Nothing may use j any more.
+// keepFile keeps j's file for reuse when it is full-size on disk (not one
+// of the first, smaller files, nor extended by one huge frame or cut back
+// after a failed write) and none is kept yet, reporting whether it did.
+// Nothing may use j any more.
 func (a *auditLog) keepFile(j *journalFile) bool {
-	size := j.cap
-	if j.recycled {
-		size += frameHeader
-	}
-	if size != journalFileBytes || j.size > j.cap {
-		return false // a smaller file of the first few, or extended by one huge frame
-	}
-	if fi, err := j.f.Stat(); err != nil || fi.Size() != size {
-		return false // cut back after a failed write
+	if fi, err := j.f.Stat(); err != nil || fi.Size() != journalFileBytes {
+		return false
 	}
 	a.poolMu.Lock()
 	defer a.poolMu.Unlock()
 	if a.spareFile != nil || a.closing {
 		return false
 	}
-	a.spareFile = &keptFile{path: j.path, f: j.f, size: size}
+	a.spareFile = &keptFile{path: j.path, f: j.f}
 	return true
 }
 
+// removeJournal closes and deletes a journal file.
+func (a *auditLog) removeJournal(f *os.File, path string) {
+	f.Close()
+	if err := os.Remove(path); err != nil {
+		a.log.Warn("remove audit journal", "file", path, "err", err)
+	}
+}
+
 // reuseFile recycles the kept file as a new journal file of size bytes, or
-// returns nil when none of that size is kept. The file's first frame header
+// returns nil when size is not the full size or no file is kept. The file's first frame header
 // is zeroed and on disk before it is renamed: whichever name a crash leaves
 // it under, it holds no frame that recovery could read as this file's (the
 // frames of its earlier life are indexed already, and checksummed under
@@ -607,7 +607,7 @@ func (a *auditLog) keepFile(j *journalFile) bool {
 func (a *auditLog) reuseFile(size int64) (*journalFile, error) {
 	a.poolMu.Lock()
 	k := a.spareFile
-	if k == nil || k.size != size {
+	if k == nil || size != journalFileBytes {
 		a.poolMu.Unlock()
 		return nil, nil
 	}
@@ -676,10 +676,7 @@ func (a *auditLog) runSpare() {
 // use the copy any more.
 func (a *auditLog) discard(j *journalFile) {
 	if !a.keepFile(j) {
-		j.f.Close()
-		if err := os.Remove(j.path); err != nil {
-			a.log.Warn("remove audit journal", "file", j.path, "err", err)
-		}
+		a.removeJournal(j.f, j.path)
 	}
 	if j.shm != nil {
 		j.shm.used = min(j.size, int64(len(j.shm.mem)))
@@ -1007,10 +1004,7 @@ func (a *auditLog) close(ctx context.Context) error {
 	}
 	if k := a.spareFile; k != nil {
 		a.spareFile = nil
-		k.f.Close()
-		if err := os.Remove(k.path); err != nil {
-			a.log.Warn("remove audit journal", "file", k.path, "err", err)
-		}
+		a.removeJournal(k.f, k.path)
 	}
 	a.poolMu.Unlock()
 	a.mu.Lock()

@@ -399,19 +399,8 @@ func TestJournalFilesRecycled(t *testing.T) {
 				if n > 50_000 {
 					t.Fatalf("%d records journaled, %d files recycled", n, a.recycled.Load())
 				}
-				var batch []*storage.AuditRecord
-				for range 50 {
-					r := testRecord("rec", n, t0)
-					r.Payload = payload
-					batch = append(batch, r)
-					n++
-				}
-				if err := s.AppendAudit(t.Context(), batch); err != nil {
-					t.Fatal(err)
-				}
-				if err := a.index(t.Context()); err != nil {
-					t.Fatal(err)
-				}
+				appendBatch(t, s, "rec", n, 50, t0, payload)
+				n += 50
 				a.mu.Lock()
 				j := a.cur
 				if j.recycled && j.size > 0 {
@@ -448,5 +437,27 @@ func TestJournalFilesRecycled(t *testing.T) {
 			}
 			t.Logf("%d records, %d files recycled", n, a.recycled.Load())
 		})
+	}
+}
+
+// appendBatch appends count records of chain numbered from first on, each
+// carrying payload (testRecord's own when nil), as one batch, then indexes
+// everything journaled, so that indexed files are retired (and kept or
+// removed) at once.
+func appendBatch(t *testing.T, s *Store, chain string, first, count int, t0 time.Time, payload []byte) {
+	t.Helper()
+	var batch []*storage.AuditRecord
+	for k := first; k < first+count; k++ {
+		r := testRecord(chain, k, t0)
+		if payload != nil {
+			r.Payload = payload
+		}
+		batch = append(batch, r)
+	}
+	if err := s.AppendAudit(t.Context(), batch); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.hub.audit.index(t.Context()); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -284,19 +284,8 @@ func TestSharedMemoryCopiesReused(t *testing.T) {
 	files := map[string]bool{}
 	n := 0
 	for range 200 { // about 40 MB: files of 1, 2, 4, 8 and then 16 MiB
-		var batch []*storage.AuditRecord
-		for range 50 {
-			r := testRecord("reuse", n, t0)
-			r.Payload = payload
-			batch = append(batch, r)
-			n++
-		}
-		if err := s.AppendAudit(t.Context(), batch); err != nil {
-			t.Fatal(err)
-		}
-		if err := a.index(t.Context()); err != nil { // removes retired files now, keeping their copies
-			t.Fatal(err)
-		}
+		appendBatch(t, s, "reuse", n, 50, t0, payload) // removes retired files now, keeping their copies
+		n += 50
 		a.mu.Lock()
 		files[a.cur.path] = true
 		a.mu.Unlock()
