@@ -4,7 +4,10 @@ import (
 	"context"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
+
+	"github.com/agent-assembly/agent-assembly/internal/monoclock"
 )
 
 // boundCtx is the context of a store call that a cancelled caller must not
@@ -15,19 +18,25 @@ import (
 // one: the stdlib pair cost five allocations and about 0.7 µs of every
 // decision (the audit write's bound).
 //
+// The deadline's timer starts only when something waits for it (Done, or a
+// derived context registering through AfterFunc); until then Err reads the
+// clock. Most calls never wait: a cache hit or an inline audit append ends
+// without looking at Done, and then no timer is started or stopped at all.
+//
 // Users must not keep the context past release (as for any context passed
 // to a call). Contexts derived from it are cancelled when it expires: they
 // register through AfterFunc (so the context package starts no goroutine
 // for them), and one still registered at release keeps the boundCtx from
 // being reused.
 type boundCtx struct {
-	values   context.Context // context.WithoutCancel(parent): values only
-	deadline time.Time
-	timer    *time.Timer   // runs expire at the deadline
-	done     chan struct{} // closed by expire; then never reused
-	mu       sync.Mutex
-	err      error
-	afters   []*func() // AfterFunc registrations not yet stopped
+	values context.Context // context.WithoutCancel(parent): values only
+	due    time.Duration   // the deadline, as monoclock.Now reads it
+	timer  *time.Timer     // runs expire at the deadline once armed
+	done   chan struct{}   // closed by expire; then never reused
+	armed  atomic.Bool     // the timer runs (set under mu)
+	mu     sync.Mutex
+	err    error
+	afters []*func() // AfterFunc registrations not yet stopped
 }
 
 var boundCtxs = sync.Pool{New: func() any {
@@ -42,8 +51,7 @@ var boundCtxs = sync.Pool{New: func() any {
 func bound(parent context.Context, d time.Duration) *boundCtx {
 	c := boundCtxs.Get().(*boundCtx)
 	c.values = context.WithoutCancel(parent)
-	c.deadline = time.Now().Add(d)
-	c.timer.Reset(d)
+	c.due = monoclock.Now() + d
 	return c
 }
 
@@ -52,20 +60,46 @@ func bound(parent context.Context, d time.Duration) *boundCtx {
 // context derived from it was not cancelled. The parent's values stay
 // until the next use, so a late reader never finds them gone.
 func (c *boundCtx) release() {
-	if !c.timer.Stop() {
-		return // expire ran or runs: c is spent
+	if !c.armed.Load() {
+		// Nothing waited on it, nothing derived from it (AfterFunc arms),
+		// and it has not expired (Err arms when it expires c).
+		boundCtxs.Put(c)
+		return
 	}
 	c.mu.Lock()
+	spent := c.err != nil
+	if c.armed.Load() && !spent && !c.timer.Stop() {
+		spent = true // expire runs: it will close done
+	}
 	pending := len(c.afters) > 0
+	c.armed.Store(false)
 	c.mu.Unlock()
-	if !pending {
+	if !spent && !pending {
 		boundCtxs.Put(c)
 	}
+}
+
+// arm starts the deadline's timer, or expires c at once if the deadline
+// has passed. c.mu is held.
+func (c *boundCtx) arm() {
+	if c.armed.Load() || c.err != nil {
+		return
+	}
+	c.armed.Store(true)
+	if d := c.due - monoclock.Now(); d > 0 {
+		c.timer.Reset(d)
+		return
+	}
+	c.expireLocked()
 }
 
 func (c *boundCtx) expire() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.expireLocked()
+}
+
+func (c *boundCtx) expireLocked() {
 	if c.err != nil {
 		return
 	}
@@ -83,6 +117,7 @@ func (c *boundCtx) expire() {
 func (c *boundCtx) AfterFunc(f func()) (stop func() bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.arm()
 	if c.err != nil {
 		go f()
 		return func() bool { return false }
@@ -102,15 +137,30 @@ func (c *boundCtx) AfterFunc(f func()) (stop func() bool) {
 }
 
 // Deadline implements context.Context.
-func (c *boundCtx) Deadline() (time.Time, bool) { return c.deadline, true }
+func (c *boundCtx) Deadline() (time.Time, bool) { return monoclock.Time(c.due), true }
 
-// Done implements context.Context.
-func (c *boundCtx) Done() <-chan struct{} { return c.done }
+// Done implements context.Context; the first call starts the deadline's timer.
+func (c *boundCtx) Done() <-chan struct{} {
+	if !c.armed.Load() {
+		c.mu.Lock()
+		c.arm()
+		c.mu.Unlock()
+	}
+	return c.done
+}
 
-// Err implements context.Context.
+// Err implements context.Context. Before anything waits on Done, it reads
+// the clock: a deadline that has passed expires c.
 func (c *boundCtx) Err() error {
+	if !c.armed.Load() && monoclock.Now() < c.due {
+		return nil
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.err == nil && !c.armed.Load() && monoclock.Now() >= c.due {
+		c.armed.Store(true)
+		c.expireLocked()
+	}
 	return c.err
 }
 

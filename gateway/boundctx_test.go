@@ -85,15 +85,71 @@ func TestBoundCtxDerived(t *testing.T) {
 	}
 }
 
+// TestBoundCtxUnwaited: a bound context nothing waits on starts no timer,
+// yet still expires: Err reads the clock, and a Done asked for after the
+// deadline is already closed.
+func TestBoundCtxUnwaited(t *testing.T) {
+	c := bound(context.Background(), time.Millisecond)
+	if c.Err() != nil {
+		t.Fatalf("err %v before the deadline", c.Err())
+	}
+	if c.armed.Load() {
+		t.Fatal("Err started the timer")
+	}
+	time.Sleep(5 * time.Millisecond)
+	if !errors.Is(c.Err(), context.DeadlineExceeded) {
+		t.Fatalf("err %v after the deadline, want DeadlineExceeded", c.Err())
+	}
+	select {
+	case <-c.Done():
+	default:
+		t.Fatal("done is open after Err reported the deadline")
+	}
+	c.release() // expired: not reused
+
+	late := bound(context.Background(), time.Millisecond)
+	time.Sleep(5 * time.Millisecond)
+	select {
+	case <-late.Done(): // the first wait comes after the deadline
+	default:
+		t.Fatal("Done asked for after the deadline is not closed")
+	}
+	if !errors.Is(late.Err(), context.DeadlineExceeded) {
+		t.Fatalf("err %v", late.Err())
+	}
+	late.release()
+
+	for range 100 {
+		c := bound(context.Background(), time.Hour)
+		if c == late || c.Err() != nil || c.armed.Load() {
+			t.Fatal("an expired or armed context was handed out again")
+		}
+		c.release()
+	}
+}
+
+// BenchmarkBoundCtx measures a bound call that waits on Done (the timer
+// runs) and one that only asks Err, as a cache hit or an inline audit
+// append does.
 func BenchmarkBoundCtx(b *testing.B) {
 	parent, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	b.ReportAllocs()
-	for b.Loop() {
-		c := bound(parent, 2*time.Second)
-		_ = c.Done()
-		c.release()
-	}
+	b.Run("waited", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			c := bound(parent, 2*time.Second)
+			_ = c.Done()
+			c.release()
+		}
+	})
+	b.Run("unwaited", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			c := bound(parent, 2*time.Second)
+			_ = c.Err()
+			c.release()
+		}
+	})
 }
 
 func BenchmarkWithTimeoutWithoutCancel(b *testing.B) {
