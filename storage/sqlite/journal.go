@@ -174,7 +174,7 @@ type auditLog struct {
 	// firstUnsynced is when unsynced was last set (monoclock): the oldest
 	// write the next flush covers.
 	firstUnsynced time.Duration
-	lastErr  error
+	lastErr       error
 
 	syncs atomic.Int64 // background fdatasyncs done, for tests
 	// lateFlushes counts background flushes that ended after the flush
