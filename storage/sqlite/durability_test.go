@@ -69,60 +69,6 @@ func TestOSModeFlushesInBackground(t *testing.T) {
 	}
 }
 
-// TestOSModeFlushWaitsItsLead: the flusher does not fdatasync at once
-// after a write but as late as its bound allows. With no flush behind it,
-// the first flush starts FlushInterval less flushMargin after the write.
-// (Only a lower bound is checked: a slow machine can delay the flush, never
-// hasten it.)
-func TestOSModeFlushWaitsItsLead(t *testing.T) {
-	const bound = 10 * time.Millisecond
-	s := openTest(t, Options{Path: filepath.Join(t.TempDir(), "aa.db"), Durability: storage.DurabilityOS, FlushInterval: bound})
-	a := s.hub.audit
-	if n := a.syncs.Load(); n != 0 {
-		t.Fatalf("%d background flushes before any write", n)
-	}
-	start := time.Now()
-	if err := s.AppendAudit(t.Context(), []*storage.AuditRecord{{Chain: "c", Time: time.Now()}}); err != nil {
-		t.Fatal(err)
-	}
-	for a.syncs.Load() == 0 {
-		if time.Since(start) > 10*time.Second {
-			t.Fatal("no background fdatasync of the audit journal after an append")
-		}
-		time.Sleep(100 * time.Microsecond)
-	}
-	if took := time.Since(start); took < bound-flushMargin {
-		t.Fatalf("the first flush came %v after the write: sooner than the %v its bound allows to wait", took, bound-flushMargin)
-	}
-}
-
-// TestFlushPaceLead: a flush starts bound less the margin less the slowest
-// of the last 16 flushes after the oldest unflushed write, and at once when
-// the disk is slower than the bound.
-func TestFlushPaceLead(t *testing.T) {
-	const bound = 10 * time.Millisecond
-	var p flushPace
-	if got := p.lead(bound); got != bound-flushMargin {
-		t.Fatalf("lead with no flushes behind it %v, want %v", got, bound-flushMargin)
-	}
-	p.add(300 * time.Microsecond)
-	p.add(3 * time.Millisecond)
-	p.add(time.Millisecond)
-	if got, want := p.lead(bound), bound-flushMargin-3*time.Millisecond; got != want {
-		t.Fatalf("lead %v, want %v (the slowest recent flush counts)", got, want)
-	}
-	for range 16 {
-		p.add(200 * time.Microsecond)
-	}
-	if got, want := p.lead(bound), bound-flushMargin-200*time.Microsecond; got != want {
-		t.Fatalf("lead %v, want %v once the slow flush is 16 flushes old", got, want)
-	}
-	p.add(20 * time.Millisecond)
-	if got := p.lead(bound); got != 0 {
-		t.Fatalf("lead %v after a flush slower than the bound, want 0", got)
-	}
-}
-
 const crashEnv = "AA_SQLITE_CRASH_CHILD"
 
 // TestAppendSurvivesProcessKill appends in a child process that is killed

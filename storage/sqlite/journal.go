@@ -22,8 +22,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/agent-assembly/agent-assembly/internal/monoclock"
-
 	"github.com/agent-assembly/agent-assembly/storage"
 )
 
@@ -171,15 +169,9 @@ type auditLog struct {
 	pending  []pendingBatch
 	npending int
 	unsynced bool // written in os mode, not yet fdatasynced
-	// firstUnsynced is when unsynced was last set (monoclock): the oldest
-	// write the next flush covers.
-	firstUnsynced time.Duration
-	lastErr       error
+	lastErr  error
 
 	syncs atomic.Int64 // background fdatasyncs done, for tests
-	// lateFlushes counts background flushes that ended after the flush
-	// bound had passed for the oldest write they covered.
-	lateFlushes atomic.Int64
 
 	indexMu sync.Mutex
 	// Reused across batches: enc under mu (append); entries and w under
@@ -411,9 +403,6 @@ func (a *auditLog) write(frame []byte, sync bool) error {
 // kickSync marks the current file as holding unsynced bytes and wakes the
 // flusher, without waiting. Called with mu held.
 func (a *auditLog) kickSync() {
-	if !a.unsynced {
-		a.firstUnsynced = monoclock.Now()
-	}
 	a.unsynced = true
 	select {
 	case a.syncKick <- struct{}{}:
@@ -904,107 +893,42 @@ func (a *auditLog) runIndexer() {
 	}
 }
 
-// runSync fdatasyncs what os-mode appends wrote, aiming to have each write
-// on disk within bound of it. It waits after the oldest write not yet
-// flushed for as long as it can: bound less the slowest of its recent
-// flushes and flushMargin (flushPace), so a fast disk is flushed every few
-// milliseconds rather than at once, and a slow one sooner. A flush that
-// ends late anyway is counted and logged. On stop, close's retire
-// fdatasyncs what is left.
-func (a *auditLog) runSync(bound time.Duration) {
-	var pace flushPace
-	wait := time.NewTimer(time.Hour)
-	wait.Stop()
-	var lastWarn time.Duration
-	for {
-		select {
-		case <-a.syncKick:
-		case <-a.stop:
-			return
-		}
+// runSync fdatasyncs what os-mode appends wrote, at most once per interval.
+// On stop, close's retire fdatasyncs what is left.
+func (a *auditLog) runSync(interval time.Duration) {
+	p := pacer{kick: a.syncKick, stop: a.stop, interval: interval}
+	for p.wait() {
 		a.mu.Lock()
-		first := a.firstUnsynced
-		a.mu.Unlock()
-		if d := first + pace.lead(bound) - monoclock.Now(); d > 0 {
-			wait.Reset(d)
-			select {
-			case <-wait.C:
-			case <-a.stop:
-				return
-			}
-		}
-		start := monoclock.Now()
-		if !a.flushOnce() {
+		j, need := a.cur, a.unsynced
+		a.unsynced = false
+		if j != nil && need && j.shm != nil {
+			from, to := j.synced, j.size
+			a.mu.Unlock()
+			a.copyShm(j, from, to)
 			continue
 		}
-		end := monoclock.Now()
-		pace.add(end - start)
-		if late := end - first; late > bound {
-			a.lateFlushes.Add(1)
-			if lastWarn == 0 || end-lastWarn > time.Minute {
-				lastWarn = end
-				a.log.Warn("an os-mode audit flush ended after its bound: the disk's fdatasync is slower than the bound allows",
-					"after_write", late, "bound", bound, "fdatasync", end-start, "late_so_far", a.lateFlushes.Load())
+		var fd *os.File
+		if j != nil && need {
+			// A duplicate descriptor lets the fdatasync run without
+			// holding mu (appends continue) even if the file is retired
+			// meanwhile.
+			if nfd, err := syscall.Dup(int(j.f.Fd())); err == nil {
+				fd = os.NewFile(uintptr(nfd), j.path)
+			} else {
+				a.unsynced = true
 			}
 		}
-	}
-}
-
-// flushOnce writes and fdatasyncs what the current file holds beyond its
-// last flush, reporting whether there was anything to flush.
-func (a *auditLog) flushOnce() bool {
-	a.mu.Lock()
-	j, need := a.cur, a.unsynced
-	a.unsynced = false
-	if j != nil && need && j.shm != nil {
-		from, to := j.synced, j.size
 		a.mu.Unlock()
-		a.copyShm(j, from, to)
-		return true
-	}
-	var fd *os.File
-	if j != nil && need {
-		// A duplicate descriptor lets the fdatasync run without holding mu
-		// (appends continue) even if the file is retired meanwhile.
-		if nfd, err := syscall.Dup(int(j.f.Fd())); err == nil {
-			fd = os.NewFile(uintptr(nfd), j.path)
-		} else {
-			a.unsynced = true
+		if fd == nil {
+			continue
 		}
+		if err := fdatasync(fd); err != nil {
+			a.log.Error("fdatasync audit journal; records written in os mode are not yet on disk", "file", j.path, "err", err)
+		} else {
+			a.syncs.Add(1)
+		}
+		fd.Close()
 	}
-	a.mu.Unlock()
-	if fd == nil {
-		return false
-	}
-	defer fd.Close()
-	if err := fdatasync(fd); err != nil {
-		a.log.Error("fdatasync audit journal; records written in os mode are not yet on disk", "file", j.path, "err", err)
-		return true
-	}
-	a.syncs.Add(1)
-	return true
-}
-
-// flushMargin is kept between the planned end of a flush and its bound, for
-// the time between the flusher's wake-up and the fdatasync's start.
-const flushMargin = time.Millisecond
-
-// flushPace remembers how long the last flushes took, to plan the next.
-type flushPace struct {
-	took [16]time.Duration
-	n    int
-}
-
-func (p *flushPace) add(d time.Duration) {
-	p.took[p.n%len(p.took)] = d
-	p.n++
-}
-
-// lead is how long after the oldest unflushed write a flush may start and
-// still end within bound: bound less flushMargin and the slowest of the
-// recent flushes, never negative.
-func (p *flushPace) lead(bound time.Duration) time.Duration {
-	return max(0, bound-flushMargin-slices.Max(p.took[:]))
 }
 
 // copyShm copies bytes [from, to) of j's shared-memory copy to the file and

@@ -14,17 +14,15 @@
 // database (journal.go): with DurabilitySync every batch is fdatasynced
 // before AppendAudit returns, so an acknowledged record survives power loss;
 // with DurabilityOS the batch is written to the OS (it survives a crash of the
-// gateway process) and a background flusher fdatasyncs the journal within
-// FlushInterval (default 10 ms) of the write: it starts each flush as late as
-// its recent flushes' durations allow. An indexer moves journaled
+// gateway process) and a background flusher fdatasyncs the journal at most
+// FlushInterval (default 5 ms) after the write. An indexer moves journaled
 // records into the audit_blocks table a few times a second; queries index
 // what is pending first, so they always see every acknowledged record.
 //
 // Everything else is written straight to SQLite. With DurabilitySync the
 // database runs synchronous=FULL: every commit fsyncs the WAL before it
 // returns. With DurabilityOS it runs synchronous=NORMAL and a background
-// flusher fsyncs the WAL after commits, at most every half FlushInterval
-// (so a commit is on disk within FlushInterval plus one fsync). SQLite itself
+// flusher fsyncs the WAL after commits, within FlushInterval. SQLite itself
 // fsyncs the WAL before and the database after every checkpoint, so
 // checkpointed data is durable in both modes.
 //
@@ -80,10 +78,8 @@ type Options struct {
 	Sealer storage.Sealer
 	// Logger receives migrations and background errors (slog.Default when nil).
 	Logger *slog.Logger
-	// FlushInterval bounds how long a write in DurabilityOS stays off the
-	// disk (default and at most 10 ms). The audit journal's flusher plans
-	// each fdatasync to end within it (a flush that ends late is logged);
-	// the WAL's flusher fsyncs at most every half of it.
+	// FlushInterval bounds how long DurabilityOS lets a commit wait for its
+	// fsync (default 5 ms, at most 10 ms).
 	FlushInterval time.Duration
 	// SharedMemoryDir is where DurabilityOS keeps the audit journal's
 	// shared-memory copies (shm.go): "" for DefaultSharedMemoryDir when it
@@ -117,7 +113,7 @@ func (o *Options) setDefaults() {
 		o.Logger = slog.Default()
 	}
 	if o.FlushInterval == 0 {
-		o.FlushInterval = 10 * time.Millisecond
+		o.FlushInterval = 5 * time.Millisecond
 	}
 	if o.ReadConns == 0 {
 		o.ReadConns = 4
@@ -385,7 +381,7 @@ func wrapErr(err error) error {
 }
 
 // flushWAL fsyncs the WAL file after commits (DurabilityOS), at most once
-// per half FlushInterval. See the package documentation for the bound.
+// per FlushInterval. See the package documentation for the bound.
 func (s *Store) flushWAL() {
 	walPath := s.path + "-wal"
 	var f *os.File
@@ -395,7 +391,7 @@ func (s *Store) flushWAL() {
 		}
 	}()
 	// On stop, Close checkpoints the WAL with fsyncs; nothing left to do.
-	p := pacer{kick: s.dirty, stop: s.stop, interval: s.opts.FlushInterval / 2}
+	p := pacer{kick: s.dirty, stop: s.stop, interval: s.opts.FlushInterval}
 	for p.wait() {
 		if f != nil {
 			// A checkpoint can restart the WAL in place (same file) but a
