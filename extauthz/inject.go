@@ -145,7 +145,7 @@ func entryMatches(e policy.NetworkEntry, host string, port uint32) bool {
 // reservation the request made is released when the answer is a denial.
 func (s *Server) withInjected(ctx context.Context, m *mapped, v verdict) verdict {
 	if !allowed(v) {
-		s.release(ctx, m, v)
+		s.release(ctx, m.actions[0].Agent, v)
 		return v
 	}
 	n := &m.actions[0]
@@ -162,7 +162,7 @@ func (s *Server) withInjected(ctx context.Context, m *mapped, v verdict) verdict
 			Decision: action.Deny, RuleID: ie.rule, Reason: ie.reason, DecisionID: v.DecisionID,
 		}, status: ie.status, note: v.note, usageID: v.usageID}
 		s.auditInjectionDenial(ctx, n, denied)
-		s.release(ctx, m, denied)
+		s.release(ctx, m.actions[0].Agent, denied)
 		return denied
 	}
 	v.inject = hs
@@ -212,7 +212,7 @@ func (s *Server) auditInjectionDenial(ctx context.Context, n *action.Action, v v
 }
 
 // release settles the budget reservation of a denied request at zero.
-func (s *Server) release(ctx context.Context, m *mapped, v verdict) {
+func (s *Server) release(ctx context.Context, agent action.AgentID, v verdict) {
 	if v.usageID == "" {
 		return
 	}
@@ -220,7 +220,7 @@ func (s *Server) release(ctx context.Context, m *mapped, v verdict) {
 	if !ok {
 		return
 	}
-	if _, err := us.ReconcileUsage(context.WithoutCancel(ctx), v.usageID, &m.actions[0].Agent, 0, 0); err != nil {
+	if _, err := us.ReconcileUsage(context.WithoutCancel(ctx), v.usageID, &agent, 0, 0); err != nil {
 		s.log.Warn("ext_authz could not release the budget reservation of a denied request", "decision_id", v.usageID, "err", err)
 	}
 }

@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"errors"
+	"time"
 
 	"github.com/agent-assembly/agent-assembly/action"
 	"github.com/agent-assembly/agent-assembly/policy"
@@ -19,11 +20,11 @@ import (
 // has gone (the decision is audited either way), and its bound is a pooled
 // boundCtx: a context.WithTimeout under the caller's gRPC context cost about
 // 2 µs of an ext_authz check under load.
-func (c *Core) checkAgent(ctx context.Context, a *action.Action, out *Outcome) (override action.Mode, registered bool) {
+func (c *Core) checkAgent(ctx context.Context, a *action.Action, out *Outcome, deadline time.Time) (override action.Mode, registered bool) {
 	if c.agents == nil {
 		return action.ModeUnspecified, false
 	}
-	lctx := bound(ctx, c.limitTO)
+	lctx := bound(ctx, waitFor(c.limitTO, deadline))
 	ag, err := c.agents.GetAgent(lctx, a.Agent)
 	lctx.release()
 	switch {

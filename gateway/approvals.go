@@ -40,6 +40,23 @@ type CheckOptions struct {
 	// record: a remark about how the action was seen, such as "body not
 	// inspected: over 65536 bytes".
 	Note string
+	// Deadline, when set, is when the caller must have its answer: every
+	// wait of the decision on a store (the registry, rate limits and
+	// budgets, approvals, the audit write) ends by it, and one that is cut
+	// short fails closed as an unavailable store does. The ext_authz server
+	// sets it, and can then decide on the Check's own goroutine. It does
+	// not hold a WaitForApproval wait, which ends when the approval does.
+	Deadline time.Time
+}
+
+// waitFor is how long a store call of a decision may take: d, or less when
+// the caller must answer sooner (CheckOptions.Deadline). It may be zero or
+// negative: the call then fails at once with context.DeadlineExceeded.
+func waitFor(d time.Duration, deadline time.Time) time.Duration {
+	if deadline.IsZero() {
+		return d
+	}
+	return min(d, time.Until(deadline))
 }
 
 // Interception layers, as reported in metrics.
@@ -59,7 +76,7 @@ func (c *Core) resolvePending(ctx context.Context, a *action.Action, payload []b
 		out.Reason = "the policy requires approval but this gateway has no approval store; failing closed"
 		return
 	}
-	lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.limitTO)
+	lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), waitFor(c.limitTO, opts.Deadline))
 	defer cancel()
 	if opts.ApprovalID != "" {
 		c.presentApproval(lctx, a, payload, opts.ApprovalID, out)

@@ -191,7 +191,7 @@ func (c *Core) Decide(ctx context.Context, a *action.Action, start time.Time, op
 		if res.ShadowDecision != action.DecisionUnspecified && res.ShadowDecision != res.Decision {
 			out.Reason += "; observe mode: would be " + res.ShadowDecision.String() + " by " + res.ShadowRuleID
 		}
-		override, registered := c.checkAgent(ctx, a, &out)
+		override, registered := c.checkAgent(ctx, a, &out, opts.Deadline)
 		v := c.viewsFor(snap)
 		av := v.get(a.Agent)
 		c.scanAction(av, a, &out) // redacts a: nothing below sees a raw credential
@@ -199,11 +199,11 @@ func (c *Core) Decide(ctx context.Context, a *action.Action, start time.Time, op
 		payload = encodePayload(a)
 		switch out.Decision {
 		case action.Allow, action.Redact:
-			c.applyLimits(ctx, av, a, &res, &out, registered)
+			c.applyLimits(ctx, av, a, &res, &out, registered, opts.Deadline)
 		case action.Pending:
 			c.resolvePending(ctx, a, payload, av, opts, &out)
 			if out.Decision == action.Allow {
-				c.applyLimits(ctx, av, a, &res, &out, registered)
+				c.applyLimits(ctx, av, a, &res, &out, registered, opts.Deadline)
 			}
 		}
 	}
@@ -222,11 +222,17 @@ func (c *Core) Decide(ctx context.Context, a *action.Action, start time.Time, op
 		PolicyVersion: out.Version, Mode: out.Mode, ShadowDecision: out.Shadow,
 		Reason: out.Reason, Latency: out.Latency,
 	}
-	if err := c.append(ctx, rec); err != nil {
+	if err := c.appendBy(ctx, rec, opts.Deadline); err != nil {
 		c.metrics.AuditErrors.Inc()
 		c.log.ErrorContext(ctx, "audit write failed; denying", "decision_id", out.DecisionID, "agent", a.Agent.String(), "err", err)
 		if a.Kind == action.KindLLMCall && (out.Decision == action.Allow || out.Decision == action.Redact) {
-			c.releaseHold(ctx, out.DecisionID) // the call will not happen
+			// The call will not happen. A caller with a deadline does not
+			// wait for the budget store too: its answer is due.
+			if opts.Deadline.IsZero() {
+				c.releaseHold(ctx, out.DecisionID)
+			} else {
+				go c.releaseHold(context.WithoutCancel(ctx), out.DecisionID)
+			}
 		}
 		if out.Decision != action.Deny && (errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled)) {
 			// The record was queued and may still be written, with the
@@ -259,9 +265,21 @@ func (c *Core) Decide(ctx context.Context, a *action.Action, start time.Time, op
 	return out
 }
 
+// HonoursDeadline reports that Decide ends every wait on a store by
+// CheckOptions.Deadline when it is set (the ext_authz server then decides
+// on the Check's own goroutine). Decide's other work is computation: policy
+// evaluation is bounded by the policy's compiled size and CEL cost limits.
+func (c *Core) HonoursDeadline() bool { return true }
+
 // append writes one record; a cancelled caller does not cancel the write.
 func (c *Core) append(ctx context.Context, rec *storage.AuditRecord) error {
-	actx := bound(ctx, c.auditTO)
+	return c.appendBy(ctx, rec, time.Time{})
+}
+
+// appendBy is append that stops waiting for the write at deadline (when
+// set): the record may still be written (see Decide's override record).
+func (c *Core) appendBy(ctx context.Context, rec *storage.AuditRecord, deadline time.Time) error {
+	actx := bound(ctx, waitFor(c.auditTO, deadline))
 	err := c.audit.Append(actx, rec)
 	actx.release()
 	c.metrics.storeError(storeOpAuditAppend, err)

@@ -14,7 +14,7 @@ import (
 
 // applyLimits enforces the tool rate limit and the LLM budget of an action
 // the policy allowed. Backend failures deny (fail closed).
-func (c *Core) applyLimits(ctx context.Context, av *agentView, a *action.Action, res *policy.Result, out *Outcome, registered bool) {
+func (c *Core) applyLimits(ctx context.Context, av *agentView, a *action.Action, res *policy.Result, out *Outcome, registered bool, deadline time.Time) {
 	if res.Mode != action.ModeEnforce {
 		return
 	}
@@ -22,7 +22,7 @@ func (c *Core) applyLimits(ctx context.Context, av *agentView, a *action.Action,
 		(a.Kind != action.KindLLMCall || c.meter == nil || len(av.settings.Budgets) == 0) {
 		return // nothing to count, so no backend call and no timer
 	}
-	lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.limitTO)
+	lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), waitFor(c.limitTO, deadline))
 	defer cancel()
 	if res.ToolLimitPerHour > 0 && a.Kind == action.KindToolCall {
 		if c.limiter == nil {

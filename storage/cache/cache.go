@@ -12,6 +12,7 @@ package cache
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"time"
 
@@ -248,7 +249,9 @@ func (c *Agents) GetAgent(ctx context.Context, id action.AgentID) (*storage.Agen
 		}
 		return e.v.Clone(), nil
 	}
-	v, err, _ := c.loads.Do(id.String(), func() (any, error) {
+	// A caller that joins another's read waits no longer than its own
+	// context allows (the read goes on for the others).
+	load := c.loads.DoChan(id.String(), func() (any, error) {
 		gen := c.agents.generation()
 		a, err := c.next.GetAgent(ctx, id)
 		switch {
@@ -259,10 +262,16 @@ func (c *Agents) GetAgent(ctx context.Context, id action.AgentID) (*storage.Agen
 		}
 		return a, err
 	})
-	if err != nil {
-		return nil, err
+	var r singleflight.Result
+	select {
+	case r = <-load:
+	case <-ctx.Done():
+		return nil, fmt.Errorf("get agent %s: %w", id, ctx.Err())
 	}
-	return v.(*storage.Agent).Clone(), nil
+	if r.Err != nil {
+		return nil, r.Err
+	}
+	return r.Val.(*storage.Agent).Clone(), nil
 }
 
 // CredentialRevoked caches "revoked" for TTL (a revocation is not undone)

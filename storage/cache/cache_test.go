@@ -229,3 +229,62 @@ func BenchmarkGetAgentHit(b *testing.B) {
 		}
 	})
 }
+
+// slowAgents blocks every GetAgent until release is closed (or the
+// caller's context ends), counting the reads that reach it.
+type slowAgents struct {
+	storage.Store
+	release chan struct{}
+	gets    atomic.Int64
+}
+
+func (s *slowAgents) GetAgent(ctx context.Context, id action.AgentID) (*storage.Agent, error) {
+	s.gets.Add(1)
+	select {
+	case <-s.release:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	return s.Store.GetAgent(ctx, id)
+}
+
+// TestJoinedMissEndsWithItsContext: a lookup that joins another caller's
+// read of the same agent waits no longer than its own context allows, and
+// the read goes on for the caller that started it.
+func TestJoinedMissEndsWithItsContext(t *testing.T) {
+	back := &slowAgents{Store: memory.New(memory.Options{}), release: make(chan struct{})}
+	if err := back.PutAgent(t.Context(), &storage.Agent{ID: id, Status: storage.AgentActive}); err != nil {
+		t.Fatal(err)
+	}
+	c := cache.Wrap(back, cache.Options{})
+	first := make(chan error, 1)
+	go func() {
+		_, err := c.GetAgent(t.Context(), id)
+		first <- err
+	}()
+	for back.gets.Load() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Millisecond)
+	defer cancel()
+	joined := make(chan error, 1)
+	go func() {
+		_, err := c.GetAgent(ctx, id)
+		joined <- err
+	}()
+	select {
+	case err := <-joined:
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("joined lookup: %v, want its context's deadline", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a lookup joining a stuck read ignored its context's deadline")
+	}
+	close(back.release)
+	if err := <-first; err != nil {
+		t.Fatalf("the first lookup: %v", err)
+	}
+	if n := back.gets.Load(); n != 1 {
+		t.Fatalf("%d reads reached the store, want 1 (the joined lookup shares it)", n)
+	}
+}
