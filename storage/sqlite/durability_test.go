@@ -6,6 +6,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -217,4 +218,41 @@ func crashChild() {
 		fmt.Print("acked\n")
 	}
 	syscall.Kill(os.Getpid(), syscall.SIGKILL)
+}
+
+// TestLateFlushCountedAndLogged: a background flush that ends more than
+// 10 ms after the oldest write it covered is counted, and logged at most
+// once a minute; the oldest write is the first after the previous flush.
+func TestLateFlushCountedAndLogged(t *testing.T) {
+	var out bytes.Buffer
+	a := &auditLog{log: slog.New(slog.NewTextHandler(&out, nil)), syncKick: make(chan struct{}, 1)}
+
+	a.kickSync()
+	first := a.firstUnsynced
+	time.Sleep(time.Millisecond)
+	a.kickSync() // a later write: the flush still covers the first
+	if a.firstUnsynced != first {
+		t.Fatalf("a second unflushed write moved the oldest from %v to %v", first, a.firstUnsynced)
+	}
+
+	base := time.Hour
+	a.noteFlushed(base, base+osFlushBound) // on time: ends at the bound
+	if n := a.lateFlushes.Load(); n != 0 {
+		t.Fatalf("%d late flushes after one that ended at the bound", n)
+	}
+	a.noteFlushed(base, base+osFlushBound+time.Millisecond)
+	a.noteFlushed(base+time.Second, base+time.Second+20*time.Millisecond)
+	if n := a.lateFlushes.Load(); n != 2 {
+		t.Fatalf("%d late flushes counted, want 2", n)
+	}
+	if lines := strings.Count(out.String(), "ended after the 10ms"); lines != 1 {
+		t.Fatalf("%d log lines within a minute, want 1:\n%s", lines, out.String())
+	}
+	if !strings.Contains(out.String(), "after_write=11ms") {
+		t.Fatalf("the log does not say how late:\n%s", out.String())
+	}
+	a.noteFlushed(base+2*time.Minute, base+2*time.Minute+30*time.Millisecond)
+	if lines := strings.Count(out.String(), "ended after the 10ms"); lines != 2 {
+		t.Fatalf("%d log lines after a minute, want 2:\n%s", lines, out.String())
+	}
 }

@@ -22,6 +22,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/agent-assembly/agent-assembly/internal/monoclock"
 	"github.com/agent-assembly/agent-assembly/storage"
 )
 
@@ -169,9 +170,17 @@ type auditLog struct {
 	pending  []pendingBatch
 	npending int
 	unsynced bool // written in os mode, not yet fdatasynced
-	lastErr  error
+	// firstUnsynced is when unsynced was last set (monoclock): the oldest
+	// write the next background flush covers.
+	firstUnsynced time.Duration
+	lastErr       error
 
 	syncs atomic.Int64 // background fdatasyncs done, for tests
+	// lateFlushes counts background flushes that ended more than
+	// osFlushBound after the oldest write they covered; lastLateLog is when
+	// one was last logged (monoclock; the flusher's own).
+	lateFlushes atomic.Int64
+	lastLateLog time.Duration
 
 	indexMu sync.Mutex
 	// Reused across batches: enc under mu (append); entries and w under
@@ -403,6 +412,9 @@ func (a *auditLog) write(frame []byte, sync bool) error {
 // kickSync marks the current file as holding unsynced bytes and wakes the
 // flusher, without waiting. Called with mu held.
 func (a *auditLog) kickSync() {
+	if !a.unsynced {
+		a.firstUnsynced = monoclock.Now()
+	}
 	a.unsynced = true
 	select {
 	case a.syncKick <- struct{}{}:
@@ -899,12 +911,14 @@ func (a *auditLog) runSync(interval time.Duration) {
 	p := pacer{kick: a.syncKick, stop: a.stop, interval: interval}
 	for p.wait() {
 		a.mu.Lock()
-		j, need := a.cur, a.unsynced
+		j, need, first := a.cur, a.unsynced, a.firstUnsynced
 		a.unsynced = false
 		if j != nil && need && j.shm != nil {
 			from, to := j.synced, j.size
 			a.mu.Unlock()
-			a.copyShm(j, from, to)
+			if a.copyShm(j, from, to) {
+				a.noteFlushed(first, monoclock.Now())
+			}
 			continue
 		}
 		var fd *os.File
@@ -926,14 +940,39 @@ func (a *auditLog) runSync(interval time.Duration) {
 			a.log.Error("fdatasync audit journal; records written in os mode are not yet on disk", "file", j.path, "err", err)
 		} else {
 			a.syncs.Add(1)
+			a.noteFlushed(first, monoclock.Now())
 		}
 		fd.Close()
 	}
 }
 
+// osFlushBound is how soon DurabilityOS promises a record on disk after its
+// write. FlushInterval is at most this; the flusher starts within
+// FlushInterval, and its fdatasync must end within the rest.
+const osFlushBound = 10 * time.Millisecond
+
+// noteFlushed counts a background flush that ended (at end) more than
+// osFlushBound after the oldest write it covered (first), and logs it at
+// most once a minute: the disk, or the flusher's wait for a CPU, broke what
+// DurabilityOS promises.
+func (a *auditLog) noteFlushed(first, end time.Duration) {
+	late := end - first
+	if late <= osFlushBound {
+		return
+	}
+	n := a.lateFlushes.Add(1)
+	if a.lastLateLog != 0 && end-a.lastLateLog < time.Minute {
+		return
+	}
+	a.lastLateLog = end
+	a.log.Warn("an os-mode audit flush ended after the 10ms durability promises: the records it covered were on disk late",
+		"after_write", late, "late_flushes", n)
+}
+
 // copyShm copies bytes [from, to) of j's shared-memory copy to the file and
-// fdatasyncs it, without holding mu: appends go on meanwhile, beyond to.
-func (a *auditLog) copyShm(j *journalFile, from, to int64) {
+// fdatasyncs it, without holding mu: appends go on meanwhile, beyond to. It
+// reports whether the bytes are on disk (a failure is logged).
+func (a *auditLog) copyShm(j *journalFile, from, to int64) (ok bool) {
 	a.shmMu.Lock()
 	var err error
 	if j.shm != nil && from < to { // else flushed and dropped meanwhile
@@ -949,10 +988,11 @@ func (a *auditLog) copyShm(j *journalFile, from, to int64) {
 		if j == a.cur {
 			a.unsynced = true // retried at the next kick; retire flushes it too
 		}
-		return
+		return false
 	}
 	j.synced = max(j.synced, to)
 	a.syncs.Add(1)
+	return true
 }
 
 // setupShm decides where shared-memory copies live (dir: "" for
@@ -994,6 +1034,9 @@ func (a *auditLog) setupShm(dir string, use bool) error {
 func (a *auditLog) close(ctx context.Context) error {
 	close(a.stop)
 	a.wg.Wait()
+	if n := a.lateFlushes.Load(); n > 0 {
+		a.log.Warn("os-mode audit flushes that ended after the 10ms durability promises, since the start", "late_flushes", n, "flushes", a.syncs.Load())
+	}
 	a.poolMu.Lock()
 	a.closing = true
 	if c := a.spareShm; c != nil {

@@ -140,7 +140,7 @@ func (o *Options) Validate() error {
 	default:
 		errs = append(errs, fmt.Errorf("durability %q: want %q or %q", o.Durability, storage.DurabilitySync, storage.DurabilityOS))
 	}
-	if o.FlushInterval < 0 || o.FlushInterval > 10*time.Millisecond {
+	if o.FlushInterval < 0 || o.FlushInterval > osFlushBound {
 		errs = append(errs, fmt.Errorf("flush interval %v: want 0 < interval <= 10ms", o.FlushInterval))
 	}
 	if o.ReadConns < 1 {
