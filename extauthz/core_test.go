@@ -37,8 +37,8 @@ func (l *auditLog) byID(id string) *storage.AuditRecord {
 	return nil
 }
 
-// exampleCore builds a real core over examples/policies.
-func exampleCore(t *testing.T) (*gateway.Core, *auditLog) {
+// exampleSnapshot compiles examples/policies.
+func exampleSnapshot(t *testing.T) *policy.Snapshot {
 	t.Helper()
 	docs, err := policy.LoadPath(filepath.Join("..", "examples", "policies"))
 	if err != nil {
@@ -48,6 +48,13 @@ func exampleCore(t *testing.T) (*gateway.Core, *auditLog) {
 	if err != nil {
 		t.Fatalf("compile policies: %v", err)
 	}
+	return snap
+}
+
+// exampleCore builds a real core over examples/policies.
+func exampleCore(t *testing.T) (*gateway.Core, *auditLog) {
+	t.Helper()
+	snap := exampleSnapshot(t)
 	log := &auditLog{}
 	c, err := gateway.NewCore(gateway.Options{Audit: log, Chain: "extauthz-test"})
 	if err != nil {

@@ -3,7 +3,6 @@ package extauthz
 import (
 	"context"
 	"fmt"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -12,7 +11,6 @@ import (
 
 	"github.com/agent-assembly/agent-assembly/action"
 	"github.com/agent-assembly/agent-assembly/gateway"
-	"github.com/agent-assembly/agent-assembly/policy"
 	"github.com/agent-assembly/agent-assembly/storage"
 )
 
@@ -129,14 +127,7 @@ func (stalledRegistry) SetAgentStatus(ctx context.Context, _ action.AgentID, _ s
 // and the Check answers 503, although the core's own store timeouts are
 // far longer.
 func TestInlineCoreStoreStallFailsClosed(t *testing.T) {
-	docs, err := policy.LoadPath(filepath.Join("..", "examples", "policies"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	snap, err := policy.Compile(docs, policy.Version(docs))
-	if err != nil {
-		t.Fatal(err)
-	}
+	snap := exampleSnapshot(t)
 	cases := map[string]gateway.Options{
 		"audit log": {Audit: stalledAudit{}},
 		"registry":  {Audit: &auditLog{}, Agents: stalledRegistry{}},

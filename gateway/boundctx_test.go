@@ -134,22 +134,21 @@ func TestBoundCtxUnwaited(t *testing.T) {
 func BenchmarkBoundCtx(b *testing.B) {
 	parent, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	b.Run("waited", func(b *testing.B) {
-		b.ReportAllocs()
-		for b.Loop() {
-			c := bound(parent, 2*time.Second)
-			_ = c.Done()
-			c.release()
-		}
-	})
-	b.Run("unwaited", func(b *testing.B) {
-		b.ReportAllocs()
-		for b.Loop() {
-			c := bound(parent, 2*time.Second)
-			_ = c.Err()
-			c.release()
-		}
-	})
+	for _, waited := range []bool{true, false} {
+		name := map[bool]string{true: "waited", false: "unwaited"}[waited]
+		b.Run(name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				c := bound(parent, 2*time.Second)
+				if waited {
+					_ = c.Done()
+				} else {
+					_ = c.Err()
+				}
+				c.release()
+			}
+		})
+	}
 }
 
 func BenchmarkWithTimeoutWithoutCancel(b *testing.B) {
