@@ -84,6 +84,10 @@ type dropAudit struct{}
 
 func (dropAudit) Append(context.Context, *storage.AuditRecord) error { return nil }
 
+// AppendUntil discards too: the core honours Check deadlines over it, as
+// over the gateway's group-commit writer, so the decision runs inline.
+func (dropAudit) AppendUntil(context.Context, *storage.AuditRecord, time.Time) error { return nil }
+
 func serveAuthz(b *testing.B, register func(grpc.ServiceRegistrar)) string {
 	b.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")

@@ -443,7 +443,8 @@ func (j *decision) work() {
 
 // decideAll decides each action and keeps the most restrictive outcome; the
 // first of equally restrictive outcomes wins. It stops before the next
-// action once the Check has answered without it (late) or ctx is done.
+// action once the Check has answered without it (late, when not nil), ctx
+// is done or the deadline (when set) has passed.
 func (s *Server) decideAll(ctx context.Context, m *mapped, start time.Time, late *atomic.Bool, deadline time.Time) verdict {
 	var best gateway.Outcome
 	var usageID string

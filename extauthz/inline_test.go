@@ -12,6 +12,8 @@ import (
 	"github.com/agent-assembly/agent-assembly/action"
 	"github.com/agent-assembly/agent-assembly/gateway"
 	"github.com/agent-assembly/agent-assembly/storage"
+	"github.com/agent-assembly/agent-assembly/storage/groupcommit"
+	"github.com/agent-assembly/agent-assembly/storage/memory"
 )
 
 // deadlineFake is a Decider that declares it honours CheckOptions.Deadline,
@@ -100,9 +102,9 @@ func TestInlinePanicFailsClosed(t *testing.T) {
 
 // stalledAudit is an audit log whose writes never confirm: each waits until
 // its context ends.
-type stalledAudit struct{}
+type stalledAudit struct{ storage.AuditLog }
 
-func (stalledAudit) Append(ctx context.Context, _ *storage.AuditRecord) error {
+func (stalledAudit) AppendAudit(ctx context.Context, _ []*storage.AuditRecord) error {
 	<-ctx.Done()
 	return ctx.Err()
 }
@@ -121,26 +123,41 @@ func (stalledRegistry) SetAgentStatus(ctx context.Context, _ action.AgentID, _ s
 	return ctx.Err()
 }
 
-// TestInlineCoreStoreStallFailsClosed: with the real decision core, a store
-// that stops answering (the audit log, or the agent registry) does not hold
-// a Check past its timeout: the core ends its wait at the Check's deadline
-// and the Check answers 503, although the core's own store timeouts are
-// far longer.
+// TestInlineCoreStoreStallFailsClosed: with the real decision core deciding
+// on the Check's goroutine, a store that stops answering (the audit log, or
+// the agent registry) does not hold a Check past its timeout: the core ends
+// its wait at the Check's deadline, although the stores' own timeouts are a
+// minute, and the Check answers 503. The decision's audit record is still
+// written when the audit log works.
 func TestInlineCoreStoreStallFailsClosed(t *testing.T) {
 	snap := exampleSnapshot(t)
-	cases := map[string]gateway.Options{
-		"audit log": {Audit: stalledAudit{}},
-		"registry":  {Audit: &auditLog{}, Agents: stalledRegistry{}},
-	}
-	for name, o := range cases {
+	for _, name := range []string{"audit log", "registry"} {
 		t.Run(name, func(t *testing.T) {
-			o.Chain, o.AuditTimeout, o.LimitTimeout = "stall", time.Minute, time.Minute
+			mem := memory.New(memory.Options{})
+			var log storage.AuditLog = mem
+			o := gateway.Options{Chain: "stall", AuditTimeout: time.Minute, LimitTimeout: time.Minute}
+			if name == "audit log" {
+				log = stalledAudit{mem}
+			} else {
+				o.Agents = stalledRegistry{}
+			}
+			w := groupcommit.New(log, groupcommit.Options{Chain: "stall", WriteTimeout: time.Minute})
+			t.Cleanup(func() {
+				ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+				defer cancel()
+				w.Close(ctx)
+			})
+			o.Audit = w
 			core, err := gateway.NewCore(o)
 			if err != nil {
 				t.Fatal(err)
 			}
 			core.SetSnapshot(snap)
-			c := serve(t, New(core, Options{Timeout: 50 * time.Millisecond}))
+			s := New(core, Options{Timeout: 50 * time.Millisecond})
+			if !s.inline {
+				t.Fatal("the core over a group-commit writer is not run inline")
+			}
+			c := serve(t, s)
 			type answer struct {
 				resp *authv3.CheckResponse
 				err  error
@@ -161,6 +178,21 @@ func TestInlineCoreStoreStallFailsClosed(t *testing.T) {
 				}
 			case <-time.After(10 * time.Second):
 				t.Fatal("the Check waited for a stalled store past its timeout (the store's own is a minute)")
+			}
+			if name != "registry" {
+				return
+			}
+			for start := time.Now(); ; time.Sleep(time.Millisecond) {
+				page, err := mem.QueryAudit(context.Background(), storage.AuditQuery{})
+				if err == nil && len(page.Records) > 0 {
+					if r := page.Records[0]; r.RuleID != "registry" || r.Decision != action.Deny {
+						t.Fatalf("audit record %+v, want the registry's fail-closed denial", r)
+					}
+					return
+				}
+				if time.Since(start) > 10*time.Second {
+					t.Fatalf("the decision cut short at its deadline left no audit record (%v)", err)
+				}
 			}
 		})
 	}

@@ -42,10 +42,12 @@ type CheckOptions struct {
 	Note string
 	// Deadline, when set, is when the caller must have its answer: every
 	// wait of the decision on a store (the registry, rate limits and
-	// budgets, approvals, the audit write) ends by it, and one that is cut
-	// short fails closed as an unavailable store does. The ext_authz server
-	// sets it, and can then decide on the Check's own goroutine. It does
-	// not hold a WaitForApproval wait, which ends when the approval does.
+	// budgets, approvals, the wait for the audit record to be durable)
+	// ends by it, and one that is cut short fails closed as an unavailable
+	// store does. The audit record itself is still written (see
+	// Core.HonoursDeadline for the Auditor this needs). The ext_authz server
+	// sets it, and can then decide on the Check's own goroutine. It does not
+	// hold a WaitForApproval wait, which ends when the approval does.
 	Deadline time.Time
 }
 

@@ -29,6 +29,14 @@ type Auditor interface {
 	Append(ctx context.Context, r *storage.AuditRecord) error
 }
 
+// untilAuditor is an Auditor that can stop waiting for a record to be
+// durable at a deadline without dropping it: the record is taken for
+// writing under ctx and written whatever the wait (groupcommit.Writer).
+// With one, Decide honours CheckOptions.Deadline.
+type untilAuditor interface {
+	AppendUntil(ctx context.Context, r *storage.AuditRecord, until time.Time) error
+}
+
 // Options configures a Core.
 type Options struct {
 	// Audit receives every decision and rejected request. Required.
@@ -67,16 +75,18 @@ type AgentStatuses interface {
 
 // Core is the decision core shared by every transport.
 type Core struct {
-	snap    atomic.Pointer[policy.Snapshot]
-	views   atomic.Pointer[views]
-	audit   Auditor
-	chain   string
-	log     *slog.Logger
-	metrics *Metrics
-	series  checkSeries // cached series of metrics.Checks and CheckDuration
-	limits  Limits
-	auditTO time.Duration
-	now     func() time.Time
+	snap  atomic.Pointer[policy.Snapshot]
+	views atomic.Pointer[views]
+	audit Auditor
+	// auditUntil is audit when it is an untilAuditor, else nil.
+	auditUntil untilAuditor
+	chain      string
+	log        *slog.Logger
+	metrics    *Metrics
+	series     checkSeries // cached series of metrics.Checks and CheckDuration
+	limits     Limits
+	auditTO    time.Duration
+	now        func() time.Time
 
 	limiter   *ratelimit.Limiter
 	meter     *budget.Meter
@@ -115,6 +125,7 @@ func NewCore(o Options) (*Core, error) {
 	c := &Core{audit: o.Audit, chain: o.Chain, log: o.Logger, metrics: o.Metrics,
 		limits: o.Limits, auditTO: o.AuditTimeout, now: o.Now, agents: o.Agents,
 		limitTO: o.LimitTimeout, approvals: o.Approvals, overrides: make(chan struct{}, maxOverrides)}
+	c.auditUntil, _ = o.Audit.(untilAuditor)
 	if o.Counters != nil {
 		c.holds = o.Counters
 		c.limiter = ratelimit.New(o.Counters, ratelimit.Options{})
@@ -265,22 +276,31 @@ func (c *Core) Decide(ctx context.Context, a *action.Action, start time.Time, op
 	return out
 }
 
-// HonoursDeadline reports that Decide ends every wait on a store by
+// HonoursDeadline reports whether Decide ends every wait on a store by
 // CheckOptions.Deadline when it is set (the ext_authz server then decides
-// on the Check's own goroutine). Decide's other work is computation: policy
-// evaluation is bounded by the policy's compiled size and CEL cost limits.
-func (c *Core) HonoursDeadline() bool { return true }
+// on the Check's own goroutine): it does when its Auditor can stop waiting
+// for a record without dropping it (Options.Audit is a groupcommit.Writer,
+// as in the gateway). Decide's other work is computation: policy evaluation
+// is bounded by the policy's compiled size and CEL cost limits.
+func (c *Core) HonoursDeadline() bool { return c.auditUntil != nil }
 
 // append writes one record; a cancelled caller does not cancel the write.
 func (c *Core) append(ctx context.Context, rec *storage.AuditRecord) error {
 	return c.appendBy(ctx, rec, time.Time{})
 }
 
-// appendBy is append that stops waiting for the write at deadline (when
-// set): the record may still be written (see Decide's override record).
+// appendBy is append that stops waiting for the write at deadline (when set
+// and the Auditor can): the record is taken for writing within the audit
+// timeout as always, and written even when the wait ends at the deadline
+// (see Decide's override record for what the caller was answered).
 func (c *Core) appendBy(ctx context.Context, rec *storage.AuditRecord, deadline time.Time) error {
-	actx := bound(ctx, waitFor(c.auditTO, deadline))
-	err := c.audit.Append(actx, rec)
+	actx := bound(ctx, c.auditTO)
+	var err error
+	if c.auditUntil != nil && !deadline.IsZero() {
+		err = c.auditUntil.AppendUntil(actx, rec, deadline)
+	} else {
+		err = c.audit.Append(actx, rec)
+	}
 	actx.release()
 	c.metrics.storeError(storeOpAuditAppend, err)
 	return err

@@ -641,6 +641,11 @@ type dropAudit struct{}
 
 func (dropAudit) Append(context.Context, *storage.AuditRecord) error { return nil }
 
+// AppendUntil discards r too: dropping never waits, so it honours any
+// deadline (the core then decides ext_authz Checks inline, as with the
+// group-commit writer).
+func (dropAudit) AppendUntil(context.Context, *storage.AuditRecord, time.Time) error { return nil }
+
 // pprofHandler serves net/http/pprof's pages under /debug/pprof/: the index
 // and every named profile, and the CPU profile, execution trace, command
 // line and symbol lookup, which the index does not route.

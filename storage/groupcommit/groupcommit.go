@@ -125,6 +125,20 @@ func New(log storage.AuditLog, opts Options) *Writer {
 // With an InlineLog, r is first offered to the log directly; only if it
 // cannot take r at once does r go to the writer.
 func (w *Writer) Append(ctx context.Context, r *storage.AuditRecord) error {
+	return w.AppendUntil(ctx, r, time.Time{})
+}
+
+// ErrNotDurableYet is returned (wrapping context.DeadlineExceeded) by
+// AppendUntil when the record was taken for writing but was not yet
+// durable at the caller's deadline: it is still written.
+var ErrNotDurableYet = fmt.Errorf("audit record taken but not durable by the caller's deadline: %w", context.DeadlineExceeded)
+
+// AppendUntil is Append for a caller that must answer by until (when not
+// zero) but must not lose its record: ctx bounds taking r for writing (the
+// inline attempt and the queue), until bounds only the wait for r to be
+// durable, which ends with ErrNotDurableYet. r is then still written, as
+// when ctx ends after r is queued.
+func (w *Writer) AppendUntil(ctx context.Context, r *storage.AuditRecord, until time.Time) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -154,11 +168,19 @@ func (w *Writer) Append(ctx context.Context, r *storage.AuditRecord) error {
 		return ctx.Err()
 	}
 
+	var expired <-chan time.Time
+	if !until.IsZero() {
+		t := time.NewTimer(time.Until(until))
+		defer t.Stop()
+		expired = t.C
+	}
 	select {
 	case <-req.done:
 	case <-ctx.Done():
 		// The writer still owns req and will write it; it is not reused.
 		return ctx.Err()
+	case <-expired:
+		return ErrNotDurableYet // as above: req is the writer's
 	}
 	err := req.err
 	if err == nil {

@@ -198,6 +198,39 @@ func TestCancelledCallerStillWritten(t *testing.T) {
 	}
 }
 
+// TestAppendUntilKeepsTheRecord: a caller's deadline ends its wait for a
+// slow write with ErrNotDurableYet (a context.DeadlineExceeded), but never
+// keeps its record from being written, even when the deadline has passed
+// before the call.
+func TestAppendUntilKeepsTheRecord(t *testing.T) {
+	mem := memory.New(memory.Options{})
+	log := &slowLog{AuditLog: mem, gate: make(chan struct{})}
+	w := groupcommit.New(log, groupcommit.Options{Chain: "c"})
+
+	for i, until := range []time.Time{time.Now().Add(30 * time.Millisecond), time.Now().Add(-time.Second)} {
+		r := record(i)
+		err := w.AppendUntil(t.Context(), r, until)
+		if !errors.Is(err, groupcommit.ErrNotDurableYet) || !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("AppendUntil past its deadline = %v", err)
+		}
+		if r.Seq != 0 {
+			t.Fatal("a caller that stopped waiting had its record changed")
+		}
+	}
+	close(log.gate)
+	r := record(2)
+	if err := w.AppendUntil(t.Context(), r, time.Now().Add(time.Minute)); err != nil || r.Seq == 0 {
+		t.Fatalf("AppendUntil in time = %v, seq %d", err, r.Seq)
+	}
+	if err := w.Close(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	page, err := mem.QueryAudit(t.Context(), storage.AuditQuery{})
+	if err != nil || len(page.Records) != 3 {
+		t.Fatalf("stored %v, %v; want all three records", page.Records, err)
+	}
+}
+
 func TestCloseFlushesAndRejects(t *testing.T) {
 	mem := memory.New(memory.Options{})
 	log := &slowLog{AuditLog: mem, delay: 5 * time.Millisecond}
