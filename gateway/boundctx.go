@@ -14,23 +14,24 @@ import (
 // cut short but that must end: the values of the caller's context, none of
 // its cancellation, and a deadline of its own. It behaves as
 // context.WithTimeout(context.WithoutCancel(parent), d), but a call that
-// ends before its deadline hands the timer and done channel to the next
-// one: the stdlib pair cost five allocations and about 0.7 µs of every
-// decision (the audit write's bound).
+// ends before its deadline without waiting on it hands the context (its
+// timer and done channel) to the next one: the stdlib pair cost five
+// allocations and about 0.7 µs of every decision (the audit write's bound).
 //
 // The deadline's timer starts only when something waits for it (Done, or a
 // derived context registering through AfterFunc); until then Err reads the
 // clock. Most calls never wait: a cache hit or an inline audit append ends
 // without looking at Done, and then no timer is started or stopped at all.
 //
-// Users must not keep the context past release (as for any context passed
-// to a call). Contexts derived from it are cancelled when it expires: they
-// register through AfterFunc (so the context package starts no goroutine
-// for them), and one still registered at release keeps the boundCtx from
-// being reused.
+// Only a context that nothing waited on is reused after release: one whose
+// Done was asked for may still be watched after the call returned
+// (database/sql's row watcher selects on Done and then calls Err), so it is
+// left to the garbage collector. Contexts derived from it are cancelled
+// when it expires: they register through AfterFunc (so the context package
+// starts no goroutine for them), which counts as waiting.
 type boundCtx struct {
 	values context.Context // context.WithoutCancel(parent): values only
-	due    time.Duration   // the deadline, as monoclock.Now reads it
+	due    atomic.Int64    // the deadline, as monoclock.Now reads it
 	timer  *time.Timer     // runs expire at the deadline once armed
 	done   chan struct{}   // closed by expire; then never reused
 	armed  atomic.Bool     // the timer runs (set under mu)
@@ -51,32 +52,26 @@ var boundCtxs = sync.Pool{New: func() any {
 func bound(parent context.Context, d time.Duration) *boundCtx {
 	c := boundCtxs.Get().(*boundCtx)
 	c.values = context.WithoutCancel(parent)
-	c.due = monoclock.Now() + d
+	c.due.Store(int64(monoclock.Now() + d))
 	return c
 }
 
-// release stops the deadline and keeps the context for the next call unless
-// it has expired (or is expiring: its done channel is then closed) or a
-// context derived from it was not cancelled. The parent's values stay
-// until the next use, so a late reader never finds them gone.
+// release keeps the context for the next call if nothing waited on it (nor
+// derived from it: AfterFunc arms) and it has not expired (Err arms when it
+// expires c). Otherwise its timer is stopped, unless a derived context is
+// still registered and must be cancelled at the deadline, and the context
+// is never reused. The parent's values stay until the next use, so a late
+// reader never finds them gone.
 func (c *boundCtx) release() {
 	if !c.armed.Load() {
-		// Nothing waited on it, nothing derived from it (AfterFunc arms),
-		// and it has not expired (Err arms when it expires c).
 		boundCtxs.Put(c)
 		return
 	}
 	c.mu.Lock()
-	spent := c.err != nil
-	if c.armed.Load() && !spent && !c.timer.Stop() {
-		spent = true // expire runs: it will close done
+	if len(c.afters) == 0 {
+		c.timer.Stop()
 	}
-	pending := len(c.afters) > 0
-	c.armed.Store(false)
 	c.mu.Unlock()
-	if !spent && !pending {
-		boundCtxs.Put(c)
-	}
 }
 
 // arm starts the deadline's timer, or expires c at once if the deadline
@@ -86,7 +81,7 @@ func (c *boundCtx) arm() {
 		return
 	}
 	c.armed.Store(true)
-	if d := c.due - monoclock.Now(); d > 0 {
+	if d := time.Duration(c.due.Load()) - monoclock.Now(); d > 0 {
 		c.timer.Reset(d)
 		return
 	}
@@ -137,7 +132,9 @@ func (c *boundCtx) AfterFunc(f func()) (stop func() bool) {
 }
 
 // Deadline implements context.Context.
-func (c *boundCtx) Deadline() (time.Time, bool) { return monoclock.Time(c.due), true }
+func (c *boundCtx) Deadline() (time.Time, bool) {
+	return monoclock.Time(time.Duration(c.due.Load())), true
+}
 
 // Done implements context.Context; the first call starts the deadline's timer.
 func (c *boundCtx) Done() <-chan struct{} {
@@ -152,12 +149,12 @@ func (c *boundCtx) Done() <-chan struct{} {
 // Err implements context.Context. Before anything waits on Done, it reads
 // the clock: a deadline that has passed expires c.
 func (c *boundCtx) Err() error {
-	if !c.armed.Load() && monoclock.Now() < c.due {
+	if !c.armed.Load() && monoclock.Now() < time.Duration(c.due.Load()) {
 		return nil
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.err == nil && !c.armed.Load() && monoclock.Now() >= c.due {
+	if c.err == nil && !c.armed.Load() && monoclock.Now() >= time.Duration(c.due.Load()) {
 		c.armed.Store(true)
 		c.expireLocked()
 	}

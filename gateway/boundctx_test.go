@@ -128,6 +128,43 @@ func TestBoundCtxUnwaited(t *testing.T) {
 	}
 }
 
+// TestBoundCtxWatchedAfterRelease: a context that was waited on may be
+// read after release (database/sql's row watcher calls Err once the rows
+// are closed), so it is not reused: later calls never share it, and the
+// race detector sees no conflict between the late reader and them.
+func TestBoundCtxWatchedAfterRelease(t *testing.T) {
+	watched := bound(context.Background(), time.Hour)
+	done := watched.Done()
+	watched.release()
+	stop := make(chan struct{})
+	read := make(chan struct{})
+	go func() {
+		defer close(read)
+		for {
+			select {
+			case <-stop:
+				return
+			case <-done:
+				t.Error("a released context expired: its timer should have stopped")
+				return
+			default:
+			}
+			_ = watched.Err()
+			_, _ = watched.Deadline()
+		}
+	}()
+	for range 1000 {
+		c := bound(context.Background(), time.Millisecond)
+		if c == watched {
+			t.Fatal("a context that was waited on was reused")
+		}
+		_ = c.Err()
+		c.release()
+	}
+	close(stop)
+	<-read
+}
+
 // BenchmarkBoundCtx measures a bound call that waits on Done (the timer
 // runs) and one that only asks Err, as a cache hit or an inline audit
 // append does.
