@@ -51,16 +51,6 @@ type CheckOptions struct {
 	Deadline time.Time
 }
 
-// waitFor is how long a store call of a decision may take: d, or less when
-// the caller must answer sooner (CheckOptions.Deadline). It may be zero or
-// negative: the call then fails at once with context.DeadlineExceeded.
-func waitFor(d time.Duration, deadline time.Time) time.Duration {
-	if deadline.IsZero() {
-		return d
-	}
-	return min(d, time.Until(deadline))
-}
-
 // Interception layers, as reported in metrics.
 const (
 	LayerSDK     = "sdk"

@@ -56,6 +56,16 @@ func bound(parent context.Context, d time.Duration) *boundCtx {
 	return c
 }
 
+// waitFor is how long a store call of a decision may take: d, or less when
+// the caller must answer sooner (CheckOptions.Deadline). It may be zero or
+// negative: the call then fails at once with context.DeadlineExceeded.
+func waitFor(d time.Duration, deadline time.Time) time.Duration {
+	if deadline.IsZero() {
+		return d
+	}
+	return min(d, time.Until(deadline))
+}
+
 // release keeps the context for the next call if nothing waited on it (nor
 // derived from it: AfterFunc arms) and it has not expired (Err arms when it
 // expires c). Otherwise its timer is stopped, unless a derived context is
