@@ -21,6 +21,7 @@ import (
 
 	"github.com/agent-assembly/agent-assembly/action"
 	"github.com/agent-assembly/agent-assembly/extauthz"
+	"github.com/agent-assembly/agent-assembly/extauthz/codec"
 	"github.com/agent-assembly/agent-assembly/gateway"
 	"github.com/agent-assembly/agent-assembly/gateway/server"
 	"github.com/agent-assembly/agent-assembly/gateway/server/servertest"
@@ -88,7 +89,7 @@ func (dropAudit) Append(context.Context, *storage.AuditRecord) error { return ni
 // over the gateway's group-commit writer, so the decision runs inline.
 func (dropAudit) AppendUntil(context.Context, *storage.AuditRecord, time.Time) error { return nil }
 
-func serveAuthz(b *testing.B, register func(grpc.ServiceRegistrar)) string {
+func serveAuthz(b *testing.B, register func(grpc.ServiceRegistrar), opts ...grpc.ServerOption) string {
 	b.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -96,7 +97,8 @@ func serveAuthz(b *testing.B, register func(grpc.ServiceRegistrar)) string {
 	}
 	// Stream workers as on the gateway's listener (gateway/server's
 	// streamWorkers), so every target is served the same way.
-	s := grpc.NewServer(grpc.NumStreamWorkers(uint32(max(64, 32*runtime.GOMAXPROCS(0)))))
+	opts = append(opts, grpc.NumStreamWorkers(uint32(max(64, 32*runtime.GOMAXPROCS(0)))))
+	s := grpc.NewServer(opts...)
 	register(s)
 	go s.Serve(l)
 	b.Cleanup(s.Stop)
@@ -104,9 +106,11 @@ func serveAuthz(b *testing.B, register func(grpc.ServiceRegistrar)) string {
 }
 
 // BenchmarkCheckGRPC measures ext_authz Check over loopback gRPC, closed
-// loop, with a 1,000-rule policy: the no-op handler (the physical limit),
-// the decision core with the audit log off, and the full gateway on SQLite
-// in both durability modes.
+// loop, with a 1,000-rule policy: the no-op handler (the physical limit,
+// on grpc-go's own codec as anyone would write it), the no-op handler on
+// the gateway's codec (extauthz/codec), the decision core with the audit
+// log off (on the gateway's codec), and the full gateway on SQLite in both
+// durability modes.
 //
 //	go test ./extauthz -run '^$' -bench CheckGRPC -benchtime 3s
 func BenchmarkCheckGRPC(b *testing.B) {
@@ -126,13 +130,17 @@ func BenchmarkCheckGRPC(b *testing.B) {
 		{"noop", func(b *testing.B) string {
 			return serveAuthz(b, func(r grpc.ServiceRegistrar) { authv3.RegisterAuthorizationServer(r, noopAuthz{}) })
 		}},
+		{"noop-codec", func(b *testing.B) string {
+			return serveAuthz(b, func(r grpc.ServiceRegistrar) { authv3.RegisterAuthorizationServer(r, noopAuthz{}) },
+				grpc.ForceServerCodecV2(codec.New()))
+		}},
 		{"audit-off", func(b *testing.B) string {
 			core, err := gateway.NewCore(gateway.Options{Audit: dropAudit{}, Chain: "bench"})
 			if err != nil {
 				b.Fatal(err)
 			}
 			core.SetSnapshot(snap)
-			return serveAuthz(b, extauthz.New(core, extauthz.Options{}).Register)
+			return serveAuthz(b, extauthz.New(core, extauthz.Options{}).Register, grpc.ForceServerCodecV2(codec.New()))
 		}},
 	}
 	for _, d := range []string{"os", "sync"} {

@@ -32,7 +32,7 @@ checkaction)
   ;;
 extauthz)
   pkg=./extauthz bench=CheckGRPC
-  variants=(noop audit-off sqlite-os sqlite-sync)
+  variants=(noop noop-codec audit-off sqlite-os sqlite-sync)
   ;;
 *)
   echo "usage: $0 checkaction|extauthz" >&2

@@ -44,6 +44,7 @@ import (
 	"github.com/agent-assembly/agent-assembly/auth"
 	"github.com/agent-assembly/agent-assembly/budget"
 	"github.com/agent-assembly/agent-assembly/extauthz"
+	"github.com/agent-assembly/agent-assembly/extauthz/codec"
 	"github.com/agent-assembly/agent-assembly/extproc"
 	"github.com/agent-assembly/agent-assembly/gateway"
 	"github.com/agent-assembly/agent-assembly/identity"
@@ -249,6 +250,9 @@ func (s *Server) buildGRPC() {
 		// decision core, not the transport, rejects (and audits) oversized actions.
 		grpc.MaxRecvMsgSize(4*s.cfg.MaxRequestBytes + (64 << 10)),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		// Protobuf as grpc-go's codec, with a faster path for ext_authz
+		// Check messages (extauthz/codec).
+		grpc.ForceServerCodecV2(codec.New()),
 		grpc.ChainUnaryInterceptor(tracing.UnaryRequestID(hotMethods...), recoverUnary(s.log), s.auth.UnaryInterceptor()),
 		grpc.ChainStreamInterceptor(tracing.StreamRequestID(hotMethods...), recoverStream(s.log), s.auth.StreamInterceptor(), drainStream(s.draining), s.runtimes.interceptor()),
 	}
