@@ -206,9 +206,15 @@ func TestCodecDecodesEveryMessage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if n := c.SlowRequests(); n != 0 {
+		t.Fatalf("%d fixtures decoded slowly", n)
+	}
 	var got authv3.CheckRequest
 	if err := c.Unmarshal(mem.BufferSlice{mem.SliceBuffer(b[:10]), mem.SliceBuffer(b[10:])}, &got); err != nil || !proto.Equal(&got, m) {
 		t.Fatalf("split, filled metadata: %v %v", err, &got)
+	}
+	if n := c.SlowRequests(); n != 1 {
+		t.Fatalf("%d requests counted as decoded slowly, want 1", n)
 	}
 	if err := c.Unmarshal(mem.BufferSlice{mem.SliceBuffer([]byte{0x0a, 0x05})}, &got); err == nil {
 		t.Fatal("a truncated request decoded")

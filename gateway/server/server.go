@@ -245,6 +245,11 @@ var hotMethods = []string{
 }
 
 func (s *Server) buildGRPC() {
+	cdc := codec.New()
+	s.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Namespace: "aa", Subsystem: "extauthz", Name: "requests_decoded_slowly_total",
+		Help: "ext_authz CheckRequests the gateway's fast reader left to protobuf-go (a shape it does not read, or malformed).",
+	}, func() float64 { return float64(cdc.SlowRequests()) }))
 	opts := []grpc.ServerOption{
 		// The transport cap sits well above the per-action limit so that the
 		// decision core, not the transport, rejects (and audits) oversized actions.
@@ -252,7 +257,7 @@ func (s *Server) buildGRPC() {
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		// Protobuf as grpc-go's codec, with a faster path for ext_authz
 		// Check messages (extauthz/codec).
-		grpc.ForceServerCodecV2(codec.New()),
+		grpc.ForceServerCodecV2(cdc),
 		grpc.ChainUnaryInterceptor(tracing.UnaryRequestID(hotMethods...), recoverUnary(s.log), s.auth.UnaryInterceptor()),
 		grpc.ChainStreamInterceptor(tracing.StreamRequestID(hotMethods...), recoverStream(s.log), s.auth.StreamInterceptor(), drainStream(s.draining), s.runtimes.interceptor()),
 	}

@@ -22,8 +22,10 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/structpb"
 
 	v1 "github.com/agent-assembly/agent-assembly/api/agentassembly/v1"
 	"github.com/agent-assembly/agent-assembly/storage"
@@ -685,20 +687,45 @@ func TestExtAuthzOnGatewayListener(t *testing.T) {
 	// first durable decision; the timeout itself is tested in extauthz.
 	g := startGateway(t, examplesDir(t), func(c *Config) { c.ExtAuthzTimeout = 10 * time.Second })
 	client := authv3.NewAuthorizationClient(g.conn)
+	var meta *corev3.Metadata // Envoy's metadata context, usually empty
 	check := func(host string) *authv3.CheckResponse {
 		resp, err := client.Check(context.Background(), &authv3.CheckRequest{Attributes: &authv3.AttributeContext{
 			Request: &authv3.AttributeContext_Request{Http: &authv3.AttributeContext_HttpRequest{
 				Method: "GET", Scheme: "https", Host: host, Path: "/wiki/Go",
 				Headers: map[string]string{"x-aa-agent-id": "acme/research/researcher-1"},
 			}},
+			MetadataContext: meta,
 		}})
 		if err != nil {
 			t.Fatal(err)
 		}
 		return resp
 	}
+	// The listener's codec reads plain requests itself and leaves the
+	// others to protobuf-go, counting them; both are answered alike.
+	slow := func() string {
+		resp, err := http.Get(g.base + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		_, v, _ := strings.Cut(string(b), "\naa_extauthz_requests_decoded_slowly_total ")
+		v, _, _ = strings.Cut(v, "\n")
+		return v
+	}
 	if r := check("en.wikipedia.org"); r.GetOkResponse() == nil {
 		t.Fatalf("allowed host denied: %v", r)
+	}
+	if n := slow(); n != "0" {
+		t.Fatalf("plain requests decoded slowly: %q", n)
+	}
+	meta = &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{"envoy.filters.http.rbac": {}}}
+	if r := check("en.wikipedia.org"); r.GetOkResponse() == nil {
+		t.Fatalf("allowed host with a metadata context denied: %v", r)
+	}
+	if n := slow(); n != "1" {
+		t.Fatalf("a request with a metadata context was not counted as decoded slowly: %q", n)
 	}
 	r := check("evil.example.com")
 	if d := r.GetDeniedResponse(); d == nil || d.GetStatus().GetCode() != 403 || !strings.Contains(d.GetBody(), "research-agent/network.allowlist") {
