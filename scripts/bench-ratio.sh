@@ -8,6 +8,10 @@
 #   scripts/bench-ratio.sh checkaction   # gateway/server BenchmarkCheckActionGRPC, 64 clients
 #   scripts/bench-ratio.sh extauthz      # extauthz BenchmarkCheckGRPC, 64 clients
 #
+# The extauthz baseline is the no-op handler on grpc-go's own codec, as anyone
+# would write it; noop-codec is the same handler on the gateway's codec
+# (extauthz/codec), to show that codec's share of the gateway's ratio.
+#
 # Three ratios against the first variant (the baseline): best round against
 # best round, median against median, and the baseline's median CPU per check
 # against the variant's (CPU time is the steadiest of the three on a shared
