@@ -40,6 +40,7 @@ func plainResponse(m *authv3.CheckResponse) bool {
 		if ok == nil {
 			return true
 		}
+		//lint:ignore SA1019 a deprecated field is still a field this writer must not drop
 		if ok.DynamicMetadata != nil || len(ok.ResponseHeadersToAdd) > 0 || len(ok.QueryParametersToSet) > 0 ||
 			len(ok.QueryParametersToRemove) > 0 || unknown(ok) {
 			return false
@@ -60,6 +61,7 @@ func plainResponse(m *authv3.CheckResponse) bool {
 
 func plainHeaders(hs []*corev3.HeaderValueOption) bool {
 	for _, h := range hs {
+		//lint:ignore SA1019 a deprecated field is still a field this writer must not drop
 		if h == nil || h.Append != nil || unknown(h) || (h.Header != nil && unknown(h.Header)) {
 			return false
 		}
