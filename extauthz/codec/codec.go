@@ -4,9 +4,9 @@
 // forwards.
 //
 // A CheckRequest is decoded by a reader of the fields Envoy sends, which
-// builds the same message proto.Unmarshal would, in about a tenth of the
-// time and a third of the allocations (protobuf-go decodes the request's
-// header maps by reflection). Whatever that reader does not know, it hands
+// builds the same message proto.Unmarshal would, in about a third of the
+// time and with 5 allocations instead of 69 for a typical request
+// (protobuf-go decodes the request's header maps by reflection). Whatever that reader does not know, it hands
 // to proto.Unmarshal whole. A CheckResponse of the shapes the ext_authz
 // server answers with is written by a writer of those shapes, byte for
 // byte as proto.Marshal writes it. Every other message goes through

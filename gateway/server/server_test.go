@@ -703,29 +703,19 @@ func TestExtAuthzOnGatewayListener(t *testing.T) {
 	}
 	// The listener's codec reads plain requests itself and leaves the
 	// others to protobuf-go, counting them; both are answered alike.
-	slow := func() string {
-		resp, err := http.Get(g.base + "/metrics")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		_, v, _ := strings.Cut(string(b), "\naa_extauthz_requests_decoded_slowly_total ")
-		v, _, _ = strings.Cut(v, "\n")
-		return v
-	}
+	const slow = "aa_extauthz_requests_decoded_slowly_total"
 	if r := check("en.wikipedia.org"); r.GetOkResponse() == nil {
 		t.Fatalf("allowed host denied: %v", r)
 	}
-	if n := slow(); n != "0" {
-		t.Fatalf("plain requests decoded slowly: %q", n)
+	if n := scrape(t, g, slow); n != 0 {
+		t.Fatalf("plain requests decoded slowly: %v", n)
 	}
 	meta = &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{"envoy.filters.http.rbac": {}}}
 	if r := check("en.wikipedia.org"); r.GetOkResponse() == nil {
 		t.Fatalf("allowed host with a metadata context denied: %v", r)
 	}
-	if n := slow(); n != "1" {
-		t.Fatalf("a request with a metadata context was not counted as decoded slowly: %q", n)
+	if n := scrape(t, g, slow); n != 1 {
+		t.Fatalf("a request with a metadata context was not counted as decoded slowly: %v", n)
 	}
 	r := check("evil.example.com")
 	if d := r.GetDeniedResponse(); d == nil || d.GetStatus().GetCode() != 403 || !strings.Contains(d.GetBody(), "research-agent/network.allowlist") {
