@@ -2,6 +2,8 @@ package gateway
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -64,6 +66,14 @@ type Reloader struct {
 	current     string
 	fileVersion string
 	lastErr     error
+	// parsed is the digest of the sources Load parsed last and the
+	// version they parsed to: a poll that reads the same bytes skips
+	// parsing them again when that version is the one it would keep.
+	parsed struct {
+		digest  [sha256.Size]byte
+		version string
+	}
+	parses int // how many times Load parsed files (read by tests)
 }
 
 // NewReloader returns a Reloader for path. interval is the polling fallback
@@ -108,21 +118,22 @@ func (r *Reloader) Load() error {
 	if err != nil {
 		return r.rejected(err)
 	}
+	// Parsing is most of a poll's cost (about 30 ms of CPU every poll for
+	// a 1,000-rule policy): files whose bytes have not changed since they
+	// parsed to the version being kept are not parsed again.
+	digest := sourcesDigest(srcs)
+	if r.parsed.version != "" && digest == r.parsed.digest && r.kept(r.parsed.version) {
+		return r.unchanged()
+	}
+	r.parses++
 	docs, err := parseStored(srcs)
 	if err != nil {
 		return r.rejected(err)
 	}
 	version := policy.Version(docs)
-	if r.store == nil {
-		if version == r.current {
-			r.metrics.PolicyReloads.WithLabelValues("unchanged").Inc()
-			r.lastErr = nil
-			return nil
-		}
-	} else if version == r.fileVersion {
-		r.metrics.PolicyReloads.WithLabelValues("unchanged").Inc()
-		r.lastErr = nil
-		return nil
+	r.parsed.digest, r.parsed.version = digest, version
+	if r.kept(version) {
+		return r.unchanged()
 	}
 	snap, err := compile(docs, version)
 	if err != nil {
@@ -366,6 +377,41 @@ func baseNames(srcs []storage.PolicyDocument) []storage.PolicyDocument {
 		out[i] = storage.PolicyDocument{Name: filepath.Base(s.Name), Source: s.Source}
 	}
 	return out
+}
+
+// kept reports whether files that parse to version would change nothing:
+// without a store, version serves already; with one, it is the version the
+// files had when this replica last read them.
+func (r *Reloader) kept(version string) bool {
+	if r.store == nil {
+		return version == r.current
+	}
+	return version == r.fileVersion
+}
+
+// unchanged records a load that changed nothing.
+func (r *Reloader) unchanged() error {
+	r.metrics.PolicyReloads.WithLabelValues("unchanged").Inc()
+	r.lastErr = nil
+	return nil
+}
+
+// sourcesDigest fingerprints policy sources: their names and bytes, each
+// prefixed by its length so that no two lists share a digest.
+func sourcesDigest(srcs []storage.PolicyDocument) [sha256.Size]byte {
+	h := sha256.New()
+	var n [8]byte
+	for _, s := range srcs {
+		binary.BigEndian.PutUint64(n[:], uint64(len(s.Name)))
+		h.Write(n[:])
+		h.Write([]byte(s.Name))
+		binary.BigEndian.PutUint64(n[:], uint64(len(s.Source)))
+		h.Write(n[:])
+		h.Write(s.Source)
+	}
+	var d [sha256.Size]byte
+	h.Sum(d[:0])
+	return d
 }
 
 // rejected records a failed load. The same error is logged once, not at

@@ -17,7 +17,8 @@
 # against the variant's (CPU time is the steadiest of the three on a shared
 # machine; one unusually fast baseline round moves only the first).
 #
-# ROUNDS (default 5) and BENCHTIME (default 10s) tune it. Runs are long enough
+# ROUNDS (default 5) and BENCHTIME (default 10s) tune it; VARIANTS (a
+# space-separated list, baseline first) runs only those variants. Runs are long enough
 # to reach the audit journal's steady state: its files grow from 1 to 16 MiB,
 # and os mode reuses the shared-memory copies of earlier files only from about
 # the fourth file on (a 3 s run is mostly warm-up). The benchmarks run
@@ -43,6 +44,9 @@ extauthz)
   exit 2
   ;;
 esac
+if [[ -n "${VARIANTS:-}" ]]; then
+  read -r -a variants <<<"$VARIANTS"
+fi
 bin=$(mktemp -d)
 trap 'rm -rf "$bin"' EXIT
 go test -c -o "$bin/bench.test" "$pkg"
