@@ -2,7 +2,6 @@ package extauthz_test
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"net"
 	"os"
@@ -11,7 +10,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -28,6 +26,7 @@ import (
 	"github.com/agent-assembly/agent-assembly/gateway/server"
 	"github.com/agent-assembly/agent-assembly/gateway/server/servertest"
 	"github.com/agent-assembly/agent-assembly/identity"
+	"github.com/agent-assembly/agent-assembly/internal/benchload"
 	"github.com/agent-assembly/agent-assembly/internal/cputime"
 	"github.com/agent-assembly/agent-assembly/policy"
 	"github.com/agent-assembly/agent-assembly/storage"
@@ -242,21 +241,6 @@ func placeholderToken(b *testing.B) string {
 	return tok
 }
 
-// warmup is how many checks BenchmarkCheckGRPC makes before a measured run
-// (one of at least minWarmedRun checks; the framework's shorter probing
-// runs are not warmed), with the measured run's number of clients. A
-// gateway's audit journal starts with small files that grow to 16 MiB,
-// each zero-filled before first use, and creates its shared-memory copies;
-// from about the third full-size file on it recycles both. That start-up
-// costs about 0.2 s of CPU once per gateway; unwarmed, it would be counted
-// in a 200,000-check run as about 1 µs per check. 150,000 checks reach
-// the recycling on the benchmark's records. -extauthz.warmup=0 measures
-// from a cold start.
-var warmup = flag.Int("extauthz.warmup", 150_000, "checks made before each measured run of BenchmarkCheckGRPC (0: none)")
-
-// minWarmedRun is the smallest run that is warmed up.
-const minWarmedRun = 50_000
-
 func benchAuthz(b *testing.B, c authv3.AuthorizationClient, par int) {
 	req := benchRequest()
 	req.Attributes.ContextExtensions = map[string]string{extauthz.ExtOrg: "acme", extauthz.ExtTeam: "research",
@@ -265,9 +249,11 @@ func benchAuthz(b *testing.B, c authv3.AuthorizationClient, par int) {
 	if r, err := c.Check(ctx, req); err != nil || r.GetOkResponse() == nil {
 		b.Fatalf("the benchmark request is not allowed: %v %v", err, r)
 	}
-	if b.N >= minWarmedRun && *warmup > 0 {
-		closedLoop(b, c, req, par*runtime.GOMAXPROCS(0), *warmup)
-	}
+	// Measured runs start from the gateway's steady state (benchload).
+	benchload.WarmUp(b, par*runtime.GOMAXPROCS(0), func() error {
+		_, err := c.Check(ctx, req)
+		return err
+	})
 	var mu sync.Mutex
 	var all []time.Duration
 	b.SetParallelism(par)
@@ -300,22 +286,4 @@ func benchAuthz(b *testing.B, c authv3.AuthorizationClient, par int) {
 		b.ReportMetric(q(0.50), "p50-µs")
 		b.ReportMetric(q(0.99), "p99-µs")
 	}
-}
-
-// closedLoop makes n checks of req from clients goroutines, each sending
-// its next check when the previous one is answered, as RunParallel does.
-func closedLoop(b *testing.B, c authv3.AuthorizationClient, req *authv3.CheckRequest, clients, n int) {
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	for range clients {
-		wg.Go(func() {
-			for next.Add(1) <= int64(n) {
-				if _, err := c.Check(context.Background(), req); err != nil {
-					b.Error(err)
-					return
-				}
-			}
-		})
-	}
-	wg.Wait()
 }

@@ -17,6 +17,7 @@ import (
 
 	v1 "github.com/agent-assembly/agent-assembly/api/agentassembly/v1"
 	"github.com/agent-assembly/agent-assembly/gateway"
+	"github.com/agent-assembly/agent-assembly/internal/benchload"
 	"github.com/agent-assembly/agent-assembly/internal/cputime"
 	"github.com/agent-assembly/agent-assembly/storage"
 )
@@ -44,6 +45,11 @@ func benchCheckAs(b *testing.B, client v1.PolicyServiceClient, parallelism int, 
 	req := toolReq(coder, "git_status", `{"short":true}`)
 	req.CredentialToken = token
 	ctx := context.Background()
+	// Measured runs start from the gateway's steady state (benchload).
+	benchload.WarmUp(b, parallelism*runtime.GOMAXPROCS(0), func() error {
+		_, err := client.CheckAction(ctx, req)
+		return err
+	})
 	var mu sync.Mutex
 	var all []time.Duration
 	b.SetParallelism(parallelism)
