@@ -183,10 +183,10 @@ func TestReloaderKeepsServingWhenStoredVersionIsInvalid(t *testing.T) {
 
 // A poll whose files hold the bytes that parsed to the version being kept
 // does not parse them again; any change of bytes, even one of the same
-// length, is parsed and applied, with or without a store.
+// length, is parsed (and applied or rejected), with or without a store.
 func TestReloaderParsesOnlyChangedFiles(t *testing.T) {
-	allowNet := strings.Replace(denyTools, "tool_call", "file_op__", 1) // same length, other bytes
-	if len(allowNet) != len(denyTools) {
+	invalid := strings.Replace(denyTools, "tool_call", "file_op__", 1) // same length, an unknown action
+	if len(invalid) != len(denyTools) {
 		t.Fatal("test bodies must have the same length")
 	}
 	for _, withStore := range []bool{false, true} {
@@ -214,7 +214,7 @@ func TestReloaderParsesOnlyChangedFiles(t *testing.T) {
 			if err := r.Load(); err != nil || r.parses != 1 {
 				t.Fatalf("rewritten unchanged files: err %v, %d parses", err, r.parses)
 			}
-			writePolicy(t, dir, "base.yaml", allowNet)
+			writePolicy(t, dir, "base.yaml", invalid)
 			err = r.Load()
 			if r.parses != 2 {
 				t.Fatalf("changed files parsed %d times in all, want 2", r.parses)
