@@ -24,9 +24,7 @@ func (c *Core) checkAgent(ctx context.Context, a *action.Action, out *Outcome, d
 	if c.agents == nil {
 		return action.ModeUnspecified, false
 	}
-	lctx := bound(ctx, waitFor(c.limitTO, deadline))
-	ag, err := c.agents.GetAgent(lctx, a.Agent)
-	lctx.release()
+	ag, err := c.agent(ctx, a.Agent, deadline)
 	switch {
 	case errors.Is(err, storage.ErrNotFound):
 		return action.ModeUnspecified, false
@@ -83,4 +81,29 @@ func applyAgentMode(m action.Mode, res *policy.Result, out *Outcome) {
 		out.RuleID, out.Reason = res.ShadowRuleID, res.ShadowReason+" (observe documents enforced by operator override)"
 		res.Mode, res.Decision, res.RuleID = action.ModeEnforce, res.ShadowDecision, res.ShadowRuleID
 	}
+}
+
+// agentPeeker is an AgentStatuses that can answer from memory without
+// copying the agent (the gateway's registry cache).
+type agentPeeker interface {
+	PeekAgent(id action.AgentID) (a *storage.Agent, cached bool)
+}
+
+// agent reads an agent's registry entry, read-only: from the cache when it
+// holds a fresh answer, else from the registry within the registry timeout
+// (and the caller's deadline). An agent cached as unknown is
+// storage.ErrNotFound.
+func (c *Core) agent(ctx context.Context, id action.AgentID, deadline time.Time) (*storage.Agent, error) {
+	if p, ok := c.agents.(agentPeeker); ok {
+		if ag, cached := p.PeekAgent(id); cached {
+			if ag == nil {
+				return nil, storage.ErrNotFound
+			}
+			return ag, nil
+		}
+	}
+	lctx := bound(ctx, waitFor(c.limitTO, deadline))
+	ag, err := c.agents.GetAgent(lctx, id)
+	lctx.release()
+	return ag, err
 }

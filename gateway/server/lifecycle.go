@@ -96,6 +96,11 @@ func (a agentStatuses) GetAgent(ctx context.Context, id action.AgentID) (*storag
 	return a.s.cached.GetAgent(ctx, id)
 }
 
+// PeekAgent answers from the registry cache only, without a copy.
+func (a agentStatuses) PeekAgent(id action.AgentID) (*storage.Agent, bool) {
+	return a.s.cached.PeekAgent(id)
+}
+
 // SetAgentStatus writes through the cache and publishes the change.
 func (a agentStatuses) SetAgentStatus(ctx context.Context, id action.AgentID, st storage.AgentStatus, reason string) error {
 	if err := a.s.cached.SetAgentStatus(ctx, id, st, reason); err != nil {

@@ -74,6 +74,11 @@ func (s *Store) GetAgent(ctx context.Context, id action.AgentID) (*storage.Agent
 	return s.Agents.GetAgent(ctx, id)
 }
 
+// PeekAgent answers from the agent cache only (see Agents.PeekAgent).
+func (s *Store) PeekAgent(id action.AgentID) (*storage.Agent, bool) {
+	return s.Agents.PeekAgent(id)
+}
+
 // PutAgent implements storage.AgentRegistry through the cache.
 func (s *Store) PutAgent(ctx context.Context, a *storage.Agent) error {
 	return s.Agents.PutAgent(ctx, a)
@@ -238,6 +243,19 @@ func NewAgents(next storage.AgentRegistry, opts Options) *Agents {
 	return &Agents{next: next, opts: opts,
 		agents:  newTable[action.AgentID, *storage.Agent](opts.MaxEntries, opts.Now),
 		revoked: newTable[string, bool](opts.MaxEntries, opts.Now)}
+}
+
+// PeekAgent answers from memory only, without a copy: the cached agent
+// (nil for one cached as unknown) and whether the cache held a fresh
+// answer. The agent is shared with every other reader and must not be
+// modified. The decision path reads an agent's status and mode on every
+// check; GetAgent's copy cost two allocations of each.
+func (c *Agents) PeekAgent(id action.AgentID) (a *storage.Agent, cached bool) {
+	e, ok := c.agents.get(id)
+	if !ok || (e.err != nil && !errors.Is(e.err, storage.ErrNotFound)) {
+		return nil, false
+	}
+	return e.v, true
 }
 
 // GetAgent serves from memory when it can. Unknown agents are cached for

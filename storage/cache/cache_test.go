@@ -118,6 +118,50 @@ func TestAgentTTLAndNegativeCaching(t *testing.T) {
 	}
 }
 
+// PeekAgent answers only what the cache holds, unknown agents included,
+// and never reaches the store; writes through the cache and expiry end its
+// answers as they end GetAgent's.
+func TestPeekAgent(t *testing.T) {
+	back, c, clk := setup(t)
+	ctx := t.Context()
+	if a, cached := c.PeekAgent(id); cached || a != nil {
+		t.Fatalf("PeekAgent before any read = %v, %v; want nothing cached", a, cached)
+	}
+	if _, err := c.GetAgent(ctx, id); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("GetAgent(unknown) = %v", err)
+	}
+	if a, cached := c.PeekAgent(id); !cached || a != nil {
+		t.Fatalf("PeekAgent of an agent cached as unknown = %v, %v; want nil, true", a, cached)
+	}
+	if err := c.PutAgent(ctx, &storage.Agent{ID: id, Status: storage.AgentActive, Mode: action.ModeObserve}); err != nil {
+		t.Fatal(err)
+	}
+	if _, cached := c.PeekAgent(id); cached {
+		t.Fatal("PeekAgent still answers after PutAgent through the cache")
+	}
+	if _, err := c.GetAgent(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	a, cached := c.PeekAgent(id)
+	if !cached || a == nil || a.Status != storage.AgentActive || a.Mode != action.ModeObserve {
+		t.Fatalf("PeekAgent after GetAgent = %+v, %v", a, cached)
+	}
+	if err := c.SetAgentStatus(ctx, id, storage.AgentSuspended, "x"); err != nil {
+		t.Fatal(err)
+	}
+	if _, cached := c.PeekAgent(id); cached {
+		t.Fatal("PeekAgent still answers after SetAgentStatus through the cache")
+	}
+	_, _ = c.GetAgent(ctx, id)
+	clk.add(6 * time.Second)
+	if _, cached := c.PeekAgent(id); cached {
+		t.Fatal("PeekAgent answers after the TTL")
+	}
+	if got := back.gets.Load(); got != 3 {
+		t.Fatalf("store reads %d, want 3 (PeekAgent never reads)", got)
+	}
+}
+
 func TestRevocationCaching(t *testing.T) {
 	back, c, clk := setup(t)
 	ctx := t.Context()
