@@ -47,8 +47,12 @@ type identityStream struct {
 
 func (s identityStream) Context() context.Context { return s.ctx }
 
-// passes reports whether Authorize lets method through untouched: public
-// and agent methods (the checks Envoy and the SDKs make on every action).
+// Passes reports whether Authorize lets method (a full gRPC method name)
+// through untouched: public and agent methods (the checks Envoy and the
+// SDKs make on every action, which authenticate agents themselves). A
+// server may skip the interceptors for such a method.
+func Passes(method string) bool { return passes(method) }
+
 func passes(method string) bool {
 	c := Classify(method)
 	return c == ClassPublic || c == ClassAgent

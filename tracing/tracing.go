@@ -92,10 +92,32 @@ func (t *Tracing) Provider() trace.TracerProvider { return t.tp }
 // machines (BenchmarkServerOptions), a quarter of a gRPC round trip.
 func (t *Tracing) ServerOptions() []grpc.ServerOption {
 	if t.on {
-		return []grpc.ServerOption{grpc.StatsHandler(otelgrpc.NewServerHandler(
-			otelgrpc.WithTracerProvider(t.tp), otelgrpc.WithPropagators(Propagator)))}
+		return t.StatsHandler()
 	}
 	return []grpc.ServerOption{grpc.ChainUnaryInterceptor(unaryCallerTrace), grpc.ChainStreamInterceptor(streamCallerTrace)}
+}
+
+// StatsHandler is ServerOptions without the interceptors: the OpenTelemetry
+// stats handler with tracing on, nothing with it off. A server that runs
+// its own interceptor puts CallerTrace in it instead, and saves a link in
+// its chain of interceptors (grpc-go allocates one per link per call).
+func (t *Tracing) StatsHandler() []grpc.ServerOption {
+	if !t.on {
+		return nil
+	}
+	return []grpc.ServerOption{grpc.StatsHandler(otelgrpc.NewServerHandler(
+		otelgrpc.WithTracerProvider(t.tp), otelgrpc.WithPropagators(Propagator)))}
+}
+
+// CallerTrace returns the context a call's handler gets with StatsHandler's
+// options: with tracing off, ctx with the remote span context of the
+// call's traceparent metadata (when it has a valid one); with tracing on,
+// ctx itself (the stats handler has already started the call's span).
+func (t *Tracing) CallerTrace(ctx context.Context) context.Context {
+	if t.on {
+		return ctx
+	}
+	return callerTrace(ctx)
 }
 
 // callerTrace returns ctx with the remote span context of the call's
@@ -112,6 +134,17 @@ func callerTrace(ctx context.Context) context.Context {
 		carrier["tracestate"] = ts[0]
 	}
 	return Propagator.Extract(ctx, carrier)
+}
+
+// StreamInterceptor puts CallerTrace in a stream's context: for a server
+// that uses StatsHandler's options and its own unary interceptor.
+func (t *Tracing) StreamInterceptor() grpc.StreamServerInterceptor {
+	if t.on {
+		return func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+			return h(srv, ss)
+		}
+	}
+	return streamCallerTrace
 }
 
 func unaryCallerTrace(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
