@@ -21,6 +21,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/agent-assembly/agent-assembly/internal/monoclock"
 	"github.com/agent-assembly/agent-assembly/storage"
 )
 
@@ -204,14 +205,14 @@ func (w *Writer) appendInline(r *storage.AuditRecord) (bool, error) {
 		r.Chain = w.opts.Chain
 	}
 	one := [1]*storage.AuditRecord{r}
-	start := time.Now()
+	start := monoclock.Now() // the monotonic clock alone: no wall-clock read
 	done, err := w.inline.TryAppendAudit(one[:])
 	if !done {
 		r.Chain = chain
 		return false, nil
 	}
 	if w.opts.Metrics != nil {
-		w.opts.Metrics.ObserveBatch(1, time.Since(start), err)
+		w.opts.Metrics.ObserveBatch(1, monoclock.Now()-start, err)
 	}
 	if err != nil {
 		r.Chain = chain

@@ -271,13 +271,16 @@ func (a *auditLog) tryAppend(recs []*storage.AuditRecord) (bool, error) {
 }
 
 // chainHeads is the heads a batch moves, usually of one chain.
-type chainHeads []struct {
+type chainHeads []chainHeadOf
+
+// chainHeadOf is one chain's head in chainHeads.
+type chainHeadOf struct {
 	chain string
 	head  storage.ChainHead
 }
 
-func (c *chainHeads) get(chain string) (storage.ChainHead, bool) {
-	for _, h := range *c {
+func (c chainHeads) get(chain string) (storage.ChainHead, bool) {
+	for _, h := range c {
 		if h.chain == chain {
 			return h.head, true
 		}
@@ -285,17 +288,15 @@ func (c *chainHeads) get(chain string) (storage.ChainHead, bool) {
 	return storage.ChainHead{}, false
 }
 
-func (c *chainHeads) set(chain string, head storage.ChainHead) {
-	for i := range *c {
-		if (*c)[i].chain == chain {
-			(*c)[i].head = head
-			return
+// set returns c with chain's head set to head.
+func (c chainHeads) set(chain string, head storage.ChainHead) chainHeads {
+	for i := range c {
+		if c[i].chain == chain {
+			c[i].head = head
+			return c
 		}
 	}
-	*c = append(*c, struct {
-		chain string
-		head  storage.ChainHead
-	}{chain, head})
+	return append(c, chainHeadOf{chain, head})
 }
 
 // appendLocked is append with a.mu held; inline is tryAppend's: it reports
@@ -322,7 +323,8 @@ func (a *auditLog) appendLocked(recs []*storage.AuditRecord, sync, inline bool) 
 	}
 	// Link and encode in one pass: the encoding the hash is taken over is
 	// the one stored.
-	var heads chainHeads
+	var one [1]chainHeadOf // a batch is nearly always of one chain: no allocation
+	heads := chainHeads(one[:0])
 	entries := make([]entry, len(recs))
 	payload := make([]byte, frameHeader, frameHeader+len(recs)*512)
 	enc := a.enc
@@ -332,7 +334,7 @@ func (a *auditLog) appendLocked(recs []*storage.AuditRecord, sync, inline bool) 
 			h = a.heads[r.Chain]
 		}
 		h, enc = storage.LinkRecord(r, h, enc[:0])
-		heads.set(r.Chain, h)
+		heads = heads.set(r.Chain, h)
 		start := len(payload)
 		payload = appendEntry(payload, enc, r.Hash)
 		entries[i] = entry{chain: r.Chain, seq: r.Seq, timeNS: r.Time.UnixNano(), data: payload[start:len(payload):len(payload)]}
