@@ -193,6 +193,10 @@ type Server struct {
 	// inline: d honours CheckOptions.Deadline, so Checks decide on their
 	// own goroutine (decideInline).
 	inline bool
+	// checkInfo and checkCall are what the gRPC server's interceptor gets
+	// with every Check (checkHandler), made once.
+	checkInfo *grpc.UnaryServerInfo
+	checkCall grpc.UnaryHandler
 }
 
 var _ authv3.AuthorizationServer = (*Server)(nil)
@@ -227,6 +231,8 @@ func New(d Decider, opts Options) *Server {
 	if dd, ok := d.(deadlineDecider); ok {
 		srv.inline = dd.HonoursDeadline()
 	}
+	srv.checkInfo = &grpc.UnaryServerInfo{Server: srv, FullMethod: authv3.Authorization_Check_FullMethodName}
+	srv.checkCall = srv.check
 	for noAgent := range 2 {
 		for noUsage := range 2 {
 			g := slices.Clip(gone)
@@ -244,7 +250,37 @@ func New(d Decider, opts Options) *Server {
 
 // Register adds the Authorization service to r.
 func (s *Server) Register(r grpc.ServiceRegistrar) {
-	authv3.RegisterAuthorizationServer(r, s)
+	r.RegisterService(&serviceDesc, s)
+}
+
+// serviceDesc is authv3.Authorization_ServiceDesc with checkHandler for
+// Check. The generated handler allocated the interceptor's
+// grpc.UnaryServerInfo and a closure over the server for every call; Envoy
+// calls Check for every request it forwards.
+var serviceDesc = grpc.ServiceDesc{
+	ServiceName: authv3.Authorization_ServiceDesc.ServiceName,
+	HandlerType: (*authv3.AuthorizationServer)(nil),
+	Methods:     []grpc.MethodDesc{{MethodName: "Check", Handler: checkHandler}},
+	Metadata:    authv3.Authorization_ServiceDesc.Metadata,
+}
+
+// checkHandler decodes a Check call's request and runs it through the
+// server's interceptor, as the generated handler does.
+func checkHandler(srv any, ctx context.Context, dec func(any) error, interceptor grpc.UnaryServerInterceptor) (any, error) {
+	s := srv.(*Server)
+	in := new(authv3.CheckRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return s.Check(ctx, in)
+	}
+	return interceptor(ctx, in, s.checkInfo, s.checkCall)
+}
+
+// check is Check as a grpc.UnaryHandler.
+func (s *Server) check(ctx context.Context, req any) (any, error) {
+	return s.Check(ctx, req.(*authv3.CheckRequest))
 }
 
 // verdict is the combined outcome of every action of one request.

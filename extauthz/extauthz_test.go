@@ -553,3 +553,44 @@ func TestRawHeaderMap(t *testing.T) {
 		t.Fatalf("action %+v", a)
 	}
 }
+
+// TestRegisterUnderInterceptor: Check served through a server's interceptor
+// gets the method's full name and the Server in its UnaryServerInfo and
+// answers through the handler the interceptor is given, as with the
+// generated service description.
+func TestRegisterUnderInterceptor(t *testing.T) {
+	s := New(allowAll{}, Options{})
+	var method string
+	var server any
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := grpc.NewServer(grpc.UnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+		method, server = info.FullMethod, info.Server
+		if _, ok := req.(*authv3.CheckRequest); !ok {
+			t.Errorf("the interceptor got a %T", req)
+		}
+		return h(ctx, req)
+	}))
+	s.Register(g)
+	go func() { _ = g.Serve(l) }()
+	t.Cleanup(g.Stop)
+	cc, err := grpc.NewClient(l.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cc.Close() })
+	for range 2 {
+		resp, err := authv3.NewAuthorizationClient(cc).Check(t.Context(), request("GET", "https://api.example.com/v1", nil, ""))
+		if err != nil || resp.GetOkResponse() == nil {
+			t.Fatalf("Check through the interceptor: %v, %v", resp, err)
+		}
+	}
+	if method != authv3.Authorization_Check_FullMethodName || server != s {
+		t.Fatalf("the interceptor saw method %q and server %v; want %q and the Server", method, server, authv3.Authorization_Check_FullMethodName)
+	}
+	if _, ok := g.GetServiceInfo()["envoy.service.auth.v3.Authorization"]; !ok {
+		t.Fatalf("service not registered under Envoy's name: %v", g.GetServiceInfo())
+	}
+}
