@@ -87,6 +87,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/agent-assembly/agent-assembly/action"
+	"github.com/agent-assembly/agent-assembly/extauthz/codec"
 	"github.com/agent-assembly/agent-assembly/gateway"
 	"github.com/agent-assembly/agent-assembly/internal/monoclock"
 	"github.com/agent-assembly/agent-assembly/policy"
@@ -265,17 +266,22 @@ var serviceDesc = grpc.ServiceDesc{
 }
 
 // checkHandler decodes a Check call's request and runs it through the
-// server's interceptor, as the generated handler does.
-func checkHandler(srv any, ctx context.Context, dec func(any) error, interceptor grpc.UnaryServerInterceptor) (any, error) {
+// server's interceptor, as the generated handler does. The request is a
+// pooled codec.Request, released once Check has answered: nothing keeps a
+// request's messages past its Check (mapping copies what it keeps, and a
+// late decision reads its own actions), and the response shares none of
+// them.
+func checkHandler(srv any, ctx context.Context, dec func(any) error, interceptor grpc.UnaryServerInterceptor) (resp any, err error) {
 	s := srv.(*Server)
-	in := new(authv3.CheckRequest)
+	in := codec.NewRequest()
+	defer in.Release()
 	if err := dec(in); err != nil {
 		return nil, err
 	}
 	if interceptor == nil {
-		return s.Check(ctx, in)
+		return s.Check(ctx, &in.CheckRequest)
 	}
-	return interceptor(ctx, in, s.checkInfo, s.checkCall)
+	return interceptor(ctx, &in.CheckRequest, s.checkInfo, s.checkCall)
 }
 
 // check is Check as a grpc.UnaryHandler.

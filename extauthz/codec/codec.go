@@ -14,6 +14,7 @@
 package codec
 
 import (
+	"sync"
 	"sync/atomic"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
@@ -55,17 +56,51 @@ func (c *Codec) Marshal(v any) (mem.BufferSlice, error) {
 	return c.base.Marshal(v)
 }
 
-// Unmarshal decodes data into v: a CheckRequest by the fast reader when it
-// can, anything else (and any CheckRequest it cannot) with grpc-go's codec.
+// Unmarshal decodes data into v: a CheckRequest (or a Request) by the fast
+// reader when it can, anything else (and any CheckRequest it cannot) with
+// grpc-go's codec.
 func (c *Codec) Unmarshal(data mem.BufferSlice, v any) error {
-	if m, ok := v.(*authv3.CheckRequest); ok {
-		buf := data.MaterializeToBuffer(mem.DefaultBufferPool())
-		done := decodeCheckRequest(buf.ReadOnlyData(), m)
-		buf.Free()
-		if done {
-			return nil
-		}
-		c.slow.Add(1)
+	var m *authv3.CheckRequest
+	var msgs *typical
+	switch r := v.(type) {
+	case *authv3.CheckRequest:
+		m, msgs = r, new(typical)
+	case *Request:
+		m, msgs = &r.CheckRequest, &r.msgs
+	default:
+		return c.base.Unmarshal(data, v)
 	}
-	return c.base.Unmarshal(data, v)
+	buf := data.MaterializeToBuffer(mem.DefaultBufferPool())
+	done := decodeCheckRequestInto(buf.ReadOnlyData(), m, msgs)
+	buf.Free()
+	if done {
+		return nil
+	}
+	c.slow.Add(1)
+	return c.base.Unmarshal(data, m)
+}
+
+// Request is a CheckRequest with room for the messages of a typical
+// request, drawn from a pool (NewRequest) and handed back once its Check
+// has answered (Release): a server that decodes Check calls into one saves
+// the largest allocation of each call (about 1.8 KB). *Request is a
+// proto.Message (the embedded CheckRequest's), so any codec can decode into
+// it; this codec's fast reader puts the request's messages in it.
+type Request struct {
+	authv3.CheckRequest
+	msgs typical
+}
+
+var requests = sync.Pool{New: func() any { return new(Request) }}
+
+// NewRequest returns an empty Request.
+func NewRequest() *Request { return requests.Get().(*Request) }
+
+// Release empties r and keeps it for a later call. Call it once nothing
+// refers to r's CheckRequest or any message in it; strings read from them
+// may be kept (they do not share r's memory).
+func (r *Request) Release() {
+	r.Reset()
+	r.msgs = typical{}
+	requests.Put(r)
 }

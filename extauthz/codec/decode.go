@@ -24,8 +24,14 @@ const shareLimit = 4 << 10
 // merges), makes it give up: the caller then decodes with proto.Unmarshal,
 // which resets m first, so every input decodes as protobuf-go decodes it.
 func decodeCheckRequest(buf []byte, m *authv3.CheckRequest) bool {
+	return decodeCheckRequestInto(buf, m, new(typical))
+}
+
+// decodeCheckRequestInto is decodeCheckRequest with the messages of a
+// typical request in msgs, which must be zero.
+func decodeCheckRequestInto(buf []byte, m *authv3.CheckRequest, msgs *typical) bool {
 	m.Reset()
-	d := decoder{buf: buf, msgs: new(typical)}
+	d := decoder{buf: buf, msgs: msgs}
 	if len(buf) <= shareLimit {
 		d.str = string(buf)
 	}
