@@ -97,10 +97,32 @@ var requests = sync.Pool{New: func() any { return new(Request) }}
 func NewRequest() *Request { return requests.Get().(*Request) }
 
 // Release empties r and keeps it for a later call. Call it once nothing
-// refers to r's CheckRequest or any message in it; strings read from them
-// may be kept (they do not share r's memory).
+// refers to r's CheckRequest, any message in it or its maps; strings read
+// from them may be kept (they do not share r's memory). The maps the fast
+// reader made for the headers and context extensions are emptied and kept
+// for the next request, unless they grew large.
 func (r *Request) Release() {
-	r.Reset()
-	r.msgs = typical{}
+	r.empty()
 	requests.Put(r)
 }
+
+// empty is Release without handing r back to the pool.
+func (r *Request) empty() {
+	spare := [2]map[string]string{r.msgs.http.Headers, r.msgs.attrs.ContextExtensions}
+	for i, m := range spare {
+		if m == nil {
+			m = r.msgs.spare[i] // not used by this request
+		}
+		if len(m) > maxSpareEntries {
+			m = nil
+		}
+		clear(m)
+		spare[i] = m
+	}
+	r.Reset()
+	r.msgs = typical{spare: spare}
+}
+
+// maxSpareEntries bounds the maps a Request keeps: a request with more
+// headers than this does not leave a large map in the pool.
+const maxSpareEntries = 64

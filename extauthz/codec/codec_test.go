@@ -277,6 +277,69 @@ func TestRequestPool(t *testing.T) {
 	}
 }
 
+// TestRequestKeepsItsMaps: Release (empty, without the pool) empties the headers and context
+// extensions maps the fast reader made and keeps them for the next request,
+// which the reader fills instead of making new ones; a map that grew over
+// maxSpareEntries is dropped.
+func TestRequestKeepsItsMaps(t *testing.T) {
+	b, err := proto.Marshal(full())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := new(Request)
+	if err := New().Unmarshal(mem.BufferSlice{mem.SliceBuffer(b)}, r); err != nil {
+		t.Fatal(err)
+	}
+	hdr, ext := r.GetAttributes().GetRequest().GetHttp().GetHeaders(), r.GetAttributes().GetContextExtensions()
+	if len(hdr) == 0 || len(ext) == 0 {
+		t.Fatal("the full request has no headers or context extensions")
+	}
+	r.empty()
+	if len(hdr) != 0 || len(ext) != 0 {
+		t.Fatalf("Release left %d headers and %d context extensions in the kept maps", len(hdr), len(ext))
+	}
+	if !sameMap(r.msgs.spare[0], hdr) || !sameMap(r.msgs.spare[1], ext) {
+		t.Fatal("Release did not keep the request's maps")
+	}
+	var got authv3.CheckRequest
+	if !decodeCheckRequestInto(b, &got, &r.msgs) {
+		t.Fatal("the full request went to proto.Unmarshal")
+	}
+	if !sameMap(got.GetAttributes().GetRequest().GetHttp().GetHeaders(), hdr) || !sameMap(got.GetAttributes().GetContextExtensions(), ext) {
+		t.Fatal("the next request did not reuse the kept maps")
+	}
+	if !proto.Equal(&got, full()) {
+		t.Fatalf("decoded into kept maps as %v", &got)
+	}
+
+	big := full()
+	for i := range maxSpareEntries + 1 {
+		big.Attributes.Request.Http.Headers[fmt.Sprintf("x-h%d", i)] = "v"
+	}
+	if b, err = proto.Marshal(big); err != nil {
+		t.Fatal(err)
+	}
+	r = new(Request)
+	if err := New().Unmarshal(mem.BufferSlice{mem.SliceBuffer(b)}, r); err != nil {
+		t.Fatal(err)
+	}
+	r.empty()
+	if r.msgs.spare[0] != nil || r.msgs.spare[1] == nil {
+		t.Fatal("Release kept a map of over maxSpareEntries headers, or dropped the small one")
+	}
+}
+
+// sameMap reports whether a and b are the same map (not equal ones).
+func sameMap(a, b map[string]string) bool {
+	if a == nil || b == nil {
+		return false
+	}
+	a["\x00probe"] = "x"
+	_, ok := b["\x00probe"]
+	delete(a, "\x00probe")
+	return ok
+}
+
 // BenchmarkDecode compares the fast reader with proto.Unmarshal on the
 // contract tests' allowed request.
 //

@@ -63,6 +63,9 @@ type typical struct {
 	http    authv3.AttributeContext_HttpRequest
 	time    timestamppb.Timestamp
 	meta    [2]corev3.Metadata // metadata_context, route_metadata_context
+	// spare are empty maps for the request's headers and context
+	// extensions, kept by a pooled Request from an earlier request.
+	spare [2]map[string]string
 }
 
 // peerMsgs are the messages of a peer with a socket address.
@@ -178,8 +181,9 @@ func (d *decoder) varint(f field, v *uint64) bool {
 }
 
 // mapEntry adds the map<string, string> entry in f to *m, making the map
-// when it is the first.
-func (d *decoder) mapEntry(f field, m *map[string]string) bool {
+// when it is the first: the empty map in *spare when there is one (a pooled
+// Request's, kept from an earlier request).
+func (d *decoder) mapEntry(f field, m *map[string]string, spare *map[string]string) bool {
 	if f.typ != protowire.BytesType {
 		return false
 	}
@@ -197,7 +201,11 @@ func (d *decoder) mapEntry(f field, m *map[string]string) bool {
 		return false
 	}
 	if *m == nil {
-		*m = make(map[string]string, 8)
+		if spare != nil && *spare != nil {
+			*m, *spare = *spare, nil
+		} else {
+			*m = make(map[string]string, 8)
+		}
 	}
 	(*m)[k] = v
 	return true
@@ -225,7 +233,7 @@ func (d *decoder) attributes(f field, a *authv3.AttributeContext) bool {
 			a.Request = &d.msgs.request
 			return d.request(f, a.Request)
 		case 10:
-			return d.mapEntry(f, &a.ContextExtensions)
+			return d.mapEntry(f, &a.ContextExtensions, &d.msgs.spare[1])
 		case 11, 13:
 			// Envoy always sends both metadata contexts, usually empty.
 			// Filled ones go to proto.Unmarshal.
@@ -265,7 +273,7 @@ func (d *decoder) peer(f field, pm *peerMsgs) bool {
 		case 2:
 			return d.string(f, &p.Service)
 		case 3:
-			return d.mapEntry(f, &p.Labels)
+			return d.mapEntry(f, &p.Labels, nil)
 		case 4:
 			return d.string(f, &p.Principal)
 		case 5:
@@ -361,7 +369,7 @@ func (d *decoder) http(f field, h *authv3.AttributeContext_HttpRequest) bool {
 		case 2:
 			return d.string(f, &h.Method)
 		case 3:
-			return d.mapEntry(f, &h.Headers)
+			return d.mapEntry(f, &h.Headers, &d.msgs.spare[0])
 		case 4:
 			return d.string(f, &h.Path)
 		case 5:
