@@ -14,7 +14,7 @@ import (
 // UnaryInterceptor authorizes unary calls (see Authorize).
 func (a *Authenticator) UnaryInterceptor() grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
-		if passes(info.FullMethod) {
+		if Passes(info.FullMethod) {
 			return h(ctx, req) // as Authorize would, without reading the call's metadata and peer
 		}
 		ctx, err := a.Authorize(ctx, grpcRequest(ctx, info.FullMethod))
@@ -28,7 +28,7 @@ func (a *Authenticator) UnaryInterceptor() grpc.UnaryServerInterceptor {
 // StreamInterceptor authorizes streaming calls (see Authorize).
 func (a *Authenticator) StreamInterceptor() grpc.StreamServerInterceptor {
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
-		if passes(info.FullMethod) {
+		if Passes(info.FullMethod) {
 			return h(srv, ss)
 		}
 		ctx, err := a.Authorize(ss.Context(), grpcRequest(ss.Context(), info.FullMethod))
@@ -51,9 +51,7 @@ func (s identityStream) Context() context.Context { return s.ctx }
 // through untouched: public and agent methods (the checks Envoy and the
 // SDKs make on every action, which authenticate agents themselves). A
 // server may skip the interceptors for such a method.
-func Passes(method string) bool { return passes(method) }
-
-func passes(method string) bool {
+func Passes(method string) bool {
 	c := Classify(method)
 	return c == ClassPublic || c == ClassAgent
 }

@@ -600,18 +600,12 @@ func recoverUnary(log *slog.Logger) grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (resp any, err error) {
 		defer func() {
 			if p := recover(); p != nil {
-				err = panicked(ctx, log, info.FullMethod, p)
+				log.ErrorContext(ctx, "panic in handler", "method", info.FullMethod, "panic", p, "stack", string(debug.Stack()))
+				err = status.Errorf(codes.Internal, "internal error in %s", info.FullMethod)
 			}
 		}()
 		return h(ctx, req)
 	}
-}
-
-// panicked logs a handler's panic, with its stack, and returns the error
-// the caller gets instead of a crashed gateway.
-func panicked(ctx context.Context, log *slog.Logger, method string, p any) error {
-	log.ErrorContext(ctx, "panic in handler", "method", method, "panic", p, "stack", string(debug.Stack()))
-	return status.Errorf(codes.Internal, "internal error in %s", method)
 }
 
 // drainStream ends a stream's context when draining is closed, so handlers
