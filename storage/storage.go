@@ -90,8 +90,10 @@ const (
 	// DurabilitySync waits for fsync / synchronous commit: survives power loss.
 	DurabilitySync Durability = "sync"
 	// DurabilityOS waits for the write to reach the OS (or the database
-	// server), with a flush to disk at least every 10 ms: survives a crash of
-	// the gateway process, not of the machine.
+	// server), which flushes it to disk within a bounded window (SQLite:
+	// twice its flush interval, 50 ms by default; PostgreSQL: the server's
+	// wal_writer_delay): survives a crash of the gateway process, not of
+	// the machine.
 	DurabilityOS Durability = "os"
 )
 

@@ -149,7 +149,7 @@ func Settings() []Setting {
 		{"policy-poll", "AA_POLICY_POLL", "2s", "polling fallback for policy changes (0 disables polling; file events still apply)", dur(func(c *Config) *time.Duration { return &c.PolicyPoll })},
 		{"store", "AA_STORE", "sqlite:./data/aa.db", "durable store: sqlite:PATH, postgres://..., or memory: (tests only, loses the audit log on exit)", str(func(c *Config) *string { return &c.Store })},
 		{"counters", "AA_COUNTERS", "", "budget and rate counters: redis://host:port/db, or empty to keep them in the store", str(func(c *Config) *string { return &c.Counters })},
-		{"audit-durability", "AA_AUDIT_DURABILITY", "sync", "sync: fsync/synchronous commit before answering (survives power loss); os: written to the OS/database before answering, flushed within 10 ms (survives a gateway crash)", str(func(c *Config) *string { return &c.AuditDurability })},
+		{"audit-durability", "AA_AUDIT_DURABILITY", "sync", "sync: fsync/synchronous commit before answering (survives power loss); os: written to the OS/database before answering, on disk within the flush window, 50 ms by default (survives a gateway crash)", str(func(c *Config) *string { return &c.AuditDurability })},
 		{"max-request-bytes", "AA_MAX_REQUEST_BYTES", "1048576", "limit on an action's variable-size fields (tool args, prompt, output); larger requests get INVALID_ARGUMENT / HTTP 400", func(c *Config, v string) error {
 			n, err := strconv.Atoi(v)
 			if err != nil {

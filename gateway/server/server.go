@@ -226,6 +226,19 @@ func (s *Server) Reloader() *gateway.Reloader { return s.reloader }
 // Store returns the opened store.
 func (s *Server) Store() storage.Store { return s.store }
 
+// durability is the audit durability the store runs: --audit-durability,
+// unless the store URL's durability parameter overrode it.
+func (s *Server) durability() string {
+	if d, ok := s.store.(interface{ AuditDurability() storage.Durability }); ok {
+		return string(d.AuditDurability())
+	}
+	return s.cfg.AuditDurability
+}
+
+// flushWindower is a store that says how soon an os-durability audit record
+// reaches the disk (the SQLite driver).
+type flushWindower interface{ FlushWindow() time.Duration }
+
 // streamWorkers is how many long-lived goroutines serve incoming RPCs
 // (beyond them, grpc-go starts one goroutine per RPC as usual). A check runs
 // deep enough (interceptors, decision core, policy evaluation) to outgrow a
@@ -408,9 +421,12 @@ func (s *Server) Serve(ctx context.Context, grpcL, httpL net.Listener) error {
 	if httpL != nil {
 		httpAddr = httpL.Addr().String()
 	}
-	s.log.Info("gateway serving", "grpc", grpcL.Addr().String(), "http", httpAddr,
-		"replica", s.cfg.ReplicaName(), "store", redactURL(s.cfg.Store), "durability", s.cfg.AuditDurability,
-		"policy_version", s.core.Snapshot().Version(), "version", Version)
+	attrs := []any{"grpc", grpcL.Addr().String(), "http", httpAddr,
+		"replica", s.cfg.ReplicaName(), "store", redactURL(s.cfg.Store), "durability", s.durability()}
+	if fw, ok := s.store.(flushWindower); ok && fw.FlushWindow() > 0 {
+		attrs = append(attrs, "flush_window", fw.FlushWindow())
+	}
+	s.log.Info("gateway serving", append(attrs, "policy_version", s.core.Snapshot().Version(), "version", Version)...)
 
 	var serveErr error
 	select {

@@ -63,7 +63,7 @@ func (s *Server) ReplicaStatus(ctx context.Context) (gateway.ReplicaStatus, erro
 		Replica:    s.cfg.ReplicaName(),
 		Store:      redactStore(s.cfg.Store),
 		Counters:   redactStore(s.cfg.Counters),
-		Durability: s.cfg.AuditDurability,
+		Durability: s.durability(),
 		StartedAt:  s.started,
 		Runtimes:   int(s.runtimes.open.Load()),
 		EnvoyNodes: connectedEnvoys(s.xds),

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strings"
 	"testing"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/agent-assembly/agent-assembly/action"
 	v1 "github.com/agent-assembly/agent-assembly/api/agentassembly/v1"
+	"github.com/agent-assembly/agent-assembly/internal/syncbuf"
 	"github.com/agent-assembly/agent-assembly/storage"
 )
 
@@ -42,6 +44,30 @@ func TestStatusREST(t *testing.T) {
 	waitFor(t, "one runtime stream counted", func() bool { return runtimes() == 1 })
 	cancel()
 	waitFor(t, "the closed runtime stream uncounted", func() bool { return runtimes() == 0 })
+}
+
+// TestStatusDurabilityFromStoreURL: a durability parameter in the store URL
+// overrides --audit-durability, and the status and the "gateway serving"
+// log line report what the store runs, with os durability's flush window.
+func TestStatusDurabilityFromStoreURL(t *testing.T) {
+	var logs syncbuf.Buffer
+	g := startGatewayLogging(t, examplesDir(t), func(c *Config) {
+		c.AuditDurability = "sync"
+		c.Store += "?durability=os&flush=10ms"
+	}, slog.New(slog.NewTextHandler(&logs, nil)))
+	code, st := restCall(t, "GET", g.base+"/v1/status", "")
+	if code != 200 || st["audit_durability"] != "os" {
+		t.Fatalf("GET /v1/status: %d, audit_durability %v, want os", code, st["audit_durability"])
+	}
+	line := ""
+	for l := range strings.Lines(logs.String()) {
+		if strings.Contains(l, `msg="gateway serving"`) {
+			line = l
+		}
+	}
+	if !strings.Contains(line, "durability=os flush_window=20ms") {
+		t.Fatalf("the serving line does not report os durability and its window:\n%s", line)
+	}
 }
 
 // TestAPIKeysOverREST creates, lists, rotates and revokes a key over REST:

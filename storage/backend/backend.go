@@ -17,6 +17,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/agent-assembly/agent-assembly/storage"
 	"github.com/agent-assembly/agent-assembly/storage/memory"
@@ -211,8 +212,14 @@ func openSQLite(ctx context.Context, raw string, u *url.URL, opts Options) (stor
 			so.Durability = storage.Durability(v[len(v)-1])
 		case "shm":
 			so.SharedMemoryDir = v[len(v)-1]
+		case "flush":
+			d, err := time.ParseDuration(v[len(v)-1])
+			if err != nil || d <= 0 || d > sqlite.MaxFlushInterval {
+				return nil, fmt.Errorf("sqlite URL parameter flush=%q: want a positive duration up to %v, e.g. flush=25ms: %w", v[len(v)-1], sqlite.MaxFlushInterval, storage.ErrInvalid)
+			}
+			so.FlushInterval = d
 		default:
-			return nil, fmt.Errorf("sqlite URL parameter %q is unknown; known: durability=sync|os, shm=DIR|off: %w", k, storage.ErrInvalid)
+			return nil, fmt.Errorf("sqlite URL parameter %q is unknown; known: durability=sync|os, shm=DIR|off, flush=DURATION: %w", k, storage.ErrInvalid)
 		}
 	}
 	return sqlite.Open(ctx, so)

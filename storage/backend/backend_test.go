@@ -59,6 +59,22 @@ func TestOpenSQLitePaths(t *testing.T) {
 	}
 }
 
+// TestOpenSQLiteFlush: the flush parameter sets os durability's flush
+// interval, whose window (twice it) the store reports.
+func TestOpenSQLiteFlush(t *testing.T) {
+	dir := t.TempDir()
+	for raw, want := range map[string]time.Duration{
+		"sqlite:" + filepath.Join(dir, "a.db") + "?durability=os&flush=5ms": 10 * time.Millisecond,
+		"sqlite:" + filepath.Join(dir, "b.db") + "?durability=os":            2 * sqlite.DefaultFlushInterval,
+		"sqlite:" + filepath.Join(dir, "c.db") + "?flush=5ms":                0, // sync: every record is on disk before its answer
+	} {
+		s := open(t, raw, "")
+		if got := s.(*sqlite.Store).FlushWindow(); got != want {
+			t.Errorf("Open(%s): flush window %v, want %v", raw, got, want)
+		}
+	}
+}
+
 func TestOpenErrors(t *testing.T) {
 	cases := []struct{ store, counters, want string }{
 		{"", "", "--store is empty; supported: memory, postgres, postgresql, sqlite"},
@@ -66,8 +82,11 @@ func TestOpenErrors(t *testing.T) {
 		{"./data/aa.db", "", "no scheme; write it as scheme:..."},
 		{"sqlite:", "", "sqlite URL has no path; write e.g. sqlite:./data/aa.db"},
 		{"sqlite://host/x.db", "", `sqlite URL has a host "host"`},
-		{"sqlite:./x.db?journal=wal", "", `sqlite URL parameter "journal" is unknown; known: durability=sync|os, shm=DIR|off`},
+		{"sqlite:./x.db?journal=wal", "", `sqlite URL parameter "journal" is unknown; known: durability=sync|os, shm=DIR|off, flush=DURATION`},
 		{"sqlite:./x.db?durability=fast", "", `durability "fast": want "sync" or "os"`},
+		{"sqlite:./x.db?flush=0s", "", `sqlite URL parameter flush="0s": want a positive duration up to 1s`},
+		{"sqlite:./x.db?flush=2s", "", `sqlite URL parameter flush="2s": want a positive duration up to 1s`},
+		{"sqlite:./x.db?flush=soon", "", `sqlite URL parameter flush="soon"`},
 		{"memory:foo", "", "memory takes no path or parameters"},
 		{"memory:", "kafka://x", `--counters kafka://x: unsupported scheme "kafka"; supported: memory, redis, rediss`},
 		{"postgres://u:hunter2@127.0.0.1:1/db?connect_timeout=1", "", "open store postgres://u:xxxxx@127.0.0.1:1/db"},

@@ -44,8 +44,8 @@ type Options struct {
 	// on the server; storage.DurabilityOS commits with synchronous_commit=off,
 	// so the records are in the server (they survive a gateway crash) and the
 	// server's WAL writer flushes them within three wal_writer_delay periods
-	// (set wal_writer_delay = 10ms on the server for the 10 ms bound that
-	// storage.DurabilityOS promises; PostgreSQL's default is 200ms).
+	// (PostgreSQL's default is 200ms; set wal_writer_delay = 15ms on the
+	// server for the 50 ms window the SQLite driver keeps by default).
 	Durability storage.Durability
 	// SyncCounters makes counter and token bucket updates wait for the
 	// commit to be flushed, like every other write. By default they commit
@@ -132,6 +132,10 @@ type Store struct {
 	wg     sync.WaitGroup
 	once   sync.Once
 }
+
+// AuditDurability is how far an audit append goes before it returns: the
+// Options' durability, or the URL's durability parameter.
+func (s *Store) AuditDurability() storage.Durability { return s.opts.Durability }
 
 var _ storage.Store = (*Store)(nil)
 

@@ -220,12 +220,14 @@ func crashChild() {
 	syscall.Kill(os.Getpid(), syscall.SIGKILL)
 }
 
-// TestLateFlushCountedAndLogged: a background flush that ends more than
-// 10 ms after the oldest write it covered is counted, and logged at most
-// once a minute; the oldest write is the first after the previous flush.
+// TestLateFlushCountedAndLogged: a background flush that ends later than
+// the flush window after the oldest write it covered is counted, and logged
+// at most once a minute; the oldest write is the first after the previous
+// flush.
 func TestLateFlushCountedAndLogged(t *testing.T) {
 	var out bytes.Buffer
-	a := &auditLog{log: slog.New(slog.NewTextHandler(&out, nil)), syncKick: make(chan struct{}, 1)}
+	window := 2 * DefaultFlushInterval
+	a := &auditLog{log: slog.New(slog.NewTextHandler(&out, nil)), syncKick: make(chan struct{}, 1), window: window}
 
 	a.kickSync()
 	first := a.firstUnsynced
@@ -236,23 +238,49 @@ func TestLateFlushCountedAndLogged(t *testing.T) {
 	}
 
 	base := time.Hour
-	a.noteFlushed(base, base+osFlushBound) // on time: ends at the bound
+	a.noteFlushed(base, base+window) // on time: ends at the bound
 	if n := a.lateFlushes.Load(); n != 0 {
 		t.Fatalf("%d late flushes after one that ended at the bound", n)
 	}
-	a.noteFlushed(base, base+osFlushBound+time.Millisecond)
-	a.noteFlushed(base+time.Second, base+time.Second+20*time.Millisecond)
+	a.noteFlushed(base, base+window+time.Millisecond)
+	a.noteFlushed(base+time.Second, base+time.Second+window+20*time.Millisecond)
 	if n := a.lateFlushes.Load(); n != 2 {
 		t.Fatalf("%d late flushes counted, want 2", n)
 	}
-	if lines := strings.Count(out.String(), "ended after the 10ms"); lines != 1 {
+	const line = "ended later than the durability window"
+	if lines := strings.Count(out.String(), line); lines != 1 {
 		t.Fatalf("%d log lines within a minute, want 1:\n%s", lines, out.String())
 	}
-	if !strings.Contains(out.String(), "after_write=11ms") {
-		t.Fatalf("the log does not say how late:\n%s", out.String())
+	if !strings.Contains(out.String(), "after_write=51ms") || !strings.Contains(out.String(), "window=50ms") {
+		t.Fatalf("the log does not say how late, against which window:\n%s", out.String())
 	}
-	a.noteFlushed(base+2*time.Minute, base+2*time.Minute+30*time.Millisecond)
-	if lines := strings.Count(out.String(), "ended after the 10ms"); lines != 2 {
+	a.noteFlushed(base+2*time.Minute, base+2*time.Minute+window+30*time.Millisecond)
+	if lines := strings.Count(out.String(), line); lines != 2 {
 		t.Fatalf("%d log lines after a minute, want 2:\n%s", lines, out.String())
+	}
+}
+
+// TestFlushWindow: the journal promises a record on disk within twice the
+// store's flush interval, the default one or the one it was given, and Open
+// refuses an interval it cannot honour.
+func TestFlushWindow(t *testing.T) {
+	for _, tc := range []struct {
+		interval, window time.Duration
+	}{{0, 2 * DefaultFlushInterval}, {5 * time.Millisecond, 10 * time.Millisecond}, {MaxFlushInterval, 2 * MaxFlushInterval}} {
+		s, err := Open(context.Background(), Options{Path: filepath.Join(t.TempDir(), "aa.db"),
+			Durability: storage.DurabilityOS, FlushInterval: tc.interval, Logger: slog.New(slog.DiscardHandler)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := s.hub.audit.window; got != tc.window {
+			t.Errorf("flush interval %v: window %v, want %v", tc.interval, got, tc.window)
+		}
+		s.Close()
+	}
+	for _, bad := range []time.Duration{-time.Millisecond, MaxFlushInterval + time.Millisecond} {
+		_, err := Open(context.Background(), Options{Path: filepath.Join(t.TempDir(), "aa.db"), FlushInterval: bad})
+		if err == nil || !strings.Contains(err.Error(), "flush interval "+bad.String()) {
+			t.Errorf("flush interval %v: %v, want an error naming it", bad, err)
+		}
 	}
 }

@@ -176,8 +176,12 @@ type auditLog struct {
 	lastErr       error
 
 	syncs atomic.Int64 // background fdatasyncs done, for tests
-	// lateFlushes counts background flushes that ended more than
-	// osFlushBound after the oldest write they covered; lastLateLog is when
+	// window is how soon after its write DurabilityOS promises a record on
+	// disk: twice the flush interval (the flusher starts within one, and its
+	// fdatasync must end within the other).
+	window time.Duration
+	// lateFlushes counts background flushes that ended more than window
+	// after the oldest write they covered; lastLateLog is when
 	// one was last logged (monoclock; the flusher's own).
 	lateFlushes atomic.Int64
 	lastLateLog time.Duration
@@ -200,7 +204,7 @@ type auditLog struct {
 
 // journalOptions are the parts of Options the journal uses.
 type journalOptions struct {
-	flush time.Duration // DurabilityOS's flush bound
+	flush time.Duration // DurabilityOS's flush interval
 	// shm is Options.SharedMemoryDir; useShm says whether appends use it
 	// (DurabilityOS), otherwise it is only searched by recovery.
 	shm    string
@@ -213,6 +217,7 @@ type journalOptions struct {
 func openAuditLog(ctx context.Context, dbPath string, log *slog.Logger, o journalOptions) (*auditLog, error) {
 	a := &auditLog{
 		dir: dbPath + "-audit", dbPath: dbPath, log: log.With("component", "audit-journal"), interval: indexInterval,
+		window: 2 * o.flush,
 		heads: make(map[string]storage.ChainHead), locks: make(map[string]*os.File), w: blockWriter{encoding: blockS2},
 		kick: make(chan struct{}, 1), syncKick: make(chan struct{}, 1), spareKick: make(chan struct{}, 1), stop: make(chan struct{}),
 	}
@@ -948,18 +953,13 @@ func (a *auditLog) runSync(interval time.Duration) {
 	}
 }
 
-// osFlushBound is how soon DurabilityOS promises a record on disk after its
-// write. FlushInterval is at most this; the flusher starts within
-// FlushInterval, and its fdatasync must end within the rest.
-const osFlushBound = 10 * time.Millisecond
-
-// noteFlushed counts a background flush that ended (at end) more than
-// osFlushBound after the oldest write it covered (first), and logs it at
+// noteFlushed counts a background flush that ended (at end) more than the
+// flush window after the oldest write it covered (first), and logs it at
 // most once a minute: the disk, or the flusher's wait for a CPU, broke what
 // DurabilityOS promises.
 func (a *auditLog) noteFlushed(first, end time.Duration) {
 	late := end - first
-	if late <= osFlushBound {
+	if late <= a.window {
 		return
 	}
 	n := a.lateFlushes.Add(1)
@@ -967,8 +967,8 @@ func (a *auditLog) noteFlushed(first, end time.Duration) {
 		return
 	}
 	a.lastLateLog = end
-	a.log.Warn("an os-mode audit flush ended after the 10ms durability promises: the records it covered were on disk late",
-		"after_write", late, "late_flushes", n)
+	a.log.Warn("an os-mode audit flush ended later than the durability window: the records it covered were on disk late",
+		"after_write", late, "window", a.window, "late_flushes", n)
 }
 
 // copyShm copies bytes [from, to) of j's shared-memory copy to the file and
@@ -1037,7 +1037,7 @@ func (a *auditLog) close(ctx context.Context) error {
 	close(a.stop)
 	a.wg.Wait()
 	if n := a.lateFlushes.Load(); n > 0 {
-		a.log.Warn("os-mode audit flushes that ended after the 10ms durability promises, since the start", "late_flushes", n, "flushes", a.syncs.Load())
+		a.log.Warn("os-mode audit flushes that ended later than the durability window, since the start", "window", a.window, "late_flushes", n, "flushes", a.syncs.Load())
 	}
 	a.poolMu.Lock()
 	a.closing = true
