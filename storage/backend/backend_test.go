@@ -65,8 +65,8 @@ func TestOpenSQLiteFlush(t *testing.T) {
 	dir := t.TempDir()
 	for raw, want := range map[string]time.Duration{
 		"sqlite:" + filepath.Join(dir, "a.db") + "?durability=os&flush=5ms": 10 * time.Millisecond,
-		"sqlite:" + filepath.Join(dir, "b.db") + "?durability=os":            2 * sqlite.DefaultFlushInterval,
-		"sqlite:" + filepath.Join(dir, "c.db") + "?flush=5ms":                0, // sync: every record is on disk before its answer
+		"sqlite:" + filepath.Join(dir, "b.db") + "?durability=os":           2 * sqlite.DefaultFlushInterval,
+		"sqlite:" + filepath.Join(dir, "c.db") + "?flush=5ms":               0, // sync: every record is on disk before its answer
 	} {
 		s := open(t, raw, "")
 		if got := s.(*sqlite.Store).FlushWindow(); got != want {

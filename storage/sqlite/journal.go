@@ -218,7 +218,7 @@ func openAuditLog(ctx context.Context, dbPath string, log *slog.Logger, o journa
 	a := &auditLog{
 		dir: dbPath + "-audit", dbPath: dbPath, log: log.With("component", "audit-journal"), interval: indexInterval,
 		window: 2 * o.flush,
-		heads: make(map[string]storage.ChainHead), locks: make(map[string]*os.File), w: blockWriter{encoding: blockS2},
+		heads:  make(map[string]storage.ChainHead), locks: make(map[string]*os.File), w: blockWriter{encoding: blockS2},
 		kick: make(chan struct{}, 1), syncKick: make(chan struct{}, 1), spareKick: make(chan struct{}, 1), stop: make(chan struct{}),
 	}
 	if err := os.MkdirAll(a.dir, 0o700); err != nil {
