@@ -1,6 +1,7 @@
 package backend_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"log/slog"
@@ -68,9 +69,19 @@ func TestOpenSQLiteFlush(t *testing.T) {
 		"sqlite:" + filepath.Join(dir, "b.db") + "?durability=os":           2 * sqlite.DefaultFlushInterval,
 		"sqlite:" + filepath.Join(dir, "c.db") + "?flush=5ms":               0, // sync: every record is on disk before its answer
 	} {
-		s := open(t, raw, "")
+		var logs bytes.Buffer
+		s, err := backend.Open(t.Context(), raw, "", backend.Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+		if err != nil {
+			t.Fatalf("Open(%s): %v", raw, err)
+		}
+		t.Cleanup(func() { s.Close() })
 		if got := s.(*sqlite.Store).FlushWindow(); got != want {
 			t.Errorf("Open(%s): flush window %v, want %v", raw, got, want)
+		}
+		// flush= with sync durability is accepted, and the log says it does nothing.
+		warned := strings.Contains(logs.String(), "flush= has no effect")
+		if wantWarning := want == 0; warned != wantWarning {
+			t.Errorf("Open(%s): warned %v, want %v:\n%s", raw, warned, wantWarning, logs.String())
 		}
 	}
 }
