@@ -1,9 +1,10 @@
 package gateway
 
 import (
-	"encoding/hex"
 	"math/rand/v2"
 	"time"
+
+	"github.com/google/uuid"
 )
 
 // newID returns a decision, approval or record id made now (newIDAt).
@@ -23,7 +24,7 @@ func newID() string { return newIDAt(time.Now()) }
 func newIDAt(t time.Time) string {
 	ms := uint64(t.UnixMilli())
 	a, b := rand.Uint64(), rand.Uint64()
-	var u [16]byte
+	var u uuid.UUID
 	for i := range 6 {
 		u[i] = byte(ms >> (40 - 8*i))
 	}
@@ -33,15 +34,5 @@ func newIDAt(t time.Time) string {
 	for i := 9; i < 16; i++ {
 		u[i] = byte(b >> (8 * (15 - i)))
 	}
-	var s [36]byte
-	hex.Encode(s[0:8], u[0:4])
-	s[8] = '-'
-	hex.Encode(s[9:13], u[4:6])
-	s[13] = '-'
-	hex.Encode(s[14:18], u[6:8])
-	s[18] = '-'
-	hex.Encode(s[19:23], u[8:10])
-	s[23] = '-'
-	hex.Encode(s[24:36], u[10:16])
-	return string(s[:])
+	return u.String() // google/uuid's formatting: no locks, one allocation
 }
