@@ -222,9 +222,10 @@ func openSQLite(ctx context.Context, raw string, u *url.URL, opts Options) (stor
 			return nil, fmt.Errorf("sqlite URL parameter %q is unknown; known: durability=sync|os, shm=DIR|off, flush=DURATION: %w", k, storage.ErrInvalid)
 		}
 	}
-	if so.FlushInterval != 0 && so.Durability != storage.DurabilityOS {
+	if so.FlushInterval != 0 && (so.Durability == storage.DurabilitySync || so.Durability == "") {
+		// Any other durability is refused by sqlite.Open, naming it.
 		opts.Logger.Warn("the SQLite URL's flush= has no effect: it paces os durability's flushes, and with sync durability every audit record is on disk before its answer",
-			"flush", so.FlushInterval, "durability", storage.DurabilitySync)
+			"flush", so.FlushInterval)
 	}
 	return sqlite.Open(ctx, so)
 }
