@@ -229,11 +229,15 @@ func (s *Server) Store() storage.Store { return s.store }
 // durability is the audit durability the store runs: --audit-durability,
 // unless the store URL's durability parameter overrode it.
 func (s *Server) durability() string {
-	if d, ok := s.store.(interface{ AuditDurability() storage.Durability }); ok {
+	if d, ok := s.store.(durabilityReporter); ok {
 		return string(d.AuditDurability())
 	}
 	return s.cfg.AuditDurability
 }
+
+// durabilityReporter is a store that says which audit durability it runs
+// (the SQLite and PostgreSQL drivers).
+type durabilityReporter interface{ AuditDurability() storage.Durability }
 
 // flushWindower is a store that says how soon an os-durability audit record
 // reaches the disk (the SQLite driver).
@@ -423,8 +427,10 @@ func (s *Server) Serve(ctx context.Context, grpcL, httpL net.Listener) error {
 	}
 	attrs := []any{"grpc", grpcL.Addr().String(), "http", httpAddr,
 		"replica", s.cfg.ReplicaName(), "store", redactURL(s.cfg.Store), "durability", s.durability()}
-	if fw, ok := s.store.(flushWindower); ok && fw.FlushWindow() > 0 {
-		attrs = append(attrs, "flush_window", fw.FlushWindow())
+	if fw, ok := s.store.(flushWindower); ok {
+		if w := fw.FlushWindow(); w > 0 {
+			attrs = append(attrs, "flush_window", w)
+		}
 	}
 	s.log.Info("gateway serving", append(attrs, "policy_version", s.core.Snapshot().Version(), "version", Version)...)
 
